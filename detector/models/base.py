@@ -1,0 +1,93 @@
+"""The detector contract shared by every model in podguard.
+
+Modelled on alibi-detect and pyod: ``fit`` learns what normal looks like and returns
+``self``; ``score`` returns one number per row, **higher = more anomalous**;
+``infer_threshold`` fits the decision threshold as state from healthy data at a target
+false-positive rate; ``predict`` returns scores, the threshold and the verdicts;
+``explain`` attributes a score to named features.
+
+Detectors that work on a fixed feature vector take ``X`` as a float32 array of shape
+``(n, d)`` whose columns are named by ``feature_names`` (given at ``fit``). NaN marks a
+missing feature and must be tolerated (imputed), not raised on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from detector.errors import NotFittedError, ThresholdNotInferredError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Output of :meth:`Detector.predict`."""
+
+    score: np.ndarray  # (n,) float, higher = more anomalous
+    threshold: float
+    is_anomaly: np.ndarray  # (n,) bool, score > threshold
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Why one row got its score: SHAP value per feature (sums to score - base_value)."""
+
+    base_value: float
+    values: dict[str, float] = field(default_factory=dict)
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` features that pushed the score up the most, largest first."""
+        ranked = sorted(self.values.items(), key=lambda kv: kv[1], reverse=True)
+        return ranked[:k]
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """fit / score / infer_threshold / predict / explain."""
+
+    name: str
+
+    def fit(self, X: np.ndarray, feature_names: tuple[str, ...]) -> Detector: ...
+
+    def score(self, X: np.ndarray) -> np.ndarray: ...
+
+    def infer_threshold(self, X: np.ndarray, fpr: float) -> float: ...
+
+    def predict(self, X: np.ndarray) -> Prediction: ...
+
+    def explain(self, X: np.ndarray) -> list[Attribution]: ...
+
+
+def threshold_at_fpr(healthy_scores: np.ndarray, fpr: float) -> float:
+    """The score above which a fraction ``fpr`` of healthy scores lie.
+
+    Raises ValueError on an empty sample or an ``fpr`` outside (0, 1).
+    """
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+    s = np.asarray(healthy_scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise ValueError("cannot infer a threshold from zero finite healthy scores")
+    return float(np.quantile(s, 1.0 - fpr, method="higher"))
+
+
+class ThresholdMixin:
+    """Holds the fitted state checks shared by the array detectors."""
+
+    threshold_: float | None = None
+    fitted_: bool = False
+
+    def _check_fitted(self) -> None:
+        if not self.fitted_:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
+
+    def _check_threshold(self) -> float:
+        self._check_fitted()
+        if self.threshold_ is None:
+            raise ThresholdNotInferredError(
+                f"{type(self).__name__} has no threshold; call infer_threshold() first"
+            )
+        return self.threshold_
