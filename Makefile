@@ -1,0 +1,56 @@
+# podguard: the two set-up commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.podguard-installed
+
+.PHONY: demo test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean
+
+# The virtual environment is built once from the exact lock and reused: torch is a
+# multi-GB download, so it is only reinstalled when requirements.lock changes.
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs/builds every service of the local stack into the per-user cache (once per machine).
+prepare: $(STAMP)
+	$(PY) -m deploy.local prepare
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# The whole suite: lint, then every test against the real local stack (started by the fixtures).
+test: prepare lint
+	$(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not stack"
+
+# The main job on the embedded default.
+demo: $(STAMP)
+	$(PY) -m detector demo
+
+bench: $(STAMP)
+	$(PY) -m detector bench
+
+evaluate: $(STAMP)
+	$(PY) -m detector evaluate --out out/evaluation
+
+stack-up: prepare
+	$(PY) -m deploy.local up
+stack-down: $(STAMP)
+	$(PY) -m deploy.local down
+stack-status: $(STAMP)
+	$(PY) -m deploy.local status
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache
