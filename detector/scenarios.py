@@ -1,0 +1,445 @@
+"""Seeded, labelled synthetic traces of ML pods: healthy shapes and faults.
+
+Used by the tests, by ``data/generate_scenarios.py`` (the shipped scenario set), by training
+(healthy data, :func:`generate_healthy`) and by the replay benchmark (generated on the fly).
+The output is a trace in the format of :mod:`detector.traces` plus a label table.
+
+Each pod has one *shape*:
+
+* healthy: ``steady``, ``gc_sawtooth`` (JVM/Python GC), ``warmup_plateau`` (caches filling,
+  then flat), ``epoch_periodic`` (per-epoch ramps with checkpoint spikes), ``step_up`` (one
+  legitimate step, e.g. a bigger dataset shard) and ``diurnal`` (serving load);
+* faults: ``slow_leak``, ``fast_leak``, ``step_leak`` (staircase), ``leak_under_gc`` (a rising
+  floor under a GC sawtooth), ``gpu_creep`` (``DCGM_FI_DEV_FB_USED`` creeping to the card size)
+  and ``throughput_drift`` (cpu rate, GPU utilisation and network collapse over 30-60 min
+  before a crash).
+
+Every pod carries realistic companion series: working set and RSS, the cumulative CPU
+counter, network counters, the memory limit (``container_spec_memory_limit_bytes`` on most
+pods, ``kube_pod_container_resource_limits`` on some), fs usage, the restart counter and, for
+GPU pods, DCGM frame-buffer used/free (MiB) and utilisation (%). Some pods have a sidecar
+container. Imperfections are injected: missing samples and short gaps, duplicated rows, NaN
+values, jittered timestamps and, on some healthy pods, a container restart (counters reset,
+memory warms up again).
+
+Labels (one row per pod): ``namespace, pod, shape, kind, onset_ts, failure_ts,
+fault_metric``. ``kind`` is ``none``, ``memory_leak``, ``gpu_memory_leak`` or ``drift``.
+For leaks ``failure_ts`` is when the faulty series reaches its limit (it may lie after the
+end of the trace: then it is the projected time); the pod's series end there (OOM kill /
+crash; the replacement pod is not modelled). Healthy pods have NaN times and an empty
+``fault_metric``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from detector import traces as tr
+from detector.errors import InputError
+
+HEALTHY_SHAPES: tuple[str, ...] = (
+    "steady",
+    "gc_sawtooth",
+    "warmup_plateau",
+    "epoch_periodic",
+    "step_up",
+    "diurnal",
+)
+LEAK_SHAPES: tuple[str, ...] = ("slow_leak", "fast_leak", "step_leak", "leak_under_gc")
+FAULT_SHAPES: tuple[str, ...] = (*LEAK_SHAPES, "gpu_creep", "throughput_drift")
+ALL_SHAPES: tuple[str, ...] = (*HEALTHY_SHAPES, *FAULT_SHAPES)
+
+KIND_OF_SHAPE: dict[str, str] = {
+    **{s: "none" for s in HEALTHY_SHAPES},
+    **{s: "memory_leak" for s in LEAK_SHAPES},
+    "gpu_creep": "gpu_memory_leak",
+    "throughput_drift": "drift",
+}
+KINDS: tuple[str, ...] = ("none", "memory_leak", "gpu_memory_leak", "drift")
+LABEL_COLUMNS: tuple[str, ...] = (
+    "namespace",
+    "pod",
+    "shape",
+    "kind",
+    "onset_ts",
+    "failure_ts",
+    "fault_metric",
+)
+
+GIB = float(1 << 30)
+DEFAULT_START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+@dataclass(frozen=True)
+class Imperfections:
+    """How dirty the generated telemetry is (probabilities are per row unless noted)."""
+
+    drop_rate: float = 0.01  # a sample is missing
+    duplicate_rate: float = 0.005  # a row is delivered twice
+    nan_rate: float = 0.001  # a value is NaN
+    gap_pod_rate: float = 0.15  # per pod: one scrape gap of 2-8 min
+    restart_pod_rate: float = 0.2  # per healthy pod: one container restart (counter resets)
+    jitter_s: float = 1.0  # timestamp jitter, +- seconds
+
+    @staticmethod
+    def none() -> Imperfections:
+        """Clean telemetry (for exact tests)."""
+        return Imperfections(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass
+class _PodSeries:
+    """Per-pod generated arrays before conversion to the long format."""
+
+    namespace: str
+    pod: str
+    node: str
+    t: np.ndarray
+    series: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # container, metric
+
+
+def _shape_list(n_pods_per_kind: int, shapes: Sequence[str], n_pods: int | None) -> list[str]:
+    unknown = [s for s in shapes if s not in KIND_OF_SHAPE]
+    if unknown:
+        raise InputError(f"unknown scenario shape(s) {unknown}; known: {list(ALL_SHAPES)}")
+    if n_pods is not None:
+        if n_pods < 1:
+            raise InputError(f"n_pods must be >= 1, got {n_pods}")
+        return [shapes[i % len(shapes)] for i in range(n_pods)]
+    if n_pods_per_kind < 1:
+        raise InputError(f"n_pods_per_kind must be >= 1, got {n_pods_per_kind}")
+    return [s for s in shapes for _ in range(n_pods_per_kind)]
+
+
+def generate(
+    n_pods_per_kind: int = 2,
+    hours: float = 8.0,
+    step_s: float = 15.0,
+    seed: int = 0,
+    *,
+    shapes: Sequence[str] = ALL_SHAPES,
+    n_pods: int | None = None,
+    start_ts: float = DEFAULT_START_TS,
+    gpu_fraction: float = 0.3,
+    imperfections: Imperfections | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A labelled trace: ``n_pods_per_kind`` pods of each shape in ``shapes``.
+
+    ``n_pods`` (if given) instead assigns shapes round-robin to that many pods. Returns
+    ``(trace, labels)``; the trace is sorted by timestamp and has categorical string columns.
+    The same arguments always give the same output.
+    """
+    if not hours > 0 or not step_s > 0:
+        raise InputError(f"hours and step_s must be > 0, got {hours!r}, {step_s!r}")
+    if not 0.0 <= gpu_fraction <= 1.0:
+        raise InputError(f"gpu_fraction must be in [0, 1], got {gpu_fraction!r}")
+    imp = Imperfections() if imperfections is None else imperfections
+    shape_list = _shape_list(n_pods_per_kind, shapes, n_pods)
+    root = np.random.SeedSequence(seed)
+    children = root.spawn(len(shape_list) + 1)
+    meta_rng = np.random.default_rng(children[-1])
+    K = int(hours * 3600 // step_s) + 1
+    t_grid = start_ts + np.arange(K, dtype=np.float64) * step_s
+    pods: list[_PodSeries] = []
+    labels: list[dict[str, object]] = []
+    for i, shape in enumerate(shape_list):
+        rng = np.random.default_rng(children[i])
+        gpu = shape == "gpu_creep" or (
+            shape != "throughput_drift" and rng.random() < gpu_fraction
+        )
+        if shape == "throughput_drift":
+            gpu = rng.random() < 0.5
+        ns = ("ml-train", "ml-serve", "research")[int(meta_rng.integers(3))]
+        name = f"job-{meta_rng.integers(16**5):05x}-{i}"
+        node = f"node-{int(meta_rng.integers(8)):02d}"
+        ps, lab = _make_pod(rng, shape, gpu, t_grid, step_s, imp, ns, name, node)
+        pods.append(ps)
+        labels.append(lab)
+    trace = _to_long(pods, imp, np.random.default_rng(root.spawn(1)[0]), step_s)
+    lab_df = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))
+    return trace, lab_df
+
+
+def generate_healthy(
+    n_pods: int = 12,
+    hours: float = 8.0,
+    step_s: float = 15.0,
+    seed: int = 0,
+    *,
+    shapes: Sequence[str] = HEALTHY_SHAPES,
+    start_ts: float = DEFAULT_START_TS,
+    gpu_fraction: float = 0.3,
+    imperfections: Imperfections | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Healthy pods only (training data for fitting models and thresholds)."""
+    bad = [s for s in shapes if KIND_OF_SHAPE.get(s) != "none"]
+    if bad:
+        raise InputError(f"generate_healthy: {bad} are not healthy shapes")
+    return generate(
+        hours=hours,
+        step_s=step_s,
+        seed=seed,
+        shapes=shapes,
+        n_pods=n_pods,
+        start_ts=start_ts,
+        gpu_fraction=gpu_fraction,
+        imperfections=imperfections,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# one pod
+
+
+def _sawtooth(t: np.ndarray, period: float, phase: float) -> np.ndarray:
+    return np.mod(t / period + phase, 1.0)
+
+
+def _make_pod(
+    rng: np.random.Generator,
+    shape: str,
+    gpu: bool,
+    t_abs: np.ndarray,
+    step_s: float,
+    imp: Imperfections,
+    ns: str,
+    name: str,
+    node: str,
+) -> tuple[_PodSeries, dict[str, object]]:
+    K = t_abs.size
+    t = t_abs - t_abs[0]
+    T = float(t[-1]) if K else 0.0
+    kind = KIND_OF_SHAPE[shape]
+    base = float(np.exp(rng.uniform(np.log(0.5), np.log(8.0)))) * GIB
+    limit = np.ceil(base * rng.uniform(1.8, 3.0) / (256 * 2**20)) * (256 * 2**20)
+    noise = rng.normal(0.0, 0.004, K)
+    load = np.ones(K)  # throughput multiplier (cpu, gpu util, network)
+    ws_rel = np.ones(K)  # working set / base
+    fb_card_mib = float(rng.choice([40960.0, 81920.0]))
+    fb_base_mib = fb_card_mib * rng.uniform(0.3, 0.6)
+    fb_mib = fb_base_mib * (1 + rng.normal(0, 0.002, K))
+    fs = rng.uniform(0.1, 5.0) * GIB * (1 + 0.02 * t / max(T, 1.0))
+    onset = np.nan
+    failure = np.nan
+    fault_metric = ""
+    restart_at: float | None = None
+
+    def warmup(start: float, tau: float, depth: float) -> np.ndarray:
+        dt = np.clip(t - start, 0, None)
+        return np.where(t >= start, 1.0 - depth * np.exp(-dt / tau), 1.0)
+
+    # --- the underlying healthy shape (leaks sit on top of steady or GC shapes)
+    saw_amp = 0.0
+    if shape in ("gc_sawtooth", "leak_under_gc"):
+        saw_amp = rng.uniform(0.1, 0.3)
+        period = rng.uniform(120.0, 900.0)
+        ws_rel = ws_rel + saw_amp * _sawtooth(t, period, rng.random())
+    elif shape == "warmup_plateau":
+        ws_rel = ws_rel * warmup(0.0, rng.uniform(300.0, 1200.0), rng.uniform(0.3, 0.6))
+    elif shape == "epoch_periodic":
+        epoch = rng.uniform(900.0, 2700.0)
+        ph = rng.random()
+        ramp = rng.uniform(0.05, 0.15)
+        ws_rel = ws_rel + ramp * _sawtooth(t, epoch, ph)
+        every = int(rng.integers(2, 5))
+        spike_len = rng.uniform(60.0, 180.0)
+        spike = rng.uniform(0.2, 0.4)
+        epoch_no = np.floor(t / epoch + ph)
+        since = (t / epoch + ph - epoch_no) * epoch
+        ckpt = (np.mod(epoch_no, every) == 0) & (since < spike_len)
+        ws_rel = ws_rel + spike * ckpt
+        ckpt_size = base * rng.uniform(0.5, 1.0)
+        n_ckpt = np.floor((epoch_no + every - 1) / every)
+        fs = fs + ckpt_size * np.minimum(n_ckpt, 2)  # the last two checkpoints are kept
+        load = load * (1 - 0.5 * ckpt)
+        if gpu:
+            fb_mib = fb_mib * (1 + 0.03 * _sawtooth(t, epoch, ph))
+    elif shape == "step_up":
+        ts_ = rng.uniform(0.2, 0.7) * T
+        ws_rel = ws_rel * np.where(t >= ts_, rng.uniform(1.2, 1.5), 1.0)
+    elif shape == "diurnal":
+        ph = rng.uniform(0, 2 * np.pi)
+        load = load * (1 + 0.35 * np.sin(2 * np.pi * t / 86400.0 + ph))
+        ws_rel = ws_rel * (1 + 0.04 * np.sin(2 * np.pi * t / 86400.0 + ph))
+
+    peak_rel = float(np.max(ws_rel)) if K else 1.0
+    if shape in LEAK_SHAPES:
+        onset = rng.uniform(0.15, 0.4) * T
+        duration = {
+            "slow_leak": rng.uniform(4.0, 10.0) * 3600,
+            "fast_leak": rng.uniform(0.5, 1.5) * 3600,
+            "step_leak": rng.uniform(3.0, 6.0) * 3600,
+            "leak_under_gc": rng.uniform(3.0, 8.0) * 3600,
+        }[shape]
+        headroom_rel = limit / base - peak_rel
+        rate_rel = headroom_rel / duration  # of base per second
+        dt = np.clip(t - onset, 0, None)
+        if shape == "step_leak":
+            step_every = rng.uniform(600.0, 1800.0)
+            growth = rate_rel * np.floor(dt / step_every) * step_every
+        else:
+            growth = rate_rel * dt
+        ws_rel = ws_rel + growth
+        fault_metric = tr.WORKING_SET
+    elif shape == "gpu_creep":
+        onset = rng.uniform(0.15, 0.4) * T
+        duration = rng.uniform(3.0, 8.0) * 3600
+        rate_mib = (fb_card_mib - fb_base_mib) / duration
+        fb_mib = fb_mib + rate_mib * np.clip(t - onset, 0, None)
+        fault_metric = tr.GPU_FB_USED
+    elif shape == "throughput_drift":
+        failure = rng.uniform(0.5, 0.9) * T
+        onset = failure - rng.uniform(1800.0, 3600.0)
+        floor_level = rng.uniform(0.03, 0.15)
+        frac = np.clip((t - onset) / (failure - onset), 0, 1)
+        load = load * (1 - (1 - floor_level) * frac ** rng.uniform(0.7, 1.5))
+        fault_metric = tr.GPU_UTIL if gpu else tr.CPU_SECONDS
+    elif kind == "none" and rng.random() < imp.restart_pod_rate and T > 3600:
+        restart_at = rng.uniform(0.2, 0.9) * T
+        ws_rel = ws_rel * warmup(restart_at, rng.uniform(120.0, 600.0), 0.5)
+
+    ws = base * ws_rel * (1 + noise)
+    rss = ws * rng.uniform(0.75, 0.92) * (1 + rng.normal(0, 0.003, K))
+
+    # failure time: the series (working set or GPU memory) reaches its limit
+    if shape in LEAK_SHAPES:
+        hit = np.flatnonzero(ws >= limit)
+        if hit.size:
+            failure = float(t[hit[0]])
+        else:  # projected from the mean leak rate, beyond the end of the trace
+            rate_b = (limit - base * peak_rel) / duration
+            failure = onset + duration if rate_b > 0 else np.nan
+            failure = max(failure, T + step_s)
+    elif shape == "gpu_creep":
+        hit = np.flatnonzero(fb_mib >= fb_card_mib)
+        failure = float(t[hit[0]]) if hit.size else max(onset + duration, T + step_s)
+    fb_mib = np.minimum(fb_mib, fb_card_mib)
+
+    # throughput: cpu, gpu util, network
+    cores = rng.uniform(0.5, 6.0)
+    cpu_rate = np.clip(cores * load * (1 + rng.normal(0, 0.05, K)), 0, None)
+    util = np.clip(rng.uniform(60, 95) * load * (1 + rng.normal(0, 0.04, K)), 0, 100)
+    rx_bps = float(np.exp(rng.uniform(np.log(1e5), np.log(5e7))))
+    rx = np.clip(rx_bps * load * (1 + rng.normal(0, 0.08, K)), 0, None)
+    tx = np.clip(rx * rng.uniform(0.05, 0.5) * (1 + rng.normal(0, 0.08, K)), 0, None)
+    cpu_c = np.cumsum(cpu_rate * step_s) + rng.uniform(0, 1e5)
+    rx_c = np.cumsum(rx * step_s) + rng.uniform(0, 1e10)
+    tx_c = np.cumsum(tx * step_s) + rng.uniform(0, 1e10)
+    restarts = np.zeros(K)
+    if restart_at is not None:
+        after = t >= restart_at
+        i0 = int(np.argmax(after))
+        for c in (cpu_c, rx_c, tx_c):
+            c[after] = c[after] - c[i0] + c[i0] - c[max(i0 - 1, 0)]  # counts again from ~0
+        restarts[after] = 1.0
+
+    # the pod's series end at failure
+    alive = np.ones(K, dtype=bool)
+    if np.isfinite(failure) and failure <= T:
+        alive = t < failure
+    keep = alive
+    # a scrape gap
+    if rng.random() < imp.gap_pod_rate and T > 3600:
+        g0 = rng.uniform(0.1, 0.9) * T
+        keep = keep & ~((t >= g0) & (t < g0 + rng.uniform(120.0, 480.0)))
+
+    main = "main" if not gpu else "trainer"
+    limit_metric = tr.MEMORY_LIMIT if rng.random() < 0.8 else tr.KSM_LIMITS
+    ps = _PodSeries(ns, name, node, t_abs[keep])
+    k = keep
+    ps.series += [
+        (main, tr.WORKING_SET, ws[k]),
+        (main, tr.RSS, rss[k]),
+        (main, tr.CPU_SECONDS, cpu_c[k]),
+        (main, limit_metric, np.full(int(k.sum()), limit)),
+        (main, tr.NET_RX, rx_c[k]),
+        (main, tr.NET_TX, tx_c[k]),
+        (main, tr.RESTARTS, restarts[k]),
+        (main, tr.FS_USAGE, fs[k] if np.ndim(fs) else np.full(int(k.sum()), fs)),
+    ]
+    if gpu:
+        ps.series += [
+            (main, tr.GPU_FB_USED, fb_mib[k]),
+            (main, tr.GPU_FB_FREE, fb_card_mib - fb_mib[k]),
+            (main, tr.GPU_UTIL, util[k]),
+        ]
+    if rng.random() < 0.25:  # a small steady sidecar
+        side = rng.uniform(30, 200) * 2**20
+        side_ws = side * (1 + rng.normal(0, 0.01, K))
+        ps.series += [
+            ("sidecar", tr.WORKING_SET, side_ws[k]),
+            ("sidecar", tr.RSS, 0.8 * side_ws[k]),
+            ("sidecar", tr.CPU_SECONDS, np.cumsum(np.full(K, 0.02 * step_s))[k]),
+            ("sidecar", limit_metric, np.full(int(k.sum()), 256.0 * 2**20)),
+        ]
+    t0 = float(t_abs[0]) if K else 0.0
+    label: dict[str, object] = {
+        "namespace": ns,
+        "pod": name,
+        "shape": shape,
+        "kind": kind,
+        "onset_ts": t0 + onset if np.isfinite(onset) else np.nan,
+        "failure_ts": t0 + failure if np.isfinite(failure) else np.nan,
+        "fault_metric": fault_metric,
+    }
+    return ps, label
+
+
+# ---------------------------------------------------------------------------------------------
+# long format
+
+
+def _to_long(
+    pods: list[_PodSeries], imp: Imperfections, rng: np.random.Generator, step_s: float
+) -> pd.DataFrame:
+    ts_parts: list[np.ndarray] = []
+    val_parts: list[np.ndarray] = []
+    code_parts: dict[str, list[np.ndarray]] = {c: [] for c in tr.STRING_COLUMNS}
+    cats: dict[str, dict[str, int]] = {c: {} for c in tr.STRING_COLUMNS}
+
+    def code(col: str, s: str) -> int:
+        d = cats[col]
+        if s not in d:
+            d[s] = len(d)
+        return d[s]
+
+    for ps in pods:
+        n = ps.t.size
+        jitter = rng.uniform(-imp.jitter_s, imp.jitter_s, n) if imp.jitter_s > 0 else 0.0
+        t = ps.t + jitter
+        for container, metric, vals in ps.series:
+            ts_parts.append(t)
+            val_parts.append(np.asarray(vals, dtype=np.float64))
+            for col, s in (
+                ("namespace", ps.namespace),
+                ("pod", ps.pod),
+                ("container", container),
+                ("node", ps.node),
+                ("metric", metric),
+            ):
+                code_parts[col].append(np.full(n, code(col, s), dtype=np.int32))
+    if not ts_parts:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in tr.TRACE_COLUMNS})
+    ts = np.concatenate(ts_parts)
+    val = np.concatenate(val_parts)
+    codes = {c: np.concatenate(code_parts[c]) for c in tr.STRING_COLUMNS}
+    N = ts.size
+    keep = rng.random(N) >= imp.drop_rate
+    dup = rng.random(N) < imp.duplicate_rate
+    idx = np.flatnonzero(keep)
+    idx = np.sort(np.concatenate([idx, np.flatnonzero(keep & dup)]), kind="stable")
+    ts, val = ts[idx], val[idx].copy()
+    codes = {c: a[idx] for c, a in codes.items()}
+    val[rng.random(idx.size) < imp.nan_rate] = np.nan
+    order = np.argsort(ts, kind="stable")
+    data: dict[str, object] = {"timestamp": ts[order]}
+    for col in tr.STRING_COLUMNS:
+        names = list(cats[col])
+        data[col] = pd.Categorical.from_codes(codes[col][order], categories=pd.Index(names))
+    data["value"] = val[order]
+    df = pd.DataFrame(data)[list(tr.TRACE_COLUMNS)]
+    return df
