@@ -1,0 +1,319 @@
+"""The fused pre-failure drift detector: autoencoder + isolation forest, one calibrated score.
+
+:class:`DriftDetector` fits both members on healthy windows, then converts each member's raw
+score into a *tail score* on held-back healthy windows (:class:`TailCalibrator`):
+``t = -log10 P_healthy(score >= s)``, the empirical exceedance probability in the body and an
+exponential tail fitted to the top ``1 - tail_quantile`` beyond it, so that t keeps growing
+(no saturation at the calibration sample size) and the members' scores become comparable
+(t = 2 means "a 1-in-100 healthy window scores this high"). The fused score is the weighted
+mean (default) or the max of the tail scores; its threshold is fitted state, set by
+:meth:`DriftDetector.infer_threshold` at a target false-alarm rate on fresh healthy windows.
+
+``explain`` returns the fused attribution: each member's SHAP values (TreeSHAP for the forest,
+expected gradients for the autoencoder) carried into tail-score space by the secant slope of
+the calibrator (:func:`detector.explain.rescale_attribution`), then summed with the fusion's
+weights (for ``max``, the winning member's). The values sum to ``score - base_value``; the
+member mapping is an approximation documented there.
+
+Per-pod baselines are handled upstream in the features; NaN features are imputed by the
+members. Called by the daemon's pipeline, training and the model store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.errors import ConfigError, InputError, ModelIntegrityError
+from detector.explain import combine, rescale_attribution
+from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
+from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.forest import (
+    ForestConfig,
+    IsolationForestDetector,
+    check_features,
+    config_from_dict,
+)
+
+__all__ = ["DRIFT_JSON", "DriftConfig", "DriftDetector", "TailCalibrator"]
+
+DRIFT_JSON = "drift.json"
+_FORMAT = "podguard.drift/1"
+_LN10 = math.log(10.0)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """How the members' scores are calibrated and fused."""
+
+    fusion: str = "mean"
+    """"mean" (weighted mean of the tail scores) or "max"."""
+    weight_autoencoder: float = 0.5
+    """Weight of the autoencoder's tail score in the mean (normalised with the forest's)."""
+    weight_forest: float = 0.5
+    """Weight of the isolation forest's tail score in the mean."""
+    calibration_fraction: float = 0.25
+    """Fraction of the healthy rows given to ``fit`` held back to calibrate the tail scores."""
+    tail_quantile: float = 0.9
+    """Healthy quantile beyond which the exceedance probability is an exponential tail."""
+    seed: int = 0
+    """Seed of the fit/calibration split."""
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("mean", "max"):
+            raise ConfigError(f"DriftConfig.fusion must be 'mean' or 'max', got {self.fusion!r}")
+        if min(self.weight_autoencoder, self.weight_forest) < 0 or (
+            self.weight_autoencoder + self.weight_forest <= 0
+        ):
+            raise ConfigError("DriftConfig: weights must be >= 0 and not both 0")
+        if not 0.0 < self.calibration_fraction < 1.0 or not 0.5 <= self.tail_quantile < 1.0:
+            raise ConfigError("DriftConfig: calibration_fraction in (0,1), tail_quantile [.5,1)")
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(autoencoder, forest) weights, normalised to sum to 1."""
+        total = self.weight_autoencoder + self.weight_forest
+        return self.weight_autoencoder / total, self.weight_forest / total
+
+
+_GRID = 101  # knots of the body's piecewise-linear CDF
+
+
+@dataclass
+class TailCalibrator:
+    """Maps a raw member score to ``-log10`` of its healthy exceedance probability.
+
+    Body (score <= the ``u`` quantile): piecewise-linear empirical CDF at ``_GRID`` quantiles.
+    Tail: ``P = (1 - u) exp(-(s - q_u) / beta)``, beta the mean excess over ``q_u`` (the
+    exponential maximum-likelihood fit). Continuous, non-decreasing, unbounded above.
+    """
+
+    knots: np.ndarray  # (_GRID,) strictly increasing scores at probabilities probs
+    probs: np.ndarray  # (_GRID,) 0 .. u
+    beta: float  # scale of the exponential tail, score units
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, u: float) -> TailCalibrator:
+        s = np.asarray(scores, dtype=np.float64)
+        s = s[np.isfinite(s)]
+        if s.size < 2:
+            raise InputError("need at least 2 finite healthy scores to calibrate")
+        probs = np.linspace(0.0, u, _GRID)
+        knots = np.quantile(s, probs)
+        spread = float(knots[-1] - knots[0]) or float(np.abs(knots[-1])) or 1.0
+        knots = knots + np.arange(_GRID) * (1e-9 * spread)  # strictly increasing under ties
+        excess = s[s > knots[-1]] - knots[-1]
+        beta = float(excess.mean()) if excess.size else 0.0
+        beta = max(beta, 1e-6 * spread)
+        return cls(knots=knots, probs=probs, beta=beta)
+
+    @property
+    def u(self) -> float:
+        return float(self.probs[-1])
+
+    def transform(self, s: np.ndarray) -> np.ndarray:
+        s = np.asarray(s, dtype=np.float64)
+        q_u = self.knots[-1]
+        body = -np.log10(1.0 - np.interp(np.minimum(s, q_u), self.knots, self.probs))
+        tail = -math.log10(1.0 - self.u) + (s - q_u) / (self.beta * _LN10)
+        return np.where(s > q_u, tail, body)
+
+    def derivative(self, s: np.ndarray) -> np.ndarray:
+        """dt/ds, for the attribution's fallback when a row sits at its base value."""
+        s = np.asarray(s, dtype=np.float64)
+        i = np.clip(np.searchsorted(self.knots, s) - 1, 0, _GRID - 2)
+        slope_p = (self.probs[i + 1] - self.probs[i]) / (self.knots[i + 1] - self.knots[i])
+        p = np.interp(np.clip(s, self.knots[0], self.knots[-1]), self.knots, self.probs)
+        body = np.where(s < self.knots[0], 0.0, slope_p / ((1.0 - p) * _LN10))
+        return np.where(s > self.knots[-1], 1.0 / (self.beta * _LN10), body)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "knots": [float(v) for v in self.knots],
+            "probs": [float(v) for v in self.probs],
+            "beta": self.beta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TailCalibrator:
+        if set(data) != {"knots", "probs", "beta"}:
+            raise ConfigError(f"calibrator keys {sorted(data)} != ['beta', 'knots', 'probs']")
+        knots = np.asarray(data["knots"], dtype=np.float64)
+        probs = np.asarray(data["probs"], dtype=np.float64)
+        beta = float(data["beta"])
+        if knots.shape != probs.shape or knots.ndim != 1 or knots.size < 2 or not beta > 0:
+            raise ConfigError("calibrator: knots/probs must match (>= 2 points), beta > 0")
+        if np.any(np.diff(knots) <= 0) or np.any(np.diff(probs) < 0) or probs[-1] >= 1.0:
+            raise ConfigError("calibrator: knots must increase, probs be non-decreasing < 1")
+        return cls(knots=knots, probs=probs, beta=beta)
+
+
+class DriftDetector(ThresholdMixin):
+    """Autoencoder + isolation forest fused into one calibrated drift score."""
+
+    name = "drift"
+
+    def __init__(
+        self,
+        config: DriftConfig | None = None,
+        autoencoder: AutoencoderDetector | None = None,
+        forest: IsolationForestDetector | None = None,
+    ) -> None:
+        self.config = config or DriftConfig()
+        self.autoencoder = autoencoder or AutoencoderDetector(AutoencoderConfig())
+        self.forest = forest or IsolationForestDetector(ForestConfig())
+        self.calibrators: dict[str, TailCalibrator] = {}
+        self.feature_names: tuple[str, ...] = ()
+        self.threshold_ = None
+        self.fitted_ = False
+
+    @property
+    def members(self) -> dict[str, AutoencoderDetector | IsolationForestDetector]:
+        return {"autoencoder": self.autoencoder, "forest": self.forest}
+
+    # -- fitting and scoring ------------------------------------------------------------
+    def fit(self, X: np.ndarray, feature_names: tuple[str, ...]) -> DriftDetector:
+        """Fit both members on part of the healthy ``X``; calibrate on the rest."""
+        arr = check_features(X, len(feature_names))
+        n = arr.shape[0]
+        n_cal = round(self.config.calibration_fraction * n)
+        if n_cal < 20 or n - n_cal < 20:
+            raise InputError(f"need enough healthy rows to fit and calibrate, got {n}")
+        perm = np.random.default_rng(self.config.seed).permutation(n)
+        cal, train = arr[np.sort(perm[:n_cal])], arr[np.sort(perm[n_cal:])]
+        self.feature_names = tuple(feature_names)
+        self.autoencoder.fit(train, self.feature_names)
+        self.forest.fit(train, self.feature_names)
+        self.calibrators = {
+            name: TailCalibrator.fit(member.score(cal), self.config.tail_quantile)
+            for name, member in self.members.items()
+        }
+        self.threshold_ = None
+        self.fitted_ = True
+        return self
+
+    def score_components(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw and tail scores of each member: keys ``<member>.raw`` / ``<member>.tail``."""
+        self._check_fitted()
+        arr = check_features(X, len(self.feature_names))
+        out: dict[str, np.ndarray] = {}
+        for name, member in self.members.items():
+            raw = member.score(arr)
+            out[f"{name}.raw"] = raw
+            out[f"{name}.tail"] = self.calibrators[name].transform(raw)
+        return out
+
+    def _fuse(self, t_ae: np.ndarray, t_forest: np.ndarray) -> np.ndarray:
+        if self.config.fusion == "max":
+            return np.maximum(t_ae, t_forest)
+        w_ae, w_forest = self.config.weights
+        return w_ae * t_ae + w_forest * t_forest
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Fused tail score per row (float64, higher = more anomalous; 2 ~ 1-in-100)."""
+        c = self.score_components(X)
+        return self._fuse(c["autoencoder.tail"], c["forest.tail"])
+
+    def infer_threshold(self, X: np.ndarray, fpr: float) -> float:
+        self.threshold_ = threshold_at_fpr(self.score(X), fpr)
+        return self.threshold_
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        threshold = self._check_threshold()
+        s = self.score(X)
+        return Prediction(score=s, threshold=threshold, is_anomaly=s > threshold)
+
+    # -- explanations -------------------------------------------------------------------
+    def _member_tail_shap(self, name: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        member = self.members[name]
+        cal = self.calibrators[name]
+        phi, base, raw = member.score_shap(X)
+        t_base = float(cal.transform(np.array([base]))[0])
+        t_x = cal.transform(raw)
+        phi_t = rescale_attribution(phi, base, raw, t_base, t_x, cal.derivative(raw))
+        return phi_t, np.full(raw.shape[0], t_base)
+
+    def explain(self, X: np.ndarray) -> list[Attribution]:
+        """Fused attribution per row (positive = pushes towards anomalous)."""
+        self._check_fitted()
+        arr = check_features(X, len(self.feature_names))
+        phi_ae, base_ae = self._member_tail_shap("autoencoder", arr)
+        phi_f, base_f = self._member_tail_shap("forest", arr)
+        if self.config.fusion == "max":
+            c = self.score_components(arr)
+            ae_wins = c["autoencoder.tail"] >= c["forest.tail"]
+            phi = np.where(ae_wins[:, None], phi_ae, phi_f)
+            base = np.where(ae_wins, base_ae, base_f)
+        else:
+            w_ae, w_f = self.config.weights
+            phi, base = combine([(w_ae, phi_ae, base_ae), (w_f, phi_f, base_f)])
+        return [
+            Attribution(base_value=float(b), values=dict(zip(self.feature_names, map(float, r))))
+            for r, b in zip(phi, base)
+        ]
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "format": _FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "feature_names": list(self.feature_names),
+            "calibrators": {k: v.to_dict() for k, v in self.calibrators.items()},
+            "threshold": self.threshold_,
+        }
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write the members' files and ``drift.json`` into ``directory``; returns the paths."""
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = self.autoencoder.save(d) + self.forest.save(d)
+        path = d / DRIFT_JSON
+        path.write_text(json.dumps(self.state_dict(), indent=2, allow_nan=False))
+        return [*paths, path]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DriftDetector:
+        d = Path(directory)
+        try:
+            state = json.loads((d / DRIFT_JSON).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelIntegrityError(f"cannot read {d / DRIFT_JSON}: {exc}") from exc
+        return cls.from_state(state, AutoencoderDetector.load(d), IsolationForestDetector.load(d))
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, Any],
+        autoencoder: AutoencoderDetector,
+        forest: IsolationForestDetector,
+    ) -> DriftDetector:
+        """Rebuild from :meth:`state_dict` output and the loaded members (validated)."""
+        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+            raise ModelIntegrityError(f"not a podguard drift state (format != {_FORMAT})")
+        known = {"format", "config", "feature_names", "calibrators", "threshold"}
+        if set(state) != known:
+            raise ModelIntegrityError(f"drift state keys {sorted(state)} != {sorted(known)}")
+        try:
+            det = cls(config_from_dict(DriftConfig, state["config"]), autoencoder, forest)
+            cals = state["calibrators"]
+            if set(cals) != {"autoencoder", "forest"}:
+                raise ConfigError(f"calibrators for {sorted(cals)}")
+            det.calibrators = {k: TailCalibrator.from_dict(v) for k, v in cals.items()}
+        except ConfigError as exc:
+            raise ModelIntegrityError(f"invalid drift state: {exc}") from exc
+        det.feature_names = tuple(str(n) for n in state["feature_names"])
+        if not det.feature_names == autoencoder.feature_names == forest.feature_names:
+            raise ModelIntegrityError("drift: members were fitted on different feature lists")
+        thr = state["threshold"]
+        det.threshold_ = None if thr is None else float(thr)
+        det.fitted_ = True
+        return det

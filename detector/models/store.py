@@ -1,0 +1,358 @@
+"""The model store: versioned, checksummed model bundles and an atomic ``current`` pointer.
+
+A bundle is one directory ``<root>/<version>/`` holding exactly:
+
+* ``model_card.json`` - version, creation time, data range, features and scaling, thresholds,
+  metrics, library versions and the sha256 of every other file;
+* ``autoencoder.json`` + ``autoencoder.safetensors``, ``forest.json`` + ``forest.skops``,
+  ``drift.json`` - the :class:`~detector.models.drift.DriftDetector` (config + state);
+* ``trend.json`` - the leak detector's JSON state, handed over by the caller as a dict.
+
+:func:`save_bundle` writes everything into a temporary directory under ``root`` (removed again
+if anything fails), fsyncs it and renames it into place, so a reader never sees half a bundle.
+:func:`promote` switches ``<root>/current`` (a small text file naming the version) by writing a
+temporary file and ``os.replace``-ing it. :func:`load_bundle` reads each file once, refuses
+pickle in any form (``*.pkl``/``*.pickle``/``*.joblib``, a ``*.pt``/``*.pth`` that
+``torch.load(weights_only=True)`` rejects, a zip holding a ``.pkl`` member, a file starting
+with a pickle protocol header), foreign, missing or linked files and checksum mismatches, all
+with :class:`~detector.errors.ModelIntegrityError`, then builds the detector from the verified
+bytes. The checksums detect corruption and tampering by anyone who cannot also rewrite the
+card; they are not a signature.
+
+Called by training (to publish a model) and the daemon (to load the current one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from detector.errors import InputError, ModelIntegrityError
+from detector.models.autoencoder import AE_JSON, AE_WEIGHTS, AutoencoderDetector
+from detector.models.drift import DRIFT_JSON, DriftDetector
+from detector.models.forest import (
+    FOREST_JSON,
+    FOREST_SKOPS,
+    IsolationForestDetector,
+    load_isolation_forest,
+)
+
+__all__ = [
+    "BUNDLE_FILES",
+    "CARD",
+    "CURRENT",
+    "TREND_JSON",
+    "Bundle",
+    "load_bundle",
+    "promote",
+    "resolve_current",
+    "save_bundle",
+    "verify_bundle",
+]
+
+CARD = "model_card.json"
+TREND_JSON = "trend.json"
+CURRENT = "current"
+BUNDLE_FILES: frozenset[str] = frozenset(
+    {AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_SKOPS, DRIFT_JSON, TREND_JSON}
+)
+"""Every file of a bundle except the card, which lists their checksums."""
+_FORMAT = "podguard.model-bundle/1"
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+_RESERVED_CARD_KEYS = frozenset(
+    {"format", "version", "created", "features", "scaling", "thresholds", "libraries", "files"}
+)
+_LIBRARIES = (
+    "podguard",
+    "torch",
+    "numpy",
+    "scikit-learn",
+    "pyod",
+    "shap",
+    "skops",
+    "safetensors",
+)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle."""
+
+    drift: DriftDetector
+    trend_state: dict[str, Any]
+    card: dict[str, Any]
+    path: Path
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _check_version_name(version: str) -> str:
+    if not _VERSION_RE.match(version) or version in (".", "..", CURRENT):
+        raise InputError(f"invalid bundle version name {version!r}")
+    return version
+
+
+def _library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _pickle_reason(name: str, data: bytes) -> str | None:
+    """Why ``data`` (a file called ``name``) is pickle-based, or None if it is not."""
+    lower = name.lower()
+    if lower.endswith(_PICKLE_SUFFIXES):
+        return "a pickle file (by its name)"
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+        return f"a pickle stream (protocol {data[1]} header)"
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                members = zf.namelist()
+        except zipfile.BadZipFile:
+            members = []
+        pickled = [m for m in members if m.lower().endswith(_PICKLE_SUFFIXES)]
+        if pickled:
+            return f"an archive holding pickle member(s) {pickled[:3]} (torch.save format?)"
+    if lower.endswith(_TORCH_SUFFIXES):
+        import torch
+
+        try:
+            torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception:
+            return "a torch file not loadable with weights_only=True (arbitrary pickle)"
+    return None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_bundle(
+    root: str | Path,
+    drift: DriftDetector,
+    trend_state: Mapping[str, Any],
+    card_extra: Mapping[str, Any] | None = None,
+    *,
+    version: str | None = None,
+    promote_now: bool = False,
+) -> Path:
+    """Write a new bundle under ``root`` and return its directory.
+
+    ``card_extra`` goes into the model card; by convention ``data_range`` (e.g. ``{"start":
+    iso, "end": iso}``) and ``metrics`` (a dict of numbers); it may not override the keys the
+    store writes. ``version`` defaults to ``<UTC time>-<random hex>`` (sortable). With
+    ``promote_now`` the new bundle also becomes ``current``.
+    """
+    root_p = Path(root)
+    extra = dict(card_extra or {})
+    clash = sorted(_RESERVED_CARD_KEYS & set(extra))
+    if clash:
+        raise InputError(f"card_extra may not set {clash}: the store writes them")
+    try:
+        trend_bytes = json.dumps(dict(trend_state), indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"trend_state is not strict JSON: {exc}") from exc
+    now = datetime.now(UTC)
+    name = _check_version_name(version or f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}")
+    final = root_p / name
+    if final.exists():
+        raise InputError(f"bundle {final} already exists")
+    root_p.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root_p))
+    try:
+        drift.save(tmp)
+        _write_file(tmp / TREND_JSON, trend_bytes.encode())
+        written = sorted(p.name for p in tmp.iterdir())
+        if set(written) != BUNDLE_FILES:
+            raise ModelIntegrityError(f"bundle writer produced {written}, expected the format's")
+        files = {}
+        for fname in written:
+            data = (tmp / fname).read_bytes()
+            with open(tmp / fname, "rb+") as fh:
+                os.fsync(fh.fileno())
+            files[fname] = {"sha256": _sha256(data), "bytes": len(data)}
+        ae = drift.autoencoder
+        card: dict[str, Any] = {
+            "format": _FORMAT,
+            "version": name,
+            "created": now.isoformat(timespec="seconds"),
+            "data_range": extra.pop("data_range", None),
+            "features": list(drift.feature_names),
+            "scaling": {"method": "median/IQR (robust)", **ae.scaler.to_dict()},
+            "thresholds": {
+                "drift": drift.threshold_,
+                "autoencoder": ae.threshold_,
+                "forest": drift.forest.threshold_,
+            },
+            "metrics": extra.pop("metrics", {}),
+            "libraries": _library_versions(),
+            "files": files,
+            **extra,
+        }
+        _write_file(tmp / CARD, json.dumps(card, indent=2, allow_nan=False).encode())
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(root_p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if promote_now:
+        promote(root_p, name)
+    return final
+
+
+def promote(root: str | Path, version: str) -> Path:
+    """Make ``version`` the current bundle (after verifying it); atomic via ``os.replace``."""
+    root_p = Path(root)
+    target = root_p / _check_version_name(version)
+    _read_verified(target)  # refuse to point at a broken bundle
+    fd, tmp_name = tempfile.mkstemp(prefix=".current-", dir=root_p)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(f"{version}\n".encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, root_p / CURRENT)
+        _fsync_dir(root_p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return target
+
+
+def resolve_current(root: str | Path) -> Path:
+    """The directory the ``current`` pointer names; ModelIntegrityError if none or invalid."""
+    root_p = Path(root)
+    try:
+        version = (root_p / CURRENT).read_text().strip()
+    except OSError as exc:
+        raise ModelIntegrityError(f"no current model under {root_p}: {exc}") from exc
+    try:
+        return root_p / _check_version_name(version)
+    except InputError as exc:
+        raise ModelIntegrityError(f"{root_p / CURRENT} names an invalid version") from exc
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Read the card and every file once; refuse anything not exactly as the card says."""
+    if path.is_symlink() or not path.is_dir():
+        raise ModelIntegrityError(f"{path} is not a bundle directory")
+    contents: dict[str, bytes] = {}
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            raise ModelIntegrityError(f"{entry.name}: links and sub-directories are refused")
+        data = entry.read_bytes()
+        reason = _pickle_reason(entry.name, data)
+        if reason:
+            raise ModelIntegrityError(f"{entry.name} is {reason}; pickle is never loaded")
+        contents[entry.name] = data
+    if CARD not in contents:
+        raise ModelIntegrityError(f"{path}: no {CARD}; not a podguard bundle")
+    try:
+        card = json.loads(contents.pop(CARD))
+    except ValueError as exc:
+        raise ModelIntegrityError(f"{CARD} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict) or card.get("format") != _FORMAT:
+        raise ModelIntegrityError(f"{CARD}: not a {_FORMAT} card")
+    listed = card.get("files")
+    if not isinstance(listed, dict) or set(listed) != BUNDLE_FILES:
+        raise ModelIntegrityError(f"{CARD} must list exactly {sorted(BUNDLE_FILES)}")
+    foreign = sorted(set(contents) - BUNDLE_FILES)
+    if foreign:
+        raise ModelIntegrityError(f"foreign file(s) in the bundle: {foreign}")
+    missing = sorted(BUNDLE_FILES - set(contents))
+    if missing:
+        raise ModelIntegrityError(f"missing file(s) in the bundle: {missing}")
+    for fname in sorted(BUNDLE_FILES):
+        entry = listed[fname]
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        if _sha256(contents[fname]) != expected:
+            raise ModelIntegrityError(f"checksum mismatch for {fname}: tampered or corrupt")
+    return card, contents
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Check a bundle without building models; returns its card."""
+    card, _ = _read_verified(Path(path))
+    return card
+
+
+def _json(contents: Mapping[str, bytes], fname: str) -> Any:
+    try:
+        return json.loads(contents[fname])
+    except ValueError as exc:
+        raise ModelIntegrityError(f"{fname} is not valid JSON: {exc}") from exc
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle directory, or ``root``'s current one if given the root."""
+    p = Path(path)
+    if not (p / CARD).exists() and (p / CURRENT).exists():
+        p = resolve_current(p)
+    card, contents = _read_verified(p)
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    try:
+        tensors = load_tensors(contents[AE_WEIGHTS])
+    except (SafetensorError, ValueError) as exc:
+        raise ModelIntegrityError(f"{AE_WEIGHTS}: not a safetensors file: {exc}") from exc
+    try:
+        autoencoder = AutoencoderDetector.from_state(_json(contents, AE_JSON), tensors)
+        forest = IsolationForestDetector.from_state(
+            _json(contents, FOREST_JSON), load_isolation_forest(contents[FOREST_SKOPS])
+        )
+        drift = DriftDetector.from_state(_json(contents, DRIFT_JSON), autoencoder, forest)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelIntegrityError(f"malformed model state in {p}: {exc!r}") from exc
+    if list(drift.feature_names) != card.get("features"):
+        raise ModelIntegrityError(f"{CARD}: feature list disagrees with the model")
+    trend_state = _json(contents, TREND_JSON)
+    if not isinstance(trend_state, dict):
+        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
+    return Bundle(drift=drift, trend_state=trend_state, card=card, path=p)
