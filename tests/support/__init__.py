@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: fixtures for the local real stack, a test exporter."""

@@ -1,0 +1,235 @@
+"""Session fixtures handing tests the real local services (registered in tests/conftest.py).
+
+One fixture per service, so a test that needs only Prometheus does not wait for Kafka:
+
+- ``local_prometheus`` -> :class:`PrometheusHandle` (URL, prometheus-api-client, targets,
+  backfill, restart)
+- ``local_alertmanager`` -> :class:`AlertmanagerHandle`
+- ``local_kafka`` -> :class:`KafkaHandle` (bootstrap address, admin client, restart)
+- ``local_kubernetes`` -> :class:`KubernetesHandle` (KUBECONFIG), when
+  ``deploy/local/kubernetes.py`` exists
+
+If a stack is already up (``PODGUARD_STACK_DIR`` or the pointer written by
+``python -m deploy.local up``), its running services are reused and left running; services
+it lacks are started in it. Without one, the session makes a private temporary state
+directory. Either way the session stops, at its end, exactly the services it started (and
+deletes the private directory). A service that cannot start fails the tests that need it,
+with the reason and the command that shows more; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_api_client import PrometheusConnect
+
+from deploy.local import stack
+from deploy.local._proc import StackError
+from deploy.local._service import Service
+from deploy.local.alertmanager import Alertmanager
+from deploy.local.kafka import Kafka
+from deploy.local.prometheus import Prometheus
+
+
+@dataclass
+class StackSession:
+    """The state directory this pytest session uses and the services it started there."""
+
+    state: Path
+    private: bool  # made by this session: deleted at its end
+    started: list[Service] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def ensure(self, service: Service) -> None:
+        """Reuse ``service`` if it runs in the state dir, else prepare and start it here."""
+        if service.name in self.failed:
+            pytest.fail(self.failed[service.name], pytrace=False)
+        if stack.is_up(service, self.state):
+            return
+        try:
+            service.prepare()
+            service.start(self.state)
+        except StackError as e:
+            self.failed[service.name] = (
+                f"the local {service.name} could not start: {e}\n"
+                f"To see it yourself: python -m deploy.local up {service.name}  "
+                f"(its log: {self.state / (service.name + '.log')}); "
+                f"to install what it needs: make prepare")
+            pytest.fail(self.failed[service.name], pytrace=False)
+        self.started.append(service)
+
+    def close(self) -> None:
+        for service in reversed(self.started):
+            try:
+                service.stop(self.state)
+            except StackError as e:  # keep stopping the others
+                print(f"could not stop {service.name}: {e}")
+        self.started.clear()
+        if self.private:
+            shutil.rmtree(self.state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[StackSession]:
+    existing = stack.current_dir()
+    session = (StackSession(existing, private=False) if existing is not None
+               else StackSession(stack.new_dir(), private=True))
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+@dataclass(frozen=True)
+class PrometheusHandle:
+    service: Prometheus
+    state: Path
+
+    @property
+    def url(self) -> str:
+        url = self.service.url(self.state)
+        assert url is not None, "prometheus has no recorded URL"
+        return url
+
+    def client(self) -> PrometheusConnect:
+        """A prometheus-api-client connection that ignores proxy settings (loopback only)."""
+        session = requests.Session()
+        session.trust_env = False
+        return PrometheusConnect(url=self.url, disable_ssl=True, session=session)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        return self.service.query(self.state, promql)
+
+    def set_targets(self, job: str, targets: Sequence[str],
+                    labels: Mapping[str, str] | None = None) -> None:
+        self.service.set_targets(self.state, job, targets, labels)
+
+    def remove_targets(self, job: str) -> None:
+        self.service.remove_targets(self.state, job)
+
+    def wait_for_targets(self, job: str, count: int = 1, timeout: float = 30.0) -> None:
+        self.service.wait_for_targets(self.state, job, count, timeout)
+
+    def backfill(self, openmetrics: str | Path) -> list[str]:
+        return self.service.backfill(self.state, openmetrics)
+
+    def stop(self) -> None:
+        self.service.stop(self.state)
+
+    def start(self) -> None:
+        self.service.start(self.state)
+
+    def restart(self) -> None:
+        self.service.restart(self.state)
+
+
+@pytest.fixture(scope="session")
+def local_prometheus(local_stack: StackSession) -> PrometheusHandle:
+    service = Prometheus()
+    local_stack.ensure(service)
+    return PrometheusHandle(service, local_stack.state)
+
+
+# --------------------------------------------------------------------------- Alertmanager
+
+
+@dataclass(frozen=True)
+class AlertmanagerHandle:
+    service: Alertmanager
+    state: Path
+
+    @property
+    def url(self) -> str:
+        url = self.service.url(self.state)
+        assert url is not None, "alertmanager has no recorded URL"
+        return url
+
+    def alerts(self, **filters: str) -> list[dict[str, Any]]:
+        return self.service.alerts(self.state, **filters)
+
+    def set_webhook(self, url: str | None) -> None:
+        self.service.set_webhook(self.state, url)
+
+
+@pytest.fixture(scope="session")
+def local_alertmanager(local_stack: StackSession) -> AlertmanagerHandle:
+    service = Alertmanager()
+    local_stack.ensure(service)
+    return AlertmanagerHandle(service, local_stack.state)
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@dataclass(frozen=True)
+class KafkaHandle:
+    service: Kafka
+    state: Path
+
+    @property
+    def bootstrap(self) -> str:
+        b = self.service.bootstrap(self.state)
+        assert b is not None, "kafka has no recorded bootstrap address"
+        return b
+
+    def admin(self) -> Any:
+        """A new ``kafka.KafkaAdminClient``; close it when done."""
+        from kafka import KafkaAdminClient
+
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="podguard-tests")
+
+    def stop(self) -> None:
+        self.service.stop(self.state)
+
+    def start(self) -> None:
+        self.service.start(self.state)
+
+    def restart(self) -> None:
+        self.service.restart(self.state)
+
+
+@pytest.fixture(scope="session")
+def local_kafka(local_stack: StackSession) -> KafkaHandle:
+    service = Kafka()
+    local_stack.ensure(service)
+    return KafkaHandle(service, local_stack.state)
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+@dataclass(frozen=True)
+class KubernetesHandle:
+    service: Service
+    state: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.service.env(self.state)
+
+    @property
+    def kubeconfig(self) -> str:
+        path = self.env.get("KUBECONFIG")
+        assert path and os.path.exists(path), f"kubernetes gives no kubeconfig file ({path!r})"
+        return path
+
+
+@pytest.fixture(scope="session")
+def local_kubernetes(local_stack: StackSession) -> KubernetesHandle:
+    services = stack.registry()
+    if "kubernetes" not in services:
+        pytest.fail("deploy/local/kubernetes.py does not exist yet: the local Kubernetes "
+                    "service is not part of the stack", pytrace=False)
+    service = services["kubernetes"]
+    local_stack.ensure(service)
+    return KubernetesHandle(service, local_stack.state)
