@@ -45,7 +45,6 @@ the drift models.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,7 +245,7 @@ class WindowBatch:
 def nanmedian_last(x: np.ndarray) -> np.ndarray:
     """Median over the last axis ignoring NaN; NaN where a row has no finite value."""
     xs = np.sort(x, axis=-1)  # NaN sorts last
-    cnt = np.isfinite(xs).sum(axis=-1)
+    cnt = np.count_nonzero(np.isfinite(xs), axis=-1)
     lo = np.maximum((cnt - 1) // 2, 0)[..., None]
     hi = np.maximum(cnt // 2, 0)[..., None]
     hi = np.minimum(hi, max(xs.shape[-1] - 1, 0))
@@ -264,7 +263,7 @@ def nanmedian_mad_last(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nancount_last(x: np.ndarray) -> np.ndarray:
-    return np.isfinite(x).sum(axis=-1)
+    return np.count_nonzero(np.isfinite(x), axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,17 +375,22 @@ def block_reduce(
     if nb == 0:
         return np.full((*values.shape[:-1], 0), np.nan), k
     x = values[..., L - nb * k :].reshape(*values.shape[:-1], nb, k)
-    cnt = np.isfinite(x).sum(axis=-1)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if how == "min":
-            r = np.fmin.reduce(x, axis=-1)
-        elif how == "max":
-            r = np.fmax.reduce(x, axis=-1)
-        elif how == "median":
-            r = nanmedian_last(x)
-        else:
-            raise ValueError(f"block_reduce: unknown reduction {how!r}")
+    fin = np.isfinite(x)
+    if how in ("min", "max"):
+        # a loop over the k bins of a block: numpy reduces short last axes slowly
+        fill = np.inf if how == "min" else -np.inf
+        op = np.minimum if how == "min" else np.maximum
+        xf = np.where(fin, x, fill)
+        r = xf[..., 0].copy()
+        cnt = fin[..., 0].astype(np.int32)
+        for q in range(1, k):
+            op(r, xf[..., q], out=r)
+            cnt += fin[..., q]
+    elif how == "median":
+        r = nanmedian_last(x)
+        cnt = np.count_nonzero(fin, axis=-1)
+    else:
+        raise ValueError(f"block_reduce: unknown reduction {how!r}")
     return np.where(cnt >= max(1, int(np.ceil(min_frac * k))), r, np.nan), k
 
 
