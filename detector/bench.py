@@ -1,0 +1,166 @@
+"""``podguard bench``: speed and memory figures (a benchmark that prints, not a timed test).
+
+Figures, each on one CPU core (torch and BLAS limited to one thread):
+
+* windows scored per second for the full ensemble (leak trend + autoencoder + isolation
+  forest), batched, without explanations; also with window extraction included;
+* explanation latency per flagged window (leak: exact Shapley over 9 inputs; drift: tree
+  SHAP + expected gradients);
+* replay throughput (rows/s) on 100 pods x 16 h x 7 metrics at 15 s (~3.5 M rows);
+* peak RSS of a process holding a node's worth of pods (110) with 4 h windows, measured in a
+  fresh subprocess so the benchmark's own data does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from detector import scenarios
+from detector.pipeline import Pipeline
+from detector.replay import iter_batches
+from detector.settings import WindowSettings
+from detector.windows import WindowBatch
+
+
+def _one_core() -> None:
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _collect(trace, n_max: int) -> WindowBatch:  # type: ignore[no-untyped-def]
+    parts = []
+    total = 0
+    for _t, batch, _e in iter_batches(trace, step_s=60.0, windows=WindowSettings()):
+        live = np.flatnonzero(~batch.stale)
+        if live.size:
+            parts.append(batch.subset(live))
+            total += live.size
+        if total >= n_max:
+            break
+    return WindowBatch.concat(parts)
+
+
+def bench_scoring(pipe: Pipeline, batch: WindowBatch, repeats: int = 3) -> dict[str, float]:
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        pipe.trend.score(batch)
+        pipe.drift.score(batch.features)
+        best = min(best, time.perf_counter() - t)
+    return {"windows": len(batch), "seconds": best, "windows_per_s_per_core": len(batch) / best}
+
+
+def bench_explain(pipe: Pipeline, batch: WindowBatch, n: int = 20) -> dict[str, float]:
+    from detector import explain as xp
+
+    idx = np.arange(min(n, len(batch)))
+    sub = batch.subset(idx)
+    t = time.perf_counter()
+    inputs, names = pipe.trend.explain_features(sub)
+    bg = pipe.trend.explain_background(names)
+    for j in range(len(sub)):
+        xp.exact_shapley(pipe.trend.score_from_explain_features, inputs[j], bg, names)
+    leak_ms = 1000 * (time.perf_counter() - t) / len(sub)
+    pipe.drift.explain(sub.features[:1])  # warm-up (background, graph)
+    t = time.perf_counter()
+    for j in range(len(sub)):
+        pipe.drift.explain(sub.features[j:j + 1])
+    drift_ms = 1000 * (time.perf_counter() - t) / len(sub)
+    return {"leak_explanation_ms": leak_ms, "drift_explanation_ms": drift_ms}
+
+
+def bench_replay(pipe: Pipeline, pods: int, hours: float) -> dict[str, float]:
+    from detector.replay import iter_replay
+
+    trace, _ = scenarios.generate(n_pods=pods, hours=hours, seed=99)
+    t = time.perf_counter()
+    steps = sum(1 for _ in iter_replay(trace, pipe, step_s=60.0, progress=True))
+    dt = time.perf_counter() - t
+    return {"rows": len(trace), "pods": pods, "hours": hours, "steps": steps, "seconds": dt,
+            "rows_per_s": len(trace) / dt}
+
+
+RSS_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from detector import scenarios
+from detector.pipeline import Pipeline
+from detector.replay import make_engine
+from detector.settings import WindowSettings
+from detector.traces import iter_time_chunks
+pods, model = int(sys.argv[1]), (sys.argv[2] or None)
+trace, _ = scenarios.generate(n_pods=pods, hours=4.5, seed=3)
+trace.to_parquet(sys.argv[3])
+del trace
+import gc; gc.collect()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from detector.traces import load_trace
+pipe = Pipeline.load(model)
+engine = make_engine(WindowSettings())
+t_cpu = time.process_time(); steps = 0
+for t, chunk in iter_time_chunks(load_trace(sys.argv[3]), 60.0):
+    engine.ingest(chunk); pipe.evaluate(engine.windows(at=t)); steps += 1
+cpu = time.process_time() - t_cpu
+rss = int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) * 1024
+print(json.dumps({"pods": pods, "steps": steps, "rss_bytes": rss,
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "cpu_s_per_step": cpu / steps,
+                  "state": engine.state_size()}))
+"""
+
+
+def bench_rss(pods: int, model: Path | None) -> dict[str, object]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_CHILD, str(pods), str(model or ""), f"{d}/t.parquet"],
+            capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    _one_core()
+    pipe = Pipeline.load(args.model)
+    print(f"podguard bench, model {pipe.version}, one core", flush=True)
+    trace, _ = scenarios.generate(n_pods=args.pods, hours=5.0, seed=11)
+    batch = _collect(trace, 20_000)
+    res: dict[str, object] = {}
+    res["scoring"] = bench_scoring(pipe, batch)
+    print(f"scoring (trend + autoencoder + forest, batched, no explanations): "
+          f"{res['scoring']['windows_per_s_per_core']:,.0f} windows/s/core "  # type: ignore[index]
+          f"over {len(batch):,} windows", flush=True)
+    res["explain"] = bench_explain(pipe, batch)
+    print(f"explanation latency: leak {res['explain']['leak_explanation_ms']:.1f} ms, "  # type: ignore[index]
+          f"drift {res['explain']['drift_explanation_ms']:.1f} ms per window", flush=True)  # type: ignore[index]
+    r = bench_rss(args.pods, args.model)
+    res["node"] = r
+    print(f"node of {args.pods} pods, 4 h windows, step every 60 s: RSS "
+          f"{r['rss_bytes'] / 2**20:.0f} MiB (peak {r['peak_rss_bytes'] / 2**20:.0f} MiB), "  # type: ignore[operator]
+          f"{r['cpu_s_per_step'] * 1000:.0f} ms CPU per step", flush=True)  # type: ignore[operator]
+    if args.replay_hours > 0:
+        res["replay"] = bench_replay(pipe, args.replay_pods, args.replay_hours)
+        rp = res["replay"]
+        print(f"replay: {rp['rows']:,} rows ({rp['pods']} pods x {rp['hours']} h) in "  # type: ignore[index]
+              f"{rp['seconds']:.0f} s = {rp['rows_per_s']:,.0f} rows/s", flush=True)  # type: ignore[index]
+    res["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(res, indent=2, default=float))
+    return 0

@@ -1,0 +1,186 @@
+"""From windows to verdicts: the leak detector, the drift detector, debouncing, explanations.
+
+Called by the replay (``detector.replay``), the evaluation harness and the daemon. It owns
+no I/O: a :class:`WindowBatch` goes in, one :class:`Verdict` per window comes out.
+
+Decision order for a window that is not stale:
+
+1. the leak detector (robust trend on memory) flags it -> ``memory_leak`` or
+   ``gpu_memory_leak`` (by the channel that leaks), with the leak rate and time to OOM;
+2. else the drift detector (autoencoder + isolation forest) flags it -> ``drift``;
+3. else ``none``.
+
+A pod must be flagged on ``confirm_steps`` consecutive evaluations before ``is_anomaly``
+turns true (one noisy window does not page anybody). Positive verdicts carry SHAP
+attributions (exact Shapley values over the leak score's inputs, TreeExplainer +
+GradientExplainer for the drift score) and one readable sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from detector import explain as xp
+from detector.models.drift import DriftDetector
+from detector.models.trend import LeakReport, TrendDetector
+from detector.settings import DetectionSettings
+from detector.verdicts import Explanation, Kind, Verdict
+from detector.windows import PodKey, WindowBatch
+
+
+@dataclass
+class _PodState:
+    streak: int = 0
+    kind: Kind = "none"
+
+
+@dataclass
+class Pipeline:
+    trend: TrendDetector
+    drift: DriftDetector
+    settings: DetectionSettings = field(default_factory=DetectionSettings)
+    version: str = "unversioned"
+    _pods: dict[PodKey, _PodState] = field(default_factory=dict, repr=False)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, *,
+             settings: DetectionSettings | None = None) -> Pipeline:
+        """The pipeline of a saved model bundle (``None``: the default model in ``data/``)."""
+        from detector.models import store
+
+        bundle = store.load_bundle(default_model_dir() if model_dir is None else model_dir)
+        return cls(
+            trend=TrendDetector.from_state(bundle.trend_state),
+            drift=bundle.drift,
+            settings=settings or DetectionSettings(),
+            version=str(bundle.card.get("version", "unknown")),
+        )
+
+    def forget(self, key: PodKey) -> None:
+        """Drops the debouncing state of a pod that vanished."""
+        self._pods.pop(key, None)
+
+    def known_pods(self) -> list[PodKey]:
+        return list(self._pods)
+
+    # -- scoring ------------------------------------------------------------------------
+    def evaluate(self, batch: WindowBatch) -> list[Verdict]:
+        n = len(batch)
+        if n == 0:
+            return []
+        leak = self.trend.predict(batch)
+        report = self.trend.leak_report(batch)
+        drift = self.drift.predict(batch.features)
+        stale = np.asarray(batch.stale, dtype=bool)
+
+        raw_leak = leak.is_anomaly & ~stale
+        raw_drift = drift.is_anomaly & ~stale & ~raw_leak
+
+        verdicts: list[Verdict] = []
+        explain_leak: list[int] = []
+        explain_drift: list[int] = []
+        for i, key in enumerate(batch.keys):
+            st = self._pods.setdefault(key, _PodState())
+            kind: Kind = "none"
+            if raw_leak[i]:
+                kind = "gpu_memory_leak" if report.channel[i] == "gpu_fb_used" else "memory_leak"
+            elif raw_drift[i]:
+                kind = "drift"
+            if kind == "none":
+                st.streak, st.kind = 0, "none"
+            elif kind == st.kind:
+                st.streak += 1
+            else:
+                st.streak, st.kind = 1, kind
+            positive = kind != "none" and st.streak >= self.settings.confirm_steps
+            if kind in ("memory_leak", "gpu_memory_leak"):
+                score, thr = float(leak.score[i]), leak.threshold
+            elif kind == "drift":
+                score, thr = float(drift.score[i]), drift.threshold
+            else:  # report whichever detector is closest to its threshold
+                lr = _ratio(float(leak.score[i]), leak.threshold)
+                dr = _ratio(float(drift.score[i]), drift.threshold)
+                score, thr = ((float(leak.score[i]), leak.threshold) if lr >= dr
+                              else (float(drift.score[i]), drift.threshold))
+            tto = rng = rate = None
+            if kind in ("memory_leak", "gpu_memory_leak"):
+                tto = _finite(report.time_to_oom_s[i])
+                lo, hi = _finite(report.time_to_oom_low_s[i]), _finite(report.time_to_oom_high_s[i])
+                rng = (lo, hi) if lo is not None and hi is not None else None
+                rate = _finite(report.rate_bytes_per_s[i])
+            verdicts.append(Verdict(
+                ts=float(batch.ts[i]), namespace=key.namespace, pod=key.pod,
+                node=batch.nodes[i], is_anomaly=bool(positive), kind=kind if positive else "none",
+                score=score, threshold=float(thr), time_to_oom_s=tto if positive else None,
+                time_to_oom_range_s=rng if positive else None,
+                leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
+            ))
+            if positive and self.settings.explain:
+                (explain_leak if kind != "drift" else explain_drift).append(i)
+
+        if explain_leak:
+            for i, text, values in self._explain_leak(batch, explain_leak, report):
+                verdicts[i] = _with_explanation(verdicts[i], text, values)
+        if explain_drift:
+            idx = np.asarray(explain_drift)
+            attrs = self.drift.explain(batch.features[idx])
+            for j, i in enumerate(explain_drift):
+                facts: xp.Facts = {"score": float(drift.score[i]), "threshold": drift.threshold}
+                text = "pre-failure drift, " + xp.describe(attrs[j], facts)
+                verdicts[i] = _with_explanation(verdicts[i], text, attrs[j].values)
+        return verdicts
+
+    def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport
+                      ) -> Iterator[tuple[int, str, dict[str, float]]]:
+        """Exact Shapley values over the leak score's inputs, plus the leak's facts."""
+        inputs, names = self.trend.explain_features(batch.subset(np.asarray(rows)))
+        background = self.trend.explain_background(names)
+        for j, i in enumerate(rows):
+            attr = xp.exact_shapley(self.trend.score_from_explain_features, inputs[j],
+                                    background, names)
+            facts: xp.Facts = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
+            rate = float(report.rate_bytes_per_s[i])
+            if math.isfinite(rate):
+                facts["growth_bytes_per_s"] = rate
+            if report.view_s is not None and math.isfinite(float(report.view_s[i])):
+                facts["growth_duration_s"] = float(report.view_s[i])
+            tto = float(report.time_to_oom_s[i])
+            if math.isfinite(tto):
+                facts["time_to_oom_s"] = tto
+            limit = float(report.limit_bytes[i])
+            if math.isfinite(limit):
+                facts["limit_bytes"] = limit
+            yield i, xp.describe(attr, facts), attr.values
+
+
+_SUBJECT = {"mem_working_set": "working set", "mem_rss": "RSS", "gpu_fb_used": "GPU memory"}
+
+
+def default_model_dir() -> Path:
+    """The shipped default model (``data/model``), or ``PODGUARD_DEFAULT_MODEL``."""
+    env = os.environ.get("PODGUARD_DEFAULT_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "data" / "model"
+
+
+def _with_explanation(v: Verdict, text: str, values: dict[str, float]) -> Verdict:
+    return replace(v, explanation=Explanation(text=text, features=dict(values)))
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _ratio(score: float, thr: float) -> float:
+    if not math.isfinite(score):
+        return -math.inf
+    return score / thr if thr > 0 else score - thr

@@ -1,0 +1,108 @@
+"""Fitting the detectors from healthy windows (shared by ``podguard train`` and the default model).
+
+Who calls it: ``training.default_model`` (the model shipped in ``data/model``) and the
+retraining job. Windows are built causally with the daemon's engine, pods are split into a
+fitting part and a held-back part, the models learn on the first and their thresholds are
+fitted at the configured false-alarm rates on the second (fitted state, never hand-set).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detector.errors import InputError
+from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
+from detector.models.drift import DriftConfig, DriftDetector
+from detector.models.forest import ForestConfig, IsolationForestDetector
+from detector.models.trend import TrendDetector
+from detector.replay import iter_batches
+from detector.settings import DetectionSettings, WindowSettings
+from detector.windows import WindowBatch
+
+
+def collect_windows(trace: pd.DataFrame, *, windows: WindowSettings, every: int = 1,
+                    progress: bool = False, desc: str = "windows") -> WindowBatch:
+    """Every ``every``-th step's non-stale windows of ``trace``, in one batch."""
+    parts: list[WindowBatch] = []
+    for k, (_t, batch, _engine) in enumerate(iter_batches(
+            trace, step_s=windows.step_s, windows=windows, progress=progress, desc=desc)):
+        if k % every or len(batch) == 0:
+            continue
+        live = ~np.asarray(batch.stale, dtype=bool)
+        if live.any():
+            parts.append(batch.subset(np.flatnonzero(live)))
+    if not parts:
+        raise InputError("no usable windows in the training data (all pods stale or empty)")
+    return WindowBatch.concat(parts)
+
+
+def split_by_pod(batch: WindowBatch, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of (fit, held-back) windows; every pod lands wholly on one side."""
+    pods = sorted({str(k) for k in batch.keys})
+    if len(pods) < 2:
+        raise InputError(f"need windows of at least 2 pods to hold some back, got {len(pods)}")
+    rng = np.random.default_rng(seed)
+    n_hold = min(len(pods) - 1, max(1, round(holdout * len(pods))))
+    held = set(rng.choice(pods, size=n_hold, replace=False).tolist())
+    mask = np.array([str(k) in held for k in batch.keys])
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+@dataclass
+class FitResult:
+    trend: TrendDetector
+    drift: DriftDetector
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: int = 0,
+                  holdout: float = 0.3, drift_config: DriftConfig | None = None,
+                  progress: bool = False) -> FitResult:
+    """Fits both detectors on healthy windows and their thresholds on held-back pods."""
+    fit_idx, hold_idx = split_by_pod(healthy, holdout, seed)
+    fit_b, hold_b = healthy.subset(fit_idx), healthy.subset(hold_idx)
+    t0 = time.perf_counter()
+    trend = TrendDetector().fit(fit_b)
+    # thresholds as fitted state: on every healthy window (the trend detector has few
+    # parameters; the held-back part alone is too small for a 1e-4 tail)
+    trend_thr = trend.infer_threshold(healthy, detection.leak_fpr)
+    t1 = time.perf_counter()
+    drift = DriftDetector(
+        config=drift_config or DriftConfig(seed=seed),
+        autoencoder=AutoencoderDetector(AutoencoderConfig(seed=seed), progress=progress),
+        forest=IsolationForestDetector(ForestConfig(seed=seed)),
+    )
+    drift.fit(fit_b.features, fit_b.feature_names)
+    drift_thr = drift.infer_threshold(hold_b.features, detection.drift_fpr)
+    t2 = time.perf_counter()
+    pods = {str(k) for k in healthy.keys}
+    summary = {
+        "windows": len(healthy), "windows_fit": len(fit_b), "windows_holdout": len(hold_b),
+        "pods": len(pods), "trend_threshold": trend_thr, "drift_threshold": drift_thr,
+        "trend_fit_s": round(t1 - t0, 2), "drift_fit_s": round(t2 - t1, 2),
+        "data_start": float(np.min(healthy.ts)), "data_end": float(np.max(healthy.ts)),
+        "feature_names": list(healthy.feature_names),
+        "holdout_false_alarm_rate": {
+            "trend": float(np.mean(trend.predict(hold_b).is_anomaly)),
+            "drift": float(np.mean(drift.predict(hold_b.features).is_anomaly)),
+        },
+    }
+    hist = drift.autoencoder.history_
+    if hist is not None:
+        summary["autoencoder"] = {
+            "epochs": hist.epochs, "train_loss": hist.train_loss[-1] if hist.train_loss else None,
+            "val_loss": hist.val_loss[-1] if hist.val_loss else None,
+            "samples_per_s": round(hist.samples_per_s, 1), "seconds": round(hist.seconds, 2),
+            "device": hist.device,
+        }
+    return FitResult(trend=trend, drift=drift, summary=summary)
+
+
+def describe_pods(keys: Sequence[object]) -> int:
+    return len({str(k) for k in keys})
