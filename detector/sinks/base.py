@@ -1,0 +1,26 @@
+"""The sink contract: the daemon hands every evaluation's verdicts to each sink.
+
+``send`` must not block on the network for long and must not lose what it accepted: a sink
+that talks to a remote service queues (bounded) and retries in the background; ``flush``
+waits (up to ``timeout`` seconds) until what was accepted is delivered, and returns whether it
+was; ``close`` flushes and releases resources. The daemon commits source offsets only after
+``send`` returned, so accepted = handed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from detector.verdicts import Verdict
+
+
+@runtime_checkable
+class Sink(Protocol):
+    name: str
+
+    def send(self, verdicts: Sequence[Verdict]) -> None: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+    def close(self, timeout: float = 5.0) -> None: ...
