@@ -417,7 +417,8 @@ class Kubernetes:
             code, body = admin.get("/version")
             return ok, json.loads(body).get("gitVersion", "") if code == 200 else ""
         if p in ("kube-controller-manager", "kube-scheduler"):
-            return _healthz(ep.url(p), admin.ca_ctx), "healthz ok"
+            ok = _healthz(ep.url(p), admin.ca_ctx)
+            return ok, "healthz ok" if ok else "healthz not ok"
         ready = admin.ready_nodes(ep.nodes)
         ok = _healthz(ep.kwok, None) and ready == len(ep.nodes)
         return ok, f"{ready}/{len(ep.nodes)} kwok nodes Ready"

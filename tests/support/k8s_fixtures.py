@@ -1,17 +1,20 @@
 """pytest fixtures for the local Kubernetes (real control plane, kwok nodes).
 
-Load with ``pytest_plugins = ["tests.support.k8s_fixtures"]`` in tests/conftest.py.
+Load with ``pytest_plugins = [..., "tests.support.k8s_fixtures"]`` in tests/conftest.py,
+next to ``tests.support.stack_fixtures``, whose session fixture ``local_kubernetes`` this
+builds on: the control plane of :class:`deploy.local.kubernetes.Kubernetes` is started (or
+reused) in the session's stack directory exactly once, whichever fixture a test asks for.
 
-``kube`` (session): the control plane of :class:`deploy.local.kubernetes.Kubernetes`. When
-the local stack's directory (``PODGUARD_STACK_DIR``, else the one ``python -m deploy.local
-up`` recorded) has it running, it is reused and left running; otherwise the binaries are
-prepared (a Go build of several minutes the first time on a machine, then cached), a control
-plane is started in a temporary directory and stopped at the end of the session.
+``kube`` (session): that control plane as a test sees it, with an official
+``kubernetes.client.ApiClient`` for the admin user. When a stack is already up
+(``PODGUARD_STACK_DIR`` or ``python -m deploy.local up``) and runs Kubernetes, it is reused
+and left running; otherwise the binaries are prepared (a Go build of several minutes the
+first time on a machine, then cached) and the control plane is started for the session and
+stopped at its end.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +22,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from deploy.local import stack
-from deploy.local._proc import StackError
-from deploy.local.kubernetes import Kubernetes
+from deploy.local.kubernetes import Endpoints, Kubernetes
+from tests.support.stack_fixtures import KubernetesHandle
 
 
 @dataclass(frozen=True)
@@ -31,36 +33,26 @@ class Kube:
     state: Path  # the stack directory
     kubeconfig: Path  # admin kubeconfig (client certificate in system:masters)
     api: client.ApiClient  # official client, configured from ``kubeconfig``
-    nodes: tuple[str, ...]  # the kwok node names, e.g. ("kwok-node-0", ...)
     service: Kubernetes
-    start_seconds: float | None  # wall time of start() in this session; None when reused
+    endpoints: Endpoints  # URLs of each process, node names, start timings
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The kwok node names: ("kwok-node-0", "kwok-node-1", "kwok-node-2")."""
+        return self.endpoints.nodes
 
 
 @pytest.fixture(scope="session")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
-    service = Kubernetes()
-    running = stack.current_dir()
-    reused = running is not None and stack.is_up(service, running)
-    state = running if reused and running else tmp_path_factory.mktemp("k8s-stack")
-    took: float | None = None
-    if not reused:
-        try:
-            service.prepare()
-            t0 = time.monotonic()
-            service.start(state)
-            took = time.monotonic() - t0
-        except StackError as e:
-            pytest.fail(f"local Kubernetes could not start: {e}\n(build it with "
-                        "`make prepare` or `python -m deploy.local prepare`; needs Go >= 1.26 "
-                        "and openssl)", pytrace=False)
-    ep = service.endpoints(state)
-    assert ep is not None, f"no kubernetes.json in {state}: the control plane did not start"
-    kubeconfig = Path(service.env(state)["KUBECONFIG"])
+def kube(local_kubernetes: KubernetesHandle) -> Iterator[Kube]:
+    service = local_kubernetes.service
+    assert isinstance(service, Kubernetes), type(service)
+    state = local_kubernetes.state
+    endpoints = service.endpoints(state)
+    assert endpoints is not None, f"no kubernetes.json in {state}: the control plane never started"
+    kubeconfig = Path(local_kubernetes.kubeconfig)
     api = config.new_client_from_config(config_file=str(kubeconfig))
     try:
-        yield Kube(state=state, kubeconfig=kubeconfig, api=api, nodes=ep.nodes,
-                   service=service, start_seconds=took)
+        yield Kube(state=state, kubeconfig=kubeconfig, api=api, service=service,
+                   endpoints=endpoints)
     finally:
         api.close()
-        if not reused:
-            service.stop(state)
