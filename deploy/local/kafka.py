@@ -39,6 +39,9 @@ KAFKA_VERSION = os.environ.get("PODGUARD_KAFKA_VERSION", "4.4.0")
 """Kafka version resolved from Maven Central (4.x; its broker needs Java 17 or newer)."""
 
 MIN_JAVA = 17
+DEFAULT_JVM_OPTIONS = ("-Xms32m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+"""Small and quick to start on a shared 2-core machine: serial GC, C1 JIT only (measured
+faster to ready and ~50 MiB smaller than G1 with C2; throughput is ample for tests)."""
 POM = Path(__file__).resolve().parent / "kafka-jars" / "pom.xml"
 NODE_ID = 1
 
@@ -77,9 +80,11 @@ class Kafka:
     name = "kafka"
 
     def __init__(self, *, version: str = KAFKA_VERSION, heap: str = "512m",
+                 jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS,
                  ready_timeout: float = 120.0) -> None:
         self.version = version
-        self.heap = heap
+        self.heap = heap  # -Xmx
+        self.jvm_options = jvm_options
         self.ready_timeout = ready_timeout
 
     @staticmethod
@@ -158,9 +163,9 @@ class Kafka:
             "broker_port": broker, "controller_port": controller, "cluster_id": cluster_id,
             "bootstrap": f"{LOOPBACK}:{broker}", "version": f"kafka {self.version}"})
         classpath = f"{libs}/*"
-        jvm = [java, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        jvm = [java, f"-Xmx{self.heap}", *self.jvm_options, "-XX:+ExitOnOutOfMemoryError",
+               "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
+               "-cp", classpath]
         if not (self.data_dir(state) / "meta.properties").exists():
             fmt = subprocess.run(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],

@@ -63,7 +63,7 @@ def _consume(kafka: KafkaHandle, topic: str, group: str, expect: int,
 def _committed(kafka: KafkaHandle, group: str) -> dict[int, int]:
     admin = kafka.admin()
     try:
-        offsets = admin.list_consumer_group_offsets(group)
+        offsets = admin.list_group_offsets(group)[group]
     finally:
         admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items()}
@@ -80,7 +80,7 @@ def test_three_partition_topic_groups_resume_at_commits_and_data_survive_restart
     finally:
         admin.close()
     assert described[0]["error_code"] == 0
-    assert sorted(p["partition"] for p in described[0]["partitions"]) == [0, 1, 2]
+    assert sorted(p["partition_index"] for p in described[0]["partitions"]) == [0, 1, 2]
 
     per_partition = _produce(local_kafka, topic, range(FIRST))
     assert sorted(per_partition) == [0, 1, 2] and sum(per_partition.values()) == FIRST

@@ -19,6 +19,7 @@ with the reason and the command that shows more; nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,11 +52,14 @@ class StackSession:
         """Reuse ``service`` if it runs in the state dir, else prepare and start it here."""
         if service.name in self.failed:
             pytest.fail(self.failed[service.name], pytrace=False)
-        if stack.is_up(service, self.state):
-            return
+        # A shared stack may be used by another pytest session or `up` at the same time.
+        lock = contextlib.nullcontext() if self.private else stack.locked()
         try:
-            service.prepare()
-            service.start(self.state)
+            with lock:
+                if stack.is_up(service, self.state):
+                    return
+                service.prepare()
+                service.start(self.state)
         except StackError as e:
             self.failed[service.name] = (
                 f"the local {service.name} could not start: {e}\n"
