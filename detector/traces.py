@@ -183,6 +183,7 @@ def save_trace(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a trace is ordinary data
         if _is_parquet(p):
             frame.to_parquet(tmp, index=False, compression="zstd")
         else:

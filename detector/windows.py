@@ -45,7 +45,7 @@ the drift models.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,19 @@ CHANNELS: tuple[str, ...] = (
     "restarts",  # restart count increments per grid step, kube_pod_container_status_restarts_total
 )
 """The canonical channel order of :attr:`WindowBatch.values`."""
+
+CHANNEL_METRICS: dict[str, str] = {
+    "mem_working_set": "container_memory_working_set_bytes",
+    "mem_rss": "container_memory_rss",
+    "gpu_fb_used": "DCGM_FI_DEV_FB_USED",
+    "cpu_rate": "container_cpu_usage_seconds_total",
+    "gpu_util": "DCGM_FI_DEV_GPU_UTIL",
+    "net_rx_rate": "container_network_receive_bytes_total",
+    "net_tx_rate": "container_network_transmit_bytes_total",
+    "fs_usage": "container_fs_usage_bytes",
+    "restarts": "kube_pod_container_status_restarts_total",
+}
+"""The trace metric each channel is computed from (to name it in explanations)."""
 
 MEMORY_CHANNELS: tuple[str, ...] = ("mem_working_set", "mem_rss", "gpu_fb_used")
 THROUGHPUT_CHANNELS: tuple[str, ...] = ("cpu_rate", "gpu_util", "net_rx_rate", "net_tx_rate")
@@ -907,7 +920,7 @@ class WindowEngine:
         if at is None:
             at = self.clock
         if at is None or not np.isfinite(at):
-            return self._empty_batch()
+            return self.empty_batch()
         B = math.floor((float(at) - self.origin_s) / self.step_s)
         t_end = self.origin_s + B * self.step_s
         if pods is None:
@@ -915,11 +928,11 @@ class WindowEngine:
         else:
             cand = sorted({self._pod_index[k] for k in pods if k in self._pod_index})
         if not cand:
-            return self._empty_batch()
+            return self.empty_batch()
         cand_arr = np.asarray(cand, dtype=np.int64)
         cand_arr = cand_arr[self._p_first[cand_arr] <= t_end]
         if cand_arr.size == 0:
-            return self._empty_batch()
+            return self.empty_batch()
         pod_pos = np.full(len(self._pod_keys), -1, dtype=np.int64)
         pod_pos[cand_arr] = np.arange(cand_arr.size)
         n_cap = self._s_alive.size
@@ -948,7 +961,7 @@ class WindowEngine:
         age = (L - 1 - last_bin) * self.step_s
         keep_pod = (last_bin >= 0) & (age <= self.pod_ttl_s)
         if not keep_pod.any():
-            return self._empty_batch()
+            return self.empty_batch()
         new_pos = np.cumsum(keep_pod) - 1
         keep_series = keep_pod[p_of]
         sel, p_of = sel[keep_series], new_pos[p_of[keep_series]]
@@ -1064,7 +1077,8 @@ class WindowEngine:
         out[..., 1] = np.where(enough, mad, np.nan)
         return out
 
-    def _empty_batch(self) -> WindowBatch:
+    def empty_batch(self) -> WindowBatch:
+        """A batch of zero windows with this engine's grid, channels and features."""
         C, L = len(CHANNELS), self.n_bins
         return WindowBatch(
             keys=[],
@@ -1137,3 +1151,54 @@ def _series_to_grid(
     if inc_rows.any():
         res[inc_rows] = out[inc_rows]
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Replaying a whole trace (training, evaluation, tests)
+
+
+def iter_windows(
+    trace: pd.DataFrame,
+    *,
+    every_s: float = 600.0,
+    engine: WindowEngine | None = None,
+    start: float | None = None,
+) -> Iterator[tuple[float, WindowBatch, IngestReport]]:
+    """Feeds ``trace`` to ``engine`` in time order, one ``engine.step_s`` slice at a time, and
+    yields ``(t, windows at t, ingest report of the slice)`` every ``every_s`` seconds of trace
+    time (at multiples of ``every_s``; ``every_s`` must be a multiple of the engine step).
+
+    The same causal loop as the replay: a window at ``t`` has seen only samples <= t. Empty
+    batches are skipped.
+    """
+    eng = WindowEngine() if engine is None else engine
+    ratio = every_s / eng.step_s
+    if not every_s > 0 or abs(ratio - round(ratio)) > 1e-9:
+        raise InputError(
+            f"every_s ({every_s}) must be a positive multiple of the step ({eng.step_s})"
+        )
+    rep = IngestReport()
+    for t_end, chunk in tr.iter_time_chunks(trace, eng.step_s):
+        rep.merge(eng.ingest(chunk))
+        if start is not None and t_end < start:
+            continue
+        k = (t_end - eng.origin_s) / every_s
+        if abs(k - round(k)) > 1e-6:
+            continue
+        batch = eng.windows(at=t_end)
+        if len(batch):
+            yield t_end, batch, rep
+            rep = IngestReport()
+
+
+def collect_windows(
+    trace: pd.DataFrame,
+    *,
+    every_s: float = 600.0,
+    engine: WindowEngine | None = None,
+    start: float | None = None,
+) -> WindowBatch:
+    """All windows of :func:`iter_windows` in one batch (empty batch if there are none)."""
+    eng = WindowEngine() if engine is None else engine
+    batches = [b for _, b, _ in iter_windows(trace, every_s=every_s, engine=eng, start=start)]
+    return WindowBatch.concat(batches) if batches else eng.empty_batch()
