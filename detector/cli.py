@@ -21,6 +21,8 @@ EPILOG = """examples:
   podguard replay trace.parquet --out verdicts.jsonl
   podguard evaluate --out out/evaluation          # table + plot against two baselines
   podguard bench                                  # windows/s/core, explanation latency, RSS
+  podguard train --traces history.parquet --out /models
+  podguard train --prometheus http://prometheus:9090 --since 7d --out /models
   podguard config --print-defaults
 """
 
@@ -77,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     d.add_argument("--seed", type=int, default=7, help="scenario seed (7)")
 
+    t = sub.add_parser("train", help="the offline retraining job (history -> validated model)",
+                       description="Pulls history from Prometheus or reads trace files, "
+                       "excludes pods with incidents, fits the detectors and their thresholds, "
+                       "validates the candidate against the model in service and promotes it "
+                       "only if it is not worse by more than --margin.")
+    from training.job import add_arguments
+
+    add_arguments(t)
+
     c = sub.add_parser("config", help="show the configuration",
                        description="Prints the default configuration as YAML, every field "
                        "with its unit, or validates a file.")
@@ -121,6 +132,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         summary = replay_to_file(trace, pipe, args.out, step_s=args.step,
                                  progress=not args.no_progress)
         print(json.dumps(summary.to_json_dict(), indent=2))
+        return 0
+    if args.command == "train":
+        from training.job import run
+
+        run(args)
         return 0
     if args.command == "evaluate":
         from detector.evaluate_cli import run_evaluate
