@@ -77,7 +77,8 @@ class AutoencoderConfig:
     max_epochs: int = 200
     """Upper bound on passes over the training split."""
     patience: int = 10
-    """Stop after this many epochs without a relative validation improvement of min_delta."""
+    """Stop after this many epochs without a relative validation improvement of min_delta
+    (the weights of the lowest validation loss are restored)."""
     min_delta: float = 1e-3
     """Relative improvement of the validation loss that resets the patience counter."""
     val_fraction: float = 0.2
@@ -262,7 +263,7 @@ class AutoencoderDetector(ThresholdMixin):
                     recon = net(batch)
                 return ((batch[:, :f].float() - recon.float()) ** 2).mean()
 
-            best = float("inf")
+            best = reference = float("inf")  # best: restored weights; reference: patience
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             since_best, seen = 0, 0
             bar = tqdm(range(cfg.max_epochs), disable=not self.progress, desc="autoencoder")
@@ -288,9 +289,11 @@ class AutoencoderDetector(ThresholdMixin):
                 history.val_loss.append(val_loss)
                 history.epochs = epoch + 1
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-                if val_loss < best * (1.0 - cfg.min_delta):
-                    best, since_best, history.best_epoch = val_loss, 0, epoch + 1
+                if val_loss < best:
+                    best, history.best_epoch = val_loss, epoch + 1
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                if val_loss < reference * (1.0 - cfg.min_delta):
+                    reference, since_best = val_loss, 0
                 else:
                     since_best += 1
                     if since_best >= cfg.patience:

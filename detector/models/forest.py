@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,10 @@ class RobustScaler:
 class ForestConfig:
     """Hyper-parameters of :class:`IsolationForestDetector`."""
 
-    n_estimators: int = 100
-    """Number of isolation trees (scoring cost is linear in it)."""
+    n_estimators: int = 200
+    """Number of isolation trees (scoring cost is linear in it). 200 rather than the classic
+    100: with 100 the TreeSHAP top feature of a one-feature fault is right ~89 % of the time,
+    with 200 ~94 % (tests/test_explain.py), at half the (ample) scoring throughput."""
     max_samples: int = 256
     """Rows drawn to grow each tree (the classic 256; depth limit is log2 of it)."""
     max_features: float = 1.0
@@ -178,8 +181,8 @@ class _PackedForest:
 
     feature: np.ndarray  # (nodes,) intp, column tested at the node (0 at leaves)
     threshold: np.ndarray  # (nodes,) float64, +inf at leaves (so leaves loop on themselves)
-    left: np.ndarray  # (nodes,) intp, global index; a leaf points at itself
-    right: np.ndarray  # (nodes,) intp
+    children: np.ndarray  # (2 * nodes,) intp: [left, right] of each node, global indices;
+    # a leaf's children are itself, so every row can take max_depth steps
     value: np.ndarray  # (nodes,) float64, depth + c(n_node_samples) at leaves
     roots: np.ndarray  # (trees,) intp
     max_depth: int
@@ -212,28 +215,33 @@ class _PackedForest:
         return cls(
             feature=np.concatenate(feats).astype(np.intp),
             threshold=np.concatenate(thrs).astype(np.float64),
-            left=np.concatenate(lefts).astype(np.intp),
-            right=np.concatenate(rights).astype(np.intp),
+            children=np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
+            .ravel()
+            .astype(np.intp),
             value=np.concatenate(vals).astype(np.float64),
             roots=np.asarray(roots, dtype=np.intp),
             max_depth=max_depth,
         )
 
-    def mean_path_length(self, Z: np.ndarray, chunk: int = 2048) -> np.ndarray:
-        """E[h(x)] over the trees for each row of ``Z`` (n, d)."""
+    def mean_path_length(self, Z: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """E[h(x)] over the trees for each row of ``Z`` (n, d).
+
+        All rows and trees advance one level per step (gathers on (chunk, trees) index
+        arrays); ``x > threshold`` picks the right child as in scikit-learn's ``x <= t`` left.
+        """
         Z = np.ascontiguousarray(Z, dtype=np.float32)
         n, d = Z.shape
         out = np.empty(n, dtype=np.float64)
         n_trees = self.roots.shape[0]
         for start in range(0, n, chunk):
             block = Z[start : start + chunk]
-            flat = block.ravel().astype(np.float64)
+            flat = block.ravel()
             m = block.shape[0]
             row_base = (np.arange(m, dtype=np.intp) * d)[:, None]
             node = np.broadcast_to(self.roots, (m, n_trees)).copy()
             for _ in range(self.max_depth):
                 x = flat[row_base + self.feature[node]]
-                node = np.where(x <= self.threshold[node], self.left[node], self.right[node])
+                node = self.children[2 * node + (x > self.threshold[node])]
             out[start : start + m] = self.value[node].mean(axis=1)
         return out
 
@@ -375,7 +383,7 @@ class IsolationForestDetector(ThresholdMixin):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         skops_path, json_path = d / FOREST_SKOPS, d / FOREST_JSON
-        sio.dump(self.estimator_, skops_path)
+        sio.dump(self.estimator_, skops_path, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
         json_path.write_text(json.dumps(self.state_dict(), indent=2, allow_nan=False))
         return [skops_path, json_path]
 

@@ -146,6 +146,14 @@ def _pickle_reason(name: str, data: bytes) -> str | None:
         return "a pickle file (by its name)"
     if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
         return f"a pickle stream (protocol {data[1]} header)"
+    if lower.endswith(_TORCH_SUFFIXES):
+        import torch
+
+        try:
+            torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception:
+            return "a torch file not loadable with weights_only=True (arbitrary pickle)"
+        return None  # tensors only: harmless, but still refused below as a foreign file
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -155,13 +163,6 @@ def _pickle_reason(name: str, data: bytes) -> str | None:
         pickled = [m for m in members if m.lower().endswith(_PICKLE_SUFFIXES)]
         if pickled:
             return f"an archive holding pickle member(s) {pickled[:3]} (torch.save format?)"
-    if lower.endswith(_TORCH_SUFFIXES):
-        import torch
-
-        try:
-            torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception:
-            return "a torch file not loadable with weights_only=True (arbitrary pickle)"
     return None
 
 

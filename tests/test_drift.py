@@ -1,0 +1,180 @@
+"""Fused drift detector: tail calibration, fusion rules, attribution, throughput."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from detector.errors import ConfigError, InputError, ModelIntegrityError
+from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
+from detector.models.drift import DriftConfig, DriftDetector, TailCalibrator
+from detector.models.forest import config_from_dict
+from tests.support.drift_data import NAMES, drifted, healthy
+
+torch.set_num_threads(1)
+
+_AE = AutoencoderConfig(max_epochs=60, patience=6)
+
+
+@pytest.fixture(scope="module")
+def drift() -> DriftDetector:
+    det = DriftDetector(DriftConfig(), AutoencoderDetector(_AE)).fit(healthy(4000, seed=1), NAMES)
+    det.infer_threshold(healthy(2000, seed=2), fpr=0.01)
+    return det
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_tail_score_is_minus_log10_exceedance_on_healthy_scores() -> None:
+    rng = np.random.default_rng(0)
+    cal = TailCalibrator.fit(rng.gamma(2.0, size=20_000), u=0.9)
+    fresh = rng.gamma(2.0, size=200_000)
+    t = cal.transform(fresh)
+    for level in (0.5, 1.0, 2.0, 3.0):  # t >= level should happen with probability 10^-level
+        assert np.mean(t >= level) == pytest.approx(10.0**-level, rel=0.25)
+
+
+def test_tail_score_is_monotone_continuous_and_unbounded() -> None:
+    rng = np.random.default_rng(1)
+    cal = TailCalibrator.fit(rng.normal(size=500), u=0.9)
+    grid = np.linspace(-10, 50, 20_001)
+    t = cal.transform(grid)
+    assert np.all(np.diff(t) >= 0)
+    assert np.max(np.abs(np.diff(t))) < 0.05  # no jumps, including at the body/tail seam
+    assert t[0] == 0.0 and t[-1] > 20.0  # keeps growing past the calibration sample
+    q_u = cal.knots[-1]
+    assert cal.transform(np.array([q_u]))[0] == pytest.approx(1.0)  # -log10(1 - 0.9)
+
+
+def test_tail_derivative_matches_finite_differences() -> None:
+    cal = TailCalibrator.fit(np.random.default_rng(2).normal(size=2000), u=0.9)
+    s = np.array([-0.5, 0.3, 1.0, 2.5, 4.0])
+    h = 1e-6
+    numeric = (cal.transform(s + h) - cal.transform(s - h)) / (2 * h)
+    np.testing.assert_allclose(cal.derivative(s), numeric, rtol=1e-3)
+
+
+def test_calibrator_round_trips_and_validates() -> None:
+    cal = TailCalibrator.fit(np.arange(100.0), u=0.9)
+    again = TailCalibrator.from_dict(cal.to_dict())
+    np.testing.assert_array_equal(
+        again.transform(np.arange(-5.0, 200.0)), cal.transform(np.arange(-5.0, 200.0))
+    )
+    broken = cal.to_dict()
+    broken["knots"] = broken["knots"][::-1]
+    with pytest.raises(ConfigError):
+        TailCalibrator.from_dict(broken)
+
+
+def test_ties_in_calibration_scores_do_not_break_it() -> None:
+    cal = TailCalibrator.fit(np.r_[np.zeros(900), np.arange(100.0)], u=0.9)
+    t = cal.transform(np.array([-1.0, 0.0, 50.0, 1000.0]))
+    assert np.all(np.isfinite(t)) and np.all(np.diff(t) >= 0)
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def test_fused_score_is_the_weighted_mean_of_tail_scores(drift: DriftDetector) -> None:
+    x = np.vstack([healthy(50, seed=3), drifted(10, seed=4)])
+    c = drift.score_components(x)
+    np.testing.assert_allclose(
+        drift.score(x), 0.5 * c["autoencoder.tail"] + 0.5 * c["forest.tail"], rtol=1e-12
+    )
+    for member in ("autoencoder", "forest"):
+        np.testing.assert_array_equal(c[f"{member}.raw"], drift.members[member].score(x))
+
+
+def test_weights_and_max_fusion(drift: DriftDetector) -> None:
+    x = np.vstack([healthy(50, seed=5), drifted(10, seed=6)])
+    c = drift.score_components(x)
+    ae_only = DriftDetector.from_state(
+        {**drift.state_dict(), "config": {**drift.state_dict()["config"], "weight_forest": 0.0}},
+        drift.autoencoder,
+        drift.forest,
+    )
+    np.testing.assert_allclose(ae_only.score(x), c["autoencoder.tail"])
+    fused_max = DriftDetector.from_state(
+        {**drift.state_dict(), "config": {**drift.state_dict()["config"], "fusion": "max"}},
+        drift.autoencoder,
+        drift.forest,
+    )
+    np.testing.assert_allclose(
+        fused_max.score(x), np.maximum(c["autoencoder.tail"], c["forest.tail"])
+    )
+    for a, s in zip(fused_max.explain(x[-3:]), fused_max.score(x[-3:])):
+        assert a.base_value + sum(a.values.values()) == pytest.approx(s, rel=0.02)
+
+
+def test_detects_the_collapse_at_the_fitted_false_alarm_rate(drift: DriftDetector) -> None:
+    assert drift.threshold_ is not None
+    false_alarms = drift.predict(healthy(5000, seed=7)).is_anomaly.mean()
+    detected = drift.predict(drifted(500, seed=8, shift_sd=-4.0)).is_anomaly.mean()
+    print(f"drift @1% target: FPR {false_alarms:.3%}, TPR {detected:.1%} (collapse, 4 sd)")
+    assert 0.004 <= false_alarms <= 0.02
+    assert detected > 0.9
+
+
+def test_fusion_beats_or_matches_each_member_on_mixed_faults(drift: DriftDetector) -> None:
+    """Two fault kinds: a collapse (correlation broken) and one feature far out of range."""
+    from sklearn.metrics import roc_auc_score
+
+    far = healthy(200, seed=9)
+    far[:, NAMES.index("mem_rss.level_z")] += 30.0
+    x = np.vstack([healthy(2000, seed=10), drifted(200, seed=11, shift_sd=-2.5), far])
+    y = np.r_[np.zeros(2000), np.ones(400)]
+    c = drift.score_components(x)
+    auc = {m: roc_auc_score(y, c[f"{m}.raw"]) for m in ("autoencoder", "forest")}
+    fused = roc_auc_score(y, drift.score(x))
+    print(f"ROC-AUC: fused {fused:.3f}, members {auc}")
+    assert fused >= min(auc.values())
+    assert fused > 0.9
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError):
+        DriftConfig(fusion="median")
+    with pytest.raises(ConfigError):
+        DriftConfig(weight_autoencoder=0.0, weight_forest=0.0)
+    with pytest.raises(ConfigError, match="unknown"):
+        config_from_dict(DriftConfig, {"fussion": "max"})
+
+
+def test_too_few_rows_is_an_input_error() -> None:
+    with pytest.raises(InputError):
+        DriftDetector().fit(healthy(50, seed=12), NAMES)
+
+
+def test_state_from_different_members_is_refused(drift: DriftDetector) -> None:
+    other = AutoencoderDetector(AutoencoderConfig(max_epochs=1))
+    other.fit(healthy(100, seed=13)[:, :-1], NAMES[:-1])
+    with pytest.raises(ModelIntegrityError, match="different feature lists"):
+        DriftDetector.from_state(drift.state_dict(), other, drift.forest)
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def test_ensemble_scores_10k_windows_per_second_on_one_core(drift: DriftDetector) -> None:
+    x = healthy(10_000, seed=14)
+    rates = {}
+    with threadpool_limits(1):
+        for name, fn in (
+            ("autoencoder", drift.autoencoder.score),
+            ("forest", drift.forest.score),
+            ("fused", drift.score),
+        ):
+            fn(x[:10])
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                fn(x)
+                best = min(best, time.perf_counter() - start)
+            rates[name] = len(x) / best
+    print("scoring windows/s on one core: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()))
+    assert rates["fused"] >= 10_000

@@ -1,0 +1,277 @@
+"""Model store: bundle round trip, model card, atomic writes and pointer, integrity refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import skops.io as sio
+import torch
+
+from detector.errors import InputError, ModelIntegrityError
+from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
+from detector.models.drift import DriftConfig, DriftDetector
+from detector.models.forest import ForestConfig, IsolationForestDetector
+from detector.models.store import (
+    BUNDLE_FILES,
+    CARD,
+    CURRENT,
+    load_bundle,
+    promote,
+    resolve_current,
+    save_bundle,
+    verify_bundle,
+)
+from tests.support.drift_data import NAMES, drifted, healthy
+
+torch.set_num_threads(1)
+
+TREND = {"format": "podguard.trend/1", "slope_window_s": 3600, "min_r2": 0.8, "names": ["a"]}
+
+
+class Smuggled:
+    """Stands for a malicious payload class."""
+
+
+@pytest.fixture(scope="module")
+def drift() -> DriftDetector:
+    det = DriftDetector(
+        DriftConfig(),
+        AutoencoderDetector(AutoencoderConfig(max_epochs=10)),
+        IsolationForestDetector(ForestConfig(n_estimators=50)),
+    )
+    det.fit(healthy(1500, seed=1), NAMES)
+    det.infer_threshold(healthy(1000, seed=2), fpr=0.01)
+    return det
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, drift: DriftDetector) -> Path:
+    return save_bundle(
+        tmp_path / "models",
+        drift,
+        TREND,
+        {
+            "data_range": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-08T00:00:00Z"},
+            "metrics": {"roc_auc": 0.97},
+            "trained_by": "test",
+        },
+        version="v1",
+    )
+
+
+def _rewrite_card(path: Path, fname: str) -> None:
+    """What an attacker who can also edit the card does: fix up the checksum."""
+    card = json.loads((path / CARD).read_text())
+    card["files"][fname]["sha256"] = hashlib.sha256((path / fname).read_bytes()).hexdigest()
+    (path / CARD).write_text(json.dumps(card))
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_scores_identically(bundle: Path, drift: DriftDetector) -> None:
+    loaded = load_bundle(bundle)
+    x = np.vstack([healthy(200, seed=3), drifted(20, seed=4)])
+    np.testing.assert_array_equal(loaded.drift.score(x), drift.score(x))
+    assert loaded.drift.threshold_ == drift.threshold_
+    assert loaded.trend_state == TREND
+    assert loaded.path == bundle
+
+
+def test_model_card_contents(bundle: Path, drift: DriftDetector) -> None:
+    card = json.loads((bundle / CARD).read_text())
+    assert card["version"] == "v1"
+    assert card["features"] == list(NAMES)
+    assert card["thresholds"]["drift"] == drift.threshold_
+    assert card["data_range"]["start"].startswith("2026-01-01")
+    assert card["metrics"] == {"roc_auc": 0.97} and card["trained_by"] == "test"
+    assert card["scaling"]["center"] == [float(v) for v in drift.autoencoder.scaler.center]
+    assert {"torch", "numpy", "scikit-learn", "pyod", "skops", "python"} <= set(card["libraries"])
+    assert set(card["files"]) == BUNDLE_FILES == {p.name for p in bundle.iterdir()} - {CARD}
+    for fname, entry in card["files"].items():
+        data = (bundle / fname).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_no_pickle_is_written(bundle: Path) -> None:
+    for path in bundle.iterdir():
+        data = path.read_bytes()
+        assert not (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        assert b"data.pkl" not in data
+
+
+def test_default_version_names_sort_by_time(tmp_path: Path, drift: DriftDetector) -> None:
+    a = save_bundle(tmp_path, drift, TREND)
+    b = save_bundle(tmp_path, drift, TREND)
+    assert a != b
+    assert a.name[:16] <= b.name[:16]  # YYYYmmddTHHMMSSZ prefix
+    assert {p.name for p in tmp_path.iterdir()} == {a.name, b.name}  # no temporaries left
+
+
+# --------------------------------------------------------------------------- writing safely
+
+
+def test_failed_save_leaves_nothing_behind(
+    tmp_path: Path, drift: DriftDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: IsolationForestDetector, directory: Any) -> list[Path]:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(IsolationForestDetector, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(tmp_path, drift, TREND, version="v9")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_inputs_are_refused(tmp_path: Path, drift: DriftDetector) -> None:
+    with pytest.raises(InputError, match="may not set"):
+        save_bundle(tmp_path, drift, TREND, {"files": {}})
+    with pytest.raises(InputError, match="strict JSON"):
+        save_bundle(tmp_path, drift, {"x": float("nan")})
+    with pytest.raises(InputError, match="version"):
+        save_bundle(tmp_path, drift, TREND, version="../escape")
+    save_bundle(tmp_path, drift, TREND, version="v1")
+    with pytest.raises(InputError, match="exists"):
+        save_bundle(tmp_path, drift, TREND, version="v1")
+
+
+def test_promote_and_resolve_current(tmp_path: Path, drift: DriftDetector) -> None:
+    with pytest.raises(ModelIntegrityError, match="no current"):
+        resolve_current(tmp_path)
+    v1 = save_bundle(tmp_path, drift, {"n": 1}, version="v1", promote_now=True)
+    assert resolve_current(tmp_path) == v1
+    v2 = save_bundle(tmp_path, drift, {"n": 2}, version="v2")
+    assert resolve_current(tmp_path) == v1  # saving does not promote by default
+    promote(tmp_path, "v2")
+    assert resolve_current(tmp_path) == v2
+    assert load_bundle(tmp_path).trend_state == {"n": 2}  # the root resolves to current
+    assert (tmp_path / CURRENT).read_text() == "v2\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_promote_refuses_a_tampered_bundle(tmp_path: Path, drift: DriftDetector) -> None:
+    save_bundle(tmp_path, drift, TREND, version="good", promote_now=True)
+    bad = save_bundle(tmp_path, drift, TREND, version="bad")
+    (bad / "drift.json").write_text((bad / "drift.json").read_text() + " ")
+    with pytest.raises(ModelIntegrityError, match="checksum"):
+        promote(tmp_path, "bad")
+    assert resolve_current(tmp_path).name == "good"
+
+
+def test_current_pointing_outside_is_refused(tmp_path: Path) -> None:
+    (tmp_path / CURRENT).write_text("../../etc\n")
+    with pytest.raises(ModelIntegrityError, match="invalid version"):
+        resolve_current(tmp_path)
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+@pytest.mark.parametrize("fname", sorted(BUNDLE_FILES))
+def test_tampered_file_is_refused(bundle: Path, fname: str) -> None:
+    data = bytearray((bundle / fname).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / fname).write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match=f"checksum mismatch for {re.escape(fname)}"):
+        load_bundle(bundle)
+
+
+def test_tampered_card_checksum_is_refused(bundle: Path) -> None:
+    card = json.loads((bundle / CARD).read_text())
+    card["files"]["forest.skops"]["sha256"] = "0" * 64
+    (bundle / CARD).write_text(json.dumps(card))
+    with pytest.raises(ModelIntegrityError, match=r"checksum mismatch for forest\.skops"):
+        verify_bundle(bundle)
+
+
+def test_pickle_file_is_refused(bundle: Path) -> None:
+    (bundle / "model.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelIntegrityError, match="pickle"):
+        load_bundle(bundle)
+
+
+def test_pickle_bytes_under_an_innocent_name_are_refused(bundle: Path) -> None:
+    (bundle / "notes.bin").write_bytes(pickle.dumps([1, 2, 3], protocol=4))
+    with pytest.raises(ModelIntegrityError, match="pickle stream"):
+        load_bundle(bundle)
+
+
+def test_pickle_in_place_of_an_expected_file_is_refused_before_parsing(bundle: Path) -> None:
+    (bundle / "forest.skops").write_bytes(pickle.dumps(Smuggled()))
+    _rewrite_card(bundle, "forest.skops")
+    with pytest.raises(ModelIntegrityError, match="pickle"):
+        load_bundle(bundle)
+
+
+def test_torch_pickle_checkpoint_is_refused(bundle: Path) -> None:
+    buf = io.BytesIO()
+    torch.save({"obj": Smuggled()}, buf)  # needs the unpickler: weights_only refuses it
+    (bundle / "autoencoder.pt").write_bytes(buf.getvalue())
+    with pytest.raises(ModelIntegrityError, match="weights_only"):
+        load_bundle(bundle)
+
+
+def test_tensor_only_torch_file_is_still_foreign(bundle: Path) -> None:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    (bundle / "extra.pt").write_bytes(buf.getvalue())
+    with pytest.raises(ModelIntegrityError, match="foreign"):
+        load_bundle(bundle)
+
+
+def test_torch_archive_under_another_name_is_refused(bundle: Path) -> None:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    (bundle / "weights.zip").write_bytes(buf.getvalue())
+    with pytest.raises(ModelIntegrityError, match="pickle member"):
+        load_bundle(bundle)
+
+
+def test_foreign_missing_and_linked_files_are_refused(bundle: Path, tmp_path: Path) -> None:
+    (bundle / "README.txt").write_text("hello")
+    with pytest.raises(ModelIntegrityError, match="foreign"):
+        load_bundle(bundle)
+    (bundle / "README.txt").unlink()
+    os.symlink(bundle / "drift.json", bundle / "link.json")
+    with pytest.raises(ModelIntegrityError, match="links"):
+        load_bundle(bundle)
+    (bundle / "link.json").unlink()
+    (bundle / "trend.json").unlink()
+    with pytest.raises(ModelIntegrityError, match="missing"):
+        load_bundle(bundle)
+    with pytest.raises(ModelIntegrityError, match="not a bundle"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_skops_with_an_untrusted_type_is_refused_even_with_a_valid_checksum(
+    bundle: Path,
+) -> None:
+    sio.dump({"est": Smuggled()}, bundle / "forest.skops")
+    _rewrite_card(bundle, "forest.skops")
+    with pytest.raises(ModelIntegrityError, match="unexpected types"):
+        load_bundle(bundle)
+
+
+def test_state_with_unknown_keys_is_refused_even_with_a_valid_checksum(bundle: Path) -> None:
+    state = json.loads((bundle / "drift.json").read_text())
+    state["backdoor"] = True
+    (bundle / "drift.json").write_text(json.dumps(state))
+    _rewrite_card(bundle, "drift.json")
+    with pytest.raises(ModelIntegrityError, match="keys"):
+        load_bundle(bundle)
+
+
+def test_artifact_sizes(bundle: Path) -> None:
+    sizes = {p.name: p.stat().st_size for p in sorted(bundle.iterdir())}
+    print("bundle file sizes (bytes, 50-tree test forest):", sizes)
+    assert sizes["autoencoder.safetensors"] < 100_000
+    assert sum(sizes.values()) < 5_000_000
