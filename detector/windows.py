@@ -133,7 +133,8 @@ class IngestReport:
 
     rows: int = 0  # rows offered
     accepted: int = 0  # rows stored (including duplicates and late rows that were absorbed)
-    duplicates: int = 0  # rows whose series + timestamp was already seen (absorbed)
+    duplicates: int = 0  # rows repeating a row of this call or the newest stored sample of
+    # their bin (same series and timestamp); absorbed. Older repeats count as late.
     late: int = 0  # accepted rows older than the newest sample of their series
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
 
@@ -481,12 +482,13 @@ class WindowEngine:
 
     * ``horizon_s`` - window length (the grid has ``horizon_s / step_s`` points);
     * ``step_s`` - grid step and bin width;
-    * ``max_late_s`` - how late a sample may arrive behind its series' newest and still be
-      merged (older ones are rejected as ``too_old``);
+    * ``max_late_s`` - a late sample is merged if it is at most ``horizon_s + max_late_s``
+      behind its series' newest sample (older ones are rejected as ``too_old``);
     * ``max_gap_s`` - gaps up to this long are forward-filled on the grid, longer ones are NaN;
     * ``stale_after_s`` - a window whose newest data is older than this is ``stale``;
     * ``min_history_s`` - a pod seen for less than this is ``stale`` (new pod);
-    * ``baseline_exclude_s`` - the most recent part of a window left out of its baseline;
+    * ``baseline_exclude_s`` - the most recent part of a window left out of its baseline
+      (default: one hour, at most a quarter of the horizon);
     * ``min_baseline_s`` - data needed in the baseline part before a baseline is given;
     * ``pod_ttl_s`` - a pod with no sample for this long is forgotten;
     * ``origin_s`` - bins end at ``origin_s + k * step_s``.
@@ -501,11 +503,13 @@ class WindowEngine:
         max_gap_s: float = 300,
         stale_after_s: float = 300,
         min_history_s: float = 1800,
-        baseline_exclude_s: float = 3600,
+        baseline_exclude_s: float | None = None,
         min_baseline_s: float = 1800,
         pod_ttl_s: float = 900,
         origin_s: float = 0.0,
     ) -> None:
+        if baseline_exclude_s is None:
+            baseline_exclude_s = min(3600.0, horizon_s / 4)
         problems = [
             f"{name} must be > 0 (got {val!r})"
             for name, val in (
@@ -889,8 +893,10 @@ class WindowEngine:
         n_older = int(np.diff(np.r_[g_start, sid.size])[older].sum())
         rep.add("too_old", n_older)
         rep.accepted = int(sid.size) - n_older
-        rep.duplicates = int(dup_in_chunk.sum() + dup_stored.sum())
-        rep.late = int(late.sum())
+        dup = dup_in_chunk.copy()
+        dup[g_last[dup_stored]] = True
+        rep.duplicates = int(dup.sum())
+        rep.late = int((late & ~dup).sum())
 
         # pod first/last seen
         pods = self._s_pod[sid]

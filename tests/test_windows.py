@@ -1,0 +1,429 @@
+"""Tests of the window engine (detector.windows): ingestion hygiene, resampling, counters,
+containers, limits, causality, bounded memory, baselines and features."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector import traces as tr
+from detector.errors import InputError
+from detector.scenarios import Imperfections, generate
+from detector.windows import (
+    CHANNEL_METRICS,
+    CHANNELS,
+    FEATURE_NAMES,
+    PodKey,
+    Sample,
+    WindowBatch,
+    WindowEngine,
+    collect_windows,
+    extract_features,
+    iter_windows,
+)
+
+T0 = 1_767_225_600.0  # a multiple of 60
+NS, POD = "ns", "p1"
+KEY = PodKey(NS, POD)
+
+
+def rows(metric: str, values: np.ndarray | list[float], *, t0: float = T0, step: float = 15.0,
+         pod: str = POD, container: str = "c1", ns: str = NS, node: str = "n1") -> pd.DataFrame:
+    v = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame({
+        "timestamp": t0 + step * np.arange(v.size),
+        "namespace": ns, "pod": pod, "container": container, "node": node,
+        "metric": metric, "value": v,
+    })
+
+
+def trace(*parts: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat(parts, ignore_index=True).sort_values("timestamp", kind="stable")
+
+
+def ch(batch: WindowBatch, name: str, i: int = 0) -> np.ndarray:
+    return batch.values[i, CHANNELS.index(name)]
+
+
+def engine(**kw: float) -> WindowEngine:
+    kw.setdefault("horizon_s", 3600)
+    return WindowEngine(**kw)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- data classes
+
+
+def test_feature_names_are_documented_constants() -> None:
+    assert 20 <= len(FEATURE_NAMES) <= 35
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    for name in FEATURE_NAMES:
+        ch_, stat = name.split(".")
+        assert ch_ in CHANNELS and stat
+    assert "mem_working_set.floor_slope" in FEATURE_NAMES
+    assert set(CHANNEL_METRICS) == set(CHANNELS)
+
+
+def test_engine_rejects_bad_settings_naming_all_of_them() -> None:
+    with pytest.raises(InputError) as e:
+        WindowEngine(step_s=0, pod_ttl_s=-1)
+    assert "step_s" in str(e.value) and "pod_ttl_s" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- ingestion
+
+
+def test_gauge_resampled_to_grid_last_value_per_step() -> None:
+    e = engine()
+    n = 240  # 1 h at 15 s
+    e.ingest(rows(tr.WORKING_SET, np.arange(n) * 1000.0))
+    b = e.windows(at=T0 + 3600)
+    assert len(b) == 1 and b.keys == [KEY] and b.nodes == ["n1"]
+    assert b.grid[-1] == 0 and b.grid[0] == -3540 and b.values.shape == (1, len(CHANNELS), 60)
+    assert b.ts[0] == T0 + 3600
+    ws = ch(b, "mem_working_set")
+    # bin ending at T0 + 3600 - 60k holds samples up to that time; the last one is index 4k'
+    expect = np.array([(min(n - 1, (3600 - 60 * k) // 15) * 1000.0) for k in range(59, -1, -1)])
+    np.testing.assert_allclose(ws[-59:], expect[-59:])
+
+
+def test_counter_reset_gives_no_negative_rate() -> None:
+    e = engine()
+    v = np.arange(240) * 15 * 2.0  # 2 cores
+    v[120:] = (np.arange(120) + 1) * 15 * 2.0  # reset to 0 between samples 119 and 120
+    e.ingest(rows(tr.CPU_SECONDS, v))
+    cpu = ch(e.windows(at=T0 + 3600), "cpu_rate")
+    fin = cpu[np.isfinite(cpu)]
+    assert fin.size >= 55
+    assert (fin >= 0).all()
+    np.testing.assert_allclose(np.median(fin), 2.0, rtol=1e-6)
+    assert fin.min() > 1.5  # the reset costs at most a fraction of one bin
+
+
+def test_reset_inside_a_bin_is_seen_through_the_bin_maximum() -> None:
+    e = engine()
+    v = np.arange(240) * 15.0 + 10_000  # 1 core, large running total
+    v[122:] = (np.arange(118) + 1) * 15.0  # reset mid-bin (bins hold 4 samples)
+    e.ingest(rows(tr.CPU_SECONDS, v))
+    cpu = ch(e.windows(at=T0 + 3600), "cpu_rate")
+    fin = cpu[np.isfinite(cpu)]
+    assert (fin >= 0).all() and fin.max() < 1.5 and np.median(fin) == pytest.approx(1.0)
+
+
+def test_restart_counter_gives_increments_per_step() -> None:
+    e = engine()
+    v = np.zeros(240)
+    v[100:] = 1
+    v[200:] = 3
+    e.ingest(rows(tr.RESTARTS, v))
+    r = ch(e.windows(at=T0 + 3600), "restarts")
+    assert np.nansum(r) == 3 and np.nanmax(r) == 2 and np.nanmin(r) == 0
+
+
+def test_duplicates_are_absorbed_and_counted() -> None:
+    base = rows(tr.WORKING_SET, np.linspace(1e9, 2e9, 240))
+    dup = base.iloc[::7]
+    e1, e2 = engine(), engine()
+    r1 = e1.ingest(base)
+    r2 = e2.ingest(pd.concat([base, dup]).sort_values("timestamp", kind="stable"))
+    r3 = e2.ingest(dup)  # the same samples again, later
+    assert r1.duplicates == 0 and r2.duplicates == len(dup)
+    # a re-delivery is recognised as a duplicate when it repeats its bin's newest sample;
+    # older repeats are counted as late; either way they are absorbed
+    assert r3.duplicates > 0 and r3.duplicates + r3.late == len(dup) and r3.accepted == len(dup)
+    np.testing.assert_array_equal(e1.windows(at=T0 + 3600).values, e2.windows(at=T0 + 3600).values)
+
+
+def test_bad_rows_are_counted_never_raised_and_never_lose_accepted_data() -> None:
+    good = rows(tr.WORKING_SET, np.linspace(1e9, 2e9, 200))
+    e = engine()
+    e.ingest(good)
+    before = e.windows(at=T0 + 3000)
+    bad = pd.DataFrame({
+        "timestamp": [T0 + 100, np.nan, -5.0, T0 + 200, T0 + 300, T0 + 400, T0 + 500, T0 + 600],
+        "namespace": [NS, NS, NS, NS, NS, "", NS, NS],
+        "pod": [POD] * 8,
+        "container": ["c1", "c1", "c1", "c1", "c1", "c1", "POD", "c1"],
+        "node": "",
+        "metric": [tr.WORKING_SET, tr.WORKING_SET, tr.WORKING_SET, tr.WORKING_SET,
+                   tr.CPU_SECONDS, tr.WORKING_SET, tr.WORKING_SET, tr.RSS],
+        "value": [np.nan, 1.0, 1.0, np.inf, -3.0, 1.0, 1.0, -1.0],
+    })
+    rep = e.ingest(bad)
+    assert rep.rows == 8 and rep.accepted == 0
+    assert rep.rejected == {
+        "nan_value": 1, "bad_timestamp": 2, "inf_value": 1, "negative_counter": 1,
+        "missing_label": 1, "pause_container": 1, "negative_value": 1,
+    }
+    after = e.windows(at=T0 + 3000)
+    np.testing.assert_array_equal(before.values, after.values)
+
+
+def test_missing_columns_raise_before_anything_is_stored() -> None:
+    e = engine()
+    with pytest.raises(InputError, match="value"):
+        e.ingest(pd.DataFrame({"timestamp": [T0], "namespace": [NS], "pod": [POD],
+                               "metric": [tr.RSS]}))
+    assert e.pods() == [] and e.state_size()["series"] == 0
+
+
+def test_late_samples_inserted_in_order() -> None:
+    df = trace(rows(tr.WORKING_SET, np.linspace(1e9, 3e9, 240)),
+               rows(tr.CPU_SECONDS, np.arange(240) * 15.0))
+    rng = np.random.default_rng(0)
+    # deliver in 5-min chunks whose rows arrive shuffled, with some rows one chunk late
+    shuffled = df.iloc[rng.permutation(len(df))]
+    late = (shuffled["timestamp"].to_numpy() - T0) // 300 + rng.integers(0, 2, len(df))
+    e1, e2 = engine(), engine()
+    e1.ingest(df)
+    n_late = 0
+    for k in range(int(late.max()) + 1):
+        n_late += e2.ingest(shuffled[late == k]).late
+    assert n_late > 0
+    np.testing.assert_array_equal(e1.windows(at=T0 + 3600).values, e2.windows(at=T0 + 3600).values)
+
+
+def test_samples_older_than_horizon_plus_lateness_are_rejected_as_too_old() -> None:
+    e = engine(max_late_s=300)  # 1 h horizon
+    e.ingest(rows(tr.WORKING_SET, np.ones(480)))  # 2 h
+    rep = e.ingest(rows(tr.WORKING_SET, [5.0, 6.0], t0=T0 + 67, step=3540))
+    assert rep.rejected == {"too_old": 1} and rep.late == 1 and rep.accepted == 1
+
+
+def test_ingest_samples_matches_dataframe_ingest() -> None:
+    df = trace(rows(tr.WORKING_SET, np.linspace(1e9, 2e9, 120)),
+               rows(tr.NET_RX, np.arange(120) * 1e6, container="c2"))
+    e1, e2 = engine(), engine()
+    e1.ingest(df)
+    e2.ingest_samples(
+        Sample(r.timestamp, r.namespace, r.pod, r.container, r.metric, r.value, r.node)
+        for r in df.itertuples()
+    )
+    np.testing.assert_array_equal(e1.windows().values, e2.windows().values)
+
+
+# ----------------------------------------------------------------------------- semantics
+
+
+def test_containers_summed_limits_summed_and_unlimited_is_unknown() -> None:
+    e = engine()
+    n = 240
+    e.ingest(trace(
+        rows(tr.WORKING_SET, np.full(n, 1e9), container="a"),
+        rows(tr.WORKING_SET, np.full(n, 2e8), container="b"),
+        rows(tr.MEMORY_LIMIT, np.full(n, 2e9), container="a"),
+        rows(tr.MEMORY_LIMIT, np.full(n, 5e8), container="b"),
+        rows(tr.WORKING_SET, np.full(n, 9e9), container=""),  # pod-level cgroup: not summed
+        rows(tr.WORKING_SET, np.full(n, 7e9), container="POD"),  # pause container: ignored
+        rows(tr.WORKING_SET, np.full(n, 1e8), pod="p2"),
+        rows(tr.MEMORY_LIMIT, np.full(n, 0.0), pod="p2"),  # 0 = unlimited
+        rows(tr.WORKING_SET, np.full(n, 1e8), pod="p3"),
+        rows(tr.KSM_LIMITS, np.full(n, 3e8), pod="p3"),  # kube-state-metrics fallback
+    ))
+    b = e.windows(at=T0 + 3600)
+    by = {k.pod: i for i, k in enumerate(b.keys)}
+    ws = CHANNELS.index("mem_working_set")
+    np.testing.assert_allclose(b.values[by["p1"], ws, -10:], 1.2e9)
+    assert b.limits[by["p1"], ws] == pytest.approx(2.5e9)
+    assert b.limits[by["p1"], CHANNELS.index("mem_rss")] == pytest.approx(2.5e9)
+    assert np.isnan(b.limits[by["p2"], ws])
+    assert b.limits[by["p3"], ws] == pytest.approx(3e8)
+    mw = FEATURE_NAMES.index("mem_working_set.frac_limit")
+    assert b.features[by["p1"], mw] == pytest.approx(1.2 / 2.5, rel=1e-4)
+    assert np.isnan(b.features[by["p2"], mw])
+
+
+def test_pod_level_series_used_when_no_container_series() -> None:
+    e = engine()
+    e.ingest(rows(tr.WORKING_SET, np.full(240, 3e9), container=""))
+    assert np.nanmax(ch(e.windows(at=T0 + 3600), "mem_working_set")) == pytest.approx(3e9)
+
+
+def test_dcgm_units_and_card_limit() -> None:
+    e = engine()
+    n = 240
+    e.ingest(trace(
+        rows(tr.GPU_FB_USED, np.full(n, 1024.0)),
+        rows(tr.GPU_FB_FREE, np.full(n, 3072.0)),
+        rows(tr.GPU_UTIL, np.full(n, 85.0)),
+    ))
+    b = e.windows(at=T0 + 3600)
+    assert np.nanmax(ch(b, "gpu_fb_used")) == pytest.approx(2**30)
+    assert b.limits[0, CHANNELS.index("gpu_fb_used")] == pytest.approx(4 * 2**30)
+    assert np.nanmax(ch(b, "gpu_util")) == pytest.approx(0.85)
+    assert b.features[0, FEATURE_NAMES.index("gpu_fb_used.frac_limit")] == pytest.approx(0.25)
+
+
+def test_custom_metrics_go_to_extra_counters_as_rates() -> None:
+    e = engine()
+    e.ingest(trace(
+        rows("my_queue_depth", np.full(240, 7.0)),
+        rows("my_requests_total", np.arange(240) * 15 * 3.0),
+        rows(tr.WORKING_SET, np.ones(240), pod="p2"),
+    ))
+    b = e.windows(at=T0 + 3600)
+    i = b.keys.index(KEY)
+    assert set(b.extra) == {"my_queue_depth", "my_requests_total"}
+    assert np.nanmax(b.extra["my_queue_depth"][i]) == 7.0
+    assert np.nanmedian(b.extra["my_requests_total"][i]) == pytest.approx(3.0)
+    assert np.isnan(b.extra["my_queue_depth"][b.keys.index(PodKey(NS, "p2"))]).all()
+
+
+@pytest.mark.parametrize(("gap_s", "filled"), [(120, True), (600, False)])
+def test_short_gaps_forward_filled_long_gaps_nan(gap_s: float, filled: bool) -> None:
+    df = rows(tr.WORKING_SET, np.full(240, 5.0))
+    t = df["timestamp"].to_numpy()
+    gap = (t > T0 + 1800) & (t <= T0 + 1800 + gap_s)
+    e = engine()
+    e.ingest(df[~gap])
+    ws = ch(e.windows(at=T0 + 3600), "mem_working_set")
+    assert np.isfinite(ws[-29:]).all() if filled else np.isnan(ws).sum() >= gap_s // 60 - 5
+
+
+def test_stale_for_new_pods_and_after_a_gap() -> None:
+    e = engine(min_history_s=1800, stale_after_s=300, pod_ttl_s=3600)
+    e.ingest(trace(
+        rows(tr.WORKING_SET, np.ones(240)),  # 1 h of data
+        rows(tr.WORKING_SET, np.ones(40), pod="young", t0=T0 + 3000),  # 10 min old
+        rows(tr.WORKING_SET, np.ones(160), pod="gap"),  # silent for the last 20 min
+    ))
+    b = e.windows(at=T0 + 3600)
+    stale = {k.pod: bool(s) for k, s in zip(b.keys, b.stale)}
+    assert stale == {POD: False, "young": True, "gap": True}
+
+
+def test_causality_windows_at_t_ignore_later_samples() -> None:
+    df, _ = generate(n_pods_per_kind=1, hours=3, seed=3,
+                     shapes=("steady", "fast_leak", "throughput_drift", "gc_sawtooth"))
+    t = T0 + 2 * 3600
+    early = df[df["timestamp"] <= t]
+    e1, e2 = WindowEngine(), WindowEngine()
+    e1.ingest(early)
+    e2.ingest(df[df["timestamp"] <= t + 600])  # 10 min more data (within the ring)
+    a, b = e1.windows(at=t + 59), e2.windows(at=t + 59)  # same end: the bin at t
+    assert a.keys == b.keys and len(a) > 0
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.features, b.features)
+    c = e2.windows(at=t + 600)
+    assert not np.array_equal(np.nan_to_num(a.values), np.nan_to_num(c.values))
+
+
+def test_vanished_pods_are_forgotten_and_memory_is_bounded() -> None:
+    e = engine(pod_ttl_s=600)
+    sizes = []
+    for k in range(30):  # 30 generations of pods, 2 alive at a time
+        t0 = T0 + k * 1200
+        e.ingest(trace(rows(tr.WORKING_SET, np.ones(80), t0=t0, pod=f"a{k}"),
+                       rows(tr.RSS, np.ones(80), t0=t0, pod=f"b{k}")))
+        sizes.append(e.state_size()["bytes"])
+        assert len(e.pods()) == 2
+    assert sizes[-1] == sizes[5]  # slots of forgotten pods are reused
+    assert e.drop_pod(PodKey(NS, "a29")) and not e.drop_pod(PodKey(NS, "a29"))
+    assert e.pods() == [PodKey(NS, "b29")]
+
+
+def test_windows_for_selected_pods_and_empty_engine() -> None:
+    e = engine()
+    assert len(e.windows()) == 0 and e.windows().values.shape[0] == 0
+    e.ingest(trace(rows(tr.WORKING_SET, np.ones(80)), rows(tr.WORKING_SET, np.ones(80), pod="x")))
+    b = e.windows(pods=[PodKey(NS, "x"), PodKey(NS, "unknown")])
+    assert b.keys == [PodKey(NS, "x")]
+
+
+def test_baseline_is_the_pods_own_history_before_the_last_hour() -> None:
+    e = WindowEngine()  # 4 h horizon, baseline = all but the last hour
+    n = 4 * 240
+    v = np.where(np.arange(n) < 3 * 240, 1e9, 3e9) + (np.arange(n) % 2) * 1e6
+    e.ingest(rows(tr.WORKING_SET, v))
+    b = e.windows(at=T0 + 4 * 3600)
+    med, mad = b.baseline[0, CHANNELS.index("mem_working_set")]
+    assert med == pytest.approx(1e9, rel=1e-3) and mad <= 1e6
+    assert np.isnan(b.baseline[0, CHANNELS.index("cpu_rate")]).all()
+    e2 = engine()
+    e2.ingest(rows(tr.WORKING_SET, v[:100]))
+    assert np.isnan(e2.windows().baseline).all()  # too little history: unknown
+
+
+def test_subset_and_concat() -> None:
+    e = engine()
+    e.ingest(trace(rows(tr.WORKING_SET, np.ones(240)), rows("x_total", np.arange(240.0), pod="q")))
+    b = e.windows(at=T0 + 3600)
+    s = b.subset(np.array([1]))
+    assert s.keys == [b.keys[1]] and s.values.shape[0] == 1 and s.extra["x_total"].shape[0] == 1
+    c = WindowBatch.concat([b, s.subset(slice(0, 0)), b])
+    assert len(c) == 4 and c.keys[2] == b.keys[0]
+    np.testing.assert_array_equal(c.values[2:], b.values)
+    with pytest.raises(InputError):
+        WindowBatch.concat([])
+
+
+def test_iter_windows_checks_its_period() -> None:
+    df = rows(tr.WORKING_SET, np.ones(40))
+    with pytest.raises(InputError):
+        list(iter_windows(df, every_s=90))
+    assert len(collect_windows(df, every_s=60, engine=engine())) == 11  # T0, ..., T0 + 600
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@pytest.fixture(scope="module")
+def drift_windows() -> tuple[WindowBatch, pd.DataFrame]:
+    df, labels = generate(n_pods_per_kind=3, hours=6, seed=5, shapes=("steady", "throughput_drift"),
+                          imperfections=Imperfections.none())
+    return collect_windows(df, every_s=300), labels
+
+
+def test_throughput_collapse_moves_the_features(
+    drift_windows: tuple[WindowBatch, pd.DataFrame]
+) -> None:
+    b, labels = drift_windows
+    lab = labels.set_index("pod")
+    shape = np.array([lab.loc[k.pod, "shape"] for k in b.keys])
+    onset = np.array([lab.loc[k.pod, "onset_ts"] for k in b.keys])
+    fail = np.array([lab.loc[k.pod, "failure_ts"] for k in b.keys])
+    collapsing = (shape == "throughput_drift") & (b.ts >= onset + 0.6 * (fail - onset))
+    healthy = (shape == "steady") & ~b.stale & np.isfinite(b.baseline[:, 3, 0])
+    assert collapsing.sum() >= 3 and healthy.sum() >= 10
+    z = b.features[:, FEATURE_NAMES.index("cpu_rate.level_z")]
+    net = b.features[:, FEATURE_NAMES.index("net_rx_rate.level_z")]
+    assert np.nanmax(z[collapsing]) < -5 and np.nanmax(net[collapsing]) < -5
+    assert np.nanmax(np.abs(z[healthy])) < 3 and np.nanmax(np.abs(net[healthy])) < 3
+
+
+def test_features_nan_safe_and_fast() -> None:
+    n, L = 1000, 240
+    rng = np.random.default_rng(0)
+    values = rng.normal(1e9, 1e7, (n, len(CHANNELS), L)).astype(np.float32)
+    values[::3] = np.nan  # windows with nothing at all
+    values[1::3, :, :100] = np.nan
+    limits = np.full((n, len(CHANNELS)), 4e9, np.float32)
+    base = np.stack([np.full((n, len(CHANNELS)), 1e9), np.full((n, len(CHANNELS)), 1e7)], -1)
+    with np.errstate(all="raise"):
+        f = extract_features(values, limits, base.astype(np.float32), 60.0)
+    assert f.shape == (n, len(FEATURE_NAMES)) and f.dtype == np.float32
+    assert np.isnan(f[::3]).all() and np.isfinite(f[1::3, 0]).all()
+    best = min(_timed(lambda: extract_features(values, limits, base, 60.0)) for _ in range(3))
+    assert best < 0.1, f"feature extraction for 1000 windows took {best * 1e3:.0f} ms"
+
+
+def _timed(fn: object) -> float:
+    t = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t
+
+
+def test_replay_workload_is_fast() -> None:
+    """Ingest + windows every 60 s: 25 pods x 4 h at 15 s (the bench runs 100 pods x 16 h)."""
+    df, _ = generate(n_pods=25, hours=4, seed=9)
+    e = WindowEngine()
+    t = time.perf_counter()
+    n_windows = 0
+    for t_end, chunk in tr.iter_time_chunks(df, 60):
+        e.ingest(chunk)
+        n_windows += len(e.windows(at=t_end))
+    dt = time.perf_counter() - t
+    assert n_windows > 25 * 200
+    assert len(df) / dt > 40_000, f"{len(df) / dt:.0f} rows/s"
