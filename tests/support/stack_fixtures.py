@@ -64,8 +64,9 @@ class StackSession:
             self.failed[service.name] = (
                 f"the local {service.name} could not start: {e}\n"
                 f"To see it yourself: python -m deploy.local up {service.name}  "
-                f"(its log: {self.state / (service.name + '.log')}); "
+                f"(its log: {self.state / (service.name + '.log')}, kept); "
                 f"to install what it needs: make prepare")
+        if service.name in self.failed:
             pytest.fail(self.failed[service.name], pytrace=False)
         self.started.append(service)
 
@@ -76,7 +77,7 @@ class StackSession:
             except StackError as e:  # keep stopping the others
                 print(f"could not stop {service.name}: {e}")
         self.started.clear()
-        if self.private:
+        if self.private and not self.failed:  # keep the logs of a failed start
             shutil.rmtree(self.state, ignore_errors=True)
 
 
