@@ -50,7 +50,7 @@ def ch(batch: WindowBatch, name: str, i: int = 0) -> np.ndarray:
 
 def engine(**kw: float) -> WindowEngine:
     kw.setdefault("horizon_s", 3600)
-    return WindowEngine(**kw)  # type: ignore[arg-type]
+    return WindowEngine(**kw)
 
 
 # ----------------------------------------------------------------------------- data classes
@@ -198,8 +198,9 @@ def test_ingest_samples_matches_dataframe_ingest() -> None:
     e1, e2 = engine(), engine()
     e1.ingest(df)
     e2.ingest_samples(
-        Sample(r.timestamp, r.namespace, r.pod, r.container, r.metric, r.value, r.node)
-        for r in df.itertuples()
+        Sample(float(r["timestamp"]), str(r["namespace"]), str(r["pod"]), str(r["container"]),
+               str(r["metric"]), float(r["value"]), str(r["node"]))
+        for r in df.to_dict("records")
     )
     np.testing.assert_array_equal(e1.windows().values, e2.windows().values)
 
