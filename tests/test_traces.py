@@ -84,7 +84,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
         tr.load_trace(tmp_path / "nope.csv")
     p = tmp_path / "junk.parquet"
     p.write_bytes(b"not parquet at all")
-    with pytest.raises(InputError, match="junk.parquet"):
+    with pytest.raises(InputError, match=r"junk\.parquet"):
         tr.load_trace(p)
 
 
