@@ -31,6 +31,8 @@ from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
 from detector.windows import WindowBatch
 
+TraceSet = pd.DataFrame | list[pd.DataFrame]
+
 PREDICT_LINEAR_RANGE_S = 3600.0
 PREDICT_LINEAR_AHEAD_S = 4 * 3600.0
 
@@ -234,17 +236,23 @@ def run_detectors(trace: pd.DataFrame, pipeline: Pipeline, iforest: PlainIForest
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in recs.items()}
 
 
-def evaluate(sets: Iterable[tuple[str, pd.DataFrame, pd.DataFrame]], pipeline_factory:
+def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factory:
              Callable[[], Pipeline], iforest: PlainIForest, *, step_s: float = 60.0,
              progress: bool = False) -> Evaluation:
-    """Evaluates over named ``(name, trace, labels)`` sets; healthy-only sets have all-``none``
-    labels (or none at all)."""
+    """Evaluates over named ``(name, trace or traces, labels)`` sets; healthy-only sets have
+    all-``none`` labels (or none at all). Traces of one set that lie at different times (e.g.
+    separate recorded runs) are given as a list and replayed one by one."""
     kind_rows: list[KindResult] = []
     fa_rows: list[dict[str, object]] = []
-    for name, trace, labels in sets:
-        recs = run_detectors(trace, pipeline_factory(), iforest, step_s=step_s,
-                             progress=progress, desc=name)
-        for det, steps in recs.items():
+    for name, traces, labels in sets:
+        parts: dict[str, list[pd.DataFrame]] = {}
+        for trace in ([traces] if isinstance(traces, pd.DataFrame) else traces):
+            recs = run_detectors(trace, pipeline_factory(), iforest, step_s=step_s,
+                                 progress=progress, desc=name)
+            for det, steps in recs.items():
+                parts.setdefault(det, []).append(steps)
+        for det, frames in parts.items():
+            steps = pd.concat(frames, ignore_index=True)
             if steps.empty:
                 continue
             res, rate, hours = score_steps(steps, labels, step_s=step_s, detector=det)

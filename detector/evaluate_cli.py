@@ -11,22 +11,27 @@ from collections.abc import Iterator
 import pandas as pd
 
 from detector import scenarios
-from detector.evaluate import PlainIForest, evaluate, write_report
+from detector.errors import InputError
+from detector.evaluate import PlainIForest, TraceSet, evaluate, write_report
 from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
 
 TRAIN_SEED_OFFSET = 10_000  # the plain IForest baseline trains on healthy data of another seed
 
 
-def evaluation_sets(args: argparse.Namespace) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame]]:
+def evaluation_sets(args: argparse.Namespace) -> Iterator[tuple[str, TraceSet, pd.DataFrame]]:
     trace, labels = scenarios.generate(n_pods_per_kind=args.pods_per_kind, hours=args.hours,
                                        seed=args.seed)
     yield "scenarios", trace, labels
     if not args.no_exathlon:
         from detector import exathlon
 
-        ex = exathlon.load_all()
-        yield "exathlon", ex, pd.DataFrame(columns=list(scenarios.LABEL_COLUMNS))
+        runs = exathlon.list_runs()
+        if not runs:
+            raise InputError(f"no Exathlon runs in {exathlon.default_dir()}: set "
+                             f"{exathlon.ENV_DIR} or pass --no-exathlon")
+        traces = [exathlon.load_run(p) for p in runs]
+        yield "exathlon", traces, pd.DataFrame(columns=list(scenarios.LABEL_COLUMNS))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

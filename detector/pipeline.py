@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from detector import explain as xp
+from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
 from detector.models.trend import LeakReport, TrendDetector
 from detector.settings import DetectionSettings
@@ -63,6 +64,10 @@ class Pipeline:
             version=str(bundle.card.get("version", "unknown")),
         )
 
+    def drift_features(self, batch: WindowBatch) -> np.ndarray:
+        """The columns of ``batch.features`` the drift ensemble was fitted on, in its order."""
+        return select_features(batch, self.drift.feature_names)
+
     def forget(self, key: PodKey) -> None:
         """Drops the debouncing state of a pod that vanished."""
         self._pods.pop(key, None)
@@ -77,7 +82,8 @@ class Pipeline:
             return []
         leak = self.trend.predict(batch)
         report = self.trend.leak_report(batch)
-        drift = self.drift.predict(batch.features)
+        drift_x = self.drift_features(batch)
+        drift = self.drift.predict(drift_x)
         stale = np.asarray(batch.stale, dtype=bool)
 
         raw_leak = leak.is_anomaly & ~stale
@@ -130,7 +136,7 @@ class Pipeline:
                 verdicts[i] = _with_explanation(verdicts[i], text, values)
         if explain_drift:
             idx = np.asarray(explain_drift)
-            attrs = self.drift.explain(batch.features[idx])
+            attrs = self.drift.explain(drift_x[idx])
             for j, i in enumerate(explain_drift):
                 facts: xp.Facts = {"score": float(drift.score[i]), "threshold": drift.threshold}
                 text = "pre-failure drift, " + xp.describe(attrs[j], facts)
@@ -161,6 +167,19 @@ class Pipeline:
 
 
 _SUBJECT = {"mem_working_set": "working set", "mem_rss": "RSS", "gpu_fb_used": "GPU memory"}
+
+
+def select_features(batch: WindowBatch, names: tuple[str, ...]) -> np.ndarray:
+    """The columns ``names`` of ``batch.features`` (ModelIntegrityError if one is missing)."""
+    if tuple(batch.feature_names) == tuple(names):
+        return batch.features
+    try:
+        cols = [batch.feature_names.index(n) for n in names]
+    except ValueError as e:
+        raise ModelIntegrityError(
+            f"the model needs a feature the window engine does not produce ({e}): "
+            "retrain the model for this version of podguard") from e
+    return batch.features[:, cols]
 
 
 def default_model_dir() -> Path:

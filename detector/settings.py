@@ -25,7 +25,9 @@ class _Section(BaseModel):
 
 class WindowSettings(_Section):
     horizon_s: float = Field(4 * 3600, gt=0, description="Length of a pod window, seconds.")
-    step_s: float = Field(60, gt=0, description="Grid step of a window and evaluation period, seconds.")
+    step_s: float = Field(
+        60, gt=0, description="Grid step of a window and evaluation period, seconds."
+    )
     pod_ttl_s: float = Field(
         900, gt=0, description="A pod with no sample for this long is dropped, seconds."
     )

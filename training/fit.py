@@ -23,7 +23,7 @@ from detector.models.forest import ForestConfig, IsolationForestDetector
 from detector.models.trend import TrendDetector
 from detector.replay import iter_batches
 from detector.settings import DetectionSettings, WindowSettings
-from detector.windows import WindowBatch
+from detector.windows import THROUGHPUT_CHANNELS, WindowBatch
 
 
 def collect_windows(trace: pd.DataFrame, *, windows: WindowSettings, every: int = 1,
@@ -40,6 +40,18 @@ def collect_windows(trace: pd.DataFrame, *, windows: WindowSettings, every: int 
     if not parts:
         raise InputError("no usable windows in the training data (all pods stale or empty)")
     return WindowBatch.concat(parts)
+
+
+def drift_feature_names(all_names: Sequence[str]) -> tuple[str, ...]:
+    """The features the drift ensemble learns: throughput channels, restarts and memory
+    volatility. Memory *levels and trends* are left to the leak detector, so a legitimate
+    step up of memory or an epoch's ramp is not "drift" (they made most drift false alarms)."""
+    keep = []
+    for name in all_names:
+        channel, _, stat = name.partition(".")
+        if channel in THROUGHPUT_CHANNELS or channel == "restarts" or stat == "log_vol_ratio":
+            keep.append(name)
+    return tuple(keep)
 
 
 def split_by_pod(batch: WindowBatch, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +90,10 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
         autoencoder=AutoencoderDetector(AutoencoderConfig(seed=seed), progress=progress),
         forest=IsolationForestDetector(ForestConfig(seed=seed)),
     )
-    drift.fit(fit_b.features, fit_b.feature_names)
-    drift_thr = drift.infer_threshold(hold_b.features, detection.drift_fpr)
+    names = drift_feature_names(healthy.feature_names)
+    cols = [healthy.feature_names.index(n) for n in names]
+    drift.fit(fit_b.features[:, cols], names)
+    drift_thr = drift.infer_threshold(hold_b.features[:, cols], detection.drift_fpr)
     t2 = time.perf_counter()
     pods = {str(k) for k in healthy.keys}
     summary = {
@@ -90,7 +104,7 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
         "feature_names": list(healthy.feature_names),
         "holdout_false_alarm_rate": {
             "trend": float(np.mean(trend.predict(hold_b).is_anomaly)),
-            "drift": float(np.mean(drift.predict(hold_b.features).is_anomaly)),
+            "drift": float(np.mean(drift.predict(hold_b.features[:, cols]).is_anomaly)),
         },
     }
     hist = drift.autoencoder.history_

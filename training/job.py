@@ -34,6 +34,7 @@ from detector.errors import InputError, ModelIntegrityError
 from detector.models import store
 from detector.models.drift import DriftDetector
 from detector.models.trend import TrendDetector
+from detector.pipeline import select_features
 from detector.settings import DetectionSettings, WindowSettings
 from detector.traces import load_trace
 from detector.windows import WindowBatch
@@ -70,7 +71,8 @@ def validation_score(trend: TrendDetector, drift: DriftDetector, vs: ValidationS
     def flagged(b: WindowBatch) -> np.ndarray:
         if len(b) == 0:
             return np.zeros(0, dtype=bool)
-        return np.asarray(trend.predict(b).is_anomaly | drift.predict(b.features).is_anomaly)
+        x = select_features(b, drift.feature_names)
+        return np.asarray(trend.predict(b).is_anomaly | drift.predict(x).is_anomaly)
 
     tpr = float(np.mean(flagged(vs.faulty))) if len(vs.faulty) else math.nan
     fpr = float(np.mean(flagged(vs.healthy))) if len(vs.healthy) else math.nan
