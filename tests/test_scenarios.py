@@ -1,0 +1,160 @@
+"""Tests of the scenario generator (detector.scenarios) and data/generate_scenarios.py."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector import traces as tr
+from detector.errors import InputError
+from detector.scenarios import (
+    ALL_SHAPES,
+    HEALTHY_SHAPES,
+    KIND_OF_SHAPE,
+    KINDS,
+    LABEL_COLUMNS,
+    Imperfections,
+    generate,
+    generate_healthy,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def scen() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return generate(n_pods_per_kind=2, hours=8, seed=4)
+
+
+def test_deterministic_per_seed() -> None:
+    shapes = ("gc_sawtooth", "fast_leak", "throughput_drift")
+    a = generate(n_pods_per_kind=1, hours=1, seed=1, shapes=shapes)
+    b = generate(n_pods_per_kind=1, hours=1, seed=1, shapes=shapes)
+    c = generate(n_pods_per_kind=1, hours=1, seed=2, shapes=shapes)
+    pd.testing.assert_frame_equal(a[0], b[0])
+    pd.testing.assert_frame_equal(a[1], b[1])
+    assert not a[0]["value"].equals(c[0]["value"])
+
+
+def test_trace_is_valid_sorted_and_categorical(scen: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    trace, _ = scen
+    assert list(trace.columns) == list(tr.TRACE_COLUMNS)
+    assert (np.diff(trace["timestamp"].to_numpy()) >= 0).all()
+    for c in tr.STRING_COLUMNS:
+        assert isinstance(trace[c].dtype, pd.CategoricalDtype)
+    tr.validate_trace(trace)
+
+
+def test_labels_one_row_per_pod_with_consistent_fields(
+    scen: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    trace, labels = scen
+    assert list(labels.columns) == list(LABEL_COLUMNS)
+    assert len(labels) == 2 * len(ALL_SHAPES) and labels["pod"].is_unique
+    assert set(labels["pod"]) == set(trace["pod"].astype(str))
+    assert set(labels["kind"]) == set(KINDS)
+    metrics = set(trace["metric"].cat.categories)
+    for r in labels.to_dict("records"):
+        assert r["kind"] == KIND_OF_SHAPE[str(r["shape"])]
+        onset, failure = float(r["onset_ts"]), float(r["failure_ts"])
+        if r["kind"] == "none":
+            assert np.isnan(onset) and np.isnan(failure) and r["fault_metric"] == ""
+        else:
+            assert onset < failure and r["fault_metric"] in metrics
+    gpu = labels[labels["kind"] == "gpu_memory_leak"]
+    assert (gpu["fault_metric"] == tr.GPU_FB_USED).all()
+
+
+def test_every_pod_has_companion_series(scen: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    trace, labels = scen
+    metrics: dict[str, set[str]] = {}
+    for pod, metric in trace[["pod", "metric"]].drop_duplicates().itertuples(index=False):
+        metrics.setdefault(str(pod), set()).add(str(metric))
+    base = {tr.WORKING_SET, tr.RSS, tr.CPU_SECONDS, tr.NET_RX, tr.NET_TX, tr.RESTARTS,
+            tr.FS_USAGE}
+    dcgm = {tr.GPU_FB_USED, tr.GPU_FB_FREE, tr.GPU_UTIL}
+    n_gpu = 0
+    for pod, ms in metrics.items():
+        assert base <= ms, pod
+        assert ms & {tr.MEMORY_LIMIT, tr.KSM_LIMITS}, pod
+        has_gpu = bool(ms & dcgm)
+        assert not has_gpu or dcgm <= ms
+        n_gpu += has_gpu
+    assert 0 < n_gpu < len(metrics)
+    for pod in labels.loc[labels["shape"] == "gpu_creep", "pod"]:
+        assert dcgm <= metrics[pod]
+
+
+def test_leaking_pods_end_at_the_limit(scen: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    trace, labels = scen
+    end = float(trace["timestamp"].max())
+    leaks = labels[labels["kind"] == "memory_leak"]
+    ended = 0
+    for r in leaks.to_dict("records"):
+        onset, failure = float(r["onset_ts"]), float(r["failure_ts"])
+        p = trace[trace["pod"] == r["pod"]]
+        ws = p[(p["metric"] == tr.WORKING_SET) & (p["container"] != "sidecar")]
+        lim = p[p["metric"].isin([tr.MEMORY_LIMIT, tr.KSM_LIMITS]) & (p["container"] != "sidecar")]
+        assert p["timestamp"].max() < failure + 2  # nothing after the failure (jitter 1 s)
+        if failure < end:
+            ended += 1
+            last_10min = ws[ws["timestamp"] > failure - 600]["value"]
+            assert last_10min.max() > 0.95 * lim["value"].max()
+        first = ws[ws["timestamp"] < onset]["value"]
+        assert first.median() < 0.7 * lim["value"].max()
+    assert ended >= 3
+
+
+def test_imperfections_present_by_default_and_absent_when_disabled(
+    scen: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    trace, _ = scen
+    key = ["pod", "container", "metric", "timestamp"]
+    assert trace.duplicated(key).sum() > 0
+    assert trace["value"].isna().sum() > 0
+    cpu = trace[trace["metric"] == tr.CPU_SECONDS].dropna(subset=["value"])
+    resets = sum(
+        int((np.diff(g["value"].to_numpy()) < 0).sum())
+        for _, g in cpu.groupby(["pod", "container"], observed=True)
+    )
+    assert resets >= 1
+    clean, _ = generate(n_pods_per_kind=1, hours=2, seed=4, imperfections=Imperfections.none())
+    assert clean.duplicated(key).sum() == 0 and clean["value"].notna().all()
+    assert (clean["timestamp"] % 15 == 0).all()
+
+
+def test_healthy_generator_and_argument_errors() -> None:
+    trace, labels = generate_healthy(n_pods=8, hours=1, seed=0)
+    assert set(labels["shape"]) <= set(HEALTHY_SHAPES) and (labels["kind"] == "none").all()
+    assert len(labels) == 8 and trace["pod"].nunique() == 8
+    with pytest.raises(InputError, match="slow_leak"):
+        generate_healthy(shapes=("slow_leak",))
+    with pytest.raises(InputError, match="bogus"):
+        generate(shapes=("bogus",))
+    with pytest.raises(InputError):
+        generate(hours=0)
+
+
+def test_generate_scenarios_script_writes_small_files(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("gen", REPO / "data" / "generate_scenarios.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--pods-per-kind", "1", "--hours", "1", "--out", str(tmp_path)]) == 0
+    trace = tr.load_trace(tmp_path / "trace.parquet")
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    assert set(labels["pod"]) == set(trace["pod"].astype(str))
+    assert (tmp_path / "trace.parquet").stat().st_size < 5e6
+
+
+def test_shipped_scenario_set_matches_the_script() -> None:
+    trace_p = REPO / "data" / "scenarios" / "trace.parquet"
+    labels = pd.read_csv(REPO / "data" / "scenarios" / "labels.csv")
+    assert trace_p.stat().st_size < 5e6
+    _, expected = generate(n_pods_per_kind=2, hours=8, seed=7)
+    assert labels["pod"].tolist() == expected["pod"].tolist()
+    assert labels["shape"].tolist() == expected["shape"].tolist()
