@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,11 +53,100 @@ class DetectionSettings(_Section):
     explain: bool = Field(True, description="Attach SHAP explanations to positive verdicts.")
 
 
+class AlertingSettings(_Section):
+    """Alerts to Alertmanager and Kubernetes Events (``detector.sinks.alertmanager``,
+    ``detector.sinks.k8s_events``)."""
+
+    alertmanager_urls: list[str] = Field(
+        [], description="Alertmanager base URLs; every alert goes to each (an HA pair: two). "
+                        "Empty: no Alertmanager sink.")
+    resend_interval_s: float = Field(
+        60, gt=0, description="An active alert is re-sent this often, seconds.")
+    resolve_timeout_s: float = Field(
+        300, gt=0, description="endsAt of an active alert is this far ahead of each send, so "
+                               "alerts of a podguard that died expire by themselves, seconds.")
+    gone_after_s: float = Field(
+        600, gt=0, description="An alert whose pod had no judged verdict for this long is "
+                               "resolved (pod gone or no data), seconds.")
+    queue_max: int = Field(
+        10000, ge=1, description="Alerts held per Alertmanager while it is unreachable (count); "
+                                 "beyond it the oldest are dropped and counted.")
+    batch_max: int = Field(500, ge=1, description="Alerts per POST (count).")
+    timeout_s: float = Field(10, gt=0, description="HTTP timeout of one request, seconds.")
+    backoff_s: list[float] = Field(
+        [1, 2, 5, 10, 30], min_length=1,
+        description="Waits between delivery attempts, seconds; after the last the alerts stay "
+                    "queued and a new round starts (Retry-After is honoured).")
+    critical_below_s: float = Field(
+        3600, ge=0, description="Time to OOM under which severity is critical, seconds.")
+    warning_below_s: float = Field(
+        24 * 3600, ge=0, description="Time to OOM under which severity is warning (above: info), "
+                                     "seconds.")
+    runbook_url: str = Field(
+        "https://github.com/podguard/podguard/blob/main/docs/runbooks.md#{alertname}",
+        description="Runbook link; {alertname} is replaced by the alert's name.")
+    kubernetes_events: bool = Field(
+        True, description="Write an Event and the latest-verdict annotation on each flagged pod.")
+    event_interval_s: float = Field(
+        600, gt=0, description="The same Event on the same object is repeated (count+1) at most "
+                               "this often, seconds.")
+
+
+class RemediationSettings(_Section):
+    """Checkpoint-then-reschedule remediation (``detector.remediation``); off by default."""
+
+    enabled: bool = Field(False, description="Act on opted-in pods; off: alert only.")
+    dry_run: bool = Field(False, description="Print the plan and change nothing in the cluster.")
+    opt_in_label: str = Field(
+        "podguard.io/remediate", description="Pods opt in with this label set to \"true\".")
+    kinds: list[Literal["memory_leak", "gpu_memory_leak", "drift"]] = Field(
+        ["memory_leak", "gpu_memory_leak", "drift"],
+        description="Verdict kinds that start a remediation.")
+    checkpoint_timeout_s: float = Field(
+        300, gt=0, description="Wait for the checkpoint acknowledgement, seconds; then the pod "
+                               "is not evicted (unless below the floor) and the alert escalates.")
+    checkpoint_max_age_s: float = Field(
+        900, gt=0, description="An acknowledged checkpoint older than this when eviction is "
+                               "finally allowed is requested again, seconds.")
+    evict_unacknowledged_below_s: float = Field(
+        600, ge=0, description="Time to OOM under which a pod is evicted without an "
+                               "acknowledged checkpoint (it dies anyway), seconds.")
+    max_evictions_per_node: int = Field(
+        1, ge=0, description="Evictions per node within budget_window_s (count).")
+    max_evictions_per_namespace: int = Field(
+        2, ge=0, description="Evictions per namespace within budget_window_s (count).")
+    budget_window_s: float = Field(3600, gt=0, description="Window of the budgets, seconds.")
+    cooldown_s: float = Field(
+        3600, ge=0, description="Minimum time between two remediations of one workload, seconds.")
+    retry_s: float = Field(
+        60, gt=0, description="Wait before retrying an eviction refused by a "
+                              "PodDisruptionBudget or deferred by a budget, seconds.")
+    node_action: Literal["cordon", "taint", "none"] = Field(
+        "cordon", description="For node-level causes: cordon the node, or taint it NoSchedule.")
+    node_cause_min_pods: int = Field(
+        2, ge=2, description="Flagged pods on one node that make the cause node-level (count).")
+    avoid_node: bool = Field(
+        True, description="For pod-level causes, taint the node PreferNoSchedule while the "
+                          "replacement is scheduled, so it lands elsewhere if it can.")
+    avoid_ttl_s: float = Field(
+        900, gt=0, description="The PreferNoSchedule taint is removed after this at the latest, "
+                               "seconds.")
+    resync_s: float = Field(
+        300, gt=0, description="Workloads are re-listed for remediation records this often, "
+                               "seconds.")
+    api_backoff_s: list[float] = Field(
+        [0.5, 1, 2, 5, 10], min_length=1,
+        description="Waits between retries of a Kubernetes API call answered 429/5xx or not "
+                    "answered, seconds (Retry-After is honoured).")
+
+
 class Settings(_Section):
     """The whole tree. Sections are added by the components that own them."""
 
     windows: WindowSettings = Field(default_factory=WindowSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    remediation: RemediationSettings = Field(default_factory=RemediationSettings)
 
 
 ENV_PREFIX = "PODGUARD__"
