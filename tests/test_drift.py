@@ -178,3 +178,86 @@ def test_ensemble_scores_10k_windows_per_second_on_one_core(drift: DriftDetector
             rates[name] = len(x) / best
     print("scoring windows/s on one core: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()))
     assert rates["fused"] >= 10_000
+
+
+def test_group_wise_calibration_split_keeps_groups_apart() -> None:
+    det = DriftDetector(DriftConfig(calibration_fraction=0.25, seed=3))
+    groups = np.repeat([f"pod-{i}" for i in range(12)], 50)
+    cal, train = det._calibration_split(len(groups), groups)
+    assert not set(groups[cal]) & set(groups[train])
+    assert 0.15 <= len(cal) / len(groups) <= 0.3
+    assert len(cal) + len(train) == len(groups)
+    with pytest.raises(InputError, match="at least 2 groups"):
+        det._calibration_split(100, ["one"] * 100)
+    with pytest.raises(InputError, match="one label per row"):
+        det._calibration_split(100, ["a", "b"])
+
+
+def test_fit_with_groups(drift: DriftDetector) -> None:
+    x = healthy(2000, seed=15)
+    groups = np.repeat(np.arange(20), 100)
+    det = DriftDetector(DriftConfig(), AutoencoderDetector(AutoencoderConfig(max_epochs=5)))
+    assert det.fit(x, NAMES, groups=groups) is det
+    assert np.all(np.isfinite(det.score(healthy(10, seed=16))))
+
+
+@pytest.mark.slow
+def test_on_windows_from_the_window_engine() -> None:
+    """Integration: scenario trace -> WindowEngine windows -> drift detector.
+
+    Fitted on healthy pods, threshold on other healthy pods; the throughput_drift pods
+    (CPU, GPU utilisation and network collapse before a crash) are flagged after onset, and
+    the explanation names the throughput channels.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from detector import scenarios
+    from detector.replay import iter_batches
+    from detector.settings import WindowSettings
+    from detector.windows import WindowBatch
+
+    trace, labels = scenarios.generate(
+        n_pods_per_kind=4,
+        hours=7,
+        step_s=60,
+        seed=3,
+        shapes=(*scenarios.HEALTHY_SHAPES, "throughput_drift"),
+    )
+    parts = []
+    for k, (_t, b, _e) in enumerate(iter_batches(trace, step_s=60, windows=WindowSettings())):
+        if k % 5 == 0 and len(b):
+            live = np.flatnonzero(~np.asarray(b.stale, dtype=bool))
+            if live.size:
+                parts.append(b.subset(live))
+    batch = WindowBatch.concat(parts)
+    pods = np.array([k.pod for k in batch.keys])
+    lab = labels.set_index("pod")
+    faulty = np.array([lab.loc[p, "shape"] == "throughput_drift" for p in pods])
+    onset = np.array([lab.loc[p, "onset_ts"] for p in pods], dtype=float)
+    healthy_pods = sorted(set(pods[~faulty]))
+    held = set(np.random.default_rng(0).choice(healthy_pods, size=8, replace=False).tolist())
+    is_held = np.isin(pods, list(held))
+    fit_rows = np.flatnonzero(~faulty & ~is_held)
+    hold_rows = np.flatnonzero(is_held)
+    after = np.flatnonzero(faulty & (np.asarray(batch.ts) > onset + 1200))
+
+    x = batch.features
+    det = DriftDetector(DriftConfig(), AutoencoderDetector(AutoencoderConfig(max_epochs=60)))
+    det.fit(x[fit_rows], batch.feature_names, groups=pods[fit_rows])
+    det.infer_threshold(x[hold_rows], fpr=0.02)
+    pred = det.predict(x)
+    y = np.r_[np.zeros(hold_rows.size), np.ones(after.size)]
+    auc = roc_auc_score(y, np.r_[pred.score[hold_rows], pred.score[after]])
+    print(
+        f"windows: {len(batch)}; drift pods after onset: {after.size}; ROC-AUC {auc:.3f}; "
+        f"TPR {pred.is_anomaly[after].mean():.2f}"
+    )
+    assert after.size >= 10
+    assert auc > 0.9
+    assert pred.is_anomaly[after].mean() > 0.6
+    flagged = after[pred.is_anomaly[after]]
+    throughput = ("cpu_rate", "gpu_util", "net_rx_rate", "net_tx_rate")
+    named = [
+        any(n.split(".")[0] in throughput for n, _ in a.top(3)) for a in det.explain(x[flagged])
+    ]
+    assert np.mean(named) >= 0.9

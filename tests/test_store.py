@@ -102,6 +102,13 @@ def test_model_card_contents(bundle: Path, drift: DriftDetector) -> None:
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+def test_bundle_is_readable_by_other_users(bundle: Path) -> None:
+    assert bundle.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in bundle.iterdir())
+    promote(bundle.parent, bundle.name)
+    assert (bundle.parent / CURRENT).stat().st_mode & 0o777 == 0o644
+
+
 def test_no_pickle_is_written(bundle: Path) -> None:
     for path in bundle.iterdir():
         data = path.read_bytes()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,15 +179,22 @@ class DriftDetector(ThresholdMixin):
         return {"autoencoder": self.autoencoder, "forest": self.forest}
 
     # -- fitting and scoring ------------------------------------------------------------
-    def fit(self, X: np.ndarray, feature_names: tuple[str, ...]) -> DriftDetector:
-        """Fit both members on part of the healthy ``X``; calibrate on the rest."""
+    def fit(
+        self,
+        X: np.ndarray,
+        feature_names: tuple[str, ...],
+        groups: Sequence[Hashable] | np.ndarray | None = None,
+    ) -> DriftDetector:
+        """Fit both members on part of the healthy ``X``; calibrate on the rest.
+
+        ``groups`` (one label per row, e.g. the pod) makes the calibration split by group, so
+        the tail scores are calibrated on pods the members never saw, as they will be used.
+        Without it rows are split at random, which overlapping windows of one pod make
+        optimistic (calibration rows resemble training rows).
+        """
         arr = check_features(X, len(feature_names))
-        n = arr.shape[0]
-        n_cal = round(self.config.calibration_fraction * n)
-        if n_cal < 20 or n - n_cal < 20:
-            raise InputError(f"need enough healthy rows to fit and calibrate, got {n}")
-        perm = np.random.default_rng(self.config.seed).permutation(n)
-        cal, train = arr[np.sort(perm[:n_cal])], arr[np.sort(perm[n_cal:])]
+        cal_idx, train_idx = self._calibration_split(arr.shape[0], groups)
+        cal, train = arr[cal_idx], arr[train_idx]
         self.feature_names = tuple(feature_names)
         self.autoencoder.fit(train, self.feature_names)
         self.forest.fit(train, self.feature_names)
@@ -198,6 +205,36 @@ class DriftDetector(ThresholdMixin):
         self.threshold_ = None
         self.fitted_ = True
         return self
+
+    def _calibration_split(
+        self, n: int, groups: Sequence[Hashable] | np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.config.seed)
+        target = self.config.calibration_fraction * n
+        if groups is None:
+            perm = rng.permutation(n)
+            n_cal = round(target)
+            cal_mask = np.zeros(n, dtype=bool)
+            cal_mask[perm[:n_cal]] = True
+        else:
+            labels = np.asarray([str(g) for g in groups])
+            if labels.shape != (n,):
+                raise InputError(f"groups must give one label per row ({n}), got {labels.shape}")
+            uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+            if uniq.size < 2:
+                raise InputError("a group-wise calibration split needs at least 2 groups")
+            order = rng.permutation(uniq.size)
+            # whole groups into calibration until it holds about calibration_fraction of rows
+            take = np.cumsum(counts[order]) <= max(target, counts[order[0]])
+            take[-1] = False  # at least one group left to fit on
+            cal_mask = np.isin(inverse, order[take])
+        cal_idx, train_idx = np.flatnonzero(cal_mask), np.flatnonzero(~cal_mask)
+        if cal_idx.size < 20 or train_idx.size < 20:
+            raise InputError(
+                f"need >= 20 rows each to fit and calibrate; got {train_idx.size} and "
+                f"{cal_idx.size} of {n}"
+            )
+        return cal_idx, train_idx
 
     def score_components(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Raw and tail scores of each member: keys ``<member>.raw`` / ``<member>.tail``."""

@@ -73,6 +73,8 @@ BUNDLE_FILES: frozenset[str] = frozenset(
 )
 """Every file of a bundle except the card, which lists their checksums."""
 _FORMAT = "podguard.model-bundle/1"
+_FILE_MODE = 0o644  # a daemon running as another user must be able to read the model
+_DIR_MODE = 0o755
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -232,6 +234,9 @@ def save_bundle(
             **extra,
         }
         _write_file(tmp / CARD, json.dumps(card, indent=2, allow_nan=False).encode())
+        for path in tmp.iterdir():  # mkdtemp/mkstemp are private (0700/0600); models are not
+            os.chmod(path, _FILE_MODE)
+        os.chmod(tmp, _DIR_MODE)
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(root_p)
@@ -253,6 +258,7 @@ def promote(root: str | Path, version: str) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(f"{version}\n".encode())
             fh.flush()
+            os.fchmod(fh.fileno(), _FILE_MODE)
             os.fsync(fh.fileno())
         os.replace(tmp_name, root_p / CURRENT)
         _fsync_dir(root_p)
