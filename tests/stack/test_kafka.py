@@ -32,7 +32,7 @@ def _produce(kafka: KafkaHandle, topic: str, numbers: range) -> Counter[int]:
 
 
 def _consume(kafka: KafkaHandle, topic: str, group: str, expect: int,
-             settle_s: float = 3.0, timeout: float = 120.0) -> list[int]:
+             settle_s: float = 2.0, timeout: float = 120.0) -> list[int]:
     """Read from ``group`` until ``expect`` messages came and nothing more for ``settle_s``;
     commit the offsets and leave the group."""
     consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, group_id=group,
