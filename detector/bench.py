@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from detector import scenarios
 from detector.pipeline import Pipeline
@@ -45,7 +46,7 @@ def _one_core() -> None:
     threadpool_limits(1)
 
 
-def _collect(trace, n_max: int) -> WindowBatch:  # type: ignore[no-untyped-def]
+def _collect(trace: pd.DataFrame, n_max: int) -> WindowBatch:
     parts = []
     total = 0
     for _t, batch, _e in iter_batches(trace, step_s=60.0, windows=WindowSettings()):

@@ -12,6 +12,8 @@ import argparse
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +48,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def summarise(verdicts: pd.DataFrame, labels: pd.DataFrame) -> list[str]:
     lines = ["", f"{'pod':<16} {'shape':<17} {'verdict':<16} {'when':<34} why"]
     pos = verdicts[verdicts["is_anomaly"]] if len(verdicts) else verdicts
-    for lab in labels.itertuples():
+    for lab in _records(labels):
         g = pos[pos["pod"] == lab.pod]
         if g.empty:
             verdict = "no alarm"
@@ -56,9 +58,10 @@ def summarise(verdicts: pd.DataFrame, labels: pd.DataFrame) -> list[str]:
             continue
         first = g.iloc[0]
         when = ""
-        if lab.kind != "none" and math.isfinite(lab.onset_ts):
-            after = first["ts"] - lab.onset_ts
-            before = lab.failure_ts - first["ts"]
+        onset, failure, first_ts = float(lab.onset_ts), float(lab.failure_ts), float(first["ts"])
+        if lab.kind != "none" and math.isfinite(onset):
+            after = first_ts - onset
+            before = failure - first_ts
             when = (f"{format_duration(after)} after onset, "
                     f"{format_duration(before)} before failure" if after >= 0
                     else f"{format_duration(-after)} BEFORE onset")
@@ -76,6 +79,12 @@ def summarise(verdicts: pd.DataFrame, labels: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _records(labels: pd.DataFrame) -> list[Any]:
+    """Label rows as attribute objects (``lab.pod``, ``lab.onset_ts``...)."""
+    return [SimpleNamespace(**{str(k): v for k, v in r.items()})
+            for r in labels.to_dict("records")]
+
+
 def plot_timeline(trace: pd.DataFrame, verdicts: pd.DataFrame, labels: pd.DataFrame,
                   path: Path) -> None:
     import matplotlib
@@ -88,18 +97,20 @@ def plot_timeline(trace: pd.DataFrame, verdicts: pd.DataFrame, labels: pd.DataFr
     axes = np.atleast_1d(axes)
     t0 = float(trace["timestamp"].min())
     pos = verdicts[verdicts["is_anomaly"]] if len(verdicts) else verdicts
-    for ax, lab in zip(axes, labels.itertuples()):
+    for ax, lab in zip(axes, _records(labels)):
         metric = (lab.fault_metric if isinstance(lab.fault_metric, str) and lab.fault_metric
                   else "container_memory_working_set_bytes")
         metric = metric.split("|")[0]
-        s = trace[(trace["pod"] == lab.pod) & (trace["metric"] == metric)]
-        s = s.groupby("timestamp", observed=True)["value"].sum()
-        ax.plot((s.index.to_numpy() - t0) / 3600, s.to_numpy(), lw=0.7, color="tab:blue")
+        rows = trace[(trace["pod"] == lab.pod) & (trace["metric"] == metric)]
+        s = rows.groupby("timestamp", observed=True)["value"].sum()
+        ax.plot((s.index.to_numpy(dtype=np.float64) - t0) / 3600, s.to_numpy(), lw=0.7,
+                color="tab:blue")
         g = pos[pos["pod"] == lab.pod]
         if not g.empty:
             ax.axvline((g["ts"].iloc[0] - t0) / 3600, color="tab:red", lw=1.2, label="alarm")
-        if lab.kind != "none" and math.isfinite(lab.onset_ts):
-            ax.axvline((lab.onset_ts - t0) / 3600, color="tab:orange", ls="--", lw=1, label="onset")
+        onset = float(lab.onset_ts)
+        if lab.kind != "none" and math.isfinite(onset):
+            ax.axvline((onset - t0) / 3600, color="tab:orange", ls="--", lw=1, label="onset")
         ax.set_ylabel(lab.shape, rotation=0, ha="right", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_yticks([])

@@ -151,12 +151,12 @@ def score_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
         ts = g["ts"].to_numpy(dtype=np.float64)
         alarm = g["alarm"].to_numpy(dtype=bool)
         live = ~g["stale"].to_numpy(dtype=bool)
-        row = lab.loc[(ns, pod)] if (ns, pod) in lab.index else None
-        kind = str(row["kind"]) if row is not None else "none"
-        if kind == "none":
+        row = lab.loc[(ns, pod)] if (ns, pod) in lab.index else None  # type: ignore[index]
+        if row is None or str(row["kind"]) == "none":
             fa_episodes += episodes(alarm & live)
             healthy_steps += int(live.sum())
             continue
+        kind = str(row["kind"])
         onset, failure = float(row["onset_ts"]), float(row["failure_ts"])
         before = ts < onset
         fa_episodes += episodes(alarm[before] & live[before])
@@ -226,8 +226,8 @@ def run_detectors(trace: pd.DataFrame, pipeline: Pipeline, iforest: PlainIForest
         })
         recs["podguard"].append(base.assign(
             alarm=[v.is_anomaly for v in verdicts],
-            top_feature=[v.explanation.top_feature() if v.explanation else None
-                         for v in verdicts]))
+            top_feature=pd.Series([v.explanation.top_feature() if v.explanation else None
+                                   for v in verdicts], dtype=object)))
         recs["predict_linear"].append(base.assign(
             alarm=predict_linear_alarm(batch) & ~batch.stale,
             top_feature="mem_working_set.predict_linear"))

@@ -30,7 +30,14 @@ def evaluation_sets(args: argparse.Namespace) -> Iterator[tuple[str, TraceSet, p
         if not runs:
             raise InputError(f"no Exathlon runs in {exathlon.default_dir()}: set "
                              f"{exathlon.ENV_DIR} or pass --no-exathlon")
-        traces = [exathlon.load_run(p) for p in runs]
+        traces = []
+        for p in runs:
+            try:
+                traces.append(exathlon.load_run(p))
+            except InputError as e:  # e.g. one shipped zip is a truncated multi-part archive
+                print(f"exathlon: skipping {p.name}: {e}", file=sys.stderr)
+        if not traces:
+            raise InputError(f"no readable Exathlon run in {exathlon.default_dir()}")
         yield "exathlon", traces, pd.DataFrame(columns=list(scenarios.LABEL_COLUMNS))
 
 

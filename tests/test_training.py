@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from training.history import chunks, incident_pods, parse_duration, without_pods
 
 
 def _args(**kw: object) -> argparse.Namespace:
-    base = dict(prometheus=None, traces=None, since="7d", step=15.0, matcher="", out=None,
-                fpr=1e-3, margin=0.01, seed=0, no_progress=True)
+    base: dict[str, object] = dict(prometheus=None, traces=None, since="7d", step=15.0,
+                                   matcher="", out=None, fpr=1e-3, margin=0.01, seed=0,
+                                   no_progress=True)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -144,5 +146,5 @@ def test_chunks_stay_under_the_point_limit() -> None:
     for lo, hi in cs:
         assert (hi - lo) / 15.0 + 1 <= 11_000
     assert cs[0][0] == 0.0 and cs[-1][1] == 7 * 86400.0
-    for (_, a), (b, _) in zip(cs, cs[1:]):
+    for (_, a), (b, _) in itertools.pairwise(cs):
         assert b == a + 15.0  # no sample lost or fetched twice between chunks

@@ -113,11 +113,12 @@ def pull_history(url: str, *, start: float, end: float, step: float = 15.0,
     for metric in metrics:
         sel = f"{metric}{{{matcher}}}" if matcher else metric
         for lo, hi in pieces:
-            result = _with_retries(
-                lambda sel=sel, lo=lo, hi=hi: prom.custom_query_range(
+            def query(sel: str = sel, lo: float = lo, hi: float = hi) -> Any:
+                return prom.custom_query_range(
                     sel, start_time=pd.Timestamp(lo, unit="s").to_pydatetime(),
-                    end_time=pd.Timestamp(hi, unit="s").to_pydatetime(), step=f"{step:g}s"),
-                f"query_range {sel} [{lo:.0f}, {hi:.0f}]", sleep)
+                    end_time=pd.Timestamp(hi, unit="s").to_pydatetime(), step=f"{step:g}s")
+
+            result = _with_retries(query, f"query_range {sel} [{lo:.0f}, {hi:.0f}]", sleep)
             frames += _to_frames(metric, result)
             bar.update(1)
     bar.close()
@@ -159,14 +160,14 @@ def incident_pods(trace: pd.DataFrame) -> set[tuple[str, str]]:
         g = rs.sort_values("timestamp").groupby(["namespace", "pod", "container"],
                                                 observed=True)["value"]
         rose = g.agg(lambda v: float(np.nanmax(v) - np.nanmin(v)) if len(v) else 0.0)
-        for (ns, pod, _c), inc in rose.items():
+        for key, inc in rose.items():
             if inc > 0:
-                bad.add((str(ns), str(pod)))
+                parts: tuple[Any, ...] = tuple(key)  # type: ignore[arg-type]
+                bad.add((str(parts[0]), str(parts[1])))
     other = trace[trace["metric"].astype(str).isin(
         ["kube_pod_container_status_last_terminated_reason_oomkilled", "ALERTS"])]
-    for ns, pod in other[other["value"] > 0][["namespace", "pod"]].drop_duplicates().itertuples(
-            index=False):
-        bad.add((str(ns), str(pod)))
+    hits = other[other["value"] > 0][["namespace", "pod"]].drop_duplicates().to_numpy()
+    bad.update((str(ns), str(pod)) for ns, pod in hits)
     return bad
 
 

@@ -56,7 +56,8 @@ def validation_set(healthy_holdout: WindowBatch, *, seed: int = VALIDATION_SEED,
     trace, labels = scenarios.generate(n_pods_per_kind=pods_per_kind, hours=hours, seed=seed,
                                        shapes=scenarios.FAULT_SHAPES)
     batch = collect_windows(trace, windows=WindowSettings(), desc="validation windows")
-    lab = {(r.namespace, r.pod): (r.onset_ts, r.failure_ts) for r in labels.itertuples()}
+    lab = {(str(r["namespace"]), str(r["pod"])): (float(r["onset_ts"]), float(r["failure_ts"]))
+           for r in labels.to_dict("records")}
     keep = []
     for i, k in enumerate(batch.keys):
         onset, failure = lab.get((k.namespace, k.pod), (math.nan, math.nan))

@@ -47,7 +47,7 @@ def start(name: str, argv: Sequence[str], state: Path, *, env: dict[str, str] | 
     if env:
         full_env.update(env)
     try:
-        proc = subprocess.Popen(  # noqa: S603 - argv built by us
+        proc = subprocess.Popen(
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=full_env, cwd=cwd, start_new_session=True,
         )
@@ -100,11 +100,11 @@ def stop(name: str, state: Path, *, grace: float = 10.0) -> None:
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while alive(pid) and time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             time.sleep(0.1)
+        try:  # reap our own child (a zombie counts as dead for alive())
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
     (state / f"{name}.pid").unlink(missing_ok=True)
 
 
@@ -133,7 +133,7 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, name: st
         try:
             if check():
                 return
-        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as e:  # any failure means "not yet"
             last = e
         time.sleep(interval)
     raise StackError(

@@ -25,7 +25,7 @@ class ServiceStatus:
 
 
 class Service(Protocol):
-    name: str  # short id used on the command line: "prometheus", "alertmanager", "kafka", "kubernetes"
+    name: str  # id on the command line: "prometheus", "alertmanager", "kafka", "kubernetes"
 
     def prepare(self) -> None:
         """Install/build/download what is missing into the per-user cache (idempotent).
