@@ -50,11 +50,28 @@ def test_training_is_seeded_and_reproducible() -> None:
     assert a.history_.train_loss == b.history_.train_loss
 
 
-def test_deterministic_mode_is_restored_after_fit() -> None:
+def test_deterministic_mode_and_threads_are_restored_after_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     before = torch.are_deterministic_algorithms_enabled()
-    AutoencoderDetector(AutoencoderConfig(max_epochs=1), device="cpu").fit(
-        healthy(100, seed=3), NAMES
-    )
+    threads = torch.get_num_threads()
+    seen: list[tuple[bool, int]] = []
+    original = torch.optim.Adam.step
+
+    def spy(self: torch.optim.Adam, *args: object, **kwargs: object) -> object:
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    torch.set_num_threads(2)
+    try:
+        AutoencoderDetector(AutoencoderConfig(max_epochs=1), device="cpu").fit(
+            healthy(100, seed=3), NAMES
+        )
+        assert seen and all(s == (True, 1) for s in seen)  # deterministic, one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert torch.are_deterministic_algorithms_enabled() == before
 
 
