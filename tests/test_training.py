@@ -148,3 +148,23 @@ def test_chunks_stay_under_the_point_limit() -> None:
     assert cs[0][0] == 0.0 and cs[-1][1] == 7 * 86400.0
     for (_, a), (b, _) in itertools.pairwise(cs):
         assert b == a + 15.0  # no sample lost or fetched twice between chunks
+
+
+def test_gpu_check_script_runs_its_cpu_path(capsys: pytest.CaptureFixture[str]) -> None:
+    from training import gpu_check
+
+    assert gpu_check.main(["--devices", "cpu", "--pods", "6", "--hours", "3", "--epochs", "3"]
+                          ) == 0
+    out = capsys.readouterr().out
+    assert '"device": "cpu"' in out and "samples_per_s" in out
+
+
+def test_gpu_check_refuses_cuda_without_a_gpu() -> None:
+    import torch
+
+    from training import gpu_check
+
+    if torch.cuda.is_available():  # on a GPU machine the real comparison runs instead
+        assert gpu_check.main(["--pods", "6", "--hours", "3", "--epochs", "3"]) == 0
+    else:
+        assert gpu_check.main(["--devices", "cuda", "cpu"]) == 2
