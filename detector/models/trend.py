@@ -9,8 +9,9 @@ How a window is scored, per memory channel (``mem_working_set``, ``mem_rss``,
 ``gpu_fb_used``) and per *view* (a block size and a number of trailing blocks, from 40 min
 in 5-min blocks to 4 h in 15-min blocks, :data:`DEFAULT_VIEWS`):
 
-1. Values before the last container restart in the window are ignored (the restart drops
-   memory; the trend restarts with it).
+1. Values before the last container restart in the window, or before the start of a pod that
+   appears inside the window, plus a settling time ``settle_s`` for the warm-up that follows,
+   are ignored (a restart drops memory; the trend restarts with it).
 2. The series is cut into blocks; each block gives its **minimum**: the floor under a GC
    sawtooth and under checkpoint spikes.
 3. On the trailing blocks of the view: Kendall's tau and the Mann-Kendall Z of the block
@@ -69,7 +70,10 @@ EXPLAIN_STATS: tuple[str, ...] = ("slope", "headroom", "monotonicity")
 EXPLAIN_NAMES: tuple[str, ...] = tuple(f"{c}.{s}" for c in MEMORY_CHANNELS for s in EXPLAIN_STATS)
 
 _STATE_KEYS = frozenset(
-    {"name", "version", "views", "u0", "min_span_s", "threshold", "fitted", "healthy_quantiles"}
+    {
+        "name", "version", "views", "u0", "min_span_s", "settle_s", "threshold", "fitted",
+        "healthy_quantiles",
+    }
 )
 
 
@@ -134,7 +138,8 @@ class TrendDetector(ThresholdMixin):
     """Robust memory-growth detector with leak rate and time to OOM (see module docstring).
 
     ``u0`` is the headroom consumption (fraction per hour) at which urgency reaches
-    log1p(1); ``min_span_s`` the data a window needs before it is judged. The detector has no
+    log1p(1); ``min_span_s`` the data a window needs before it is judged (counted after the
+    ``settle_s`` that follows a pod start or restart). The detector has no
     learned parameters besides its threshold: ``fit`` records the healthy score quantiles.
     """
 
@@ -144,8 +149,9 @@ class TrendDetector(ThresholdMixin):
         self,
         *,
         views: tuple[tuple[float, int], ...] = DEFAULT_VIEWS,
-        u0: float = 0.02,
+        u0: float = 0.05,
         min_span_s: float = 5400.0,
+        settle_s: float = 1800.0,
     ) -> None:
         problems = []
         if not views:
@@ -157,11 +163,14 @@ class TrendDetector(ThresholdMixin):
             problems.append(f"u0 must be > 0, got {u0!r}")
         if not (math.isfinite(min_span_s) and min_span_s >= 0):
             problems.append(f"min_span_s must be >= 0, got {min_span_s!r}")
+        if not (math.isfinite(settle_s) and settle_s >= 0):
+            problems.append(f"settle_s must be >= 0, got {settle_s!r}")
         if problems:
             raise InputError("TrendDetector: " + "; ".join(problems))
         self.views = tuple((float(b), int(k)) for b, k in views)
         self.u0 = float(u0)
         self.min_span_s = float(min_span_s)
+        self.settle_s = float(settle_s)
         self.threshold_: float | None = None
         self.fitted_ = False
         self.healthy_quantiles_: list[float] = []
@@ -178,12 +187,20 @@ class TrendDetector(ThresholdMixin):
         mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
         v = batch.values[:, mem_idx, :].astype(np.float32, copy=False)
         L = v.shape[-1]
+        # a (re)start is followed by a warm-up: judge only what comes after the last restart
+        # in the window, and after a pod that starts inside the window, plus a settling time
+        idx = np.arange(L)[None, :]
         r = batch.values[:, CHANNELS.index("restarts"), :]
         restarted = np.nan_to_num(r) > 0
-        if restarted.any():
-            last_r = np.where(restarted, np.arange(L)[None, :], -1).max(axis=1)
-            before = np.arange(L)[None, :] < last_r[:, None]
-            v = np.where(before[:, None, :], np.float32(np.nan), v)
+        last_r = np.where(restarted, idx, -1).max(axis=1)
+        fin: np.ndarray = np.isfinite(v).any(axis=1)  # (n, L): any memory channel has data
+        first = np.where(fin.any(axis=1), np.argmax(fin, axis=1), 0)
+        start = np.where(first > 0, first, -1)
+        begin = np.maximum(last_r, start)
+        settle = round(self.settle_s / step)
+        cut = np.where(begin >= 0, begin + settle, 0)
+        if (cut > 0).any():
+            v = np.where((idx < cut[:, None])[:, None, :], np.float32(np.nan), v)
         lim = batch.limits[:, mem_idx].astype(np.float64)
         return v, lim, step
 
@@ -228,11 +245,16 @@ class TrendDetector(ThresholdMixin):
         straddle = (i[None, :] <= kmax[:, None]) & (j[None, :] > kmax[:, None])
         ds_slopes = (dy - straddle * dmax[:, None]) / gap
         rate_ds = nanmedian_last(ds_slopes).astype(np.float64)
-        rec = i >= h
-        rate_ds_recent = nanmedian_last(ds_slopes[:, rec]).astype(np.float64)
+        early = j < nb - h
+        rate_early = nanmedian_last(slopes[:, early]).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
+            # growth must not decelerate: recent-half slope vs early-half slope of the floor
+            # (a warm-up approaching its plateau has a ratio near 0, a steady leak near 1)
+            ref_rate = np.fmax(rate_early, 0.5 * rate_ds)
             persist = np.where(
-                rate_ds > 0, np.clip(rate_ds_recent / rate_ds, 0.0, 1.0), 0.0
+                (rate_ds > 0) & (ref_rate > 0),
+                np.clip(rate_recent / ref_rate, 0.0, 1.0),
+                0.0,
             )
             # earlier drawdown of the floor over the whole window vs the rise of this view
             filled = np.where(np.isfinite(mins), mins, -np.inf)
@@ -438,6 +460,7 @@ class TrendDetector(ThresholdMixin):
             "views": [[b, k] for b, k in self.views],
             "u0": self.u0,
             "min_span_s": self.min_span_s,
+            "settle_s": self.settle_s,
             "threshold": self.threshold_,
             "fitted": self.fitted_,
             "healthy_quantiles": list(self.healthy_quantiles_),
@@ -463,6 +486,7 @@ class TrendDetector(ThresholdMixin):
                 views=tuple((float(b), int(k)) for b, k in state["views"]),
                 u0=float(state["u0"]),
                 min_span_s=float(state["min_span_s"]),
+                settle_s=float(state["settle_s"]),
             )
             thr = state["threshold"]
             det.threshold_ = None if thr is None else float(thr)
