@@ -193,8 +193,8 @@ class TrendDetector(ThresholdMixin):
         r = batch.values[:, CHANNELS.index("restarts"), :]
         restarted = np.nan_to_num(r) > 0
         last_r = np.where(restarted, idx, -1).max(axis=1)
-        fin: np.ndarray = np.isfinite(v).any(axis=1)  # (n, L): any memory channel has data
-        first = np.where(fin.any(axis=1), np.argmax(fin, axis=1), 0)
+        fin = np.asarray(np.isfinite(v).any(axis=1))  # (n, L): any memory channel has data
+        first = np.where(np.asarray(fin.any(axis=1)), np.argmax(fin, axis=1), 0)
         start = np.where(first > 0, first, -1)
         begin = np.maximum(last_r, start)
         settle = round(self.settle_s / step)
