@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from detector.errors import ConfigError, InputError, ModelIntegrityError
@@ -49,6 +51,22 @@ def test_tail_score_is_monotone_continuous_and_unbounded() -> None:
     assert t[0] == 0.0 and t[-1] > 20.0  # keeps growing past the calibration sample
     q_u = cal.knots[-1]
     assert cal.transform(np.array([q_u]))[0] == pytest.approx(1.0)  # -log10(1 - 0.9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    scores=st.lists(
+        st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), min_size=2, max_size=300
+    ),
+    u=st.floats(0.5, 0.99),
+)
+def test_tail_score_is_monotone_and_finite_for_any_sample(scores: list[float], u: float) -> None:
+    cal = TailCalibrator.fit(np.asarray(scores), u=u)
+    grid = np.sort(np.r_[np.asarray(scores), np.linspace(-2e6, 2e6, 101)])
+    t = cal.transform(grid)
+    assert np.all(np.isfinite(t)) and np.all(t >= 0.0)
+    assert np.all(np.diff(t) >= -1e-9)
+    TailCalibrator.from_dict(cal.to_dict())  # what fit produces is always loadable
 
 
 def test_tail_derivative_matches_finite_differences() -> None:
@@ -261,3 +279,9 @@ def test_on_windows_from_the_window_engine() -> None:
         any(n.split(".")[0] in throughput for n, _ in a.top(3)) for a in det.explain(x[flagged])
     ]
     assert np.mean(named) >= 0.9
+
+
+def test_near_ties_at_large_magnitude_still_give_increasing_knots() -> None:
+    cal = TailCalibrator.fit(np.array([1e6, 1e6 + 1e-10, 1e6]), u=0.9)
+    assert np.all(np.diff(cal.knots) > 0)
+    TailCalibrator.from_dict(cal.to_dict())

@@ -12,12 +12,13 @@ CUDA, seeded and reproducible (deterministic algorithms on the CPU), early stopp
 held-out split, an optional tqdm bar, and returns a :class:`TrainingHistory`.
 
 Scoring uses a pure-numpy forward pass over weights exported from the state dict: for this
-network size it beats ``torch.inference_mode()`` at every batch size on one core (see the
-report in ``tests/test_autoencoder.py``). Explanations are expected gradients of the
-reconstruction error (:func:`detector.explain.expected_gradients`) against a small stored
-healthy background. Persistence: ``autoencoder.json`` (config, scaler, threshold, feature
-names) + ``autoencoder.safetensors`` (weights and background); a model trained on a GPU loads
-on the CPU.
+network size it beats ``torch.inference_mode()`` on one core for small batches and ties for
+large ones (measured, 31 features: 1 row 0.03 vs 0.11 ms, 64 rows 0.05 vs 0.15 ms, 10,000 rows
+3.2 vs 3.3 ms); :meth:`AutoencoderDetector.score_torch` is the torch reference. Explanations
+are expected gradients of the reconstruction error (:func:`detector.explain.expected_gradients`)
+against a small stored healthy background. Persistence: ``autoencoder.json`` (config, scaler,
+threshold, feature names) + ``autoencoder.safetensors`` (weights and background); a model
+trained on a GPU loads on the CPU.
 
 Called by :mod:`detector.models.drift`, the model store and the tests.
 """

@@ -107,8 +107,11 @@ class TailCalibrator:
             raise InputError("need at least 2 finite healthy scores to calibrate")
         probs = np.linspace(0.0, u, _GRID)
         knots = np.quantile(s, probs)
-        spread = float(knots[-1] - knots[0]) or float(np.abs(knots[-1])) or 1.0
-        knots = knots + np.arange(_GRID) * (1e-9 * spread)  # strictly increasing under ties
+        magnitude = float(np.abs(knots).max())
+        spread = max(float(knots[-1] - knots[0]), 1e-9 * (1.0 + magnitude))
+        # strictly increasing under ties: steps of >= 4 ulps of the largest knot
+        step = max(1e-9 * spread, 4.0 * float(np.spacing(magnitude)))
+        knots = knots + np.arange(_GRID) * step
         excess = s[s > knots[-1]] - knots[-1]
         beta = float(excess.mean()) if excess.size else 0.0
         beta = max(beta, 1e-6 * spread)
