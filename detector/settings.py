@@ -140,6 +140,192 @@ class RemediationSettings(_Section):
                     "answered, seconds (Retry-After is honoured).")
 
 
+# ---------------------------------------------------------------- daemon sections
+# Owned by the daemon (``detector.sources``, ``detector.runtime``): sources, server, runtime,
+# model.
+
+CADVISOR_METRICS: tuple[str, ...] = (
+    "container_memory_working_set_bytes",
+    "container_memory_rss",
+    "container_cpu_usage_seconds_total",
+    "container_spec_memory_limit_bytes",
+    "container_fs_usage_bytes",
+    "container_fs_limit_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_transmit_bytes_total",
+)
+KSM_METRICS: tuple[str, ...] = (
+    "kube_pod_container_status_restarts_total",
+    "kube_pod_container_resource_limits",
+)
+DCGM_METRICS: tuple[str, ...] = (
+    "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_UTIL",
+)
+
+
+class PrometheusSourceSettings(_Section):
+    """Pull from Prometheus (``detector.sources.prometheus``)."""
+
+    url: str = Field("", description="Prometheus base URL, e.g. http://prometheus:9090 "
+                                     "(required when sources.kind is prometheus).")
+    node_name: str = Field(
+        "", description="Node whose pods are watched; empty: the NODE_NAME environment variable "
+                        "(downward API); neither: every pod Prometheus has.")
+    node_matcher: str = Field(
+        'node="{node}"', description="PromQL label matcher scoping series to the node; "
+                                     "{node} is replaced by the node name.")
+    extra_matchers: str = Field(
+        "", description="More PromQL label matchers added to every query, comma-separated "
+                        "(e.g. namespace!=\"kube-system\").")
+    metrics: list[str] = Field(
+        [*CADVISOR_METRICS, *KSM_METRICS, *DCGM_METRICS],
+        min_length=1,
+        description="Series read (cAdvisor, kube-state-metrics, DCGM); limits of "
+                    "kube_pod_container_resource_limits are read for resource=memory only.")
+    query_step_s: float = Field(
+        15, gt=0, description="Resolution of range queries (use the scrape interval), seconds.")
+    poll_s: float = Field(
+        15, gt=0, description="How often new samples are pulled, seconds.")
+    backfill_s: float = Field(
+        4 * 3600, ge=0, description="History pulled at start (use windows.horizon_s), seconds.")
+    max_points: int = Field(
+        10000, ge=10, le=11000,
+        description="Points per series per range query (Prometheus refuses more than 11,000); "
+                    "longer ranges are chunked, count.")
+    max_gap_backfill_s: float = Field(
+        4 * 3600, ge=0, description="The longest outage whose gap is backfilled on recovery; an "
+                                    "older gap is skipped, seconds.")
+    timeout_s: float = Field(15, gt=0, description="HTTP timeout of one query, seconds.")
+    backoff_s: list[float] = Field(
+        [1, 2, 5, 10, 30], min_length=1,
+        description="Waits between attempts while Prometheus is down or slow, seconds; after "
+                    "the last the last wait repeats (the daemon never exits for it).")
+
+
+class KafkaSourceSettings(_Section):
+    """Consume samples from Kafka (``detector.sources.kafka``, formats in
+    ``detector.sources.kafka_codec``)."""
+
+    bootstrap_servers: list[str] = Field(
+        [], description="Kafka bootstrap host:port list (required when sources.kind is kafka).")
+    topic: str = Field("podguard-samples", min_length=1, description="Topic of metric samples.")
+    group_id: str = Field("podguard", min_length=1,
+                          description="Consumer group; daemons of one group share partitions.")
+    dead_letter_topic: str = Field(
+        "podguard-dead-letter", description="Malformed input goes here with its reason; "
+                                            "empty: counted and logged only.")
+    client_id: str = Field("podguard", description="Kafka client id.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group without a committed offset starts.")
+    rewind_s: float = Field(
+        0, ge=0, description="On partition assignment, re-read this much history before the "
+                             "committed offset to refill windows after a restart (0: resume "
+                             "exactly at the commit), seconds.")
+    max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")
+    max_samples_per_message: int = Field(
+        100_000, ge=1, description="Batch messages with more samples are dead-lettered (count).")
+    max_labels: int = Field(64, ge=4, description="Samples with more labels are dead-lettered "
+                                                  "(count).")
+    max_label_bytes: int = Field(
+        1024, ge=16, description="Samples with a longer label name or value are dead-lettered, "
+                                 "bytes.")
+    session_timeout_s: float = Field(
+        10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
+                              "this, seconds.")
+    request_timeout_s: float = Field(30, gt=0, description="Kafka request timeout, seconds.")
+    backoff_s: list[float] = Field(
+        [1, 2, 5, 10], min_length=1,
+        description="Waits between attempts to commit or dead-letter while the broker is "
+                    "unreachable, seconds; the last wait repeats.")
+
+
+class LocalSourceSettings(_Section):
+    """The embedded default (``detector.sources.local``): real workloads as child processes,
+    sampled from /proc, in compressed time."""
+
+    time_scale: float = Field(
+        60, gt=0, description="Model seconds per real second: at 60 a real minute is an hour "
+                              "of telemetry, so the leak detector's hour-long views fill in "
+                              "minutes (ratio).")
+    sample_interval_s: float = Field(
+        0.25, gt=0, description="Real time between two samples of the workloads, seconds "
+                                "(15 model seconds at the default time scale).")
+    healthy_workloads: int = Field(2, ge=0, le=8,
+                                   description="Healthy training loops started (count).")
+    leaky_workloads: int = Field(1, ge=0, le=4, description="Leaking training loops started "
+                                                            "(count).")
+    leak_after_s: float = Field(
+        20, ge=0, description="Real time before a leaky loop starts keeping its losses, "
+                              "seconds.")
+    leak_bytes_per_s: float = Field(
+        3 * 2**20, gt=0, description="Approximate real growth of a leaky loop, bytes per real "
+                                     "second.")
+    memory_limit_bytes: int = Field(
+        2 << 30, gt=0, description="Memory limit given to each pseudo-pod; a workload whose "
+                                   "RSS passes it is killed and restarted (its OOM), bytes.")
+    cpu_duty: float = Field(0.15, gt=0, le=1, description="Share of one core each workload "
+                                                          "uses (fraction).")
+    namespace: str = Field("local", min_length=1, description="Namespace of the pseudo-pods.")
+    node: str = Field("", description="Node label of the pseudo-pods; empty: this host's name.")
+
+
+class SourcesSettings(_Section):
+    """Where samples come from."""
+
+    kind: Literal["local", "prometheus", "kafka"] = Field(
+        "local", description="local (the embedded default workloads), prometheus or kafka.")
+    prometheus: PrometheusSourceSettings = Field(default_factory=PrometheusSourceSettings)
+    kafka: KafkaSourceSettings = Field(default_factory=KafkaSourceSettings)
+    local: LocalSourceSettings = Field(default_factory=LocalSourceSettings)
+
+
+class ServerSettings(_Section):
+    """The daemon's HTTP endpoints: /metrics, /healthz, /readyz (``detector.runtime.server``)."""
+
+    enabled: bool = Field(True, description="Serve the endpoints.")
+    host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in a pod).")
+    port: int = Field(0, ge=0, le=65535,
+                      description="Port; 0: a free port chosen at start and logged (number).")
+    stall_after_s: float = Field(
+        120, gt=0, description="/healthz fails when the main loop made no progress for this "
+                               "long, seconds.")
+
+
+class RuntimeSettings(_Section):
+    """The daemon loop (``detector.runtime.daemon``)."""
+
+    lateness_s: float = Field(
+        0.5, ge=0, description="A window is scored this long after its end, so samples stamped "
+                               "at the boundary arrive first, seconds (of the source's clock).")
+    grace_period_s: float = Field(
+        20, gt=0, description="On SIGTERM: flush sinks and commit within this, seconds (keep "
+                              "it under the pod's terminationGracePeriodSeconds).")
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects "
+                                                                    "or plain text.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged.")
+    console: bool = Field(True, description="Print positive verdicts on stdout.")
+    verdicts_path: str = Field(
+        "podguard-verdicts.jsonl", description="JSON-lines file of positive verdicts; empty: "
+                                               "none.")
+    remediation_dry_run: bool = Field(
+        True, description="Print the remediation each positive verdict would start (the "
+                          "embedded default has no cluster to act on).")
+
+
+class ModelSettings(_Section):
+    """Which model scores and how a new one is picked up (``detector.runtime.models``)."""
+
+    root: str = Field("", description="Model root with a 'current' pointer file (written by "
+                                      "training's promote) or one bundle directory; empty: the "
+                                      "shipped default model.")
+    watch_s: float = Field(
+        10, gt=0, description="How often the 'current' pointer is checked for a new version, "
+                              "seconds.")
+
+
 class Settings(_Section):
     """The whole tree. Sections are added by the components that own them."""
 
@@ -147,6 +333,10 @@ class Settings(_Section):
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     remediation: RemediationSettings = Field(default_factory=RemediationSettings)
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
 
 ENV_PREFIX = "PODGUARD__"
@@ -213,7 +403,9 @@ def defaults_yaml() -> str:
                 continue
             if field.description:
                 lines.append(f"{pad}# {field.description}")
-            value = yaml.safe_dump(field.default, default_flow_style=True).strip()
+            default = (field.default_factory() if field.default_factory is not None  # type: ignore[call-arg]
+                       else field.default)
+            value = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip()
             value = value.removesuffix("\n...").removesuffix("...").strip()
             lines.append(f"{pad}{name}: {value}")
 
