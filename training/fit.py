@@ -92,7 +92,7 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
     )
     names = drift_feature_names(healthy.feature_names)
     cols = [healthy.feature_names.index(n) for n in names]
-    drift.fit(fit_b.features[:, cols], names)
+    drift.fit(fit_b.features[:, cols], names, groups=[str(k) for k in fit_b.keys])
     drift_thr = drift.infer_threshold(hold_b.features[:, cols], detection.drift_fpr)
     t2 = time.perf_counter()
     pods = {str(k) for k in healthy.keys}
