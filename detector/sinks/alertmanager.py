@@ -1,0 +1,410 @@
+"""Alertmanager sink: verdicts become alerts on Alertmanager's v2 API (``POST /api/v2/alerts``).
+
+Alerts: ``PodMemoryLeak``, ``PodGpuMemoryLeak``, ``PodPreFailureDrift``, labelled
+``alertname, namespace, pod, container, node, severity`` (severity from the time to OOM:
+``critical`` below ``critical_below_s``, ``warning`` below ``warning_below_s`` or when unknown
+or for drift, else ``info``; ``critical`` once the remediation escalates) and annotated
+``summary, description, time_to_oom, time_to_oom_seconds, explanation`` (the sentence),
+``explanation_json`` (SHAP attribution of each feature), ``runbook_url`` and, when
+escalated, ``remediation`` (why).
+
+Lifecycle, like Prometheus's own: an active alert is re-sent every ``resend_interval_s`` with
+``endsAt`` ``resolve_timeout_s`` ahead (alerts of a podguard that died expire by themselves);
+it is resolved (``endsAt`` = now) when the pod's verdict is healthy again, when the pod had no
+judged verdict for ``gone_after_s`` (gone), or when its labels change (new severity: the old
+alert is resolved and the new one fires).
+
+Delivery: every alert goes to each URL (an HA pair of Alertmanagers gets both). Each URL has
+its own bounded queue (``queue_max``, coalesced by label set: a newer state of an alert
+replaces the queued one) and its own background thread, so one Alertmanager down does not
+delay the other. A failed POST (connection error, 429, 5xx) is retried over the finite
+``backoff_s`` list honouring ``Retry-After`` and logging "attempt n/N"; after the last
+attempt the alerts stay queued and a new round starts later, so nothing accepted is lost
+while the queue has room (overflow drops the oldest and counts them). A 4xx other than 429 is
+permanent: those alerts are dropped and counted as rejected. ``flush`` waits until every
+queue is empty. Never imports torch. Called by the daemon (``send`` each step) and the
+remediation controller (``escalate``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+from detector.errors import PermanentError, ServiceUnavailableError, TemporaryError
+from detector.explain import format_duration
+from detector.settings import AlertingSettings
+from detector.verdicts import Verdict
+
+log = logging.getLogger("podguard.sinks.alertmanager")
+
+ALERT_NAMES: dict[str, str] = {
+    "memory_leak": "PodMemoryLeak",
+    "gpu_memory_leak": "PodGpuMemoryLeak",
+    "drift": "PodPreFailureDrift",
+}
+_WHAT = {"memory_leak": "Memory leak", "gpu_memory_leak": "GPU memory leak",
+         "drift": "Pre-failure drift"}
+
+ContainerOf = Callable[[str, str], str | None]
+"""``container_of(namespace, pod)``: the container to name in the alert (None: unknown)."""
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    raw = resp.headers.get("Retry-After")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Active:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float
+    last_sent: float
+    last_seen: float
+    verdict: Verdict
+
+
+@dataclass
+class _Target:
+    url: str
+    pending: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: threading.Event = field(default_factory=threading.Event)
+    idle: threading.Event = field(default_factory=threading.Event)
+    sent: int = 0  # alerts accepted by this Alertmanager
+    dropped: int = 0  # alerts dropped because the queue was full
+    rejected: int = 0  # alerts refused with a permanent 4xx
+    failures: int = 0  # failed POSTs
+    thread: threading.Thread | None = None
+
+
+class AlertmanagerSink:
+    """Sends verdicts as alerts to one or more Alertmanagers (see the module docstring)."""
+
+    name = "alertmanager"
+
+    def __init__(self, urls: Sequence[str] | None = None, *, settings: AlertingSettings,
+                 container_of: ContainerOf | None = None,
+                 session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] | None = None,
+                 background: bool = True, generator_url: str = "") -> None:
+        urls = list(settings.alertmanager_urls if urls is None else urls)
+        if not urls:
+            raise ValueError("AlertmanagerSink needs at least one Alertmanager URL")
+        self.settings = settings
+        self.container_of = container_of
+        self.clock = clock
+        self._sleep = sleep  # injected (fake time in tests); None: real waits, interruptible
+        self.generator_url = generator_url
+        self.session = session or requests.Session()
+        if session is None:
+            self.session.trust_env = False  # no proxy between us and Alertmanager
+        self.targets = [_Target(u.rstrip("/")) for u in urls]
+        self._active: dict[tuple[str, str], _Active] = {}
+        self._escalated: dict[tuple[str, str], str] = {}
+        self._stop = threading.Event()
+        self._closed = False
+        self.background = background
+        if background:
+            for t in self.targets:
+                t.idle.set()
+                t.thread = threading.Thread(target=self._run, args=(t,), daemon=True,
+                                            name=f"podguard-alertmanager-{t.url}")
+                t.thread.start()
+
+    # ------------------------------------------------------------------ Sink
+
+    def send(self, verdicts: Sequence[Verdict]) -> None:
+        now = self.clock()
+        for v in verdicts:
+            key = (v.namespace, v.pod)
+            if v.stale:
+                continue
+            if v.is_anomaly and v.kind in ALERT_NAMES:
+                self._fire(key, v, now)
+            elif key in self._active:
+                self._resolve(key, now, "healthy again")
+        for key, a in list(self._active.items()):
+            if now - a.last_seen > self.settings.gone_after_s:
+                silent = format_duration(now - a.last_seen)
+                self._resolve(key, now, f"no judged verdict for {silent}")
+            elif now - a.last_sent >= self.settings.resend_interval_s:
+                self._enqueue(self._payload(a, now, resolved=False))
+                a.last_sent = now
+
+    def escalate(self, namespace: str, pod: str, reason: str,
+                 verdict: Verdict | None = None) -> None:
+        """Raise the pod's alert to ``critical`` with ``reason`` in annotation ``remediation``
+        (idempotent; fires the alert from ``verdict`` if none is active yet)."""
+        key = (namespace, pod)
+        self._escalated[key] = reason
+        now = self.clock()
+        a = self._active.get(key)
+        if a is not None:
+            self._fire(key, a.verdict, now, seen=False)
+        elif verdict is not None and verdict.is_anomaly and verdict.kind in ALERT_NAMES:
+            self._fire(key, verdict, now)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self.background:
+            for t in self.targets:
+                self.deliver(t)
+            return all(not t.pending for t in self.targets)
+        for t in self.targets:
+            t.wake.set()
+        for t in self.targets:
+            while True:
+                with t.lock:
+                    empty = not t.pending
+                if empty and t.idle.is_set():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                t.idle.wait(min(left, 0.05))
+                time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._stop.set()
+        for t in self.targets:
+            t.wake.set()
+            if t.thread is not None:
+                t.thread.join(timeout=max(0.1, timeout))
+
+    # ------------------------------------------------------------------ state
+
+    def pending(self) -> dict[str, int]:
+        """Alerts queued per Alertmanager URL."""
+        out = {}
+        for t in self.targets:
+            with t.lock:
+                out[t.url] = len(t.pending)
+        return out
+
+    def active(self) -> dict[tuple[str, str], dict[str, str]]:
+        """Labels of the active alert of each pod."""
+        return {k: dict(a.labels) for k, a in self._active.items()}
+
+    def severity(self, v: Verdict) -> str:
+        if v.kind == "drift" or v.time_to_oom_s is None or not math.isfinite(v.time_to_oom_s):
+            return "warning"
+        if v.time_to_oom_s < self.settings.critical_below_s:
+            return "critical"
+        if v.time_to_oom_s < self.settings.warning_below_s:
+            return "warning"
+        return "info"
+
+    def _labels(self, v: Verdict) -> dict[str, str]:
+        key = (v.namespace, v.pod)
+        container = None
+        if self.container_of is not None:
+            try:
+                container = self.container_of(v.namespace, v.pod)
+            except Exception as e:  # a lookup problem must not lose the alert
+                log.warning("container of %s/%s unknown: %s", v.namespace, v.pod, e)
+        labels = {
+            "alertname": ALERT_NAMES[v.kind], "namespace": v.namespace, "pod": v.pod,
+            "container": container or "", "node": v.node,
+            "severity": "critical" if key in self._escalated else self.severity(v),
+        }
+        return {k: val for k, val in labels.items() if val}
+
+    def _annotations(self, v: Verdict) -> dict[str, str]:
+        alertname = ALERT_NAMES[v.kind]
+        what = _WHAT[v.kind]
+        ex = v.explanation
+        tto = v.time_to_oom_s
+        tto_text = "unknown"
+        if tto is not None and math.isfinite(tto):
+            tto_text = f"~{format_duration(tto)}"
+            if v.time_to_oom_range_s is not None:
+                lo, hi = v.time_to_oom_range_s
+                if math.isfinite(lo) and math.isfinite(hi):
+                    tto_text += f" (range {format_duration(lo)} to {format_duration(hi)})"
+        summary = f"{what} in {v.namespace}/{v.pod}" + (
+            f": OOM in ~{format_duration(tto)}" if tto is not None and math.isfinite(tto)
+            else "")
+        rate = (f" Leak rate {v.leak_rate_bytes_per_s / 2**20:.2f} MiB/s."
+                if v.leak_rate_bytes_per_s is not None
+                and math.isfinite(v.leak_rate_bytes_per_s) else "")
+        desc = (f"podguard flagged pod {v.namespace}/{v.pod} on node {v.node or 'unknown'}: "
+                f"{ex.text if ex else v.kind}. Score {v.score:.3g} over threshold "
+                f"{v.threshold:.3g}.{rate} Time to OOM: {tto_text}.")
+        ann = {
+            "summary": summary,
+            "description": desc,
+            "time_to_oom": tto_text,
+            "explanation": ex.text if ex else "",
+            "explanation_json": json.dumps(
+                {k: round(float(x), 6) for k, x in sorted(
+                    (ex.features if ex else {}).items(), key=lambda kv: -abs(kv[1]))},
+                separators=(",", ":")),
+            "runbook_url": self.settings.runbook_url.replace("{alertname}", alertname),
+        }
+        if tto is not None and math.isfinite(tto):
+            ann["time_to_oom_seconds"] = f"{tto:.0f}"
+        reason = self._escalated.get((v.namespace, v.pod))
+        if reason:
+            ann["remediation"] = reason
+        return ann
+
+    def _fire(self, key: tuple[str, str], v: Verdict, now: float, *, seen: bool = True) -> None:
+        labels = self._labels(v)
+        ann = self._annotations(v)
+        a = self._active.get(key)
+        if a is not None and a.labels != labels:
+            self._enqueue(self._payload(a, now, resolved=True))
+            a = None
+        if a is None:
+            a = _Active(labels, ann, starts_at=min(v.ts, now), last_sent=-math.inf,
+                        last_seen=now, verdict=v)
+            self._active[key] = a
+            log.info("alert %s %s/%s fires (%s)", labels["alertname"], *key,
+                     labels.get("severity"))
+        changed = a.annotations != ann
+        a.annotations, a.verdict = ann, v
+        if seen:
+            a.last_seen = now
+        if changed or now - a.last_sent >= self.settings.resend_interval_s:
+            self._enqueue(self._payload(a, now, resolved=False))
+            a.last_sent = now
+
+    def _resolve(self, key: tuple[str, str], now: float, why: str) -> None:
+        a = self._active.pop(key)
+        self._escalated.pop(key, None)
+        log.info("alert %s %s/%s resolved: %s", a.labels["alertname"], *key, why)
+        self._enqueue(self._payload(a, now, resolved=True))
+
+    def _payload(self, a: _Active, now: float, *, resolved: bool) -> dict[str, Any]:
+        ends = now if resolved else now + self.settings.resolve_timeout_s
+        out: dict[str, Any] = {"labels": dict(a.labels), "annotations": dict(a.annotations),
+                               "startsAt": _iso(a.starts_at), "endsAt": _iso(ends)}
+        if self.generator_url:
+            out["generatorURL"] = self.generator_url
+        return out
+
+    # ------------------------------------------------------------------ delivery
+
+    def _enqueue(self, alert: dict[str, Any]) -> None:
+        fp = json.dumps(sorted(alert["labels"].items()))
+        for t in self.targets:
+            with t.lock:
+                t.pending.pop(fp, None)
+                t.pending[fp] = alert
+                while len(t.pending) > self.settings.queue_max:
+                    t.pending.popitem(last=False)
+                    t.dropped += 1
+                    log.warning("alert queue of %s full (%d): dropped the oldest alert",
+                                t.url, self.settings.queue_max)
+                t.idle.clear()
+            t.wake.set()
+
+    def _post(self, url: str, alerts: list[dict[str, Any]]) -> None:
+        endpoint = f"{url}/api/v2/alerts"
+        try:
+            resp = self.session.post(endpoint, json=alerts, timeout=self.settings.timeout_s)
+        except requests.RequestException as e:
+            raise ServiceUnavailableError(f"POST {endpoint}: no answer: {e}") from e
+        if resp.status_code == 200:
+            return
+        text = resp.text[:300]
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise ServiceUnavailableError(f"POST {endpoint}: HTTP {resp.status_code}: {text}",
+                                          delay=_retry_after(resp))
+        raise PermanentError(f"POST {endpoint}: HTTP {resp.status_code}: {text}")
+
+    def _wait(self, seconds: float) -> bool:
+        """Waits (fake time if a sleep was injected); True when the sink is closing."""
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return self._stop.is_set()
+        return self._stop.wait(seconds)
+
+    def deliver(self, t: _Target) -> bool:
+        """One delivery round to ``t``: True when its queue is empty afterwards."""
+        delays = list(self.settings.backoff_s)
+        attempts = len(delays) + 1
+        attempt = 1
+        while True:
+            with t.lock:
+                batch = list(t.pending.items())[: self.settings.batch_max]
+            if not batch:
+                return True
+            try:
+                self._post(t.url, [a for _, a in batch])
+            except PermanentError as e:
+                log.error("%s; dropping %d alert(s)", e, len(batch))
+                self._take(t, batch)
+                t.rejected += len(batch)
+                continue
+            except TemporaryError as e:
+                t.failures += 1
+                if attempt >= attempts:
+                    log.warning("%s; attempt %d/%d: giving up this round, %d alert(s) stay "
+                                "queued", e, attempt, attempts, len(t.pending))
+                    return False
+                delay = max(delays[attempt - 1], e.delay or 0.0)
+                log.warning("%s; attempt %d/%d, retrying in %.1f s", e, attempt, attempts,
+                            delay)
+                attempt += 1
+                if self._wait(delay):
+                    return False
+                continue
+            self._take(t, batch)
+            t.sent += len(batch)
+            attempt = 1
+
+    @staticmethod
+    def _take(t: _Target, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        with t.lock:
+            for fp, alert in batch:
+                if t.pending.get(fp) is alert:
+                    del t.pending[fp]
+
+    def _run(self, t: _Target) -> None:
+        while not self._stop.is_set():
+            t.wake.wait()
+            t.wake.clear()
+            if self._stop.is_set():
+                break
+            t.idle.clear()
+            try:
+                ok = self.deliver(t)
+            except Exception:  # never let the thread die: the queue would stop draining
+                log.exception("delivery to %s failed", t.url)
+                ok = False
+            if not ok and not self._stop.is_set():
+                t.idle.set()
+                if not self._wait(self.settings.backoff_s[-1]):
+                    t.wake.set()
+                continue
+            with t.lock:
+                if not t.pending:
+                    t.idle.set()
+                else:
+                    t.wake.set()
