@@ -949,12 +949,24 @@ class WindowEngine:
         G = L + self._lead
         bins = np.arange(B - G + 1, B + 1, dtype=np.int64)
         slots = bins % self._ring
-        bid = self._bid[sel[:, None], slots[None, :]]
-        valid = bid == bins[None, :]
-        bt = np.where(valid, self._bt[sel[:, None], slots[None, :]], np.nan)
-        bv = np.where(valid, self._bv[sel[:, None], slots[None, :]], np.nan)
-        bm = np.where(valid, self._bm[sel[:, None], slots[None, :]], np.nan)
+        s0 = int(slots[0])
+
+        def gather(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            sub = arr[rows]  # the slots of the window are contiguous modulo the ring
+            if s0 + G <= self._ring:
+                return sub[:, s0 : s0 + G]
+            return np.concatenate([sub[:, s0:], sub[:, : s0 + G - self._ring]], axis=1)
+
         kind = self._s_kind[sel]
+        valid = gather(self._bid, sel) == bins[None, :]
+        bv = np.where(valid, gather(self._bv, sel), np.nan)
+        c_rows = np.flatnonzero(kind != _GAUGE)  # times and maxima matter for counters only
+        bt = np.full_like(bv, np.nan)
+        bm = np.full_like(bv, np.nan)
+        if c_rows.size:
+            cv = valid[c_rows]
+            bt[c_rows] = np.where(cv, gather(self._bt, sel[c_rows]), np.nan)
+            bm[c_rows] = np.where(cv, gather(self._bm, sel[c_rows]), np.nan)
         series_vals = _series_to_grid(bt, bv, bm, valid, kind, self._gap_bins)[:, -L:]
         has_data = valid[:, -L:]
 
