@@ -32,6 +32,11 @@ How samples become windows
   timestamps ``<= ts``: windows are causal.
 * A pod with no sample for ``pod_ttl_s`` (engine clock = newest timestamp ingested) is
   forgotten, so memory stays bounded as pods come and go.
+* The engine holds only ``horizon_s + max_late_s`` of history per series (about 8 KiB per
+  series at the defaults). Feed a long trace in time order, a step at a time, and ask for
+  windows as you go (:func:`iter_windows` / :func:`collect_windows` do exactly that, as the
+  replay does); ingesting a whole day at once keeps only its last hours. ``windows(at)`` for
+  an ``at`` older than the retained history is still causal but incomplete (NaN).
 
 Baseline and features
 ---------------------

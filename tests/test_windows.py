@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector import traces as tr
 from detector.errors import InputError
@@ -428,3 +430,29 @@ def test_replay_workload_is_fast() -> None:
     dt = time.perf_counter() - t
     assert n_windows > 25 * 200
     assert len(df) / dt > 40_000, f"{len(df) / dt:.0f} rows/s"
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    increments=st.lists(st.floats(0, 1e4, allow_nan=False), min_size=20, max_size=200),
+    resets=st.lists(st.integers(1, 199), max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_counter_rates_are_never_negative_and_order_free(
+    increments: list[float], resets: list[int], seed: int
+) -> None:
+    v = np.cumsum(increments)
+    for r in sorted(resets):
+        if r < v.size:
+            v[r:] = v[r:] - v[r] + increments[r]  # counts again from 0
+    df = rows(tr.NET_RX, v)
+    a, b = engine(), engine()
+    a.ingest(df)
+    b.ingest(df.sample(frac=1.0, random_state=seed))  # any arrival order within one call
+    wa, wb = a.windows(), b.windows()
+    np.testing.assert_array_equal(wa.values, wb.values)
+    rate = ch(wa, "net_rx_rate")
+    assert (rate[np.isfinite(rate)] >= 0).all()
