@@ -176,6 +176,8 @@ SHAPES = {
     "sawtooth_leak": (1e9 + 3e8 * ((T / 420) % 1) + 1.2e5 * T, True),
     "sawtooth": (1e9 + 3e8 * ((T / 420) % 1) + NOISE, False),
     "single_step": (np.where(T > 7000, 1.6e9, 1e9) + NOISE, False),
+    "step_45_min_ago": (np.where(T > T[-1] - 2700, 1.6e9, 1e9) + NOISE, False),
+    "step_20_min_ago": (np.where(T > T[-1] - 1200, 1.6e9, 1e9) + NOISE, False),
     "plateau": (1e9 + 8e8 * np.minimum(T / 3600, 1.0) + NOISE, False),
     "staircase_leak": (1e9 + 2.5e8 * np.floor(T / 1800) + NOISE, True),
     "periodic": (1e9 + 2e8 * ((T / 1800) % 1) + NOISE, False),
@@ -187,6 +189,8 @@ def test_hand_made_shapes(detector: TrendDetector, name: str) -> None:
     ws, is_leak = SHAPES[name]
     pred = detector.predict(batch_of(ws[None, :]))
     assert bool(pred.is_anomaly[0]) == is_leak, (name, pred.score[0], pred.threshold)
+    if not is_leak:  # not merely under the threshold: (almost) no evidence of a leak at all
+        assert pred.score[0] < 0.05, (name, pred.score[0])
 
 
 def test_young_windows_and_restarts_are_not_judged(detector: TrendDetector) -> None:
