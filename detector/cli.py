@@ -18,6 +18,7 @@ from detector.errors import PodguardError, TemporaryError
 
 EPILOG = """examples:
   podguard demo                                   # the embedded default, end to end
+  podguard run --duration 180                     # the daemon, embedded default (live)
   podguard replay trace.parquet --out verdicts.jsonl
   podguard evaluate --out out/evaluation          # table + plot against two baselines
   podguard bench                                  # windows/s/core, explanation latency, RSS
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(t)
 
+    rn = sub.add_parser("run", help="the daemon (no configuration: the embedded default)",
+                        description="Runs the detector as a daemon: Prometheus or Kafka "
+                        "source, or with no configuration the embedded default (real training "
+                        "loops on this machine, one leaking, in compressed time). Serves "
+                        "/metrics, /healthz and /readyz; stops on SIGTERM/SIGINT or after "
+                        "--duration and prints a summary.")
+    from detector.runtime.args import add_arguments as add_run_arguments
+
+    add_run_arguments(rn)
+
     c = sub.add_parser("config", help="show the configuration",
                        description="Prints the default configuration as YAML, every field "
                        "with its unit, or validates a file.")
@@ -146,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from detector.bench import run_bench
 
         return run_bench(args)
+    if args.command == "run":
+        from detector.runtime.build import run_command
+
+        return run_command(args)
     if args.command == "demo":
         from detector.demo import run_demo
 

@@ -263,10 +263,11 @@ class LocalSourceSettings(_Section):
         3 * 2**20, gt=0, description="Approximate real growth of a leaky loop, bytes per real "
                                      "second.")
     memory_limit_bytes: int = Field(
-        2 << 30, gt=0, description="Memory limit given to each pseudo-pod; a workload whose "
-                                   "RSS passes it is killed and restarted (its OOM), bytes.")
-    cpu_duty: float = Field(0.15, gt=0, le=1, description="Share of one core each workload "
-                                                          "uses (fraction).")
+        3 << 29, gt=0, description="Memory limit given to each pseudo-pod (a torch process "
+                                   "starts near 550 MiB); a workload whose RSS passes it is "
+                                   "killed and restarted (its OOM), bytes.")
+    steps_per_s: float = Field(2, gt=0, le=50, description="Training steps per real second of "
+                                                           "each workload (rate).")
     namespace: str = Field("local", min_length=1, description="Namespace of the pseudo-pods.")
     node: str = Field("", description="Node label of the pseudo-pods; empty: this host's name.")
 

@@ -1,0 +1,279 @@
+"""``podguard run``: builds the daemon from the settings and runs it.
+
+Called by :mod:`detector.cli` (``run`` sub-command, imported lazily). With no configuration
+the source is the embedded default (:mod:`detector.sources.local`): real training loops,
+one leaking, sampled in compressed time; verdicts go to the console and a JSON-lines file and
+remediation is a printed dry-run plan. With ``sources.kind: prometheus`` or ``kafka`` the
+daemon watches a node; alerts go to the Alertmanager sink and Kubernetes Events when
+configured, and remediation to the controller (its own ``dry_run`` honoured) when
+``remediation.enabled``.
+
+SIGTERM and SIGINT stop the loop; sinks are flushed and the source closed within
+``runtime.grace_period_s``. ``--duration`` stops it after so many seconds and prints a summary:
+what was detected, when and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry
+
+from detector.errors import ServiceUnavailableError
+from detector.explain import format_duration
+from detector.settings import Settings, load_settings
+from detector.sinks.base import Sink
+from detector.sinks.console import ConsoleSink
+from detector.sources.base import Source
+from detector.verdicts import Explanation, Verdict
+from detector.windows import WindowEngine
+
+from .daemon import Daemon, RunSummary
+from .hooks import DryRunPlan, RemediationHook
+from .logs import setup_logging
+from .metrics import DaemonMetrics, StateView
+from .models import ModelWatcher
+from .server import MetricsServer
+
+
+def make_engine(settings: Settings) -> WindowEngine:
+    w = settings.windows
+    return WindowEngine(horizon_s=w.horizon_s, step_s=w.step_s, pod_ttl_s=w.pod_ttl_s)
+
+
+def make_source(settings: Settings, *, logger: logging.Logger,
+                out_dir: Path | None = None) -> Source:
+    kind = settings.sources.kind
+    log = logger.getChild("source")
+    if kind == "prometheus":
+        from detector.sources.prometheus import PrometheusSource
+
+        return PrometheusSource(settings.sources.prometheus, logger=log)
+    if kind == "kafka":
+        from detector.sources.kafka import KafkaSource
+
+        return KafkaSource(settings.sources.kafka, logger=log)
+    from detector.sources.local import LocalSource
+
+    return LocalSource(settings.sources.local, logger=log,
+                       log_dir=(out_dir / "workloads") if out_dir else None)
+
+
+def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
+                 stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
+                 lambda s: s) -> tuple[list[Sink], RemediationHook | None]:
+    """The sinks and the remediation hook the settings ask for."""
+    rt = settings.runtime
+    sinks: list[Sink] = []
+    path: Path | None = None
+    if rt.verdicts_path:
+        path = Path(rt.verdicts_path)
+        if out_dir is not None and not path.is_absolute():
+            path = out_dir / path
+    if rt.console or path is not None:
+        sinks.append(ConsoleSink(path=path, stream=stream if rt.console else _Null()))  # type: ignore[arg-type]
+    hook: RemediationHook | None
+    if settings.sources.kind == "local":
+        hook = DryRunPlan(settings.remediation, stream=stream,
+                          real_seconds=real_seconds) if rt.remediation_dry_run else None
+        return sinks, hook
+    am: Any = None
+    if settings.alerting.alertmanager_urls:
+        from detector.sinks.alertmanager import AlertmanagerSink
+
+        am = AlertmanagerSink(settings=settings.alerting)
+        sinks.append(am)
+    hook = None
+    if settings.alerting.kubernetes_events or settings.remediation.enabled:
+        api = _kube_api(logger)
+        if api is not None:
+            from detector.remediation.actuator import Actuator
+
+            actuator = Actuator(api, settings=settings.remediation,
+                                event_interval_s=settings.alerting.event_interval_s)
+            if settings.alerting.kubernetes_events:
+                from detector.sinks.k8s_events import KubernetesEventSink
+
+                sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
+            if settings.remediation.enabled:
+                from detector.remediation.controller import RemediationController
+
+                hook = RemediationController(actuator, settings=settings.remediation,
+                                             escalate=am.escalate if am is not None else None)
+    return sinks, hook
+
+
+class _Null:
+    """A stream that drops what it is given (console output switched off)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _kube_api(logger: logging.Logger) -> Any:
+    """An API client (in-cluster, else KUBECONFIG/~/.kube/config); None if there is none."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as e:
+            logger.warning("no Kubernetes configuration: Events and remediation are off",
+                           extra={"error": str(e)})
+            return None
+    return client.ApiClient()
+
+
+def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
+    """For a compressed clock: verdict times, rates and times to OOM in real units."""
+    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    if scale == 1.0:
+        return None
+    t0, now_src = time.time(), source.now()
+
+    def present(v: Verdict) -> Verdict:
+        def real(x: float | None) -> float | None:
+            return None if x is None else x / scale
+
+        rng = v.time_to_oom_range_s
+        ex = v.explanation
+        if ex is not None:
+            ex = Explanation(text=ex.text + f" [model time: durations run {scale:g}x faster "
+                                            "than real time]", features=ex.features)
+        return replace(
+            v, ts=t0 + (v.ts - now_src) / scale,
+            time_to_oom_s=real(v.time_to_oom_s),
+            time_to_oom_range_s=None if rng is None else (rng[0] / scale, rng[1] / scale),
+            leak_rate_bytes_per_s=(None if v.leak_rate_bytes_per_s is None
+                                   else v.leak_rate_bytes_per_s * scale),
+            explanation=ex)
+
+    return present
+
+
+def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> int:
+    out = stream if stream is not None else sys.stdout
+    settings = load_settings(args.config)
+    if args.embedded and settings.sources.kind != "local":
+        settings = settings.model_copy(update={
+            "sources": settings.sources.model_copy(update={"kind": "local"})})
+    if args.port is not None:
+        settings = settings.model_copy(update={
+            "server": settings.server.model_copy(update={"port": args.port})})
+    out_dir = args.out
+    if out_dir is None and settings.sources.kind == "local":
+        out_dir = Path("out/run")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log = setup_logging(fmt=settings.runtime.log_format, level=settings.runtime.log_level)
+    registry = CollectorRegistry()
+    view = StateView()
+    metrics = DaemonMetrics(registry, view)
+    watcher = ModelWatcher(settings.model.root or None, detection=settings.detection,
+                           logger=log.getChild("model"), watch_s=settings.model.watch_s)
+    pipeline = watcher.load()
+    source = make_source(settings, logger=log, out_dir=out_dir)
+    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
+                               real_seconds=lambda s: s / scale)
+    daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
+                    engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
+                    remediation=hook, models=watcher)
+    server = None
+    if settings.server.enabled:
+        server = MetricsServer(host=settings.server.host, port=settings.server.port,
+                               registry=registry, healthy=daemon.healthy,
+                               ready=daemon.ready).start()
+        log.info("serving /metrics /healthz /readyz", extra={"url": server.url})
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        daemon.stop(f"signal {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if settings.sources.kind == "local":
+            print(f"podguard run: embedded default - {len(getattr(source, 'workloads', []))} "
+                  f"real training loops (one leaking), sampled from /proc; model "
+                  f"{pipeline.version}; time runs {scale:g}x (a real second is "
+                  f"{format_duration(scale)} of telemetry)", file=out, flush=True)
+        source.start()
+        daemon.present = time_presenter(source)
+        summary = daemon.run(duration_s=args.duration)
+    except ServiceUnavailableError:
+        daemon.shutdown()
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if server is not None:
+            server.close()
+    print_summary(summary, source, out=out, started_monotonic=None)
+    return 0
+
+
+def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
+                  started_monotonic: float | None) -> None:
+    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    lines = ["", f"podguard run summary ({summary.stop_reason}): "
+                 f"{summary.evaluations} steps scored, {summary.samples:,} samples folded, "
+                 f"{sum(summary.rejected.values()):,} refused, "
+                 f"{summary.dead_lettered:,} dead-lettered; model "
+                 f"{' -> '.join(summary.model_versions)}"]
+    onsets: dict[str, float] = {}
+    leak_onsets = getattr(source, "leak_onsets", None)
+    if callable(leak_onsets):
+        onsets = leak_onsets()
+    pods = getattr(source, "workloads", None)
+    t_start = summary.started
+    if pods is not None:
+        for w in pods:
+            key = (getattr(source.settings, "namespace", ""), w.pod)  # type: ignore[attr-defined]
+            det = summary.first.get(key)
+            role = "leaks" if w.leaky else "healthy"
+            onset = onsets.get(w.pod)
+            onset_txt = ""
+            if onset is not None:
+                onset_real = (onset - source.now()) / scale + time.time()
+                onset_txt = f", leak began at +{onset_real - t_start:.0f} s"
+            if det is None:
+                verdict = "no alarm" + (" (correct)" if not w.leaky else " (MISSED)")
+                lines.append(f"  {w.pod:<18} {role:<8}{onset_txt}: {verdict}")
+                continue
+            v = det.verdict
+            when = det.wall_time - t_start
+            after = ""
+            if onset is not None:
+                onset_real = (onset - source.now()) / scale + time.time()
+                after = f" ({det.wall_time - onset_real:.0f} s after the onset)"
+            tto = (f", OOM expected in ~{format_duration(v.time_to_oom_s)}"
+                   if v.time_to_oom_s is not None else "")
+            ooms = f", OOM-killed {len(w.oom_kills)}x" if w.oom_kills else ""
+            lines.append(f"  {w.pod:<18} {role:<8}{onset_txt}: {v.kind} at +{when:.0f} s"
+                         f"{after}{tto}{ooms}")
+            if v.explanation is not None:
+                lines.append(f"      why: {v.explanation.text}")
+    else:
+        for (ns, pod), det in sorted(summary.first.items()):
+            v = det.verdict
+            tto = (f", OOM in ~{format_duration(v.time_to_oom_s)}"
+                   if v.time_to_oom_s is not None else "")
+            lines.append(f"  {ns}/{pod}: {v.kind} at +{det.wall_time - t_start:.0f} s{tto}")
+            if v.explanation is not None:
+                lines.append(f"      why: {v.explanation.text}")
+        if not summary.first:
+            lines.append("  no pod flagged")
+    print("\n".join(lines), file=out, flush=True)

@@ -1,0 +1,295 @@
+"""The Kafka source: metric samples from a topic, in a consumer group, at least once.
+
+Built by :func:`detector.runtime.build.make_source` for ``sources.kind: kafka`` and polled by
+the daemon loop. Records are decoded by :mod:`detector.sources.kafka_codec` (the remote-write
+adapter's JSON or the podguard batch); producers should key records by ``namespace/pod`` so a
+pod's samples stay in one partition (then several daemons in one group split the pods by
+partition and each sees whole pods).
+
+At-least-once: offsets are committed only by :meth:`KafkaSource.commit`, which the daemon calls
+after the samples were folded into windows and the verdicts of that step were handed to the
+sinks; a crash replays from the last commit and the window engine absorbs the duplicates (same
+series and timestamp). A record with refused samples is copied to the dead-letter topic with
+the reasons (:func:`~detector.sources.kafka_codec.dead_letter_record`); its offset is committed
+only once the dead-letter copy is acknowledged by the broker, so nothing is lost silently.
+A bad record never raises and never stalls its partition. While the broker is away the
+consumer reconnects by itself and commits are retried on the next step (finite backoff per
+attempt, pending offsets kept and merged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+
+from detector.errors import ConfigError
+from detector.settings import KafkaSourceSettings
+from detector.sources.base import Delivery, SourceStatus, next_wait
+from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
+
+
+@dataclass
+class _PendingDLQ:
+    partition_key: tuple[str, int]
+    offset: int
+    key: bytes | None
+    value: bytes
+    future: Any = None
+
+
+class KafkaSource:
+    """Consumes ``settings.topic`` as member of ``settings.group_id`` (see module docstring)."""
+
+    name = "kafka"
+
+    def __init__(self, settings: KafkaSourceSettings, *, logger: logging.Logger,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not settings.bootstrap_servers:
+            raise ConfigError("sources.kafka.bootstrap_servers is empty: name at least one "
+                              "host:port of the Kafka cluster")
+        self.settings = settings
+        self.log = logger
+        self.clock = clock
+        self.decoder = Decoder(Limits(
+            max_message_bytes=settings.max_message_bytes,
+            max_samples_per_message=settings.max_samples_per_message,
+            max_labels=settings.max_labels,
+            max_label_bytes=settings.max_label_bytes,
+        ))
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._uncommitted: dict[Any, int] = {}  # TopicPartition -> next offset to commit
+        self._dlq: list[_PendingDLQ] = []
+        self._newest_ts: float | None = None
+        self._up = True
+        self._commit_failures = 0
+        self._next_commit_try = 0.0
+        self._seen_reasons: set[str] = set()
+        self.committed_total = 0  # commits that went through (for tests and logs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        s = self.settings
+        common = {"bootstrap_servers": list(s.bootstrap_servers), "client_id": s.client_id,
+                  "request_timeout_ms": int(s.request_timeout_s * 1000),
+                  "reconnect_backoff_max_ms": 2000}
+        self._consumer = KafkaConsumer(
+            group_id=s.group_id, enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset, max_poll_records=s.max_poll_records,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, int(s.session_timeout_s * 1000 / 3)),
+            fetch_max_bytes=max(52_428_800, s.max_message_bytes * 4),
+            max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes * 2),
+            **common)
+        self._consumer.subscribe([s.topic], listener=_Rebalance(self))
+        if s.dead_letter_topic:
+            self._producer = KafkaProducer(acks="all", linger_ms=20, retries=5,
+                                           max_request_size=max(1_048_576, 2 * 65536 + 4096),
+                                           **common)
+        self.log.info("kafka source started", extra={"topic": s.topic, "group": s.group_id,
+                                                      "bootstrap": list(s.bootstrap_servers)})
+
+    def close(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        if self._producer is not None:
+            self._producer.close(timeout=max(0.1, deadline - time.monotonic()))
+            self._producer = None
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception as e:  # closing must not mask the shutdown
+                self.log.warning("closing the kafka consumer failed", extra={"error": repr(e)})
+            self._consumer = None
+
+    # ------------------------------------------------------------------ the contract
+
+    def now(self) -> float:
+        return self.clock()
+
+    def poll(self, timeout: float) -> Delivery:
+        out = Delivery()
+        if self._consumer is None:
+            time.sleep(timeout)
+            return out
+        try:
+            polled = self._consumer.poll(timeout_ms=int(max(0.0, timeout) * 1000),
+                                         max_records=self.settings.max_poll_records)
+            self._up = True
+        except Exception as e:  # kafka-python raises KafkaError subclasses; keep running
+            self._up = False
+            self.log.warning("kafka poll failed; retrying", extra={"error": repr(e)})
+            time.sleep(min(timeout, 1.0))
+            return out
+        token: dict[Any, int] = {}
+        cols = out.samples
+        for tp, records in polled.items():
+            for r in records:
+                out.messages += 1
+                decoded = self.decoder.decode(r.value, cols)
+                if decoded.rejected:
+                    out.rejected.update(decoded.rejected)
+                    self._dead_letter(tp, r, decoded)
+                    out.dead_lettered += 1
+                token[tp] = r.offset + 1
+        if token:
+            out.token = token
+        newest = cols.newest()
+        if newest is not None:
+            self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
+        return out
+
+    def commit(self, tokens: Sequence[Any]) -> None:
+        for tok in tokens:
+            if tok:
+                for tp, off in tok.items():
+                    self._uncommitted[tp] = max(self._uncommitted.get(tp, -1), off)
+        if not self._uncommitted or self._consumer is None:
+            return
+        if time.monotonic() < self._next_commit_try:
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        limits = self._settle_dead_letters()
+        assigned = self._consumer.assignment()
+        offsets = {}
+        for tp, off in list(self._uncommitted.items()):
+            if tp not in assigned:  # revoked: the new owner replays from the last commit
+                del self._uncommitted[tp]
+                continue
+            cap = limits.get((tp.topic, tp.partition))
+            offsets[tp] = OffsetAndMetadata(min(off, cap) if cap is not None else off, "", -1)
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, timeout_ms=int(
+                self.settings.request_timeout_s * 1000))
+        except Exception as e:
+            self._commit_failures += 1
+            wait = next_wait(self.settings.backoff_s, self._commit_failures - 1)
+            self._next_commit_try = time.monotonic() + wait
+            self._up = False
+            self.log.warning("kafka commit failed; offsets kept for the next attempt",
+                             extra={"error": repr(e), "attempt": self._commit_failures,
+                                    "retry_in_s": wait})
+            return
+        self._commit_failures = 0
+        self._up = True
+        self.committed_total += 1
+        for tp, meta in offsets.items():
+            if self._uncommitted.get(tp) == meta.offset:
+                del self._uncommitted[tp]
+
+    def status(self) -> SourceStatus:
+        lag = None if self._newest_ts is None else max(0.0, self.clock() - self._newest_ts)
+        extra: dict[str, float] = {"pending_dead_letters": float(len(self._dlq))}
+        if self._consumer is not None:
+            behind = 0
+            try:
+                for tp in self._consumer.assignment():
+                    hw = self._consumer.highwater(tp)
+                    pos = self._consumer.position(tp, timeout_ms=0) if hw is not None else None
+                    if hw is not None and pos is not None:
+                        behind += max(0, hw - pos)
+                extra["lag_records"] = float(behind)
+                extra["partitions"] = float(len(self._consumer.assignment()))
+            except Exception:  # position() may need a round trip while the broker is away
+                pass
+        return SourceStatus(up=self._up, caught_up=True, lag_s=lag, extra=extra,
+                            detail="" if self._up else "broker unreachable or commit failing")
+
+    # ------------------------------------------------------------------ internals
+
+    def assignment(self) -> list[int]:
+        """Partitions of the topic this member holds now."""
+        if self._consumer is None:
+            return []
+        return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def _dead_letter(self, tp: Any, r: Any, decoded: Any) -> None:
+        new = set(decoded.rejected) - self._seen_reasons
+        if new:
+            self._seen_reasons |= new
+            self.log.warning("malformed kafka record dead-lettered (first of its kind)",
+                             extra={"reasons": dict(decoded.rejected), "partition": tp.partition,
+                                    "offset": r.offset})
+        if self._producer is None:
+            return
+        value = dead_letter_record(r.value, decoded, topic=tp.topic, partition=tp.partition,
+                                   offset=r.offset, timestamp_ms=getattr(r, "timestamp", None))
+        item = _PendingDLQ((tp.topic, tp.partition), r.offset, r.key, value)
+        self._send(item)
+        self._dlq.append(item)
+
+    def _send(self, item: _PendingDLQ) -> None:
+        try:
+            item.future = self._producer.send(self.settings.dead_letter_topic, key=item.key,
+                                              value=item.value)
+        except Exception as e:  # buffer full or broker gone: retried at commit time
+            item.future = None
+            self.log.warning("dead-letter send failed; will retry", extra={"error": repr(e)})
+
+    def _settle_dead_letters(self) -> dict[tuple[str, int], int]:
+        """Waits for dead-letter copies; re-sends failed ones. Returns, per partition, the
+        first offset whose copy is not yet acknowledged (commits must stay below it)."""
+        if not self._dlq or self._producer is None:
+            return {}
+        try:
+            self._producer.flush(timeout=self.settings.request_timeout_s)
+        except Exception as e:
+            self.log.warning("dead-letter flush failed", extra={"error": repr(e)})
+        still: list[_PendingDLQ] = []
+        for item in self._dlq:
+            f = item.future
+            if f is not None and f.is_done and f.succeeded():
+                continue
+            if f is None or f.is_done:
+                self._send(item)  # failed: try again, keep the source offset uncommitted
+            still.append(item)
+        self._dlq = still
+        caps: dict[tuple[str, int], int] = {}
+        for item in still:
+            k = item.partition_key
+            caps[k] = min(caps.get(k, item.offset), item.offset)
+        return caps
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Rewinds newly assigned partitions by ``rewind_s`` (refilling windows after a restart)
+    and drops the pending offsets of revoked ones."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.source._uncommitted.pop(tp, None)
+        self.source.log.info("kafka partitions revoked",
+                             extra={"partitions": sorted(tp.partition for tp in revoked)})
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        src = self.source
+        src.log.info("kafka partitions assigned",
+                     extra={"partitions": sorted(tp.partition for tp in assigned)})
+        if not assigned or src.settings.rewind_s <= 0 or src._consumer is None:
+            return
+        since_ms = int((src.clock() - src.settings.rewind_s) * 1000)
+        try:
+            found = src._consumer.offsets_for_times({tp: since_ms for tp in assigned})
+            for tp, ot in found.items():
+                committed = src._consumer.committed(tp)
+                if ot is None or committed is None:
+                    continue
+                if ot.offset < committed:
+                    src._consumer.seek(tp, ot.offset)
+        except Exception as e:  # rewinding is a convenience: resume at the commit instead
+            src.log.warning("kafka rewind failed; resuming at the committed offsets",
+                            extra={"error": repr(e)})
+

@@ -1,0 +1,240 @@
+"""The Prometheus source: backfill each pod's history, then poll incrementally.
+
+Built by :func:`detector.runtime.build.make_source` for ``sources.kind: prometheus`` and polled
+by the daemon loop. Uses prometheus-api-client range queries (``/api/v1/query_range``):
+
+* **Scope**: series of this node's pods. The node comes from ``node_name`` or ``NODE_NAME``
+  (the downward API) and is matched with ``node_matcher`` (default ``node="{node}"``) on the
+  cAdvisor and DCGM series; kube-state-metrics series carry no node label, so they are joined
+  with ``kube_pod_info{node=...}`` (``* on(namespace, pod) group_left kube_pod_info``).
+  ``kube_pod_container_resource_limits`` is read for ``resource="memory"`` only.
+* **Backfill**: at start, ``backfill_s`` of history, in chunks of at most ``max_points`` points
+  per series (Prometheus refuses more than 11,000), at ``query_step_s`` resolution.
+* **Polling**: every ``poll_s``, the range from the end of the previous answer to now.
+* **Outages**: a failed or slow query (``timeout_s``) marks the source down and not caught up
+  (the daemon then marks windows stale: a gap raises no pod alarm), waits along ``backoff_s``
+  (the last wait repeats; the source never gives up), and on recovery fetches the whole gap
+  (up to ``max_gap_backfill_s``) before it reports caught up again.
+
+Counters are delivered raw (the window engine computes rates). Each delivery's token is None:
+Prometheus keeps the data, so nothing needs acknowledging.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from detector.errors import ConfigError
+from detector.settings import PrometheusSourceSettings
+from detector.sources.base import Delivery, SampleColumns, SourceStatus, next_wait
+
+KSM_PREFIX = "kube_"
+KSM_LIMITS = "kube_pod_container_resource_limits"
+
+
+class PrometheusSource:
+    name = "prometheus"
+
+    def __init__(self, settings: PrometheusSourceSettings, *, logger: logging.Logger,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 environ: dict[str, str] | None = None) -> None:
+        if not settings.url:
+            raise ConfigError("sources.prometheus.url is empty: give the Prometheus base URL, "
+                              "e.g. http://prometheus.monitoring:9090")
+        self.settings = settings
+        self.log = logger
+        self.clock = clock
+        self.sleep = sleep
+        env = os.environ if environ is None else environ
+        self.node = settings.node_name or env.get("NODE_NAME", "")
+        self.queries = build_queries(settings, self.node)
+        self._client: Any = None
+        self._next_from: float | None = None  # start of the next range to fetch
+        self._due = 0.0  # clock time of the next query
+        self._failures = 0
+        self._up = True
+        self._gap = True  # history not yet fetched: not caught up
+        self._newest_ts: float | None = None
+        self._last_error = ""
+        self.backfilled_s = 0.0  # seconds of history fetched beyond plain polling
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        import requests
+        from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
+
+        session = requests.Session()
+        host = urlparse(self.settings.url).hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1"):
+            session.trust_env = False  # a loopback URL never goes through a proxy
+        self._client = PrometheusConnect(
+            url=self.settings.url.rstrip("/"), disable_ssl=True, session=session,
+            retry=Retry(total=0, connect=0, read=0, status=0), timeout=self.settings.timeout_s)
+        now = self.clock()
+        step = self.settings.query_step_s
+        self._next_from = _align(now - self.settings.backfill_s, step)
+        if not self.node:
+            self.log.warning("no node name (sources.prometheus.node_name, NODE_NAME): watching "
+                             "every pod Prometheus has")
+        self.log.info("prometheus source started",
+                      extra={"url": self.settings.url, "node": self.node,
+                             "backfill_s": self.settings.backfill_s})
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._client = None
+
+    # ------------------------------------------------------------------ the contract
+
+    def now(self) -> float:
+        return self.clock()
+
+    def poll(self, timeout: float) -> Delivery:
+        out = Delivery()
+        now = self.clock()
+        if self._client is None or now < self._due:
+            self.sleep(max(0.0, min(timeout, self._due - now)))
+            return out
+        s = self.settings
+        step = s.query_step_s
+        end = _align(now, step, down=True)
+        start = self._next_from if self._next_from is not None else end
+        if end - start > s.max_gap_backfill_s:
+            self.log.warning("gap longer than max_gap_backfill_s; its oldest part is skipped",
+                             extra={"gap_s": end - start, "kept_s": s.max_gap_backfill_s})
+            start = _align(end - s.max_gap_backfill_s, step)
+        if start > end:
+            self._due = start + 0.01
+            return out
+        try:
+            self._fetch(start, end, out.samples)
+        except Exception as e:  # requests/Prometheus errors: back off, never exit
+            out.samples = SampleColumns()
+            self._failures += 1
+            wait = next_wait(s.backoff_s, self._failures - 1)
+            self._due = now + wait
+            self._gap = True
+            if self._up or self._failures in (1, len(s.backoff_s)):
+                self.log.warning("prometheus query failed; windows are stale until the gap is "
+                                 "backfilled", extra={"error": _short(e),
+                                                      "attempt": self._failures,
+                                                      "retry_in_s": wait})
+            self._up = False
+            self._last_error = _short(e)
+            return out
+        if not self._up or self._gap:
+            self.backfilled_s += max(0.0, end - start - s.poll_s)
+            if not self._up:
+                self.log.info("prometheus is back; gap backfilled",
+                              extra={"gap_from": start, "gap_to": end,
+                                     "samples": len(out.samples)})
+            out.backfill = True
+        self._failures = 0
+        self._up = True
+        self._gap = False
+        self._last_error = ""
+        self._next_from = end + step
+        self._due = _align(now, s.poll_s, down=True) + s.poll_s
+        out.messages = 1
+        newest = out.samples.newest()
+        if newest is not None:
+            self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
+        return out
+
+    def commit(self, tokens: Sequence[Any]) -> None:
+        """Nothing to acknowledge: Prometheus keeps the data."""
+
+    def status(self) -> SourceStatus:
+        lag = None if self._newest_ts is None else max(0.0, self.clock() - self._newest_ts)
+        return SourceStatus(up=self._up, caught_up=self._up and not self._gap, lag_s=lag,
+                            detail=self._last_error,
+                            extra={"backfilled_seconds": self.backfilled_s})
+
+    # ------------------------------------------------------------------ queries
+
+    def _fetch(self, start: float, end: float, out: SampleColumns) -> None:
+        s = self.settings
+        step = s.query_step_s
+        span = step * (s.max_points - 1)
+        t0 = start
+        while t0 <= end:
+            t1 = min(end, t0 + span)
+            for name, promql in self.queries:
+                result = self._client.custom_query_range(
+                    promql, start_time=datetime.fromtimestamp(t0, UTC),
+                    end_time=datetime.fromtimestamp(t1, UTC), step=_step(step),
+                    timeout=s.timeout_s)
+                _to_columns(result, name, out)
+            t0 = t1 + step
+
+
+def build_queries(settings: PrometheusSourceSettings, node: str) -> list[tuple[str | None, str]]:
+    """``(metric name or None, PromQL)``: one regex query for the series that carry the node
+    label, one join per kube-state-metrics series (their results lose ``__name__``)."""
+    extra = settings.extra_matchers.strip().strip(",")
+    node_m = settings.node_matcher.replace("{node}", _escape(node)) if node else ""
+    plain = [m for m in settings.metrics if not m.startswith(KSM_PREFIX)]
+    ksm = [m for m in settings.metrics if m.startswith(KSM_PREFIX)]
+    out: list[tuple[str | None, str]] = []
+    if plain:
+        names = "|".join(sorted(set(plain)))
+        matchers = ",".join(x for x in (f'__name__=~"{names}"', node_m, extra) if x)
+        out.append((None, "{" + matchers + "}"))
+    for m in ksm:
+        sel = ",".join(x for x in ('resource="memory"' if m == KSM_LIMITS else "", extra) if x)
+        base = f"{m}{{{sel}}}" if sel else m
+        if node:
+            info = f'max by (namespace, pod, node) (kube_pod_info{{node="{_escape(node)}"}})'
+            out.append((m, f"{base} * on(namespace, pod) group_left(node) {info}"))
+        else:
+            out.append((m, base))
+    return out
+
+
+def _to_columns(result: list[dict[str, Any]], name: str | None, out: SampleColumns) -> None:
+    for series in result:
+        labels = series.get("metric", {})
+        metric = name or labels.get("__name__", "")
+        if metric == KSM_LIMITS and labels.get("resource", "memory") != "memory":
+            continue
+        ns = labels.get("namespace") or labels.get("exported_namespace") or ""
+        pod = labels.get("pod") or labels.get("exported_pod") or ""
+        container = labels.get("container") or labels.get("exported_container") or ""
+        node = labels.get("node", "")
+        if not ns or not pod:
+            continue  # node-level series (no pod): not a pod's telemetry
+        for ts, raw in series.get("values", []):
+            try:
+                v = float(raw)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(v):
+                continue
+            out.append(float(ts), ns, pod, container, node, metric, v)
+
+
+def _align(t: float, step: float, *, down: bool = False) -> float:
+    k = math.floor(t / step) if down else math.ceil(t / step)
+    return k * step
+
+
+def _step(step: float) -> str:
+    return f"{step:g}s"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) < 300 else text[:300] + "..."
