@@ -1,0 +1,190 @@
+"""The Kafka message decoder: both formats, every refusal reason, and a fuzz test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.sources.base import SampleColumns
+from detector.sources.kafka_codec import (
+    REASONS,
+    Decoder,
+    Limits,
+    dead_letter_record,
+    encode_adapter,
+    encode_batch,
+)
+
+LABELS = {"namespace": "ml", "pod": "trainer-0", "container": "main", "node": "node-a"}
+WS = "container_memory_working_set_bytes"
+
+
+def _decode(payload: bytes, limits: Limits | None = None) -> tuple[SampleColumns, object]:
+    out = SampleColumns()
+    res = Decoder(limits).decode(payload, out)
+    return out, res
+
+
+def test_adapter_message_as_the_remote_write_adapter_writes_it() -> None:
+    msg = json.dumps({"timestamp": "2026-01-01T00:00:00Z", "value": "1.5", "name": WS,
+                      "labels": {"__name__": WS, **LABELS}}).encode()
+    out, res = _decode(msg)
+    assert res.accepted == 1 and not res.rejected  # type: ignore[attr-defined]
+    assert out.timestamp == [1767225600.0]
+    assert (out.namespace, out.pod, out.container, out.node, out.metric, out.value) == (
+        ["ml"], ["trainer-0"], ["main"], ["node-a"], [WS], [1.5])
+
+
+def test_batch_round_trip_and_encode_adapter_round_trip() -> None:
+    samples = [(1767225600.0 + 15 * i, 1e9 + i) for i in range(50)]
+    out, res = _decode(encode_batch([(WS, LABELS, samples),
+                                     ("container_cpu_usage_seconds_total", LABELS,
+                                      [(1767225600.0, 3.0)])]))
+    assert res.accepted == 51  # type: ignore[attr-defined]
+    assert list(zip(out.timestamp[:50], out.value[:50])) == samples
+    out2, res2 = _decode(encode_adapter(WS, LABELS, 1767225601.25, 42.0))
+    assert res2.accepted == 1 and out2.timestamp == [1767225601.25]  # type: ignore[attr-defined]
+
+
+def test_exported_labels_are_used_when_plain_ones_are_missing() -> None:
+    labels = {"exported_namespace": "ml", "exported_pod": "p", "exported_container": "c"}
+    out, _ = _decode(encode_batch([(WS, labels, [(1767225600.0, 1.0)])]))
+    assert (out.namespace, out.pod, out.container) == (["ml"], ["p"], ["c"])
+
+
+def _reasons(payload: bytes, limits: Limits | None = None) -> dict[str, int]:
+    _, res = _decode(payload, limits)
+    return dict(res.rejected)  # type: ignore[attr-defined]
+
+
+def test_each_refusal_names_its_reason() -> None:
+    ok_ts = 1767225600.0
+    adapter = {"timestamp": "2026-01-01T00:00:00Z", "value": "1", "name": WS,
+               "labels": dict(LABELS)}
+    cases: list[tuple[bytes, str]] = [
+        (b"\xff\xfe not json", "not_json"),
+        (b"{not json", "not_json"),
+        (b"[1, 2, 3]", "bad_shape"),
+        (b'{"hello": "world"}', "bad_shape"),
+        (json.dumps({**adapter, "value": "NaN"}).encode(), "non_finite_value"),
+        (json.dumps({**adapter, "value": "+Inf"}).encode(), "non_finite_value"),
+        (json.dumps({**adapter, "value": "twelve"}).encode(), "bad_value"),
+        (json.dumps({**adapter, "value": [1]}).encode(), "bad_value"),
+        (json.dumps({**adapter, "timestamp": "yesterday"}).encode(), "bad_timestamp"),
+        (json.dumps({**adapter, "timestamp": "2026-01-01T00:00:00"}).encode(), "bad_timestamp"),
+        (json.dumps({**adapter, "name": "bad-name"}).encode(), "bad_metric_name"),
+        (json.dumps({**adapter, "name": 7}).encode(), "bad_type"),
+        (json.dumps({**adapter, "labels": "ml/trainer"}).encode(), "bad_type"),
+        (json.dumps({**adapter, "labels": {"pod": "x"}}).encode(), "missing_label"),
+        (json.dumps({**adapter, "labels": {**LABELS, "pod": 3}}).encode(), "bad_type"),
+        (json.dumps({**adapter, "labels": {**LABELS, "x": "y" * 5000}}).encode(),
+         "label_too_long"),
+        (json.dumps({**adapter, "labels": {**LABELS, **{f"l{i}": "v" for i in range(3000)}}})
+         .encode(), "too_many_labels"),
+        (json.dumps({**adapter, "name": "container_cpu_usage_seconds_total", "value": "-1"})
+         .encode(), "negative_counter"),
+        (json.dumps({**adapter, "value": "-5"}).encode(), "negative_value"),
+        (encode_batch([(WS, LABELS, [(ok_ts, 1.0)])]).replace(b'"podguard":1', b'"podguard":2'),
+         "bad_shape"),
+        (json.dumps({"podguard": 1, "series": [{"name": WS, "labels": LABELS,
+                                                "samples": [[ok_ts, "1"]]}]}).encode(),
+         "bad_value"),
+        (json.dumps({"podguard": 1, "series": [{"name": WS, "labels": LABELS,
+                                                "samples": [[ok_ts, 10**400]]}]}).encode(),
+         "bad_value"),
+        (json.dumps({"podguard": 1, "series": [{"name": WS, "labels": LABELS,
+                                                "samples": [[True, 1.0]]}]}).encode(),
+         "bad_timestamp"),
+        (json.dumps({"podguard": 1, "series": [{"name": WS, "labels": LABELS,
+                                                "samples": [[ok_ts * 1000, 1.0]]}]}).encode(),
+         "bad_timestamp"),
+        (json.dumps({"podguard": 1, "series": [{"name": WS, "labels": LABELS,
+                                                "samples": [[ok_ts]]}]}).encode(), "bad_type"),
+        (b"[" * 100_000 + b"]" * 100_000, "not_json"),
+    ]
+    for payload, reason in cases:
+        got = _reasons(payload)
+        assert got == {reason: 1}, (payload[:120], got)
+    assert _reasons(b"x" * (1 << 20 + 1)) == {"too_large": 1}
+    assert _reasons(b'{"a": "' + b"x" * 2_000_000 + b'"}') == {"too_large": 1}
+    many = encode_batch([(WS, LABELS, [(ok_ts + i, 1.0) for i in range(20)])])
+    assert _reasons(many, Limits(max_samples_per_message=10)) == {"too_many_samples": 20}
+
+
+def test_a_bad_sample_in_a_batch_keeps_the_good_ones() -> None:
+    doc = {"podguard": 1, "series": [
+        {"name": WS, "labels": LABELS,
+         "samples": [[1767225600.0, 1.0], [1767225615.0, float("nan")], [1767225630.0, 2.0]]},
+        {"name": WS, "labels": {"pod": "no-namespace"}, "samples": [[1767225600.0, 1.0]] * 4},
+    ]}
+    out, res = _decode(json.dumps(doc).encode())
+    assert out.value == [1.0, 2.0]
+    assert dict(res.rejected) == {"non_finite_value": 1, "missing_label": 4}  # type: ignore[attr-defined]
+    record = json.loads(dead_letter_record(json.dumps(doc).encode(), res,  # type: ignore[arg-type]
+                                           topic="t", partition=2, offset=17))
+    assert record["reasons"] == {"non_finite_value": 1, "missing_label": 4}
+    assert record["reason"] == "missing_label" and record["accepted_samples"] == 2
+    assert record["source"] == {"topic": "t", "partition": 2, "offset": 17, "timestamp_ms": None}
+    assert json.loads(record["payload"]) == json.loads(json.dumps(doc))
+
+
+def test_dead_letter_record_of_a_huge_binary_message_is_bounded() -> None:
+    payload = b"\xff" * 3_000_000
+    _, res = _decode(payload)
+    rec = json.loads(dead_letter_record(payload, res, topic="t", partition=0,  # type: ignore[arg-type]
+                                        offset=1))
+    assert rec["reason"] == "too_large" and rec["payload_truncated"] is True
+    assert rec["payload_encoding"] == "base64" and len(rec["payload"]) < 100_000
+
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                      st.text(max_size=30))
+json_values = st.recursive(json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)),
+    max_leaves=30)
+
+
+def _mutated_docs() -> st.SearchStrategy[bytes]:
+    adapter = st.fixed_dictionaries({
+        "timestamp": st.one_of(st.just("2026-01-01T00:00:00Z"), json_leaf),
+        "value": st.one_of(st.just("1.5"), json_leaf),
+        "name": st.one_of(st.just(WS), json_leaf),
+        "labels": st.one_of(st.just(LABELS), json_values,
+                            st.dictionaries(st.text(max_size=20), json_leaf, max_size=8)),
+    })
+    batch = st.fixed_dictionaries({
+        "podguard": st.one_of(st.just(1), json_leaf),
+        "series": st.one_of(json_values, st.lists(st.fixed_dictionaries({
+            "name": st.one_of(st.just(WS), json_leaf),
+            "labels": st.one_of(st.just(LABELS), json_values),
+            "samples": st.one_of(json_values, st.lists(st.lists(json_leaf, max_size=3),
+                                                       max_size=5)),
+        }), max_size=3)),
+    })
+    docs = st.one_of(adapter, batch, json_values)
+    encoded = docs.map(lambda d: json.dumps(d, allow_nan=True).encode())
+    return st.one_of(encoded, st.binary(max_size=200),
+                     encoded.flatmap(lambda b: st.integers(0, len(b)).map(lambda i: b[:i])))
+
+
+@settings(max_examples=600, deadline=None)
+@given(_mutated_docs())
+def test_fuzz_the_decoder_never_crashes_and_accounts_for_everything(payload: bytes) -> None:
+    out = SampleColumns()
+    res = Decoder(Limits(max_labels=8, max_label_bytes=64)).decode(payload, out)
+    assert res.accepted == len(out)
+    if res.accepted + res.n_rejected == 0:  # only a batch without samples carries nothing
+        doc = json.loads(payload)
+        assert doc["podguard"] == 1
+        assert all(s["samples"] == [] for s in doc["series"]), payload
+    assert set(res.rejected) <= set(REASONS)
+    for t, v in zip(out.timestamp, out.value):
+        assert math.isfinite(t) and 0 < t < 1e11 and math.isfinite(v)
+    for ns, pod in zip(out.namespace, out.pod):
+        assert ns and pod
+    if res.rejected:
+        rec = json.loads(dead_letter_record(payload, res, topic="t", partition=0, offset=0))
+        assert rec["reason"] in REASONS
