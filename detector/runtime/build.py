@@ -38,7 +38,7 @@ from detector.verdicts import Explanation, Verdict
 from detector.windows import WindowEngine
 
 from .daemon import Daemon, RunSummary
-from .hooks import DryRunPlan, RemediationHook
+from .hooks import DryRunPlan, OnChange, RemediationHook
 from .logs import setup_logging
 from .metrics import DaemonMetrics, StateView
 from .models import ModelWatcher
@@ -79,10 +79,16 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
         path = Path(rt.verdicts_path)
         if out_dir is not None and not path.is_absolute():
             path = out_dir / path
-    if rt.console or path is not None:
-        sinks.append(ConsoleSink(path=path, stream=stream if rt.console else _Null()))  # type: ignore[arg-type]
+    local = settings.sources.kind == "local"
+    if path is not None:  # every positive verdict, as JSON lines
+        sinks.append(ConsoleSink(path=path, stream=_Null()))  # type: ignore[arg-type]
+    if rt.console:  # readable lines; the embedded default repeats an alert once a real minute
+        console: Sink = ConsoleSink(stream=stream)
+        if local:
+            console = OnChange(console, every_s=60.0 * real_seconds_inverse(real_seconds))
+        sinks.append(console)
     hook: RemediationHook | None
-    if settings.sources.kind == "local":
+    if local:
         hook = DryRunPlan(settings.remediation, stream=stream,
                           real_seconds=real_seconds) if rt.remediation_dry_run else None
         return sinks, hook
@@ -110,6 +116,12 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
                 hook = RemediationController(actuator, settings=settings.remediation,
                                              escalate=am.escalate if am is not None else None)
     return sinks, hook
+
+
+def real_seconds_inverse(real_seconds: Callable[[float], float]) -> float:
+    """Source-clock seconds per real second, from a real_seconds conversion."""
+    one = real_seconds(1.0)
+    return 1.0 / one if one > 0 else 1.0
 
 
 class _Null:
@@ -251,7 +263,7 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
                 onset_txt = f", leak began at +{onset_real - t_start:.0f} s"
             if det is None:
                 verdict = "no alarm" + (" (correct)" if not w.leaky else " (MISSED)")
-                lines.append(f"  {w.pod:<18} {role:<8}{onset_txt}: {verdict}")
+                lines.append(f"  {w.pod:<18} {role}{onset_txt}: {verdict}")
                 continue
             v = det.verdict
             when = det.wall_time - t_start
@@ -262,7 +274,7 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
             tto = (f", OOM expected in ~{format_duration(v.time_to_oom_s)}"
                    if v.time_to_oom_s is not None else "")
             ooms = f", OOM-killed {len(w.oom_kills)}x" if w.oom_kills else ""
-            lines.append(f"  {w.pod:<18} {role:<8}{onset_txt}: {v.kind} at +{when:.0f} s"
+            lines.append(f"  {w.pod:<18} {role}{onset_txt}: {v.kind} at +{when:.0f} s"
                          f"{after}{tto}{ooms}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")

@@ -14,6 +14,7 @@ from typing import IO, Protocol
 
 from detector.explain import format_duration
 from detector.settings import RemediationSettings
+from detector.sinks.base import Sink
 from detector.verdicts import Verdict
 
 
@@ -56,3 +57,36 @@ class DryRunPlan:
             self.stream.flush()
             out.append(plan)
         return out
+
+
+class OnChange:
+    """A sink wrapper passing on a pod's positive verdicts only when its kind changes or
+    ``every_s`` (source clock) passed: the console of the embedded default scores every real
+    second and would otherwise print the same alert each time."""
+
+    def __init__(self, sink: Sink, *, every_s: float) -> None:
+        self.sink = sink
+        self.name = f"{sink.name}-on-change"
+        self.every_s = every_s
+        self._shown: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def send(self, verdicts: Sequence[Verdict]) -> None:
+        chosen = []
+        for v in verdicts:
+            key = (v.namespace, v.pod)
+            if not v.is_anomaly:
+                if not v.stale:
+                    self._shown.pop(key, None)
+                continue
+            last = self._shown.get(key)
+            if last is None or last[0] != v.kind or v.ts - last[1] >= self.every_s:
+                self._shown[key] = (v.kind, v.ts)
+                chosen.append(v)
+        if chosen:
+            self.sink.send(chosen)
+
+    def flush(self, timeout: float) -> bool:
+        return self.sink.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.sink.close(timeout)
