@@ -352,7 +352,7 @@ def test_two_daemons_in_one_group_split_the_partitions(local_kafka: KafkaHandle,
     b, src_b, reg_b = _daemon(settings, shipped)
     with Runner(a), Runner(b):
         _wait(lambda: len(src_a.assignment()) + len(src_b.assignment()) == partitions
-              and src_a.assignment() and src_b.assignment(),
+              and bool(src_a.assignment()) and bool(src_b.assignment()),
               "both daemons to hold partitions", 60)
         pa, pb = set(src_a.assignment()), set(src_b.assignment())
         assert pa.isdisjoint(pb) and pa | pb == set(range(partitions))
