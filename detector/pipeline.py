@@ -86,7 +86,9 @@ class Pipeline:
         drift = self.drift.predict(drift_x)
         stale = np.asarray(batch.stale, dtype=bool)
 
-        raw_leak = leak.is_anomaly & ~stale
+        tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
+        far = np.isfinite(tto_all) & (tto_all > self.settings.leak_horizon_s)
+        raw_leak = leak.is_anomaly & ~stale & ~far
         raw_drift = drift.is_anomaly & ~stale & ~raw_leak
 
         verdicts: list[Verdict] = []

@@ -46,6 +46,13 @@ class DetectionSettings(_Section):
         2, ge=1,
         description="Consecutive positive evaluations needed before a verdict is raised (count).",
     )
+    leak_horizon_s: float = Field(
+        86400, gt=0,
+        description="A growing pod is raised as a leak only once its projected time to OOM is "
+                    "within this horizon (slow growth that would need days to reach the limit, "
+                    "e.g. a daily cycle seen through a 4 h window, is watched, not paged), "
+                    "seconds.",
+    )
     oom_floor_s: float = Field(
         600, ge=0,
         description="Time to OOM under which a leak is critical, seconds.",

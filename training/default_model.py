@@ -28,13 +28,13 @@ DEFAULT_VERSION = "default-1"
 SEED = 20261126
 
 
-def healthy_training_trace(seed: int = SEED, n_pods: int = 48, hours: float = 14.0
+def healthy_training_trace(seed: int = SEED, n_pods: int = 96, hours: float = 24.0
                            ) -> pd.DataFrame:
     trace, _labels = scenarios.generate_healthy(n_pods=n_pods, hours=hours, seed=seed)
     return trace
 
 
-def build(root: Path = DEFAULT_ROOT, *, seed: int = SEED, n_pods: int = 48, hours: float = 14.0,
+def build(root: Path = DEFAULT_ROOT, *, seed: int = SEED, n_pods: int = 96, hours: float = 24.0,
           version: str = DEFAULT_VERSION, progress: bool = True, replace: bool = True) -> Path:
     started = time.perf_counter()
     ws = WindowSettings()
@@ -65,8 +65,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description="Build the default model shipped in data/model.")
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="model root (data/model)")
     p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--pods", type=int, default=48, help="healthy pods (48)")
-    p.add_argument("--hours", type=float, default=14.0, help="hours of history (14)")
+    p.add_argument("--pods", type=int, default=96, help="healthy pods (96)")
+    p.add_argument("--hours", type=float, default=24.0, help="hours of history (24)")
     args = p.parse_args()
     build(args.root, seed=args.seed, n_pods=args.pods, hours=args.hours)
     return 0
