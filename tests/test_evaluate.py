@@ -62,16 +62,16 @@ def test_predict_linear_fires_exactly_when_the_4h_projection_crosses_the_limit()
 def test_score_steps_counts_recall_lead_and_false_alarm_episodes() -> None:
     step = 60.0
     ts = np.arange(0, 600, step)
-    rows = []
+    rows: list[tuple[str, str, float, bool, str | None]] = []
     # a healthy pod with two alarm episodes
     for t, a in zip(ts, [0, 1, 1, 0, 0, 1, 0, 0, 0, 0]):
-        rows.append(("ns", "healthy", t, bool(a), None))
+        rows.append(("ns", "healthy", float(t), bool(a), None))
     # a leaking pod: onset 300, failure 600; one alarm before onset (false), detection at 420
     for t, a in zip(ts, [0, 1, 0, 0, 0, 0, 0, 1, 1, 1]):
-        rows.append(("ns", "leaky", t, bool(a), "mem_working_set.slope"))
+        rows.append(("ns", "leaky", float(t), bool(a), "mem_working_set.slope"))
     # a missed fault
     for t in ts:
-        rows.append(("ns", "missed", t, False, None))
+        rows.append(("ns", "missed", float(t), False, None))
     steps = pd.DataFrame(rows, columns=["namespace", "pod", "ts", "alarm", "top_feature"])
     steps["stale"] = False
     labels = pd.DataFrame([
