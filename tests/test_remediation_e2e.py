@@ -10,9 +10,10 @@ nodes, Prometheus, Alertmanager, and real processes:
   directory, and stops it when the pod goes; Prometheus scrapes each trainer's real memory
   in cAdvisor format;
 * the podguard "daemon" (:func:`daemon_main`, run as a separate process so the test can kill
-  it): Prometheus range queries (prometheus-api-client) -> ``WindowEngine`` -> ``Pipeline``
-  (the shipped default model) -> ``AlertmanagerSink`` + ``KubernetesEventSink`` +
-  ``ConsoleSink``, and ``RemediationController.handle`` / ``reconcile``. It runs with a
+  it): the daemon engineer's ``detector.sources.prometheus.PrometheusSource`` (range queries
+  with prometheus-api-client) -> ``WindowEngine`` -> ``Pipeline`` (the shipped default
+  model) -> ``AlertmanagerSink`` + ``KubernetesEventSink`` + ``ConsoleSink``, and
+  ``RemediationController.handle`` (each minute) / ``reconcile`` (each second). It runs with a
   service-account token bound to exactly :data:`detector.remediation.rbac.CONTROLLER_RULES`;
   each trainer with a token bound to :data:`~detector.remediation.rbac.WORKLOAD_RULES`.
 
@@ -48,7 +49,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,7 +72,7 @@ T = TypeVar("T")
 SCENARIOS = ("happy", "restart", "pdb", "noack")
 TRAINER_ARGS: dict[str, list[str]] = {
     "happy": [],
-    "restart": ["--ack-delay", "30"],
+    "restart": ["--ack-delay", "25"],
     "pdb": [],
     "noack": ["--never-ack"],
 }
@@ -80,9 +80,9 @@ MEMORY_LIMIT = "1280Mi"
 HISTORY_S = 3 * 3600.0
 
 DAEMON_SETTINGS: dict[str, Any] = {
-    "alerting": {"resend_interval_s": 10, "resolve_timeout_s": 120, "gone_after_s": 30,
+    "alerting": {"resend_interval_s": 10, "resolve_timeout_s": 120, "gone_after_s": 90,
                  "backoff_s": [0.5, 1, 2], "timeout_s": 5},
-    "remediation": {"enabled": True, "checkpoint_timeout_s": 20, "checkpoint_max_age_s": 600,
+    "remediation": {"enabled": True, "checkpoint_timeout_s": 60, "checkpoint_max_age_s": 600,
                     "evict_unacknowledged_below_s": 600, "max_evictions_per_node": 3,
                     "max_evictions_per_namespace": 1, "cooldown_s": 3600, "retry_s": 5,
                     "avoid_node": True, "avoid_ttl_s": 300, "resync_s": 15,
@@ -91,10 +91,13 @@ DAEMON_SETTINGS: dict[str, Any] = {
 
 
 def wait_for(check: Callable[[], T | None], *, timeout: float, what: str,
-             interval: float = 0.5) -> T:
+             interval: float = 0.5, guard: Callable[[], None] | None = None) -> T:
+    """Polls ``check`` until truthy; ``guard`` may fail the wait early (a dead daemon)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
+        if guard is not None:
+            guard()
         try:
             got = check()
         except (ApiException, requests.RequestException, OSError) as e:
@@ -109,9 +112,14 @@ def wait_for(check: Callable[[], T | None], *, timeout: float, what: str,
 
 
 def daemon_main(config_path: str) -> int:
-    """The podguard loop of this test, as its own process (see the module docstring)."""
+    """The podguard loop of this test, as its own process (see the module docstring).
+
+    The daemon engineer's ``PrometheusSource`` feeds a ``WindowEngine``; each minute the
+    ``Pipeline`` scores the windows and the verdicts go to the sinks and the controller's
+    ``handle``; ``reconcile`` runs every second (remediation must not wait for the next
+    minute). A pod whose uid changes (recreated with the same name) starts a fresh window.
+    """
     from kubernetes import config as kconfig
-    from prometheus_api_client import PrometheusConnect
 
     from detector.pipeline import Pipeline
     from detector.remediation.actuator import Actuator
@@ -120,7 +128,8 @@ def daemon_main(config_path: str) -> int:
     from detector.sinks.alertmanager import AlertmanagerSink
     from detector.sinks.console import ConsoleSink
     from detector.sinks.k8s_events import KubernetesEventSink, PodContainers
-    from detector.windows import PodKey, Sample, WindowEngine
+    from detector.sources.prometheus import PrometheusSource
+    from detector.windows import PodKey, WindowEngine
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -131,65 +140,47 @@ def daemon_main(config_path: str) -> int:
     api = kconfig.new_client_from_config(config_file=cfg["kubeconfig"])
     actuator = Actuator(api, settings=settings.remediation,
                         event_interval_s=settings.alerting.event_interval_s)
-    am = AlertmanagerSink(settings=settings.alerting, container_of=PodContainers(actuator))
+    am = AlertmanagerSink(settings=settings.alerting, container_of=PodContainers(actuator),
+                          adopt_matchers=[f'namespace=~"{cfg["namespace_regex"]}"'])
     events = KubernetesEventSink(actuator, settings=settings.alerting)
     console = ConsoleSink(path=out / "verdicts.jsonl", stream=sys.stderr)
     controller = RemediationController(actuator, settings=settings.remediation,
                                        escalate=am.escalate)
     pipe = Pipeline.load(None, settings=settings.detection)
     engine = WindowEngine(horizon_s=settings.windows.horizon_s, step_s=settings.windows.step_s)
-    session = requests.Session()
-    session.trust_env = False
-    prom = PrometheusConnect(url=cfg["prometheus_url"], disable_ssl=True, session=session)
-    selector = f'{{namespace=~"{cfg["namespace_regex"]}"}}'
-    metrics = ("container_memory_working_set_bytes", "container_memory_rss",
-               "container_spec_memory_limit_bytes")
-    current_id: dict[PodKey, str] = {}
+    source = PrometheusSource(settings.sources.prometheus, logger=log)
+    source.start()
+    uids: dict[PodKey, str] = {}
     flagged: set[PodKey] = set()
-    fetched_until = time.time() - settings.windows.horizon_s
     last_window = -math.inf
+    next_uid_check = 0.0
     log.info("daemon up (pid %d, model %s)", os.getpid(), pipe.version)
-    (out / f"daemon-{os.getpid()}.ready").write_text(str(time.time()))
 
-    def fetch(now: float) -> None:
-        series: list[tuple[dict[str, str], list[list[Any]]]] = []
-        for m in metrics:
-            for s in prom.custom_query_range(
-                    m + selector, start_time=datetime.fromtimestamp(fetched_until - 60, UTC),
-                    end_time=datetime.fromtimestamp(now, UTC), step="15s"):
-                series.append((s["metric"], s["values"]))
-        newest: dict[PodKey, tuple[float, str]] = {}
-        for labels, values in series:
-            key = PodKey(labels["namespace"], labels["pod"])
-            last = float(values[-1][0]) if values else -math.inf
-            if last > newest.get(key, (-math.inf, ""))[0]:
-                newest[key] = (last, labels.get("id", ""))
-        for key, (_, pid) in newest.items():
-            if current_id.get(key) not in (None, pid):  # a new pod with the same name
-                log.info("pod %s has a new uid (%s): its window starts afresh", key, pid)
+    def check_uids() -> None:
+        for pod in actuator.list_pods(label_selector=settings.remediation.opt_in_label):
+            m = pod.metadata
+            if m is None or m.deletion_timestamp is not None:
+                continue
+            key = PodKey(str(m.namespace), str(m.name))
+            if uids.get(key) not in (None, m.uid):
+                log.info("pod %s was recreated (uid %s): its window starts afresh", key, m.uid)
                 engine.drop_pod(key)
                 pipe.forget(key)
                 flagged.discard(key)
-            current_id[key] = pid
-        samples = [
-            Sample(float(ts), labels["namespace"], labels["pod"], labels.get("container", ""),
-                   labels["__name__"], float(v), labels.get("node", ""))
-            for labels, values in series
-            if labels.get("id", "") == current_id[PodKey(labels["namespace"], labels["pod"])]
-            for ts, v in values]
-        engine.ingest_samples(samples)
+            uids[key] = str(m.uid)
 
-    next_fetch = 0.0
     try:
         while True:
             now = time.time()
-            if now >= next_fetch:
+            if now >= next_uid_check:
                 try:
-                    fetch(now)
-                    fetched_until = now
+                    check_uids()
                 except Exception as e:
-                    log.warning("prometheus query failed: %s", e)
-                next_fetch = now + 5.0
+                    log.warning("listing pods failed: %s", e)
+                next_uid_check = now + 2.0
+            delivery = source.poll(0.0)
+            if len(delivery.samples):
+                engine.ingest(delivery.samples.columns())
             window = engine.window_end(now)
             if window > last_window and math.isfinite(engine.clock):
                 last_window = window
@@ -205,7 +196,7 @@ def daemon_main(config_path: str) -> int:
                 am.send(verdicts)
                 events.send(verdicts)
                 controller.handle(verdicts)
-            am.send([])
+            am.send([])  # re-sends and resolutions of pods no longer scored
             try:
                 controller.reconcile()
             except Exception as e:
@@ -532,6 +523,16 @@ class E2E:
         self.daemons.append(proc)
         return proc
 
+    def guard(self) -> None:
+        """Fails at once if the daemon died on its own (not by the test's SIGKILL)."""
+        d = self.daemon
+        if d is not None and not self.kill.get("down") and d.poll() is not None:
+            log = (self.tmp / f"daemon-{self.daemons.index(d)}.log").read_text()
+            pytest.fail(f"the daemon exited with {d.returncode}:\n{log[-4000:]}")
+
+    def wait(self, check: Callable[[], T | None], *, timeout: float, what: str) -> T:
+        return wait_for(check, timeout=timeout, what=what, guard=self.guard)
+
     def pod(self, scenario: str) -> client.V1Pod | None:
         try:
             return self.core.read_namespaced_pod("trainer-0", self.ns[scenario])
@@ -588,25 +589,26 @@ class E2E:
 def _kill_and_restart(e2e: E2E) -> None:
     """The crash: SIGKILL the daemon after it requested the ``restart`` pod's checkpoint
     (and evicted the ``happy`` pod), start it again once the trainer acknowledged."""
-    req = wait_for(lambda: proto.CheckpointRequest.parse(
+    req = e2e.wait(lambda: proto.CheckpointRequest.parse(
         e2e.annotations("restart").get(proto.REQUEST)), timeout=300,
         what="the checkpoint request on the restart pod")
-    wait_for(lambda: e2e.record_if("happy", lambda r: r.evicted_at is not None),
+    e2e.wait(lambda: e2e.record_if("happy", lambda r: r.evicted_at is not None),
              timeout=120, what="the happy pod evicted before the crash")
     state = e2e.state("restart")
     assert state is not None and state.phase == "checkpointing", state
     assert proto.CheckpointAck.parse(e2e.annotations("restart").get(proto.ACK)) is None
     assert e2e.daemon is not None
+    e2e.kill["down"] = True
     e2e.daemon.send_signal(signal.SIGKILL)
     e2e.daemon.wait(timeout=10)
     e2e.kill.update(killed_at=time.time(), request=req.id, remediation=state.id)
-    ack = wait_for(lambda: proto.CheckpointAck.parse(
+    ack = e2e.wait(lambda: proto.CheckpointAck.parse(
         e2e.annotations("restart").get(proto.ACK)), timeout=120,
         what="the restart trainer's acknowledgement while the daemon is dead")
     assert ack.id == req.id
     e2e.kill.update(acked_while_dead_at=time.time())
     e2e.start_daemon()
-    e2e.kill.update(restarted_at=time.time())
+    e2e.kill.update(restarted_at=time.time(), down=False)
 
 
 @pytest.fixture(scope="module")
@@ -658,10 +660,16 @@ def e2e(kube: Kube, local_prometheus: PrometheusHandle, local_alertmanager: Aler
         config = tmp / "daemon.json"
         config.write_text(json.dumps({
             "out_dir": str(tmp), "kubeconfig": str(daemon_kc),
-            "prometheus_url": local_prometheus.url,
             "namespace_regex": f"pg-e2e-{sfx}-.*",
-            "settings": {**DAEMON_SETTINGS, "alerting": {
-                **DAEMON_SETTINGS["alerting"], "alertmanager_urls": [local_alertmanager.url]}},
+            "settings": {
+                **DAEMON_SETTINGS,
+                "alerting": {**DAEMON_SETTINGS["alerting"],
+                             "alertmanager_urls": [local_alertmanager.url]},
+                "sources": {"kind": "prometheus", "prometheus": {
+                    "url": local_prometheus.url, "poll_s": 5,
+                    "extra_matchers": f'namespace=~"pg-e2e-{sfx}-.*"',
+                    "metrics": ["container_memory_working_set_bytes", "container_memory_rss",
+                                "container_spec_memory_limit_bytes"]}}},
         }))
         e2e_obj = E2E(kube, local_alertmanager, local_prometheus, tmp, ns, kubelet, config)
         e2e_obj.figures["daemon_started"] = time.time()
@@ -717,7 +725,7 @@ def _clean_nodes(kube: Kube) -> None:
 def test_leak_is_detected_and_the_alert_with_its_explanation_reaches_alertmanager(
         e2e: E2E) -> None:
     ns = e2e.ns["happy"]
-    alerts = wait_for(lambda: e2e.am.alerts(alertname="PodMemoryLeak", namespace=ns),
+    alerts = e2e.wait(lambda: e2e.am.alerts(alertname="PodMemoryLeak", namespace=ns),
                       timeout=300, what="the PodMemoryLeak alert of the happy trainer")
     a = alerts[0]
     labels, ann = a["labels"], a["annotations"]
@@ -736,7 +744,7 @@ def test_leak_is_detected_and_the_alert_with_its_explanation_reaches_alertmanage
         det["wall"] - e2e.figures["daemon_started"], 1)
     assert det["kind"] == "memory_leak"
     # kubectl describe pod tells the story: the Event and the latest verdict annotation
-    ev = wait_for(lambda: e2e.events("happy", "MemoryLeakDetected"), timeout=60,
+    ev = e2e.wait(lambda: e2e.events("happy", "MemoryLeakDetected"), timeout=60,
                   what="the MemoryLeakDetected Event")
     assert ev[0].type == "Warning" and "working set" in str(ev[0].message)
 
@@ -745,9 +753,9 @@ def test_checkpoint_then_reschedule_on_another_node_resumes_at_the_saved_step(
         e2e: E2E) -> None:
     ns = e2e.ns["happy"]
     first = e2e.kubelet.of(ns)[0]
-    second = wait_for(lambda: e2e.kubelet.nth(ns, 1), timeout=300,
+    second = e2e.wait(lambda: e2e.kubelet.nth(ns, 1), timeout=300,
                       what="a trainer for the recreated happy pod")
-    resumed = wait_for(lambda: next((r for r in e2e.trainer_log("happy")
+    resumed = e2e.wait(lambda: next((r for r in e2e.trainer_log("happy")
                                      if r["event"] == "resumed"), None), timeout=120,
                        what="the new trainer resuming from the checkpoint")
     acks = [r for r in e2e.trainer_log("happy") if r["event"] == "acknowledged"]
@@ -757,7 +765,7 @@ def test_checkpoint_then_reschedule_on_another_node_resumes_at_the_saved_step(
     assert resumed["uid"] == second.uid and resumed["from_step"] == ack["step"]
     assert resumed["path"] == ack["path"] and Path(ack["path"]).is_file()
     # every completed step of the first trainer is in the checkpoint; the second goes on
-    wait_for(lambda: any(line.startswith(second.uid + " ")
+    e2e.wait(lambda: any(line.startswith(second.uid + " ")
                          for line in (first.data / "steps.log").read_text().splitlines()),
              timeout=60, what="the resumed trainer completing a step")
     steps: dict[str, list[int]] = {}
@@ -770,11 +778,11 @@ def test_checkpoint_then_reschedule_on_another_node_resumes_at_the_saved_step(
     assert new[0] == ack["step"] + 1
     state_events = {e.reason for e in e2e.events("happy")}
     assert {"CheckpointRequested", "CheckpointAcknowledged", "Evicted"} <= state_events
-    rec = wait_for(lambda: e2e.record_if("happy", lambda r: r.phase == "done"),
+    rec = e2e.wait(lambda: e2e.record_if("happy", lambda r: r.phase == "done"),
                    timeout=120, what="the controller to see the replacement running")
     assert rec.new_node == second.node and rec.node == first.node
     assert rec.checkpoint == ack["path"]
-    wait_for(lambda: e2e.events("happy", "Rescheduled"), timeout=30,
+    e2e.wait(lambda: e2e.events("happy", "Rescheduled"), timeout=30,
              what="the Rescheduled Event")
     det = next(d for d in e2e.detections() if d["namespace"] == ns)
     assert rec.requested_at is not None and rec.evicted_at is not None
@@ -799,9 +807,9 @@ def test_daemon_killed_mid_remediation_finishes_the_same_remediation_once(e2e: E
     assert not crash.is_alive() and "restarted_at" in e2e.kill, e2e.kill
     ns = e2e.ns["restart"]
     first = e2e.kubelet.of(ns)[0]
-    second = wait_for(lambda: e2e.kubelet.nth(ns, 1), timeout=240,
+    second = e2e.wait(lambda: e2e.kubelet.nth(ns, 1), timeout=240,
                       what="the restart pod evicted and recreated by the restarted daemon")
-    rec = wait_for(lambda: e2e.record_if("restart", lambda r: r.phase == "done"),
+    rec = e2e.wait(lambda: e2e.record_if("restart", lambda r: r.phase == "done"),
                    timeout=120, what="the remediation of the restart pod done")
     assert rec.id == e2e.kill["remediation"], "the restarted daemon began a new remediation"
     assert rec.evicted_at is not None and rec.evicted_at > e2e.kill["restarted_at"]
@@ -810,7 +818,7 @@ def test_daemon_killed_mid_remediation_finishes_the_same_remediation_once(e2e: E
     assert len(list((first.data / "checkpoints").glob("ckpt-*.pt"))) == 1
     assert len(e2e.events("restart", "Evicted")) == 1
     assert len(e2e.events("restart", "CheckpointRequested")) == 1
-    resumed = wait_for(lambda: next((r for r in e2e.trainer_log("restart")
+    resumed = e2e.wait(lambda: next((r for r in e2e.trainer_log("restart")
                                      if r["event"] == "resumed"), None), timeout=120,
                        what="the restart trainer resuming")
     assert resumed["from_step"] == acks[0]["step"] and resumed["uid"] == second.uid
@@ -829,17 +837,17 @@ def test_daemon_killed_mid_remediation_finishes_the_same_remediation_once(e2e: E
 def test_pdb_blocks_the_eviction_which_is_retried_not_forced(e2e: E2E) -> None:
     ns = e2e.ns["pdb"]
     first = e2e.kubelet.of(ns)[0]
-    blocked = wait_for(lambda: e2e.events("pdb", "EvictionBlocked"), timeout=300,
+    blocked = e2e.wait(lambda: e2e.events("pdb", "EvictionBlocked"), timeout=300,
                        what="the EvictionBlocked Event")
     assert "disruption budget" in str(blocked[0].message).lower()
-    state = wait_for(lambda: e2e.state_if("pdb", lambda s: s.attempts >= 2),
+    state = e2e.wait(lambda: e2e.state_if("pdb", lambda s: s.attempts >= 2),
                      timeout=60, what="a second eviction attempt")
     assert state.phase == "evicting" and not state.forced
     pod = e2e.pod("pdb")
     assert pod is not None and pod.metadata is not None
     assert pod.metadata.uid == first.uid and pod.metadata.deletion_timestamp is None
     client.PolicyV1Api(e2e.kube.api).delete_namespaced_pod_disruption_budget("trainer", ns)
-    second = wait_for(lambda: e2e.kubelet.nth(ns, 1), timeout=120,
+    second = e2e.wait(lambda: e2e.kubelet.nth(ns, 1), timeout=120,
                       what="the eviction once the PDB is gone")
     assert second.node != first.node
     assert len(e2e.events("pdb", "Evicted")) == 1
@@ -849,11 +857,11 @@ def test_unacknowledged_checkpoint_blocks_the_eviction_and_escalates_the_alert(
         e2e: E2E) -> None:
     ns = e2e.ns["noack"]
     first = e2e.kubelet.of(ns)[0]
-    wait_for(lambda: e2e.state_if("noack", lambda s: s.phase == "blocked"),
+    e2e.wait(lambda: e2e.state_if("noack", lambda s: s.phase == "blocked"),
              timeout=300, what="the noack remediation blocked")
     ev = e2e.events("noack", "CheckpointNotAcknowledged")
     assert ev and "not evicting" in str(ev[0].message)
-    alert = wait_for(lambda: e2e.am.alerts(alertname="PodMemoryLeak", namespace=ns,
+    alert = e2e.wait(lambda: e2e.am.alerts(alertname="PodMemoryLeak", namespace=ns,
                                            severity="critical"), timeout=120,
                      what="the escalated (critical) alert")
     assert "not acknowledged" in alert[0]["annotations"]["remediation"]
@@ -866,9 +874,12 @@ def test_unacknowledged_checkpoint_blocks_the_eviction_and_escalates_the_alert(
 
 
 def test_alert_of_the_rescheduled_pod_is_resolved(e2e: E2E) -> None:
-    ns = e2e.ns["happy"]
-    wait_for(lambda: not e2e.am.alerts(alertname="PodMemoryLeak", namespace=ns) or None,
-             timeout=120, what="the happy pod's alert resolved (its leaking pod is gone)")
+    def resolved(scenario: str) -> bool:
+        return not e2e.am.alerts(alertname="PodMemoryLeak", namespace=e2e.ns[scenario])
+
+    for scenario in ("happy", "restart"):  # their leaking pods are gone
+        e2e.wait(functools.partial(resolved, scenario), timeout=240,
+                 what=f"the {scenario} pod's alert resolved")
     assert not e2e.kubelet.errors, e2e.kubelet.errors
     for i, _ in enumerate(e2e.daemons):
         text = (e2e.tmp / f"daemon-{i}.log").read_text()

@@ -22,10 +22,11 @@ The phases of a pod (annotation ``podguard.io/remediation``)::
     evicting --acknowledged checkpoint older than checkpoint_max_age_s--> checkpointing (new id)
     evicting --Eviction API accepted--> evicted
 
-Before evicting: for a node-level cause (``node_cause_min_pods`` flagged pods on one node) the
-node is cordoned or tainted NoSchedule (``node_action``); for a pod-level cause it is tainted
-PreferNoSchedule while the replacement is scheduled (``avoid_node``), so the replacement lands
-elsewhere when another node fits. After the eviction the workload's record is followed until
+Before evicting: for a node-level cause (``node_cause_min_pods`` pods on one node flagged with
+pre-failure drift in the same evaluation; a leak is the pod's own) the node is cordoned or
+tainted NoSchedule (``node_action``); for a pod-level cause it is tainted PreferNoSchedule while
+the replacement is scheduled (``avoid_node``), so the replacement lands elsewhere when another
+node fits. After the eviction the workload's record is followed until
 a replacement pod runs; then the taint is released and a ``Rescheduled`` Event says where.
 In dry-run the plan is printed once per pod and nothing is written.
 """
@@ -90,21 +91,23 @@ class RemediationController:
         mark = len(self.decisions)
         if not self.settings.enabled:
             return []
-        flagged: dict[str, set[str]] = {}
+        drifting: dict[str, set[str]] = {}
         for v in verdicts:
             key = (v.namespace, v.pod)
             if v.is_anomaly and not v.stale:
                 self._latest[key] = v
-                if v.node:
-                    flagged.setdefault(v.node, set()).add(f"{v.namespace}/{v.pod}")
+                if v.node and v.kind == "drift":
+                    drifting.setdefault(v.node, set()).add(f"{v.namespace}/{v.pod}")
             elif not v.stale:
                 self._latest.pop(key, None)
-        sick = {n for n, pods in flagged.items()
+        sick = {n for n, pods in drifting.items()
                 if len(pods) >= self.settings.node_cause_min_pods}
         for v in verdicts:
             if v.is_anomaly and not v.stale and v.kind in self.settings.kinds:
                 try:
-                    self._start(v, "node" if v.node in sick else "pod")
+                    for _ in range(3):  # a conflict (another writer) is retried at once
+                        if self._start(v, "node" if v.node in sick else "pod"):
+                            break
                 except PodguardError as e:
                     log.warning("remediation of %s/%s not started: %s", v.namespace, v.pod, e)
         return self.decisions[mark:]
@@ -153,33 +156,34 @@ class RemediationController:
         except PodguardError as e:
             log.warning("could not record Event %s on %s %s: %s", reason, obj.kind, obj.name, e)
 
-    def _start(self, v: Verdict, cause: str) -> None:
+    def _start(self, v: Verdict, cause: str) -> bool:
+        """Starts a remediation for ``v``'s pod if allowed; False only on a write conflict."""
         pod = self.actuator.read_pod(v.namespace, v.pod)
         if pod is None or pod.metadata is None or pod.metadata.deletion_timestamp is not None:
-            return
+            return True
         m = pod.metadata
         ref = ObjectRef.pod(pod)
         if (m.labels or {}).get(self.settings.opt_in_label) != "true":
             self._decide(ref, "RemediationSkipped",
                          f"{v.kind}: alert only, the pod does not opt in "
                          f"({self.settings.opt_in_label}=true)")
-            return
+            return True
         workload = owner_of(pod)
         if workload is None:
             self._decide(ref, "RemediationSkipped",
                          f"{v.kind}: alert only, the pod is not controlled by a StatefulSet "
                          f"or a Job")
-            return
+            return True
         state = proto.RemediationState.parse((m.annotations or {}).get(proto.STATE))
         if state is not None and state.uid == m.uid and state.phase != "done":
-            return  # in flight (or evicted, awaiting deletion): one per pod
+            return True  # in flight (or evicted, awaiting deletion): one per pod
         node = str(pod.spec.node_name or "") if pod.spec else ""
         rid = "r-" + uuid.uuid4().hex[:10]
         why = (self.actuator.cooldown_refusal(workload, rid)
                or self.actuator.budget_refusal(node=node, namespace=str(m.namespace)))
         if why:
             self._decide(ref, "RemediationSkipped", f"{v.kind}: not remediating now: {why}")
-            return
+            return True
         now = self.clock()
         reason = v.explanation.text if v.explanation else v.kind
         request = proto.CheckpointRequest(id=f"{rid}.1", ts=now, reason=f"{v.kind}: {reason}")
@@ -191,22 +195,23 @@ class RemediationController:
         if self.actuator.dry_run:
             key = (v.namespace, v.pod)
             if now - self._planned.get(key, -1e18) < self.settings.cooldown_s:
-                return
+                return True
             self._planned[key] = now
             self.actuator._plan(self._plan_text(v, state, workload))
-            return
+            return True
         rv = self.actuator.annotate_pod(
             str(m.namespace), str(m.name),
             {proto.REQUEST: request.to_json(), proto.STATE: state.to_json()},
             resource_version=m.resource_version)
         if rv is None:
-            return  # changed under us: the next verdict decides again
+            return False  # changed under us (e.g. the verdict annotation): read again
         self._decide(ref, "CheckpointRequested",
                      f"{v.kind} (time to OOM {_dur(v.time_to_oom_s)}): {reason}. Remediation "
                      f"{rid} ({cause}-level cause): checkpoint requested ({request.id}); the "
                      f"pod is evicted once it is acknowledged (waiting up to "
                      f"{_dur(self.settings.checkpoint_timeout_s)})",
                      warning=True, remediation_id=rid)
+        return True
 
     def _plan_text(self, v: Verdict, state: proto.RemediationState,
                    workload: WorkloadRef) -> str:

@@ -12,7 +12,9 @@ Lifecycle, like Prometheus's own: an active alert is re-sent every ``resend_inte
 ``endsAt`` ``resolve_timeout_s`` ahead (alerts of a podguard that died expire by themselves);
 it is resolved (``endsAt`` = now) when the pod's verdict is healthy again, when the pod had no
 judged verdict for ``gone_after_s`` (gone), or when its labels change (new severity: the old
-alert is resolved and the new one fires).
+alert is resolved and the new one fires). After a restart, the first ``send`` adopts the
+podguard alerts of its scope Alertmanager still holds (:meth:`AlertmanagerSink.adopt`), so they
+too are resolved when their pod is gone.
 
 Delivery: every alert goes to each URL (an HA pair of Alertmanagers gets both). Each URL has
 its own bounded queue (``queue_max``, coalesced by label set: a newer state of an alert
@@ -79,7 +81,7 @@ class _Active:
     starts_at: float
     last_sent: float
     last_seen: float
-    verdict: Verdict
+    verdict: Verdict | None  # None: adopted from Alertmanager after a restart
 
 
 @dataclass
@@ -106,7 +108,8 @@ class AlertmanagerSink:
                  session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] | None = None,
-                 background: bool = True, generator_url: str = "") -> None:
+                 background: bool = True, generator_url: str = "",
+                 adopt_matchers: Sequence[str] | None = None) -> None:
         urls = list(settings.alertmanager_urls if urls is None else urls)
         if not urls:
             raise ValueError("AlertmanagerSink needs at least one Alertmanager URL")
@@ -123,6 +126,8 @@ class AlertmanagerSink:
         self._escalated: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
         self._closed = False
+        self.adopt_matchers = None if adopt_matchers is None else list(adopt_matchers)
+        self._adopted = adopt_matchers is None  # nothing to adopt without a scope
         self.background = background
         if background:
             for t in self.targets:
@@ -135,6 +140,8 @@ class AlertmanagerSink:
 
     def send(self, verdicts: Sequence[Verdict]) -> None:
         now = self.clock()
+        if not self._adopted:
+            self.adopt()
         for v in verdicts:
             key = (v.namespace, v.pod)
             if v.stale:
@@ -159,10 +166,61 @@ class AlertmanagerSink:
         self._escalated[key] = reason
         now = self.clock()
         a = self._active.get(key)
-        if a is not None:
+        if verdict is not None and verdict.is_anomaly and verdict.kind in ALERT_NAMES:
+            self._fire(key, verdict, now, seen=a is None)
+        elif a is not None and a.verdict is not None:
             self._fire(key, a.verdict, now, seen=False)
-        elif verdict is not None and verdict.is_anomaly and verdict.kind in ALERT_NAMES:
-            self._fire(key, verdict, now)
+        elif a is not None:  # adopted, no verdict yet: raise what Alertmanager has
+            labels = {**a.labels, "severity": "critical"}
+            if labels != a.labels:
+                self._enqueue(self._payload(a, now, resolved=True))
+            a.labels = labels
+            a.annotations = {**a.annotations, "remediation": reason}
+            self._enqueue(self._payload(a, now, resolved=False))
+            a.last_sent = now
+
+    def adopt(self) -> int:
+        """Takes over the active alerts of a previous podguard run from Alertmanager (the
+        first URL that answers), so they are re-sent and resolved like its own: a pod gone
+        while podguard was down gets its alert resolved after ``gone_after_s``. Only alerts
+        matching ``adopt_matchers`` (this instance's scope, e.g. ``node="n1"`` for a per-node
+        daemon; ``[]``: every podguard alert) are taken. Called by the first ``send`` when a
+        scope was given; returns how many alerts were adopted."""
+        self._adopted = True
+        names = "|".join(ALERT_NAMES.values())
+        filters = [f'alertname=~"{names}"', *(self.adopt_matchers or [])]
+        now = self.clock()
+        for t in self.targets:
+            try:
+                resp = self.session.get(
+                    f"{t.url}/api/v2/alerts",
+                    params={"active": "true", "silenced": "true", "inhibited": "true",
+                            "filter": filters},
+                    timeout=min(self.settings.timeout_s, 3.0))
+                resp.raise_for_status()
+                found = resp.json()
+            except (requests.RequestException, ValueError) as e:
+                log.info("could not adopt alerts from %s: %s", t.url, e)
+                continue
+            n = 0
+            for alert in found if isinstance(found, list) else []:
+                labels = {str(k): str(v) for k, v in (alert.get("labels") or {}).items()}
+                key = (labels.get("namespace", ""), labels.get("pod", ""))
+                if not all(key) or key in self._active:
+                    continue
+                try:
+                    starts = datetime.fromisoformat(
+                        str(alert["startsAt"]).replace("Z", "+00:00")).timestamp()
+                except (KeyError, ValueError):
+                    starts = now
+                self._active[key] = _Active(
+                    labels, {str(k): str(v) for k, v in (alert.get("annotations") or {}).items()},
+                    starts_at=starts, last_sent=now, last_seen=now, verdict=None)
+                n += 1
+            if n:
+                log.info("adopted %d active alert(s) from %s", n, t.url)
+            return n
+        return 0
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
