@@ -74,7 +74,8 @@ class AlertingSettings(_Section):
                                "alerts of a podguard that died expire by themselves, seconds.")
     gone_after_s: float = Field(
         600, gt=0, description="An alert whose pod had no judged verdict for this long is "
-                               "resolved (pod gone or no data), seconds.")
+                               "resolved (pod gone or no data); keep it above windows.step_s, "
+                               "seconds.")
     queue_max: int = Field(
         10000, ge=1, description="Alerts held per Alertmanager while it is unreachable (count); "
                                  "beyond it the oldest are dropped and counted.")
@@ -131,7 +132,8 @@ class RemediationSettings(_Section):
     node_action: Literal["cordon", "taint", "none"] = Field(
         "cordon", description="For node-level causes: cordon the node, or taint it NoSchedule.")
     node_cause_min_pods: int = Field(
-        2, ge=2, description="Flagged pods on one node that make the cause node-level (count).")
+        2, ge=2, description="Pods on one node flagged with pre-failure drift in one "
+                             "evaluation that make the cause node-level (count).")
     avoid_node: bool = Field(
         True, description="For pod-level causes, taint the node PreferNoSchedule while the "
                           "replacement is scheduled, so it lands elsewhere if it can.")
