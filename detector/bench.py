@@ -102,41 +102,46 @@ def bench_replay(pipe: Pipeline, pods: int, hours: float) -> dict[str, float]:
 
 RSS_CHILD = r"""
 import json, resource, sys, time
-import numpy as np
-from detector import scenarios
+def rss():
+    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) * 1024
+start = rss()
 from detector.pipeline import Pipeline
 from detector.replay import make_engine
 from detector.settings import WindowSettings
-from detector.traces import iter_time_chunks
-pods, model = int(sys.argv[1]), (sys.argv[2] or None)
-trace, _ = scenarios.generate(n_pods=pods, hours=4.5, seed=3)
-trace.to_parquet(sys.argv[3])
-del trace
-import gc; gc.collect()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from detector.traces import load_trace
+from detector.traces import iter_time_chunks, load_trace
+model = sys.argv[1] or None
 pipe = Pipeline.load(model)
+loaded = rss()
+trace = load_trace(sys.argv[2])
+with_trace = rss()
 engine = make_engine(WindowSettings())
 t_cpu = time.process_time(); steps = 0
-for t, chunk in iter_time_chunks(load_trace(sys.argv[3]), 60.0):
+for t, chunk in iter_time_chunks(trace, 60.0):
     engine.ingest(chunk); pipe.evaluate(engine.windows(at=t)); steps += 1
 cpu = time.process_time() - t_cpu
-rss = int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) * 1024
-print(json.dumps({"pods": pods, "steps": steps, "rss_bytes": rss,
+print(json.dumps({"steps": steps, "rss_start_bytes": start, "rss_model_loaded_bytes": loaded,
+                  "rss_trace_loaded_bytes": with_trace, "rss_bytes": rss(),
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "cpu_s_per_step": cpu / steps,
+                  "cpu_s_per_step": cpu / steps, "torch_imported": "torch" in sys.modules,
                   "state": engine.state_size()}))
 """
 
 
 def bench_rss(pods: int, model: Path | None) -> dict[str, object]:
+    """RSS of a fresh process that loads the model and runs ``pods`` pods for 4.5 h of trace
+    time; the trace is generated here (by the parent) so its generation does not count."""
     import tempfile
 
+    trace, _ = scenarios.generate(n_pods=pods, hours=4.5, seed=3,
+                                  shapes=scenarios.HEALTHY_SHAPES)
     with tempfile.TemporaryDirectory() as d:
-        out = subprocess.run(
-            [sys.executable, "-c", RSS_CHILD, str(pods), str(model or ""), f"{d}/t.parquet"],
-            capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        path = Path(d) / "t.parquet"
+        trace.to_parquet(path)
+        out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(model or ""), str(path)],
+                             capture_output=True, text=True, check=True)
+    res: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    res["pods"] = pods
+    return res
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -155,9 +160,14 @@ def run_bench(args: argparse.Namespace) -> int:
           f"drift {res['explain']['drift_explanation_ms']:.1f} ms per window", flush=True)  # type: ignore[index]
     r = bench_rss(args.pods, args.model)
     res["node"] = r
-    print(f"node of {args.pods} pods, 4 h windows, step every 60 s: RSS "
-          f"{r['rss_bytes'] / 2**20:.0f} MiB (peak {r['peak_rss_bytes'] / 2**20:.0f} MiB), "  # type: ignore[operator]
-          f"{r['cpu_s_per_step'] * 1000:.0f} ms CPU per step", flush=True)  # type: ignore[operator]
+    mib = {k: float(r[k]) / 2**20  # type: ignore[arg-type]
+           for k in ("rss_model_loaded_bytes", "rss_trace_loaded_bytes", "rss_bytes",
+                     "peak_rss_bytes")}
+    print(f"node of {args.pods} pods, 4 h windows, a step every 60 s: RSS {mib['rss_bytes']:.0f} "
+          f"MiB (model loaded {mib['rss_model_loaded_bytes']:.0f}, + input trace "
+          f"{mib['rss_trace_loaded_bytes']:.0f}, peak {mib['peak_rss_bytes']:.0f}; torch "
+          f"imported: {r['torch_imported']}), "
+          f"{float(r['cpu_s_per_step']) * 1000:.0f} ms CPU per step", flush=True)  # type: ignore[arg-type]
     if args.replay_hours > 0:
         res["replay"] = bench_replay(pipe, args.replay_pods, args.replay_hours)
         rp = res["replay"]
