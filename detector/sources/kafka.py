@@ -27,7 +27,7 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, ServiceUnavailableError
 from detector.settings import KafkaSourceSettings
 from detector.sources.base import Delivery, SourceStatus, next_wait
 from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
@@ -75,6 +75,25 @@ class KafkaSource:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        """Connects (retrying along ``backoff_s``); ServiceUnavailableError if it cannot."""
+        attempts = len(self.settings.backoff_s) + 1
+        for attempt in range(attempts):
+            try:
+                self._connect()
+                return
+            except Exception as e:  # NoBrokersAvailable, connection errors
+                self.close(timeout=1.0)
+                if attempt == attempts - 1:
+                    raise ServiceUnavailableError(
+                        f"Kafka at {', '.join(self.settings.bootstrap_servers)} did not answer "
+                        f"after {attempts} attempts: {e!r}") from e
+                wait = next_wait(self.settings.backoff_s, attempt)
+                self.log.warning("kafka not reachable; retrying",
+                                 extra={"attempt": attempt + 1, "of": attempts,
+                                        "retry_in_s": wait, "error": repr(e)})
+                time.sleep(wait)
+
+    def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         s = self.settings
