@@ -1,7 +1,8 @@
 """``python -m detector.bench_daemon``: the daemon's figures (a benchmark that prints).
 
 1. **Kafka ingest** - samples decoded and folded into windows per CPU second (= per core),
-   for the podguard batch format and the remote-write adapter's one-sample messages:
+   for the podguard batch format (one message per pod scrape, ``batch``, or per node scrape,
+   ``batch_node``) and the remote-write adapter's one-sample messages:
    (a) in-process, from encoded records (decoder + window engine, no network);
    (b) through the real broker when ``--bootstrap`` (or ``PODGUARD_KAFKA_BOOTSTRAP``) is given:
    produced to a fresh topic, then consumed by :class:`~detector.sources.kafka.KafkaSource`
@@ -129,7 +130,7 @@ def bench_ingest_broker(bootstrap: str, pods: int = 110, scrapes: int = 100) -> 
     from detector.windows import WindowEngine
 
     out: dict[str, Any] = {}
-    for fmt in ("batch", "adapter"):
+    for fmt in ("batch_node", "batch", "adapter"):
         topic = f"pg-bench-{uuid.uuid4().hex[:8]}"
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="podguard-bench")
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
@@ -138,8 +139,15 @@ def bench_ingest_broker(bootstrap: str, pods: int = 110, scrapes: int = 100) -> 
                              acks=1, client_id="podguard-bench")
         t0 = time.time() - 15.0 * scrapes
         n_sent = 0
-        for k in range(scrapes if fmt == "batch" else scrapes // 4):
+        for k in range(scrapes if fmt != "adapter" else scrapes // 4):
             t = t0 + 15.0 * k
+            if fmt == "batch_node":  # one message per node scrape (all pods)
+                prod.send(topic, encode_batch([
+                    (m, {"namespace": "ml", "pod": f"pod-{p}", "container": "main",
+                         "node": "n"}, [(t, _value(m, p, t))])
+                    for p in range(pods) for m in METRICS]))
+                n_sent += pods * len(METRICS)
+                continue
             for p in range(pods):
                 labels = {"namespace": "ml", "pod": f"pod-{p}", "container": "main",
                           "node": "n"}
