@@ -151,6 +151,7 @@ def daemon_main(config_path: str) -> int:
     source = PrometheusSource(settings.sources.prometheus, logger=log)
     source.start()
     uids: dict[PodKey, str] = {}
+    cuts: dict[PodKey, float] = {}  # samples before belong to an evicted predecessor
     flagged: set[PodKey] = set()
     last_window = -math.inf
     next_uid_check = 0.0
@@ -164,11 +165,36 @@ def daemon_main(config_path: str) -> int:
             key = PodKey(str(m.namespace), str(m.name))
             if uids.get(key) not in (None, m.uid):
                 log.info("pod %s was recreated (uid %s): its window starts afresh", key, m.uid)
-                engine.drop_pod(key)
-                pipe.forget(key)
-                flagged.discard(key)
+                restart(key, time.time())
             uids[key] = str(m.uid)
 
+    def restart(key: PodKey, at: float) -> None:
+        cuts[key] = max(cuts.get(key, -math.inf), at)
+        engine.drop_pod(key)
+        pipe.forget(key)
+        flagged.discard(key)
+
+    def replaced() -> None:
+        for (ns, name), at in controller.replacements().items():
+            key = PodKey(ns, name)
+            if cuts.get(key, -math.inf) < at:
+                log.info("pod %s was replaced by remediation at %.0f: window starts afresh",
+                         key, at)
+                restart(key, at)
+
+    def fold(columns: dict[str, list[Any]]) -> None:
+        if cuts:
+            keep = [i for i, (ns, pod, ts) in enumerate(zip(
+                columns["namespace"], columns["pod"], columns["timestamp"], strict=True))
+                if ts > cuts.get(PodKey(ns, pod), -math.inf)]
+            columns = {k: [col[i] for i in keep] for k, col in columns.items()}
+        engine.ingest(columns)
+
+    try:
+        controller.reconcile()  # at start: learn remediations done before a restart
+        replaced()
+    except Exception as e:
+        log.warning("first reconcile failed: %s", e)
     try:
         while True:
             now = time.time()
@@ -180,7 +206,7 @@ def daemon_main(config_path: str) -> int:
                 next_uid_check = now + 2.0
             delivery = source.poll(0.0)
             if len(delivery.samples):
-                engine.ingest(delivery.samples.columns())
+                fold(delivery.samples.columns())
             window = engine.window_end(now)
             if window > last_window and math.isfinite(engine.clock):
                 last_window = window
@@ -199,6 +225,7 @@ def daemon_main(config_path: str) -> int:
             am.send([])  # re-sends and resolutions of pods no longer scored
             try:
                 controller.reconcile()
+                replaced()
             except Exception as e:
                 log.warning("reconcile failed: %s", e)
             time.sleep(max(0.0, 1.0 - (time.time() - now)))

@@ -83,6 +83,7 @@ class RemediationController:
         self._follow: dict[WorkloadRef, proto.WorkloadRecord] = {}
         self._next_resync = 0.0
         self._planned: dict[tuple[str, str], float] = {}
+        self._replaced: dict[tuple[str, str], float] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -124,6 +125,8 @@ class RemediationController:
             for ref, rec in records:
                 if rec.phase in ("evicting", "evicted") or (rec.phase == "done" and rec.avoid):
                     self._follow.setdefault(ref, rec)
+                if rec.evicted_at is not None and ref.kind == "StatefulSet":
+                    self._replaced[(rec.namespace, rec.pod)] = float(rec.evicted_at)
             self._next_resync = now + self.settings.resync_s
         selector = f"{self.settings.opt_in_label}=true"
         for pod in self.actuator.list_pods(label_selector=selector):
@@ -143,6 +146,16 @@ class RemediationController:
             except PodguardError as e:
                 log.warning("remediation %s of %s: %s", rec.id, ref, e)
         return self.decisions[mark:]
+
+    def replacements(self) -> dict[tuple[str, str], float]:
+        """Pods recreated (same name) by a remediation, with the eviction time (unix seconds).
+
+        The daemon should start such a pod's window afresh from that time: samples before it
+        belong to the evicted predecessor (Prometheus series of both carry the same
+        namespace/pod/container). Known from this process's evictions and, after a restart,
+        from the workloads' records (``reconcile`` re-lists them at start).
+        """
+        return dict(self._replaced)
 
     # ------------------------------------------------------------------ decisions
 
@@ -356,6 +369,8 @@ class RemediationController:
         result = self.actuator.evict(pod, workload=workload, record=record)
         now = self.clock()
         if result.outcome is Outcome.EVICTED:
+            if workload.kind == "StatefulSet":
+                self._replaced[(str(m.namespace), str(m.name))] = now
             self._write(pod, replace(state, phase="evicted", note=result.detail))
             self._follow[workload] = replace(record, phase="evicted", at=now, evicted_at=now)
             how = ("without a checkpoint (time to OOM below the floor)" if state.forced

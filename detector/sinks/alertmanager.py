@@ -10,7 +10,8 @@ escalated, ``remediation`` (why).
 
 Lifecycle, like Prometheus's own: an active alert is re-sent every ``resend_interval_s`` with
 ``endsAt`` ``resolve_timeout_s`` ahead (alerts of a podguard that died expire by themselves);
-it is resolved (``endsAt`` = now) when the pod's verdict is healthy again, when the pod had no
+it is resolved (``endsAt`` = now) when the pod's verdict is healthy again
+(``healthy_to_resolve`` times in a row), when the pod had no
 judged verdict for ``gone_after_s`` (gone), or when its labels change (new severity: the old
 alert is resolved and the new one fires). After a restart, the first ``send`` adopts the
 podguard alerts of its scope Alertmanager still holds (:meth:`AlertmanagerSink.adopt`), so they
@@ -82,6 +83,7 @@ class _Active:
     last_sent: float
     last_seen: float
     verdict: Verdict | None  # None: adopted from Alertmanager after a restart
+    healthy: int = 0  # consecutive healthy verdicts since the last positive one
 
 
 @dataclass
@@ -149,7 +151,11 @@ class AlertmanagerSink:
             if v.is_anomaly and v.kind in ALERT_NAMES:
                 self._fire(key, v, now)
             elif key in self._active:
-                self._resolve(key, now, "healthy again")
+                a = self._active[key]
+                a.healthy += 1
+                a.last_seen = now
+                if a.healthy >= self.settings.healthy_to_resolve:
+                    self._resolve(key, now, "healthy again")
         for key, a in list(self._active.items()):
             if now - a.last_seen > self.settings.gone_after_s:
                 silent = format_duration(now - a.last_seen)
@@ -348,6 +354,7 @@ class AlertmanagerSink:
         a.annotations, a.verdict = ann, v
         if seen:
             a.last_seen = now
+            a.healthy = 0
         if changed or now - a.last_sent >= self.settings.resend_interval_s:
             self._enqueue(self._payload(a, now, resolved=False))
             a.last_sent = now
