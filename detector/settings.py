@@ -76,6 +76,9 @@ class AlertingSettings(_Section):
         600, gt=0, description="An alert whose pod had no judged verdict for this long is "
                                "resolved (pod gone or no data); keep it above windows.step_s, "
                                "seconds.")
+    healthy_to_resolve: int = Field(
+        2, ge=1, description="Consecutive healthy verdicts that resolve an alert (count); as "
+                             "detection.confirm_steps, so a restarted podguard does not flap.")
     queue_max: int = Field(
         10000, ge=1, description="Alerts held per Alertmanager while it is unreachable (count); "
                                  "beyond it the oldest are dropped and counted.")
