@@ -77,7 +77,7 @@ def latest_checkpoint(directory: str | Path) -> CheckpointInfo | None:
     return info if info.path.is_file() else None
 
 
-def torch_saver(state: Callable[[], Any]) -> Callable[[Path], None]:
+def torch_saver(state: Callable[[], Any]) -> Callable[[Path], object]:
     """A save function writing ``state()`` with ``torch.save`` (torch imported on use)."""
     def save(path: Path) -> None:
         import torch
@@ -191,7 +191,7 @@ class CheckpointResponder:
     # ------------------------------------------------------------------ answering
 
     def save_and_acknowledge(self, request: proto.CheckpointRequest,
-                             save: Callable[[Path], None], *, step: int) -> Path:
+                             save: Callable[[Path], object], *, step: int) -> Path:
         """Saves (atomically), records ``latest.json``, then acknowledges ``request``."""
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"ckpt-{step:09d}-{request.id}.pt"
@@ -232,7 +232,7 @@ class CheckpointResponder:
                             len(delays) + 1)
                 self.sleep(delays[attempt - 1])
 
-    def maybe_checkpoint(self, save: Callable[[Path], None], *, step: int) -> bool:
+    def maybe_checkpoint(self, save: Callable[[Path], object], *, step: int) -> bool:
         """Call once per completed step: saves and acknowledges a pending request.
         True when it did (the pod will be evicted: call :meth:`hold`)."""
         req = self.pending()
