@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podguard-installed
 
-.PHONY: demo test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean
+.PHONY: demo demo-replay test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean
 
 # The virtual environment is built once from the exact lock and reused: torch is a
 # multi-GB download, so it is only reinstalled when requirements.lock changes.
@@ -35,8 +35,13 @@ test: prepare lint
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not stack"
 
-# The main job on the embedded default.
+# The main job on the embedded default: `podguard run` with no configuration (real training
+# loops, one leaking, sampled from /proc), for 150 s, then a summary.
 demo: $(STAMP)
+	$(PY) -m detector run --duration 150
+
+# The detection core on the shipped scenario set, replayed causally, with a timeline plot.
+demo-replay: $(STAMP)
 	$(PY) -m detector demo
 
 bench: $(STAMP)

@@ -72,6 +72,11 @@ class Pipeline:
         """Drops the debouncing state of a pod that vanished."""
         self._pods.pop(key, None)
 
+    def adopt_state(self, previous: Pipeline) -> None:
+        """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps
+        the streaks, so a reload neither re-delays nor repeats a verdict)."""
+        self._pods = previous._pods
+
     def known_pods(self) -> list[PodKey]:
         return list(self._pods)
 

@@ -62,7 +62,7 @@ class ModelWatcher:
             loaded, failed = self._loaded, self._failed
             self._loaded = self._failed = None
         if loaded is not None:
-            loaded._pods = current._pods  # keep the debouncing state (streaks) per pod
+            loaded.adopt_state(current)  # keep the debouncing state (streaks) per pod
             self.reloads_ok += 1
             self.log.info("model reloaded", extra={"from": current.version,
                                                     "to": loaded.version})
