@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +49,8 @@ from detector.remediation.checkpoint import (
     parse_downward_annotations,
 )
 from detector.remediation.controller import Decision, RemediationController
-from detector.settings import RemediationSettings
+from detector.settings import AlertingSettings, RemediationSettings
+from detector.sinks.k8s_events import KubernetesEventSink, PodContainers, pick_container
 from detector.verdicts import Explanation, Verdict
 from tests.support.k8s_fixtures import Kube
 
@@ -484,6 +486,47 @@ def test_owner_is_a_statefulset_or_a_job_only(kube: Kube, ns: Namespace) -> None
     assert owner_of(rs) is None
 
 
+# =========================================================================== Events sink
+
+
+def test_events_sink_tells_the_story_on_the_pod(kube: Kube, ns: Namespace) -> None:
+    pod = ns.statefulset("story")[0]
+    fake = FakeTime()
+    act = Actuator(kube.api, settings=remediation(), clock=fake.clock)
+    sink = KubernetesEventSink(act, settings=AlertingSettings(event_interval_s=600),
+                               background=False)
+    v = leak(pod)
+    sink.send([v])
+    assert sink.flush(10)
+    [ev] = ns.events(uid_of(pod))
+    assert ev.reason == "MemoryLeakDetected" and ev.type == "Warning"
+    assert str(ev.message).startswith("working set +100 MiB/h for 3 h; time to OOM ~5 h")
+    now = ns.pod(name_of(pod))
+    assert now is not None and now.metadata is not None
+    got = proto.parse_verdict((now.metadata.annotations or {})[proto.VERDICT])
+    assert got is not None and got.kind == "memory_leak" and got.time_to_oom_s == 5 * 3600.0
+    assert got.explanation is not None and got.explanation.features == {
+        "mem_working_set.slope": 0.5}
+    fake.now += 60
+    sink.send([leak(pod)])  # still flagged, within the interval: nothing new
+    assert sink.flush(10) and len(ns.events(uid_of(pod))) == 1
+    healthy = dc_replace(v, is_anomaly=False, kind="none", time_to_oom_s=None,
+                         explanation=None)
+    sink.send([healthy])
+    assert sink.flush(10)
+    assert sorted(ns.reasons(uid_of(pod))) == ["AnomalyCleared", "MemoryLeakDetected"]
+    sink.send([dc_replace(v, pod="no-such-pod")])  # vanished pods are skipped
+    assert sink.flush(10) and sink.errors == 0
+    sink.close()
+    assert PodContainers(act)(ns.name, name_of(pod)) == "main"
+    two = client.V1Pod(spec=client.V1PodSpec(containers=[
+        client.V1Container(name="sidecar", resources=client.V1ResourceRequirements(
+            limits={"memory": "128Mi"})),
+        client.V1Container(name="trainer", resources=client.V1ResourceRequirements(
+            limits={"memory": "2Gi"}))]))
+    assert pick_container(two) == "trainer"
+
+
 # =========================================================================== controller
 
 
@@ -567,24 +610,26 @@ def test_unacknowledged_request_blocks_and_escalates_until_the_oom_floor_forces_
     fake.now += 60
     assert actions(ctl.reconcile(), pod) == []
     fake.now += 61
-    [d] = [d for d in ctl.reconcile() if d.pod == name_of(pod)]
+    [d] = [d for d in ctl.reconcile() if (d.namespace, d.pod) == (ns.name, name_of(pod))]
     assert d.action == "CheckpointNotAcknowledged" and "not evicting" in d.message
     assert escalated and escalated[0][:2] == (ns.name, name_of(pod))
     assert "not acknowledged within 2 min" in escalated[0][2]
     fake.now += 30
     assert actions(ctl.reconcile(), pod) == [] and len(escalated) == 2  # idempotent
     ctl.handle([leak(pod, tto=300.0)])  # now it dies anyway within the floor
-    decisions = [d for d in ctl.reconcile() if d.pod == name_of(pod)]
-    assert [d.action for d in decisions] == ["EvictingWithoutCheckpoint", "Evicted"]
+    decisions = [d for d in ctl.reconcile() if (d.namespace, d.pod) == (ns.name, name_of(pod))]
+    assert [d.action for d in decisions][:2] == ["EvictingWithoutCheckpoint", "Evicted"]
     assert "below the floor" in decisions[0].message
     assert ns.reasons(uid_of(pod)).count("Evicted") == 1
+    seen = [d.action for d in decisions[2:]]  # the replacement may run at once (kwok)
 
-    def replaced() -> list[str]:
+    def replaced() -> bool:
         fake.now += 1
-        return actions(ctl.reconcile(), pod)
+        seen.extend(actions(ctl.reconcile(), pod))
+        return "Rescheduled" in seen
 
-    assert wait_for(replaced, timeout=60, what="the replacement running") == [
-        "Rescheduled", "Rescheduled"]
+    wait_for(replaced, timeout=60, what="the replacement running")
+    assert seen == ["Rescheduled", "Rescheduled"]  # on the new pod and on the StatefulSet
     rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
     assert rec is not None and rec.phase == "done" and rec.forced and rec.checkpoint is None
 
@@ -613,7 +658,7 @@ def test_eviction_blocked_by_a_pdb_is_retried_and_a_stale_checkpoint_is_asked_ag
         (ns.pod(name_of(pod)).metadata.annotations or {})[proto.STATE])  # type: ignore[union-attr]
     assert state is not None and state.attempts == 2 and not state.forced
     fake.now += 300  # the acknowledged checkpoint is now stale: ask for a fresh one
-    [d] = [d for d in ctl.reconcile() if d.pod == name_of(pod)]
+    [d] = [d for d in ctl.reconcile() if (d.namespace, d.pod) == (ns.name, name_of(pod))]
     assert d.action == "CheckpointRequested" and "again" in d.message
     again = responder.pending(force=True)
     assert again is not None and again.id == req.id.rsplit(".", 1)[0] + ".2"

@@ -774,6 +774,9 @@ def test_leak_is_detected_and_the_alert_with_its_explanation_reaches_alertmanage
     ev = e2e.wait(lambda: e2e.events("happy", "MemoryLeakDetected"), timeout=60,
                   what="the MemoryLeakDetected Event")
     assert ev[0].type == "Warning" and "working set" in str(ev[0].message)
+    latest = proto.parse_verdict(e2e.annotations("happy").get(proto.VERDICT))
+    if latest is not None:  # the pod may be evicted (and replaced) already
+        assert latest.kind == "memory_leak" and latest.is_anomaly
 
 
 def test_checkpoint_then_reschedule_on_another_node_resumes_at_the_saved_step(

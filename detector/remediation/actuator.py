@@ -402,11 +402,11 @@ class Actuator:
 
     def seed_budgets(self, records: list[tuple[WorkloadRef, proto.WorkloadRecord]]) -> None:
         """Counts evictions recorded on workloads (after a restart) against the budgets."""
-        known = {e[3] for e in self._evictions}
+        known = {(e[2], e[3]) for e in self._evictions}
         for ref, rec in records:
-            if rec.evicted_at is not None and rec.id not in known:
+            if rec.evicted_at is not None and (ref.namespace, rec.id) not in known:
                 self._evictions.append((float(rec.evicted_at), rec.node, ref.namespace, rec.id))
-                known.add(rec.id)
+                known.add((ref.namespace, rec.id))
 
     def budget_refusal(self, *, node: str, namespace: str) -> str | None:
         """Why the budgets forbid one more eviction now (None: allowed)."""

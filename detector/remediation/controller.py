@@ -375,9 +375,11 @@ class RemediationController:
             self._follow[workload] = replace(record, phase="evicted", at=now, evicted_at=now)
             how = ("without a checkpoint (time to OOM below the floor)" if state.forced
                    else f"after checkpoint {state.checkpoint}")
+            away = (f"; node {node} is tainted {proto.RESCHEDULING}:PreferNoSchedule until the "
+                    f"replacement runs" if avoid else "")
             self._decide(ref, "Evicted",
                          f"evicted from node {node} through the Eviction API {how}; "
-                         f"{workload} recreates it (remediation {state.id}, {state.kind})",
+                         f"{workload} recreates it (remediation {state.id}, {state.kind}){away}",
                          warning=True, remediation_id=state.id)
             return
         if avoid:
