@@ -211,7 +211,9 @@ class Actuator:
         sleep: Callable[[float], None] = time.sleep,
         component: str = "podguard",
         plan_stream: IO[str] | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
+        self.log = logger if logger is not None else log
         self.api = api
         self.settings = settings
         self.dry_run = settings.dry_run if dry_run is None else dry_run
@@ -249,14 +251,14 @@ class Actuator:
                     raise err2 from e
                 err, cause = err2, e
             delay = max(delays[attempt - 1], err.delay or 0.0)
-            log.warning("%s failed (%s); attempt %d/%d, retrying in %.1f s",
+            self.log.warning("%s failed (%s); attempt %d/%d, retrying in %.1f s",
                         what, cause, attempt, attempts, delay)
             self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _plan(self, text: str) -> None:
         self.planned.append(text)
-        log.info("DRY-RUN: %s", text)
+        self.log.info("DRY-RUN: %s", text)
         self.plan_stream.write(f"DRY-RUN: {text}\n")
         self.plan_stream.flush()
 
@@ -381,7 +383,7 @@ class Actuator:
             got = self.call(f"annotate pod {namespace}/{name}", self.core.patch_namespaced_pod,
                             name, namespace, {"metadata": meta})
         except (ConflictError, NotFoundError) as e:
-            log.info("annotate pod %s/%s: %s", namespace, name, e)
+            self.log.info("annotate pod %s/%s: %s", namespace, name, e)
             return None
         return str(got.metadata.resource_version) if got.metadata is not None else ""
 

@@ -120,10 +120,12 @@ class CheckpointResponder:
                  api: client.ApiClient | None = None, annotations_file: str | Path | None = None,
                  poll_interval_s: float = 2.0, hold_s: float = 600.0,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 logger: logging.Logger | None = None) -> None:
         if api is None and annotations_file is None:
             raise ValueError("CheckpointResponder needs an API client (to acknowledge) or "
                              "an annotations file")
+        self.log = logger if logger is not None else log
         self.namespace = namespace
         self.pod = pod
         self.directory = Path(directory)
@@ -177,7 +179,7 @@ class CheckpointResponder:
         try:
             ann = self.annotations()
         except Exception as e:  # the training must go on if the API is unreachable
-            log.warning("cannot read the pod's annotations: %s", e)
+            self.log.warning("cannot read the pod's annotations: %s", e)
             return None
         req = proto.CheckpointRequest.parse(ann.get(proto.REQUEST))
         if req is None or req.id in self._answered:
@@ -211,7 +213,7 @@ class CheckpointResponder:
         self.acknowledge(ack)
         self._answered.add(request.id)
         self.last_ack = ack
-        log.info("checkpoint %s saved at step %d for request %s", final, step, request.id)
+        self.log.info("checkpoint %s saved at step %d for request %s", final, step, request.id)
         return final
 
     def acknowledge(self, ack: proto.CheckpointAck) -> None:
@@ -228,7 +230,7 @@ class CheckpointResponder:
             except Exception as e:
                 if attempt > len(delays):
                     raise
-                log.warning("acknowledging %s failed (%s); attempt %d/%d", ack.id, e, attempt,
+                self.log.warning("acknowledging %s failed (%s); attempt %d/%d", ack.id, e, attempt,
                             len(delays) + 1)
                 self.sleep(delays[attempt - 1])
 

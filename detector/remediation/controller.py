@@ -73,7 +73,9 @@ class RemediationController:
     """Checkpoint-then-reschedule (see the module docstring)."""
 
     def __init__(self, actuator: Actuator, *, settings: RemediationSettings,
-                 escalate: Escalate | None = None) -> None:
+                 escalate: Escalate | None = None,
+                 logger: logging.Logger | None = None) -> None:
+        self.log = logger if logger is not None else log
         self.actuator = actuator
         self.settings = settings
         self.escalate = escalate
@@ -110,7 +112,7 @@ class RemediationController:
                         if self._start(v, "node" if v.node in sick else "pod"):
                             break
                 except PodguardError as e:
-                    log.warning("remediation of %s/%s not started: %s", v.namespace, v.pod, e)
+                    self.log.warning("remediation of %s/%s not started: %s", v.namespace, v.pod, e)
         return self.decisions[mark:]
 
     def reconcile(self) -> list[Decision]:
@@ -139,12 +141,12 @@ class RemediationController:
             try:
                 self._advance(pod, state)
             except PodguardError as e:
-                log.warning("remediation %s of %s/%s: %s", state.id, m.namespace, m.name, e)
+                self.log.warning("remediation %s of %s/%s: %s", state.id, m.namespace, m.name, e)
         for ref, rec in list(self._follow.items()):
             try:
                 self._follow_up(ref, rec)
             except PodguardError as e:
-                log.warning("remediation %s of %s: %s", rec.id, ref, e)
+                self.log.warning("remediation %s of %s: %s", rec.id, ref, e)
         return self.decisions[mark:]
 
     def replacements(self) -> dict[tuple[str, str], float]:
@@ -163,11 +165,12 @@ class RemediationController:
                 pod: str = "", remediation_id: str = "") -> None:
         d = Decision(obj.namespace, pod or obj.name, reason, message, remediation_id)
         self.decisions.append(d)
-        log.info("%s %s/%s: %s", reason, obj.namespace, obj.name, message)
+        self.log.info("%s %s/%s: %s", reason, obj.namespace, obj.name, message)
         try:
             self.actuator.event(obj, reason, message, warning=warning)
         except PodguardError as e:
-            log.warning("could not record Event %s on %s %s: %s", reason, obj.kind, obj.name, e)
+            self.log.warning("could not record Event %s on %s %s: %s", reason, obj.kind,
+                             obj.name, e)
 
     def _start(self, v: Verdict, cause: str) -> bool:
         """Starts a remediation for ``v``'s pod if allowed; False only on a write conflict."""
@@ -407,7 +410,7 @@ class RemediationController:
         try:
             self.escalate(namespace, pod, why, latest)
         except Exception as e:  # a sink's problem must not stop remediation
-            log.warning("escalation of %s/%s failed: %s", namespace, pod, e)
+            self.log.warning("escalation of %s/%s failed: %s", namespace, pod, e)
 
     # ------------------------------------------------------------------ after the eviction
 

@@ -111,10 +111,12 @@ class AlertmanagerSink:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] | None = None,
                  background: bool = True, generator_url: str = "",
-                 adopt_matchers: Sequence[str] | None = None) -> None:
+                 adopt_matchers: Sequence[str] | None = None,
+                 logger: logging.Logger | None = None) -> None:
         urls = list(settings.alertmanager_urls if urls is None else urls)
         if not urls:
             raise ValueError("AlertmanagerSink needs at least one Alertmanager URL")
+        self.log = logger if logger is not None else log
         self.settings = settings
         self.container_of = container_of
         self.clock = clock
@@ -206,7 +208,7 @@ class AlertmanagerSink:
                 resp.raise_for_status()
                 found = resp.json()
             except (requests.RequestException, ValueError) as e:
-                log.info("could not adopt alerts from %s: %s", t.url, e)
+                self.log.info("could not adopt alerts from %s: %s", t.url, e)
                 continue
             n = 0
             for alert in found if isinstance(found, list) else []:
@@ -224,7 +226,7 @@ class AlertmanagerSink:
                     starts_at=starts, last_sent=now, last_seen=now, verdict=None)
                 n += 1
             if n:
-                log.info("adopted %d active alert(s) from %s", n, t.url)
+                self.log.info("adopted %d active alert(s) from %s", n, t.url)
             return n
         return 0
 
@@ -290,7 +292,7 @@ class AlertmanagerSink:
             try:
                 container = self.container_of(v.namespace, v.pod)
             except Exception as e:  # a lookup problem must not lose the alert
-                log.warning("container of %s/%s unknown: %s", v.namespace, v.pod, e)
+                self.log.warning("container of %s/%s unknown: %s", v.namespace, v.pod, e)
         labels = {
             "alertname": ALERT_NAMES[v.kind], "namespace": v.namespace, "pod": v.pod,
             "container": container or "", "node": v.node,
@@ -348,7 +350,7 @@ class AlertmanagerSink:
             a = _Active(labels, ann, starts_at=min(v.ts, now), last_sent=-math.inf,
                         last_seen=now, verdict=v)
             self._active[key] = a
-            log.info("alert %s %s/%s fires (%s)", labels["alertname"], *key,
+            self.log.info("alert %s %s/%s fires (%s)", labels["alertname"], *key,
                      labels.get("severity"))
         changed = a.annotations != ann
         a.annotations, a.verdict = ann, v
@@ -362,7 +364,7 @@ class AlertmanagerSink:
     def _resolve(self, key: tuple[str, str], now: float, why: str) -> None:
         a = self._active.pop(key)
         self._escalated.pop(key, None)
-        log.info("alert %s %s/%s resolved: %s", a.labels["alertname"], *key, why)
+        self.log.info("alert %s %s/%s resolved: %s", a.labels["alertname"], *key, why)
         self._enqueue(self._payload(a, now, resolved=True))
 
     def _payload(self, a: _Active, now: float, *, resolved: bool) -> dict[str, Any]:
@@ -384,7 +386,7 @@ class AlertmanagerSink:
                 while len(t.pending) > self.settings.queue_max:
                     t.pending.popitem(last=False)
                     t.dropped += 1
-                    log.warning("alert queue of %s full (%d): dropped the oldest alert",
+                    self.log.warning("alert queue of %s full (%d): dropped the oldest alert",
                                 t.url, self.settings.queue_max)
                 t.idle.clear()
             t.wake.set()
@@ -423,18 +425,18 @@ class AlertmanagerSink:
             try:
                 self._post(t.url, [a for _, a in batch])
             except PermanentError as e:
-                log.error("%s; dropping %d alert(s)", e, len(batch))
+                self.log.error("%s; dropping %d alert(s)", e, len(batch))
                 self._take(t, batch)
                 t.rejected += len(batch)
                 continue
             except TemporaryError as e:
                 t.failures += 1
                 if attempt >= attempts:
-                    log.warning("%s; attempt %d/%d: giving up this round, %d alert(s) stay "
+                    self.log.warning("%s; attempt %d/%d: giving up this round, %d alert(s) stay "
                                 "queued", e, attempt, attempts, len(t.pending))
                     return False
                 delay = max(delays[attempt - 1], e.delay or 0.0)
-                log.warning("%s; attempt %d/%d, retrying in %.1f s", e, attempt, attempts,
+                self.log.warning("%s; attempt %d/%d, retrying in %.1f s", e, attempt, attempts,
                             delay)
                 attempt += 1
                 if self._wait(delay):
@@ -461,7 +463,7 @@ class AlertmanagerSink:
             try:
                 ok = self.deliver(t)
             except Exception:  # never let the thread die: the queue would stop draining
-                log.exception("delivery to %s failed", t.url)
+                self.log.exception("delivery to %s failed", t.url)
                 ok = False
             if not ok and not self._stop.is_set():
                 t.idle.set()

@@ -63,7 +63,9 @@ class KubernetesEventSink:
     name = "kubernetes-events"
 
     def __init__(self, actuator: Actuator, *, settings: AlertingSettings,
-                 background: bool = True, queue_max: int = 10000) -> None:
+                 background: bool = True, queue_max: int = 10000,
+                 logger: logging.Logger | None = None) -> None:
+        self.log = logger if logger is not None else log
         self.actuator = actuator
         self.settings = settings
         self.clock = actuator.clock
@@ -140,10 +142,10 @@ class KubernetesEventSink:
                 self.written += 1
             except PermanentError as e:
                 self.errors += 1
-                log.error("cannot write the verdict of %s/%s: %s", *key, e)
+                self.log.error("cannot write the verdict of %s/%s: %s", *key, e)
             except PodguardError as e:  # temporary: keep it unless a newer one came
                 self.errors += 1
-                log.warning("verdict of %s/%s not written yet: %s", *key, e)
+                self.log.warning("verdict of %s/%s not written yet: %s", *key, e)
                 with self._lock:
                     self._pending.setdefault(key, v)
                 return
@@ -182,7 +184,7 @@ class KubernetesEventSink:
             try:
                 self.write_pending()
             except Exception:  # never let the thread die
-                log.exception("writing verdicts to Kubernetes failed")
+                self.log.exception("writing verdicts to Kubernetes failed")
             with self._lock:
                 if not self._pending:
                     self._idle.set()
