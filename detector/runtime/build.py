@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -93,28 +94,38 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
                           real_seconds=real_seconds) if rt.remediation_dry_run else None
         return sinks, hook
     am: Any = None
-    if settings.alerting.alertmanager_urls:
-        from detector.sinks.alertmanager import AlertmanagerSink
-
-        am = AlertmanagerSink(settings=settings.alerting)
-        sinks.append(am)
-    hook = None
-    if settings.alerting.kubernetes_events or settings.remediation.enabled:
+    api: Any = None
+    actuator: Any = None
+    if settings.alerting.kubernetes_events or settings.remediation.enabled or \
+            settings.alerting.alertmanager_urls:
         api = _kube_api(logger)
         if api is not None:
             from detector.remediation.actuator import Actuator
 
             actuator = Actuator(api, settings=settings.remediation,
                                 event_interval_s=settings.alerting.event_interval_s)
-            if settings.alerting.kubernetes_events:
-                from detector.sinks.k8s_events import KubernetesEventSink
+    if settings.alerting.alertmanager_urls:
+        from detector.sinks.alertmanager import AlertmanagerSink
 
-                sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
-            if settings.remediation.enabled:
-                from detector.remediation.controller import RemediationController
+        container_of = None
+        if actuator is not None:
+            from detector.sinks.k8s_events import PodContainers
 
-                hook = RemediationController(actuator, settings=settings.remediation,
-                                             escalate=am.escalate if am is not None else None)
+            container_of = PodContainers(actuator)
+        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        am = AlertmanagerSink(settings=settings.alerting, container_of=container_of,
+                              adopt_matchers=[f'node="{node}"'] if node else None)
+        sinks.append(am)
+    hook = None
+    if actuator is not None and settings.alerting.kubernetes_events:
+        from detector.sinks.k8s_events import KubernetesEventSink
+
+        sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
+    if actuator is not None and settings.remediation.enabled:
+        from detector.remediation.controller import RemediationController
+
+        hook = RemediationController(actuator, settings=settings.remediation,
+                                     escalate=am.escalate if am is not None else None)
     return sinks, hook
 
 

@@ -34,7 +34,7 @@ from detector.settings import Settings
 from detector.sinks.base import Sink
 from detector.sources.base import Delivery, Source
 from detector.verdicts import Verdict
-from detector.windows import WindowEngine
+from detector.windows import PodKey, WindowEngine
 
 from .hooks import RemediationHook
 from .metrics import DaemonMetrics, StateView
@@ -62,6 +62,9 @@ class RunSummary:
     first: dict[tuple[str, str], Detection] = field(default_factory=dict)
     model_versions: list[str] = field(default_factory=list)
     stop_reason: str = ""
+
+
+HOUSEKEEPING_S = 5.0  # seconds between housekeeping passes (reconcile, re-sends)
 
 
 class Daemon:
@@ -96,6 +99,9 @@ class Daemon:
         self.view.source = source.name
         self.view.source_status = source.status
         self.on_verdicts: list[Callable[[list[Verdict]], None]] = []  # tests, benchmark
+        self.housekeeping_s = HOUSEKEEPING_S
+        self._housekeeping_at = monotonic()
+        self._replaced: dict[tuple[str, str], float] = {}
 
     # ------------------------------------------------------------------ probes
 
@@ -151,6 +157,9 @@ class Daemon:
             timeout = min(timeout, (due - now) / scale)
         delivery = self.source.poll(max(0.0, timeout))
         self.fold(delivery)
+        if self.monotonic() >= self._housekeeping_at:
+            self.housekeeping()
+            self._housekeeping_at = self.monotonic() + self.housekeeping_s
         now = self.source.now()
         if now >= due:
             return self.evaluate(now)
@@ -226,9 +235,6 @@ class Daemon:
         if self.remediation is not None:
             try:
                 self.remediation.handle(verdicts)
-                reconcile = getattr(self.remediation, "reconcile", None)
-                if callable(reconcile):
-                    reconcile()
             except Exception as e:
                 self.log.error("remediation hook failed", extra={"error": repr(e)})
         if tokens:
@@ -240,6 +246,39 @@ class Daemon:
         if self.models is not None:
             self._maybe_reload()
         return verdicts
+
+    def housekeeping(self) -> None:
+        """Every few seconds, between scoring steps: the remediation controller's next step
+        (checkpoint acknowledged? evict now?), Alertmanager re-sends and resolutions of pods
+        that are gone, and a fresh window for a pod a remediation recreated under the same
+        name (its predecessor's samples must not be judged as its own)."""
+        for sink in self.sinks:
+            if sink.name == "alertmanager":
+                try:
+                    sink.send([])
+                except Exception as e:
+                    self.metrics.sink_errors.labels(sink.name).inc()
+                    self.log.error("sink housekeeping failed", extra={"sink": sink.name,
+                                                                      "error": repr(e)})
+        if self.remediation is None:
+            return
+        try:
+            reconcile = getattr(self.remediation, "reconcile", None)
+            if callable(reconcile):
+                reconcile()
+            replacements = getattr(self.remediation, "replacements", None)
+            if callable(replacements):
+                for key, evicted_at in replacements().items():
+                    if self._replaced.get(key) == evicted_at:
+                        continue
+                    self._replaced[key] = evicted_at
+                    pod = PodKey(*key)
+                    self.engine.drop_pod(pod)
+                    self.pipeline.forget(pod)
+                    self.log.info("window restarted for a recreated pod",
+                                  extra={"namespace": key[0], "pod": key[1]})
+        except Exception as e:
+            self.log.error("remediation housekeeping failed", extra={"error": repr(e)})
 
     def _after(self, verdicts: list[Verdict], shown: list[Verdict], end: float) -> None:
         s = self.summary
