@@ -31,6 +31,7 @@ from deploy.local.stack import (
     foreign_instances,
     http,
     http_json,
+    process_status,
     read_record,
     reuse_port,
     write_record,
@@ -114,18 +115,9 @@ class Alertmanager:
         _proc.stop(self.name, state, grace=10.0)
 
     def status(self, state: Path) -> list[ServiceStatus]:
-        pid = _proc.pid_of(self.name, state)
-        alive = _proc.alive(pid)
-        rec = read_record(state, self.name)
-        ready = alive and self._ready(state)
-        detail = str(rec.get("version", ""))
-        if not alive:
-            detail = "not running" if rec else "never started"
-        elif not ready:
-            detail = f"API not answering (log: {state / (self.name + '.log')})"
-        return [ServiceStatus(self.name, str(rec.get("url", "")), ready,
-                              pid if alive else None, _proc.rss_bytes(pid) if alive else None,
-                              detail)]
+        return [process_status(self.name, state, ready=lambda: self._ready(state),
+                               url=lambda rec: str(rec.get("url", "")),
+                               not_ready="API not answering")]
 
     def env(self, state: Path) -> dict[str, str]:
         url = self.url(state)

@@ -33,7 +33,14 @@ from pathlib import Path
 from deploy.local import _proc
 from deploy.local._proc import LOOPBACK, StackError, cache_dir
 from deploy.local._service import ServiceStatus
-from deploy.local.stack import atomic_write, locked, read_record, reuse_port, write_record
+from deploy.local.stack import (
+    atomic_write,
+    locked,
+    process_status,
+    read_record,
+    reuse_port,
+    write_record,
+)
 
 KAFKA_VERSION = os.environ.get("PODGUARD_KAFKA_VERSION", "4.4.0")
 """Kafka version resolved from Maven Central (4.x; its broker needs Java 17 or newer)."""
@@ -186,18 +193,9 @@ class Kafka:
         _proc.stop(self.name, state, grace=60.0)
 
     def status(self, state: Path) -> list[ServiceStatus]:
-        pid = _proc.pid_of(self.name, state)
-        alive = _proc.alive(pid)
-        rec = read_record(state, self.name)
-        ready = alive and self._ready(state)
-        detail = str(rec.get("version", ""))
-        if not alive:
-            detail = "not running" if rec else "never started"
-        elif not ready:
-            detail = f"no metadata answer (log: {state / (self.name + '.log')})"
-        url = f"kafka://{rec['bootstrap']}" if "bootstrap" in rec else ""
-        return [ServiceStatus(self.name, url, ready, pid if alive else None,
-                              _proc.rss_bytes(pid) if alive else None, detail)]
+        return [process_status(
+            self.name, state, ready=lambda: self._ready(state), not_ready="no metadata answer",
+            url=lambda rec: f"kafka://{rec['bootstrap']}" if "bootstrap" in rec else "")]
 
     def env(self, state: Path) -> dict[str, str]:
         b = self.bootstrap(state)

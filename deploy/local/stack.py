@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from deploy.local import _proc
 from deploy.local._proc import LOOPBACK, StackError, cache_dir, free_port
 from deploy.local._service import Service, ServiceStatus
 
@@ -182,6 +183,23 @@ def read_record(state: Path, name: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def process_status(name: str, state: Path, *, ready: Callable[[], bool],
+                   url: Callable[[dict[str, Any]], str], not_ready: str) -> ServiceStatus:
+    """The status line of a one-process service: alive (by its recorded PID), ready (a real
+    request answered: ``ready()``), its URL from its record, and why it is not ready."""
+    pid = _proc.pid_of(name, state)
+    alive = _proc.alive(pid)
+    rec = read_record(state, name)
+    is_ready = alive and ready()
+    detail = str(rec.get("version", ""))
+    if not alive:
+        detail = "not running" if rec else "never started"
+    elif not is_ready:
+        detail = f"{not_ready} (log: {state / (name + '.log')})"
+    return ServiceStatus(name, url(rec), is_ready, pid if alive else None,
+                         _proc.rss_bytes(pid) if alive else None, detail)
 
 
 def write_record(state: Path, name: str, record: Mapping[str, Any]) -> None:
