@@ -1,9 +1,11 @@
-"""Explanations: exact Shapley, expected gradients, TreeSHAP additivity, fault attribution, text."""
+"""Explanations: exact Shapley, expected gradients (numpy, checked against torch.autograd and
+shap.GradientExplainer), TreeSHAP additivity, fault attribution, text."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from detector.errors import InputError
 from detector.explain import (
+    LeafPaths,
+    TreeArrays,
     describe,
     exact_shapley,
     expected_gradients,
@@ -20,8 +24,8 @@ from detector.explain import (
     format_bytes,
     format_duration,
     format_rate,
-    gradient_explainer_reference,
     human_name,
+    path_dependent_tree_shap,
     rescale_attribution,
 )
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
@@ -85,6 +89,43 @@ def test_exact_shapley_refuses_large_or_mismatched_inputs() -> None:
 # --------------------------------------------------------------------------- gradients
 
 
+def _torch_expected_gradients(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: np.ndarray,
+    background: np.ndarray,
+    n_steps: int,
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """The reference: expected gradients of a torch function through ``torch.autograd`` (the
+    implementation podguard used before its numpy backward pass), in float64."""
+    xa = torch.from_numpy(np.atleast_2d(np.asarray(x, dtype=np.float64)))
+    bg = torch.from_numpy(np.atleast_2d(np.asarray(background, dtype=np.float64)))
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    alpha = torch.from_numpy(0.5 * (nodes + 1.0))
+    weight = torch.from_numpy(0.5 * weights)
+    with torch.no_grad():
+        base = float(fn(bg).reshape(-1).mean())
+        fx = fn(xa).reshape(-1).numpy()
+    delta = xa[:, None, :] - bg[None, :, :]  # (n, b, d)
+    points = bg[None, :, None, :] + alpha[None, None, :, None] * delta[:, :, None, :]
+    points = points.reshape(-1, xa.shape[1]).requires_grad_(True)
+    (grad,) = torch.autograd.grad(fn(points).reshape(-1).sum(), points)
+    grad = grad.reshape(xa.shape[0], bg.shape[0], n_steps, xa.shape[1])
+    integral = (grad * weight[None, None, :, None]).sum(dim=2)
+    return (delta * integral).mean(dim=1).numpy(), base, fx
+
+
+def _shap_gradient_explainer(
+    module: torch.nn.Module, x: np.ndarray, background: np.ndarray, nsamples: int
+) -> np.ndarray:
+    """``shap.GradientExplainer`` values (n, d) of a torch module (n, d) -> (n, 1)."""
+    explainer = shap.GradientExplainer(module, torch.from_numpy(np.asarray(background, np.float32)))
+    values = explainer.shap_values(
+        torch.from_numpy(np.atleast_2d(np.asarray(x, np.float32))), nsamples=nsamples, rseed=0
+    )
+    arr = np.asarray(values[0] if isinstance(values, list) else values, dtype=np.float64)
+    return arr.reshape(arr.shape[0], -1)
+
+
 def test_expected_gradients_sum_to_the_reconstruction_error(drift: DriftDetector) -> None:
     ae = drift.autoencoder
     x = np.vstack([drifted(10, seed=3), healthy(10, seed=4)])
@@ -94,28 +135,64 @@ def test_expected_gradients_sum_to_the_reconstruction_error(drift: DriftDetector
     assert np.all(gap <= 0.01 * np.abs(score - base) + 1e-4)
 
 
+@pytest.mark.parametrize("n_steps", [1, 8])
+def test_numpy_expected_gradients_equal_torch_autograd(drift: DriftDetector, n_steps: int) -> None:
+    """Same attributions as the torch path, to 1e-5 relative, on drifted, healthy and
+    partly missing rows (missing-mask inputs on), chunked or not."""
+    ae = drift.autoencoder
+    x = np.vstack([drifted(6, seed=20), healthy(4, seed=21)])
+    x[7, ::3] = np.nan
+    inputs = ae._inputs(x)
+    theirs, t_base, t_fx = _torch_expected_gradients(
+        ae.error_module().double(), inputs, ae.background_, n_steps
+    )
+    for max_rows in (4096, 1):  # one chunk; one row of x per chunk
+        ours, base, fx = expected_gradients(
+            ae.error_and_grad, inputs, ae.background_, n_steps=n_steps, max_rows=max_rows
+        )
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+        assert base == pytest.approx(t_base, rel=1e-9)
+        np.testing.assert_allclose(fx, t_fx, rtol=1e-9)
+    if n_steps == ae.config.explain_steps:  # score_shap: the mask columns folded in
+        phi_f, _, _ = ae.score_shap(x)
+        f = len(NAMES)
+        folded = theirs[:, :f] + theirs[:, f:]
+        np.testing.assert_allclose(phi_f, folded, rtol=1e-5, atol=1e-5 * np.abs(folded).max())
+
+
 def test_expected_gradients_agree_with_shap_gradient_explainer(drift: DriftDetector) -> None:
     ae = drift.autoencoder
-    module = ae.error_module()
     inputs = ae._inputs(drifted(3, seed=5))
-    ours, _, _ = expected_gradients(module, inputs, ae.background_, n_steps=16)
-    theirs = gradient_explainer_reference(module, inputs, ae.background_, nsamples=3000)
+    ours, _, _ = expected_gradients(ae.error_and_grad, inputs, ae.background_, n_steps=16)
+    theirs = _shap_gradient_explainer(ae.error_module(), inputs, ae.background_, nsamples=3000)
     for a, b in zip(ours, theirs):
         assert np.corrcoef(a, b)[0, 1] > 0.95
         assert a.argmax() == b.argmax()
 
 
 def test_expected_gradients_of_a_linear_function_are_exact() -> None:
-    w = torch.tensor([1.0, -2.0, 0.5])
+    w = np.array([1.0, -2.0, 0.5])
 
-    def fn(a: torch.Tensor) -> torch.Tensor:
-        return a @ w
+    def fn(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return a @ w, np.broadcast_to(w, a.shape)
 
     x = np.array([[1.0, 1.0, 1.0]], dtype=np.float32)
     bg = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 2.0]], dtype=np.float32)
     phi, base, fx = expected_gradients(fn, x, bg, n_steps=1)
-    np.testing.assert_allclose(phi[0], w.numpy() * (x[0] - bg.mean(axis=0)), atol=1e-6)
+    np.testing.assert_allclose(phi[0], w * (x[0] - bg.mean(axis=0)), atol=1e-12)
     assert base == pytest.approx(1.5) and fx[0] == pytest.approx(-0.5)
+
+
+def test_expected_gradients_refuse_mismatched_inputs() -> None:
+    def fn(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return a.sum(axis=1), np.ones_like(a)
+
+    with pytest.raises(InputError):
+        expected_gradients(fn, np.zeros((1, 3)), np.zeros((2, 4)))
+    with pytest.raises(InputError):
+        expected_gradients(fn, np.zeros((1, 3)), np.zeros((0, 3)))
+    with pytest.raises(InputError):
+        expected_gradients(fn, np.zeros((1, 3)), np.zeros((2, 3)), n_steps=0)
 
 
 # --------------------------------------------------------------------------- trees
@@ -132,6 +209,68 @@ def test_tree_explainer_values_are_additive(drift: DriftDetector) -> None:
     np.testing.assert_allclose(
         -np.power(2.0, -path_length / forest._c), forest.estimator_.score_samples(z), atol=1e-9
     )
+
+
+def _iforest_tree_arrays(est: Any) -> list[TreeArrays]:
+    """A fitted IsolationForest's trees as shap reads them: leaf value depth + c(n_samples),
+    cover the weighted node sizes, features remapped through ``estimators_features_``."""
+    from sklearn.ensemble._iforest import _average_path_length
+
+    out = []
+    for tree_est, cols in zip(est.estimators_, est.estimators_features_):
+        t = tree_est.tree_
+        left, right = t.children_left, t.children_right
+        depth = np.zeros(t.node_count)
+        for i in range(t.node_count):  # parents before children
+            if left[i] != -1:
+                depth[left[i]] = depth[right[i]] = depth[i] + 1
+        feature = np.where(left == -1, 0, np.asarray(cols)[np.maximum(t.feature, 0)])
+        value = depth + _average_path_length(t.n_node_samples)
+        out.append(TreeArrays(left, right, feature, t.threshold, value, t.weighted_n_node_samples))
+    return out
+
+
+def test_numpy_tree_shap_equals_shap_tree_explainer(drift: DriftDetector) -> None:
+    """Exact path-dependent TreeSHAP from the tree arrays, without shap at run time."""
+    forest = drift.forest
+    est = forest.estimator_
+    paths = LeafPaths.from_trees(_iforest_tree_arrays(est), est.n_features_in_)
+    x = np.vstack([healthy(10, seed=6), drifted(10, seed=7), drifted(5, seed=8, shift_sd=-6.0)])
+    x[0, ::2] = np.nan  # imputed to the median by the scaler, as the forest sees it
+    z = forest.transform(x)
+    explainer = shap.TreeExplainer(est)
+    reference = np.asarray(explainer.shap_values(z, check_additivity=False))
+    phi, base = path_dependent_tree_shap(paths, z, max_cells=1)  # one row per block
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(phi, reference, rtol=1e-9, atol=1e-12 * scale)
+    assert base == pytest.approx(float(np.ravel(explainer.expected_value)[0]), rel=1e-12)
+    assert forest._packed is not None
+    np.testing.assert_allclose(
+        phi.sum(axis=1) + base, forest._packed.mean_path_length(z), rtol=1e-12
+    )
+    np.testing.assert_allclose(path_dependent_tree_shap(paths, z)[0], phi, rtol=1e-12)
+
+
+def test_numpy_tree_shap_on_a_hand_made_tree() -> None:
+    """x0 <= 0 ? (x1 <= 0 ? 1 : 3) : 10, covers 4 | 2 (1 | 1) | 2: exact values by hand."""
+    tree = TreeArrays(
+        children_left=np.array([1, 3, -1, -1, -1]),
+        children_right=np.array([2, 4, -1, -1, -1]),
+        feature=np.array([0, 1, 0, 0, 0]),
+        threshold=np.array([0.0, 0.0, 0.0, 0.0, 0.0]),
+        value=np.array([0.0, 0.0, 10.0, 1.0, 3.0]),
+        cover=np.array([4.0, 2.0, 2.0, 1.0, 1.0]),
+    )
+    paths = LeafPaths.from_trees([tree], n_features=3)
+    assert paths.expected_value == pytest.approx(0.5 * 2.0 + 0.5 * 10.0)
+    phi, base = path_dependent_tree_shap(paths, np.array([[-1.0, 1.0, 7.0]]))
+    # v({}) = 6, v({0}) = 2, v({1}) = 0.5*3 + 0.5*10 = 6.5, v({0, 1}) = 3
+    assert base == pytest.approx(6.0)
+    np.testing.assert_allclose(
+        phi[0], [0.5 * (2 - 6) + 0.5 * (3 - 6.5), 0.5 * (6.5 - 6) + 0.5 * (3 - 2), 0.0]
+    )
+    with pytest.raises(InputError):
+        path_dependent_tree_shap(paths, np.zeros((1, 2)))
 
 
 def test_rescale_attribution_keeps_the_sum_and_flips_for_decreasing_maps() -> None:

@@ -219,20 +219,22 @@ def test_pickle_in_place_of_an_expected_file_is_refused_before_parsing(bundle: P
         load_bundle(bundle)
 
 
-def test_torch_pickle_checkpoint_is_refused(bundle: Path) -> None:
+@pytest.mark.parametrize("name", ["autoencoder.pt", "extra.PTH", "last.ckpt"])
+@pytest.mark.parametrize("payload", ["smuggled object", "tensors only", "not even torch"])
+def test_torch_files_are_refused_by_name_unopened(bundle: Path, name: str, payload: str) -> None:
+    """Whatever a torch file holds, it is refused as pickle without importing torch."""
     buf = io.BytesIO()
-    torch.save({"obj": Smuggled()}, buf)  # needs the unpickler: weights_only refuses it
-    (bundle / "autoencoder.pt").write_bytes(buf.getvalue())
-    with pytest.raises(ModelIntegrityError, match="weights_only"):
+    if payload == "smuggled object":
+        torch.save({"obj": Smuggled()}, buf)
+    elif payload == "tensors only":
+        torch.save({"w": torch.zeros(2)}, buf)
+    else:
+        buf.write(b"plain text")
+    (bundle / name).write_bytes(buf.getvalue())
+    with pytest.raises(ModelIntegrityError, match="torch pickle files are not accepted"):
         load_bundle(bundle)
-
-
-def test_tensor_only_torch_file_is_still_foreign(bundle: Path) -> None:
-    buf = io.BytesIO()
-    torch.save({"w": torch.zeros(2)}, buf)
-    (bundle / "extra.pt").write_bytes(buf.getvalue())
-    with pytest.raises(ModelIntegrityError, match="foreign"):
-        load_bundle(bundle)
+    with pytest.raises(ModelIntegrityError, match="torch pickle files are not accepted"):
+        verify_bundle(bundle)
 
 
 def test_torch_archive_under_another_name_is_refused(bundle: Path) -> None:
@@ -274,6 +276,19 @@ def test_state_with_unknown_keys_is_refused_even_with_a_valid_checksum(bundle: P
     (bundle / "drift.json").write_text(json.dumps(state))
     _rewrite_card(bundle, "drift.json")
     with pytest.raises(ModelIntegrityError, match="keys"):
+        load_bundle(bundle)
+
+
+def test_autoencoder_weights_torch_numpy_cannot_read_are_refused(bundle: Path) -> None:
+    """bfloat16 weights (numpy has no such dtype) are a ModelIntegrityError, not a crash."""
+    import safetensors.torch
+
+    path = bundle / "autoencoder.safetensors"
+    tensors = safetensors.torch.load(path.read_bytes())
+    tensors["0.bias"] = tensors["0.bias"].to(torch.bfloat16)
+    path.write_bytes(safetensors.torch.save(tensors))
+    _rewrite_card(bundle, "autoencoder.safetensors")
+    with pytest.raises(ModelIntegrityError, match=r"autoencoder\.safetensors"):
         load_bundle(bundle)
 
 

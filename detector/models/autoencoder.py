@@ -1,4 +1,4 @@
-"""Autoencoder drift detector: a small PyTorch MLP that reconstructs healthy window features.
+"""Autoencoder drift detector: a small MLP that reconstructs healthy window features.
 
 The score of a window is its reconstruction error, the mean squared error in robust-scaled
 space (higher = more anomalous). Features are scaled by a median/IQR
@@ -6,19 +6,25 @@ space (higher = more anomalous). Features are scaled by a median/IQR
 median, and (by default) the missing-mask is fed to the encoder as extra inputs so that "this
 channel is absent" is learnt rather than confused with "this channel is at its median".
 
-Training (:meth:`AutoencoderDetector.fit`) runs on CUDA when available and on the CPU
-otherwise through the same code path (``device`` overridable), with bf16/fp16 autocast on
-CUDA, seeded and reproducible (deterministic algorithms on the CPU), early stopping on a
-held-out split, an optional tqdm bar, and returns a :class:`TrainingHistory`.
+torch is needed only to *train*: :meth:`AutoencoderDetector.fit` (and the references
+:meth:`~AutoencoderDetector.score_torch`, :meth:`~AutoencoderDetector.torch_net`,
+:meth:`~AutoencoderDetector.error_module`) import it when called. Loading, scoring, explaining
+and saving run on numpy weights, so the daemon never imports torch (the CUDA build alone costs
+~560 MB of RSS). Training runs on CUDA when available and on the CPU otherwise through the
+same code path (``device`` overridable), with bf16/fp16 autocast on CUDA, seeded and
+reproducible (deterministic algorithms on the CPU), early stopping on a held-out split, an
+optional tqdm bar, and returns a :class:`TrainingHistory`.
 
-Scoring uses a pure-numpy forward pass over weights exported from the state dict: for this
-network size it beats ``torch.inference_mode()`` on one core for small batches and ties for
-large ones (measured, 31 features: 1 row 0.03 vs 0.11 ms, 64 rows 0.05 vs 0.15 ms, 10,000 rows
-3.2 vs 3.3 ms); :meth:`AutoencoderDetector.score_torch` is the torch reference. Explanations
-are expected gradients of the reconstruction error (:func:`detector.explain.expected_gradients`)
-against a small stored healthy background. Persistence: ``autoencoder.json`` (config, scaler,
-threshold, feature names) + ``autoencoder.safetensors`` (weights and background); a model
-trained on a GPU loads on the CPU.
+Scoring is a pure-numpy forward pass: for this network size it beats
+``torch.inference_mode()`` on one core for small batches and ties for large ones (measured, 31
+features: 1 row 0.03 vs 0.11 ms, 64 rows 0.05 vs 0.15 ms, 10,000 rows 3.2 vs 3.3 ms).
+Explanations are expected gradients of the reconstruction error
+(:func:`detector.explain.expected_gradients`) against a small stored healthy background, with
+the gradient from a hand-written numpy backward pass (:meth:`AutoencoderDetector.error_and_grad`,
+checked against ``torch.autograd`` in the tests). Persistence: ``autoencoder.json`` (config,
+scaler, threshold, feature names) + ``autoencoder.safetensors`` (weights under the
+``nn.Sequential`` state-dict names ``0.weight`` ... ``6.bias``, and the background), written and
+read with ``safetensors.numpy``; a model trained on a GPU loads on the CPU.
 
 Called by :mod:`detector.models.drift`, the model store and the tests.
 """
@@ -32,22 +38,23 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from detector.errors import ConfigError, InputError, ModelIntegrityError
 from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
 from detector.models.forest import RobustScaler, check_features, config_from_dict
+
+if TYPE_CHECKING:  # torch is imported at run time only by the functions that train
+    import torch
+    from torch import nn
 
 __all__ = [
     "AE_JSON",
     "AE_WEIGHTS",
     "AutoencoderConfig",
     "AutoencoderDetector",
-    "ReconstructionError",
     "TrainingHistory",
 ]
 
@@ -55,6 +62,7 @@ AE_JSON = "autoencoder.json"
 AE_WEIGHTS = "autoencoder.safetensors"
 _FORMAT = "podguard.autoencoder/1"
 _BACKGROUND_KEY = "explain.background"
+_LINEAR_INDICES = (0, 2, 4, 6)  # positions of the Linear layers in the nn.Sequential
 
 
 @dataclass(frozen=True)
@@ -115,40 +123,55 @@ class TrainingHistory:
     samples_per_s: float = 0.0  # training rows processed per second (all epochs)
 
 
+def _layer_shapes(n_in: int, n_out: int, hidden: int, latent: int) -> list[tuple[int, int]]:
+    """(out, in) of each Linear layer, in order (torch's weight orientation)."""
+    return [(hidden, n_in), (latent, hidden), (hidden, latent), (n_out, hidden)]
+
+
 def _make_net(n_in: int, n_out: int, hidden: int, latent: int) -> nn.Sequential:
+    """The network as a torch module: Linear, SiLU, Linear, SiLU, Linear, SiLU, Linear."""
+    from torch import nn
+
+    (h1, _), (lat, _), (h2, _), (out, _) = _layer_shapes(n_in, n_out, hidden, latent)
     return nn.Sequential(
-        nn.Linear(n_in, hidden),
+        nn.Linear(n_in, h1),
         nn.SiLU(),
-        nn.Linear(hidden, latent),
+        nn.Linear(h1, lat),
         nn.SiLU(),
-        nn.Linear(latent, hidden),
+        nn.Linear(lat, h2),
         nn.SiLU(),
-        nn.Linear(hidden, n_out),
+        nn.Linear(h2, out),
     )
 
 
-class ReconstructionError(nn.Module):
-    """``input (n, F[+F]) -> (n, 1)``: the per-row mean squared reconstruction error.
+def _reconstruction_error(net: nn.Module, n_features: int) -> nn.Module:
+    """``inputs (n, F[+F]) -> (n, 1)``: the per-row mean squared reconstruction error of ``net``.
 
     The input is the scaled, imputed features, followed by the missing mask when the model
-    uses one. Used for explanations (expected gradients, shap.GradientExplainer).
+    uses one. A torch module, for the autograd and shap.GradientExplainer cross-checks.
     """
+    from torch import nn
 
-    def __init__(self, net: nn.Module, n_features: int) -> None:
-        super().__init__()
-        self.net = net
-        self.n_features = n_features
+    class ReconstructionError(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.n_features = n_features
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        z = inputs[:, : self.n_features]
-        recon = self.net(inputs)
-        return ((z - recon) ** 2).mean(dim=1, keepdim=True)
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            z = inputs[:, : self.n_features]
+            recon = self.net(inputs)
+            return ((z - recon) ** 2).mean(dim=1, keepdim=True)
+
+    return ReconstructionError()
 
 
 @contextlib.contextmanager
 def _cpu_training(enabled: bool, threads: int | None) -> Iterator[None]:
     """On the CPU: deterministic algorithms and ``threads`` intra-op threads for the block;
     the previous settings are restored afterwards."""
+    import torch
+
     previous = torch.are_deterministic_algorithms_enabled()
     previous_threads = torch.get_num_threads()
     if enabled:
@@ -162,16 +185,21 @@ def _cpu_training(enabled: bool, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous_threads)
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # written with tanh: no overflow warning for large |x|.
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
 def _silu(x: np.ndarray) -> np.ndarray:
-    # x * sigmoid(x) written with tanh: no overflow warning for large |x|.
-    return x * (0.5 + 0.5 * np.tanh(0.5 * x))
+    return x * _sigmoid(x)
 
 
 class AutoencoderDetector(ThresholdMixin):
     """MLP autoencoder over robust-scaled window features; score = reconstruction MSE.
 
     ``device`` (``"cuda"``/``"cpu"``/None = CUDA if available) and ``amp`` (None = autocast on
-    CUDA only) choose where and how to train; scoring always runs on the CPU in numpy.
+    CUDA only) choose where and how to train; scoring and explaining always run on the CPU in
+    numpy, from ``weights_`` (the state dict as float32 arrays, torch's (out, in) orientation).
     ``cpu_threads`` caps torch's intra-op threads while training on the CPU (None = leave
     torch's setting): this net's matrices are too small to gain from threads, and on a shared
     machine two threads trained 3.5x *slower* than one (measured).
@@ -195,7 +223,7 @@ class AutoencoderDetector(ThresholdMixin):
         self.cpu_threads = cpu_threads
         self.feature_names: tuple[str, ...] = ()
         self.scaler = RobustScaler(clip=self.config.clip)
-        self.net: nn.Sequential | None = None
+        self.weights_: dict[str, np.ndarray] = {}
         self.background_: np.ndarray = np.zeros((0, 0), dtype=np.float32)
         self.history_: TrainingHistory | None = None
         self._layers: list[tuple[np.ndarray, np.ndarray]] = []
@@ -215,20 +243,18 @@ class AutoencoderDetector(ThresholdMixin):
             return np.concatenate([z, missing.astype(np.float32)], axis=1)
         return z
 
-    def _export_layers(self) -> None:
-        assert self.net is not None
+    def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Install a state dict of float32 arrays and derive the forward-pass layers."""
+        self.weights_ = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         self._layers = [
-            (
-                m.weight.detach().to("cpu", torch.float32).numpy().T.copy(),
-                m.bias.detach().to("cpu", torch.float32).numpy().copy(),
-            )
-            for m in self.net
-            if isinstance(m, nn.Linear)
+            (self.weights_[f"{i}.weight"].T.copy(), self.weights_[f"{i}.bias"].copy())
+            for i in _LINEAR_INDICES
         ]
 
     # -- training -------------------------------------------------------------------------
     def fit(self, X: np.ndarray, feature_names: tuple[str, ...]) -> AutoencoderDetector:
         """Fit scaler and network on healthy rows ``X``; the history lands in ``history_``."""
+        import torch
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -317,8 +343,9 @@ class AutoencoderDetector(ThresholdMixin):
             net.load_state_dict(best_state)
         history.samples_per_s = seen / max(history.seconds, 1e-9)
 
-        self.net = net.to("cpu").eval()
-        self._export_layers()
+        self._set_weights(
+            {k: v.detach().to("cpu", torch.float32).numpy() for k, v in net.state_dict().items()}
+        )
         bg_rows = train_idx[: cfg.background_size]
         self.background_ = inputs[np.sort(bg_rows)].copy()
         self.history_ = history
@@ -349,13 +376,26 @@ class AutoencoderDetector(ThresholdMixin):
             out[s : s + chunk] = np.einsum("ij,ij->i", err, err) / f
         return out
 
+    def torch_net(self) -> nn.Sequential:
+        """The network as a CPU float32 ``nn.Sequential`` in eval mode (imports torch)."""
+        import torch
+
+        self._check_fitted()
+        net = _make_net(
+            self._layers[0][0].shape[0], self.n_features, self.config.hidden, self.config.latent
+        )
+        net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.weights_.items()})
+        return net.eval()
+
     def score_torch(self, X: np.ndarray) -> np.ndarray:
         """The same score through ``torch.inference_mode()`` on the CPU (reference/benchmark)."""
+        import torch
+
         self._check_fitted()
-        assert self.net is not None
+        module = self.error_module()
         inputs = torch.from_numpy(self._inputs(X))
         with torch.inference_mode():
-            err = ReconstructionError(self.net, self.n_features)(inputs)
+            err = module(inputs)
         return err[:, 0].double().numpy()
 
     def infer_threshold(self, X: np.ndarray, fpr: float) -> float:
@@ -368,25 +408,60 @@ class AutoencoderDetector(ThresholdMixin):
         return Prediction(score=s, threshold=threshold, is_anomaly=s > threshold)
 
     # -- explanations ---------------------------------------------------------------------
-    def error_module(self) -> ReconstructionError:
-        """The differentiable ``inputs -> reconstruction error`` module (CPU, eval mode)."""
+    def error_module(self) -> nn.Module:
+        """The differentiable ``inputs -> reconstruction error`` torch module (CPU, eval mode).
+
+        Imports torch; a reference for the numpy gradient (:meth:`error_and_grad`)."""
         self._check_fitted()
-        assert self.net is not None
-        return ReconstructionError(self.net, self.n_features).eval()
+        return _reconstruction_error(self.torch_net(), self.n_features).eval()
+
+    def error_and_grad(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstruction error (m,) and its gradient w.r.t. the network inputs (m, n_in).
+
+        ``inputs`` are network inputs (scaled features [, missing mask], as :meth:`_inputs`
+        builds them, or any point on a path between two of them). The backward pass of the
+        MLP is written out by hand, in float64: with ``a_l`` the pre-activations,
+        ``silu'(a) = s(a) (1 + a (1 - s(a)))``; the error ``mean_j (z_j - r_j)^2`` depends on
+        the first F inputs both directly (``+2 (z - r) / F``) and through the reconstruction
+        ``r`` (``-2 (z - r) / F``, back through the layers). The mask inputs, when used, act
+        only through the network.
+        """
+        self._check_fitted()
+        u = np.atleast_2d(np.asarray(inputs, dtype=np.float64))
+        f = self.n_features
+        layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in self._layers]
+        saved: list[tuple[np.ndarray, np.ndarray]] = []  # (pre-activation, sigmoid) per SiLU
+        h = u
+        for w, b in layers[:-1]:
+            a = h @ w
+            a += b
+            s = _sigmoid(a)
+            saved.append((a, s))
+            h = a * s
+        w_last, b_last = layers[-1]
+        diff = u[:, :f] - (h @ w_last + b_last)  # z - r, (m, F)
+        err = np.einsum("ij,ij->i", diff, diff) / f
+        g = (-2.0 / f) * diff  # d err / d r
+        for (w, _), (a, s) in zip(reversed(layers[1:]), reversed(saved)):
+            g = g @ w.T  # d err / d (output of the SiLU below)
+            g *= s * (1.0 + a * (1.0 - s))  # d err / d (its pre-activation)
+        grad = g @ layers[0][0].T
+        grad[:, :f] += (2.0 / f) * diff
+        return err, grad
 
     def score_shap(self, X: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
         """Expected-gradients attribution in score space: ``(phi (n, F), base, score)``.
 
         ``base`` is the mean score of the stored healthy background; ``phi.sum(1) + base``
         equals ``score`` up to the quadrature error (tested below 1 %). Attributions of the
-        missing-mask inputs are added to their feature's.
+        missing-mask inputs are added to their feature's. numpy only (no torch).
         """
         from detector.explain import expected_gradients
 
         self._check_fitted()
         inputs = self._inputs(X)
         phi, base, fx = expected_gradients(
-            self.error_module(), inputs, self.background_, n_steps=self.config.explain_steps
+            self.error_and_grad, inputs, self.background_, n_steps=self.config.explain_steps
         )
         f = self.n_features
         if self.config.use_missing_mask:
@@ -413,15 +488,17 @@ class AutoencoderDetector(ThresholdMixin):
         }
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write ``autoencoder.json`` and ``autoencoder.safetensors``; returns the paths."""
-        from safetensors.torch import save_file
+        """Write ``autoencoder.json`` and ``autoencoder.safetensors``; returns the paths.
+
+        The weights go through ``safetensors.numpy`` (no torch), under the same names and
+        dtypes as a torch state dict, so either library reads them back."""
+        from safetensors.numpy import save_file
 
         self._check_fitted()
-        assert self.net is not None
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
-        tensors[_BACKGROUND_KEY] = torch.from_numpy(np.ascontiguousarray(self.background_))
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.weights_.items()}
+        tensors[_BACKGROUND_KEY] = np.ascontiguousarray(self.background_, dtype=np.float32)
         weights, cfg = d / AE_WEIGHTS, d / AE_JSON
         save_file(tensors, str(weights), metadata={"format": _FORMAT})
         cfg.write_text(json.dumps(self.state_dict(), indent=2, allow_nan=False))
@@ -429,23 +506,23 @@ class AutoencoderDetector(ThresholdMixin):
 
     @classmethod
     def load(cls, directory: str | Path) -> AutoencoderDetector:
-        """Load what :meth:`save` wrote, onto the CPU whatever device trained it."""
+        """Load what :meth:`save` wrote, onto the CPU whatever device trained it (no torch)."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.numpy import load_file
 
         d = Path(directory)
         try:
             state = json.loads((d / AE_JSON).read_text())
-            tensors = load_file(str(d / AE_WEIGHTS), device="cpu")
-        except (OSError, ValueError, SafetensorError) as exc:
+            tensors = load_file(str(d / AE_WEIGHTS))
+        except (OSError, ValueError, TypeError, KeyError, SafetensorError) as exc:
             raise ModelIntegrityError(f"cannot read the autoencoder in {d}: {exc}") from exc
         return cls.from_state(state, tensors)
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], tensors: dict[str, torch.Tensor]
+        cls, state: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
     ) -> AutoencoderDetector:
-        """Rebuild from :meth:`state_dict` output and the saved tensors (validated)."""
+        """Rebuild from :meth:`state_dict` output and the saved arrays (validated)."""
         tensors = dict(tensors)
         if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
             raise ModelIntegrityError(f"not a podguard autoencoder state (format != {_FORMAT})")
@@ -462,17 +539,25 @@ class AutoencoderDetector(ThresholdMixin):
         if det.scaler.n_features != f:
             raise ModelIntegrityError("autoencoder: scaler and feature list disagree")
         n_in = 2 * f if det.config.use_missing_mask else f
-        net = _make_net(n_in, f, det.config.hidden, det.config.latent)
         background = tensors.pop(_BACKGROUND_KEY, None)
         if background is None or background.ndim != 2 or background.shape[1] != n_in:
             raise ModelIntegrityError("autoencoder weights: missing or malformed background")
-        try:
-            net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
-        except RuntimeError as exc:
-            raise ModelIntegrityError(f"autoencoder weights do not fit the config: {exc}") from exc
-        det.net = net.eval()
-        det._export_layers()
-        det.background_ = background.float().numpy().copy()
+        expected: dict[str, tuple[int, ...]] = {}
+        for i, (n_out, n_prev) in zip(
+            _LINEAR_INDICES, _layer_shapes(n_in, f, det.config.hidden, det.config.latent)
+        ):
+            expected[f"{i}.weight"] = (n_out, n_prev)
+            expected[f"{i}.bias"] = (n_out,)
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected:
+            raise ModelIntegrityError(
+                f"autoencoder weights do not fit the config: expected {expected}, got {found}"
+            )
+        arrays = [background, *tensors.values()]
+        if not all(a.dtype.kind == "f" and np.all(np.isfinite(a)) for a in arrays):
+            raise ModelIntegrityError("autoencoder weights: not finite floating-point arrays")
+        det._set_weights(tensors)
+        det.background_ = np.array(background, dtype=np.float32)
         thr = state["threshold"]
         det.threshold_ = None if thr is None else float(thr)
         det.fitted_ = True

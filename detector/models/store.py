@@ -12,12 +12,18 @@ A bundle is one directory ``<root>/<version>/`` holding exactly:
 if anything fails), fsyncs it and renames it into place, so a reader never sees half a bundle.
 :func:`promote` switches ``<root>/current`` (a small text file naming the version) by writing a
 temporary file and ``os.replace``-ing it. :func:`load_bundle` reads each file once, refuses
-pickle in any form (``*.pkl``/``*.pickle``/``*.joblib``, a ``*.pt``/``*.pth`` that
-``torch.load(weights_only=True)`` rejects, a zip holding a ``.pkl`` member, a file starting
-with a pickle protocol header), foreign, missing or linked files and checksum mismatches, all
-with :class:`~detector.errors.ModelIntegrityError`, then builds the detector from the verified
-bytes. The checksums detect corruption and tampering by anyone who cannot also rewrite the
-card; they are not a signature.
+pickle in any form (``*.pkl``/``*.pickle``/``*.joblib``, any ``*.pt``/``*.pth``/``*.ckpt``
+torch file - a bundle never holds one, so it is refused by its name, unopened -, a zip holding
+a ``.pkl`` member, a file starting with a pickle protocol header), foreign, missing or linked
+files and checksum mismatches, all with :class:`~detector.errors.ModelIntegrityError`, then
+builds the detector from the verified bytes. The checksums detect corruption and tampering by
+anyone who cannot also rewrite the card; they are not a signature.
+
+Loading imports neither torch nor shap: the weights are read with ``safetensors.numpy``, and
+skops (which needs scikit-learn) is first imported with torch held off, because importing
+``skops.io`` runs ``sklearn.utils.all_estimators()``, whose package walk imports
+``sklearn.externals.array_api_compat.torch`` and with it torch (~560 MB of RSS for the CUDA
+build) although an IsolationForest never uses it (:func:`_import_skops_without_torch`).
 
 Called by training (to publish a model) and the daemon (to load the current one).
 """
@@ -26,6 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.abc
+import importlib.machinery
 import io
 import json
 import os
@@ -33,13 +42,16 @@ import platform
 import re
 import secrets
 import shutil
+import sys
 import tempfile
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from detector.errors import InputError, ModelIntegrityError
@@ -149,13 +161,9 @@ def _pickle_reason(name: str, data: bytes) -> str | None:
     if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
         return f"a pickle stream (protocol {data[1]} header)"
     if lower.endswith(_TORCH_SUFFIXES):
-        import torch
-
-        try:
-            torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception:
-            return "a torch file not loadable with weights_only=True (arbitrary pickle)"
-        return None  # tensors only: harmless, but still refused below as a foreign file
+        # torch.save's format is a pickle; a bundle never holds one, so it is not opened
+        # (nor torch imported to try weights_only=True on it).
+        return "a torch file (by its name): torch pickle files are not accepted"
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -166,6 +174,48 @@ def _pickle_reason(name: str, data: bytes) -> str | None:
         if pickled:
             return f"an archive holding pickle member(s) {pickled[:3]} (torch.save format?)"
     return None
+
+
+class _RefuseTorch(importlib.abc.MetaPathFinder):
+    """A meta-path finder under which ``import torch`` fails with ModuleNotFoundError.
+
+    Unlike ``sys.modules["torch"] = None`` it leaves no entry behind that other libraries'
+    ``sys.modules.get("torch")`` probes would trip over (scipy's array-API helpers do)."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == "torch" or fullname.startswith("torch."):
+            raise ModuleNotFoundError(f"{fullname} is held off while skops loads", name=fullname)
+        return None
+
+
+_SKOPS_LOCK = threading.Lock()
+
+
+def _import_skops_without_torch() -> None:
+    """Import ``skops.io`` without torch, unless torch is already loaded (a trainer).
+
+    ``import skops.io`` computes its default trusted types with scikit-learn's
+    ``all_estimators()``, which walks every sklearn package; the walk imports
+    ``sklearn.externals.array_api_compat.torch``, which imports torch. ``pkgutil.walk_packages``
+    skips a package whose import raises ImportError, so with torch held off the walk simply
+    leaves that one adapter out, which no IsolationForest needs. The finder is process-wide
+    for the duration of this one import: a thread importing torch at that moment would fail,
+    and nothing in the daemon does.
+    """
+    with _SKOPS_LOCK:
+        if "skops.io" in sys.modules or "torch" in sys.modules:
+            return
+        finder = _RefuseTorch()
+        sys.meta_path.insert(0, finder)
+        try:
+            importlib.import_module("skops.io")
+        finally:
+            sys.meta_path.remove(finder)
 
 
 # --------------------------------------------------------------------------- writing
@@ -343,12 +393,15 @@ def load_bundle(path: str | Path) -> Bundle:
         p = resolve_current(p)
     card, contents = _read_verified(p)
     from safetensors import SafetensorError
-    from safetensors.torch import load as load_tensors
+    from safetensors.numpy import load as load_tensors
 
     try:
         tensors = load_tensors(contents[AE_WEIGHTS])
-    except (SafetensorError, ValueError) as exc:
-        raise ModelIntegrityError(f"{AE_WEIGHTS}: not a safetensors file: {exc}") from exc
+    except (SafetensorError, ValueError, TypeError, KeyError) as exc:  # KeyError: BF16
+        raise ModelIntegrityError(
+            f"{AE_WEIGHTS}: not a numpy-readable safetensors file: {exc}"
+        ) from exc
+    _import_skops_without_torch()
     try:
         autoencoder = AutoencoderDetector.from_state(_json(contents, AE_JSON), tensors)
         forest = IsolationForestDetector.from_state(
