@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from detector.explain import (
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.base import Attribution
 from detector.models.drift import DriftConfig, DriftDetector
+from detector.models.forest import iforest_tree_arrays
 from tests.support.drift_data import NAMES, drifted, healthy, healthy_std
 
 torch.set_num_threads(1)
@@ -211,30 +211,11 @@ def test_tree_explainer_values_are_additive(drift: DriftDetector) -> None:
     )
 
 
-def _iforest_tree_arrays(est: Any) -> list[TreeArrays]:
-    """A fitted IsolationForest's trees as shap reads them: leaf value depth + c(n_samples),
-    cover the weighted node sizes, features remapped through ``estimators_features_``."""
-    from sklearn.ensemble._iforest import _average_path_length
-
-    out = []
-    for tree_est, cols in zip(est.estimators_, est.estimators_features_):
-        t = tree_est.tree_
-        left, right = t.children_left, t.children_right
-        depth = np.zeros(t.node_count)
-        for i in range(t.node_count):  # parents before children
-            if left[i] != -1:
-                depth[left[i]] = depth[right[i]] = depth[i] + 1
-        feature = np.where(left == -1, 0, np.asarray(cols)[np.maximum(t.feature, 0)])
-        value = depth + _average_path_length(t.n_node_samples)
-        out.append(TreeArrays(left, right, feature, t.threshold, value, t.weighted_n_node_samples))
-    return out
-
-
 def test_numpy_tree_shap_equals_shap_tree_explainer(drift: DriftDetector) -> None:
     """Exact path-dependent TreeSHAP from the tree arrays, without shap at run time."""
     forest = drift.forest
     est = forest.estimator_
-    paths = LeafPaths.from_trees(_iforest_tree_arrays(est), est.n_features_in_)
+    paths = LeafPaths.from_trees(iforest_tree_arrays(est), est.n_features_in_)
     x = np.vstack([healthy(10, seed=6), drifted(10, seed=7), drifted(5, seed=8, shift_sd=-6.0)])
     x[0, ::2] = np.nan  # imputed to the median by the scaler, as the forest sees it
     z = forest.transform(x)

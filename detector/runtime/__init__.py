@@ -11,6 +11,7 @@
 - :mod:`.hooks` - the dry-run remediation of the embedded default;
 - :mod:`.build` - building all of it from the settings (the ``run`` sub-command).
 
-Nothing here imports torch directly (the model store still does, see the lead's torch-free
-scoring plan).
+Nothing on the daemon's path imports torch, shap or pyod: the model is loaded from
+safetensors (numpy) and skops, scored in numpy and explained with numpy TreeSHAP and expected
+gradients (``tests/test_torch_free.py`` checks it and the RSS budget).
 """
