@@ -19,6 +19,7 @@ sinks and closes the source within ``runtime.grace_period_s``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import time
@@ -62,6 +63,19 @@ class RunSummary:
     first: dict[tuple[str, str], Detection] = field(default_factory=dict)
     model_versions: list[str] = field(default_factory=list)
     stop_reason: str = ""
+
+
+BIG_DELIVERY = 100_000  # samples; after folding one this large, freed heap is returned
+
+
+def release_freed_memory() -> None:
+    """Returns freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere). A 4 h
+    backfill of a node's pods is folded in one delivery; without this its temporaries stay
+    in the process's RSS (measured: 480 MB instead of ~300 MB at 110 pods)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 HOUSEKEEPING_S = 5.0  # seconds between housekeeping passes (reconcile, re-sends)
@@ -187,6 +201,8 @@ class Daemon:
                 self.summary.rejected[reason] += n
             self.summary.samples += rep.accepted
             self.summary.duplicates += rep.duplicates
+            if len(d.samples) >= BIG_DELIVERY:
+                release_freed_memory()  # a backfill's temporaries: hand the heap back
             if rep.accepted:
                 self._got_data = True
                 self.view.ready = True
