@@ -30,6 +30,15 @@ HISTORY_METRICS: tuple[str, ...] = (
     tr.WORKING_SET, tr.RSS, tr.CPU_SECONDS, tr.MEMORY_LIMIT, tr.FS_USAGE, tr.NET_RX, tr.NET_TX,
     tr.RESTARTS, tr.GPU_FB_USED, tr.GPU_FB_FREE, tr.GPU_UTIL,
 )
+OOM_KILLED = "kube_pod_container_status_last_terminated_reason_oomkilled"
+ALERTS = "ALERTS"
+#: Incident series, pulled beside the metrics so training can leave those pods out:
+#: trace metric name -> PromQL.
+INCIDENT_QUERIES: dict[str, str] = {
+    OOM_KILLED: 'kube_pod_container_status_last_terminated_reason{reason="OOMKilled"}',
+    ALERTS: 'ALERTS{alertstate="firing",'
+            'alertname=~"Pod(MemoryLeak|GpuMemoryLeak|PreFailureDrift)"}',
+}
 BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -96,11 +105,14 @@ def _status_in(text: str) -> int | None:
 def pull_history(url: str, *, start: float, end: float, step: float = 15.0,
                  metrics: Sequence[str] = HISTORY_METRICS, matcher: str = "",
                  progress: bool = False, sleep: Callable[[float], None] = time.sleep,
-                 max_points: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
+                 max_points: int = MAX_POINTS_PER_SERIES, incidents: bool = True
+                 ) -> pd.DataFrame:
     """Every sample of ``metrics`` between ``start`` and ``end`` (unix s) at ``step``.
 
     ``matcher`` is extra label matchers, e.g. ``node="gpu-1"``. Series without ``namespace``
-    and ``pod`` labels are ignored (they do not belong to a pod).
+    and ``pod`` labels are ignored (they do not belong to a pod). With ``incidents`` the OOM
+    kills and podguard alerts that fired come along as the metrics :data:`OOM_KILLED` and
+    :data:`ALERTS`, for :func:`incident_pods`.
     """
     from prometheus_api_client import PrometheusConnect
 
@@ -108,10 +120,13 @@ def pull_history(url: str, *, start: float, end: float, step: float = 15.0,
     prom._session.trust_env = False
     pieces = chunks(start, end, step, max_points)
     frames: list[pd.DataFrame] = []
-    bar = tqdm(total=len(pieces) * len(metrics), desc="history", unit="query",
+    queries = [(m, f"{m}{{{matcher}}}" if matcher else m) for m in metrics]
+    if incidents:
+        for name, q in INCIDENT_QUERIES.items():
+            queries.append((name, q[:-1] + f",{matcher}}}" if matcher else q))
+    bar = tqdm(total=len(pieces) * len(queries), desc="history", unit="query",
                disable=not progress, leave=False)
-    for metric in metrics:
-        sel = f"{metric}{{{matcher}}}" if matcher else metric
+    for metric, sel in queries:
         for lo, hi in pieces:
             def query(sel: str = sel, lo: float = lo, hi: float = hi) -> Any:
                 return prom.custom_query_range(
@@ -164,8 +179,7 @@ def incident_pods(trace: pd.DataFrame) -> set[tuple[str, str]]:
             if inc > 0:
                 parts: tuple[Any, ...] = tuple(key)  # type: ignore[arg-type]
                 bad.add((str(parts[0]), str(parts[1])))
-    other = trace[trace["metric"].astype(str).isin(
-        ["kube_pod_container_status_last_terminated_reason_oomkilled", "ALERTS"])]
+    other = trace[trace["metric"].astype(str).isin([OOM_KILLED, ALERTS])]
     hits = other[other["value"] > 0][["namespace", "pod"]].drop_duplicates().to_numpy()
     bad.update((str(ns), str(pod)) for ns, pod in hits)
     return bad

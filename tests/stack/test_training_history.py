@@ -12,7 +12,7 @@ from deploy.local.prometheus import Series, to_openmetrics
 from detector.errors import ServiceUnavailableError
 from detector.traces import CPU_SECONDS, WORKING_SET
 from tests.support.stack_fixtures import PrometheusHandle
-from training.history import pull_history
+from training.history import incident_pods, pull_history
 
 pytestmark = [pytest.mark.stack]
 
@@ -29,12 +29,22 @@ def test_range_pull_returns_the_backfilled_history_completely(
         series.append(Series(WORKING_SET, labels,
                              [(t, 1e9 + p * 1e8 + 4096.0 * i) for i, t in enumerate(ts)]))
         series.append(Series(CPU_SECONDS, labels, [(t, 0.5 * i) for i, t in enumerate(ts)]))
+
+    # incidents: an alert that fired for trainer-2, an OOM kill of trainer-3
+    alert = {"alertname": "PodMemoryLeak", "alertstate": "firing", "namespace": ns,
+             "pod": "trainer-2", "severity": "warning"}
+    oom = {"namespace": ns, "pod": "trainer-3", "container": "main", "reason": "OOMKilled"}
+    series.append(Series("ALERTS", alert, [(t, 1.0) for t in ts[100:140]]))
+    series.append(Series("kube_pod_container_status_last_terminated_reason", oom,
+                         [(t, 1.0) for t in ts[500:]]))
     assert local_prometheus.backfill(to_openmetrics(series))
 
     df = pull_history(local_prometheus.url, start=ts[0], end=ts[-1], step=15.0,
                       metrics=(WORKING_SET, CPU_SECONDS), matcher=f'namespace="{ns}"',
                       max_points=100)  # forces ~10 chunks per series
 
+    assert incident_pods(df) == {(ns, "trainer-2"), (ns, "trainer-3")}
+    df = df[df["metric"].isin([WORKING_SET, CPU_SECONDS])]
     assert len(df) == 4 * n
     for p in range(2):
         for metric, value in ((WORKING_SET, lambda i, p=p: 1e9 + p * 1e8 + 4096.0 * i),
