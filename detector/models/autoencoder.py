@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector.errors import ConfigError, InputError, ModelIntegrityError
-from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.base import (
+    Attribution,
+    Prediction,
+    ThresholdMixin,
+    attributions,
+    threshold_at_fpr,
+)
 from detector.models.forest import RobustScaler, check_features, config_from_dict
 
 if TYPE_CHECKING:  # torch is imported at run time only by the functions that train
@@ -470,10 +476,7 @@ class AutoencoderDetector(ThresholdMixin):
 
     def explain(self, X: np.ndarray) -> list[Attribution]:
         phi, base, _ = self.score_shap(X)
-        return [
-            Attribution(base_value=base, values=dict(zip(self.feature_names, map(float, row))))
-            for row in phi
-        ]
+        return attributions(phi, base, self.feature_names)
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

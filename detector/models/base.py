@@ -60,6 +60,14 @@ class Detector(Protocol):
     def explain(self, X: np.ndarray) -> list[Attribution]: ...
 
 
+def attributions(phi: np.ndarray, base: float | np.ndarray,
+                 names: tuple[str, ...]) -> list[Attribution]:
+    """One :class:`Attribution` per row of ``phi`` (n, d); ``base`` scalar or per row."""
+    bases = np.broadcast_to(np.asarray(base, dtype=np.float64), (len(phi),))
+    return [Attribution(base_value=float(b), values=dict(zip(names, map(float, row))))
+            for b, row in zip(bases, phi)]
+
+
 def threshold_at_fpr(healthy_scores: np.ndarray, fpr: float) -> float:
     """The score above which a fraction ``fpr`` of healthy scores lie.
 

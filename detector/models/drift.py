@@ -34,7 +34,13 @@ import numpy as np
 from detector.errors import ConfigError, InputError, ModelIntegrityError
 from detector.explain import combine, rescale_attribution
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
-from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.base import (
+    Attribution,
+    Prediction,
+    ThresholdMixin,
+    attributions,
+    threshold_at_fpr,
+)
 from detector.models.forest import (
     ForestConfig,
     IsolationForestDetector,
@@ -294,10 +300,7 @@ class DriftDetector(ThresholdMixin):
         else:
             w_ae, w_f = self.config.weights
             phi, base = combine([(w_ae, phi_ae, base_ae), (w_f, phi_f, base_f)])
-        return [
-            Attribution(base_value=float(b), values=dict(zip(self.feature_names, map(float, r))))
-            for r, b in zip(phi, base)
-        ]
+        return attributions(phi, base, self.feature_names)
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

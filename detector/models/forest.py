@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from detector.errors import ConfigError, InputError, ModelIntegrityError
-from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.base import (
+    Attribution,
+    Prediction,
+    ThresholdMixin,
+    attributions,
+    threshold_at_fpr,
+)
 
 if TYPE_CHECKING:
     from detector.explain import TreeArrays
@@ -367,10 +373,7 @@ class IsolationForestDetector(ThresholdMixin):
     def explain(self, X: np.ndarray) -> list[Attribution]:
         """One attribution per row, in score space (positive = towards anomalous)."""
         phi, base, _ = self.score_shap(X)
-        return [
-            Attribution(base_value=base, values=dict(zip(self.feature_names, map(float, row))))
-            for row in phi
-        ]
+        return attributions(phi, base, self.feature_names)
 
     # -- persistence --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
