@@ -64,8 +64,12 @@ def settings_of(docs: list[Doc], tmp: Path) -> Settings:
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_render_equals_kubectl_kustomize(name: str) -> None:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl (with its built-in kustomize) is needed to check the renderer"
+    from deploy.local.k8s_build import binaries
+
+    built = binaries().kubectl  # built by `python -m deploy.local prepare` (make test does it)
+    kubectl = str(built) if built.is_file() else shutil.which("kubectl")
+    assert kubectl, ("kubectl (with its built-in kustomize) is needed to check the renderer: "
+                     "run `.venv/bin/python -m deploy.local prepare kubernetes`")
     out = subprocess.run([kubectl, "kustomize", str(MANIFESTS / "overlays" / name)],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     theirs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}

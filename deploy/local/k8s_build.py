@@ -40,7 +40,7 @@ KWOK_VERSION = "v0.8.0"
 
 GOBUILD = Path(__file__).resolve().parent / "gobuild"
 
-_K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+_K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 # kwok's "fast" stage set (kustomize/stage/fast in its repository), in its order.
 _KWOK_STAGE_FILES = (
     "kustomize/stage/node/fast/node-initialize.yaml",
@@ -58,13 +58,15 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubectl: Path  # for the deploy tests (kustomize rendering), same release
     etcd: Path
     kwok: Path
     kwok_stages: Path
 
     def missing(self) -> list[Path]:
         return [p for p in (self.kube_apiserver, self.kube_controller_manager,
-                            self.kube_scheduler, self.etcd, self.kwok, self.kwok_stages)
+                            self.kube_scheduler, self.kubectl, self.etcd, self.kwok,
+                            self.kwok_stages)
                 if not p.is_file()]
 
 
@@ -76,6 +78,7 @@ def binaries() -> Binaries:
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
         kube_scheduler=k8s / "kube-scheduler",
+        kubectl=k8s / "kubectl",
         etcd=base / f"etcd-{ETCD_VERSION}" / "etcd",
         kwok=kwok / "kwok",
         kwok_stages=kwok / "stages.yaml",
@@ -143,8 +146,8 @@ def build_kubernetes(b: Binaries) -> float | None:
     final = b.kube_apiserver.parent
     if all((final / n).is_file() for n in _K8S_COMMANDS):
         return None
-    _say(f"building kube-apiserver, kube-controller-manager, kube-scheduler {K8S_VERSION} "
-         f"from source into {final} (Go build: 5-10 minutes on a cold 2-core machine, "
+    _say(f"building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl "
+         f"{K8S_VERSION} from source into {final} (Go build: 5-10 minutes on a cold 2-core machine, "
          "seconds to a minute once the Go build cache is warm) ...")
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.partial-", dir=final.parent) as t:
