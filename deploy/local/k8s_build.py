@@ -147,8 +147,8 @@ def build_kubernetes(b: Binaries) -> float | None:
     if all((final / n).is_file() for n in _K8S_COMMANDS):
         return None
     _say(f"building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl "
-         f"{K8S_VERSION} from source into {final} (Go build: 5-10 minutes on a cold 2-core machine, "
-         "seconds to a minute once the Go build cache is warm) ...")
+         f"{K8S_VERSION} from source into {final} (Go build: 5-10 minutes on a cold 2-core "
+         "machine, seconds to a minute once the Go build cache is warm) ...")
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.partial-", dir=final.parent) as t:
         tmp = Path(t)
