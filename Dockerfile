@@ -1,41 +1,56 @@
 # podguard image: the daemon (`podguard run`, the entrypoint) and the retraining job
 # (`podguard train`, the CronJob's command). See deploy/README.md.
 #
-#   docker build -t podguard:0.1.0 .                      # CPU torch (default; daemon + CPU training)
-#   docker build -t podguard:0.1.0-cuda \
-#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 .   # CUDA torch (GPU training)
+#   docker build -t podguard:0.1.0 .                                   # CPU torch (default)
+#   docker build --build-arg TORCH_VARIANT=cu130 -t podguard:0.1.0-cuda .   # CUDA torch
 #
-# tests/test_dockerfile.py parses this file: COPY sources exist, the torch version equals the
-# pin in pyproject.toml, every package installed by name is pinned as in requirements.lock.
+# The daemon never imports torch (scoring and explanations run on numpy); torch is there for
+# `podguard train`. The CPU wheel keeps the default image small; the CUDA one is for the GPU
+# retraining CronJob (image `podguard-cuda` in deploy/kustomize/base/kustomization.yaml).
+#
+# tests/test_dockerfile.py checks this file without a Docker engine: it parses, every COPY
+# source exists and is in the build context, torch is the version of pyproject.toml and
+# requirements.lock, the lock is the constraints file, and the builder stage's COPY set is
+# enough to build the wheel.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Builds the wheel, and is pinned in the image too (torch requires setuptools, and the lock,
+# made by pip-compile, leaves setuptools out).
+ARG SETUPTOOLS_VERSION=84.2.1
 
 # ---------------------------------------------------------------- builder: the podguard wheel
-FROM python:3.11-slim AS builder
+FROM ${PYTHON_IMAGE} AS builder
+ARG SETUPTOOLS_VERSION
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+RUN pip install "setuptools==${SETUPTOOLS_VERSION}"
 COPY pyproject.toml README.md ./
 COPY detector ./detector
 COPY training ./training
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # ---------------------------------------------------------------- runtime
-FROM python:3.11-slim AS runtime
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+FROM ${PYTHON_IMAGE} AS runtime
+ARG SETUPTOOLS_VERSION
 ARG TORCH_VERSION=2.15.0
+# cpu, or a CUDA variant of the PyTorch wheel index (cu130, ...): torch==TORCH_VERSION+VARIANT
+ARG TORCH_VARIANT=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PODGUARD_DEFAULT_MODEL=/opt/podguard/model \
-    MPLCONFIGDIR=/tmp/matplotlib HOME=/tmp
+    HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib NUMBA_CACHE_DIR=/tmp/numba
 COPY requirements.lock /tmp/requirements.lock
-# 1. The exact lock minus torch and its CUDA-only wheels (torch comes from TORCH_INDEX next).
-# 2. torch from TORCH_INDEX (CPU by default), its dependencies held to the lock's versions.
-RUN grep -Ev '^(torch|triton|nvidia-[A-Za-z0-9_.-]+|cuda-[A-Za-z0-9_.-]+)==' \
-        /tmp/requirements.lock > /tmp/runtime.lock \
-    && pip install --no-deps -r /tmp/runtime.lock \
-    && pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple \
-        -c /tmp/requirements.lock "torch==${TORCH_VERSION}" \
-    && rm /tmp/runtime.lock /tmp/requirements.lock
 COPY --from=builder /wheels /wheels
-RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
+# 1. torch alone from the PyTorch wheel index of TORCH_VARIANT (2.15.0+cpu by default);
+# 2. the podguard wheel with its dependencies, every version held to requirements.lock (a
+#    constraints file: only what podguard needs is installed, none of the lock's dev tools).
+#    The installed torch satisfies `torch==2.15.0` (a local version label is ignored), and
+#    its own dependencies are resolved here, under the same constraints.
+RUN pip install --no-deps --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+        "torch==${TORCH_VERSION}+${TORCH_VARIANT}" \
+    && pip install -c /tmp/requirements.lock "setuptools==${SETUPTOOLS_VERSION}" \
+        /wheels/podguard-*.whl \
+    && rm -rf /wheels /tmp/requirements.lock
 # The shipped default model, found through PODGUARD_DEFAULT_MODEL (detector.pipeline).
 COPY data/model /opt/podguard/model
 RUN groupadd --system --gid 10001 podguard \

@@ -1,300 +1,215 @@
-"""Render a Kustomize directory of ``deploy/manifests`` in Python, without a kustomize binary.
+"""Renders the Kustomize manifests of ``deploy/kustomize`` with the real ``kustomize`` binary.
 
-Implements the part of Kustomize the podguard manifests use, and refuses the rest, so the
-files stay valid Kustomize (``kubectl apply -k`` / ``kubectl kustomize`` give the same objects;
-``tests/test_deploy_manifests.py`` compares the two where kubectl is installed):
+Used by the deploy tests and by hand (``python -m deploy.render --help``). Nothing here
+re-implements Kustomize: the binary is ``sigs.k8s.io/kustomize/kustomize/v5`` at
+:data:`KUSTOMIZE_VERSION`, compiled once per machine from its published Go module (through the
+Go module proxy) into ``cache_dir()/kustomize-<version>/kustomize``, like the local stack's
+other Go binaries (:mod:`deploy.local.k8s_build`). ``kubectl apply -k`` / ``kubectl kustomize``
+(which embed Kustomize) read the same directories; the tests pin one version so that results
+never depend on whichever kubectl is on PATH.
 
-- ``resources``: YAML files (several documents each) and directories with a
-  ``kustomization.yaml``, rendered recursively, in order;
-- ``namespace``: set on every namespace-scoped object; a ``Namespace`` object is renamed to it
-  (as Kustomize 5 does); RoleBinding subjects are left as written;
-- ``patches``: from ``path`` or inline ``patch``, either a strategic-merge patch (a mapping;
-  target = its kind and name unless ``target`` is given) or a JSON patch (RFC 6902: a list of
-  ``add``/``replace``/``remove`` operations; needs ``target``).
+Commands:
 
-Strategic merge follows the Kubernetes rules for the fields used here: mappings merge
-recursively, ``null`` deletes a key, lists of containers/volumes/env/ports/volumeMounts merge
-by their merge key, any other list is replaced. ``$patch`` directives are refused.
-
-Used by the deploy tests and by hand::
-
-    python -m deploy.render deploy/manifests/overlays/alert-only > podguard.yaml
-
-:func:`relocate` renames the namespace and suffixes the cluster-scoped names of a rendering,
-so a second copy (a test's) can live beside the first.
+- ``prepare``: build the binary if it is missing; print its path;
+- ``build DIR [--namespace NS] [--suffix S]``: the rendered YAML of a kustomization, optionally
+  moved to another namespace (ClusterRoleBinding subjects included) with every name suffixed;
+- ``rules [--write PATH]``: the PrometheusRule's groups as a plain Prometheus rules file (what
+  ``deploy/prometheus/rules.yml`` holds, for a Prometheus without the Operator).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-KUSTOMIZATION = "kustomization.yaml"
-_KNOWN_KEYS = {"apiVersion", "kind", "resources", "namespace", "patches"}
+from deploy.local._proc import StackError, cache_dir
+from deploy.local.k8s_build import go_binary
 
-CLUSTER_SCOPED = frozenset({
-    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-    "PersistentVolume", "StorageClass", "PriorityClass", "Node",
-    "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
-})
-"""Kinds that take no ``metadata.namespace``."""
+KUSTOMIZE_VERSION = "v5.8.2"  # v5.8.3 needs Go >= 1.27
+KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
 
-# Strategic-merge keys of the list fields used in the manifests (from the Kubernetes API's
-# patchMergeKey tags). A list field not named here is replaced by the patch's list.
-MERGE_KEYS: dict[str, str] = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-    "volumes": "name", "env": "name", "ports": "containerPort",
-    "volumeMounts": "mountPath", "imagePullSecrets": "name",
-}
+ROOT = Path(__file__).resolve().parent.parent
+KUSTOMIZE_DIR = ROOT / "deploy" / "kustomize"
+BASE = KUSTOMIZE_DIR / "base"
+OVERLAYS: dict[str, Path] = {"alert-only": KUSTOMIZE_DIR / "overlays" / "alert-only",
+                             "remediate": KUSTOMIZE_DIR / "overlays" / "remediate"}
+MONITORING = KUSTOMIZE_DIR / "components" / "monitoring"
+CRDS = ROOT / "deploy" / "crds"
+RULES_FILE = ROOT / "deploy" / "prometheus" / "rules.yml"
 
 Doc = dict[str, Any]
 
 
-class RenderError(ValueError):
-    """A kustomization this renderer cannot render the way Kustomize would."""
+def kustomize_binary() -> Path:
+    """Where the pinned kustomize lives (it may not be built yet: see :func:`prepare`)."""
+    return cache_dir() / f"kustomize-{KUSTOMIZE_VERSION}" / "kustomize"
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key repeated in one mapping (YAML allows the parser to
-    keep either; PyYAML keeps the last, Kustomize merges them)."""
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    with open(cache_dir() / "kustomize.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise RenderError(f"duplicate key {key!r} {key_node.start_mark}")
-        seen.add(key)
-    return loader.construct_mapping(node)
+def prepare() -> Path:
+    """The kustomize binary, compiled first if it is missing (about 40 s on two cores).
 
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
-def load_yaml(text: str) -> Any:
-    """One YAML document, duplicate keys refused."""
-    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-
-
-def load_docs(path: Path) -> list[Doc]:
-    """The non-empty YAML documents of one file (duplicate keys refused)."""
-    loaded = yaml.load_all(path.read_text(), Loader=_StrictLoader)
-    docs = [d for d in loaded if d is not None]
-    for d in docs:
-        if not isinstance(d, dict) or "kind" not in d or "apiVersion" not in d:
-            raise RenderError(f"{path}: every document must be an object with apiVersion/kind")
-    return docs
-
-
-def render(directory: str | Path) -> list[Doc]:
-    """The objects of the kustomization in ``directory``, in resource order."""
-    root = Path(directory)
-    kfile = root / KUSTOMIZATION
-    if not kfile.is_file():
-        raise RenderError(f"{root}: no {KUSTOMIZATION}")
-    k = load_yaml(kfile.read_text()) or {}
-    unknown = set(k) - _KNOWN_KEYS
-    if unknown:
-        raise RenderError(f"{kfile}: unsupported fields {sorted(unknown)} "
-                          "(extend deploy/render.py or use kubectl kustomize)")
-    docs: list[Doc] = []
-    for entry in k.get("resources", []):
-        target = (root / entry).resolve()
-        docs.extend(render(target) if target.is_dir() else load_docs(target))
-    seen: set[tuple[str, str, str]] = set()
-    for d in docs:
-        key = _identity(d)
-        if key in seen:
-            raise RenderError(f"{kfile}: {key} is defined twice")
-        seen.add(key)
-    for p in k.get("patches", []):
-        docs = _apply_patch(docs, p, root)
-    if "namespace" in k:
-        docs = [set_namespace(d, str(k["namespace"])) for d in docs]
-    return docs
-
-
-def _identity(d: Doc) -> tuple[str, str, str]:
-    meta = d.get("metadata") or {}
-    return d["kind"], str(meta.get("namespace", "")), str(meta.get("name", ""))
-
-
-def set_namespace(doc: Doc, namespace: str) -> Doc:
-    """``doc`` with the Kustomize ``namespace`` transformer applied."""
-    out = copy.deepcopy(doc)
-    meta = out.setdefault("metadata", {})
-    if out["kind"] == "Namespace":
-        meta["name"] = namespace
-    elif out["kind"] not in CLUSTER_SCOPED:
-        meta["namespace"] = namespace
-    return out
-
-
-def _group_version(api_version: str) -> tuple[str, str]:
-    group, _, version = api_version.rpartition("/")
-    return group, version
-
-
-def _matches(doc: Doc, target: dict[str, Any]) -> bool:
-    group, version = _group_version(doc["apiVersion"])
-    meta = doc.get("metadata") or {}
-    want = {"group": group, "version": version, "kind": doc["kind"],
-            "name": meta.get("name"), "namespace": meta.get("namespace")}
-    for key, value in target.items():
-        if key not in want:
-            raise RenderError(f"unsupported patch target field {key!r}")
-        if want[key] != value:
-            return False
-    return True
-
-
-def _apply_patch(docs: list[Doc], entry: dict[str, Any], root: Path) -> list[Doc]:
-    if "path" in entry:
-        body = load_yaml((root / entry["path"]).read_text())
-        where = str(root / entry["path"])
-    elif "patch" in entry:
-        body, where = load_yaml(entry["patch"]), f"{root}: inline patch"
-    else:
-        raise RenderError(f"{root}: a patch needs path or patch")
-    target = entry.get("target")
-    if isinstance(body, dict) and target is None:
-        meta = body.get("metadata") or {}
-        target = {"kind": body.get("kind"), "name": meta.get("name")}
-    if not isinstance(body, list | dict):
-        raise RenderError(f"{where}: a patch is a mapping or a list of operations")
-    if target is None:
-        raise RenderError(f"{where}: a JSON patch needs a target")
-    hits = [i for i, d in enumerate(docs) if _matches(d, target)]
-    if not hits:
-        raise RenderError(f"{where}: no resource matches {target}")
-    out = list(docs)
-    for i in hits:
-        out[i] = (_json_patch(out[i], body, where) if isinstance(body, list)  # RFC 6902
-                  else _strategic_merge(out[i], body, where))
-    return out
-
-
-def _strategic_merge(doc: Doc, patch: Doc, where: str) -> Doc:
-    return _merge_map(copy.deepcopy(doc), patch, where)
-
-
-def _merge_map(base: dict[str, Any], patch: dict[str, Any], where: str) -> dict[str, Any]:
-    for key, value in patch.items():
-        if key.startswith("$"):
-            raise RenderError(f"{where}: strategic-merge directive {key} is not supported")
-        if value is None:
-            base.pop(key, None)
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = _merge_map(base[key], value, where)
-        elif isinstance(value, list) and isinstance(base.get(key), list) and key in MERGE_KEYS:
-            base[key] = _merge_list(base[key], value, MERGE_KEYS[key], where)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-def _merge_list(base: list[Any], patch: list[Any], key: str, where: str) -> list[Any]:
-    out = list(base)
-    for item in patch:
-        if not isinstance(item, dict) or key not in item:
-            raise RenderError(f"{where}: list items must be mappings with {key!r}")
-        for i, old in enumerate(out):
-            if isinstance(old, dict) and old.get(key) == item[key]:
-                out[i] = _merge_map(copy.deepcopy(old), item, where)
-                break
-        else:
-            out.append(copy.deepcopy(item))
-    return out
-
-
-def _pointer(path: str, where: str) -> list[str]:
-    if not path.startswith("/"):
-        raise RenderError(f"{where}: JSON pointer {path!r} must start with /")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _json_patch(doc: Doc, ops: list[dict[str, Any]], where: str) -> Doc:
-    out = copy.deepcopy(doc)
-    for op in ops:
-        kind, parts = op.get("op"), _pointer(str(op.get("path", "")), where)
-        parent: Any = out
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-        last = parts[-1]
-        if kind == "add":
-            value = copy.deepcopy(op["value"])
-            if isinstance(parent, list):
-                parent.insert(len(parent) if last == "-" else int(last), value)
-            else:
-                parent[last] = value
-        elif kind == "replace":
-            if isinstance(parent, list):
-                parent[int(last)] = copy.deepcopy(op["value"])
-            elif last not in parent:
-                raise RenderError(f"{where}: replace of missing {op['path']}")
-            else:
-                parent[last] = copy.deepcopy(op["value"])
-        elif kind == "remove":
-            del parent[int(last) if isinstance(parent, list) else last]
-        else:
-            raise RenderError(f"{where}: JSON patch op {kind!r} is not supported")
-    return out
-
-
-def relocate(docs: Iterable[Doc], namespace: str, suffix: str = "") -> list[Doc]:
-    """A copy of a rendering in another namespace, cluster-scoped names given ``suffix``.
-
-    Also retargets what refers to them: ClusterRoleBinding roleRefs and ServiceAccount
-    subjects (every subject that named the old namespace).
+    Built in a temporary directory and renamed into place, so an interrupted build never
+    looks like a good one; a lock keeps two sessions from building it at once.
     """
-    docs = list(docs)
-    old = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
-    old |= {d["metadata"]["namespace"] for d in docs if "namespace" in d.get("metadata", {})}
-    out: list[Doc] = []
-    for d in docs:
-        d = set_namespace(d, namespace)
-        if d["kind"] in CLUSTER_SCOPED and d["kind"] != "Namespace":
-            d["metadata"]["name"] += suffix
-        if d["kind"] in ("ClusterRoleBinding", "RoleBinding"):
-            if d["roleRef"]["kind"] == "ClusterRole":
-                d["roleRef"]["name"] += suffix
-            for s in d.get("subjects", []):
-                if s.get("namespace") in old:
-                    s["namespace"] = namespace
-        out.append(d)
-    return out
+    final = kustomize_binary()
+    if final.is_file():
+        return final
+    with _build_lock():
+        if final.is_file():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=".kustomize-tmp-", dir=cache_dir()))
+        try:
+            env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -buildvcs=false",
+                       GOBIN=str(tmp))
+            proc = subprocess.run(
+                [go_binary(), "install", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"],
+                cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                check=False)
+            if proc.returncode != 0:
+                raise StackError(f"building kustomize {KUSTOMIZE_VERSION} failed (go install, "
+                                 f"exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / "kustomize", final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
-def dump(docs: Sequence[Doc]) -> str:
-    """Multi-document YAML of ``docs``."""
-    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+def build_text(path: str | Path) -> str:
+    """``kustomize build PATH`` as YAML text (StackError with kustomize's message)."""
+    proc = subprocess.run([str(prepare()), "build", str(path)], capture_output=True, text=True,
+                          check=False, timeout=120)
+    if proc.returncode != 0:
+        raise StackError(f"kustomize build {path} failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def build(path: str | Path) -> list[Doc]:
+    """``kustomize build PATH`` as a list of objects, in Kustomize's output order."""
+    return [d for d in yaml.safe_load_all(build_text(path)) if d]
+
+
+def relocation(path: str | Path, workdir: Path, *, namespace: str, suffix: str) -> Path:
+    """A kustomization in ``workdir`` that installs ``path`` into ``namespace`` with ``suffix``
+    added to every name; returns ``workdir``.
+
+    Kustomize's ``namespace:`` field renames the Namespace object and moves namespaced ones,
+    but leaves ClusterRoleBinding subjects in their old namespace unless it was ``default``;
+    a NamespaceTransformer with ``setRoleBindingSubjects: allServiceAccounts`` after it moves
+    them too (deploy/README.md shows the same for installing podguard elsewhere).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(Path(path).resolve(), workdir.resolve())
+    (workdir / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [rel], "namespace": namespace, "nameSuffix": suffix,
+        "transformers": ["namespace.yaml"]}))
+    (workdir / "namespace.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "builtin", "kind": "NamespaceTransformer",
+        "metadata": {"name": "relocate", "namespace": namespace},
+        "setRoleBindingSubjects": "allServiceAccounts", "unsetOnly": False}))
+    return workdir
+
+
+def build_relocated(path: str | Path, *, namespace: str, suffix: str) -> list[Doc]:
+    """:func:`build` of ``path`` moved by :func:`relocation` (in a temporary directory)."""
+    with tempfile.TemporaryDirectory(prefix="podguard-kustomize-") as tmp:
+        return build(relocation(path, Path(tmp), namespace=namespace, suffix=suffix))
+
+
+def load_crds() -> list[Doc]:
+    """The project's copies of the CustomResourceDefinitions the monitoring objects need."""
+    return build(CRDS)
+
+
+def prometheus_rules(objects: Sequence[Doc]) -> Doc:
+    """The ``spec.groups`` of every PrometheusRule in ``objects`` as one rules file."""
+    groups: list[Any] = []
+    for o in objects:
+        if o.get("kind") == "PrometheusRule":
+            groups.extend(o["spec"]["groups"])
+    if not groups:
+        raise ValueError("no PrometheusRule among the objects")
+    # Kustomize sorts keys; a rules file reads better in the documentation's order.
+    order = {k: i for i, k in enumerate(("name", "interval", "alert", "record", "expr", "for",
+                                         "keep_firing_for", "labels", "annotations", "rules"))}
+
+    def ordered(d: dict[str, Any]) -> dict[str, Any]:
+        return dict(sorted(d.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    return {"groups": [ordered({**g, "rules": [ordered(r) for r in g["rules"]]})
+                       for g in groups]}
+
+
+RULES_HEADER = (
+    "# Generated from deploy/kustomize/components/monitoring/prometheusrule.yaml by\n"
+    "#   python -m deploy.render rules --write deploy/prometheus/rules.yml\n"
+    "# Do not edit by hand: tests/test_deploy_manifests.py checks that it is current.\n"
+    "# For a Prometheus without the Operator: list this file under rule_files.\n"
+)
+
+
+def rules_text() -> str:
+    """The plain rules file, as :data:`RULES_FILE` must hold it."""
+    return RULES_HEADER + yaml.safe_dump(prometheus_rules(build(MONITORING)), sort_keys=False,
+                                         width=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.render", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directory", type=Path, help="a directory with a kustomization.yaml")
-    p.add_argument("--namespace", default=None, help="install into this namespace instead")
-    p.add_argument("--suffix", default="", help="with --namespace: suffix of cluster-scoped "
-                                                "names (ClusterRole, binding)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="build the pinned kustomize if missing; print its path")
+    b = sub.add_parser("build", help="render a kustomization")
+    b.add_argument("dir", type=Path)
+    b.add_argument("--namespace", default=None, help="move everything to this namespace")
+    b.add_argument("--suffix", default="", help="with --namespace: suffix of every name")
+    r = sub.add_parser("rules", help="the PrometheusRule's groups as a plain rules file")
+    r.add_argument("--write", type=Path, default=None, help="write here instead of stdout")
     args = p.parse_args(argv)
     try:
-        docs = render(args.directory)
-    except (RenderError, OSError, yaml.YAMLError) as e:
-        print(f"render: {e}", file=sys.stderr)
-        return 2
-    if args.namespace:
-        docs = relocate(docs, args.namespace, args.suffix)
-    sys.stdout.write(dump(docs))
+        if args.command == "prepare":
+            print(prepare())
+        elif args.command == "build" and args.namespace:
+            docs = build_relocated(args.dir, namespace=args.namespace, suffix=args.suffix)
+            sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+        elif args.command == "build":
+            sys.stdout.write(build_text(args.dir))
+        else:
+            text = rules_text()
+            if args.write is None:
+                sys.stdout.write(text)
+            else:
+                tmp = args.write.with_name(f".{args.write.name}.tmp")
+                tmp.write_text(text)
+                os.replace(tmp, args.write)
+    except StackError as e:
+        print(f"deploy.render: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

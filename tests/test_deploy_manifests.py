@@ -1,24 +1,32 @@
-"""The Kustomize manifests of deploy/manifests: rendered, validated, installed.
+"""The Kustomize manifests of deploy/kustomize: rendered, validated, installed.
 
-Static checks: deploy/render.py gives the objects ``kubectl kustomize`` gives; the
-ConfigMap's configuration passes ``load_settings`` (alert-only: remediation off; remediate:
-on, not dry-run, nothing else different); the DaemonSet's port, probes, mounts, security
-and resources; the CronJob; ``promtool check rules`` on the PrometheusRule and its metric
-names against the daemon's registry; ``amtool check-config`` on the route example.
+Rendered with the real, pinned ``kustomize`` (deploy/render.py builds it from its Go module
+once per machine). Static checks: the configuration in each overlay's generated ConfigMap
+passes ``load_settings`` (alert-only: remediation off; remediate: on, nothing else
+different); the DaemonSet's port, probes, mounts, security, tolerations and resources; the
+seed script run for real; the CronJob; ``promtool check rules`` and ``promtool test rules``
+(every meta-alert fires on a synthetic series and stays quiet on a healthy one), the metric
+names against the daemon's registry; ``amtool check-config`` and ``amtool config routes
+test`` on the Alertmanager example.
 
-Against the real control plane (``kube`` fixture): each overlay, moved into a namespace of
-the test's own (cluster-scoped names suffixed), passes a server-side dry-run, is then created,
-its DaemonSet runs one pod on every kwok node, and the CronJob and RBAC objects exist.
+Against the real control plane (``kube`` fixture): each overlay, moved by Kustomize into a
+namespace of the test's own with every name suffixed, passes a server-side dry-run with
+strict field validation (the project's CRD copies installed first), is then created, its
+DaemonSet runs one pod on every kwok node, and the CronJob and RBAC objects exist.
+Everything created is deleted at the end, CRDs included when this module created them.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,137 +38,97 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from deploy.render import RenderError, relocate, render
+from deploy import render
+from deploy.render import OVERLAYS, build, build_relocated
+from detector.errors import ConfigError
 from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.settings import Settings, load_settings
 from detector.sources.base import SourceStatus
 from tests.support.k8s_fixtures import Kube
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = ROOT / "deploy" / "manifests"
-OVERLAYS = ("alert-only", "remediate")
+ROUTE_EXAMPLE = ROOT / "deploy" / "alertmanager" / "route-example.yml"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 T = TypeVar("T")
 Doc = dict[str, Any]
 
+_RENDERED: dict[str, list[Doc]] = {}
+
 
 def overlay(name: str) -> list[Doc]:
-    return render(MANIFESTS / "overlays" / name)
+    """The rendering of an overlay (cached: kustomize runs once per overlay and session)."""
+    if name not in _RENDERED:
+        _RENDERED[name] = build(OVERLAYS[name])
+    return copy.deepcopy(_RENDERED[name])
 
 
 def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
-    hits = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    """The one object of ``kind`` (named ``name``, or whose name starts with ``name-`` for a
+    generated, hash-suffixed ConfigMap)."""
+    hits = [d for d in docs if d["kind"] == kind and (
+        name is None or d["metadata"]["name"] == name
+        or d["metadata"]["name"].startswith(f"{name}-"))]
     assert len(hits) == 1, f"{len(hits)} {kind} {name or ''} in the rendering"
     return hits[0]
 
 
+def config_text(docs: list[Doc]) -> str:
+    data: str = one(docs, "ConfigMap", "podguard-config")["data"]["config.yaml"]
+    return data
+
+
 def settings_of(docs: list[Doc], tmp: Path) -> Settings:
     path = tmp / "config.yaml"
-    path.write_text(one(docs, "ConfigMap", "podguard-config")["data"]["config.yaml"])
+    path.write_text(config_text(docs))
     return load_settings(path, environ={})
 
 
-# ============================================================================ renderer
+# ============================================================================ rendering
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
-def test_render_equals_kubectl_kustomize(name: str) -> None:
-    from deploy.local.k8s_build import binaries
-
-    built = binaries().kubectl  # built by `python -m deploy.local prepare` (make test does it)
-    kubectl = str(built) if built.is_file() else shutil.which("kubectl")
-    assert kubectl, ("kubectl (with its built-in kustomize) is needed to check the renderer: "
-                     "run `.venv/bin/python -m deploy.local prepare kubernetes`")
-    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS / "overlays" / name)],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    theirs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
-    mine = {(d["kind"], d["metadata"]["name"]): d for d in overlay(name)}
-    assert mine.keys() == theirs.keys()
-    for key, doc in mine.items():
-        assert doc == theirs[key], f"{key} differs from kubectl kustomize"
+def test_kustomize_is_the_pinned_build() -> None:
+    out = subprocess.run([str(render.prepare()), "version"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    assert out == render.KUSTOMIZE_VERSION
 
 
-def _kustomization(tmp: Path, body: str, files: dict[str, str]) -> Path:
-    (tmp / "kustomization.yaml").write_text(body)
-    for name, text in files.items():
-        (tmp / name).write_text(text)
-    return tmp
+def test_base_needs_no_crds_overlays_add_the_monitoring_objects() -> None:
+    base = {d["kind"] for d in build(render.BASE)}
+    assert base == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                    "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob"}
+    for name in OVERLAYS:
+        kinds = [d["kind"] for d in overlay(name)]
+        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"}, name
+        assert all(d["metadata"].get("namespace") == "podguard" for d in overlay(name)
+                   if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
 
 
-DS = """apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: d}
-spec:
-  template:
-    spec:
-      tolerations: [{key: a, operator: Exists}]
-      containers:
-        - name: c
-          image: x
-          env: [{name: A, value: "1"}, {name: B, value: "2"}]
-"""
+def test_images_are_this_version_cpu_for_the_daemon_cuda_for_training() -> None:
+    docs = overlay("alert-only")
+    ds = one(docs, "DaemonSet", "podguard")["spec"]["template"]["spec"]
+    images = {c["image"] for c in [*ds["containers"], *ds["initContainers"]]}
+    assert images == {f"podguard:{VERSION}"}
+    cj = one(docs, "CronJob", "podguard-retrain")["spec"]["jobTemplate"]["spec"]["template"]
+    assert [c["image"] for c in cj["spec"]["containers"]] == [f"podguard:{VERSION}-cuda"]
 
 
-def test_strategic_merge_by_key_null_deletes_other_lists_replaced(tmp_path: Path) -> None:
-    patch = """apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: d}
-spec:
-  template:
-    spec:
-      tolerations: [{key: b, operator: Exists}]
-      containers:
-        - name: c
-          image: null
-          env: [{name: B, value: "3"}, {name: C, value: "4"}]
-        - name: side
-          image: y
-"""
-    d = _kustomization(tmp_path, "resources: [ds.yaml]\nnamespace: n\npatches:\n"
-                                 "  - path: p.yaml\n", {"ds.yaml": DS, "p.yaml": patch})
-    [ds] = render(d)
-    spec = ds["spec"]["template"]["spec"]
-    assert ds["metadata"]["namespace"] == "n"
-    assert spec["tolerations"] == [{"key": "b", "operator": "Exists"}]
-    assert spec["containers"] == [
-        {"name": "c", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "3"},
-                              {"name": "C", "value": "4"}]},
-        {"name": "side", "image": "y"}]
-
-
-def test_json_patch_and_refusals(tmp_path: Path) -> None:
-    ops = "- op: add\n  path: /spec/template/spec/tolerations/-\n  value: {key: z}\n" \
-          "- op: replace\n  path: /metadata/name\n  value: e\n"
-    d = _kustomization(tmp_path, "resources: [ds.yaml]\npatches:\n  - path: ops.yaml\n"
-                                 "    target: {kind: DaemonSet, name: d}\n",
-                       {"ds.yaml": DS, "ops.yaml": ops})
-    [ds] = render(d)
-    assert ds["metadata"]["name"] == "e"
-    assert ds["spec"]["template"]["spec"]["tolerations"][-1] == {"key": "z"}
-    bad = {
-        "commonLabels: {a: b}\nresources: [ds.yaml]\n": "unsupported fields",
-        "resources: [ds.yaml]\npatches:\n  - path: ops.yaml\n": "needs a target",
-        "resources: [ds.yaml]\npatches:\n  - path: ops.yaml\n    target: {kind: Job}\n":
-            "no resource matches",
-        "resources: [ds.yaml, ds.yaml]\n": "defined twice",
-        "resources: [dup.yaml]\n": "duplicate key",
-    }
-    for body, error in bad.items():
-        _kustomization(tmp_path, body, {"dup.yaml": "kind: A\nkind: B\napiVersion: v1\n"})
-        with pytest.raises(RenderError, match=error):
-            render(tmp_path)
-
-
-def test_relocate_moves_namespace_and_suffixes_cluster_names() -> None:
-    docs = relocate(overlay("alert-only"), "pg-test", "-x1")
+def test_relocation_moves_every_object_and_the_binding_subject() -> None:
+    docs = build_relocated(OVERLAYS["alert-only"], namespace="pg-test", suffix="-x1")
     assert one(docs, "Namespace")["metadata"]["name"] == "pg-test"
     crb = one(docs, "ClusterRoleBinding")
     assert crb["metadata"]["name"] == "podguard-x1" and crb["roleRef"]["name"] == "podguard-x1"
-    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "podguard",
+    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "podguard-x1",
                                 "namespace": "pg-test"}]
-    assert one(docs, "ClusterRole")["metadata"]["name"] == "podguard-x1"
+    ds = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert ds["serviceAccountName"] == "podguard-x1"
+    vols = {v["name"]: v for v in ds["volumes"]}
+    assert vols["models"]["persistentVolumeClaim"]["claimName"] == "podguard-models-x1"
+    assert vols["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
     for d in docs:
         if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             assert d["metadata"]["namespace"] == "pg-test", d["kind"]
+            assert d["metadata"]["name"].startswith("podguard") and "-x1" in \
+                d["metadata"]["name"], d["metadata"]["name"]
 
 
 # ============================================================================ configuration
@@ -179,16 +147,17 @@ def test_configuration_per_overlay(tmp_path: Path) -> None:
     assert alert.sources.prometheus.node_name == ""  # NODE_NAME from the downward API
     assert alert.server.enabled and alert.server.host == "0.0.0.0" and alert.server.port > 0
     assert alert.runtime.verdicts_path == ""  # read-only root filesystem
-    assert alert.alerting.kubernetes_events
+    assert alert.alerting.kubernetes_events and alert.alerting.alertmanager_urls
+    # the generated ConfigMap's name changes with its content, so a change rolls the pods
+    assert one(overlay("alert-only"), "ConfigMap")["metadata"]["name"] != \
+        one(overlay("remediate"), "ConfigMap")["metadata"]["name"]
 
 
 def test_configuration_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
-    docs = overlay("alert-only")
-    cm = one(docs, "ConfigMap")
-    cm["data"]["config.yaml"] += "server:\n  prot: 1\n"
-    from detector.errors import ConfigError
-    with pytest.raises(ConfigError):
-        settings_of(docs, tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text(overlay("alert-only")).replace("  port: 9731", "  prot: 9731"))
+    with pytest.raises(ConfigError, match="prot"):
+        load_settings(path, environ={})
 
 
 # ============================================================================ workloads
@@ -198,7 +167,7 @@ def _container(pod_spec: Doc, name: str) -> Doc:
     return next(c for c in pod_spec["containers"] if c["name"] == name)
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", list(OVERLAYS))
 def test_daemonset(name: str, tmp_path: Path) -> None:
     docs = overlay(name)
     s = settings_of(docs, tmp_path)
@@ -206,15 +175,15 @@ def test_daemonset(name: str, tmp_path: Path) -> None:
     spec = ds["spec"]["template"]["spec"]
     c = _container(spec, "podguard")
     assert spec["serviceAccountName"] == one(docs, "ClusterRoleBinding")["subjects"][0]["name"]
-    assert c["args"][:1] == ["--config"]
+    assert c["args"] == ["--config", "/etc/podguard/config.yaml"]  # entrypoint: podguard run
+    assert "command" not in c
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    config_dir = str(Path(c["args"][1]).parent)
-    assert mounts[config_dir]["name"] == "config" and mounts[config_dir]["readOnly"]
+    assert mounts["/etc/podguard"]["name"] == "config" and mounts["/etc/podguard"]["readOnly"]
     assert mounts[s.model.root]["readOnly"] is True and mounts[s.model.root]["name"] == "models"
     assert "/tmp" in mounts
     vols = {v["name"]: v for v in spec["volumes"]}
     assert vols["tmp"]["emptyDir"] is not None
-    assert vols["config"]["configMap"]["name"] == "podguard-config"
+    assert vols["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
     pvc = one(docs, "PersistentVolumeClaim", vols["models"]["persistentVolumeClaim"]["claimName"])
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     env = {e["name"]: e for e in c["env"]}
@@ -223,25 +192,31 @@ def test_daemonset(name: str, tmp_path: Path) -> None:
     assert port["http-metrics"] == s.server.port
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    # from `podguard bench` (deploy/README.md): 290-390 MB RSS, 0.1 % of a core at 110 pods
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}}
     assert spec["terminationGracePeriodSeconds"] > s.runtime.grace_period_s
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == 10001
     for ctr in [*spec["containers"], *spec.get("initContainers", [])]:
         sc = ctr["securityContext"]
-        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001  # the image's USER
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert "resources" in ctr and "limits" in ctr["resources"]
+        assert "limits" in ctr["resources"] and "requests" in ctr["resources"]
     tol = spec["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tol
     assert {"operator": "Exists", "effect": "NoSchedule"} in tol
     svc = one(docs, "Service", "podguard")
     assert svc["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["ports"][0]["targetPort"] == "http-metrics"
     sm = one(docs, "ServiceMonitor", "podguard")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "podguard"  # job="podguard"
     assert sm["spec"]["endpoints"][0]["port"] == "http-metrics"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
 
@@ -254,18 +229,20 @@ def test_seed_init_container_seeds_a_loadable_model_root_once(tmp_path: Path) ->
     root = tmp_path / "models"
     root.mkdir()
     script = seed["command"][2].replace('"/models"', repr(str(root)))
+    assert script != seed["command"][2]
     env = {**os.environ, "PODGUARD_DEFAULT_MODEL": str(ROOT / "data" / "model"),
            "POD_NAME": "podguard-abc"}
+    current = (ROOT / "data" / "model" / "current").read_text().strip()
     for _ in range(2):  # the second run (another node, a restart) changes nothing
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                              text=True, check=True, timeout=60).stdout
-        assert out.strip() == "model root: default-1"
-    assert sorted(p.name for p in root.iterdir()) == ["current", "default-1"]
+        assert out.strip() == f"model root: {current}"
+    assert sorted(p.name for p in root.iterdir()) == ["current", current]
     from detector.models.store import CURRENT
     from detector.pipeline import Pipeline
     from detector.settings import DetectionSettings
-    assert (root / CURRENT).read_text().strip() == "default-1"
-    assert Pipeline.load(root, settings=DetectionSettings()).version
+    assert (root / CURRENT).read_text().strip() == current
+    assert Pipeline.load(root, settings=DetectionSettings()).version == current
 
 
 def test_retraining_cronjob(tmp_path: Path) -> None:
@@ -274,52 +251,176 @@ def test_retraining_cronjob(tmp_path: Path) -> None:
     cj = one(docs, "CronJob", "podguard-retrain")
     pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     c = _container(pod, "train")
-    assert c["command"] + c["args"][:7] == [
-        "podguard", "train", "--prometheus", "http://prometheus-operated.monitoring:9090",
-        "--since", "7d", "--out", s.model.root]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["command"] == ["podguard"] and c["args"][0] == "train"
+    from training.job import add_arguments  # the arguments parse as `podguard train` does
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    ns = p.parse_args(c["args"][1:])
+    assert ns.prometheus == s.sources.prometheus.url  # the daemon's Prometheus
+    assert str(ns.out) == s.model.root and ns.since == "7d"
+    for part in ("requests", "limits"):
+        assert c["resources"][part]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         pod["tolerations"]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert not mounts[s.model.root].get("readOnly")
     vols = {v["name"]: v for v in pod["volumes"]}
-    assert vols[mounts[s.model.root]["name"]]["persistentVolumeClaim"]["claimName"] == \
-        "podguard-models"
+    ds = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    ds_vols = {v["name"]: v for v in ds["volumes"]}
+    assert vols[mounts[s.model.root]["name"]]["persistentVolumeClaim"] == \
+        ds_vols["models"]["persistentVolumeClaim"]  # the volume the daemons read
     assert cj["spec"]["concurrencyPolicy"] == "Forbid"
-    import argparse
-
-    from training.job import add_arguments  # the arguments parse as `podguard train` does
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    ns = p.parse_args(c["args"][1:])
-    assert str(ns.out) == s.model.root and ns.since == "7d"
+    assert pod["automountServiceAccountToken"] is False  # it needs no API access
+    assert pod["securityContext"]["runAsNonRoot"] is True
 
 
 # ============================================================================ alerting
 
 
 def _rule_groups() -> list[Doc]:
-    return one(overlay("alert-only"), "PrometheusRule")["spec"]["groups"]
+    groups: list[Doc] = one(overlay("alert-only"), "PrometheusRule")["spec"]["groups"]
+    return groups
 
 
-def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
+def test_plain_rules_file_is_current() -> None:
+    assert render.RULES_FILE.read_text() == render.rules_text(), \
+        "deploy/prometheus/rules.yml is stale: python -m deploy.render rules --write " \
+        "deploy/prometheus/rules.yml"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is needed"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_prometheus_rules_pass_promtool_check(tmp_path: Path) -> None:
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": _rule_groups()}))
-    r = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
-                       timeout=60)
+    r = _promtool("check", "rules", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout
     names = {rule["alert"] for g in _rule_groups() for rule in g["rules"]}
     assert {"PodguardDaemonDown", "PodguardSourceStale", "PodguardDeadLetterRate",
             "PodguardModelTooOld"} <= names
-    # and a broken rule does fail promtool (the check can fail)
-    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
+    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [  # the check can fail
         {"alert": "Bad", "expr": "rate(podguard_ready[5m]"}]}]}))
-    assert subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                          timeout=60).returncode != 0
+    assert _promtool("check", "rules", str(path)).returncode != 0
+
+
+# alert -> (input series as (series, values), evaluation time, labels of the alert).
+# Each also gets a healthy counterpart (HEALTHY) at the same time, where it must not fire.
+POD = 'job="podguard",namespace="podguard",pod="podguard-a",node="n1"'
+FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
+    "PodguardDaemonDown": (
+        [(f'up{{{POD},instance="10.0.0.1:9731"}}', "0x20")], "10m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
+         "instance": "10.0.0.1:9731"}),
+    "PodguardDaemonsUnavailable": (
+        [('kube_daemonset_status_number_unavailable{daemonset="podguard",'
+          'namespace="podguard"}', "1x40")], "20m",
+        {"daemonset": "podguard", "namespace": "podguard"}),
+    "PodguardNotReady": (
+        [(f"podguard_ready{{{POD}}}", "0x40")], "20m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
+    "PodguardSourceDown": (
+        [(f'podguard_source_up{{{POD},source="prometheus"}}', "0x20")], "10m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
+         "source": "prometheus"}),
+    "PodguardSourceStale": (
+        [(f'podguard_source_lag_seconds{{{POD},source="prometheus"}}', "700x40")], "20m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
+         "source": "prometheus"}),
+    "PodguardDeadLetterRate": (
+        [(f'podguard_dead_letter_messages_total{{{POD},source="kafka"}}', "0+60x60")], "30m",
+        {"namespace": "podguard", "pod": "podguard-a", "source": "kafka"}),
+    "PodguardSamplesRejected": (
+        [(f'podguard_samples_rejected_total{{{POD},source="kafka",reason="labels"}}',
+          "0+120x60")], "30m",
+        {"namespace": "podguard", "pod": "podguard-a", "source": "kafka", "reason": "labels"}),
+    "PodguardSinkErrors": (
+        [(f'podguard_sink_errors_total{{{POD},sink="alertmanager"}}', "0+1x60")], "40m",
+        {"namespace": "podguard", "pod": "podguard-a", "node": "n1", "sink": "alertmanager"}),
+    "PodguardFallingBehind": (
+        [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "0+1x60")], "40m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
+    "PodguardMemoryNearLimit": (
+        [(f"podguard_process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
+    "PodguardModelReloadFailed": (
+        [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}', "0 0 0 1x20")], "10m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
+         "outcome": "failed"}),
+    # promtool's clock starts at 0: a last success at -9 days is 9 days before the start
+    "PodguardModelTooOld": (
+        [('kube_cronjob_status_last_successful_time{cronjob="podguard-retrain",'
+          'namespace="podguard"}', "-777600x100")], "90m",
+        {"cronjob": "podguard-retrain", "namespace": "podguard"}),
+    "PodguardModelIsShippedDefault": (
+        [(f'podguard_model_info{{{POD},version="default-1"}}', "1x3000")], "49h",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
+         "version": "default-1"}),
+}
+HEALTHY: dict[str, list[tuple[str, str]]] = {
+    "PodguardDaemonDown": [(f'up{{{POD},instance="10.0.0.1:9731"}}', "1x20")],
+    "PodguardDaemonsUnavailable": [('kube_daemonset_status_number_unavailable{'
+                                    'daemonset="podguard",namespace="podguard"}', "0x40")],
+    "PodguardNotReady": [(f"podguard_ready{{{POD}}}", "1x40")],
+    "PodguardSourceDown": [(f'podguard_source_up{{{POD},source="prometheus"}}', "1x20")],
+    "PodguardSourceStale": [
+        (f'podguard_source_lag_seconds{{{POD},source="prometheus"}}', "30x40"),
+        (f'podguard_source_caught_up{{{POD},source="prometheus"}}', "1x40")],
+    "PodguardDeadLetterRate": [
+        (f'podguard_dead_letter_messages_total{{{POD},source="kafka"}}', "0+1x60")],
+    "PodguardSamplesRejected": [
+        (f'podguard_samples_rejected_total{{{POD},source="kafka",reason="labels"}}', "0x60")],
+    "PodguardSinkErrors": [(f'podguard_sink_errors_total{{{POD},sink="alertmanager"}}',
+                            "0x60")],
+    "PodguardFallingBehind": [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "1x60")],
+    "PodguardMemoryNearLimit": [(f"podguard_process_resident_memory_bytes{{{POD}}}",
+                                 "300000000x40")],
+    "PodguardModelReloadFailed": [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}',
+                                   "0x20")],
+    "PodguardModelTooOld": [('kube_cronjob_status_last_successful_time{'
+                             'cronjob="podguard-retrain",namespace="podguard"}', "0x100")],
+    "PodguardModelIsShippedDefault": [
+        (f'podguard_model_info{{{POD},version="20261127T030000Z-abc123"}}', "1x3000")],
+}
+
+
+def test_every_meta_alert_fires_on_its_condition_only(tmp_path: Path) -> None:
+    """``promtool test rules``: each alert fires with the expected labels on a synthetic
+    series and not on a healthy one. Annotations are left out of the copy under test (their
+    templates are checked by ``promtool check rules``)."""
+    groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"}
+                              for r in g["rules"]]} for g in _rule_groups()]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert set(FIRING) == set(HEALTHY) == set(alerts), "an alert without a test case"
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+
+    def case(series: list[tuple[str, str]], at: str, name: str,
+             expected: list[Doc]) -> Doc:
+        return {"interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "alert_rule_test": [{"eval_time": at, "alertname": name,
+                                     "exp_alerts": expected}]}
+
+    tests = []
+    for name, (series, at, labels) in FIRING.items():
+        severity = alerts[name]["labels"]["severity"]
+        tests.append(case(series, at, name, [{"exp_labels": {**labels, "severity": severity}}]))
+        tests.append(case(HEALTHY[name], at, name, []))
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}))
+    r = _promtool("test", "rules", str(tmp_path / "tests.yml"))
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-6000:]
+    # a wrong expectation fails (the test can fail)
+    tests[0]["alert_rule_test"][0]["exp_alerts"] = []
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests[:1]}))
+    assert _promtool("test", "rules", str(tmp_path / "tests.yml")).returncode != 0
 
 
 def test_rules_name_only_metrics_the_daemon_exports() -> None:
@@ -333,32 +434,42 @@ def test_rules_name_only_metrics_the_daemon_exports() -> None:
                  for x in ("bucket", "sum", "count")}
     used = {m for g in _rule_groups() for rule in g["rules"]
             for m in re.findall(r"\bpodguard_[a-z_]+", rule["expr"])}
-    assert used, "no podguard_* metric in the rules"
+    assert len(used) >= 8, used
     assert used <= exported, f"not exported by the daemon: {sorted(used - exported)}"
 
 
-def test_alertmanager_route_example_passes_amtool(tmp_path: Path) -> None:
+def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
     amtool = shutil.which("amtool")
     assert amtool, "amtool (Debian package prometheus-alertmanager) is needed"
-    route = yaml.safe_load((MANIFESTS / "alertmanager-route-example.yml").read_text())
+    return subprocess.run([amtool, *args], capture_output=True, text=True, timeout=60)
 
-    def receivers(r: Doc) -> set[str]:
-        return {r["receiver"], *(n for sub in r.get("routes", []) for n in receivers(sub))}
 
-    cfg = {"route": {"receiver": "default", "routes": [route]},
-           "receivers": [{"name": n} for n in sorted({"default", *receivers(route)})]}
-    path = tmp_path / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True,
-                       timeout=60)
+def test_alertmanager_route_example_passes_amtool(tmp_path: Path) -> None:
+    r = _amtool("check-config", str(ROUTE_EXAMPLE))
     assert r.returncode == 0, r.stdout + r.stderr
+    cfg = yaml.safe_load(ROUTE_EXAMPLE.read_text())
     from detector.sinks.alertmanager import ALERT_NAMES
-    for name in ALERT_NAMES.values():
-        assert name in route["matchers"][0]
+
+    routed = {
+        ("PodMemoryLeak", "critical"): "ml-platform-pager",
+        ("PodGpuMemoryLeak", "critical"): "ml-platform-pager",
+        ("PodPreFailureDrift", "warning"): "ml-platform",
+        ("PodMemoryLeak", "info"): "ml-platform",
+        ("PodguardDaemonDown", "warning"): "ml-platform",
+        ("PodguardSourceStale", "critical"): "ml-platform",  # meta-alerts never page
+        ("SomethingElse", "critical"): "default",
+    }
+    assert {n for n, _ in routed} >= set(ALERT_NAMES.values())
+    for (alertname, severity), receiver in routed.items():
+        r = _amtool("config", "routes", "test", f"--config.file={ROUTE_EXAMPLE}",
+                    f"alertname={alertname}", f"severity={severity}", "namespace=ml",
+                    "pod=train-0")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == receiver, (alertname, severity, r.stdout)
     cfg["receivers"] = [{"name": "default"}]  # a receiver the route names is missing: fails
-    path.write_text(yaml.safe_dump(cfg))
-    assert subprocess.run([amtool, "check-config", str(path)], capture_output=True,
-                          timeout=60).returncode != 0
+    broken = tmp_path / "alertmanager.yml"
+    broken.write_text(yaml.safe_dump(cfg))
+    assert _amtool("check-config", str(broken)).returncode != 0
 
 
 # ============================================================================ real cluster
@@ -379,47 +490,36 @@ def wait_for(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
 
 
 def d_(obj: Any) -> Doc:
-    """A typed client model as a plain dict (snake_case keys; every field Optional in the
-    model, present in the dict)."""
+    """A typed client model as a plain dict (snake_case keys)."""
     out: Doc = obj.to_dict()
     return out
 
 
-def install_crds(kube: Kube) -> None:
-    """The project's CRD copies, unless the CRDs exist already; waits until Established."""
-    ext = client.ApiextensionsV1Api(kube.api)
-    dyn = dynamic.DynamicClient(kube.api)
-    crd_api = dyn.resources.get(api_version="apiextensions.k8s.io/v1",
-                                kind="CustomResourceDefinition")
-    for doc in render(MANIFESTS / "crds"):
-        try:
-            crd_api.create(body=doc)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-        name = doc["metadata"]["name"]
-        wait_for(lambda n=name: any(  # type: ignore[misc]
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (d_(ext.read_custom_resource_definition(n))["status"]["conditions"] or [])),
-            timeout=60, what=f"CRD {name} Established")
+STRICT = [("fieldValidation", "Strict")]  # unknown or duplicate fields are errors, as kubectl
 
 
 def apply(kube: Kube, docs: list[Doc], *, dry_run: bool) -> list[Doc]:
-    """Create every object (server-side dry-run if asked); returns what the server returned."""
+    """Create every object (server-side dry-run if asked), strict field validation; returns
+    what the server returned."""
     dyn = dynamic.DynamicClient(kube.api)
     out = []
     for d in docs:
         res = dyn.resources.get(api_version=d["apiVersion"], kind=d["kind"])
         ns = d["metadata"].get("namespace") if res.namespaced else None
         kw: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
-        out.append(res.create(body=d, namespace=ns, **kw).to_dict())
+        out.append(res.create(body=d, namespace=ns, query_params=list(STRICT), **kw).to_dict())
     return out
 
 
+CLUSTER_KINDS = ("Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                 "CustomResourceDefinition")
+
+
 def delete_installation(kube: Kube, docs: list[Doc]) -> None:
+    """Delete the cluster-scoped objects among ``docs`` (a namespace takes its contents)."""
     dyn = dynamic.DynamicClient(kube.api)
     for d in docs:
-        if d["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"):
+        if d["kind"] in CLUSTER_KINDS:
             res = dyn.resources.get(api_version=d["apiVersion"], kind=d["kind"])
             try:
                 res.delete(name=d["metadata"]["name"])
@@ -428,52 +528,90 @@ def delete_installation(kube: Kube, docs: list[Doc]) -> None:
                     raise
 
 
-def models_pv(namespace: str, claim: str, storage_class: str | None, name: str) -> Doc:
-    """A PersistentVolume pre-bound to the models claim (the test cluster has no RWX
-    provisioner); kwok pods never touch it."""
+@pytest.fixture(scope="module")
+def crds(kube: Kube) -> Iterator[list[Doc]]:
+    """The project's CRD copies, unless these CRDs exist already (then left alone); waits
+    until they are Established; deletes the ones it created."""
+    ext = client.ApiextensionsV1Api(kube.api)
+    created: list[Doc] = []
+    docs = render.load_crds()
+    try:
+        for doc in docs:
+            try:
+                apply(kube, [doc], dry_run=False)
+                created.append(doc)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            name = doc["metadata"]["name"]
+
+            def established(n: str = name) -> bool:
+                conds = d_(ext.read_custom_resource_definition(n))["status"]["conditions"]
+                return any(c["type"] == "Established" and c["status"] == "True"
+                           for c in conds or [])
+
+            wait_for(established, timeout=60, what=f"CRD {name} Established")
+        yield docs
+    finally:
+        delete_installation(kube, created)
+
+
+def models_pv(namespace: str, claim: str, name: str) -> Doc:
+    """A PersistentVolume pre-bound to the models claim: the test cluster has no RWX
+    provisioner (a real one would make it); kwok pods never touch it."""
     return {"apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "podguard"}},
             "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Retain",
-                     "storageClassName": storage_class or "",
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                      "hostPath": {"path": f"/tmp/{name}", "type": "DirectoryOrCreate"},
                      "claimRef": {"namespace": namespace, "name": claim}}}
 
 
 class Installation:
-    """One overlay installed in a namespace of the test's own (see ``installed``)."""
+    """One overlay installed by Kustomize into a namespace of the test's own, every name
+    suffixed (see ``deploy.render.relocation``)."""
 
-    def __init__(self, kube: Kube, name: str) -> None:
+    def __init__(self, kube: Kube, name: str, *, prefix: str = "pg-deploy") -> None:
         tag = uuid.uuid4().hex[:6]
         self.kube, self.overlay = kube, name
-        self.namespace = f"pg-deploy-{name}-{tag}"
+        self.namespace = f"{prefix}-{name}-{tag}"
         self.suffix = f"-{tag}"
-        self.docs = relocate(overlay(name), self.namespace, self.suffix)
+        self.docs = build_relocated(OVERLAYS[name], namespace=self.namespace,
+                                    suffix=self.suffix)
+        # no default StorageClass here: the claim binds the PV below, storageClassName ""
+        one(self.docs, "PersistentVolumeClaim")["spec"]["storageClassName"] = ""
         self.created: list[Doc] = []
 
-    def install(self) -> None:
-        install_crds(self.kube)
-        nsdoc = [d for d in self.docs if d["kind"] == "Namespace"]
-        rest = [d for d in self.docs if d["kind"] != "Namespace"]
-        self.created += nsdoc
-        apply(self.kube, nsdoc, dry_run=False)
+    def name(self, base: str) -> str:
+        return f"{base}{self.suffix}"
+
+    def install(self, kinds: tuple[str, ...] | None = None) -> None:
+        """Namespace first, then a server-side dry-run of everything else, then the real
+        creation (only ``kinds`` if given)."""
+        docs = [d for d in self.docs if kinds is None or d["kind"] in kinds]
+        ns = [d for d in docs if d["kind"] == "Namespace"]
+        rest = [d for d in docs if d["kind"] != "Namespace"]
+        apply(self.kube, ns, dry_run=True)
+        self.created += ns
+        apply(self.kube, ns, dry_run=False)
         apply(self.kube, rest, dry_run=True)  # everything validated before anything is made
         for d in rest:
             self.created.append(d)
             apply(self.kube, [d], dry_run=False)
-        pvc = d_(client.CoreV1Api(self.kube.api).read_namespaced_persistent_volume_claim(
-            "podguard-models", self.namespace))
-        pv = models_pv(self.namespace, "podguard-models", pvc["spec"]["storage_class_name"],
-                       f"podguard-models{self.suffix}")
-        self.created.append(pv)
-        apply(self.kube, [pv], dry_run=False)
+        if kinds is None or "PersistentVolumeClaim" in kinds:
+            pv = models_pv(self.namespace, self.name("podguard-models"),
+                           self.name("podguard-models"))
+            self.created.append(pv)
+            apply(self.kube, [pv], dry_run=False)
 
     def remove(self) -> None:
         delete_installation(self.kube, self.created)
 
 
-def installed(kube: Kube, name: str) -> Iterator[Installation]:
-    inst = Installation(kube, name)
+@pytest.fixture(scope="module", params=list(OVERLAYS))
+def installation(request: pytest.FixtureRequest, kube: Kube,
+                 crds: list[Doc]) -> Iterator[Installation]:
+    inst = Installation(kube, request.param)
     try:
         inst.install()
         yield inst
@@ -481,22 +619,14 @@ def installed(kube: Kube, name: str) -> Iterator[Installation]:
         inst.remove()
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
-def installation(request: pytest.FixtureRequest, kube: Kube) -> Iterator[Installation]:
-    yield from installed(kube, request.param)
-
-
 @pytest.mark.stack
 @pytest.mark.timeout(300)
 def test_overlay_installs_and_daemonset_runs_on_every_kwok_node(
         installation: Installation) -> None:
-    kube, ns = installation.kube, installation.namespace
+    inst = installation
+    kube, ns = inst.kube, inst.namespace
     core, apps = client.CoreV1Api(kube.api), client.AppsV1Api(kube.api)
     nodes = set(kube.nodes)
-    for n in d_(core.list_node(label_selector="type=kwok"))["items"]:
-        if n["metadata"]["name"] in nodes:  # GPU-like taints, if any, are tolerated
-            for t in n["spec"]["taints"] or []:
-                assert t["effect"] != "NoExecute" or t["key"] == "nvidia.com/gpu", t
 
     def pods() -> list[Doc]:
         items: list[Doc] = d_(core.list_namespaced_pod(
@@ -512,36 +642,60 @@ def test_overlay_installs_and_daemonset_runs_on_every_kwok_node(
         return None
 
     wait_for(running, timeout=180, what=f"one Running podguard pod per kwok node in {ns}")
-    ds = d_(apps.read_namespaced_daemon_set("podguard", ns))
+    ds = d_(apps.read_namespaced_daemon_set(inst.name("podguard"), ns))
     assert ds["status"]["desired_number_scheduled"] == len(nodes)
-    env = {e["name"]: e for e in pods()[0]["spec"]["containers"][0]["env"]}
+    pod = pods()[0]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert env["NODE_NAME"]["value_from"]["field_ref"]["field_path"] == "spec.nodeName"
-    cj = d_(client.BatchV1Api(kube.api).read_namespaced_cron_job("podguard-retrain", ns))
-    assert cj["spec"]["job_template"]["spec"]["template"]["spec"]["containers"][0]["args"][0] \
-        == "train"
+    assert pod["spec"]["security_context"]["run_as_non_root"] is True
+    pvc = d_(core.read_namespaced_persistent_volume_claim(inst.name("podguard-models"), ns))
+    assert pvc["status"]["phase"] == "Bound"
+    cj = d_(client.BatchV1Api(kube.api).read_namespaced_cron_job(
+        inst.name("podguard-retrain"), ns))
+    train = cj["spec"]["job_template"]["spec"]["template"]["spec"]
+    assert train["containers"][0]["args"][0] == "train"
+    assert train["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     rbac_api = client.RbacAuthorizationV1Api(kube.api)
-    role = d_(rbac_api.read_cluster_role(f"podguard{installation.suffix}"))
-    want = one(installation.docs, "ClusterRole")["rules"]
+    role = d_(rbac_api.read_cluster_role(inst.name("podguard")))
+    want = one(inst.docs, "ClusterRole")["rules"]
     assert [{"apiGroups": r["api_groups"], "resources": r["resources"], "verbs": r["verbs"]}
             for r in role["rules"]] == want
-    crb = d_(rbac_api.read_cluster_role_binding(f"podguard{installation.suffix}"))
+    crb = d_(rbac_api.read_cluster_role_binding(inst.name("podguard")))
     assert crb["subjects"][0]["namespace"] == ns
-    cm = d_(core.read_namespaced_config_map("podguard-config", ns))
-    assert ("enabled: true" in cm["data"]["config.yaml"]) == \
-        (installation.overlay == "remediate")
+    assert crb["subjects"][0]["name"] == ds["spec"]["template"]["spec"]["service_account_name"]
+    cm_name = one(inst.docs, "ConfigMap")["metadata"]["name"]
+    cm = d_(core.read_namespaced_config_map(cm_name, ns))
+    assert yaml.safe_load(cm["data"]["config.yaml"])["remediation"]["enabled"] == \
+        (inst.overlay == "remediate")
     dyn = dynamic.DynamicClient(kube.api)
     for kind in ("ServiceMonitor", "PrometheusRule"):
         res = dyn.resources.get(api_version="monitoring.coreos.com/v1", kind=kind)
-        assert res.get(name="podguard", namespace=ns).spec
+        assert res.get(name=inst.name("podguard"), namespace=ns).spec
 
 
 @pytest.mark.stack
 @pytest.mark.timeout(120)
-def test_server_side_dry_run_refuses_a_broken_manifest(kube: Kube) -> None:
-    """The dry-run is a real validation: an invalid DaemonSet is refused by the server."""
-    docs = relocate(overlay("alert-only"), "default", f"-{uuid.uuid4().hex[:6]}")
+def test_server_side_dry_run_refuses_broken_manifests(kube: Kube, crds: list[Doc]) -> None:
+    """The dry-run is a real validation: an invalid DaemonSet, and a misspelt field in the
+    ServiceMonitor (checked by the CRD copy's schema), are refused by the server."""
+    docs = build_relocated(OVERLAYS["alert-only"], namespace="default",
+                           suffix=f"-{uuid.uuid4().hex[:6]}")
     ds = one(docs, "DaemonSet")
     ds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] = "other"
     with pytest.raises(ApiException) as err:
         apply(kube, [ds], dry_run=True)
     assert err.value.status == 422 and "selector" in str(err.value.body)
+    sm = one(docs, "ServiceMonitor")
+    apply(kube, [sm], dry_run=True)  # as rendered: accepted
+    sm["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(ApiException) as err:
+        apply(kube, [sm], dry_run=True)
+    # strict field validation: an unknown field is a bad request
+    body = str(err.value.body)
+    assert err.value.status == 400 and "unknown field" in body, body
+    assert "spec.endpoints[0].intervall" in body, body
+    sm["spec"]["endpoints"][0].pop("intervall")
+    sm["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(ApiException) as err:
+        apply(kube, [sm], dry_run=True)
+    assert err.value.status == 422 and "interval" in str(err.value.body), err.value.body

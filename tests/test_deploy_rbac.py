@@ -1,15 +1,18 @@
-"""The daemon's RBAC in deploy/manifests, against rbac.py and the real API server.
+"""The daemon's RBAC in deploy/kustomize, against rbac.py, the alerting code and the real
+API server.
 
-The ClusterRole of the remediate overlay grants exactly ``CONTROLLER_RULES``; the alert-only
-one exactly the rules alerting uses (pods, events). Then, on the real control plane, with a
-TokenRequest token of the daemon's ServiceAccount (the namespace, ClusterRole and binding of
-each overlay created under test-owned names): allowed calls succeed, others get 403, and
-eviction is refused in alert-only and allowed in remediate.
+The remediate overlay's ClusterRole is exactly ``CONTROLLER_RULES`` of
+detector/remediation/rbac.py; the alert-only one exactly what alerting calls (pods get/patch,
+events create/patch), a subset of those. Then, on the real control plane, with a
+TokenRequest token of the daemon's ServiceAccount (each overlay's Namespace, ServiceAccount,
+ClusterRole and binding installed by Kustomize under test-owned names): the real Kubernetes
+Events sink writes its Event, repeat and annotation; allowed calls succeed, others get 403;
+listing pods and eviction are refused in alert-only and allowed in remediate.
 """
 
 from __future__ import annotations
 
-import uuid
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,39 +20,57 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from deploy.render import OVERLAYS
+from detector.remediation.actuator import Actuator
+from detector.remediation.protocol import VERDICT
 from detector.remediation.rbac import CONTROLLER_RULES, cluster_role
+from detector.settings import AlertingSettings, RemediationSettings
+from detector.sinks.k8s_events import KubernetesEventSink
+from detector.verdicts import Verdict
 from tests.support.k8s_fixtures import Kube
-from tests.test_deploy_manifests import OVERLAYS, apply, delete_installation, one, overlay
-
-ALERTING_RESOURCES = {("pods",), ("events",)}
-"""What alerting needs (read_pod, annotate_pod, event); everything else is remediation."""
+from tests.test_deploy_manifests import Installation, one, overlay
 
 Doc = dict[str, Any]
 
+ALERTING_RULES: list[Doc] = [
+    # detector/sinks/k8s_events.py: actuator.read_pod (also the Alertmanager sink's container
+    # lookup) and actuator.annotate_pod (the podguard.io/verdict annotation)
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+    # actuator.event: create, and patch for the count of a repeated Event
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+"""What alert-only needs. detector/remediation/rbac.py lists only the controller's rules;
+this is the alerting part of them (checked below: every triple is in CONTROLLER_RULES)."""
 
-def _key(rule: Doc) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    return tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(rule["verbs"])
+
+def _triples(rules: list[Doc]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"]
+            for r in rule["resources"] for v in rule["verbs"]}
 
 
 def test_remediate_cluster_role_is_exactly_rbac_py() -> None:
     rules = one(overlay("remediate"), "ClusterRole")["rules"]
-    assert sorted(map(_key, rules)) == sorted(map(_key, cluster_role()["rules"]))
+    assert rules == cluster_role()["rules"]
     assert len(rules) == len(CONTROLLER_RULES)
 
 
-def test_alert_only_cluster_role_is_the_alerting_part_of_rbac_py() -> None:
+def test_alert_only_cluster_role_is_what_alerting_calls() -> None:
     rules = one(overlay("alert-only"), "ClusterRole")["rules"]
-    want = [r.as_manifest() for r in CONTROLLER_RULES if r.resources in ALERTING_RESOURCES]
-    assert sorted(map(_key, rules)) == sorted(map(_key, want))
-    for r in rules:
-        assert "pods/eviction" not in r["resources"] and "nodes" not in r["resources"]
+    assert rules == ALERTING_RULES
+    assert _triples(ALERTING_RULES) < _triples(cluster_role()["rules"])
+    assert not {("", "pods", "list"), ("", "nodes", "patch"), ("", "pods/eviction", "create")} \
+        & _triples(rules)
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", list(OVERLAYS))
 def test_no_wildcards_no_delete_no_secrets(name: str) -> None:
-    for r in one(overlay(name), "ClusterRole")["rules"]:
-        assert "*" not in r["verbs"] and "*" not in r["resources"]
-        assert not {"delete", "deletecollection", "update", "escalate", "bind"} & set(r["verbs"])
+    docs = overlay(name)
+    assert [d["kind"] for d in docs].count("ClusterRole") == 1
+    assert not any(d["kind"] in ("Role", "RoleBinding") for d in docs)
+    for r in one(docs, "ClusterRole")["rules"]:
+        assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"]
+        assert not {"delete", "deletecollection", "update", "escalate", "bind",
+                    "impersonate", "watch"} & set(r["verbs"])
         assert "secrets" not in r["resources"]
 
 
@@ -60,21 +81,20 @@ RESTRICTED = {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalatio
 
 
 class Identity:
-    """An overlay's namespace, ServiceAccount, ClusterRole and binding, under test names,
-    and an API client authenticated as that ServiceAccount."""
+    """An overlay's Namespace, ServiceAccount, ClusterRole and binding, under test names,
+    and an API client authenticated with a TokenRequest token of that ServiceAccount."""
+
+    KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
 
     def __init__(self, kube: Kube, name: str) -> None:
-        from deploy.render import relocate
-        tag = uuid.uuid4().hex[:6]
         self.kube, self.overlay = kube, name
-        self.namespace = f"pg-rbac-{name}-{tag}"
-        docs = relocate(overlay(name), self.namespace, f"-{tag}")
-        self.docs = [d for d in docs if d["kind"] in (
-            "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
-        apply(kube, self.docs, dry_run=False)
-        core = client.CoreV1Api(kube.api)
-        tr = core.create_namespaced_service_account_token(
-            "podguard", self.namespace, client.AuthenticationV1TokenRequest(
+        self.inst = Installation(kube, name, prefix="pg-rbac")
+        self.namespace = self.inst.namespace
+        self.inst.install(self.KINDS)
+        ds = one(self.inst.docs, "DaemonSet")["spec"]["template"]["spec"]
+        sa = ds["serviceAccountName"]  # the daemon's own ServiceAccount
+        tr = client.CoreV1Api(kube.api).create_namespaced_service_account_token(
+            sa, self.namespace, client.AuthenticationV1TokenRequest(
                 spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)))
         assert tr.status is not None and tr.status.token
         cfg = client.Configuration()
@@ -92,10 +112,10 @@ class Identity:
 
     def close(self) -> None:
         self.api.close()
-        delete_installation(self.kube, self.docs)
+        self.inst.remove()
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+@pytest.fixture(scope="module", params=list(OVERLAYS))
 def identity(request: pytest.FixtureRequest, kube: Kube) -> Iterator[Identity]:
     ident = Identity(kube, request.param)
     try:
@@ -125,45 +145,82 @@ def _can(ident: Identity, verb: str, resource: str, *, group: str = "",
 
 @pytest.mark.stack
 @pytest.mark.timeout(180)
+def test_events_sink_works_with_the_service_account_alone(identity: Identity) -> None:
+    """The real Kubernetes Events sink, on an API client holding only the ServiceAccount's
+    token: an Event, its repeat (patch of the count) and the verdict annotation, no error."""
+    ns = identity.namespace
+    identity.pod("leaky")
+    actuator = Actuator(identity.api, settings=RemediationSettings(), dry_run=False,
+                        event_interval_s=0.01, sleep=lambda s: None)
+    sink = KubernetesEventSink(actuator, settings=AlertingSettings(event_interval_s=0.01),
+                               background=False)
+    v = Verdict(ts=time.time(), namespace=ns, pod="leaky", node="kwok-node-0",
+                is_anomaly=True, kind="memory_leak", score=9.0, threshold=1.0,
+                time_to_oom_s=1800.0)
+    for _ in range(2):
+        sink.send([v])
+        assert sink.flush(10.0)
+        time.sleep(0.05)  # past event_interval_s: the second send repeats the Event
+    assert sink.errors == 0 and sink.written == 2
+    admin = client.CoreV1Api(identity.kube.api)
+    events = [e for e in admin.list_namespaced_event(ns).items
+              if e.involved_object.name == "leaky" and e.reporting_component == "podguard"]
+    assert len(events) == 1 and events[0].count == 2, [(e.reason, e.count) for e in events]
+    assert events[0].type == "Warning" and events[0].reason == "MemoryLeakDetected"
+    pod = admin.read_namespaced_pod("leaky", ns)
+    assert pod.metadata is not None and VERDICT in (pod.metadata.annotations or {})
+    sink.close(1.0)
+
+
+@pytest.mark.stack
+@pytest.mark.timeout(180)
 def test_service_account_token_allowed_and_forbidden_calls(identity: Identity) -> None:
     core = client.CoreV1Api(identity.api)
     ns = identity.namespace
     identity.pod("flagged")
-    # allowed: list pods (all namespaces), annotate a pod, write an Event
-    assert _status(core.list_pod_for_all_namespaces, limit=5) == 200
+    assert _status(core.read_namespaced_pod, "flagged", ns) == 200
     assert _status(core.patch_namespaced_pod, "flagged", ns, {
         "metadata": {"annotations": {"podguard.io/verdict": "test"}}}) == 200
     pod = client.CoreV1Api(identity.kube.api).read_namespaced_pod("flagged", ns)
     assert pod.metadata is not None and pod.metadata.annotations is not None
     assert pod.metadata.annotations["podguard.io/verdict"] == "test"
-    assert _status(core.create_namespaced_event, ns, {
-        "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"flagged.{uuid.uuid4().hex}"},
-        "involvedObject": {"kind": "Pod", "name": "flagged", "namespace": ns},
-        "reason": "PodguardTest", "message": "rbac test", "type": "Normal"}) == 200
-    # forbidden in both modes: delete a node, read secrets, delete a pod
-    assert _status(core.delete_node, f"podguard-rbac-probe-{uuid.uuid4().hex[:6]}") == 403
+    # forbidden in both modes: delete a node or a pod, read secrets, watch anything
+    assert _status(core.delete_node, "kwok-node-0", dry_run="All") == 403
     assert _status(core.list_namespaced_secret, ns) == 403
     assert _status(core.list_secret_for_all_namespaces) == 403
+    assert _status(core.read_namespaced_secret, "anything", ns) == 403
     assert _status(core.delete_namespaced_pod, "flagged", ns) == 403
+    assert _status(core.list_node) == 403
     assert not _can(identity, "update", "pods", namespace=ns)
+    assert not _can(identity, "watch", "pods")
+    assert not _can(identity, "delete", "nodes")
+    assert not _can(identity, "create", "pods", namespace=ns)
 
 
 @pytest.mark.stack
 @pytest.mark.timeout(180)
-def test_eviction_and_remediation_verbs_only_in_remediate(identity: Identity) -> None:
+def test_listing_eviction_and_node_patch_only_in_remediate(identity: Identity) -> None:
     core = client.CoreV1Api(identity.api)
     ns = identity.namespace
     remediate = identity.overlay == "remediate"
     identity.pod("victim")
+    assert _status(core.list_pod_for_all_namespaces, limit=5) == (200 if remediate else 403)
+    assert _status(core.read_node, "kwok-node-0") == (200 if remediate else 403)
+    # a server-side dry run is authorized like the real call and changes nothing
+    status = _status(core.patch_node, "kwok-node-0",
+                     {"metadata": {"annotations": {"podguard.io/rbac-test": "x"}}},
+                     dry_run="All")
+    assert status == (200 if remediate else 403), status
     status = _status(core.create_namespaced_pod_eviction, "victim", ns, {
         "apiVersion": "policy/v1", "kind": "Eviction",
-        "metadata": {"name": "victim", "namespace": ns}})
-    assert status in ((200, 201) if remediate else (403,)), status
+        "metadata": {"name": "victim", "namespace": ns}}, dry_run="All")
+    assert status == (200 if remediate else 403), status
     assert _can(identity, "create", "pods", subresource="eviction", namespace=ns) is remediate
-    assert _can(identity, "patch", "nodes") is remediate
-    assert _can(identity, "get", "nodes") is remediate
     assert _can(identity, "list", "statefulsets", group="apps") is remediate
     assert _can(identity, "patch", "jobs", group="batch", namespace=ns) is remediate
     assert _can(identity, "patch", "pods", namespace=ns)
     assert _can(identity, "patch", "events", namespace=ns)
-    assert not _can(identity, "delete", "nodes")
+    assert not _can(identity, "delete", "statefulsets", group="apps", namespace=ns)
+    node = client.CoreV1Api(identity.kube.api).read_node("kwok-node-0")
+    assert node.metadata is not None
+    assert "podguard.io/rbac-test" not in (node.metadata.annotations or {})
