@@ -22,6 +22,7 @@ venv: $(STAMP)
 # Installs/builds every service of the local stack into the per-user cache (once per machine).
 prepare: $(STAMP)
 	$(PY) -m deploy.local prepare
+	$(PY) -m deploy.render prepare
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
