@@ -10,7 +10,7 @@ the checkpoint's path. In the training loop::
     responder = CheckpointResponder.from_env(directory="/data/checkpoints")
     start = 0
     if (found := latest_checkpoint("/data/checkpoints")) is not None:
-        state = torch.load(found.path)
+        state = torch.load(found.path, weights_only=True)
         model.load_state_dict(state["model"]); optimizer.load_state_dict(state["optimizer"])
         start = found.step + 1
     for step in range(start, steps):

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     start = 0
     found = latest_checkpoint(ckpt_dir)
     if found is not None:
-        state = torch.load(found.path)
+        state = torch.load(found.path, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"]) + 1
