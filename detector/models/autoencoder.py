@@ -32,7 +32,6 @@ Called by :mod:`detector.models.drift`, the model store and the tests.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -47,7 +46,9 @@ from detector.models.base import (
     Attribution,
     Prediction,
     ThresholdMixin,
+    array_state,
     attributions,
+    read_array_state,
     threshold_at_fpr,
 )
 from detector.models.forest import RobustScaler, check_features, config_from_dict
@@ -482,13 +483,8 @@ class AutoencoderDetector(ThresholdMixin):
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state (everything but the tensors)."""
         self._check_fitted()
-        return {
-            "format": _FORMAT,
-            "config": dataclasses.asdict(self.config),
-            "feature_names": list(self.feature_names),
-            "scaler": self.scaler.to_dict(),
-            "threshold": self.threshold_,
-        }
+        return array_state(_FORMAT, config=self.config, feature_names=self.feature_names,
+                           scaler=self.scaler, threshold=self.threshold_)
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write ``autoencoder.json`` and ``autoencoder.safetensors``; returns the paths.
@@ -527,17 +523,13 @@ class AutoencoderDetector(ThresholdMixin):
     ) -> AutoencoderDetector:
         """Rebuild from :meth:`state_dict` output and the saved arrays (validated)."""
         tensors = dict(tensors)
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            raise ModelIntegrityError(f"not a podguard autoencoder state (format != {_FORMAT})")
-        known = {"format", "config", "feature_names", "scaler", "threshold"}
-        if set(state) != known:
-            raise ModelIntegrityError(f"autoencoder state keys {sorted(state)} != {sorted(known)}")
+        checked = read_array_state(state, _FORMAT, "autoencoder")
         try:
-            det = cls(config_from_dict(AutoencoderConfig, state["config"]))
-            det.scaler = RobustScaler.from_dict(state["scaler"])
+            det = cls(config_from_dict(AutoencoderConfig, checked.config))
+            det.scaler = RobustScaler.from_dict(checked.scaler)
         except ConfigError as exc:
             raise ModelIntegrityError(f"invalid autoencoder state: {exc}") from exc
-        det.feature_names = tuple(str(n) for n in state["feature_names"])
+        det.feature_names = checked.feature_names
         f = len(det.feature_names)
         if det.scaler.n_features != f:
             raise ModelIntegrityError("autoencoder: scaler and feature list disagree")
@@ -561,7 +553,6 @@ class AutoencoderDetector(ThresholdMixin):
             raise ModelIntegrityError("autoencoder weights: not finite floating-point arrays")
         det._set_weights(tensors)
         det.background_ = np.array(background, dtype=np.float32)
-        thr = state["threshold"]
-        det.threshold_ = None if thr is None else float(thr)
+        det.threshold_ = checked.threshold
         det.fitted_ = True
         return det

@@ -13,12 +13,15 @@ missing feature and must be tolerated (imputed), not raised on.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from detector.errors import NotFittedError, ThresholdNotInferredError
+from detector.errors import ModelIntegrityError, NotFittedError, ThresholdNotInferredError
 
 
 @dataclass(frozen=True)
@@ -99,3 +102,69 @@ class ThresholdMixin:
                 f"{type(self).__name__} has no threshold; call infer_threshold() first"
             )
         return self.threshold_
+
+
+# --------------------------------------------------------------- persisted state of array detectors
+
+#: The keys of the JSON state of a scaled-array detector (autoencoder, forest); the arrays
+#: themselves (weights, trees) live in a sidecar file.
+ARRAY_STATE_KEYS: frozenset[str] = frozenset(
+    {"format", "config", "feature_names", "scaler", "threshold"}
+)
+
+
+class _ToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def array_state(fmt: str, *, config: Any, feature_names: tuple[str, ...], scaler: _ToDict,
+                threshold: float | None) -> dict[str, Any]:
+    """The JSON-able state of a scaled-array detector: exactly :data:`ARRAY_STATE_KEYS`.
+
+    ``config`` is the detector's config dataclass, ``scaler`` anything with ``to_dict()``.
+    """
+    return {
+        "format": fmt,
+        "config": dataclasses.asdict(config),
+        "feature_names": list(feature_names),
+        "scaler": scaler.to_dict(),
+        "threshold": threshold,
+    }
+
+
+@dataclass(frozen=True)
+class ArrayState:
+    """What :func:`read_array_state` checked; ``config`` and ``scaler`` are still raw dicts."""
+
+    config: Mapping[str, Any]
+    scaler: Mapping[str, Any]
+    feature_names: tuple[str, ...]
+    threshold: float | None
+
+
+def read_array_state(state: object, fmt: str, what: str) -> ArrayState:
+    """Check the output of :func:`array_state` read back from disk.
+
+    ``state`` must be a mapping with format ``fmt`` and exactly :data:`ARRAY_STATE_KEYS`,
+    a list of string feature names and a finite or null threshold; anything else is a
+    :class:`ModelIntegrityError` naming ``what`` (e.g. ``"forest"``).
+    """
+    if not isinstance(state, Mapping) or state.get("format") != fmt:
+        raise ModelIntegrityError(f"not a podguard {what} state (format != {fmt})")
+    if set(state) != ARRAY_STATE_KEYS:
+        raise ModelIntegrityError(
+            f"{what} state keys {sorted(state)} != {sorted(ARRAY_STATE_KEYS)}"
+        )
+    config, scaler, names, thr = (
+        state["config"], state["scaler"], state["feature_names"], state["threshold"]
+    )
+    if not isinstance(config, Mapping) or not isinstance(scaler, Mapping):
+        raise ModelIntegrityError(f"invalid {what} state: config and scaler must be objects")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelIntegrityError(f"invalid {what} state: feature_names must be a list of str")
+    if thr is not None and (
+        isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr)
+    ):
+        raise ModelIntegrityError(f"invalid {what} state: threshold {thr!r} is not a number")
+    return ArrayState(config=config, scaler=scaler, feature_names=tuple(names),
+                      threshold=None if thr is None else float(thr))

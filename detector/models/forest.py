@@ -36,7 +36,9 @@ from detector.models.base import (
     Attribution,
     Prediction,
     ThresholdMixin,
+    array_state,
     attributions,
+    read_array_state,
     threshold_at_fpr,
 )
 
@@ -379,13 +381,8 @@ class IsolationForestDetector(ThresholdMixin):
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state (everything but the trees)."""
         self._check_fitted()
-        return {
-            "format": _FORMAT,
-            "config": dataclasses.asdict(self.config),
-            "feature_names": list(self.feature_names),
-            "scaler": self.scaler.to_dict(),
-            "threshold": self.threshold_,
-        }
+        return array_state(_FORMAT, config=self.config, feature_names=self.feature_names,
+                           scaler=self.scaler, threshold=self.threshold_)
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write ``forest.skops`` and ``forest.json`` into ``directory``; returns the paths."""
@@ -412,24 +409,19 @@ class IsolationForestDetector(ThresholdMixin):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], est: Any) -> IsolationForestDetector:
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            raise ModelIntegrityError(f"not a podguard forest state (format != {_FORMAT})")
-        known = {"format", "config", "feature_names", "scaler", "threshold"}
-        if set(state) != known:
-            raise ModelIntegrityError(f"forest state keys {sorted(state)} != {sorted(known)}")
+        checked = read_array_state(state, _FORMAT, "forest")
         try:
-            det = cls(config_from_dict(ForestConfig, state["config"]))
-            det.scaler = RobustScaler.from_dict(state["scaler"])
+            det = cls(config_from_dict(ForestConfig, checked.config))
+            det.scaler = RobustScaler.from_dict(checked.scaler)
         except ConfigError as exc:
             raise ModelIntegrityError(f"invalid forest state: {exc}") from exc
-        det.feature_names = tuple(str(n) for n in state["feature_names"])
+        det.feature_names = checked.feature_names
         if det.scaler.n_features != len(det.feature_names) or est.n_features_in_ != len(
             det.feature_names
         ):
             raise ModelIntegrityError("forest: feature count disagrees between files")
         det._set_estimator(est)
-        thr = state["threshold"]
-        det.threshold_ = None if thr is None else float(thr)
+        det.threshold_ = checked.threshold
         det.fitted_ = True
         return det
 
