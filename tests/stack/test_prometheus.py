@@ -12,7 +12,7 @@ import pytest
 from deploy.local._proc import StackError
 from deploy.local.prometheus import Series, to_openmetrics
 from tests.support.exporter import CadvisorExporter
-from tests.support.stack_fixtures import PrometheusHandle
+from tests.support.stack_fixtures import PrometheusHandle, prometheus_client
 
 pytestmark = [pytest.mark.stack]
 
@@ -44,7 +44,7 @@ def test_scrapes_cadvisor_style_exporter_and_range_query_returns_series(
                       "the new value of trainer-0 to be scraped")
             end = datetime.now(UTC) + timedelta(seconds=2)  # a step after the new sample
 
-            client = local_prometheus.client()
+            client = prometheus_client(local_prometheus)
             data = client.custom_query_range(
                 f'container_memory_working_set_bytes{{job="{job}"}}',
                 start_time=start, end_time=end, step="1s")
@@ -86,7 +86,7 @@ def test_backfilled_block_is_queryable_with_exact_values(
     blocks = local_prometheus.backfill(text)
 
     assert blocks, "promtool made no block"
-    data = local_prometheus.client().custom_query_range(
+    data = prometheus_client(local_prometheus).custom_query_range(
         f'{name}{{pod!="old-1"}}',
         start_time=datetime.fromtimestamp(base, UTC),
         end_time=datetime.fromtimestamp(base + 600, UTC), step="15s")

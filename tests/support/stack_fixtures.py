@@ -2,9 +2,9 @@
 
 One fixture per service, so a test that needs only Prometheus does not wait for Kafka:
 
-- ``local_prometheus`` -> :class:`PrometheusHandle` (URL, prometheus-api-client, targets,
-  backfill, restart)
-- ``local_alertmanager`` -> :class:`AlertmanagerHandle`
+- ``local_prometheus`` -> :class:`ServiceHandle` of Prometheus (``PrometheusHandle``: URL,
+  targets, query, backfill, restart; :func:`prometheus_client` for prometheus-api-client)
+- ``local_alertmanager`` -> :class:`ServiceHandle` of Alertmanager (``AlertmanagerHandle``)
 - ``local_kafka`` -> :class:`KafkaHandle` (bootstrap address, admin client, restart)
 - ``local_kubernetes`` -> :class:`KubernetesHandle` (KUBECONFIG), when
   ``deploy/local/kubernetes.py`` exists
@@ -20,12 +20,14 @@ with the reason and the command that shows more; nothing is skipped.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 import requests
@@ -92,85 +94,81 @@ def local_stack() -> Iterator[StackSession]:
         session.close()
 
 
-# --------------------------------------------------------------------------- Prometheus
+# --------------------------------------------------------------------------- HTTP services
+
+
+class _HttpService(Service, Protocol):
+    """A stack service reached at one URL (Prometheus, Alertmanager)."""
+
+    def url(self, state: Path) -> str | None: ...
+
+    def restart(self, state: Path) -> None: ...
+
+
+S = TypeVar("S", bound=_HttpService)
 
 
 @dataclass(frozen=True)
-class PrometheusHandle:
-    service: Prometheus
+class ServiceHandle(Generic[S]):
+    """A started HTTP service and the state directory it runs in.
+
+    ``url``, ``start``, ``stop`` and ``restart`` are common to every service; any other
+    public method of the service that takes the state directory first is offered with the
+    state bound, e.g. ``handle.query(promql)`` calls ``service.query(state, promql)``.
+    """
+
+    service: S
     state: Path
 
     @property
     def url(self) -> str:
         url = self.service.url(self.state)
-        assert url is not None, "prometheus has no recorded URL"
+        assert url is not None, f"{self.service.name} has no recorded URL"
         return url
-
-    def client(self) -> PrometheusConnect:
-        """A prometheus-api-client connection that ignores proxy settings (loopback only)."""
-        session = requests.Session()
-        session.trust_env = False
-        return PrometheusConnect(url=self.url, disable_ssl=True, session=session)
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        return self.service.query(self.state, promql)
-
-    def set_targets(self, job: str, targets: Sequence[str],
-                    labels: Mapping[str, str] | None = None) -> None:
-        self.service.set_targets(self.state, job, targets, labels)
-
-    def remove_targets(self, job: str) -> None:
-        self.service.remove_targets(self.state, job)
-
-    def wait_for_targets(self, job: str, count: int = 1, timeout: float = 30.0) -> None:
-        self.service.wait_for_targets(self.state, job, count, timeout)
-
-    def backfill(self, openmetrics: str | Path) -> list[str]:
-        return self.service.backfill(self.state, openmetrics)
-
-    def stop(self) -> None:
-        self.service.stop(self.state)
 
     def start(self) -> None:
         self.service.start(self.state)
 
+    def stop(self) -> None:
+        self.service.stop(self.state)
+
     def restart(self) -> None:
         self.service.restart(self.state)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):  # dataclass/pickle/copy probes must not reach the service
+            raise AttributeError(name)
+        method = getattr(self.service, name, None)
+        if not callable(method) or next(iter(inspect.signature(method).parameters), "") != "state":
+            raise AttributeError(f"{type(self.service).__name__} has no method {name}(state, ...)")
+        return functools.partial(method, self.state)
+
+
+#: ``local_prometheus``: query, set_targets, remove_targets, wait_for_targets, backfill, ...
+PrometheusHandle = ServiceHandle[Prometheus]
+#: ``local_alertmanager``: alerts, set_webhook, ...
+AlertmanagerHandle = ServiceHandle[Alertmanager]
+
+
+def prometheus_client(prometheus: PrometheusHandle) -> PrometheusConnect:
+    """A prometheus-api-client connection that ignores proxy settings (loopback only)."""
+    session = requests.Session()
+    session.trust_env = False
+    return PrometheusConnect(url=prometheus.url, disable_ssl=True, session=session)
 
 
 @pytest.fixture(scope="session")
 def local_prometheus(local_stack: StackSession) -> PrometheusHandle:
     service = Prometheus()
     local_stack.ensure(service)
-    return PrometheusHandle(service, local_stack.state)
-
-
-# --------------------------------------------------------------------------- Alertmanager
-
-
-@dataclass(frozen=True)
-class AlertmanagerHandle:
-    service: Alertmanager
-    state: Path
-
-    @property
-    def url(self) -> str:
-        url = self.service.url(self.state)
-        assert url is not None, "alertmanager has no recorded URL"
-        return url
-
-    def alerts(self, **filters: str) -> list[dict[str, Any]]:
-        return self.service.alerts(self.state, **filters)
-
-    def set_webhook(self, url: str | None) -> None:
-        self.service.set_webhook(self.state, url)
+    return ServiceHandle(service, local_stack.state)
 
 
 @pytest.fixture(scope="session")
 def local_alertmanager(local_stack: StackSession) -> AlertmanagerHandle:
     service = Alertmanager()
     local_stack.ensure(service)
-    return AlertmanagerHandle(service, local_stack.state)
+    return ServiceHandle(service, local_stack.state)
 
 
 # --------------------------------------------------------------------------- Kafka
