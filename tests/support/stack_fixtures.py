@@ -24,7 +24,7 @@ import functools
 import inspect
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -135,7 +135,7 @@ class ServiceHandle(Generic[S]):
     def restart(self) -> None:
         self.service.restart(self.state)
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
+    def __getattr__(self, name: str) -> functools.partial[Any]:
         if name.startswith("_"):  # dataclass/pickle/copy probes must not reach the service
             raise AttributeError(name)
         method = getattr(self.service, name, None)
