@@ -200,6 +200,10 @@ class PrometheusSourceSettings(_Section):
         15, gt=0, description="How often new samples are pulled, seconds.")
     backfill_s: float = Field(
         4 * 3600, ge=0, description="History pulled at start (use windows.horizon_s), seconds.")
+    backfill_chunk_s: float = Field(
+        1800, gt=0, description="History (at start, or a gap after an outage) is delivered in "
+                                "slices of at most this much time, oldest first, one per poll, "
+                                "so memory stays bounded; seconds.")
     max_points: int = Field(
         10000, ge=10, le=11000,
         description="Points per series per range query (Prometheus refuses more than 11,000); "

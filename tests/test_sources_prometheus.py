@@ -11,6 +11,7 @@ own /metrics is scraped by the same Prometheus.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -63,6 +64,81 @@ def test_queries_scope_to_the_node_and_join_kube_state_metrics() -> None:
     assert "group_left(node)" in q["kube_pod_container_status_restarts_total"]
     unscoped = dict(build_queries(PrometheusSourceSettings(url="http://p"), ""))
     assert all("node=" not in v for v in unscoped.values())
+
+
+@pytest.mark.stack
+def test_backfill_arrives_in_ordered_slices_covering_the_range_once(
+        local_prometheus: PrometheusHandle) -> None:
+    """4 h of history in 30-min slices, oldest first, every grid point exactly once, each
+    sample at its own timestamp; a query failing mid-backfill resumes at its slice."""
+    job = f"slices_{uuid.uuid4().hex[:8]}"
+    metric = "container_memory_working_set_bytes"
+    step, chunk = 15.0, 1800.0
+    now = (time.time() // step) * step + 7.0  # off the grid
+    first = math.ceil((now - 4 * 3600) / step) * step  # where the backfill must start
+    last = math.floor(now / step) * step
+    stamps = [first - 600 + step * i for i in range(int((last - first + 600) / step) + 1)]
+    offset = {"pod-a": 0.0, "pod-b": 0.5}  # value = timestamp + offset: each point is its own
+    labels = {"job": job, "node": "node-a", "namespace": "ml", "container": "main"}
+    local_prometheus.backfill(to_openmetrics([
+        Series(metric, {**labels, "pod": pod}, [(t, t + off) for t in stamps])
+        for pod, off in offset.items()]))
+
+    clock = [now]
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    source = PrometheusSource(PrometheusSourceSettings(
+        url=local_prometheus.url, node_name="node-a", extra_matchers=f'job="{job}"',
+        metrics=[metric], query_step_s=step, poll_s=step, backfill_s=4 * 3600,
+        backfill_chunk_s=chunk, max_points=50, timeout_s=5, backoff_s=[1]),
+        logger=LOG, clock=lambda: clock[0], sleep=sleep)
+    source.start()
+    calls = [0]
+    real_query = source._client.custom_query_range
+
+    def flaky_query(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 10:  # 3 queries of 50 points per 120-point slice: inside slice 4
+            raise ConnectionError("injected")
+        return real_query(*args, **kwargs)
+
+    source._client.custom_query_range = flaky_query
+    slices: list[Delivery] = []
+    caught_up: list[bool] = []
+    failed = False
+    for _ in range(50):
+        d = source.poll(5.0)
+        if not source.status().up:
+            failed = True
+            assert len(d.samples) == 0  # a failed slice delivers nothing
+        elif len(d.samples):
+            slices.append(d)
+            caught_up.append(source.status().caught_up)
+        if source.status().caught_up:
+            break
+    assert failed and source.status().up and source.status().caught_up
+
+    assert len(slices) == 8, f"{len(slices)} slices"
+    assert caught_up == [False] * 7 + [True]
+    assert all(d.backfill for d in slices)
+    bounds = [(min(d.samples.timestamp), max(d.samples.timestamp)) for d in slices]
+    assert bounds[0][0] == first and bounds[-1][1] == last
+    for (lo, hi), (next_lo, _) in itertools.pairwise(bounds):
+        assert hi - lo <= chunk - step and next_lo == hi + step  # ordered, contiguous
+    seen = [(t, pod) for d in slices for t, pod in zip(d.samples.timestamp, d.samples.pod)]
+    assert len(seen) == len(set(seen)), "a point was delivered twice"
+    grid = [first + step * i for i in range(int((last - first) / step) + 1)]
+    assert sorted(seen) == sorted((t, pod) for t in grid for pod in offset)
+    for d in slices:
+        for t, pod, v in zip(d.samples.timestamp, d.samples.pod, d.samples.value):
+            assert v == t + offset[pod]
+    assert source.backfilled_s == last - first - step  # the whole range, less one poll
+
+    clock[0] += step  # then plain polling: the next point only, not a backfill
+    d = source.poll(5.0)
+    assert not d.backfill and sorted(set(d.samples.timestamp)) == [last + step]
 
 
 @pytest.mark.stack

@@ -8,13 +8,23 @@ by the daemon loop. Uses prometheus-api-client range queries (``/api/v1/query_ra
   cAdvisor and DCGM series; kube-state-metrics series carry no node label, so they are joined
   with ``kube_pod_info{node=...}`` (``* on(namespace, pod) group_left kube_pod_info``).
   ``kube_pod_container_resource_limits`` is read for ``resource="memory"`` only.
-* **Backfill**: at start, ``backfill_s`` of history, in chunks of at most ``max_points`` points
-  per series (Prometheus refuses more than 11,000), at ``query_step_s`` resolution.
+* **Backfill**: at start, ``backfill_s`` of history at ``query_step_s`` resolution, delivered
+  oldest first in slices of at most ``backfill_chunk_s`` (one slice per ``poll``, the next one
+  due at once), so a node's 4 h of history never sits in memory at once and the daemon folds
+  each slice before the next is fetched. The source is not caught up until the last slice.
+  Each slice is fetched in range queries of at most ``max_points`` points per series
+  (Prometheus refuses more than 11,000).
 * **Polling**: every ``poll_s``, the range from the end of the previous answer to now.
 * **Outages**: a failed or slow query (``timeout_s``) marks the source down and not caught up
   (the daemon then marks windows stale: a gap raises no pod alarm), waits along ``backoff_s``
   (the last wait repeats; the source never gives up), and on recovery fetches the whole gap
-  (up to ``max_gap_backfill_s``) before it reports caught up again.
+  (up to ``max_gap_backfill_s``), in slices as above, before it reports caught up again. A
+  failure in the middle of a backfill resumes at the slice that failed.
+
+The pod uid is not kept: :class:`~detector.sources.base.SampleColumns`, the trace format and
+the window engine key pods by (namespace, pod); cAdvisor series carry no ``uid`` label (only
+the cgroup path in ``id``) and ``kube_pod_info`` does. Keeping it means a uid column through
+all three (the window engine's per-pod state included), not a change to this source alone.
 
 Counters are delivered raw (the window engine computes rates). Each delivery's token is None:
 Prometheus keeps the data, so nothing needs acknowledging.
@@ -115,6 +125,9 @@ class PrometheusSource:
         if start > end:
             self._due = start + 0.01
             return out
+        n_points = max(1, math.floor(s.backfill_chunk_s / step))
+        last = end
+        end = min(end, start + (n_points - 1) * step)  # one slice of a longer range
         try:
             self._fetch(start, end, out.samples)
         except Exception as e:  # requests/Prometheus errors: back off, never exit
@@ -131,19 +144,21 @@ class PrometheusSource:
             self._up = False
             self._last_error = _short(e)
             return out
+        more = end < last
         if not self._up or self._gap:
-            self.backfilled_s += max(0.0, end - start - s.poll_s)
+            self.backfilled_s += (end - start + step) if more else max(
+                0.0, end - start - s.poll_s)
             if not self._up:
-                self.log.info("prometheus is back; gap backfilled",
-                              extra={"gap_from": start, "gap_to": end,
+                self.log.info("prometheus is back; backfilling the gap",
+                              extra={"gap_from": start, "gap_to": last,
                                      "samples": len(out.samples)})
             out.backfill = True
         self._failures = 0
         self._up = True
-        self._gap = False
+        self._gap = more  # caught up only once the last slice is delivered
         self._last_error = ""
         self._next_from = end + step
-        self._due = _align(now, s.poll_s, down=True) + s.poll_s
+        self._due = now if more else _align(now, s.poll_s, down=True) + s.poll_s
         out.messages = 1
         newest = out.samples.newest()
         if newest is not None:
