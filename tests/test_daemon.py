@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,11 @@ class StepSource:
         pass
 
 
+def _created(version: str) -> float:
+    """The creation time _model_root writes into ``version``'s card (v1, v2, ...: distinct)."""
+    return 1_780_000_000.0 + 86400.0 * int(version.lstrip("v"))
+
+
 def _model_root(tmp: Path, *versions: str) -> Path:
     root = tmp / "models"
     src = default_model_dir()
@@ -79,6 +85,7 @@ def _model_root(tmp: Path, *versions: str) -> Path:
         shutil.copytree(src, root / v)
         card = json.loads((root / v / CARD).read_text())
         card["version"] = v
+        card["created"] = datetime.fromtimestamp(_created(v), UTC).isoformat()
         (root / v / CARD).write_text(json.dumps(card))
     promote(root, versions[0])
     return root
@@ -97,6 +104,8 @@ def test_hot_reload_keeps_windows_and_debouncing_state_and_refuses_a_broken_mode
                     engine=make_engine(settings), sinks=[], metrics=metrics, logger=LOG,
                     models=watcher)
     assert daemon.pipeline.version == "v1" and not daemon.ready()[0]
+    created = "podguard_model_created_timestamp_seconds"
+    assert registry.get_sample_value(created) == _created("v1")
     for _ in range(40):
         daemon.turn()
     engine = daemon.engine
@@ -119,6 +128,7 @@ def test_hot_reload_keeps_windows_and_debouncing_state_and_refuses_a_broken_mode
     assert daemon.pipeline._pods is streaks  # debouncing state carried over
     assert registry.get_sample_value("podguard_model_info", {"version": "v2"}) == 1.0
     assert registry.get_sample_value("podguard_model_info", {"version": "v1"}) is None
+    assert registry.get_sample_value(created) == _created("v2")  # updated on hot reload
     assert registry.get_sample_value("podguard_model_reloads_total", {"outcome": "ok"}) == 1
 
     # a tampered bundle is refused; v2 keeps scoring
@@ -132,11 +142,31 @@ def test_hot_reload_keeps_windows_and_debouncing_state_and_refuses_a_broken_mode
         watcher.wait_idle(5)
     assert registry.get_sample_value("podguard_model_reloads_total", {"outcome": "failed"}) == 1
     assert daemon.pipeline.version == "v2"
+    assert registry.get_sample_value(created) == _created("v2")  # the refused v3 changes nothing
     n = daemon.summary.evaluations
     for _ in range(10):
         daemon.turn()
     assert daemon.summary.evaluations > n  # still scoring
     assert (registry.get_sample_value("podguard_windows_scored_total") or 0) > 0
+
+
+def test_a_card_without_creation_time_still_loads_and_exports_no_age(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = _model_root(tmp_path, "v1")
+    card = json.loads((root / "v1" / CARD).read_text())
+    del card["created"]  # the card is outside the checksums: the bundle still verifies
+    (root / "v1" / CARD).write_text(json.dumps(card))
+    settings = Settings()
+    watcher = ModelWatcher(root, detection=settings.detection, logger=LOG)
+    registry = CollectorRegistry()
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        Daemon(settings=settings, source=StepSource(pods=1, t0=1_800_000_000.0),
+               pipeline=watcher.load(), engine=make_engine(settings), sinks=[],
+               metrics=DaemonMetrics(registry, StateView(), process=False), logger=LOG,
+               models=watcher)
+    assert watcher.created_ts is None and "creation time unknown" in caplog.text
+    assert registry.get_sample_value("podguard_model_created_timestamp_seconds") is None
+    assert registry.get_sample_value("podguard_model_info", {"version": "v1"}) == 1.0
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -313,6 +313,7 @@ def test_prometheus_rules_pass_promtool_check(tmp_path: Path) -> None:
 # alert -> (input series as (series, values), evaluation time, labels of the alert).
 # Each also gets a healthy counterpart (HEALTHY) at the same time, where it must not fire.
 POD = 'job="podguard",namespace="podguard",pod="podguard-a",node="n1"'
+POD_B = 'job="podguard",namespace="podguard",pod="podguard-b",node="n2"'
 FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
     "PodguardDaemonDown": (
         [(f'up{{{POD},instance="10.0.0.1:9731"}}', "0x20")], "10m",
@@ -353,11 +354,14 @@ FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
         [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}', "0 0 0 1x20")], "10m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
          "outcome": "failed"}),
-    # promtool's clock starts at 0: a last success at -9 days is 9 days before the start
+    # promtool's clock starts at 0: created at -9 days is 9 days before the start. One
+    # daemon of two on an old trained model is enough; one alert per namespace.
     "PodguardModelTooOld": (
-        [('kube_cronjob_status_last_successful_time{cronjob="podguard-retrain",'
-          'namespace="podguard"}', "-777600x100")], "90m",
-        {"cronjob": "podguard-retrain", "namespace": "podguard"}),
+        [(f"podguard_model_created_timestamp_seconds{{{POD}}}", "-777600x100"),
+         (f'podguard_model_info{{{POD},version="20261118T030000Z-abc123"}}', "1x100"),
+         (f"podguard_model_created_timestamp_seconds{{{POD_B}}}", "0x100"),
+         (f'podguard_model_info{{{POD_B},version="20261127T030000Z-def456"}}', "1x100")],
+        "90m", {"namespace": "podguard"}),
     "PodguardModelIsShippedDefault": (
         [(f'podguard_model_info{{{POD},version="default-1"}}', "1x3000")], "49h",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
@@ -383,8 +387,12 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
                                  "300000000x40")],
     "PodguardModelReloadFailed": [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}',
                                    "0x20")],
-    "PodguardModelTooOld": [('kube_cronjob_status_last_successful_time{'
-                             'cronjob="podguard-retrain",namespace="podguard"}', "0x100")],
+    # a model 7 days old, and the shipped default however old (PodguardModelIsShippedDefault)
+    "PodguardModelTooOld": [
+        (f"podguard_model_created_timestamp_seconds{{{POD}}}", "-604800x100"),
+        (f'podguard_model_info{{{POD},version="20261120T030000Z-abc123"}}', "1x100"),
+        (f"podguard_model_created_timestamp_seconds{{{POD_B}}}", "-8640000x100"),
+        (f'podguard_model_info{{{POD_B},version="default-1"}}', "1x100")],
     "PodguardModelIsShippedDefault": [
         (f'podguard_model_info{{{POD},version="20261127T030000Z-abc123"}}', "1x3000")],
 }

@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import re
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from detector.models.store import (
     BUNDLE_FILES,
     CARD,
     CURRENT,
+    card_created,
     load_bundle,
     promote,
     resolve_current,
@@ -100,6 +103,29 @@ def test_model_card_contents(bundle: Path, drift: DriftDetector) -> None:
     for fname, entry in card["files"].items():
         data = (bundle / fname).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_card_created_is_the_save_time(bundle: Path) -> None:
+    before = time.time()
+    created = card_created(bundle, "v1")  # a bundle directory
+    assert created == card_created(bundle.parent, "v1")  # or its root, by version
+    assert before - 3600 < created <= before  # saved by the fixture, just now (whole seconds)
+    card = json.loads((bundle / CARD).read_text())
+    assert created == datetime.fromisoformat(card["created"]).timestamp()
+
+
+@pytest.mark.parametrize(("created", "version"), [
+    ("2026-01-01T00:00:00", "v1"),  # no UTC offset: ambiguous
+    ("yesterday", "v1"), (1767225600, "v1"), (None, "v1"),
+    ("2026-01-01T00:00:00+00:00", "v2"),  # the card of another version
+])
+def test_card_created_refuses_what_it_cannot_trust(bundle: Path, created: object,
+                                                  version: str) -> None:
+    card = json.loads((bundle / CARD).read_text())
+    card["created"] = created
+    (bundle / CARD).write_text(json.dumps(card))
+    with pytest.raises(ModelIntegrityError):
+        card_created(bundle.parent if version == "v1" else bundle, version)
 
 
 def test_bundle_is_readable_by_other_users(bundle: Path) -> None:

@@ -70,6 +70,7 @@ __all__ = [
     "CURRENT",
     "TREND_JSON",
     "Bundle",
+    "card_created",
     "load_bundle",
     "promote",
     "resolve_current",
@@ -377,6 +378,36 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     """Check a bundle without building models; returns its card."""
     card, _ = _read_verified(Path(path))
     return card
+
+
+def card_created(root_or_bundle: str | Path, version: str) -> float:
+    """Unix seconds of the card's ``created`` of bundle ``version``.
+
+    ``root_or_bundle`` is a bundle directory, or a model root holding ``<version>/`` (the
+    directory is named, not resolved through ``current``, so a pointer switched meanwhile
+    cannot pair one bundle's model with another's card). Reads the card only (a bundle is
+    immutable once renamed into place; :func:`load_bundle` verified it). A missing card, a
+    card of another version or a ``created`` that is not an ISO-8601 time with a UTC offset
+    is a :class:`ModelIntegrityError`.
+    """
+    p = Path(root_or_bundle)
+    if not (p / CARD).exists():
+        p = p / _check_version_name(version)
+    try:
+        card = json.loads((p / CARD).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"cannot read {p / CARD}: {exc}") from exc
+    if not isinstance(card, dict) or card.get("version") != version:
+        raise ModelIntegrityError(f"{p / CARD} is not the card of version {version!r}")
+    created = card.get("created")
+    try:
+        when = datetime.fromisoformat(created) if isinstance(created, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ModelIntegrityError(f"{p / CARD}: created {created!r} is not an ISO-8601 time "
+                                  f"with a UTC offset")
+    return when.timestamp()
 
 
 def _json(contents: Mapping[str, bytes], fname: str) -> Any:

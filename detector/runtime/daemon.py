@@ -110,6 +110,7 @@ class Daemon:
         self._heartbeat = monotonic()
         self._got_data = False
         self.view.model_version = pipeline.version
+        self.view.model_created_ts = models.created_ts if models is not None else None
         self.view.source = source.name
         self.view.source_status = source.status
         self.on_verdicts: list[Callable[[list[Verdict]], None]] = []  # tests, benchmark
@@ -329,6 +330,7 @@ class Daemon:
         if new is not None:
             self.pipeline = new
             self.view.model_version = new.version
+            self.view.model_created_ts = self.models.created_ts
             self.summary.model_versions.append(new.version)
             self.metrics.reloads.labels("ok").inc()
         elif error is not None:

@@ -2,9 +2,9 @@
 
 Names follow ``podguard_<subsystem>_<name>_<unit>``. Counters and the scoring histogram are
 updated by :class:`detector.runtime.daemon.Daemon`; everything that describes current state
-(model version, source health and lag, pods watched, pods flagged now) comes from a collector
-that reads the daemon at scrape time, so a pod that is gone or a model that was replaced does
-not linger as a stale series.
+(model version and creation time, source health and lag, pods watched, pods flagged now)
+comes from a collector that reads the daemon at scrape time, so a pod that is gone or a model
+that was replaced does not linger as a stale series.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class StateView:
     """What the scrape-time collector reads (kept current by the daemon)."""
 
     model_version: str = ""
+    model_created_ts: float | None = None  # the model card's creation time, unix seconds
     source: str = ""
     source_status: Callable[[], SourceStatus] | None = None
     pods_watched: int = 0
@@ -44,6 +45,12 @@ class _StateCollector(Collector):
                                  labels=["version"])
         info.add_metric([v.model_version or "none"], 1.0)
         yield info
+        created = GaugeMetricFamily("podguard_model_created_timestamp_seconds",
+                                    "Creation time of the model scoring now (its model card); "
+                                    "no sample when the card does not say.")
+        if v.model_created_ts is not None:
+            created.add_metric([], v.model_created_ts)
+        yield created
         yield GaugeMetricFamily("podguard_ready", "1 once the model is loaded and the source "
                                 "delivered data.", value=1.0 if v.ready else 0.0)
         yield GaugeMetricFamily("podguard_pods_watched", "Pods held in the window engine.",

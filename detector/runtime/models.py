@@ -8,6 +8,10 @@ the bundle is loaded and verified in a background thread (the loop keeps scoring
 model meanwhile) and handed over at the next check. The debouncing state of the old pipeline
 is carried over and the window engine is untouched, so no window state is lost. A bundle that
 fails to load is logged and counted, and the old model stays.
+
+:attr:`ModelWatcher.created_ts` is the creation time (the model card's ``created``) of the
+model handed out last, for ``podguard_model_created_timestamp_seconds``; None when the card
+does not say (logged).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from detector.models.store import CURRENT
+from detector.errors import ModelIntegrityError
+from detector.models.store import CURRENT, card_created
 from detector.pipeline import Pipeline, default_model_dir
 from detector.settings import DetectionSettings
 
@@ -36,10 +41,12 @@ class ModelWatcher:
         self._next_check = 0.0
         self._loading: threading.Thread | None = None
         self._loaded: Pipeline | None = None
+        self._loaded_created: float | None = None
         self._failed: str | None = None
         self._lock = threading.Lock()
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self.created_ts: float | None = None  # of the model handed out last, unix seconds
 
     def _read_pointer(self) -> str | None:
         try:
@@ -51,6 +58,7 @@ class ModelWatcher:
         """The model named now (raises ModelIntegrityError/ConfigError if it cannot load)."""
         self._pointer = self._read_pointer()
         pipe = Pipeline.load(self.root, settings=self.detection)
+        self.created_ts = self._created(pipe)
         self._next_check = self.clock() + self.watch_s
         self.log.info("model loaded", extra={"version": pipe.version, "root": str(self.root)})
         return pipe
@@ -59,10 +67,11 @@ class ModelWatcher:
         """``(new pipeline, None)`` when a new version is ready, ``(None, error)`` when one
         failed to load, else ``(None, None)``. Cheap: reads one small file every ``watch_s``."""
         with self._lock:
-            loaded, failed = self._loaded, self._failed
+            loaded, failed, created = self._loaded, self._failed, self._loaded_created
             self._loaded = self._failed = None
         if loaded is not None:
             loaded.adopt_state(current)  # keep the debouncing state (streaks) per pod
+            self.created_ts = created
             self.reloads_ok += 1
             self.log.info("model reloaded", extra={"from": current.version,
                                                     "to": loaded.version})
@@ -93,8 +102,17 @@ class ModelWatcher:
             with self._lock:
                 self._failed = f"{type(e).__name__}: {e}"
             return
+        created = self._created(pipe)
         with self._lock:
-            self._loaded = pipe
+            self._loaded, self._loaded_created = pipe, created
+
+    def _created(self, pipe: Pipeline) -> float | None:
+        try:
+            return card_created(self.root, pipe.version)
+        except ModelIntegrityError as e:  # the model itself loaded: keep it, say why
+            self.log.warning("model creation time unknown", extra={"version": pipe.version,
+                                                                  "error": str(e)})
+            return None
 
     def wait_idle(self, timeout: float) -> None:
         """Waits for a background load (tests)."""
