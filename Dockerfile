@@ -14,8 +14,8 @@
 # enough to build the wheel.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-# Builds the wheel, and is pinned in the image too (torch requires setuptools, and the lock,
-# made by pip-compile, leaves setuptools out).
+# Builds the wheel, and is installed in the image too (torch requires it); the version of
+# requirements.lock (tests/test_dockerfile.py checks that they agree).
 ARG SETUPTOOLS_VERSION=84.2.1
 
 # ---------------------------------------------------------------- builder: the podguard wheel

@@ -374,14 +374,47 @@ def test_every_package_installed_by_name_is_pinned_as_in_the_lock(
     setuptools = global_args(dockerfile)["SETUPTOOLS_VERSION"]
     by_name = [r for _, reqs in _installed(dockerfile) for r in reqs if not r.startswith("/")]
     assert "torch==2.15.0+cpu" in by_name
+    assert f"setuptools=={setuptools}" in by_name
     for r in by_name:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.-]+)(\+[a-z0-9.]+)?", r)
         assert m, f"{r!r} is not pinned exactly"
         name, version = _norm(m.group(1)), m.group(2)
-        if name == "setuptools":  # pip-compile leaves it out of the lock
-            assert version == setuptools, r
-        else:
-            assert pins.get(name) == version, f"{r} differs from requirements.lock"
+        assert pins.get(name) == version, f"{r} differs from requirements.lock"
+
+
+def test_the_builder_stage_uses_the_locked_setuptools(dockerfile: list[Instruction]) -> None:
+    builder = stages(dockerfile)[0]
+    assert stage_args(dockerfile, builder)["SETUPTOOLS_VERSION"] == lock_pins()["setuptools"]
+    assert any(f"setuptools=={lock_pins()['setuptools']}" in w
+               for w in _runs(dockerfile, builder))
+
+
+def test_the_lock_holds_every_dependency_of_what_it_pins() -> None:
+    """The lock is closed under the installed packages' own requirements (markers evaluated
+    for this interpreter, no extras), pins included: ``pip freeze`` leaves setuptools out
+    although torch requires it, and an unpinned package takes whatever version is newest."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins = lock_pins()
+    problems = []
+    for name in sorted(pins):
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name} is in the lock but not installed (make venv)")
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            pinned = pins.get(_norm(req.name))
+            if pinned is None:
+                problems.append(f"{name} requires {req.name}, which the lock does not pin")
+            elif not req.specifier.contains(pinned, prereleases=True):
+                problems.append(f"{name} requires {text}; the lock has {pinned}")
+    assert problems == []
 
 
 def test_the_wheel_is_installed_under_the_lock_as_constraints(
