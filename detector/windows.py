@@ -43,6 +43,9 @@ Baseline and features
 ``baseline`` is the pod's own robust level and scale, (median, MAD), of each channel over the
 part of the window older than ``baseline_exclude_s`` (default: all but the last hour), so a
 new workload is judged against itself; NaN until ``min_baseline_s`` of data exist there.
+Only bins after the window's last container restart count (a restarted container is a new
+incarnation, judged against itself again), and features relative to the baseline are NaN
+while it is missing.
 ``features`` (:data:`FEATURE_NAMES`, see :func:`extract_features`) summarise each window for
 the drift models.
 """
@@ -281,6 +284,15 @@ def nanmedian_mad_last(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return med, mad
 
 
+def after_last_restart(restarts: np.ndarray) -> np.ndarray:
+    """``(n, L)`` bool: bins after the last restart increment of each window (all True
+    for windows without a restart). ``restarts`` holds increments per bin, NaN for no data."""
+    L = restarts.shape[-1]
+    hit = np.nan_to_num(restarts) > 0
+    last = np.where(hit.any(axis=-1), L - 1 - np.argmax(hit[..., ::-1], axis=-1), -1)
+    return np.arange(L)[None, :] > last[:, None]
+
+
 def nancount_last(x: np.ndarray) -> np.ndarray:
     return np.count_nonzero(np.isfinite(x), axis=-1)
 
@@ -344,6 +356,9 @@ def extract_features(
     mad_b = baseline[..., 1].astype(np.float64)
     floor = _SCALE_FLOOR[None, :]
     scale = np.fmax(np.fmax(1.4826 * mad_b, _REL_FLOOR * np.abs(med_b)), floor)
+    # no baseline (a new pod or a fresh restart): nothing to scale against, so the
+    # baseline-relative features are NaN (imputed by the models), not divided by the floor
+    scale = np.where(np.isfinite(med_b), scale, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         recent10 = nanmedian_last(_tail(v, 600, step_s))
         k30 = max(2, min(L, round(1800 / step_s)))
@@ -1094,6 +1109,13 @@ class WindowEngine:
         out = np.full((*values.shape[:2], 2), np.nan, dtype=np.float32)
         if part.shape[-1] == 0:
             return out
+        # A container restart starts a new incarnation: its baseline holds only what came
+        # after the last restart in the window (the counters, memory and throughput before it
+        # belong to another process), so a restarted pod is judged against itself again once
+        # ``min_baseline_s`` of post-restart history lies in the baseline part.
+        after = after_last_restart(values[:, CHANNELS.index("restarts"), :])
+        if not after.all():
+            part = np.where(after[:, None, : part.shape[-1]], part, np.nan)
         med, mad = nanmedian_mad_last(part)
         enough = nancount_last(part) >= max(1, round(self.min_baseline_s / self.step_s))
         out[..., 0] = np.where(enough, med, np.nan)

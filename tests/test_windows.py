@@ -350,6 +350,35 @@ def test_baseline_is_the_pods_own_history_before_the_last_hour() -> None:
     assert np.isnan(e2.windows().baseline).all()  # too little history: unknown
 
 
+def test_a_restart_starts_a_new_baseline_and_features_wait_for_it() -> None:
+    """Before a container restart the baseline is another process's: only what follows the
+    last restart counts, and the baseline-relative features are NaN (not divided by the
+    absolute scale floor) until enough post-restart history lies in the baseline part."""
+    n = 4 * 240  # 4 h at 15 s
+    restart_at = 480  # after 2 h: 4 cores before, 1 core after
+    cpu_rate = np.where(np.arange(n) < restart_at, 4.0, 1.0)
+    cpu = np.cumsum(cpu_rate * 15.0)
+    cpu[restart_at:] -= cpu[restart_at - 1]  # the counter resets with the container
+    restarts = np.where(np.arange(n) < restart_at, 0.0, 1.0)
+    df = trace(rows(tr.CPU_SECONDS, cpu), rows(tr.RESTARTS, restarts))
+    e = WindowEngine()
+    e.ingest(df)
+    b = e.windows(at=T0 + 4 * 3600)
+    med, _ = b.baseline[0, CHANNELS.index("cpu_rate")]
+    assert med == pytest.approx(1.0, rel=0.02)  # the post-restart level, not a 4/1 mixture
+    level = b.features[0, FEATURE_NAMES.index("cpu_rate.level_z")]
+    assert abs(level) < 1.0
+    # 45 min after the restart the baseline part (all but the last hour) holds none of the
+    # new process -> no baseline, and the relative features are NaN
+    e2 = WindowEngine()
+    e2.ingest(df[df["timestamp"] <= T0 + 9900])
+    b2 = e2.windows(at=T0 + 9900)
+    assert np.isnan(b2.baseline[0, CHANNELS.index("cpu_rate")]).all()
+    for stat in ("level_z", "slope_30m", "log_vol_ratio"):
+        assert np.isnan(b2.features[0, FEATURE_NAMES.index(f"cpu_rate.{stat}")]), stat
+    assert b2.features[0, FEATURE_NAMES.index("restarts.count_1h")] == 1.0
+
+
 def test_subset_and_concat() -> None:
     e = engine()
     e.ingest(trace(rows(tr.WORKING_SET, np.ones(240)), rows("x_total", np.arange(240.0), pod="q")))
