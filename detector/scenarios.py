@@ -12,7 +12,8 @@ Each pod has one *shape*:
 * faults: ``slow_leak``, ``fast_leak``, ``step_leak`` (staircase), ``leak_under_gc`` (a rising
   floor under a GC sawtooth), ``gpu_creep`` (``DCGM_FI_DEV_FB_USED`` creeping to the card size)
   and ``throughput_drift`` (cpu rate, GPU utilisation and network collapse over 30-60 min
-  before a crash).
+  before a crash). Growing faults take :data:`FAULT_HOURS` from onset to OOM (a slow leak
+  8-36 h, a fast one 0.5-1.5 h), shortened where the trace is too short to hold them.
 
 Every pod carries realistic companion series: working set and RSS, the cumulative CPU
 counter, network counters, the memory limit (``container_spec_memory_limit_bytes`` on most
@@ -23,9 +24,12 @@ values, jittered timestamps and, on some healthy pods, a container restart (coun
 memory warms up again).
 
 Labels (one row per pod): ``namespace, pod, shape, kind, onset_ts, failure_ts,
-fault_metric``. ``kind`` is ``none``, ``memory_leak``, ``gpu_memory_leak`` or ``drift``.
-For leaks ``failure_ts`` is when the faulty series reaches its limit (it may lie after the
-end of the trace: then it is the projected time); the pod's series end there (OOM kill /
+fault_metric``. ``kind`` is ``none``, ``memory_leak``, ``gpu_memory_leak`` or ``drift``;
+``fault_metric`` names the series the fault moves (``|``-separated when several: a
+throughput collapse moves CPU, GPU utilisation and network together).
+For leaks ``failure_ts`` is when the faulty series reaches its limit (in rare cases, noise
+keeping it just under, after the end of the trace: then it is the projected time); the
+pod's series end there (OOM kill /
 crash; the replacement pod is not modelled). Healthy pods have NaN times and an empty
 ``fault_metric``.
 """
@@ -195,6 +199,34 @@ def generate_healthy(
 # one pod
 
 
+FAULT_HOURS: dict[str, tuple[float, float]] = {
+    "slow_leak": (8.0, 36.0),
+    "fast_leak": (0.5, 1.5),
+    "step_leak": (4.0, 16.0),
+    "leak_under_gc": (4.0, 24.0),
+    "gpu_creep": (4.0, 24.0),
+}
+"""Range of the time from onset to OOM of each growing fault, hours (drawn log-uniformly).
+
+Why these: a slow leak - an ever-growing list of metrics, a dataloader worker's copy-on-read
+growth - adds a few hundred MiB per hour against GiBs of headroom, and is the leak that kills a
+long training run overnight, a day or more after it began; a staircase grows at epoch or
+evaluation boundaries; a leak under a GC sawtooth raises the floor slowly; CUDA memory creep
+(tensors kept alive across steps, allocator fragmentation) takes hours; a fast leak (a batch
+accumulated on every step) fills memory within an hour or so."""
+
+FAULT_END_FRACTION = 0.95
+"""Every fault plays out inside its trace: a drawn duration that would end after this fraction
+of the trace is shortened to end there (short traces get faster faults)."""
+
+
+def _fault_duration(rng: np.random.Generator, shape: str, onset: float, T: float) -> float:
+    lo, hi = FAULT_HOURS[shape]
+    drawn = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * 3600.0
+    room = FAULT_END_FRACTION * T - onset
+    return min(drawn, room) if room > 0 else drawn
+
+
 def _sawtooth(t: np.ndarray, period: float, phase: float) -> np.ndarray:
     return np.mod(t / period + phase, 1.0)
 
@@ -268,13 +300,8 @@ def _make_pod(
 
     peak_rel = float(np.max(ws_rel)) if K else 1.0
     if shape in LEAK_SHAPES:
-        onset = rng.uniform(0.15, 0.4) * T
-        duration = {
-            "slow_leak": rng.uniform(4.0, 10.0) * 3600,
-            "fast_leak": rng.uniform(0.5, 1.5) * 3600,
-            "step_leak": rng.uniform(3.0, 6.0) * 3600,
-            "leak_under_gc": rng.uniform(3.0, 8.0) * 3600,
-        }[shape]
+        onset = rng.uniform(0.1, 0.3) * T
+        duration = _fault_duration(rng, shape, onset, T)
         headroom_rel = limit / base - peak_rel
         rate_rel = headroom_rel / duration  # of base per second
         dt = np.clip(t - onset, 0, None)
@@ -286,8 +313,8 @@ def _make_pod(
         ws_rel = ws_rel + growth
         fault_metric = tr.WORKING_SET
     elif shape == "gpu_creep":
-        onset = rng.uniform(0.15, 0.4) * T
-        duration = rng.uniform(3.0, 8.0) * 3600
+        onset = rng.uniform(0.1, 0.3) * T
+        duration = _fault_duration(rng, shape, onset, T)
         rate_mib = (fb_card_mib - fb_base_mib) / duration
         fb_mib = fb_mib + rate_mib * np.clip(t - onset, 0, None)
         fault_metric = tr.GPU_FB_USED
@@ -297,7 +324,9 @@ def _make_pod(
         floor_level = rng.uniform(0.03, 0.15)
         frac = np.clip((t - onset) / (failure - onset), 0, 1)
         load = load * (1 - (1 - floor_level) * frac ** rng.uniform(0.7, 1.5))
-        fault_metric = tr.GPU_UTIL if gpu else tr.CPU_SECONDS
+        # the collapse moves every throughput series of the pod together, so each names it
+        fault_metric = "|".join([tr.CPU_SECONDS, *([tr.GPU_UTIL] if gpu else []),
+                                 tr.NET_RX, tr.NET_TX])
     elif kind == "none" and rng.random() < imp.restart_pod_rate and T > 3600:
         restart_at = rng.uniform(0.2, 0.9) * T
         ws_rel = ws_rel * warmup(restart_at, rng.uniform(120.0, 600.0), 0.5)

@@ -13,6 +13,7 @@ from detector import traces as tr
 from detector.errors import InputError
 from detector.scenarios import (
     ALL_SHAPES,
+    FAULT_HOURS,
     HEALTHY_SHAPES,
     KIND_OF_SHAPE,
     KINDS,
@@ -64,9 +65,31 @@ def test_labels_one_row_per_pod_with_consistent_fields(
         if r["kind"] == "none":
             assert np.isnan(onset) and np.isnan(failure) and r["fault_metric"] == ""
         else:
-            assert onset < failure and r["fault_metric"] in metrics
+            assert onset < failure and set(r["fault_metric"].split("|")) <= metrics
     gpu = labels[labels["kind"] == "gpu_memory_leak"]
     assert (gpu["fault_metric"] == tr.GPU_FB_USED).all()
+    drift = labels[labels["kind"] == "drift"]
+    assert all({tr.CPU_SECONDS, tr.NET_RX, tr.NET_TX} <= set(m.split("|"))
+               for m in drift["fault_metric"])
+
+
+def test_growing_faults_take_their_drawn_time_and_fit_in_the_trace() -> None:
+    """On a long trace the onset-to-OOM times fall in FAULT_HOURS; on a short one every
+    fault is shortened so that its failure is observed inside the trace."""
+    shapes = tuple(FAULT_HOURS)
+    _, long_lab = generate(n_pods_per_kind=6, hours=72, seed=5, shapes=shapes,
+                           imperfections=Imperfections.none())
+    dur_h = (long_lab["failure_ts"] - long_lab["onset_ts"]) / 3600.0
+    for shape, (lo, hi) in FAULT_HOURS.items():
+        d = dur_h[long_lab["shape"] == shape]
+        # the failure is where the noisy series first touches the limit: a little earlier
+        assert ((d > 0.9 * lo) & (d <= hi * 1.001)).all(), (shape, d.tolist())
+    assert dur_h[long_lab["shape"] == "slow_leak"].median() > 8
+    short, short_lab = generate(n_pods_per_kind=3, hours=6, seed=5, shapes=shapes,
+                                imperfections=Imperfections.none())
+    end = float(short["timestamp"].max())
+    assert (short_lab["failure_ts"] <= end + 60).all()
+    assert (short_lab["failure_ts"] > short_lab["onset_ts"]).all()
 
 
 def test_every_pod_has_companion_series(scen: tuple[pd.DataFrame, pd.DataFrame]) -> None:
