@@ -59,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=Path("out/evaluation"), help="output directory")
     e.add_argument("--model", type=Path, default=None, help="model (default: data/model)")
     e.add_argument("--seed", type=int, default=1234, help="scenario seed (1234)")
-    e.add_argument("--pods-per-kind", type=int, default=4, help="pods per scenario shape (4)")
-    e.add_argument("--hours", type=float, default=24.0, help="trace length, hours (24)")
+    e.add_argument("--pods-per-kind", type=int, default=8, help="pods per scenario shape (8)")
+    e.add_argument("--hours", type=float, default=48.0, help="trace length, hours (48)")
     e.add_argument("--no-exathlon", action="store_true", help="skip the Exathlon healthy set")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 

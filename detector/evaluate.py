@@ -18,10 +18,11 @@ of consecutive positive steps on a healthy pod, or on a faulty pod before its on
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -134,18 +135,35 @@ def episodes(flags: np.ndarray) -> int:
     return int(f[0]) + int(np.count_nonzero(f[1:] & ~f[:-1]))
 
 
-def score_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
-                detector: str) -> tuple[list[KindResult], float, float]:
-    """Per-kind results, false-alarm episodes per 1,000 healthy pod-hours, healthy pod-hours.
+FAULT_COLUMNS = ("detector", "namespace", "pod", "kind", "shape", "onset_ts", "failure_ts",
+                 "detected", "lead_s", "top_feature_ok")
+
+
+@dataclass(frozen=True)
+class StepScore:
+    """One detector's steps judged against the labels."""
+
+    faults: pd.DataFrame  # one row per labelled fault, :data:`FAULT_COLUMNS`
+    fa_episodes: int  # false-alarm episodes on healthy pods and before onsets
+    healthy_hours: float  # live healthy pod-hours judged
+
+    @property
+    def fa_per_1000h(self) -> float:
+        return 1000.0 * self.fa_episodes / self.healthy_hours if self.healthy_hours else math.nan
+
+
+def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
+                detector: str) -> StepScore:
+    """Per-fault detections and lead times, and false-alarm episodes on healthy time.
 
     ``steps`` has one row per pod per evaluation: ``ts, namespace, pod, alarm (bool),
-    top_feature (str or None), stale (bool)``.
+    top_feature (str or None), stale (bool)``. A fault counts as detected by its first alarm
+    in ``[onset, failure)``; its lead time is ``failure - that alarm``.
     """
     lab = labels.set_index(["namespace", "pod"])
-    results: list[KindResult] = []
     fa_episodes = 0
     healthy_steps = 0
-    per_kind: dict[str, list[tuple[bool, float, bool]]] = {}
+    faults: list[dict[str, object]] = []
     for (ns, pod), g in steps.groupby(["namespace", "pod"], sort=False, observed=True):
         g = g.sort_values("ts")
         ts = g["ts"].to_numpy(dtype=np.float64)
@@ -156,41 +174,117 @@ def score_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
             fa_episodes += episodes(alarm & live)
             healthy_steps += int(live.sum())
             continue
-        kind = str(row["kind"])
         onset, failure = float(row["onset_ts"]), float(row["failure_ts"])
         before = ts < onset
         fa_episodes += episodes(alarm[before] & live[before])
         healthy_steps += int((live & before).sum())
         hit = np.flatnonzero(alarm & (ts >= onset) & (ts < failure))
+        rec: dict[str, object] = {
+            "detector": detector, "namespace": ns, "pod": pod, "kind": str(row["kind"]),
+            "shape": str(row["shape"]) if "shape" in row else str(row["kind"]),
+            "onset_ts": onset, "failure_ts": failure, "detected": bool(hit.size),
+            "lead_s": math.nan, "top_feature_ok": False}
         if hit.size:
-            first = hit[0]
-            top = g["top_feature"].iloc[first] if "top_feature" in g else None
-            per_kind.setdefault(kind, []).append(
-                (True, failure - ts[first], names_fault(top, str(row["fault_metric"]))))
-        else:
-            per_kind.setdefault(kind, []).append((False, math.nan, False))
-    for kind, rows in sorted(per_kind.items()):
-        det = [r for r in rows if r[0]]
-        leads = [r[1] for r in det]
-        results.append(KindResult(
-            detector=detector, kind=kind, faults=len(rows), detected=len(det),
-            median_lead_s=float(np.median(leads)) if leads else math.nan,
-            top_feature_ok=(sum(r[2] for r in det) / len(det)) if det else math.nan,
-        ))
-    pod_hours = healthy_steps * step_s / 3600.0
-    rate = 1000.0 * fa_episodes / pod_hours if pod_hours else math.nan
-    return results, rate, pod_hours
+            top = g["top_feature"].iloc[hit[0]] if "top_feature" in g else None
+            rec["lead_s"] = failure - ts[hit[0]]
+            rec["top_feature_ok"] = names_fault(top, str(row["fault_metric"]))
+        faults.append(rec)
+    return StepScore(pd.DataFrame(faults, columns=list(FAULT_COLUMNS)), fa_episodes,
+                     healthy_steps * step_s / 3600.0)
+
+
+def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
+    """Recall, median lead and top-feature hits per value of ``by`` (``kind`` or ``shape``)."""
+    out: list[KindResult] = []
+    for (det, key), g in faults.groupby(["detector", by], sort=True):
+        d = g[g["detected"]]
+        out.append(KindResult(
+            detector=str(det), kind=str(key), faults=len(g), detected=len(d),
+            median_lead_s=float(d["lead_s"].median()) if len(d) else math.nan,
+            top_feature_ok=float(d["top_feature_ok"].mean()) if len(d) else math.nan))
+    return out
+
+
+def score_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
+                detector: str) -> tuple[list[KindResult], float, float]:
+    """Per-kind results, false-alarm episodes per 1,000 healthy pod-hours, healthy pod-hours."""
+    sc = judge_steps(steps, labels, step_s=step_s, detector=detector)
+    return summarise(sc.faults), sc.fa_per_1000h, sc.healthy_hours
+
+
+DURATION_BUCKETS_H: tuple[float, ...] = (0.0, 4.0, 8.0, 16.0, math.inf)
+"""Edges (hours from onset to failure) of the lead-time table by fault duration: a rule that
+looks 4 h ahead can be out-led at most by ``duration / 4 h``, so the ratio depends on them."""
+
+
+def lead_by_duration(faults: pd.DataFrame, detectors: tuple[str, str] = (
+        "podguard", "predict_linear")) -> pd.DataFrame:
+    """Median lead of two detectors on the same memory-leak faults, by fault duration."""
+    f = faults[faults["kind"] == "memory_leak"]
+    if f.empty:
+        return pd.DataFrame()
+    a, b = (f[f["detector"] == d].set_index(["namespace", "pod"]) for d in detectors)
+    joined = a.join(b[["lead_s"]].rename(columns={"lead_s": "lead_s_b"}), how="inner")
+    dur_h = (joined["failure_ts"] - joined["onset_ts"]) / 3600.0
+    edges = list(DURATION_BUCKETS_H)
+    rows = []
+    for lo, hi in itertools.pairwise(edges):
+        g = joined[(dur_h >= lo) & (dur_h < hi)]
+        if g.empty:
+            continue
+        la, lb = g["lead_s"].median() / 60.0, g["lead_s_b"].median() / 60.0
+        rows.append({"time_to_oom_h": f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}",
+                     "faults": len(g), f"{detectors[0]}_lead_min": la,
+                     f"{detectors[1]}_lead_min": lb,
+                     "ratio": la / lb if lb and math.isfinite(lb) else math.nan})
+    la, lb = joined["lead_s"].median() / 60.0, joined["lead_s_b"].median() / 60.0
+    rows.append({"time_to_oom_h": "all", "faults": len(joined), f"{detectors[0]}_lead_min": la,
+                 f"{detectors[1]}_lead_min": lb,
+                 "ratio": la / lb if lb and math.isfinite(lb) else math.nan})
+    return pd.DataFrame(rows)
 
 
 # -- the run -----------------------------------------------------------------------------
+def _result_rows(rows: list[KindResult], key: str) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "detector": r.detector, key: r.kind, "faults": r.faults, "detected": r.detected,
+        "recall": r.recall, "median_lead_min": r.median_lead_s / 60.0,
+        "top_shap_names_fault": r.top_feature_ok,
+    } for r in rows])
+
+
 @dataclass
 class Evaluation:
-    table: pd.DataFrame  # one row per detector x kind, plus false-alarm columns
+    table: pd.DataFrame  # one row per detector x kind
     healthy: pd.DataFrame  # one row per detector x healthy set: episodes / 1000 pod-hours
+    faults: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAULT_COLUMNS))
+
+    @classmethod
+    def from_faults(cls, faults: pd.DataFrame, healthy: pd.DataFrame) -> Evaluation:
+        """The report of per-fault records (:func:`judge_steps`) and false-alarm rows."""
+        table = _result_rows(summarise(faults), "kind") if len(faults) else pd.DataFrame()
+        return cls(table=table, healthy=healthy, faults=faults)
+
+    @property
+    def by_shape(self) -> pd.DataFrame:
+        """Like :attr:`table`, one row per detector x scenario shape."""
+        return _result_rows(summarise(self.faults, by="shape"), "shape") if len(
+            self.faults) else pd.DataFrame()
+
+    @property
+    def by_duration(self) -> pd.DataFrame:
+        """Median lead of podguard and predict_linear on memory leaks, by time to OOM."""
+        return lead_by_duration(self.faults) if len(self.faults) else pd.DataFrame()
 
     def to_markdown(self) -> str:
-        return (_md(self.table) + "\n\nFalse-alarm episodes per 1,000 healthy pod-hours:\n\n"
-                + _md(self.healthy) + "\n")
+        parts = [_md(self.table)]
+        if not self.by_shape.empty:
+            parts += ["By scenario shape:", _md(self.by_shape)]
+        if not self.by_duration.empty:
+            parts += ["Memory leaks: median lead by time from onset to OOM "
+                      "(podguard / predict_linear):", _md(self.by_duration)]
+        parts += ["False-alarm episodes per 1,000 healthy pod-hours:", _md(self.healthy)]
+        return "\n\n".join(parts) + "\n"
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -242,7 +336,7 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
     """Evaluates over named ``(name, trace or traces, labels)`` sets; healthy-only sets have
     all-``none`` labels (or none at all). Traces of one set that lie at different times (e.g.
     separate recorded runs) are given as a list and replayed one by one."""
-    kind_rows: list[KindResult] = []
+    fault_frames: list[pd.DataFrame] = []
     fa_rows: list[dict[str, object]] = []
     for name, traces, labels in sets:
         parts: dict[str, list[pd.DataFrame]] = {}
@@ -255,16 +349,15 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
             steps = pd.concat(frames, ignore_index=True)
             if steps.empty:
                 continue
-            res, rate, hours = score_steps(steps, labels, step_s=step_s, detector=det)
-            kind_rows += res
-            fa_rows.append({"set": name, "detector": det, "healthy_pod_hours": hours,
-                            "fa_episodes_per_1000h": rate})
-    table = pd.DataFrame([{
-        "detector": r.detector, "kind": r.kind, "faults": r.faults, "detected": r.detected,
-        "recall": r.recall, "median_lead_min": r.median_lead_s / 60.0,
-        "top_shap_names_fault": r.top_feature_ok,
-    } for r in kind_rows])
-    return Evaluation(table=table, healthy=pd.DataFrame(fa_rows))
+            sc = judge_steps(steps, labels, step_s=step_s, detector=det)
+            if len(sc.faults):
+                fault_frames.append(sc.faults)
+            fa_rows.append({"set": name, "detector": det, "healthy_pod_hours": sc.healthy_hours,
+                            "fa_episodes": sc.fa_episodes,
+                            "fa_episodes_per_1000h": sc.fa_per_1000h})
+    faults = (pd.concat(fault_frames, ignore_index=True) if fault_frames
+              else pd.DataFrame(columns=list(FAULT_COLUMNS)))
+    return Evaluation.from_faults(faults, pd.DataFrame(fa_rows))
 
 
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
@@ -274,12 +367,20 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     md = out / "evaluation.md"
     md.write_text(ev.to_markdown())
     js = out / "evaluation.json"
-    js.write_text(json.dumps({"by_kind": ev.table.to_dict(orient="records"),
-                              "false_alarms": ev.healthy.to_dict(orient="records")},
-                             indent=2, default=_json_default))
+    js.write_text(json.dumps({"by_kind": _records(ev.table), "by_shape": _records(ev.by_shape),
+                              "memory_leak_lead_by_duration": _records(ev.by_duration),
+                              "false_alarms": _records(ev.healthy),
+                              "faults": _records(ev.faults)},
+                             indent=2, default=_json_default, allow_nan=False))
     png = out / "evaluation.png"
     plot(ev, png)
     return {"markdown": md, "json": js, "plot": png}
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, object]]:
+    """Rows as dicts with NaN as None (strict JSON)."""
+    return [{str(k): (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in r.items()} for r in df.to_dict(orient="records")]
 
 
 def _json_default(o: object) -> object:
@@ -296,7 +397,7 @@ def plot(ev: Evaluation, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
     t = ev.table
     dets = list(dict.fromkeys(t["detector"])) if not t.empty else []
     kinds = list(dict.fromkeys(t["kind"])) if not t.empty else []
@@ -316,6 +417,22 @@ def plot(ev: Evaluation, path: Path) -> None:
         axes[2].barh(labels, h["fa_episodes_per_1000h"].fillna(0))
         axes[2].set_xscale("symlog")
     axes[2].set_title("False-alarm episodes / 1,000 healthy pod-hours")
+    ax = axes[3]
+    f = ev.faults[ev.faults["kind"].isin(["memory_leak", "gpu_memory_leak"])] if len(
+        ev.faults) else ev.faults
+    for det, marker in (("podguard", "o"), ("predict_linear", "x"), ("iforest", ".")):
+        g = f[(f["detector"] == det) & f["detected"]] if len(f) else f
+        if len(g):
+            dur = (g["failure_ts"] - g["onset_ts"]) / 3600.0
+            ax.scatter(dur, g["lead_s"].astype(float) / 3600.0, marker=marker, label=det)
+    if len(f):
+        top = float(((f["failure_ts"] - f["onset_ts"]) / 3600.0).max())
+        ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="lead = time to OOM")
+        ax.axhline(PREDICT_LINEAR_AHEAD_S / 3600.0, color="grey", lw=0.8, ls=":")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("time from onset to OOM (h)")
+    ax.set_ylabel("lead before OOM (h)")
+    ax.set_title("Leaks: lead time vs how slow the leak is")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
