@@ -363,9 +363,9 @@ FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
          (f'podguard_model_info{{{POD_B},version="20261127T030000Z-def456"}}', "1x100")],
         "90m", {"namespace": "podguard"}),
     "PodguardModelIsShippedDefault": (
-        [(f'podguard_model_info{{{POD},version="default-1"}}', "1x3000")], "49h",
+        [(f'podguard_model_info{{{POD},version="default-2"}}', "1x3000")], "49h",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
-         "version": "default-1"}),
+         "version": "default-2"}),
 }
 HEALTHY: dict[str, list[tuple[str, str]]] = {
     "PodguardDaemonDown": [(f'up{{{POD},instance="10.0.0.1:9731"}}', "1x20")],
@@ -392,7 +392,7 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
         (f"podguard_model_created_timestamp_seconds{{{POD}}}", "-604800x100"),
         (f'podguard_model_info{{{POD},version="20261120T030000Z-abc123"}}', "1x100"),
         (f"podguard_model_created_timestamp_seconds{{{POD_B}}}", "-8640000x100"),
-        (f'podguard_model_info{{{POD_B},version="default-1"}}', "1x100")],
+        (f'podguard_model_info{{{POD_B},version="default-2"}}', "1x100")],
     "PodguardModelIsShippedDefault": [
         (f'podguard_model_info{{{POD},version="20261127T030000Z-abc123"}}', "1x3000")],
 }
