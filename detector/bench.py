@@ -26,9 +26,9 @@ import pandas as pd
 
 from detector import scenarios
 from detector.pipeline import Pipeline
-from detector.replay import iter_batches
+from detector.replay import make_engine
 from detector.settings import WindowSettings
-from detector.windows import WindowBatch
+from detector.windows import WindowBatch, iter_windows
 
 
 def _one_core() -> None:
@@ -47,13 +47,13 @@ def _one_core() -> None:
 
 
 def _collect(trace: pd.DataFrame, n_max: int) -> WindowBatch:
+    """The non-stale windows of the first steps of ``trace``, until ``n_max`` are reached."""
     parts = []
     total = 0
-    for _t, batch, _e in iter_batches(trace, step_s=60.0, windows=WindowSettings()):
-        live = np.flatnonzero(~batch.stale)
-        if live.size:
-            parts.append(batch.subset(live))
-            total += live.size
+    for _t, batch, _r in iter_windows(trace, every_s=60.0, engine=make_engine(WindowSettings()),
+                                      drop_stale=True):
+        parts.append(batch)
+        total += len(batch)
         if total >= n_max:
             break
     return WindowBatch.concat(parts)

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import IO
 
 import pandas as pd
-from tqdm import tqdm
 
 from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
-from detector.traces import iter_time_chunks, sort_by_time
 from detector.verdicts import Verdict
-from detector.windows import IngestReport, WindowBatch, WindowEngine
+from detector.windows import IngestReport, WindowBatch, WindowEngine, iter_windows
 
 
 @dataclass
@@ -52,25 +50,21 @@ def make_engine(ws: WindowSettings) -> WindowEngine:
 def iter_batches(trace: pd.DataFrame, *, step_s: float, windows: WindowSettings | None = None,
                  progress: bool = False, summary: ReplaySummary | None = None,
                  desc: str = "replay") -> Iterator[tuple[float, WindowBatch, WindowEngine]]:
-    """Yields ``(t, windows at t, engine)`` every ``step_s`` seconds of trace time, causally."""
-    ws = windows or WindowSettings(step_s=step_s)
-    engine = make_engine(ws)
-    summary = summary if summary is not None else ReplaySummary()
-    frame = sort_by_time(trace)
-    summary.rows = len(frame)
-    n_steps = None
-    if len(frame):
-        t0, t1 = float(frame["timestamp"].iloc[0]), float(frame["timestamp"].iloc[-1])
-        n_steps = int((t1 - t0) // step_s) + 2
-    bar = tqdm(total=n_steps, unit="step", desc=desc, disable=not progress, leave=False)
-    try:
-        for t_end, chunk in iter_time_chunks(frame, step_s):
-            if len(chunk):
-                summary.ingest.merge(engine.ingest(chunk))
-            yield t_end, engine.windows(at=t_end), engine
-            bar.update(1)
-    finally:
-        bar.close()
+    """Yields ``(t, windows at t, engine)`` every ``step_s`` seconds of trace time, causally.
+
+    :func:`detector.windows.iter_windows` on an engine built from ``windows`` (default: the
+    defaults with ``step_s``), keeping every step, empty ones too; the engine comes back so
+    the caller can forget the pods it no longer holds, and ``summary`` gets the rows and the
+    ingest counts. ``step_s`` must be a multiple of the window step.
+    """
+    engine = make_engine(windows or WindowSettings(step_s=step_s))
+    if summary is not None:
+        summary.rows = len(trace)
+    for t_end, batch, report in iter_windows(trace, every_s=step_s, engine=engine,
+                                             keep_empty=True, progress=progress, desc=desc):
+        if summary is not None:
+            summary.ingest.merge(report)
+        yield t_end, batch, engine
 
 
 def iter_replay(trace: pd.DataFrame, pipeline: Pipeline, *, step_s: float,

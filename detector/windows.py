@@ -34,9 +34,10 @@ How samples become windows
   forgotten, so memory stays bounded as pods come and go.
 * The engine holds only ``horizon_s + max_late_s`` of history per series (about 8 KiB per
   series at the defaults). Feed a long trace in time order, a step at a time, and ask for
-  windows as you go (:func:`iter_windows` / :func:`collect_windows` do exactly that, as the
-  replay does); ingesting a whole day at once keeps only its last hours. ``windows(at)`` for
-  an ``at`` older than the retained history is still causal but incomplete (NaN).
+  windows as you go (:func:`iter_windows` / :func:`collect_windows` do exactly that; the
+  replay, evaluation and training all go through them); ingesting a whole day at once
+  keeps only its last hours. ``windows(at)`` for an ``at`` older than the retained history
+  is still causal but incomplete (NaN).
 
 Baseline and features
 ---------------------
@@ -1208,13 +1209,20 @@ def iter_windows(
     every_s: float = 600.0,
     engine: WindowEngine | None = None,
     start: float | None = None,
+    keep_empty: bool = False,
+    drop_stale: bool = False,
+    progress: bool = False,
+    desc: str = "windows",
 ) -> Iterator[tuple[float, WindowBatch, IngestReport]]:
     """Feeds ``trace`` to ``engine`` in time order, one ``engine.step_s`` slice at a time, and
-    yields ``(t, windows at t, ingest report of the slice)`` every ``every_s`` seconds of trace
-    time (at multiples of ``every_s``; ``every_s`` must be a multiple of the engine step).
+    yields ``(t, windows at t, ingest report since the previous yield)`` every ``every_s``
+    seconds of trace time (at multiples of ``every_s``; ``every_s`` must be a multiple of the
+    engine step, :class:`InputError` otherwise).
 
-    The same causal loop as the replay: a window at ``t`` has seen only samples <= t. Empty
-    batches are skipped.
+    The one causal replay loop (the replay, evaluation and training all use it): a window at
+    ``t`` has seen only samples <= t. Slices ending before ``start`` are ingested but yield
+    nothing. ``drop_stale`` leaves stale windows out; a batch left empty is skipped unless
+    ``keep_empty``. ``progress`` shows a bar of slices labelled ``desc`` (stderr).
     """
     eng = WindowEngine() if engine is None else engine
     ratio = every_s / eng.step_s
@@ -1222,18 +1230,43 @@ def iter_windows(
         raise InputError(
             f"every_s ({every_s}) must be a positive multiple of the step ({eng.step_s})"
         )
+    frame = tr.sort_by_time(trace)
+    bar = _progress_bar(frame, eng.step_s, desc) if progress else None
     rep = IngestReport()
-    for t_end, chunk in tr.iter_time_chunks(trace, eng.step_s):
-        rep.merge(eng.ingest(chunk))
-        if start is not None and t_end < start:
-            continue
-        k = (t_end - eng.origin_s) / every_s
-        if abs(k - round(k)) > 1e-6:
-            continue
-        batch = eng.windows(at=t_end)
-        if len(batch):
-            yield t_end, batch, rep
-            rep = IngestReport()
+    try:
+        for t_end, chunk in tr.iter_time_chunks(frame, eng.step_s):
+            rep.merge(eng.ingest(chunk))
+            if bar is not None:
+                bar.update(1)
+            if start is not None and t_end < start:
+                continue
+            k = (t_end - eng.origin_s) / every_s
+            if abs(k - round(k)) > 1e-6:
+                continue
+            batch = eng.windows(at=t_end)
+            if drop_stale and len(batch):
+                stale = np.asarray(batch.stale, dtype=bool)
+                if stale.any():
+                    batch = batch.subset(np.flatnonzero(~stale))
+            if len(batch) or keep_empty:
+                yield t_end, batch, rep
+                rep = IngestReport()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress_bar(frame: pd.DataFrame, step_s: float, desc: str) -> Any:
+    """A tqdm bar over the slices :func:`detector.traces.iter_time_chunks` will yield (tqdm is
+    imported only here, so the daemon never loads it)."""
+    from tqdm import tqdm
+
+    total = None
+    if len(frame):
+        ts = frame["timestamp"]
+        t0, t1 = float(ts.iloc[0]), float(ts.iloc[-1])
+        total = math.ceil(t1 / step_s) - math.ceil(t0 / step_s) + 1
+    return tqdm(total=total, unit="step", desc=desc, leave=False)
 
 
 def collect_windows(
@@ -1242,8 +1275,17 @@ def collect_windows(
     every_s: float = 600.0,
     engine: WindowEngine | None = None,
     start: float | None = None,
+    drop_stale: bool = False,
+    progress: bool = False,
+    desc: str = "windows",
 ) -> WindowBatch:
     """All windows of :func:`iter_windows` in one batch (empty batch if there are none)."""
     eng = WindowEngine() if engine is None else engine
-    batches = [b for _, b, _ in iter_windows(trace, every_s=every_s, engine=eng, start=start)]
+    batches = [
+        b
+        for _, b, _ in iter_windows(
+            trace, every_s=every_s, engine=eng, start=start, drop_stale=drop_stale,
+            progress=progress, desc=desc,
+        )
+    ]
     return WindowBatch.concat(batches) if batches else eng.empty_batch()

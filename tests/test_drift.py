@@ -230,9 +230,8 @@ def test_on_windows_from_the_window_engine() -> None:
     from sklearn.metrics import roc_auc_score
 
     from detector import scenarios
-    from detector.replay import iter_batches
     from detector.settings import WindowSettings
-    from detector.windows import WindowBatch
+    from training.fit import collect_windows
 
     trace, labels = scenarios.generate(
         n_pods_per_kind=4,
@@ -241,13 +240,7 @@ def test_on_windows_from_the_window_engine() -> None:
         seed=3,
         shapes=(*scenarios.HEALTHY_SHAPES, "throughput_drift"),
     )
-    parts = []
-    for k, (_t, b, _e) in enumerate(iter_batches(trace, step_s=60, windows=WindowSettings())):
-        if k % 5 == 0 and len(b):
-            live = np.flatnonzero(~np.asarray(b.stale, dtype=bool))
-            if live.size:
-                parts.append(b.subset(live))
-    batch = WindowBatch.concat(parts)
+    batch = collect_windows(trace, windows=WindowSettings(), every=5)
     pods = np.array([k.pod for k in batch.keys])
     lab = labels.set_index("pod")
     faulty = np.array([lab.loc[p, "shape"] == "throughput_drift" for p in pods])

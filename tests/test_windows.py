@@ -399,6 +399,31 @@ def test_iter_windows_checks_its_period() -> None:
     assert len(collect_windows(df, every_s=60, engine=engine())) == 11  # T0, ..., T0 + 600
 
 
+def test_iter_windows_options_keep_empty_steps_drop_stale_windows_and_count_every_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One pod for an hour (stale for its first 30 min: a new pod), then silent past its TTL,
+    then back for a minute: the steps in between have no windows."""
+    df = trace(rows(tr.WORKING_SET, np.ones(240)),
+               rows(tr.WORKING_SET, np.ones(4), t0=T0 + 3 * 3600))
+    every = list(iter_windows(df, every_s=60, engine=engine(), keep_empty=True, progress=True,
+                              desc="unit"))
+    assert [t for t, _, _ in every] == [T0 + 60 * k for k in range(3 * 60 + 1 + 1)]
+    assert sum(r.rows for _, _, r in every) == len(df)  # each slice's report, once
+    assert any(len(b) == 0 for _, b, _ in every) and any(b.stale.any() for _, b, _ in every)
+    assert "unit" in capsys.readouterr().err  # the progress bar
+    non_empty = [(t, b) for t, b, _ in every if len(b)]
+    assert [(t, len(b)) for t, b, _ in iter_windows(df, every_s=60, engine=engine())] == [
+        (t, len(b)) for t, b in non_empty
+    ]
+    live = list(iter_windows(df, every_s=60, engine=engine(), drop_stale=True))
+    assert [t for t, _, _ in live] == [t for t, b in non_empty if not b.stale.all()]
+    assert all(len(b) and not b.stale.any() for _, b, _ in live)
+    assert len(collect_windows(df, every_s=60, engine=engine(), drop_stale=True)) == len(live)
+    for t, b, _ in every:  # causal: no window ends after the step it was asked for
+        assert np.all(b.ts <= t)
+
+
 # ----------------------------------------------------------------------------- features
 
 

@@ -21,25 +21,23 @@ from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.drift import DriftConfig, DriftDetector
 from detector.models.forest import ForestConfig, IsolationForestDetector
 from detector.models.trend import TrendDetector
-from detector.replay import iter_batches
+from detector.replay import make_engine
 from detector.settings import DetectionSettings, WindowSettings
 from detector.windows import THROUGHPUT_CHANNELS, WindowBatch
+from detector.windows import collect_windows as collect_all_windows
 
 
 def collect_windows(trace: pd.DataFrame, *, windows: WindowSettings, every: int = 1,
                     progress: bool = False, desc: str = "windows") -> WindowBatch:
-    """Every ``every``-th step's non-stale windows of ``trace``, in one batch."""
-    parts: list[WindowBatch] = []
-    for k, (_t, batch, _engine) in enumerate(iter_batches(
-            trace, step_s=windows.step_s, windows=windows, progress=progress, desc=desc)):
-        if k % every or len(batch) == 0:
-            continue
-        live = ~np.asarray(batch.stale, dtype=bool)
-        if live.any():
-            parts.append(batch.subset(np.flatnonzero(live)))
-    if not parts:
+    """The non-stale windows of ``trace`` at every ``every``-th step (multiples of
+    ``every * windows.step_s``), in one batch: :func:`detector.windows.collect_windows` on an
+    engine built from ``windows``. :class:`InputError` if there are none."""
+    batch = collect_all_windows(trace, every_s=every * windows.step_s,
+                                engine=make_engine(windows), drop_stale=True,
+                                progress=progress, desc=desc)
+    if len(batch) == 0:
         raise InputError("no usable windows in the training data (all pods stale or empty)")
-    return WindowBatch.concat(parts)
+    return batch
 
 
 def drift_feature_names(all_names: Sequence[str]) -> tuple[str, ...]:
