@@ -193,6 +193,23 @@ def test_hand_made_shapes(detector: TrendDetector, name: str) -> None:
         assert pred.score[0] < 0.05, (name, pred.score[0])
 
 
+def test_a_single_step_is_taken_out_of_the_rate_but_a_staircase_is_not(
+    detector: TrendDetector,
+) -> None:
+    """One legitimate step followed by a faint creep: the reported rate is the creep, not the
+    step spread over the view (which once made a 2 h "OOM" out of a bigger shard); a
+    staircase's growth is spread over several rises and is measured whole."""
+    creep = 2e3  # bytes/s, ~7 MB/h
+    at = T[-1] - 3600  # the step came an hour ago
+    step = np.where(at < T, 1.6e9 + creep * np.clip(T - at, 0, None), 1e9) + NOISE
+    stairs = SHAPES["staircase_leak"][0]
+    rep = detector.leak_report(batch_of(np.stack([step, stairs])))
+    assert rep.rate_bytes_per_s[0] < 5 * creep, rep.rate_bytes_per_s[0]
+    assert rep.time_to_oom_s[0] > 24 * 3600
+    true_rate = 2.5e8 / 1800
+    assert rep.rate_bytes_per_s[1] == pytest.approx(true_rate, rel=0.35)
+
+
 def test_young_windows_and_restarts_are_not_judged(detector: TrendDetector) -> None:
     ws = SHAPES["linear_leak"][0]
     young = np.where(T[-1] - 3600 <= T, ws, np.nan)  # one hour of data: too little

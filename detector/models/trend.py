@@ -14,14 +14,16 @@ in 5-min blocks to 4 h in 15-min blocks, :data:`DEFAULT_VIEWS`):
    are ignored (a restart drops memory; the trend restarts with it).
 2. The series is cut into blocks; each block gives its **minimum**: the floor under a GC
    sawtooth and under checkpoint spikes.
-3. On the trailing blocks of the view: Kendall's tau and the Mann-Kendall Z of the block
-   minima (monotone growth and its significance); the **de-stepped** Theil-Sen slope (the
-   largest single block-to-block rise is removed first, so one legitimate step up does not
-   look like a trend while a staircase of several steps still does); the same slope over the
-   recent half of the view, whose ratio to the whole (``persist``) rejects warm-ups that have
-   plateaued; and the largest earlier drawdown of the block minima over the whole window,
-   which rejects cyclic growth (epoch ramps, diurnal load) that a leak never shows.
-4. Urgency: the de-stepped slope as a fraction of the limit per hour (``slope``) over the
+3. The trailing blocks of the view are **de-stepped**: the largest block-to-block rise is
+   taken out when it dominates the view's growth (more than :data:`STEP_DOMINANCE` times all
+   the other rises together), so one legitimate step up does not look like a trend while a
+   linear leak or a staircase of several steps is measured whole. On them: Kendall's tau and
+   the Mann-Kendall Z (monotone growth and its significance); the Theil-Sen slope; the same
+   slope over the recent half of the view, whose ratio to the whole (``persist``) rejects
+   warm-ups that have plateaued; and the largest earlier drawdown of the block minima over
+   the whole window, which rejects cyclic growth (epoch ramps, diurnal load) that a leak
+   never shows.
+4. Urgency: the slope as a fraction of the limit per hour (``slope``) over the
    fraction of the limit still free (``headroom``) = the fraction of the remaining headroom
    consumed per hour.
 
@@ -31,7 +33,8 @@ more anomalous, 0 for no growth. Windows with less than ``min_span_s`` of data s
 The decision threshold is fitted on healthy windows with
 :func:`detector.models.base.threshold_at_fpr` and kept as state.
 
-The leak rate reported is the plain Theil-Sen slope of the block minima of the best view;
+The leak rate reported is the Theil-Sen slope of the de-stepped block minima of the best
+view, or of its recent half when faster (a leak that began inside the view);
 the time to OOM is (limit - current peak) / rate, with low/high estimates from the 80th/20th
 percentiles of the pairwise slopes. :meth:`TrendDetector.explain_features` exposes the nine
 inputs of the score (``<channel>.slope``, ``.headroom``, ``.monotonicity``) and
@@ -65,6 +68,10 @@ DEFAULT_VIEWS: tuple[tuple[float, int], ...] = (
     (900.0, 16),  # 4 h
 )
 """(block seconds, trailing blocks) of each view."""
+
+STEP_DOMINANCE = 2.0
+"""A rise between consecutive blocks larger than this many times all the view's other rises
+together is a step, not a trend: it is taken out before the trend is measured."""
 
 EXPLAIN_STATS: tuple[str, ...] = ("slope", "headroom", "monotonicity")
 EXPLAIN_NAMES: tuple[str, ...] = tuple(f"{c}.{s}" for c in MEMORY_CHANNELS for s in EXPLAIN_STATS)
@@ -221,13 +228,28 @@ class TrendDetector(ThresholdMixin):
         gap = ((j - i) * blk_s).astype(np.float32)
         dy = y[:, j] - y[:, i]
         pair_ok = np.isfinite(dy)
+        # De-stepping: the largest rise between consecutive blocks is taken out of the series
+        # when it dominates the view's growth (more than STEP_DOMINANCE times all the other
+        # rises together): one legitimate step up is then no trend - not in the Mann-Kendall
+        # test, the slope or the reported rate - while growth spread over several rises (a
+        # linear leak, a staircase of several steps) is kept whole.
+        d = np.diff(y, axis=-1)
+        d_f = np.where(np.isfinite(d), d, -np.inf)
+        kmax = np.argmax(d_f, axis=-1)
+        dmax = d_f[np.arange(d_f.shape[0]), kmax]
+        dmax = np.where(np.isfinite(dmax), np.maximum(dmax, 0.0), 0.0)
+        others = np.where(np.isfinite(d) & (d > 0), d, 0.0).sum(axis=-1) - dmax
+        dmax = np.where(dmax > STEP_DOMINANCE * others, dmax, 0.0).astype(np.float32)
+        after_step = np.arange(nb)[None, :] > kmax[:, None]
+        y = y - after_step * dmax[:, None]
+        dy = y[:, j] - y[:, i]
         # Mann-Kendall on the trailing blocks
         S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
         m = n_valid.astype(np.float64)
         tau = S / np.maximum(m * (m - 1) / 2, 1.0)
         Z = S / np.sqrt(np.maximum(m * (m - 1) * (2 * m + 5) / 18.0, 1e-9))
         sig = np.clip((Z - 1.0) / 1.5, 0.0, 1.0)
-        # plain Theil-Sen and the spread of pairwise slopes
+        # Theil-Sen and the spread of pairwise slopes
         slopes = dy / gap
         ss = np.sort(slopes, axis=-1)
         cnt = np.count_nonzero(pair_ok, axis=-1)
@@ -236,23 +258,14 @@ class TrendDetector(ThresholdMixin):
         rate_hi = _nanquantile_sorted(ss, cnt, 0.8).astype(np.float64)
         h = nb // 2
         rate_recent = _theil_sen(y[:, h:], blk_s).astype(np.float64)
-        # de-stepped Theil-Sen: remove the largest single rise
-        d = np.diff(y, axis=-1)
-        d_f = np.where(np.isfinite(d), d, -np.inf)
-        kmax = np.argmax(d_f, axis=-1)
-        dmax = d_f[np.arange(d_f.shape[0]), kmax]
-        dmax = np.where(np.isfinite(dmax), np.maximum(dmax, 0.0), 0.0).astype(np.float32)
-        straddle = (i[None, :] <= kmax[:, None]) & (j[None, :] > kmax[:, None])
-        ds_slopes = (dy - straddle * dmax[:, None]) / gap
-        rate_ds = nanmedian_last(ds_slopes).astype(np.float64)
         early = j < nb - h
         rate_early = nanmedian_last(slopes[:, early]).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             # growth must not decelerate: recent-half slope vs early-half slope of the floor
             # (a warm-up approaching its plateau has a ratio near 0, a steady leak near 1)
-            ref_rate = np.fmax(rate_early, 0.5 * rate_ds)
+            ref_rate = np.fmax(rate_early, 0.5 * rate)
             persist = np.where(
-                (rate_ds > 0) & (ref_rate > 0),
+                (rate > 0) & (ref_rate > 0),
                 np.clip(rate_recent / ref_rate, 0.0, 1.0),
                 0.0,
             )
@@ -261,7 +274,7 @@ class TrendDetector(ThresholdMixin):
             cummax = np.maximum.accumulate(filled, axis=-1)
             dd = np.where(np.isfinite(mins), cummax - mins, 0.0)
             dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
-            rise = np.maximum(rate_ds, 0.0) * nb * blk_s
+            rise = np.maximum(rate, 0.0) * nb * blk_s
             calm = np.where(rise > 0, np.clip(1.0 - dd / rise, 0.0, 1.0), 0.0)
             mono = np.maximum(tau, 0.0) * sig * persist * calm
             mono = np.where(n_valid >= math.ceil(0.75 * nb), mono, 0.0)
@@ -270,7 +283,7 @@ class TrendDetector(ThresholdMixin):
             peak = np.where(np.isfinite(peak), peak, nanmedian_last(y))
             has_lim = np.isfinite(lim) & (lim > 0)
             ref = np.where(has_lim, lim, peak)
-            slope = np.maximum(rate_ds, 0.0) * 3600.0 / ref
+            slope = np.maximum(rate, 0.0) * 3600.0 / ref
             room = lim - peak
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
         slope = np.where(np.isfinite(slope), slope, 0.0)
