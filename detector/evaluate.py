@@ -391,6 +391,10 @@ def _json_default(o: object) -> object:
     return str(o)
 
 
+DETECTOR_COLORS = {"podguard": "tab:blue", "predict_linear": "tab:orange",
+                   "iforest": "tab:gray"}
+
+
 def plot(ev: Evaluation, path: Path) -> None:
     import matplotlib
 
@@ -407,14 +411,16 @@ def plot(ev: Evaluation, path: Path) -> None:
         for j, d in enumerate(dets):
             vals = [float(t[(t.detector == d) & (t.kind == k)][col].fillna(0).sum())
                     for k in kinds]
-            ax.bar(np.arange(len(kinds)) + j * width, vals, width, label=d)
+            ax.bar(np.arange(len(kinds)) + j * width, vals, width, label=d,
+                   color=DETECTOR_COLORS.get(d))
         ax.set_xticks(np.arange(len(kinds)) + width * (len(dets) - 1) / 2, kinds, rotation=15)
         ax.set_title(title)
         ax.legend()
     h = ev.healthy
     if not h.empty:
         labels = [f"{r.detector}\n{r.set}" for r in h.itertuples()]
-        axes[2].barh(labels, h["fa_episodes_per_1000h"].fillna(0))
+        axes[2].barh(labels, h["fa_episodes_per_1000h"].fillna(0),
+                     color=[DETECTOR_COLORS.get(str(d), "tab:gray") for d in h["detector"]])
         axes[2].set_xscale("symlog")
     axes[2].set_title("False-alarm episodes / 1,000 healthy pod-hours")
     ax = axes[3]
@@ -424,7 +430,8 @@ def plot(ev: Evaluation, path: Path) -> None:
         g = f[(f["detector"] == det) & f["detected"]] if len(f) else f
         if len(g):
             dur = (g["failure_ts"] - g["onset_ts"]) / 3600.0
-            ax.scatter(dur, g["lead_s"].astype(float) / 3600.0, marker=marker, label=det)
+            ax.scatter(dur, g["lead_s"].astype(float) / 3600.0, marker=marker, label=det,
+                       color=DETECTOR_COLORS[det])
     if len(f):
         top = float(((f["failure_ts"] - f["onset_ts"]) / 3600.0).max())
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="lead = time to OOM")
