@@ -12,8 +12,15 @@
    from the arrival of the newest sample in the window to the moment the verdicts reached the
    sink; separately for the positive (alert) verdicts of the leaking pod.
 3. **CPU and RSS at 110 pods** - a fresh process runs the daemon (default settings: 4 h
-   windows, 60 s step) on a live source of 110 pods x 9 series scraped every 15 s, after
-   loading 4 h of history; prints its CPU share of one core and its RSS.
+   windows, 60 s step) on a live source of 110 pods x 9 series scraped every 15 s. The
+   source first delivers ``sources.prometheus.backfill_s`` (4 h) of history the way the
+   Prometheus source does: oldest first, in slices of ``sources.prometheus.backfill_chunk_s``
+   (1800 s), one slice per poll of the daemon's loop (so folded, and scored when a step is
+   due, like any poll), not caught up until the last slice; ``--backfill-chunk-s 0`` delivers
+   it in one batch instead (the figure before slicing). Prints its CPU share of one core
+   while streaming, and its RSS when the model is loaded, at its peak during the backfill
+   (the kernel's high-water mark, reset once the model is loaded), right after the backfill,
+   and while streaming.
 
 Targets (issue 4): >= 50,000 samples/s per core ingested; < 1 s from the sample to the alert;
 < 2 % of one core and < 400 MB RSS at 110 pods.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import resource
 import subprocess
@@ -51,12 +59,23 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (``VmRSS``) or its high-water mark (``VmHWM``), MB."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Resets ``VmHWM`` to the current RSS (Linux >= 4.0); False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _value(metric: str, pod: int, t: float, leaky: bool = False) -> float:
@@ -191,29 +210,53 @@ def bench_ingest_broker(bootstrap: str, pods: int = 110, scrapes: int = 100) -> 
 
 class LiveScrapes:
     """A Source emitting a scrape of ``pods`` pods every ``interval_s`` of wall time, aligned
-    to multiples of the interval, stamped with the emission time; history preloaded."""
+    to multiples of the interval, stamped with the emission time.
+
+    History, either taken whole from :meth:`history`, or (``backfill_s`` > 0) delivered by
+    ``poll`` first, as the Prometheus source does: oldest first, one slice of at most
+    ``backfill_chunk_s`` per poll (0: all of it in one), not caught up until the last."""
 
     name = "bench"
 
-    def __init__(self, pods: int, interval_s: float, leaky_pod: int = -1) -> None:
+    def __init__(self, pods: int, interval_s: float, leaky_pod: int = -1,
+                 backfill_s: float = 0.0, backfill_chunk_s: float = 0.0) -> None:
         self.pods = pods
         self.interval_s = interval_s
         self.leaky_pod = leaky_pod
         self.arrivals: dict[float, float] = {}  # sample timestamp -> arrival (perf_counter)
         self._next = (time.time() // interval_s + 1) * interval_s
+        # backfill still to deliver: scrapes [_backfill_from, _next at start), per slice
+        self._backfill_from = self._next - math.floor(backfill_s / interval_s) * interval_s
+        self._backfill_end = self._next
+        self._slice_scrapes = (max(1, math.floor(backfill_chunk_s / interval_s))
+                               if backfill_chunk_s > 0 else None)  # None: one batch
+        self.backfill_slices = 0  # slices delivered so far
+
+    @property
+    def backfilling(self) -> bool:
+        return self._backfill_from < self._backfill_end
+
+    def _span(self, t0: float, t1: float) -> SampleColumns:
+        """Scrapes at t0, t0 + interval, ... before t1."""
+        cols = SampleColumns()
+        for k in range(max(0, math.ceil((t1 - t0) / self.interval_s))):
+            _scrape(cols, t0 + k * self.interval_s, self.pods, self.leaky_pod)
+        return cols
 
     def history(self, hours: float) -> SampleColumns:
-        cols = SampleColumns()
-        t = self._next - hours * 3600
-        while t < self._next:
-            _scrape(cols, t, self.pods, self.leaky_pod)
-            t += self.interval_s
-        return cols
+        return self._span(self._next - hours * 3600, self._next)
 
     def start(self) -> None:
         pass
 
     def poll(self, timeout: float) -> Delivery:
+        if self.backfilling:
+            t0 = self._backfill_from
+            t1 = (self._backfill_end if self._slice_scrapes is None
+                  else min(self._backfill_end, t0 + self._slice_scrapes * self.interval_s))
+            self._backfill_from = t1
+            self.backfill_slices += 1
+            return Delivery(samples=self._span(t0, t1), messages=1, backfill=True)
         d = Delivery()
         wait = self._next - time.time()
         if wait > 0:
@@ -234,7 +277,7 @@ class LiveScrapes:
         return time.time()
 
     def status(self) -> SourceStatus:
-        return SourceStatus(up=True, caught_up=True)
+        return SourceStatus(up=True, caught_up=not self.backfilling)
 
     def close(self, timeout: float = 5.0) -> None:
         pass
@@ -298,15 +341,27 @@ def bench_latency(pods: int = 110, step_s: float = 5.0, steps: int = 8) -> dict[
                                    "alerts": int(alert_l.size)} if alert_l.size else None)}
 
 
-def _watch_child(seconds: float, pods: int) -> None:
-    """Runs in a fresh process: daemon at default settings on 110 live pods."""
+def _watch_child(seconds: float, pods: int, backfill_chunk_s: float | None = None) -> None:
+    """Runs in a fresh process: daemon at default settings on 110 live pods, after a backfill
+    delivered in slices of ``backfill_chunk_s`` (None: the settings'; 0: one batch)."""
     from detector.settings import Settings
 
     settings = Settings.model_validate({"runtime": {"lateness_s": 0.5}})
-    src = LiveScrapes(pods, 15.0)
+    prom = settings.sources.prometheus
+    chunk = prom.backfill_chunk_s if backfill_chunk_s is None else backfill_chunk_s
+    src = LiveScrapes(pods, 15.0, backfill_s=prom.backfill_s, backfill_chunk_s=chunk)
     daemon = _daemon(settings, src, [])
-    daemon.fold(Delivery(samples=src.history(4.0)))
-    daemon.turn()
+    rss_loaded = _rss_mb()
+    hwm = _reset_peak_rss()
+    sampled = rss_loaded
+    w0 = time.monotonic()
+    while src.backfilling:  # one slice per turn, scored when a step is due
+        daemon.turn()
+        sampled = max(sampled, _rss_mb())
+    backfill_wall = time.monotonic() - w0
+    rss_after = _rss_mb()
+    rss_backfill_peak = max(sampled, _rss_mb("VmHWM")) if hwm else sampled
+    evaluations_backfill = daemon.summary.evaluations
     # settle one scoring step, then measure
     end = time.monotonic() + 65
     while time.monotonic() < end:
@@ -322,19 +377,35 @@ def _watch_child(seconds: float, pods: int) -> None:
                       "cpu_s": round(cpu, 2), "cpu_share_of_one_core": round(cpu / wall, 4),
                       "rss_mb_now": round(_rss_mb(), 1), "rss_mb_peak_measured": round(peak, 1),
                       "evaluations": daemon.summary.evaluations,
-                      "torch_imported": "torch" in sys.modules}))
+                      "torch_imported": "torch" in sys.modules,
+                      "backfill_chunk_s": chunk or None, "backfill_slices": src.backfill_slices,
+                      "backfill_wall_s": round(backfill_wall, 1),
+                      "evaluations_during_backfill": evaluations_backfill,
+                      "rss_mb_model_loaded": round(rss_loaded, 1),
+                      "rss_mb_backfill_peak": round(rss_backfill_peak, 1),
+                      "rss_mb_backfill_peak_from": "VmHWM" if hwm else "sampled after each poll",
+                      "rss_mb_after_backfill": round(rss_after, 1)}))
 
 
-def bench_watch(seconds: float, pods: int = 110) -> dict[str, Any]:
+def bench_watch(seconds: float, pods: int = 110,
+                backfill_chunk_s: float | None = None) -> dict[str, Any]:
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    chunk = [] if backfill_chunk_s is None else ["--backfill-chunk-s", str(backfill_chunk_s)]
     out = subprocess.run([sys.executable, "-m", "detector.bench_daemon", "--_watch-child",
-                          str(seconds), "--pods", str(pods)], capture_output=True, text=True,
-                         env=env, cwd=root, check=False, timeout=seconds + 600)
+                          str(seconds), "--pods", str(pods), *chunk], capture_output=True,
+                         text=True, env=env, cwd=root, check=False, timeout=seconds + 600)
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode != 0 or not lines:
         return {"error": (out.stdout + out.stderr)[-2000:]}
     return dict(json.loads(lines[-1]))
+
+
+def _seconds(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, not {text}")
+    return v
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -345,13 +416,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--watch-seconds", type=float, default=120.0,
                    help="measured wall time of the 110-pod CPU/RSS run (120)")
     p.add_argument("--pods", type=int, default=110)
+    p.add_argument("--backfill-chunk-s", type=_seconds, default=None, metavar="SECONDS",
+                   help="CPU/RSS run: the start-up backfill is delivered in slices of this "
+                        "many seconds, one per poll (default: the settings' "
+                        "sources.prometheus.backfill_chunk_s, 1800); 0: in one batch, as "
+                        "before slicing, for comparison")
     p.add_argument("--skip", default="", help="comma list of parts to skip: "
                                               "ingest,broker,latency,watch")
     p.add_argument("--_watch-child", type=float, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if a._watch_child is not None:
-        _watch_child(a._watch_child, a.pods)
+        _watch_child(a._watch_child, a.pods, a.backfill_chunk_s)
         return 0
     from threadpoolctl import threadpool_limits
 
@@ -368,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["latency"] = bench_latency(a.pods)
         print("latency:", json.dumps(results["latency"]), flush=True)
     if "watch" not in skip:
-        results["watch"] = bench_watch(a.watch_seconds, a.pods)
+        results["watch"] = bench_watch(a.watch_seconds, a.pods, a.backfill_chunk_s)
         print("110 pods at 15 s:", json.dumps(results["watch"]), flush=True)
     return 0
 
