@@ -121,6 +121,7 @@ class KindResult:
     detected: int
     median_lead_s: float
     top_feature_ok: float  # fraction of detections whose top feature names the fault metric
+    kind_ok: float = math.nan  # fraction of detections whose first verdict has the fault's kind
 
     @property
     def recall(self) -> float:
@@ -136,7 +137,7 @@ def episodes(flags: np.ndarray) -> int:
 
 
 FAULT_COLUMNS = ("detector", "namespace", "pod", "kind", "shape", "onset_ts", "failure_ts",
-                 "detected", "lead_s", "top_feature_ok")
+                 "detected", "lead_s", "top_feature_ok", "kind_ok")
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
     """Per-fault detections and lead times, and false-alarm episodes on healthy time.
 
     ``steps`` has one row per pod per evaluation: ``ts, namespace, pod, alarm (bool),
-    top_feature (str or None), stale (bool)``. A fault counts as detected by its first alarm
+    top_feature (str or None), stale (bool)`` and, for detectors that name a kind,
+    ``verdict_kind``. A fault counts as detected by its first alarm
     in ``[onset, failure)``; its lead time is ``failure - that alarm``.
     """
     lab = labels.set_index(["namespace", "pod"])
@@ -183,11 +185,13 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
             "detector": detector, "namespace": ns, "pod": pod, "kind": str(row["kind"]),
             "shape": str(row["shape"]) if "shape" in row else str(row["kind"]),
             "onset_ts": onset, "failure_ts": failure, "detected": bool(hit.size),
-            "lead_s": math.nan, "top_feature_ok": False}
+            "lead_s": math.nan, "top_feature_ok": False, "kind_ok": math.nan}
         if hit.size:
             top = g["top_feature"].iloc[hit[0]] if "top_feature" in g else None
             rec["lead_s"] = failure - ts[hit[0]]
             rec["top_feature_ok"] = names_fault(top, str(row["fault_metric"]))
+            if "verdict_kind" in g:
+                rec["kind_ok"] = float(g["verdict_kind"].iloc[hit[0]] == row["kind"])
         faults.append(rec)
     return StepScore(pd.DataFrame(faults, columns=list(FAULT_COLUMNS)), fa_episodes,
                      healthy_steps * step_s / 3600.0)
@@ -201,7 +205,8 @@ def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
         out.append(KindResult(
             detector=str(det), kind=str(key), faults=len(g), detected=len(d),
             median_lead_s=float(d["lead_s"].median()) if len(d) else math.nan,
-            top_feature_ok=float(d["top_feature_ok"].mean()) if len(d) else math.nan))
+            top_feature_ok=float(d["top_feature_ok"].mean()) if len(d) else math.nan,
+            kind_ok=float(d["kind_ok"].astype(float).mean()) if len(d) else math.nan))
     return out
 
 
@@ -249,7 +254,7 @@ def _result_rows(rows: list[KindResult], key: str) -> pd.DataFrame:
     return pd.DataFrame([{
         "detector": r.detector, key: r.kind, "faults": r.faults, "detected": r.detected,
         "recall": r.recall, "median_lead_min": r.median_lead_s / 60.0,
-        "top_shap_names_fault": r.top_feature_ok,
+        "top_shap_names_fault": r.top_feature_ok, "first_verdict_kind_right": r.kind_ok,
     } for r in rows])
 
 
@@ -320,6 +325,7 @@ def run_detectors(trace: pd.DataFrame, pipeline: Pipeline, iforest: PlainIForest
         })
         recs["podguard"].append(base.assign(
             alarm=[v.is_anomaly for v in verdicts],
+            verdict_kind=[v.kind for v in verdicts],
             top_feature=pd.Series([v.explanation.top_feature() if v.explanation else None
                                    for v in verdicts], dtype=object)))
         recs["predict_linear"].append(base.assign(

@@ -95,6 +95,12 @@ def test_score_steps_counts_recall_lead_and_false_alarm_episodes() -> None:
     by = {r.kind: r for r in res}
     assert by["memory_leak"].detected == 1 and by["memory_leak"].median_lead_s == 600 - 420
     assert by["memory_leak"].top_feature_ok == 1.0
+    assert math.isnan(by["memory_leak"].kind_ok)  # the detector names no kind
+    # the first verdict's kind is judged against the fault's kind
+    for said, ok in (("memory_leak", 1.0), ("drift", 0.0)):
+        named = steps.assign(verdict_kind=np.where(steps["alarm"], said, "none"))
+        by = {r.kind: r for r in score_steps(named, labels, step_s=step, detector="x")[0]}
+        assert by["memory_leak"].kind_ok == ok
     assert by["drift"].detected == 0 and math.isnan(by["drift"].median_lead_s)
     # healthy: 10 steps + leaky before onset: 5 steps -> 15 min; episodes 2 + 1
     assert hours == pytest.approx(15 * 60 / 3600)
@@ -163,6 +169,10 @@ def test_evaluate_cli_end_to_end_on_a_day_of_scenarios(tmp_path: Path) -> None:
     pg = [r for r in doc["by_kind"] if r["detector"] == "podguard"]
     assert {r["kind"] for r in pg} == {"memory_leak", "gpu_memory_leak", "drift"}
     assert all(r["recall"] == 1.0 for r in pg)
+    right = {r["kind"]: r["first_verdict_kind_right"] for r in pg}
+    # a fast GPU creep can be raised as drift (GPU memory volatility) before the trend test
+    # has enough blocks; the memory leaks and the throughput collapse must be named right
+    assert right["memory_leak"] == 1.0 and right["drift"] == 1.0, right
     fa = {r["detector"]: r for r in doc["false_alarms"]}
     assert fa["podguard"]["fa_episodes"] == 0 and fa["podguard"]["healthy_pod_hours"] > 100
     slow = {r["detector"]: r for r in doc["by_shape"] if r["shape"] == "slow_leak"}
