@@ -231,21 +231,19 @@ def lead_by_duration(faults: pd.DataFrame, detectors: tuple[str, str] = (
     a, b = (f[f["detector"] == d].set_index(["namespace", "pod"]) for d in detectors)
     joined = a.join(b[["lead_s"]].rename(columns={"lead_s": "lead_s_b"}), how="inner")
     dur_h = (joined["failure_ts"] - joined["onset_ts"]) / 3600.0
-    edges = list(DURATION_BUCKETS_H)
-    rows = []
-    for lo, hi in itertools.pairwise(edges):
-        g = joined[(dur_h >= lo) & (dur_h < hi)]
-        if g.empty:
-            continue
+
+    def row(label: str, g: pd.DataFrame) -> dict[str, object]:
         la, lb = g["lead_s"].median() / 60.0, g["lead_s_b"].median() / 60.0
-        rows.append({"time_to_oom_h": f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}",
-                     "faults": len(g), f"{detectors[0]}_lead_min": la,
-                     f"{detectors[1]}_lead_min": lb,
-                     "ratio": la / lb if lb and math.isfinite(lb) else math.nan})
-    la, lb = joined["lead_s"].median() / 60.0, joined["lead_s_b"].median() / 60.0
-    rows.append({"time_to_oom_h": "all", "faults": len(joined), f"{detectors[0]}_lead_min": la,
-                 f"{detectors[1]}_lead_min": lb,
-                 "ratio": la / lb if lb and math.isfinite(lb) else math.nan})
+        return {"time_to_oom_h": label, "faults": len(g), f"{detectors[0]}_lead_min": la,
+                f"{detectors[1]}_lead_min": lb,
+                "ratio": la / lb if lb and math.isfinite(lb) else math.nan}
+
+    rows = []
+    for lo, hi in itertools.pairwise(DURATION_BUCKETS_H):
+        g = joined[(dur_h >= lo) & (dur_h < hi)]
+        if not g.empty:
+            rows.append(row(f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}", g))
+    rows.append(row("all", joined))
     return pd.DataFrame(rows)
 
 
@@ -283,11 +281,12 @@ class Evaluation:
 
     def to_markdown(self) -> str:
         parts = [_md(self.table)]
-        if not self.by_shape.empty:
-            parts += ["By scenario shape:", _md(self.by_shape)]
-        if not self.by_duration.empty:
+        by_shape, by_duration = self.by_shape, self.by_duration
+        if not by_shape.empty:
+            parts += ["By scenario shape:", _md(by_shape)]
+        if not by_duration.empty:
             parts += ["Memory leaks: median lead by time from onset to OOM "
-                      "(podguard / predict_linear):", _md(self.by_duration)]
+                      "(podguard / predict_linear):", _md(by_duration)]
         parts += ["False-alarm episodes per 1,000 healthy pod-hours:", _md(self.healthy)]
         return "\n\n".join(parts) + "\n"
 

@@ -226,8 +226,6 @@ class TrendDetector(ThresholdMixin):
         n_valid = np.count_nonzero(np.isfinite(y), axis=-1)
         i, j = _pairs(nb)
         gap = ((j - i) * blk_s).astype(np.float32)
-        dy = y[:, j] - y[:, i]
-        pair_ok = np.isfinite(dy)
         # De-stepping: the largest rise between consecutive blocks is taken out of the series
         # when it dominates the view's growth (more than STEP_DOMINANCE times all the other
         # rises together): one legitimate step up is then no trend - not in the Mann-Kendall
@@ -243,6 +241,7 @@ class TrendDetector(ThresholdMixin):
         after_step = np.arange(nb)[None, :] > kmax[:, None]
         y = y - after_step * dmax[:, None]
         dy = y[:, j] - y[:, i]
+        pair_ok = np.isfinite(dy)
         # Mann-Kendall on the trailing blocks
         S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
         m = n_valid.astype(np.float64)
