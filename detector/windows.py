@@ -285,13 +285,18 @@ def nanmedian_mad_last(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return med, mad
 
 
-def after_last_restart(restarts: np.ndarray) -> np.ndarray:
-    """``(n, L)`` bool: bins after the last restart increment of each window (all True
-    for windows without a restart). ``restarts`` holds increments per bin, NaN for no data."""
+def last_restart_index(restarts: np.ndarray) -> np.ndarray:
+    """``(n,)`` int: the bin of the last restart increment of each window, -1 for none.
+    ``restarts`` ``(n, L)`` holds increments per bin, NaN for no data."""
     L = restarts.shape[-1]
     hit = np.nan_to_num(restarts) > 0
-    last = np.where(hit.any(axis=-1), L - 1 - np.argmax(hit[..., ::-1], axis=-1), -1)
-    return np.arange(L)[None, :] > last[:, None]
+    return np.where(hit.any(axis=-1), L - 1 - np.argmax(hit[..., ::-1], axis=-1), -1)
+
+
+def after_last_restart(restarts: np.ndarray) -> np.ndarray:
+    """``(n, L)`` bool: bins after the last restart increment of each window (all True
+    for windows without a restart)."""
+    return np.arange(restarts.shape[-1])[None, :] > last_restart_index(restarts)[:, None]
 
 
 def nancount_last(x: np.ndarray) -> np.ndarray:

@@ -57,6 +57,7 @@ from detector.windows import (
     MEMORY_CHANNELS,
     WindowBatch,
     block_reduce,
+    last_restart_index,
     nanmedian_last,
 )
 
@@ -197,9 +198,7 @@ class TrendDetector(ThresholdMixin):
         # a (re)start is followed by a warm-up: judge only what comes after the last restart
         # in the window, and after a pod that starts inside the window, plus a settling time
         idx = np.arange(L)[None, :]
-        r = batch.values[:, CHANNELS.index("restarts"), :]
-        restarted = np.nan_to_num(r) > 0
-        last_r = np.where(restarted, idx, -1).max(axis=1)
+        last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
         fin = np.asarray(np.isfinite(v).any(axis=1))  # (n, L): any memory channel has data
         first = np.where(np.asarray(fin.any(axis=1)), np.argmax(fin, axis=1), 0)
         start = np.where(first > 0, first, -1)
