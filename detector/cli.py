@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1234, help="scenario seed (1234)")
     e.add_argument("--pods-per-kind", type=int, default=8, help="pods per scenario shape (8)")
     e.add_argument("--hours", type=float, default=48.0, help="trace length, hours (48)")
+    e.add_argument("--split", choices=("train", "test", "both"), default="both",
+                   help="scenario split: train (--seed; what may be tuned on), the frozen "
+                   "test split (its own seeds and parameter ranges), or both side by side "
+                   "(default)")
     e.add_argument("--no-exathlon", action="store_true", help="skip the Exathlon healthy set")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
