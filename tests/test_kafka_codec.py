@@ -249,3 +249,14 @@ def test_what_the_decoder_keeps_stays_bounded_under_crafted_messages() -> None:
     assert all(len(k) <= 64 for k in dec._times)
     assert all(len(s) <= 1024 for col in (out.namespace, out.pod, out.container, out.node,
                                           out.metric) for s in col)
+
+
+def test_sample_columns_drop_after_keeps_rows_aligned() -> None:
+    """What the Prometheus source applies to each answer (``now + max_future_s``)."""
+    cols = SampleColumns()
+    for i, t in enumerate([NOW, NOW + 1e6, NOW + 10, 9.8e10, NOW + 20]):
+        cols.append(t, "ml", f"p{i}", "c", "n", WS, float(i))
+    assert cols.drop_after(NOW + 300) == 2
+    assert cols.timestamp == [NOW, NOW + 10, NOW + 20]
+    assert cols.pod == ["p0", "p2", "p4"] and cols.value == [0.0, 2.0, 4.0]
+    assert cols.drop_after(NOW + 300) == 0 and len(cols) == 3
