@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pods-per-kind", type=int, default=8, help="pods per scenario shape (8)")
     e.add_argument("--hours", type=float, default=48.0, help="trace length, hours (48)")
     e.add_argument("--no-exathlon", action="store_true", help="skip the Exathlon healthy set")
+    e.add_argument("--exathlon-dir", type=Path, default=None,
+                   help="folder of Exathlon run zips, e.g. the full benchmark (default: "
+                        "$PODGUARD_EXATHLON_DIR, else the 3-run excerpt in data/exathlon)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="speed and memory figures",
