@@ -764,7 +764,6 @@ def test_a_daemon_killed_around_the_rescheduled_step_reports_it_once_after_resta
     act.crash_at = crash_at
     ctl = RemediationController(act, settings=s)
     ctl.handle([leak(pod, tto=300.0)])  # below the floor: evicted without a checkpoint
-    assert actions(ctl.reconcile(), pod)[:2] == ["EvictingWithoutCheckpoint", "Evicted"]
 
     def crashed() -> bool:
         try:
@@ -774,6 +773,7 @@ def test_a_daemon_killed_around_the_rescheduled_step_reports_it_once_after_resta
         return False
 
     wait_for(crashed, timeout=60, what="the replacement running (and the crash)")
+    assert "Evicted" in ns.reasons(uid_of(pod))
     rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
     assert rec is not None and rec.phase == "evicted", rec  # "done" only after the Events
     # the restarted daemon: finishes the step, and its Events exist once
