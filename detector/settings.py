@@ -211,6 +211,10 @@ class PrometheusSourceSettings(_Section):
     max_gap_backfill_s: float = Field(
         4 * 3600, ge=0, description="The longest outage whose gap is backfilled on recovery; an "
                                     "older gap is skipped, seconds.")
+    max_future_s: float = Field(
+        300, gt=0, le=7 * 86400,
+        description="Samples stamped more than this ahead of the daemon's clock are dropped "
+                    "and counted (reason future_timestamp); seconds.")
     timeout_s: float = Field(15, gt=0, description="HTTP timeout of one query, seconds.")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10, 30], min_length=1,
@@ -247,6 +251,11 @@ class KafkaSourceSettings(_Section):
     max_label_bytes: int = Field(
         1024, ge=16, description="Samples with a longer label name or value are dead-lettered, "
                                  "bytes.")
+    max_future_s: float = Field(
+        300, gt=0, le=7 * 86400,
+        description="Samples stamped more than this ahead of the daemon's clock are "
+                    "dead-lettered (reason future_timestamp), so one bad clock cannot move the "
+                    "window engine's clock; seconds.")
     session_timeout_s: float = Field(
         10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
                               "this, seconds.")

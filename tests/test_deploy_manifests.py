@@ -459,8 +459,9 @@ def test_alertmanager_route_example_passes_amtool(tmp_path: Path) -> None:
     from detector.sinks.alertmanager import ALERT_NAMES
 
     routed = {
-        ("PodMemoryLeak", "critical"): "ml-platform-pager",
-        ("PodGpuMemoryLeak", "critical"): "ml-platform-pager",
+        # critical pages and stays in the incident's group of the team's channel
+        ("PodMemoryLeak", "critical"): "ml-platform-pager,ml-platform",
+        ("PodGpuMemoryLeak", "critical"): "ml-platform-pager,ml-platform",
         ("PodPreFailureDrift", "warning"): "ml-platform",
         ("PodMemoryLeak", "info"): "ml-platform",
         ("PodguardDaemonDown", "warning"): "ml-platform",

@@ -81,6 +81,21 @@ class SampleColumns:
     def newest(self) -> float | None:
         return max(self.timestamp) if self.timestamp else None
 
+    def drop_after(self, cutoff: float) -> int:
+        """Drops every sample stamped after ``cutoff`` (unix seconds); returns how many.
+
+        A source calls it with ``now + max_future_s``: one sample from a skewed clock (the
+        year 5100) would otherwise move the window engine's clock, and every other pod would
+        then look vanished."""
+        if not self.timestamp or max(self.timestamp) <= cutoff:
+            return 0
+        keep = [i for i, t in enumerate(self.timestamp) if t <= cutoff]
+        dropped = len(self.timestamp) - len(keep)
+        for name in self.__slots__:
+            col = getattr(self, name)
+            col[:] = [col[i] for i in keep]
+        return dropped
+
 
 @dataclass
 class Delivery:

@@ -144,6 +144,9 @@ class PrometheusSource:
             self._up = False
             self._last_error = _short(e)
             return out
+        future = out.samples.drop_after(now + s.max_future_s)  # a skewed exporter's clock
+        if future:
+            out.rejected["future_timestamp"] += future
         more = end < last
         if not self._up or self._gap:
             self.backfilled_s += (end - start + step) if more else max(
