@@ -20,7 +20,9 @@ The daemon (:mod:`detector.runtime.daemon`) drives every source the same way::
   engine absorbs the duplicates).
 * ``now`` is the source's clock in unix seconds: wall time for Prometheus and Kafka, the
   compressed clock of the embedded default. The daemon scores a window when ``now`` passes its
-  end (plus ``runtime.lateness_s``).
+  end (plus ``runtime.lateness_s``). ``clock_rate`` is how many source-clock seconds pass per
+  real second (1, or the embedded default's ``time_scale``): the daemon sleeps and presents
+  durations with it, instead of reading a source's settings.
 * ``caught_up`` is False while the source knows windows are missing data it will fetch
   (Prometheus down, a gap being backfilled): the daemon marks windows stale meanwhile, so a
   gap never raises a pod alarm.
@@ -131,6 +133,8 @@ class Source(Protocol):
     def commit(self, tokens: Sequence[Any]) -> None: ...
 
     def now(self) -> float: ...
+
+    def clock_rate(self) -> float: ...
 
     def status(self) -> SourceStatus: ...
 

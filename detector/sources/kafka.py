@@ -134,6 +134,9 @@ class KafkaSource:
     def now(self) -> float:
         return self.clock()
 
+    def clock_rate(self) -> float:
+        return 1.0  # wall time
+
     def poll(self, timeout: float) -> Delivery:
         out = Delivery()
         if self._consumer is None:

@@ -108,6 +108,9 @@ class PrometheusSource:
     def now(self) -> float:
         return self.clock()
 
+    def clock_rate(self) -> float:
+        return 1.0  # wall time
+
     def poll(self, timeout: float) -> Delivery:
         out = Delivery()
         now = self.clock()
