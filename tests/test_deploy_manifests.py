@@ -112,6 +112,23 @@ def test_images_are_this_version_cpu_for_the_daemon_cuda_for_training() -> None:
     assert [c["image"] for c in cj["spec"]["containers"]] == [f"podguard:{VERSION}-cuda"]
 
 
+def test_models_rwx_component_switches_the_claim_to_read_write_many(tmp_path: Path) -> None:
+    """components/models-rwx, added to an overlay the way a user does, changes the claim's
+    access mode and nothing else."""
+    for name in OVERLAYS:
+        work = tmp_path / name
+        work.mkdir()
+        (work / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": [os.path.relpath(OVERLAYS[name], work)],
+            "components": [os.path.relpath(render.KUSTOMIZE_DIR / "components" / "models-rwx",
+                                           work)]}))
+        rwx, plain = build(work), overlay(name)
+        assert one(rwx, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert one(plain, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+        one(rwx, "PersistentVolumeClaim")["spec"]["accessModes"] = ["ReadWriteOnce"]
+        assert rwx == plain
+
+
 def test_relocation_moves_every_object_and_the_binding_subject() -> None:
     docs = build_relocated(OVERLAYS["alert-only"], namespace="pg-test", suffix="-x1")
     assert one(docs, "Namespace")["metadata"]["name"] == "pg-test"
@@ -185,7 +202,7 @@ def test_daemonset(name: str, tmp_path: Path) -> None:
     assert vols["tmp"]["emptyDir"] is not None
     assert vols["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
     pvc = one(docs, "PersistentVolumeClaim", vols["models"]["persistentVolumeClaim"]["claimName"])
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]  # binds on any cluster
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     port = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -570,7 +587,8 @@ def models_pv(namespace: str, claim: str, name: str) -> Doc:
     provisioner (a real one would make it); kwok pods never touch it."""
     return {"apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "podguard"}},
-            "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteMany"],
+            "spec": {"capacity": {"storage": "2Gi"},
+                     "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
                      "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                      "hostPath": {"path": f"/tmp/{name}", "type": "DirectoryOrCreate"},
                      "claimRef": {"namespace": namespace, "name": claim}}}
