@@ -501,6 +501,14 @@ class ServerSettings(_Section):
     stall_after_s: float = Field(
         120, gt=0, description="/healthz fails when the main loop made no progress for this "
                                "long, seconds.")
+    pod_metrics_min_ratio: float = Field(
+        0.8, ge=0, description="Per-pod gauges (podguard_pod_*) are exported for pods with a "
+                               "positive verdict or a score at least this fraction of the "
+                               "threshold (ratio); 0: every judged pod.")
+    pod_metrics_max_pods: int = Field(
+        200, ge=0, description="Hard cap on the pods with per-pod gauges; the most anomalous "
+                               "(score / threshold) are kept, the rest counted in "
+                               "podguard_pod_metrics_omitted (count).")
 
 
 class RuntimeSettings(_Section):

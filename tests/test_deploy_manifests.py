@@ -365,7 +365,7 @@ FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
         [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "0+1x60")], "40m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
     "PodguardMemoryNearLimit": (
-        [(f"podguard_process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
+        [(f"process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
     "PodguardModelReloadFailed": (
         [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}', "0 0 0 1x20")], "10m",
@@ -400,7 +400,7 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
     "PodguardSinkErrors": [(f'podguard_sink_errors_total{{{POD},sink="alertmanager"}}',
                             "0x60")],
     "PodguardFallingBehind": [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "1x60")],
-    "PodguardMemoryNearLimit": [(f"podguard_process_resident_memory_bytes{{{POD}}}",
+    "PodguardMemoryNearLimit": [(f"process_resident_memory_bytes{{{POD}}}",
                                  "300000000x40")],
     "PodguardModelReloadFailed": [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}',
                                    "0x20")],
@@ -458,7 +458,8 @@ def test_rules_name_only_metrics_the_daemon_exports() -> None:
     exported |= {f"{m.name}_{x}" for m in families if m.type == "histogram"
                  for x in ("bucket", "sum", "count")}
     used = {m for g in _rule_groups() for rule in g["rules"]
-            for m in re.findall(r"\bpodguard_[a-z_]+", rule["expr"])}
+            for m in re.findall(r"\b(?:podguard|process)_[a-z_]+", rule["expr"])}
+    assert "process_resident_memory_bytes" in used  # the standard name, not podguard_process_
     assert len(used) >= 8, used
     assert used <= exported, f"not exported by the daemon: {sorted(used - exported)}"
 

@@ -196,7 +196,8 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     log = setup_logging(fmt=settings.runtime.log_format, level=settings.runtime.log_level)
     registry = CollectorRegistry()
     view = StateView()
-    metrics = DaemonMetrics(registry, view)
+    metrics = DaemonMetrics(registry, view, pod_min_ratio=settings.server.pod_metrics_min_ratio,
+                            pod_max=settings.server.pod_metrics_max_pods)
     watcher = ModelWatcher(settings.model.root or None, detection=settings.detection,
                            logger=log.getChild("model"), watch_s=settings.model.watch_s)
     pipeline = watcher.load()
