@@ -277,6 +277,11 @@ class AlertmanagerSink:
             return n
         return 0
 
+    def tick(self) -> None:
+        """Between steps: re-sends due alerts and resolves those whose pods are no longer
+        scored (``send`` of no verdicts)."""
+        self.send([])
+
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         if not self.background:
