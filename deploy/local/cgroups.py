@@ -170,8 +170,9 @@ class Cgroups:
         for base in self.dirs(name):
             if not base.is_dir():
                 continue
-            subdirs = sorted((p for p in base.rglob("*") if p.is_dir()),
-                             key=lambda p: len(p.parts), reverse=True) + [base]
+            deeper = sorted((p for p in base.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True)
+            subdirs = [*deeper, base]
             for d in subdirs:
                 _kill_members(d, timeout)
                 try:
@@ -205,7 +206,7 @@ class CgroupV1(Cgroups):
     def dirs(self, name: str) -> list[Path]:
         d = super().dirs(name)
         acct = self.cpuacct_dir(name)
-        return d + [acct] if acct is not None else d
+        return [*d, acct] if acct is not None else d
 
     def create(self, name: str, *, memory_limit: int, cpu_millicores: int | None = None
                ) -> None:

@@ -48,7 +48,7 @@ import yaml
 
 from deploy.local import _proc, cadvisor
 from deploy.local._proc import LOOPBACK, StackError
-from deploy.local.cgroups import Cgroups, CgroupError, detect, owned_parent_name
+from deploy.local.cgroups import CgroupError, Cgroups, detect, owned_parent_name
 from deploy.local.prometheus import Prometheus
 from deploy.local.stack import atomic_write, http
 
@@ -250,7 +250,7 @@ class Supervisor:
             def collect(self) -> Iterator[Any]:
                 return supervisor.collect()
 
-        reg.register(_C())  # type: ignore[arg-type]
+        reg.register(_C())
         server, _ = start_http_server(0, addr=LOOPBACK, registry=reg)
         atomic_write(port_file, f"{server.server_port}\n")
 

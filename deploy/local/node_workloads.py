@@ -35,9 +35,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 MIB = 1 << 20
 KINDS = ("leak", "sawtooth", "warmup", "pagecache", "trainer", "trainer-kept-loss",
@@ -53,7 +53,7 @@ def _chunk(n_bytes: int) -> bytearray:
     return b
 
 
-def _ticker(period: float):  # type: ignore[no-untyped-def]
+def _ticker(period: float) -> Iterator[float]:
     nxt = time.monotonic()
     while True:
         nxt += period
@@ -173,8 +173,8 @@ def run_loader_leak(a: argparse.Namespace) -> int:
 
     model, opt = _torch_model()
     ds = _KeepingDataset(10_000_000, _sample_bytes(a), keep=True, onset_s=a.onset_s)
-    loader = DataLoader(ds, batch_size=a.batch, num_workers=1, persistent_workers=True,
-                        prefetch_factor=2)
+    loader: Any = DataLoader(cast(Any, ds), batch_size=a.batch, num_workers=1,
+                             persistent_workers=True, prefetch_factor=2)
     tick = _ticker(1.0 / a.steps_per_s)
     for x, y in loader:
         loss = torch.nn.functional.mse_loss(model(x), y)
@@ -220,7 +220,7 @@ def run_dataset_cache(a: argparse.Namespace) -> int:
     ds = _CachingDataset(a.batch * 50, _sample_bytes(a), a.onset_s)
     tick = _ticker(1.0 / a.steps_per_s)
     while True:
-        for x, y in DataLoader(ds, batch_size=a.batch, shuffle=True):
+        for x, y in DataLoader(cast(Any, ds), batch_size=a.batch, shuffle=True):
             loss = torch.nn.functional.mse_loss(model(x), y)
             opt.zero_grad()
             loss.backward()
