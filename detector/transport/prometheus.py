@@ -24,6 +24,7 @@ import requests
 from detector.errors import PermanentError, ServiceUnavailableError
 from detector.settings import HttpClientSettings
 from detector.transport.http import HttpClient
+from detector.transport.retry import parse_retry_after
 
 MAX_POINTS = 11_000
 """Prometheus refuses a range query with more points per series than this."""
@@ -78,7 +79,9 @@ class PrometheusClient:
         if body.get("status") != "success":
             detail = f"{body.get('errorType', '?')}: {str(body.get('error', ''))[:300]}"
             if resp.status_code == 503:
-                raise ServiceUnavailableError(f"{what} at {self.url}: HTTP 503: {detail}")
+                raise ServiceUnavailableError(
+                    f"{what} at {self.url}: HTTP 503: {detail}",
+                    delay=parse_retry_after(resp.headers.get("Retry-After")))
             raise PermanentError(f"{what} at {self.url}: HTTP {resp.status_code}: {detail}")
         result = (body.get("data") or {}).get("result") if isinstance(body.get("data"),
                                                                          dict) else None

@@ -80,7 +80,7 @@ def retrying(call: Callable[[], T], *, delays: Sequence[float], what: str,
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         seconds = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("%s: %s; attempt %d/%d, retrying in %.1f s", what, error,
+        log.warning("%s; attempt %d/%d, retrying in %.1f s", error or what,
                     state.attempt_number, attempts, seconds)
 
     policy = tenacity.Retrying(
