@@ -48,8 +48,11 @@ demo-replay: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m detector bench
 
+# The full Exathlon benchmark when it lies beside the checkout (EXATHLON_DIR=... to point
+# elsewhere), else the 3-run excerpt shipped in data/exathlon.
+EXATHLON_DIR ?= $(wildcard ../shared/data/exathlon)
 evaluate: $(STAMP)
-	$(PY) -m detector evaluate --out out/evaluation
+	$(PY) -m detector evaluate --out out/evaluation $(if $(EXATHLON_DIR),--exathlon-dir $(EXATHLON_DIR))
 
 stack-up: prepare
 	$(PY) -m deploy.local up

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--step", type=float, default=60.0, help="evaluation step, seconds (60)")
     r.add_argument("--config", type=Path, default=None, help="settings YAML")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--max-future-s", type=float, default=86400.0,
+                   help="refuse a trace with rows more than this past the wall clock, seconds "
+                        "(86400)")
 
     e = sub.add_parser("evaluate", help="recall, lead time and false alarms vs. baselines",
                        description="Generates labelled scenarios (seeded), adds the real "
@@ -62,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pods-per-kind", type=int, default=8, help="pods per scenario shape (8)")
     e.add_argument("--hours", type=float, default=48.0, help="trace length, hours (48)")
     e.add_argument("--no-exathlon", action="store_true", help="skip the Exathlon healthy set")
+    e.add_argument("--exathlon-dir", type=Path, default=None,
+                   help="folder of Exathlon run zips, e.g. the full benchmark (default: "
+                        "$PODGUARD_EXATHLON_DIR, else the 3-run excerpt in data/exathlon)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="speed and memory figures",
@@ -141,7 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         trace = load_trace(args.trace)
         pipe = Pipeline.load(args.model, settings=settings.detection)
         summary = replay_to_file(trace, pipe, args.out, step_s=args.step,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress,
+                                 max_future_s=args.max_future_s)
         print(json.dumps(summary.to_json_dict(), indent=2))
         return 0
     if args.command == "train":

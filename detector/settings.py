@@ -260,6 +260,10 @@ class PrometheusSourceSettings(_Section):
     max_gap_backfill_s: float = Field(
         4 * 3600, ge=0, description="The longest outage whose gap is backfilled on recovery; an "
                                     "older gap is skipped, seconds.")
+    max_future_s: float = Field(
+        300, gt=0, le=7 * 86400,
+        description="Samples stamped more than this ahead of the daemon's clock are dropped "
+                    "and counted (reason future_timestamp); seconds.")
     timeout_s: float = Field(15, gt=0, description="HTTP timeout of one query, seconds.")
     http: HttpClientSettings = Field(
         default_factory=HttpClientSettings,
@@ -299,6 +303,11 @@ class KafkaSourceSettings(_Section):
     max_label_bytes: int = Field(
         1024, ge=16, description="Samples with a longer label name or value are dead-lettered, "
                                  "bytes.")
+    max_future_s: float = Field(
+        300, gt=0, le=7 * 86400,
+        description="Samples stamped more than this ahead of the daemon's clock are "
+                    "dead-lettered (reason future_timestamp), so one bad clock cannot move the "
+                    "window engine's clock; seconds.")
     session_timeout_s: float = Field(
         10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
                               "this, seconds.")
@@ -362,6 +371,14 @@ class ServerSettings(_Section):
     stall_after_s: float = Field(
         120, gt=0, description="/healthz fails when the main loop made no progress for this "
                                "long, seconds.")
+    pod_metrics_min_ratio: float = Field(
+        0.8, ge=0, description="Per-pod gauges (podguard_pod_*) are exported for pods with a "
+                               "positive verdict or a score at least this fraction of the "
+                               "threshold (ratio); 0: every judged pod.")
+    pod_metrics_max_pods: int = Field(
+        200, ge=0, description="Hard cap on the pods with per-pod gauges; the most anomalous "
+                               "(score / threshold) are kept, the rest counted in "
+                               "podguard_pod_metrics_omitted (count).")
 
 
 class RuntimeSettings(_Section):

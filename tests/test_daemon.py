@@ -65,6 +65,9 @@ class StepSource:
     def now(self) -> float:
         return self.t
 
+    def clock_rate(self) -> float:
+        return 1.0
+
     def status(self) -> SourceStatus:
         return SourceStatus(up=True, caught_up=True)
 
