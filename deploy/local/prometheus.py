@@ -194,13 +194,13 @@ class Prometheus:
             d.mkdir(parents=True, exist_ok=True)
         web = web_config.write(self.home(state), self.web) if self.web else None
         scheme = web.scheme if web else "http"
-        config = self.home(state) / "prometheus.yml"
-        atomic_write(config, self._config(state, port, web))
         record: dict[str, Any] = {"port": port, "url": f"{scheme}://{LOOPBACK}:{port}",
                                   "version": _version(binary), "started_at": time.time()}
         if web is not None:
             record["web"] = web.to_record()
-        write_record(state, self.name, record)
+        write_record(state, self.name, record)  # before the config: _config reads it
+        config = self.home(state) / "prometheus.yml"
+        atomic_write(config, self._config(state, port))
         web_args = [f"--web.config.file={web.web_config}"] if web else []
         _proc.start(self.name, [
             binary,
@@ -334,7 +334,8 @@ class Prometheus:
 
     # ------------------------------------------------------------------ internals
 
-    def _config(self, state: Path, port: int, web: WebFiles | None = None) -> str:
+    def _config(self, state: Path, port: int) -> str:
+        web = self.web_files(state)
         config = {
             "global": {"scrape_interval": self.scrape_interval,
                        "scrape_timeout": self.scrape_interval,
