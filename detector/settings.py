@@ -501,6 +501,13 @@ class ServerSettings(_Section):
     stall_after_s: float = Field(
         120, gt=0, description="/healthz fails when the main loop made no progress for this "
                                "long, seconds.")
+    timeout_s: float = Field(
+        10, gt=0, le=300, description="Socket timeout of each HTTP connection: a client that "
+                                      "sends or reads nothing for this long is dropped, "
+                                      "seconds.")
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="HTTP connections served at once (one thread each); "
+                                       "more are answered 503 and closed (count).")
     pod_metrics_min_ratio: float = Field(
         0.8, ge=0, description="Per-pod gauges (podguard_pod_*) are exported for pods with a "
                                "positive verdict or a score at least this fraction of the "
