@@ -105,5 +105,9 @@ def test_a_saved_bundle_carries_the_univariate_thresholds(tmp_path: Path) -> Non
     (path / "model_card.json").write_text(json.dumps(card))
     from detector.errors import ModelIntegrityError
 
+    with pytest.raises(ModelIntegrityError, match="card_sha256"):  # the card is sealed
+        Pipeline.load(path)
+    card["card_sha256"] = store.card_digest(card)  # re-sealed: the state itself is checked
+    (path / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelIntegrityError, match="univariate"):
         Pipeline.load(path)
