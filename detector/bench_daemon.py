@@ -276,6 +276,9 @@ class LiveScrapes:
     def now(self) -> float:
         return time.time()
 
+    def clock_rate(self) -> float:
+        return 1.0
+
     def status(self) -> SourceStatus:
         return SourceStatus(up=True, caught_up=not self.backfilling)
 
@@ -307,6 +310,9 @@ class _TimingSink:
         if verdicts:
             self.got.append((verdicts[0].ts, time.perf_counter(),
                              any(v.is_anomaly for v in verdicts)))
+
+    def tick(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> bool:
         return True

@@ -725,3 +725,72 @@ def test_rbac_rules_are_valid_and_never_delete(kube: Kube) -> None:
     wl = client.V1Role.from_dict(rbac.workload_role("default"))
     assert wl is not None
     rbac_api.create_namespaced_role("default", wl, dry_run="All")
+
+
+# =========================================================================== crash safety (#17)
+
+
+class Crash(BaseException):
+    """The daemon process dying at one exact point (nothing after it runs)."""
+
+
+class CrashingActuator(Actuator):
+    """An Actuator whose process "dies" at ``crash_at``: before the Rescheduled Event is
+    written ("event") or before the "done" record is written ("record")."""
+
+    crash_at = ""
+
+    def event(self, obj: ObjectRef, reason: str, message: str, **kw: Any) -> None:
+        if self.crash_at == "event" and reason == "Rescheduled":
+            raise Crash
+        super().event(obj, reason, message, **kw)
+
+    def annotate_workload(self, ref: WorkloadRef, changes: Any) -> bool:
+        rec = proto.WorkloadRecord.parse(changes.get(proto.WORKLOAD_RECORD))
+        if self.crash_at == "record" and rec is not None and rec.phase == "done":
+            raise Crash
+        return super().annotate_workload(ref, changes)
+
+
+@pytest.mark.parametrize("crash_at", ["event", "record"])
+def test_a_daemon_killed_around_the_rescheduled_step_reports_it_once_after_restart(
+        kube: Kube, ns: Namespace, crash_at: str) -> None:
+    """Issue 17: the "done" record used to be written before the Rescheduled Events, so a
+    daemon killed in between left a record its successor took as finished: no Event ever."""
+    app = f"crash-{crash_at}"
+    pod = ns.statefulset(app, labels=OPT_IN)[0]
+    s = remediation(avoid_node=False, evict_unacknowledged_below_s=600)
+    act = CrashingActuator(kube.api, settings=s)
+    act.crash_at = crash_at
+    ctl = RemediationController(act, settings=s)
+    ctl.handle([leak(pod, tto=300.0)])  # below the floor: evicted without a checkpoint
+
+    def crashed() -> bool:
+        try:
+            ctl.reconcile()
+        except Crash:
+            return True
+        return False
+
+    wait_for(crashed, timeout=60, what="the replacement running (and the crash)")
+    assert "Evicted" in ns.reasons(uid_of(pod))
+    rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
+    assert rec is not None and rec.phase == "evicted", rec  # "done" only after the Events
+    # the restarted daemon: finishes the step, and its Events exist once
+    ctl2 = RemediationController(Actuator(kube.api, settings=s), settings=s)
+    seen: list[str] = []
+
+    def rescheduled() -> bool:
+        seen.extend(actions(ctl2.reconcile(), pod))
+        return "Rescheduled" in seen
+
+    wait_for(rescheduled, timeout=60, what="the restarted controller's Rescheduled")
+    ctl2.reconcile()
+    rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
+    assert rec is not None and rec.phase == "done" and rec.new_node
+    new = ns.pod(name_of(pod))
+    assert new is not None and uid_of(new) != uid_of(pod)
+    assert ns.reasons(uid_of(new)) == ["Rescheduled"]
+    assert ns.reasons(rec.uid).count("Evicted") == 1
+    sts_uid = sts_of(pod).uid
+    assert ns.reasons(sts_uid) == ["Rescheduled"]

@@ -72,9 +72,13 @@ def bundle(tmp_path: Path, drift: DriftDetector) -> Path:
 
 
 def _rewrite_card(path: Path, fname: str) -> None:
-    """What an attacker who can also edit the card does: fix up the checksum."""
+    """What an attacker who can also edit the card does: fix up the checksum (and the card's
+    own seal, which is no signature either)."""
+    from detector.models.store import card_digest
+
     card = json.loads((path / CARD).read_text())
     card["files"][fname]["sha256"] = hashlib.sha256((path / fname).read_bytes()).hexdigest()
+    card["card_sha256"] = card_digest(card)
     (path / CARD).write_text(json.dumps(card))
 
 

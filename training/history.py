@@ -43,13 +43,11 @@ BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def parse_duration(text: str) -> float:
-    """``"90s"``, ``"15m"``, ``"6h"``, ``"7d"``, ``"2w"`` -> seconds. InputError otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    t = text.strip()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise InputError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 7d)") from None
+    """``"90s"``, ``"15m"``, ``"6h"``, ``"7d"``, ``"2w"``, ``"1h30m"`` -> seconds, > 0, read
+    by the settings' one duration parser. InputError otherwise."""
+    from detector.settings import parse_duration as parse
+
+    value = parse(text)
     if not value > 0:
         raise InputError(f"duration must be > 0, got {text!r}")
     return value

@@ -49,7 +49,7 @@ POINTER_NAME = "stack-dir"
 CREATED_MARKER = ".created-by-podguard-up"
 """Present in a state directory that ``up`` created itself, so ``down`` may delete it."""
 
-ORDER = ("prometheus", "alertmanager", "kafka", "kubernetes")
+ORDER = ("prometheus", "alertmanager", "kafka", "kubernetes", "cadvisor")
 """Start order; ``down`` stops in reverse."""
 
 
@@ -64,6 +64,7 @@ def registry() -> dict[str, Service]:
     """
     # Imported here, not at module level: the service modules import the helpers below.
     from deploy.local.alertmanager import Alertmanager
+    from deploy.local.cadvisor import Cadvisor
     from deploy.local.kafka import Kafka
     from deploy.local.prometheus import Prometheus
 
@@ -71,6 +72,7 @@ def registry() -> dict[str, Service]:
         "prometheus": Prometheus(),
         "alertmanager": Alertmanager(),
         "kafka": Kafka(),
+        "cadvisor": Cadvisor(),  # the real-node harness's (deploy/local/node.py)
     }
     if importlib.util.find_spec("deploy.local.kubernetes") is not None:
         module = importlib.import_module("deploy.local.kubernetes")

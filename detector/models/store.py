@@ -19,6 +19,12 @@ files and checksum mismatches, all with :class:`~detector.errors.ModelIntegrityE
 builds the detector from the verified bytes. The checksums detect corruption and tampering by
 anyone who cannot also rewrite the card; they are not a signature.
 
+The card itself is checked too: its ``version`` must be the name of its directory (a card
+claiming another version is refused, so a bundle cannot be served under a name it is not
+stored under), and ``card_sha256`` - the sha256 of the card's canonical JSON without that key,
+see :func:`card_digest` - must match (cards written before it existed have none; they are
+still read, with the version check).
+
 Loading needs numpy and safetensors only: the autoencoder's weights and the forest's trees
 are arrays read with ``safetensors.numpy`` and validated; torch, shap, scikit-learn, scipy,
 PyOD and skops are never imported (the daemon's image does not have them). A bundle of the
@@ -86,7 +92,8 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 _RESERVED_CARD_KEYS = frozenset(
-    {"format", "version", "created", "features", "scaling", "thresholds", "libraries", "files"}
+    {"format", "version", "created", "features", "scaling", "thresholds", "libraries", "files",
+     "card_sha256"}
 )
 _LIBRARIES = (
     "podguard",
@@ -244,6 +251,7 @@ def save_bundle(
             "files": files,
             **extra,
         }
+        card["card_sha256"] = card_digest(card)
         _write_file(tmp / CARD, json.dumps(card, indent=2, allow_nan=False).encode())
         for path in tmp.iterdir():  # mkdtemp/mkstemp are private (0700/0600); models are not
             os.chmod(path, _FILE_MODE)
@@ -296,6 +304,29 @@ def resolve_current(root: str | Path) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
+def card_digest(card: Mapping[str, Any]) -> str:
+    """The sha256 of ``card``'s canonical JSON (sorted keys, no spaces) without
+    ``card_sha256``: what a card's ``card_sha256`` must be."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelIntegrityError(f"{CARD} is not strict JSON: {exc}") from exc
+    return _sha256(text.encode())
+
+
+def _check_card(path: Path, card: dict[str, Any]) -> None:
+    """The card belongs to this directory and is as it was written (see module docstring)."""
+    if "card_sha256" in card and card["card_sha256"] != card_digest(card):
+        raise ModelIntegrityError(f"{path / CARD}: checksum mismatch (card_sha256): the card "
+                                  f"was changed after it was written")
+    version = card.get("version")
+    if version != path.name:
+        raise ModelIntegrityError(f"{path / CARD} claims version {version!r} but lies in "
+                                  f"{path.name!r}: a card must be served under its own "
+                                  f"directory's name")
+
+
 def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Read the card and every file once; refuse anything not exactly as the card says."""
     if path.is_symlink() or not path.is_dir():
@@ -335,6 +366,7 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         if _sha256(contents[fname]) != expected:
             raise ModelIntegrityError(f"checksum mismatch for {fname}: tampered or corrupt")
+    _check_card(path, card)
     return card, contents
 
 

@@ -322,15 +322,21 @@ class Actuator:
     # ------------------------------------------------------------------ Events
 
     def event(self, obj: ObjectRef, reason: str, message: str, *,
-              warning: bool = False) -> None:
+              warning: bool = False, once: str | None = None) -> None:
         """An Event on ``obj``; the same (object, reason, message) again within
-        ``event_interval_s`` is skipped, later it increments the Event's count."""
+        ``event_interval_s`` is skipped, later it increments the Event's count.
+
+        ``once`` (e.g. ``"<remediation id>.rescheduled"``) makes the Event's name
+        deterministic, ``<object name>.<once>``: writing it again - after a crash, from a
+        restarted daemon - finds it there (409) and changes nothing, so a step of a state
+        machine can record its Event *before* its state and redo both safely.
+        """
         message = message[:1000]
-        key = (obj.uid or f"{obj.kind}/{obj.namespace}/{obj.name}", reason, message,
-               "Warning" if warning else "Normal")
+        key = (obj.uid or f"{obj.kind}/{obj.namespace}/{obj.name}", reason,
+               once or message, "Warning" if warning else "Normal")
         now = self.clock()
         seen = self._events.get(key)
-        if seen is not None and now - seen.last < self.event_interval_s:
+        if seen is not None and (once or now - seen.last < self.event_interval_s):
             return
         if self.dry_run:
             self._plan(f"event {reason} on {obj.kind} {obj.namespace or '-'}/{obj.name}: "
@@ -350,7 +356,7 @@ class Actuator:
                 return
             except NotFoundError:
                 pass  # expired (events live one hour by default): create a new one
-        name = f"{obj.name}.{uuid.uuid4().hex[:16]}"
+        name = (f"{obj.name}.{once}" if once else f"{obj.name}.{uuid.uuid4().hex[:16]}")[:253]
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=name, namespace=ns),
             involved_object=client.V1ObjectReference(
@@ -360,8 +366,13 @@ class Actuator:
             first_timestamp=stamp, last_timestamp=stamp, count=1,
             source=client.V1EventSource(component=self.component),
             reporting_component=self.component, reporting_instance=self.instance)
-        self.call(f"create event {reason} on {obj.kind} {obj.name}",
-                  self.core.create_namespaced_event, ns, body)
+        try:
+            self.call(f"create event {reason} on {obj.kind} {obj.name}",
+                      self.core.create_namespaced_event, ns, body)
+        except ConflictError:
+            if not once:
+                raise
+            self.log.info("event %s/%s exists already (written before a restart)", ns, name)
         self._events[key] = _EventSeen(name, ns, 1, now)
         while len(self._events) > 10000:
             self._events.popitem(last=False)

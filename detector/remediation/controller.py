@@ -86,6 +86,7 @@ class RemediationController:
         self._next_resync = 0.0
         self._planned: dict[tuple[str, str], float] = {}
         self._replaced: dict[tuple[str, str], float] = {}
+        self._told: set[str] = set()  # remediations whose Evicted Event is known written
 
     # ------------------------------------------------------------------ entry points
 
@@ -162,15 +163,21 @@ class RemediationController:
     # ------------------------------------------------------------------ decisions
 
     def _decide(self, obj: ObjectRef, reason: str, message: str, *, warning: bool = False,
-                pod: str = "", remediation_id: str = "") -> None:
+                pod: str = "", remediation_id: str = "", once: str | None = None,
+                required: bool = False) -> None:
+        """Records a decision and its Event. ``once`` names the Event deterministically (see
+        ``Actuator.event``); ``required`` lets an Event error propagate, so the caller does
+        not write the state that follows the decision and redoes the step later."""
+        try:
+            self.actuator.event(obj, reason, message, warning=warning, once=once)
+        except PodguardError as e:
+            if required:
+                raise
+            self.log.warning("could not record Event %s on %s %s: %s", reason, obj.kind,
+                             obj.name, e)
         d = Decision(obj.namespace, pod or obj.name, reason, message, remediation_id)
         self.decisions.append(d)
         self.log.info("%s %s/%s: %s", reason, obj.namespace, obj.name, message)
-        try:
-            self.actuator.event(obj, reason, message, warning=warning)
-        except PodguardError as e:
-            self.log.warning("could not record Event %s on %s %s: %s", reason, obj.kind,
-                             obj.name, e)
 
     def _start(self, v: Verdict, cause: str) -> bool:
         """Starts a remediation for ``v``'s pod if allowed; False only on a write conflict."""
@@ -383,7 +390,8 @@ class RemediationController:
             self._decide(ref, "Evicted",
                          f"evicted from node {node} through the Eviction API {how}; "
                          f"{workload} recreates it (remediation {state.id}, {state.kind}){away}",
-                         warning=True, remediation_id=state.id)
+                         warning=True, remediation_id=state.id, once=f"{state.id}.evicted")
+            self._told.add(state.id)
             return
         if avoid:
             self.actuator.release_rescheduling_taint(node, state.id)
@@ -445,6 +453,14 @@ class RemediationController:
                 return  # not evicted yet: the pod's own state machine is in charge
             rec = replace(rec, phase="evicted", evicted_at=rec.at)
         evicted_at = float(rec.evicted_at if rec.evicted_at is not None else rec.at)
+        if rec.id not in self._told:  # a daemon killed right after the eviction never said so
+            self._decide(ObjectRef("Pod", rec.pod, ref.namespace, rec.uid), "Evicted",
+                         f"evicted from node {rec.node} through the Eviction API "
+                         + (f"after checkpoint {rec.checkpoint}" if rec.checkpoint else
+                            "without a checkpoint") + f"; {ref} recreates it (remediation "
+                         f"{rec.id}, recorded by a restarted daemon)", warning=True,
+                         pod=rec.pod, remediation_id=rec.id, once=f"{rec.id}.evicted")
+            self._told.add(rec.id)
         if new is None or new.metadata is None or new.spec is None:
             if rec.avoid and now - evicted_at > self.settings.avoid_ttl_s:
                 self.actuator.release_rescheduling_taint(rec.node, rec.id)
@@ -454,15 +470,22 @@ class RemediationController:
                 del self._follow[ref]  # never came back: nothing left to release or report
             return
         node = str(new.spec.node_name)
-        done = replace(rec, phase="done", at=now, done_at=now, new_node=node)
-        self.actuator.annotate_workload(ref, {proto.WORKLOAD_RECORD: done.to_json()})
-        if rec.avoid:
-            self.actuator.release_rescheduling_taint(rec.node, rec.id)
         where = "another node" if node != rec.node else "the same node (no other node fitted)"
         msg = (f"replacement of {rec.pod} (remediation {rec.id}) is running on {node}, "
                f"{where}, {now - evicted_at:.1f} s after the eviction from {rec.node}; "
                + (f"it resumes from checkpoint {rec.checkpoint}" if rec.checkpoint
                   else "no checkpoint was taken"))
-        self._decide(ObjectRef.pod(new), "Rescheduled", msg, remediation_id=rec.id)
-        self._decide(ref.object_ref(), "Rescheduled", msg, pod=rec.pod, remediation_id=rec.id)
+        # Events first, then the record (issue 17): "done" written before its Events was
+        # final for a daemon killed in between - its successor saw "done" and never told.
+        # Named once per remediation, the Events are safe to write again after a crash; an
+        # error writing them leaves the record as it is and the next pass redoes the step.
+        self._decide(ObjectRef.pod(new), "Rescheduled", msg, remediation_id=rec.id,
+                     once=f"{rec.id}.rescheduled", required=True)
+        self._decide(ref.object_ref(), "Rescheduled", msg, pod=rec.pod, remediation_id=rec.id,
+                     once=f"{rec.id}.rescheduled", required=True)
+        done = replace(rec, phase="done", at=now, done_at=now, new_node=node)
+        self.actuator.annotate_workload(ref, {proto.WORKLOAD_RECORD: done.to_json()})
+        self._follow[ref] = done
+        if rec.avoid:
+            self.actuator.release_rescheduling_taint(rec.node, rec.id)
         del self._follow[ref]

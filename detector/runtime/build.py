@@ -34,11 +34,12 @@ from detector.explain import format_duration
 from detector.settings import Settings, load_settings
 from detector.sinks.base import Sink
 from detector.sinks.console import ConsoleSink
+from detector.sinks.jsonl import JsonLinesSink
 from detector.sources.base import Source
 from detector.verdicts import Explanation, Verdict
 from detector.windows import WindowEngine
 
-from .daemon import Daemon, RunSummary
+from .daemon import Daemon, RunSummary, clock_rate
 from .hooks import DryRunPlan, OnChange, RemediationHook
 from .logs import setup_logging
 from .metrics import DaemonMetrics, StateView
@@ -82,7 +83,7 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
             path = out_dir / path
     local = settings.sources.kind == "local"
     if path is not None:  # every positive verdict, as JSON lines
-        sinks.append(ConsoleSink(path=path, stream=_Null()))  # type: ignore[arg-type]
+        sinks.append(JsonLinesSink(path))
     if rt.console:  # readable lines; the embedded default repeats an alert once a real minute
         console: Sink = ConsoleSink(stream=stream)
         if local:
@@ -135,16 +136,6 @@ def real_seconds_inverse(real_seconds: Callable[[float], float]) -> float:
     return 1.0 / one if one > 0 else 1.0
 
 
-class _Null:
-    """A stream that drops what it is given (console output switched off)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 def _kube_api(logger: logging.Logger) -> Any:
     """An API client (in-cluster, else KUBECONFIG/~/.kube/config); None if there is none."""
     from kubernetes import client, config
@@ -163,7 +154,7 @@ def _kube_api(logger: logging.Logger) -> Any:
 
 def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
     """For a compressed clock: verdict times, rates and times to OOM in real units."""
-    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    scale = clock_rate(source)
     if scale == 1.0:
         return None
     t0, now_src = time.time(), source.now()
@@ -205,12 +196,13 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     log = setup_logging(fmt=settings.runtime.log_format, level=settings.runtime.log_level)
     registry = CollectorRegistry()
     view = StateView()
-    metrics = DaemonMetrics(registry, view)
+    metrics = DaemonMetrics(registry, view, pod_min_ratio=settings.server.pod_metrics_min_ratio,
+                            pod_max=settings.server.pod_metrics_max_pods)
     watcher = ModelWatcher(settings.model.root or None, detection=settings.detection,
                            logger=log.getChild("model"), watch_s=settings.model.watch_s)
     pipeline = watcher.load()
     source = make_source(settings, logger=log, out_dir=out_dir)
-    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    scale = clock_rate(source)
     sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
                                real_seconds=lambda s: s / scale)
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
@@ -220,7 +212,9 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
                                registry=registry, healthy=daemon.healthy,
-                               ready=daemon.ready).start()
+                               ready=daemon.ready, timeout_s=settings.server.timeout_s,
+                               max_connections=settings.server.max_connections,
+                               logger=log.getChild("http")).start()
         log.info("serving /metrics /healthz /readyz", extra={"url": server.url})
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -229,7 +223,10 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if settings.sources.kind == "local":
-            print(f"podguard run: embedded default - {len(getattr(source, 'workloads', []))} "
+            from detector.sources.local import LocalSource
+
+            n_loops = len(source.workloads) if isinstance(source, LocalSource) else 0
+            print(f"podguard run: embedded default - {n_loops} "
                   f"real training loops (one leaking), sampled from /proc; model "
                   f"{pipeline.version}; time runs {scale:g}x (a real second is "
                   f"{format_duration(scale)} of telemetry)", file=out, flush=True)
@@ -250,21 +247,19 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
 
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
                   started_monotonic: float | None) -> None:
-    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    scale = clock_rate(source)
     lines = ["", f"podguard run summary ({summary.stop_reason}): "
                  f"{summary.evaluations} steps scored, {summary.samples:,} samples folded, "
                  f"{sum(summary.rejected.values()):,} refused, "
                  f"{summary.dead_lettered:,} dead-lettered; model "
                  f"{' -> '.join(summary.model_versions)}"]
-    onsets: dict[str, float] = {}
-    leak_onsets = getattr(source, "leak_onsets", None)
-    if callable(leak_onsets):
-        onsets = leak_onsets()
-    pods = getattr(source, "workloads", None)
+    from detector.sources.local import LocalSource
+
     t_start = summary.started
-    if pods is not None:
-        for w in pods:
-            key = (getattr(source.settings, "namespace", ""), w.pod)  # type: ignore[attr-defined]
+    if isinstance(source, LocalSource):
+        onsets = source.leak_onsets()
+        for w in source.workloads:
+            key = (source.settings.namespace, w.pod)
             det = summary.first.get(key)
             role = "leaks" if w.leaky else "healthy"
             onset = onsets.get(w.pod)

@@ -1,15 +1,17 @@
 """The remediation hook of the daemon, and the dry-run plan of the embedded default.
 
-The daemon calls ``hook.handle(verdicts)`` after each step's verdicts went to the sinks (and
-``hook.reconcile()`` if it has one). In a cluster the hook is
-:class:`detector.remediation.controller.RemediationController`; the embedded default has no
-cluster, so :class:`DryRunPlan` prints, once per flagged pod, what the controller would do.
+The daemon calls ``hook.handle(verdicts)`` after each step's verdicts went to the sinks, and
+between steps ``hook.reconcile()`` (the controller's next moves) and ``hook.replacements()``
+(pods a remediation recreated under the same name, whose windows must start afresh). In a
+cluster the hook is :class:`detector.remediation.controller.RemediationController`; the
+embedded default has no cluster, so :class:`DryRunPlan` prints, once per flagged pod, what
+the controller would do.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 
 from detector.explain import format_duration
@@ -20,6 +22,12 @@ from detector.verdicts import Verdict
 
 class RemediationHook(Protocol):
     def handle(self, verdicts: Sequence[Verdict]) -> object: ...
+
+    def reconcile(self) -> object: ...
+
+    def replacements(self) -> Mapping[tuple[str, str], float]:
+        """``(namespace, pod) -> eviction time`` of pods recreated by a remediation."""
+        ...
 
 
 class DryRunPlan:
@@ -58,6 +66,12 @@ class DryRunPlan:
             out.append(plan)
         return out
 
+    def reconcile(self) -> None:
+        """A plan only: nothing in flight to move on."""
+
+    def replacements(self) -> dict[tuple[str, str], float]:
+        return {}  # a plan recreates no pod
+
 
 class OnChange:
     """A sink wrapper passing on a pod's positive verdicts only when its kind changes or
@@ -84,6 +98,9 @@ class OnChange:
                 chosen.append(v)
         if chosen:
             self.sink.send(chosen)
+
+    def tick(self) -> None:
+        self.sink.tick()
 
     def flush(self, timeout: float) -> bool:
         return self.sink.flush(timeout)

@@ -1,21 +1,35 @@
 """Alertmanager sink: verdicts become alerts on Alertmanager's v2 API (``POST /api/v2/alerts``).
 
-Alerts: ``PodMemoryLeak``, ``PodGpuMemoryLeak``, ``PodPreFailureDrift``, labelled
-``alertname, namespace, pod, container, node, severity`` (severity from the time to OOM:
-``critical`` below ``critical_below_s``, ``warning`` below ``warning_below_s`` or when unknown
-or for drift, else ``info``; ``critical`` once the remediation escalates) and annotated
-``summary, description, time_to_oom, time_to_oom_seconds, explanation`` (the sentence),
-``explanation_json`` (SHAP attribution of each feature), ``runbook_url`` and, when
-escalated, ``remediation`` (why).
+Alerts: ``PodMemoryLeak``, ``PodGpuMemoryLeak``, ``PodPreFailureDrift``.
+
+Identity: one incident (a pod flagged, until it is healthy again or gone) keeps one label set
+for its whole life: ``alertname, namespace, pod, container, node`` are fixed when it starts,
+and ``severity`` is the severity it started with (from the time to OOM: ``critical`` below
+``critical_below_s``, ``warning`` below ``warning_below_s`` or when unknown or for drift, else
+``info``). What changes while it fires goes to annotations only: ``summary, description,
+time_to_oom, time_to_oom_seconds, time_to_oom_low_seconds, time_to_oom_high_seconds,
+leak_rate_bytes_per_second, score, threshold, explanation`` (the sentence),
+``explanation_json`` (SHAP attribution of each feature), ``runbook_url`` and, when escalated,
+``remediation`` (why).
+
+Escalation follows the Alertmanager/kube-prometheus convention: when the time to OOM falls
+into a higher severity (or the remediation escalates: ``critical``), a *second* alert fires,
+the same labels with the higher ``severity``; the lower one keeps firing unchanged and
+Alertmanager's inhibit rule (``deploy/alertmanager/route-example.yml``: critical inhibits
+warning/info with equal ``alertname, namespace, pod``) silences it. Escalation is sticky: a
+raised severity stays until the incident ends (a time to OOM wobbling around one hour does
+not page twice). Nothing resolves or re-fires while an incident escalates; at its end every
+alert of it is resolved together. A verdict of another kind on the same pod ends the
+incident and starts a new one (another ``alertname``).
 
 Lifecycle, like Prometheus's own: an active alert is re-sent every ``resend_interval_s`` with
 ``endsAt`` ``resolve_timeout_s`` ahead (alerts of a podguard that died expire by themselves);
 it is resolved (``endsAt`` = now) when the pod's verdict is healthy again
-(``healthy_to_resolve`` times in a row), when the pod had no
-judged verdict for ``gone_after_s`` (gone), or when its labels change (new severity: the old
-alert is resolved and the new one fires). After a restart, the first ``send`` adopts the
-podguard alerts of its scope Alertmanager still holds (:meth:`AlertmanagerSink.adopt`), so they
-too are resolved when their pod is gone.
+(``healthy_to_resolve`` times in a row) or when the pod had no judged verdict for
+``gone_after_s`` (gone). After a restart, the first ``send`` adopts the podguard alerts of its
+scope Alertmanager still holds (:meth:`AlertmanagerSink.adopt`), labels and severities as they
+are, so an incident keeps its identity across the restart and is resolved when its pod is
+healthy or gone.
 
 Delivery: every alert goes to each URL (an HA pair of Alertmanagers gets both). Each URL has
 its own bounded queue (``queue_max``, coalesced by label set: a newer state of an alert
@@ -59,6 +73,9 @@ ALERT_NAMES: dict[str, str] = {
 _WHAT = {"memory_leak": "Memory leak", "gpu_memory_leak": "GPU memory leak",
          "drift": "Pre-failure drift"}
 
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+"""Severities in rising order; a higher one inhibits the lower ones of the same pod."""
+
 ContainerOf = Callable[[str, str], str | None]
 """``container_of(namespace, pod)``: the container to name in the alert (None: unknown)."""
 
@@ -75,15 +92,37 @@ def _retry_after(resp: requests.Response) -> float | None:
         return None
 
 
+def _rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
 @dataclass
 class _Active:
-    labels: dict[str, str]
+    """One incident: its fixed labels (no severity) and the alert of each severity raised."""
+
+    labels: dict[str, str]  # fixed for the incident's life, ``severity`` excluded
     annotations: dict[str, str]
-    starts_at: float
+    starts_at: dict[str, float]  # severity -> startsAt of that alert, in raising order
     last_sent: float
     last_seen: float
     verdict: Verdict | None  # None: adopted from Alertmanager after a restart
     healthy: int = 0  # consecutive healthy verdicts since the last positive one
+
+    @property
+    def severity(self) -> str:
+        """The highest severity raised."""
+        return max(self.starts_at, key=_rank)
+
+    def raise_to(self, severity: str, now: float) -> bool:
+        """Adds the alert of ``severity`` if higher than every one raised; True if added."""
+        if _rank(severity) <= max(_rank(s) for s in self.starts_at):
+            return False
+        self.starts_at[severity] = now
+        return True
+
+    def alert_labels(self) -> list[dict[str, str]]:
+        return [{**self.labels, "severity": sev} if sev else dict(self.labels)
+                for sev in self.starts_at]
 
 
 @dataclass
@@ -163,13 +202,13 @@ class AlertmanagerSink:
                 silent = format_duration(now - a.last_seen)
                 self._resolve(key, now, f"no judged verdict for {silent}")
             elif now - a.last_sent >= self.settings.resend_interval_s:
-                self._enqueue(self._payload(a, now, resolved=False))
-                a.last_sent = now
+                self._send_all(a, now)
 
     def escalate(self, namespace: str, pod: str, reason: str,
                  verdict: Verdict | None = None) -> None:
-        """Raise the pod's alert to ``critical`` with ``reason`` in annotation ``remediation``
-        (idempotent; fires the alert from ``verdict`` if none is active yet)."""
+        """Raise the pod's incident to ``critical`` (its ``critical`` alert fires beside the
+        lower one) with ``reason`` in annotation ``remediation`` (idempotent; fires the
+        incident from ``verdict`` if none is active yet)."""
         key = (namespace, pod)
         self._escalated[key] = reason
         now = self.clock()
@@ -179,13 +218,11 @@ class AlertmanagerSink:
         elif a is not None and a.verdict is not None:
             self._fire(key, a.verdict, now, seen=False)
         elif a is not None:  # adopted, no verdict yet: raise what Alertmanager has
-            labels = {**a.labels, "severity": "critical"}
-            if labels != a.labels:
-                self._enqueue(self._payload(a, now, resolved=True))
-            a.labels = labels
+            if a.raise_to("critical", now):
+                self.log.info("alert %s %s/%s escalates to critical", a.labels["alertname"],
+                              *key)
             a.annotations = {**a.annotations, "remediation": reason}
-            self._enqueue(self._payload(a, now, resolved=False))
-            a.last_sent = now
+            self._send_all(a, now)
 
     def adopt(self) -> int:
         """Takes over the active alerts of a previous podguard run from Alertmanager (the
@@ -211,24 +248,39 @@ class AlertmanagerSink:
                 self.log.info("could not adopt alerts from %s: %s", t.url, e)
                 continue
             n = 0
+            taken: set[tuple[str, str]] = set()
             for alert in found if isinstance(found, list) else []:
+                if not isinstance(alert, dict):
+                    continue
                 labels = {str(k): str(v) for k, v in (alert.get("labels") or {}).items()}
                 key = (labels.get("namespace", ""), labels.get("pod", ""))
-                if not all(key) or key in self._active:
+                severity = labels.pop("severity", "")
+                if not all(key) or (key in self._active and key not in taken):
                     continue
                 try:
                     starts = datetime.fromisoformat(
                         str(alert["startsAt"]).replace("Z", "+00:00")).timestamp()
                 except (KeyError, ValueError):
                     starts = now
-                self._active[key] = _Active(
-                    labels, {str(k): str(v) for k, v in (alert.get("annotations") or {}).items()},
-                    starts_at=starts, last_sent=now, last_seen=now, verdict=None)
-                n += 1
+                ann = {str(k): str(v) for k, v in (alert.get("annotations") or {}).items()}
+                a = self._active.get(key)
+                if a is None:
+                    self._active[key] = _Active(labels, ann, starts_at={severity: starts},
+                                                last_sent=now, last_seen=now, verdict=None)
+                    taken.add(key)
+                    n += 1
+                elif a.labels == labels:  # another severity of the same incident
+                    a.starts_at[severity] = starts
+                    a.starts_at = dict(sorted(a.starts_at.items(), key=lambda kv: _rank(kv[0])))
             if n:
                 self.log.info("adopted %d active alert(s) from %s", n, t.url)
             return n
         return 0
+
+    def tick(self) -> None:
+        """Between steps: re-sends due alerts and resolves those whose pods are no longer
+        scored (``send`` of no verdicts)."""
+        self.send([])
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -273,8 +325,12 @@ class AlertmanagerSink:
         return out
 
     def active(self) -> dict[tuple[str, str], dict[str, str]]:
-        """Labels of the active alert of each pod."""
-        return {k: dict(a.labels) for k, a in self._active.items()}
+        """Labels of the highest-severity active alert of each pod."""
+        return {k: {**a.labels, "severity": a.severity} for k, a in self._active.items()}
+
+    def alerts(self) -> dict[tuple[str, str], list[dict[str, str]]]:
+        """Labels of every active alert of each pod's incident, lowest severity first."""
+        return {k: a.alert_labels() for k, a in self._active.items()}
 
     def severity(self, v: Verdict) -> str:
         if v.kind == "drift" or v.time_to_oom_s is None or not math.isfinite(v.time_to_oom_s):
@@ -286,7 +342,7 @@ class AlertmanagerSink:
         return "info"
 
     def _labels(self, v: Verdict) -> dict[str, str]:
-        key = (v.namespace, v.pod)
+        """The incident's fixed labels (``severity`` is added per alert)."""
         container = None
         if self.container_of is not None:
             try:
@@ -296,9 +352,11 @@ class AlertmanagerSink:
         labels = {
             "alertname": ALERT_NAMES[v.kind], "namespace": v.namespace, "pod": v.pod,
             "container": container or "", "node": v.node,
-            "severity": "critical" if key in self._escalated else self.severity(v),
         }
         return {k: val for k, val in labels.items() if val}
+
+    def _wanted(self, v: Verdict) -> str:
+        return "critical" if (v.namespace, v.pod) in self._escalated else self.severity(v)
 
     def _annotations(self, v: Verdict) -> dict[str, str]:
         alertname = ALERT_NAMES[v.kind]
@@ -334,45 +392,78 @@ class AlertmanagerSink:
         }
         if tto is not None and math.isfinite(tto):
             ann["time_to_oom_seconds"] = f"{tto:.0f}"
+            if v.time_to_oom_range_s is not None:
+                lo, hi = v.time_to_oom_range_s
+                if math.isfinite(lo):
+                    ann["time_to_oom_low_seconds"] = f"{lo:.0f}"
+                if math.isfinite(hi):
+                    ann["time_to_oom_high_seconds"] = f"{hi:.0f}"
+        if v.leak_rate_bytes_per_s is not None and math.isfinite(v.leak_rate_bytes_per_s):
+            ann["leak_rate_bytes_per_second"] = f"{v.leak_rate_bytes_per_s:.6g}"
+        if math.isfinite(v.score):
+            ann["score"] = f"{v.score:.6g}"
+        if math.isfinite(v.threshold):
+            ann["threshold"] = f"{v.threshold:.6g}"
         reason = self._escalated.get((v.namespace, v.pod))
         if reason:
             ann["remediation"] = reason
         return ann
 
     def _fire(self, key: tuple[str, str], v: Verdict, now: float, *, seen: bool = True) -> None:
-        labels = self._labels(v)
         ann = self._annotations(v)
+        wanted = self._wanted(v)
         a = self._active.get(key)
-        if a is not None and a.labels != labels:
-            self._enqueue(self._payload(a, now, resolved=True))
+        if a is not None and a.labels["alertname"] != ALERT_NAMES[v.kind]:
+            reason = self._escalated.get(key)
+            self._resolve(key, now, f"the verdict is now {v.kind}: a new incident")
+            if reason is not None:
+                self._escalated[key] = reason
             a = None
+        changed = False
         if a is None:
-            a = _Active(labels, ann, starts_at=min(v.ts, now), last_sent=-math.inf,
+            labels = self._labels(v)
+            a = _Active(labels, ann, starts_at={wanted: min(v.ts, now)}, last_sent=-math.inf,
                         last_seen=now, verdict=v)
             self._active[key] = a
-            self.log.info("alert %s %s/%s fires (%s)", labels["alertname"], *key,
-                     labels.get("severity"))
-        changed = a.annotations != ann
+            self.log.info("alert %s %s/%s fires (%s)", labels["alertname"], *key, wanted)
+        elif a.raise_to(wanted, now):
+            changed = True
+            self.log.info("alert %s %s/%s escalates to %s", a.labels["alertname"], *key,
+                          wanted)
+        changed = changed or a.annotations != ann
         a.annotations, a.verdict = ann, v
         if seen:
             a.last_seen = now
             a.healthy = 0
         if changed or now - a.last_sent >= self.settings.resend_interval_s:
-            self._enqueue(self._payload(a, now, resolved=False))
-            a.last_sent = now
+            self._send_all(a, now)
+
+    def _send_all(self, a: _Active, now: float) -> None:
+        for payload in self._payloads(a, now, resolved=False):
+            self._enqueue(payload)
+        a.last_sent = now
 
     def _resolve(self, key: tuple[str, str], now: float, why: str) -> None:
         a = self._active.pop(key)
         self._escalated.pop(key, None)
         self.log.info("alert %s %s/%s resolved: %s", a.labels["alertname"], *key, why)
-        self._enqueue(self._payload(a, now, resolved=True))
+        for payload in self._payloads(a, now, resolved=True):
+            self._enqueue(payload)
 
-    def _payload(self, a: _Active, now: float, *, resolved: bool) -> dict[str, Any]:
+    def _payloads(self, a: _Active, now: float, *, resolved: bool) -> list[dict[str, Any]]:
+        """One alert per severity raised: the same labels but ``severity``, the same
+        annotations."""
         ends = now if resolved else now + self.settings.resolve_timeout_s
-        out: dict[str, Any] = {"labels": dict(a.labels), "annotations": dict(a.annotations),
-                               "startsAt": _iso(a.starts_at), "endsAt": _iso(ends)}
-        if self.generator_url:
-            out["generatorURL"] = self.generator_url
+        out = []
+        for severity, starts in a.starts_at.items():
+            labels = dict(a.labels)
+            if severity:
+                labels["severity"] = severity
+            alert: dict[str, Any] = {"labels": labels, "annotations": dict(a.annotations),
+                                     "startsAt": _iso(starts), "endsAt": _iso(ends)}
+            if self.generator_url:
+                alert["generatorURL"] = self.generator_url
+            out.append(alert)
         return out
 
     # ------------------------------------------------------------------ delivery

@@ -106,6 +106,9 @@ class KubernetesEventSink:
                 self._idle.clear()
                 self._wake.set()
 
+    def tick(self) -> None:
+        """Nothing between steps: the writer thread (or ``flush``) writes what is pending."""
+
     def flush(self, timeout: float) -> bool:
         if self._thread is None:
             self.write_pending()

@@ -60,7 +60,8 @@ class KafkaSource:
             max_samples_per_message=settings.max_samples_per_message,
             max_labels=settings.max_labels,
             max_label_bytes=settings.max_label_bytes,
-        ))
+            max_future_s=settings.max_future_s,
+        ), clock=clock)
         self._consumer: Any = None
         self._producer: Any = None
         self._uncommitted: dict[Any, int] = {}  # TopicPartition -> next offset to commit
@@ -132,6 +133,9 @@ class KafkaSource:
 
     def now(self) -> float:
         return self.clock()
+
+    def clock_rate(self) -> float:
+        return 1.0  # wall time
 
     def poll(self, timeout: float) -> Delivery:
         out = Delivery()

@@ -93,6 +93,10 @@ class LocalSource:
         """The compressed clock: unix seconds, running ``time_scale`` times the wall clock."""
         return self._t0 + (self.monotonic() - self._m0) * self.settings.time_scale
 
+    def clock_rate(self) -> float:
+        """Model seconds per real second (``time_scale``)."""
+        return float(self.settings.time_scale)
+
     def to_clock(self, real_monotonic: float) -> float:
         return self._t0 + (real_monotonic - self._m0) * self.settings.time_scale
 

@@ -108,6 +108,9 @@ class PrometheusSource:
     def now(self) -> float:
         return self.clock()
 
+    def clock_rate(self) -> float:
+        return 1.0  # wall time
+
     def poll(self, timeout: float) -> Delivery:
         out = Delivery()
         now = self.clock()
@@ -144,6 +147,9 @@ class PrometheusSource:
             self._up = False
             self._last_error = _short(e)
             return out
+        future = out.samples.drop_after(now + s.max_future_s)  # a skewed exporter's clock
+        if future:
+            out.rejected["future_timestamp"] += future
         more = end < last
         if not self._up or self._gap:
             self.backfilled_s += (end - start + step) if more else max(
