@@ -22,6 +22,13 @@ nothing else:
 - the models claim carries ``helm.sh/resource-policy: keep`` (``helm uninstall`` keeps the
   trained models).
 
+(The order of a container's ports is not compared: Kustomize puts a patch's ports first.)
+What the remediate overlay adds besides its ClusterRole and settings (objects such as a Role
+for its records or admission policies, extra daemon ports) reaches the chart the same way,
+as generated files (``files/remediate/``) that ``templates/remediate.yaml`` moves into the
+release's namespace and names; so any change of the overlays either shows up in the chart
+after ``chart-files --write`` or fails these tests.
+
 The install test runs ``helm install`` against the local real control plane (kube-apiserver
 1.35, three kwok nodes): the DaemonSet runs one pod per node, the RBAC objects are the
 rendered ones; ``helm uninstall`` removes everything but the kept claim, which the test
@@ -114,12 +121,15 @@ def normalised(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
         if d["kind"] == "DaemonSet":
             tmeta = d["spec"]["template"]["metadata"]
             tmeta.get("annotations", {}).pop("checksum/config", None)
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                c["ports"] = sorted(c.get("ports", []), key=lambda p: p["name"])  # a set
             for v in d["spec"]["template"]["spec"]["volumes"]:
                 if "configMap" in v:
                     v["configMap"]["name"] = "podguard-config"
         for m in (meta, d.get("spec", {}).get("template", {}).get("metadata", {})):
-            if m.get("annotations") == {}:
-                del m["annotations"]
+            for k in ("annotations", "labels"):
+                if m.get(k) == {}:
+                    del m[k]
         out[(d["kind"], meta["name"])] = d
     return out
 

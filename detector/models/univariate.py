@@ -146,8 +146,12 @@ class UnivariateDetector:
             return self.thresholds[family]
         return self.default_threshold
 
-    def new_state(self, n: int) -> SeriesState:
-        return SeriesState.empty(n, self.config.short_points, self.config.quantile_window)
+    def new_state(self, n: int, points: int | None = None) -> SeriesState:
+        """A fresh state for ``n`` series; ``points``: how many points it will see at most
+        (a shorter quantile buffer, same results, when that is below ``quantile_window``)."""
+        w = self.config.quantile_window if points is None else min(points,
+                                                                     self.config.quantile_window)
+        return SeriesState.empty(n, self.config.short_points, max(w, 1))
 
     def step(self, state: SeriesState, x: np.ndarray, threshold: np.ndarray | float
              ) -> Judgement:
@@ -164,7 +168,8 @@ class UnivariateDetector:
         recent[ok, :-1] = recent[ok, 1:]
         recent[ok, -1] = x[ok]
         with np.errstate(invalid="ignore", divide="ignore"):
-            value = np.nanmean(recent, axis=1) if c.short_points > 1 else recent[:, 0].copy()
+            have = np.isfinite(recent)
+            value = np.where(have, recent, 0.0).sum(axis=1) / have.sum(axis=1)
             floor = np.maximum(c.scale_floor * state.slow_scale, 1e-12 * (np.abs(state.level)
                                                                           + 1e-12))
             sc = np.maximum(state.scale, floor)
@@ -196,7 +201,7 @@ class UnivariateDetector:
         keep = ok & (state.count >= c.warmup_points) & ~flagged & np.isfinite(z)
         rows = np.flatnonzero(keep)
         if rows.size:
-            state.zs[rows, state.zs_count[rows] % c.quantile_window] = z[rows]
+            state.zs[rows, state.zs_count[rows] % state.zs.shape[1]] = z[rows]
             state.zs_count[rows] += 1
         state.count = state.count + ok
         state.run = np.where(flagged, state.run + 1, np.where(ok, 0, state.run))
@@ -214,7 +219,7 @@ class UnivariateDetector:
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         n, T = x.shape
         thr = self.default_threshold if threshold is None else threshold
-        st = self.new_state(n)
+        st = self.new_state(n, T)
         score = np.full((n, T), np.nan)
         flagged = np.zeros((n, T), dtype=bool)
         last = None
