@@ -164,11 +164,16 @@ def test_helm_lint(values: Doc, tmp_path: Path) -> None:
     assert "1 chart(s) linted, 0 chart(s) failed" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"mode": "fix-everything"}, "mode must be alert-only or remediate"),
-    ({"models": {"persistence": {"accessMode": "ReadOnlyMany"}}}, "accessMode must be"),
-    ({"prometheus": {"url": ""}}, "prometheus.url is required"),
+@pytest.mark.parametrize(("values", "message"), [  # values.schema.json, then the templates
+    ({"mode": "fix-everything"}, "at '/mode': value must be one of 'alert-only', 'remediate'"),
+    ({"models": {"persistence": {"accessMode": "ReadOnlyMany"}}},
+     "at '/models/persistence/accessMode': value must be one of"),
+    ({"prometheus": {"url": ""}}, "at '/prometheus/url'"),
+    ({"prometheus": {"auth": {"bearerToken": "x"}}}, "additional properties 'bearerToken'"),
+    ({"alertmanager": {"urls": "http://am:9093"}}, "at '/alertmanager/urls'"),
     ({"prometheus": {"auth": {"bearerTokenKey": "token"}}}, "existingSecret, which is empty"),
+    ({"prometheus": {"auth": {"username": "u", "existingSecret": "s"}}},
+     "username needs prometheus.auth.passwordKey"),
 ])
 def test_bad_values_are_refused_with_what_is_wrong(values: Doc, message: str) -> None:
     with pytest.raises(render.StackError, match=message):
@@ -318,6 +323,19 @@ def test_helm_install_on_the_real_control_plane(kube: Kube, crds: list[Doc], mod
             (mode == "remediate")
         status = helm("status", release, "--namespace", ns, kubeconfig=kube.kubeconfig)
         assert "STATUS: deployed" in status.stdout
+        if mode == "alert-only":  # switching modes is one `helm upgrade`
+            before = ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            helm("upgrade", release, str(render.CHART), "--namespace", ns, "--reuse-values",
+                 "--set", "mode=remediate", kubeconfig=kube.kubeconfig)
+            role = d_(rbac_api.read_cluster_role(release))
+            assert [{"apiGroups": x["api_groups"], "resources": x["resources"],
+                     "verbs": x["verbs"]} for x in role["rules"]] == \
+                one(kustomized("remediate"), "ClusterRole")["rules"]
+            cm = d_(core.read_namespaced_config_map(f"{release}-config", ns))
+            assert yaml.safe_load(cm["data"]["config.yaml"])["remediation"]["enabled"] is True
+            after = d_(apps.read_namespaced_daemon_set(release, ns))["spec"]["template"][
+                "metadata"]["annotations"]["checksum/config"]
+            assert after != before  # the pods roll with the new settings
     finally:
         helm("uninstall", release, "--namespace", ns, kubeconfig=kube.kubeconfig,
              check=False)

@@ -206,9 +206,10 @@ class UnivariateDetector:
         state.count = state.count + ok
         state.run = np.where(flagged, state.run + 1, np.where(ok, 0, state.run))
         state.since_flag = np.where(flagged, 0, state.since_flag + ok)
-        return Judgement(score=score, threshold=thr.copy(), is_anomaly=flagged, value=value,
+        # (state.level and state.run were rebound above, so only ``recent`` needs a copy)
+        return Judgement(score=score, threshold=np.array(thr), is_anomaly=flagged, value=value,
                          level=state.level - np.where(learn, a * w * rc, 0.0),
-                         sigma=sc * _SIGMA_PER_MAD, run_points=state.run.copy(),
+                         sigma=sc * _SIGMA_PER_MAD, run_points=state.run,
                          recent=recent.copy(), q=q)
 
     def run(self, x: np.ndarray, threshold: np.ndarray | float | None = None
@@ -324,11 +325,13 @@ def _buffer_quantile(zs: np.ndarray, count: np.ndarray, p: float) -> np.ndarray:
     n, w = zs.shape
     filled = np.minimum(count, w)
     out = np.full(n, np.nan)
-    rows = np.flatnonzero(filled > 0)
-    if rows.size:
-        srt = np.sort(zs[rows], axis=1)  # -inf (unfilled) first
-        k = np.ceil(p * (filled[rows] - 1)).astype(np.int64)  # index among the filled ones
-        out[rows] = srt[np.arange(rows.size), w - filled[rows] + k]
+    # per distinct fill count (usually one: series of a batch advance together), the element
+    # of rank w - filled + k, k = ceil(p (filled - 1)), among the row's values in rising order
+    # (-inf, i.e. unfilled, first)
+    for f in np.unique(filled[filled > 0]).tolist():
+        rows = np.flatnonzero(filled == f)
+        rank = w - f + math.ceil(p * (f - 1))
+        out[rows] = np.partition(zs[rows], rank, axis=1)[:, rank]
     return out
 
 
