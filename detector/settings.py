@@ -288,10 +288,11 @@ class AlertingSettings(_Section):
         description="Waits between delivery attempts, seconds; after the last the alerts stay "
                     "queued and a new round starts (Retry-After is honoured).")
     critical_below_s: float = Field(
-        3600, ge=0, description="Time to OOM under which severity is critical, seconds.")
+        3600, ge=0, description="Time to OOM under which an incident starts critical, or gets "
+                                "its critical alert beside the first (escalation), seconds.")
     warning_below_s: float = Field(
-        24 * 3600, ge=0, description="Time to OOM under which severity is warning (above: info), "
-                                     "seconds.")
+        24 * 3600, ge=0, description="Time to OOM under which an incident starts (or escalates "
+                                     "to) warning; above: info, seconds.")
     runbook_url: str = Field(
         "https://github.com/podguard/podguard/blob/main/docs/runbooks.md#{alertname}",
         description="Runbook link; {alertname} is replaced by the alert's name.")
