@@ -40,7 +40,7 @@ from detector.errors import ConfigError
 from detector.settings import KafkaSourceSettings
 from detector.sources.base import Delivery, SourceStatus, next_wait
 from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
-from detector.transport.kafka import classify, client_config
+from detector.transport.kafka import classify, client_config, connection_failures, probe
 from detector.transport.retry import retrying
 
 
@@ -98,12 +98,17 @@ class KafkaSource:
         servers = ", ".join(self.settings.bootstrap_servers)
 
         def connect() -> None:
-            try:
-                self._connect()
-            except Exception as e:  # NoBrokersAvailable, connection, SASL and TLS errors
-                self.close(timeout=1.0)
-                raise classify(e, what=f"Kafka at {servers}",
-                               where="sources.kafka.security") from e
+            with connection_failures() as logged:
+                try:
+                    probe(self.settings.bootstrap_servers,
+                          client_config(self.settings.security, where="sources.kafka.security"),
+                          what=f"Kafka at {servers}", where="sources.kafka.security",
+                          timeout_s=min(10.0, self.settings.request_timeout_s))
+                    self._connect()
+                except Exception as e:  # NoBrokersAvailable, connection, SASL and TLS errors
+                    self.close(timeout=1.0)
+                    raise classify(e, what=f"Kafka at {servers}",
+                                   where="sources.kafka.security", logged=logged) from e
 
         retrying(connect, delays=self.settings.backoff_s, what=f"connecting to Kafka at {servers}",
                  log=self.log)
@@ -115,6 +120,7 @@ class KafkaSource:
         common = {"bootstrap_servers": list(s.bootstrap_servers), "client_id": s.client_id,
                   "request_timeout_ms": int(s.request_timeout_s * 1000),
                   "reconnect_backoff_max_ms": 2000,
+                  "bootstrap_timeout_ms": int(s.request_timeout_s * 1000),
                   **client_config(s.security, where="sources.kafka.security")}
         self._consumer = KafkaConsumer(
             group_id=s.group_id, enable_auto_commit=False,
