@@ -204,6 +204,52 @@ class DetectionSettings(_Section):
     explain: bool = Field(True, description="Attach SHAP explanations to positive verdicts.")
 
 
+# ---------------------------------------------------------------- transport (TLS, auth)
+# Owned by ``detector.transport``: how podguard reaches Prometheus, Alertmanager and Kafka.
+
+
+class HttpClientSettings(_Section):
+    """TLS and authentication of an HTTP client (``detector.transport.http``), as in
+    Prometheus's own ``http_config``. Verification is on; secrets come from files, which are
+    re-read when they change (Kubernetes rotates projected tokens and mounted secrets)."""
+
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) that sign the server's certificate; empty: the "
+                        "system's CAs (path).")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS; needs "
+                                           "key_file (path).")
+    key_file: str = Field("", description="Private key (PEM) of cert_file (path).")
+    insecure_skip_verify: bool = Field(
+        False, description="Accept any server certificate (no verification; only for tests).")
+    bearer_token_file: str = Field(
+        "", description="File holding a bearer token sent as 'Authorization: Bearer' (e.g. "
+                        "a projected service-account token); re-read when it changes (path).")
+    username: str = Field("", description="Basic-auth user name; needs password_file.")
+    password_file: str = Field(
+        "", description="File holding the basic-auth password; re-read when it changes (path).")
+    headers: dict[str, str] = Field(
+        {}, description="Extra headers sent with every request, e.g. X-Scope-OrgID: tenant-1 "
+                        "(Mimir, Cortex, Thanos tenants).")
+
+
+class KafkaSecuritySettings(_Section):
+    """TLS and SASL of the Kafka clients (``detector.transport.kafka``)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol of the listener podguard talks to.")
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) that sign the brokers' certificates; empty: "
+                        "the system's CAs (SSL, SASL_SSL; path).")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS (path).")
+    key_file: str = Field("", description="Private key (PEM) of cert_file (path).")
+    check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to.")
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_SSL, SASL_PLAINTEXT).")
+    username: str = Field("", description="SASL user name.")
+    password_file: str = Field("", description="File holding the SASL password (path).")
+
+
 class AlertingSettings(_Section):
     """Alerts to Alertmanager and Kubernetes Events (``detector.sinks.alertmanager``,
     ``detector.sinks.k8s_events``)."""
@@ -211,6 +257,9 @@ class AlertingSettings(_Section):
     alertmanager_urls: list[str] = Field(
         [], description="Alertmanager base URLs; every alert goes to each (an HA pair: two). "
                         "Empty: no Alertmanager sink.")
+    alertmanager_http: HttpClientSettings = Field(
+        default_factory=HttpClientSettings,
+        description="TLS and authentication towards the Alertmanagers.")
 
     @field_validator("alertmanager_urls")
     @classmethod
@@ -239,10 +288,11 @@ class AlertingSettings(_Section):
         description="Waits between delivery attempts, seconds; after the last the alerts stay "
                     "queued and a new round starts (Retry-After is honoured).")
     critical_below_s: float = Field(
-        3600, ge=0, description="Time to OOM under which severity is critical, seconds.")
+        3600, ge=0, description="Time to OOM under which an incident starts critical, or gets "
+                                "its critical alert beside the first (escalation), seconds.")
     warning_below_s: float = Field(
-        24 * 3600, ge=0, description="Time to OOM under which severity is warning (above: info), "
-                                     "seconds.")
+        24 * 3600, ge=0, description="Time to OOM under which an incident starts (or escalates "
+                                     "to) warning; above: info, seconds.")
     runbook_url: str = Field(
         "https://github.com/podguard/podguard/blob/main/docs/runbooks.md#{alertname}",
         description="Runbook link; {alertname} is replaced by the alert's name.")
@@ -373,6 +423,9 @@ class PrometheusSourceSettings(_Section):
         description="Samples stamped more than this ahead of the daemon's clock are dropped "
                     "and counted (reason future_timestamp); seconds.")
     timeout_s: float = Field(15, gt=0, description="HTTP timeout of one query, seconds.")
+    http: HttpClientSettings = Field(
+        default_factory=HttpClientSettings,
+        description="TLS and authentication towards Prometheus (or Mimir, Thanos, Cortex).")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10, 30], min_length=1,
         description="Waits between attempts while Prometheus is down or slow, seconds; after "
@@ -428,6 +481,8 @@ class KafkaSourceSettings(_Section):
         10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
                               "this, seconds.")
     request_timeout_s: float = Field(30, gt=0, description="Kafka request timeout, seconds.")
+    security: KafkaSecuritySettings = Field(
+        default_factory=KafkaSecuritySettings, description="TLS and SASL towards the brokers.")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10], min_length=1,
         description="Waits between attempts to commit or dead-letter while the broker is "
@@ -501,6 +556,13 @@ class ServerSettings(_Section):
     stall_after_s: float = Field(
         120, gt=0, description="/healthz fails when the main loop made no progress for this "
                                "long, seconds.")
+    timeout_s: float = Field(
+        10, gt=0, le=300, description="Socket timeout of each HTTP connection: a client that "
+                                      "sends or reads nothing for this long is dropped, "
+                                      "seconds.")
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="HTTP connections served at once (one thread each); "
+                                       "more are answered 503 and closed (count).")
     pod_metrics_min_ratio: float = Field(
         0.8, ge=0, description="Per-pod gauges (podguard_pod_*) are exported for pods with a "
                                "positive verdict or a score at least this fraction of the "

@@ -95,7 +95,8 @@ def test_kustomize_is_the_pinned_build() -> None:
 def test_base_needs_no_crds_overlays_add_the_monitoring_objects() -> None:
     base = {d["kind"] for d in build(render.BASE)}
     assert base == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                    "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob"}
+                    "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob",
+                    "NetworkPolicy"}
     for name in OVERLAYS:
         kinds = [d["kind"] for d in overlay(name)]
         assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"}, name
@@ -182,6 +183,25 @@ def test_configuration_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
 
 def _container(pod_spec: Doc, name: str) -> Doc:
     return next(c for c in pod_spec["containers"] if c["name"] == name)
+
+
+@pytest.mark.parametrize("name", list(OVERLAYS))
+def test_network_policy_admits_only_prometheus_to_the_metrics_port(name: str) -> None:
+    docs = overlay(name)
+    pol = one(docs, "NetworkPolicy", "podguard")["spec"]
+    ds = one(docs, "DaemonSet", "podguard")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert pol["podSelector"]["matchLabels"].items() <= pod_labels.items()  # the daemon pods
+    cron = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+    assert not pol["podSelector"]["matchLabels"].items() <= cron["labels"].items()
+    assert pol["policyTypes"] == ["Ingress"]  # outgoing calls stay open
+    (rule,) = pol["ingress"]
+    assert rule["ports"] == [{"port": "http-metrics", "protocol": "TCP"}]
+    ports = {p["name"] for c in ds["spec"]["template"]["spec"]["containers"]
+             for p in c.get("ports", [])}
+    assert "http-metrics" in ports
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
 
 
 @pytest.mark.parametrize("name", list(OVERLAYS))
@@ -367,6 +387,9 @@ FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
     "PodguardMemoryNearLimit": (
         [(f"process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
+    "PodguardPodMetricsCapped": (
+        [(f"podguard_pod_metrics_omitted{{{POD}}}", "12x40")], "35m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
     "PodguardModelReloadFailed": (
         [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}', "0 0 0 1x20")], "10m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
@@ -402,6 +425,7 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
     "PodguardFallingBehind": [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "1x60")],
     "PodguardMemoryNearLimit": [(f"process_resident_memory_bytes{{{POD}}}",
                                  "300000000x40")],
+    "PodguardPodMetricsCapped": [(f"podguard_pod_metrics_omitted{{{POD}}}", "0x40")],
     "PodguardModelReloadFailed": [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}',
                                    "0x20")],
     # a model 7 days old, and the shipped default however old (PodguardModelIsShippedDefault)

@@ -69,10 +69,12 @@ MIXES: dict[str, list[Workload]] = {
         _w("slow-leak", "leak", 320, "--onset-s", "180", "--rate-mib-min", "25",
            "--base-mib", "20", leaky=True),
     ],
-    # The real-kernel tests: no torch, minutes.
+    # The real-kernel tests: ~2.5 minutes.
     "quick": [
         _w("fast-leak", "leak", 200, "--onset-s", "20", "--rate-mib-min", "240",
            "--base-mib", "20", leaky=True),
+        _w("trainer-kept-loss", "trainer-kept-loss", 560, "--onset-s", "20",
+           "--rate-mib-min", "150", leaky=True),
         _w("pagecache-reader", "pagecache", 128, "--file-mib", "200", "--read-mib-s", "40"),
         _w("gc-sawtooth", "sawtooth", 200, "--base-mib", "30", "--peak-mib", "100",
            "--period-s", "20"),
@@ -111,6 +113,7 @@ def soak_mix() -> list[Workload]:
 class Recording:
     trace: pd.DataFrame
     labels: dict[str, Any]
+    extra: Any = None  # what ``before_stop`` returned
 
 
 def _arg(w: Workload, name: str) -> float | None:
@@ -169,6 +172,7 @@ def pull_trace(url: str, *, start: float, end: float, step: float,
     from training.history import HISTORY_METRICS, pull_history
 
     matcher = f'namespace="{namespace}"'
+    start, end = float(int(start)), float(int(end) + 1)  # whole seconds: the client's datetimes
     main = pull_history(url, start=start, end=end, step=step,
                         metrics=(*HISTORY_METRICS, *BREAKDOWN), matcher=matcher)
     limits = pull_history(url, start=start, end=end, step=step, metrics=(tr.KSM_LIMITS,),
@@ -181,10 +185,19 @@ def pull_trace(url: str, *, start: float, end: float, step: float,
 def record(state: Path, workloads: Sequence[Workload], *, duration_s: float,
            step: float = 5.0, scrape_interval: str = "5s", tag: str | None = None,
            stop_when: Callable[[RealNode], bool] | None = None,
+           on_start: Callable[[RealNode], None] | None = None,
+           before_stop: Callable[[RealNode, float, float], Any] | None = None,
            report: Callable[[str], None] = print) -> Recording:
-    """Run ``workloads`` for ``duration_s`` (or until ``stop_when``), then read it all back."""
+    """Run ``workloads`` for ``duration_s`` (or until ``stop_when``), then read it all back.
+
+    ``on_start(node)`` runs once the harness is up (e.g. to load rules into its Prometheus);
+    ``before_stop(node, start, end)`` runs after the trace was read, while Prometheus still
+    runs; its result is :attr:`Recording.extra`.
+    """
     node = RealNode(state, workloads, scrape_interval=scrape_interval, tag=tag)
     with node:
+        if on_start is not None:
+            on_start(node)
         node.wait_for_scrapes(timeout=120)
         start = time.time() - 5
         deadline = time.monotonic() + duration_s
@@ -202,7 +215,8 @@ def record(state: Path, workloads: Sequence[Workload], *, duration_s: float,
         trace = pull_trace(node.prometheus_url, start=start, end=end, step=step,
                            namespace=node.namespace)
         labels = labels_from_events(node, node.events(), start=start, end=end, step=step)
-    return Recording(trace, labels)
+        extra = before_stop(node, start, end) if before_stop is not None else None
+    return Recording(trace, labels, extra)
 
 
 def write(rec: Recording, out: Path, name: str) -> tuple[Path, Path]:

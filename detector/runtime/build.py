@@ -213,7 +213,9 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
                                registry=registry, healthy=daemon.healthy,
-                               ready=daemon.ready).start()
+                               ready=daemon.ready, timeout_s=settings.server.timeout_s,
+                               max_connections=settings.server.max_connections,
+                               logger=log.getChild("http")).start()
         log.info("serving /metrics /healthz /readyz", extra={"url": server.url})
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
