@@ -432,8 +432,8 @@ def heap_sites(snap: tracemalloc.Snapshot) -> list[tuple[str, int, int, int]]:
     (filename, line, bytes, count)."""
     by: dict[tuple[str, int], list[int]] = {}
     lib: dict[str, bool] = {}
-    for tr in snap.traces:
-        frames = tr.traceback  # oldest first
+    for stat in snap.statistics("traceback"):  # identical tracebacks grouped first
+        frames = stat.traceback  # oldest first
         fr = frames[-1]
         for f in reversed(frames):
             is_lib = lib.get(f.filename)
@@ -445,8 +445,8 @@ def heap_sites(snap: tracemalloc.Snapshot) -> list[tuple[str, int, int, int]]:
         if lib.get(fr.filename) and (_is_ours(fr.filename) or fr.filename == tracemalloc.__file__):
             continue
         acc = by.setdefault((fr.filename, fr.lineno), [0, 0])
-        acc[0] += tr.size
-        acc[1] += 1
+        acc[0] += stat.size
+        acc[1] += stat.count
     return [(f, ln, size, count)
             for (f, ln), (size, count) in sorted(by.items(), key=lambda kv: -kv[1][0])]
 
