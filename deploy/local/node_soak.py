@@ -79,6 +79,10 @@ def stop_live(node: RealNode) -> pd.DataFrame:
     _proc.stop(LIVE, node.state, grace=30.0)
     if not alive:
         print("podguard run had exited early; its log:\n" + _proc.log_tail(LIVE, node.state))
+    log = node.state / f"{LIVE}.log"
+    if log.exists():  # the daemon's log and its exit summary, kept beside the verdicts
+        shutil.copy(log, node.workdir / f"{LIVE}.log")
+        print("podguard run, last lines of its log:\n" + _proc.log_tail(LIVE, node.state, 12))
     path = node.state / LIVE / "verdicts.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
     return pd.DataFrame(rows, columns=["ts", "pod", "is_anomaly", "kind", "time_to_oom_s"]
