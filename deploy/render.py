@@ -225,6 +225,29 @@ def chart_files() -> dict[Path, str]:
             f"# The ClusterRole rules of overlays/{mode}.\n") + yaml.safe_dump(
             {"rules": role[0]["rules"]}, sort_keys=False)
     out[CHART_FILES / "prometheus-rules.yml"] = CHART_HEADER + rules_text()
+    # What the remediate overlay adds beyond the ClusterRole and the settings: its extra
+    # objects (e.g. a Role for its records, admission policies), rendered in namespace
+    # "podguard" for the release "podguard" (templates/remediate.yaml moves them), and the
+    # extra ports of the daemon's container.
+    alert, rem = build(OVERLAYS["alert-only"]), build(OVERLAYS["remediate"])
+    have = {(d["kind"], d["metadata"]["name"]) for d in alert}
+    extra = [d for d in rem if (d["kind"], d["metadata"]["name"]) not in have
+             and d["kind"] != "ConfigMap"]
+    out[CHART_FILES / "remediate" / "objects.yaml"] = CHART_HEADER + (
+        "# The objects overlays/remediate adds to alert-only (templates/remediate.yaml).\n"
+        ) + yaml.safe_dump({"objects": extra}, sort_keys=False)
+
+    def ports(docs: list[Doc]) -> list[Any]:
+        ds = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+        c = next(c for c in ds["containers"] if c["name"] == "podguard")
+        found: list[Any] = c.get("ports", [])
+        return found
+
+    base_ports = {p["name"] for p in ports(alert)}
+    out[CHART_FILES / "remediate" / "ports.yaml"] = CHART_HEADER + (
+        "# The daemon container's ports overlays/remediate adds (templates/daemonset.yaml).\n"
+        ) + yaml.safe_dump({"ports": [p for p in ports(rem) if p["name"] not in base_ports]},
+                           sort_keys=False)
     return out
 
 

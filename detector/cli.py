@@ -117,10 +117,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Packages left out of the daemon's runtime set, and the extra that installs each.
+OPTIONAL_PACKAGES = {
+    "torch": "train", "pyarrow": "train", "scipy": "train", "sklearn": "train", "pyod": "train",
+    "shap": "eval", "matplotlib": "eval", "numba": "eval",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"podguard: error: `podguard {args.command}` needs {e.name}, which the daemon's "
+              f"runtime set leaves out: pip install 'podguard[{extra}]'", file=sys.stderr)
+        return 2
     except TemporaryError as e:
         print(f"podguard: temporary error (retry later): {e}", file=sys.stderr)
         return 75

@@ -204,6 +204,52 @@ class DetectionSettings(_Section):
     explain: bool = Field(True, description="Attach SHAP explanations to positive verdicts.")
 
 
+# ---------------------------------------------------------------- transport (TLS, auth)
+# Owned by ``detector.transport``: how podguard reaches Prometheus, Alertmanager and Kafka.
+
+
+class HttpClientSettings(_Section):
+    """TLS and authentication of an HTTP client (``detector.transport.http``), as in
+    Prometheus's own ``http_config``. Verification is on; secrets come from files, which are
+    re-read when they change (Kubernetes rotates projected tokens and mounted secrets)."""
+
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) that sign the server's certificate; empty: the "
+                        "system's CAs (path).")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS; needs "
+                                           "key_file (path).")
+    key_file: str = Field("", description="Private key (PEM) of cert_file (path).")
+    insecure_skip_verify: bool = Field(
+        False, description="Accept any server certificate (no verification; only for tests).")
+    bearer_token_file: str = Field(
+        "", description="File holding a bearer token sent as 'Authorization: Bearer' (e.g. "
+                        "a projected service-account token); re-read when it changes (path).")
+    username: str = Field("", description="Basic-auth user name; needs password_file.")
+    password_file: str = Field(
+        "", description="File holding the basic-auth password; re-read when it changes (path).")
+    headers: dict[str, str] = Field(
+        {}, description="Extra headers sent with every request, e.g. X-Scope-OrgID: tenant-1 "
+                        "(Mimir, Cortex, Thanos tenants).")
+
+
+class KafkaSecuritySettings(_Section):
+    """TLS and SASL of the Kafka clients (``detector.transport.kafka``)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol of the listener podguard talks to.")
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) that sign the brokers' certificates; empty: "
+                        "the system's CAs (SSL, SASL_SSL; path).")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS (path).")
+    key_file: str = Field("", description="Private key (PEM) of cert_file (path).")
+    check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to.")
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_SSL, SASL_PLAINTEXT).")
+    username: str = Field("", description="SASL user name.")
+    password_file: str = Field("", description="File holding the SASL password (path).")
+
+
 class AlertingSettings(_Section):
     """Alerts to Alertmanager and Kubernetes Events (``detector.sinks.alertmanager``,
     ``detector.sinks.k8s_events``)."""
@@ -211,6 +257,9 @@ class AlertingSettings(_Section):
     alertmanager_urls: list[str] = Field(
         [], description="Alertmanager base URLs; every alert goes to each (an HA pair: two). "
                         "Empty: no Alertmanager sink.")
+    alertmanager_http: HttpClientSettings = Field(
+        default_factory=HttpClientSettings,
+        description="TLS and authentication towards the Alertmanagers.")
 
     @field_validator("alertmanager_urls")
     @classmethod
@@ -239,10 +288,11 @@ class AlertingSettings(_Section):
         description="Waits between delivery attempts, seconds; after the last the alerts stay "
                     "queued and a new round starts (Retry-After is honoured).")
     critical_below_s: float = Field(
-        3600, ge=0, description="Time to OOM under which severity is critical, seconds.")
+        3600, ge=0, description="Time to OOM under which an incident starts critical, or gets "
+                                "its critical alert beside the first (escalation), seconds.")
     warning_below_s: float = Field(
-        24 * 3600, ge=0, description="Time to OOM under which severity is warning (above: info), "
-                                     "seconds.")
+        24 * 3600, ge=0, description="Time to OOM under which an incident starts (or escalates "
+                                     "to) warning; above: info, seconds.")
     runbook_url: str = Field(
         "https://github.com/podguard/podguard/blob/main/docs/runbooks.md#{alertname}",
         description="Runbook link; {alertname} is replaced by the alert's name.")
@@ -373,6 +423,9 @@ class PrometheusSourceSettings(_Section):
         description="Samples stamped more than this ahead of the daemon's clock are dropped "
                     "and counted (reason future_timestamp); seconds.")
     timeout_s: float = Field(15, gt=0, description="HTTP timeout of one query, seconds.")
+    http: HttpClientSettings = Field(
+        default_factory=HttpClientSettings,
+        description="TLS and authentication towards Prometheus (or Mimir, Thanos, Cortex).")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10, 30], min_length=1,
         description="Waits between attempts while Prometheus is down or slow, seconds; after "
@@ -405,10 +458,14 @@ class KafkaSourceSettings(_Section):
     client_id: str = Field("podguard", description="Kafka client id.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group without a committed offset starts.")
-    rewind_s: float = Field(
-        0, ge=0, description="On partition assignment, re-read this much history before the "
-                             "committed offset to refill windows after a restart (0: resume "
-                             "exactly at the commit), seconds.")
+    rewind_s: float | None = Field(
+        None, ge=0, description="On partition assignment (a start or restart), re-read this "
+                                "much history before the committed offset, so windows are "
+                                "full again at once instead of after a whole window; the "
+                                "source reports not caught up (windows stale, no alarm from "
+                                "a half-filled window) until it has read back to where the "
+                                "partition ended; null (default): windows.horizon_s; 0: "
+                                "resume exactly at the commit; seconds.")
     max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
     max_message_bytes: int = Field(
         1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")
@@ -428,6 +485,8 @@ class KafkaSourceSettings(_Section):
         10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
                               "this, seconds.")
     request_timeout_s: float = Field(30, gt=0, description="Kafka request timeout, seconds.")
+    security: KafkaSecuritySettings = Field(
+        default_factory=KafkaSecuritySettings, description="TLS and SASL towards the brokers.")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10], min_length=1,
         description="Waits between attempts to commit or dead-letter while the broker is "
@@ -551,6 +610,22 @@ class ModelSettings(_Section):
                               "seconds.")
 
 
+class DiagnosisSettings(_Section):
+    """Asking a pod flagged with a leak what grows inside it (:mod:`detector.diagnosis`)."""
+
+    enabled: bool = Field(True, description="Ask flagged pods for an in-pod diagnosis (pods "
+                                            "without the podguard helper answer nothing; the "
+                                            "alert says so after the timeout).")
+    kinds: list[Literal["memory_leak", "gpu_memory_leak"]] = Field(
+        ["memory_leak", "gpu_memory_leak"], description="Verdict kinds that ask for one.")
+    window_s: float = Field(60, ge=1, le=600, description="Time between the pod's two "
+                                                          "snapshots, seconds.")
+    timeout_s: float = Field(120, gt=0, description="Wait for the answer after the window; "
+                                                    "then the diagnosis is 'unavailable', "
+                                                    "seconds.")
+    repeat_s: float = Field(3600, gt=0, description="Ask the same pod again after, seconds.")
+
+
 class Settings(_Section):
     """The whole tree. Sections are added by the components that own them."""
 
@@ -562,6 +637,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    diagnosis: DiagnosisSettings = Field(default_factory=DiagnosisSettings)
 
 
 ENV_PREFIX = "PODGUARD__"

@@ -387,6 +387,9 @@ FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
     "PodguardMemoryNearLimit": (
         [(f"process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
+    "PodguardPodMetricsCapped": (
+        [(f"podguard_pod_metrics_omitted{{{POD}}}", "12x40")], "35m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
     "PodguardModelReloadFailed": (
         [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}', "0 0 0 1x20")], "10m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1",
@@ -422,6 +425,7 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
     "PodguardFallingBehind": [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "1x60")],
     "PodguardMemoryNearLimit": [(f"process_resident_memory_bytes{{{POD}}}",
                                  "300000000x40")],
+    "PodguardPodMetricsCapped": [(f"podguard_pod_metrics_omitted{{{POD}}}", "0x40")],
     "PodguardModelReloadFailed": [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}',
                                    "0x20")],
     # a model 7 days old, and the shipped default however old (PodguardModelIsShippedDefault)

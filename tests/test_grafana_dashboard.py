@@ -8,7 +8,7 @@ variables filled in, passes ``promtool check rules``. Then a real podguard daemo
 (:class:`detector.runtime.daemon.Daemon` with the shipped model, its real /metrics server)
 scores a leaking and a steady pod from a source of generated samples until the leak is
 flagged; the real local Prometheus scrapes the daemon (``job="podguard"``), a cAdvisor-style
-exporter and a kube-state-metrics-style exporter for the same pod; every query of the
+exporter and a kube-state-metrics/DCGM-style exporter for the same pod; every query of the
 dashboard must return series, and the incident's figures must be the daemon's.
 """
 
@@ -158,7 +158,8 @@ class LeakSource:
 
 
 class _Limits(Collector):
-    """kube-state-metrics' memory limit series of the given pods."""
+    """kube-state-metrics' memory limit series and the DCGM exporter's framebuffer series of
+    the given pods."""
 
     def __init__(self, ns: str, pods: list[str]) -> None:
         self.ns, self.pods = ns, pods
@@ -166,9 +167,17 @@ class _Limits(Collector):
     def collect(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("kube_pod_container_resource_limits", "Container limits.",
                               labels=["namespace", "pod", "container", "resource", "unit"])
+        used = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer used (MiB).",
+                                 labels=["namespace", "pod", "container", "gpu"])
+        free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer free (MiB).",
+                                 labels=["namespace", "pod", "container", "gpu"])
         for pod in self.pods:
             g.add_metric([self.ns, pod, "main", "memory", "byte"], LIMIT)
+            used.add_metric([self.ns, pod, "main", "0"], 30_000.0)
+            free.add_metric([self.ns, pod, "main", "0"], 51_000.0)
         yield g
+        yield used
+        yield free
 
 
 @pytest.mark.stack
@@ -232,6 +241,7 @@ def test_every_query_returns_series_when_prometheus_scrapes_a_podguard_daemon(
         assert GIB < trend < LIMIT
         assert value("Memory vs limit, fitted trend/B") == LIMIT
         assert value("Memory vs limit, fitted trend/D") > trend
+        assert value("GPU memory vs card (GPU leaks)/B") == 81_000.0
         assert {r["metric"]["pod"] for r in local_prometheus.query(
             f'podguard_pod_score{{namespace="{ns}"}}')} == {"leaky"}
         assert [r["metric"]["pod"] for r in got["$pod"] if r["metric"]["namespace"] == ns] \

@@ -22,6 +22,13 @@ nothing else:
 - the models claim carries ``helm.sh/resource-policy: keep`` (``helm uninstall`` keeps the
   trained models).
 
+(The order of a container's ports is not compared: Kustomize puts a patch's ports first.)
+What the remediate overlay adds besides its ClusterRole and settings (objects such as a Role
+for its records or admission policies, extra daemon ports) reaches the chart the same way,
+as generated files (``files/remediate/``) that ``templates/remediate.yaml`` moves into the
+release's namespace and names; so any change of the overlays either shows up in the chart
+after ``chart-files --write`` or fails these tests.
+
 The install test runs ``helm install`` against the local real control plane (kube-apiserver
 1.35, three kwok nodes): the DaemonSet runs one pod per node, the RBAC objects are the
 rendered ones; ``helm uninstall`` removes everything but the kept claim, which the test
@@ -114,12 +121,15 @@ def normalised(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
         if d["kind"] == "DaemonSet":
             tmeta = d["spec"]["template"]["metadata"]
             tmeta.get("annotations", {}).pop("checksum/config", None)
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                c["ports"] = sorted(c.get("ports", []), key=lambda p: p["name"])  # a set
             for v in d["spec"]["template"]["spec"]["volumes"]:
                 if "configMap" in v:
                     v["configMap"]["name"] = "podguard-config"
         for m in (meta, d.get("spec", {}).get("template", {}).get("metadata", {})):
-            if m.get("annotations") == {}:
-                del m["annotations"]
+            for k in ("annotations", "labels"):
+                if m.get(k) == {}:
+                    del m[k]
         out[(d["kind"], meta["name"])] = d
     return out
 
@@ -154,11 +164,16 @@ def test_helm_lint(values: Doc, tmp_path: Path) -> None:
     assert "1 chart(s) linted, 0 chart(s) failed" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"mode": "fix-everything"}, "mode must be alert-only or remediate"),
-    ({"models": {"persistence": {"accessMode": "ReadOnlyMany"}}}, "accessMode must be"),
-    ({"prometheus": {"url": ""}}, "prometheus.url is required"),
+@pytest.mark.parametrize(("values", "message"), [  # values.schema.json, then the templates
+    ({"mode": "fix-everything"}, "at '/mode': value must be one of 'alert-only', 'remediate'"),
+    ({"models": {"persistence": {"accessMode": "ReadOnlyMany"}}},
+     "at '/models/persistence/accessMode': value must be one of"),
+    ({"prometheus": {"url": ""}}, "at '/prometheus/url'"),
+    ({"prometheus": {"auth": {"bearerToken": "x"}}}, "additional properties 'bearerToken'"),
+    ({"alertmanager": {"urls": "http://am:9093"}}, "at '/alertmanager/urls'"),
     ({"prometheus": {"auth": {"bearerTokenKey": "token"}}}, "existingSecret, which is empty"),
+    ({"prometheus": {"auth": {"username": "u", "existingSecret": "s"}}},
+     "username needs prometheus.auth.passwordKey"),
 ])
 def test_bad_values_are_refused_with_what_is_wrong(values: Doc, message: str) -> None:
     with pytest.raises(render.StackError, match=message):
@@ -308,6 +323,19 @@ def test_helm_install_on_the_real_control_plane(kube: Kube, crds: list[Doc], mod
             (mode == "remediate")
         status = helm("status", release, "--namespace", ns, kubeconfig=kube.kubeconfig)
         assert "STATUS: deployed" in status.stdout
+        if mode == "alert-only":  # switching modes is one `helm upgrade`
+            before = ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            helm("upgrade", release, str(render.CHART), "--namespace", ns, "--reuse-values",
+                 "--set", "mode=remediate", kubeconfig=kube.kubeconfig)
+            role = d_(rbac_api.read_cluster_role(release))
+            assert [{"apiGroups": x["api_groups"], "resources": x["resources"],
+                     "verbs": x["verbs"]} for x in role["rules"]] == \
+                one(kustomized("remediate"), "ClusterRole")["rules"]
+            cm = d_(core.read_namespaced_config_map(f"{release}-config", ns))
+            assert yaml.safe_load(cm["data"]["config.yaml"])["remediation"]["enabled"] is True
+            after = d_(apps.read_namespaced_daemon_set(release, ns))["spec"]["template"][
+                "metadata"]["annotations"]["checksum/config"]
+            assert after != before  # the pods roll with the new settings
     finally:
         helm("uninstall", release, "--namespace", ns, kubeconfig=kube.kubeconfig,
              check=False)

@@ -146,8 +146,12 @@ class UnivariateDetector:
             return self.thresholds[family]
         return self.default_threshold
 
-    def new_state(self, n: int) -> SeriesState:
-        return SeriesState.empty(n, self.config.short_points, self.config.quantile_window)
+    def new_state(self, n: int, points: int | None = None) -> SeriesState:
+        """A fresh state for ``n`` series; ``points``: how many points it will see at most
+        (a shorter quantile buffer, same results, when that is below ``quantile_window``)."""
+        w = self.config.quantile_window if points is None else min(points,
+                                                                     self.config.quantile_window)
+        return SeriesState.empty(n, self.config.short_points, max(w, 1))
 
     def step(self, state: SeriesState, x: np.ndarray, threshold: np.ndarray | float
              ) -> Judgement:
@@ -164,7 +168,8 @@ class UnivariateDetector:
         recent[ok, :-1] = recent[ok, 1:]
         recent[ok, -1] = x[ok]
         with np.errstate(invalid="ignore", divide="ignore"):
-            value = np.nanmean(recent, axis=1) if c.short_points > 1 else recent[:, 0].copy()
+            have = np.isfinite(recent)
+            value = np.where(have, recent, 0.0).sum(axis=1) / have.sum(axis=1)
             floor = np.maximum(c.scale_floor * state.slow_scale, 1e-12 * (np.abs(state.level)
                                                                           + 1e-12))
             sc = np.maximum(state.scale, floor)
@@ -196,14 +201,15 @@ class UnivariateDetector:
         keep = ok & (state.count >= c.warmup_points) & ~flagged & np.isfinite(z)
         rows = np.flatnonzero(keep)
         if rows.size:
-            state.zs[rows, state.zs_count[rows] % c.quantile_window] = z[rows]
+            state.zs[rows, state.zs_count[rows] % state.zs.shape[1]] = z[rows]
             state.zs_count[rows] += 1
         state.count = state.count + ok
         state.run = np.where(flagged, state.run + 1, np.where(ok, 0, state.run))
         state.since_flag = np.where(flagged, 0, state.since_flag + ok)
-        return Judgement(score=score, threshold=thr.copy(), is_anomaly=flagged, value=value,
+        # (state.level and state.run were rebound above, so only ``recent`` needs a copy)
+        return Judgement(score=score, threshold=np.array(thr), is_anomaly=flagged, value=value,
                          level=state.level - np.where(learn, a * w * rc, 0.0),
-                         sigma=sc * _SIGMA_PER_MAD, run_points=state.run.copy(),
+                         sigma=sc * _SIGMA_PER_MAD, run_points=state.run,
                          recent=recent.copy(), q=q)
 
     def run(self, x: np.ndarray, threshold: np.ndarray | float | None = None
@@ -214,7 +220,7 @@ class UnivariateDetector:
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         n, T = x.shape
         thr = self.default_threshold if threshold is None else threshold
-        st = self.new_state(n)
+        st = self.new_state(n, T)
         score = np.full((n, T), np.nan)
         flagged = np.zeros((n, T), dtype=bool)
         last = None
@@ -319,11 +325,13 @@ def _buffer_quantile(zs: np.ndarray, count: np.ndarray, p: float) -> np.ndarray:
     n, w = zs.shape
     filled = np.minimum(count, w)
     out = np.full(n, np.nan)
-    rows = np.flatnonzero(filled > 0)
-    if rows.size:
-        srt = np.sort(zs[rows], axis=1)  # -inf (unfilled) first
-        k = np.ceil(p * (filled[rows] - 1)).astype(np.int64)  # index among the filled ones
-        out[rows] = srt[np.arange(rows.size), w - filled[rows] + k]
+    # per distinct fill count (usually one: series of a batch advance together), the element
+    # of rank w - filled + k, k = ceil(p (filled - 1)), among the row's values in rising order
+    # (-inf, i.e. unfilled, first)
+    for f in np.unique(filled[filled > 0]).tolist():
+        rows = np.flatnonzero(filled == f)
+        rank = w - f + math.ceil(p * (f - 1))
+        out[rows] = np.partition(zs[rows], rank, axis=1)[:, rank]
     return out
 
 
