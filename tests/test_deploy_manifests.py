@@ -96,11 +96,15 @@ def test_base_needs_no_crds_overlays_add_the_monitoring_objects() -> None:
     base = {d["kind"] for d in build(render.BASE)}
     assert base == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                     "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob"}
+    # remediate adds podguard's records Role and the admission policies (detector/remediation)
+    extra = {"remediate": {"Role", "RoleBinding", "ValidatingAdmissionPolicy",
+                           "ValidatingAdmissionPolicyBinding"}}
     for name in OVERLAYS:
         kinds = [d["kind"] for d in overlay(name)]
-        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"}, name
+        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"} | extra.get(
+            name, set()), name
         assert all(d["metadata"].get("namespace") == "podguard" for d in overlay(name)
-                   if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
+                   if d["kind"] not in CLUSTER_KINDS)
 
 
 def test_images_are_this_version_cpu_for_the_daemon_cuda_for_training() -> None:
@@ -521,7 +525,8 @@ def apply(kube: Kube, docs: list[Doc], *, dry_run: bool) -> list[Doc]:
 
 
 CLUSTER_KINDS = ("Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                 "CustomResourceDefinition")
+                 "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                 "ValidatingAdmissionPolicyBinding")
 
 
 def delete_installation(kube: Kube, docs: list[Doc]) -> None:
