@@ -271,8 +271,8 @@ def test_only_the_pod_itself_with_the_fresh_id_can_acknowledge(cluster: Cluster,
             return s.post(server.url + path, json=body or {}, timeout=10,
                           headers={"Authorization": f"Bearer {token}"})
 
-        answer = {"kind": "checkpoint", "id": rid, "result": {"path": "/does/not/exist.pt",
-                                                              "step": 1}}
+        answer: dict[str, Any] = {"kind": "checkpoint", "id": rid,
+                                  "result": {"path": "/does/not/exist.pt", "step": 1}}
         thief_token = pod_token(cluster.kube.api, thief)
         assert call("/v1/requests", thief_token).json() == {"requests": []}
         r = call("/v1/answers", thief_token, answer)
@@ -333,9 +333,9 @@ def test_admission_policy_confines_the_daemon_to_its_own_node(kube: Kube) -> Non
                                            namespace=ns)]))
         for doc in policies:
             if doc["kind"] == "ValidatingAdmissionPolicy":
-                adm.create_validating_admission_policy(doc)
+                adm.create_validating_admission_policy(doc)  # type: ignore[arg-type]
             else:
-                adm.create_validating_admission_policy_binding(doc)
+                adm.create_validating_admission_policy_binding(doc)  # type: ignore[arg-type]
 
         def pod(name: str, node: str, account: str = "default") -> client.V1Pod:
             core.create_namespaced_pod(ns, client.V1Pod(
