@@ -32,8 +32,9 @@ another node, resumed at the saved step, no completed step lost), ``restart`` (t
 SIGKILLed after the trainer received its checkpoint request and started again before the
 trainer answers: the same remediation, with the request handed over before the crash,
 finishes once), ``pdb`` (a PodDisruptionBudget blocks: 429, retried, an Event, never
-forced; evicted once the PDB is gone), ``noack`` (the trainer never answers: no eviction, the alert escalates to critical). Measured figures are written to
-``<tmp>/e2e-figures.json`` and printed.
+forced; evicted once the PDB is gone), ``noack`` (the trainer never answers: no eviction,
+the alert escalates to critical). Measured figures are written to ``<tmp>/e2e-figures.json``
+and printed.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ cAdvisor does, so a recreated pod with the same name is a new series).
 It honours podguard's checkpoint requests with :class:`CheckpointResponder`, over podguard's
 pod channel (``--endpoint``) with the pod-bound token the kubelet shim wrote for it
 (``--token-file``, audience podguard; the pod has no Kubernetes API access): it saves
-model, optimizer and step to its volume directory, acknowledges, then holds (no further step) until it is stopped. At start it resumes
-from the newest checkpoint in that directory. Every completed step is appended to
+model, optimizer and step to its volume directory, acknowledges, then holds (no further
+step) until it is stopped. At start it resumes from the newest checkpoint in that directory. Every completed step is appended to
 ``<data>/steps.log`` as ``<pod uid> <step>``, and lifecycle events to ``<data>/trainer.jsonl``,
 so the test can prove that no completed step was lost.
 
