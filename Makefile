@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podguard-installed
 
-.PHONY: demo demo-replay test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean
+.PHONY: demo demo-replay test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak
 
 # The virtual environment is built once from the exact lock and reused: torch is a
 # multi-GB download, so it is only reinstalled when requirements.lock changes.
@@ -47,6 +47,11 @@ demo-replay: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m detector bench
+
+# The real-node soak (~60 min, root): a dozen real workloads under real memory limits, killed by
+# the kernel; podguard's first verdicts and the predict_linear rule side by side per workload.
+soak: prepare
+	$(PY) -m deploy.local.node_soak --minutes $(or $(SOAK_MINUTES),60)
 
 # The full Exathlon benchmark when it lies beside the checkout (EXATHLON_DIR=... to point
 # elsewhere), else the 3-run excerpt shipped in data/exathlon.

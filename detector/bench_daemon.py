@@ -435,9 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a._watch_child is not None:
         _watch_child(a._watch_child, a.pods, a.backfill_chunk_s)
         return 0
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a scikit-learn dependency: not in the daemon's runtime set
+        pass
+    else:
+        threadpool_limits(1)
     skip = set(a.skip.split(","))
     results: dict[str, Any] = {}
     if "ingest" not in skip:

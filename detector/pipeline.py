@@ -8,7 +8,9 @@ Decision order for a window that is not stale:
 1. the leak detector (robust trend on memory) flags it -> ``memory_leak`` or
    ``gpu_memory_leak`` (by the channel that leaks), with the leak rate and time to OOM;
 2. else the drift detector (autoencoder + isolation forest) flags it -> ``drift``;
-3. else ``none``.
+3. else a custom metric of the pod (``batch.extra``, outside the built-in channels) is far
+   from its own baseline (:mod:`detector.models.univariate`) -> ``metric_anomaly``;
+4. else ``none``.
 
 A pod must be flagged on ``confirm_steps`` consecutive evaluations before ``is_anomaly``
 turns true (one noisy window does not page anybody). Positive verdicts carry SHAP
@@ -30,6 +32,7 @@ from detector import explain as xp
 from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
 from detector.models.trend import LeakReport, TrendDetector
+from detector.models.univariate import Judgement, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
 from detector.windows import PodKey, WindowBatch
@@ -47,6 +50,7 @@ class Pipeline:
     drift: DriftDetector
     settings: DetectionSettings = field(default_factory=DetectionSettings)
     version: str = "unversioned"
+    univariate: UnivariateDetector = field(default_factory=UnivariateDetector)
     _pods: dict[PodKey, _PodState] = field(default_factory=dict, repr=False)
 
     # -- construction -------------------------------------------------------------------
@@ -62,6 +66,7 @@ class Pipeline:
             drift=bundle.drift,
             settings=settings or DetectionSettings(),
             version=str(bundle.card.get("version", "unknown")),
+            univariate=_univariate_of(bundle.card),
         )
 
     def drift_features(self, batch: WindowBatch) -> np.ndarray:
@@ -95,6 +100,7 @@ class Pipeline:
         far = np.isfinite(tto_all) & (tto_all > self.settings.leak_horizon_s)
         raw_leak = leak.is_anomaly & ~stale & ~far
         raw_drift = drift.is_anomaly & ~stale & ~raw_leak
+        metric = _judge_extra(self.univariate, batch, ~stale & ~raw_leak & ~raw_drift)
 
         verdicts: list[Verdict] = []
         explain_leak: list[int] = []
@@ -106,6 +112,8 @@ class Pipeline:
                 kind = "gpu_memory_leak" if report.channel[i] == "gpu_fb_used" else "memory_leak"
             elif raw_drift[i]:
                 kind = "drift"
+            elif metric is not None and metric.flagged[i]:
+                kind = "metric_anomaly"
             if kind == "none":
                 st.streak, st.kind = 0, "none"
             elif kind == st.kind:
@@ -117,11 +125,16 @@ class Pipeline:
                 score, thr = float(leak.score[i]), leak.threshold
             elif kind == "drift":
                 score, thr = float(drift.score[i]), drift.threshold
+            elif kind == "metric_anomaly" and metric is not None:
+                score, thr = float(metric.score[i]), float(metric.threshold[i])
             else:  # report whichever detector is closest to its threshold
                 lr = _ratio(float(leak.score[i]), leak.threshold)
                 dr = _ratio(float(drift.score[i]), drift.threshold)
                 score, thr = ((float(leak.score[i]), leak.threshold) if lr >= dr
                               else (float(drift.score[i]), drift.threshold))
+                if metric is not None and _ratio(float(metric.score[i]), float(
+                        metric.threshold[i])) > max(lr, dr):
+                    score, thr = float(metric.score[i]), float(metric.threshold[i])
             tto = rng = rate = None
             if kind in ("memory_leak", "gpu_memory_leak"):
                 tto = _finite(report.time_to_oom_s[i])
@@ -135,7 +148,10 @@ class Pipeline:
                 time_to_oom_range_s=rng if positive else None,
                 leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
             ))
-            if positive and self.settings.explain:
+            if positive and self.settings.explain and kind == "metric_anomaly" and metric:
+                text, values = metric.explain(self.univariate, i, batch.step_s)
+                verdicts[i] = _with_explanation(verdicts[i], text, values)
+            elif positive and self.settings.explain:
                 (explain_leak if kind != "drift" else explain_drift).append(i)
 
         if explain_leak:
@@ -174,6 +190,74 @@ class Pipeline:
 
 
 _SUBJECT = {"mem_working_set": "working set", "mem_rss": "RSS", "gpu_fb_used": "GPU memory"}
+
+
+@dataclass(frozen=True)
+class _ExtraVerdicts:
+    """The custom metrics' judgement of each window: the most anomalous metric of each."""
+
+    flagged: np.ndarray  # (n,) bool
+    score: np.ndarray  # (n,) of the chosen metric (NaN: none judged)
+    threshold: np.ndarray  # (n,)
+    metric: list[str | None]  # the chosen metric of each window
+    judgements: dict[str, Judgement]
+
+    def explain(self, det: UnivariateDetector, i: int, step_s: float
+                ) -> tuple[str, dict[str, float]]:
+        name = self.metric[i]
+        assert name is not None
+        text, values = det.explain(name, self.judgements[name], i, step_s=step_s)
+        return "custom metric anomaly: " + text, values
+
+
+def _judge_extra(det: UnivariateDetector, batch: WindowBatch, eligible: np.ndarray
+                 ) -> _ExtraVerdicts | None:
+    """Each custom metric of ``batch.extra`` through ``det``, causally over its window (a
+    fresh state per window: the verdict depends on the window alone, as in replay); per
+    window the metric furthest above its family's threshold. ``None`` without custom
+    metrics."""
+    if not batch.extra:
+        return None
+    n = len(batch)
+    best = np.full(n, -np.inf)
+    out = _ExtraVerdicts(flagged=np.zeros(n, bool), score=np.full(n, np.nan),
+                         threshold=np.full(n, det.default_threshold), metric=[None] * n,
+                         judgements={})
+    for name in sorted(batch.extra):
+        x = np.asarray(batch.extra[name], dtype=np.float64)
+        rows = np.flatnonzero(eligible & np.isfinite(x[:, -1]))
+        if rows.size == 0:
+            continue
+        thr = det.threshold_for(name)
+        _, _, j = det.run(x[rows], thr)
+        if j is None:
+            continue
+        full = Judgement(**{f: _scatter(getattr(j, f), rows, n) for f in j.__dataclass_fields__})
+        out.judgements[name] = full
+        ratio = np.where(np.isfinite(full.score), full.score / thr, -np.inf)
+        better = ratio > best
+        best = np.where(better, ratio, best)
+        out.score[better] = full.score[better]
+        out.threshold[better] = thr
+        out.flagged[:] = np.where(better, full.is_anomaly, out.flagged)
+        for i in np.flatnonzero(better).tolist():
+            out.metric[i] = name
+    return out
+
+
+def _scatter(a: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.full((n, *a.shape[1:]), False if a.dtype == bool else np.nan,
+                  dtype=a.dtype if a.dtype == bool else np.float64)
+    out[rows] = a
+    return out
+
+
+def _univariate_of(card: dict) -> UnivariateDetector:
+    """The custom-metric detector a bundle's card carries (key ``univariate``, the JSON state
+    of :class:`UnivariateDetector`); a bundle without one gets the defaults (every family
+    at :data:`detector.models.univariate.DEFAULT_THRESHOLD`)."""
+    state = card.get("univariate")
+    return UnivariateDetector() if state is None else UnivariateDetector.from_state(state)
 
 
 def select_features(batch: WindowBatch, names: tuple[str, ...]) -> np.ndarray:

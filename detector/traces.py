@@ -82,6 +82,15 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
+def _need_pyarrow(path: Path) -> None:
+    """Parquet needs pyarrow, which the daemon's runtime set leaves out (podguard[train])."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise InputError(f"{path}: Parquet traces need pyarrow (pip install 'podguard[train]'); "
+                         f"CSV traces (.csv, .csv.gz) need nothing more")
+
+
 def validate_trace(df: pd.DataFrame, *, source: str = "<frame>") -> pd.DataFrame:
     """A copy of ``df`` in canonical trace form, or :class:`InputError` naming what is wrong.
 
@@ -277,6 +286,8 @@ def load_trace(path: str | os.PathLike[str]) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise InputError(f"trace file {p} does not exist")
+    if _is_parquet(p):
+        _need_pyarrow(p)
     try:
         if _is_parquet(p):
             df = pd.read_parquet(p)
@@ -302,6 +313,8 @@ def save_trace(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path)
     frame = validate_trace(df, source=str(p))
+    if _is_parquet(p):
+        _need_pyarrow(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)

@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["memory_leak", "gpu_memory_leak", "drift", "none"]
-KINDS: tuple[Kind, ...] = ("memory_leak", "gpu_memory_leak", "drift", "none")
+Kind = Literal["memory_leak", "gpu_memory_leak", "drift", "metric_anomaly", "none"]
+KINDS: tuple[Kind, ...] = ("memory_leak", "gpu_memory_leak", "drift", "metric_anomaly", "none")
+# metric_anomaly: a custom metric (outside the built-in channels) far from its own baseline,
+# judged by detector.models.univariate when no built-in detector fired
 
 
 @dataclass(frozen=True)

@@ -581,3 +581,33 @@ def test_escalation_through_the_shipped_route_is_one_group_without_resolve_or_re
         sink.close()
         am.stop(tmp_path)
         hook.close()
+
+
+def test_a_restarted_sink_adopts_an_escalated_incident_whole(
+        local_alertmanager: AlertmanagerHandle, ns: str) -> None:
+    """Both alerts of an escalated incident are adopted as one incident: re-sent with their
+    labels and startsAt unchanged, not escalated twice, and resolved together."""
+    first = AlertmanagerSink([local_alertmanager.url], settings=settings(), background=False)
+    first.send([verdict(ns, tto=20 * 3600.0)])
+    first.send([verdict(ns, tto=600.0)])
+    assert first.flush(10)
+    before = _by_severity(alerts_at(local_alertmanager.url, ns))
+    assert set(before) == {"warning", "critical"}
+    second = AlertmanagerSink([local_alertmanager.url], settings=settings(resend_interval_s=0.1),
+                              background=False, adopt_matchers=[f'namespace="{ns}"'])
+    second.send([])
+    assert [a["severity"] for a in second.alerts()[(ns, "trainer-0")]] == ["warning", "critical"]
+    time.sleep(0.2)
+    second.send([verdict(ns, tto=500.0)])  # the incident goes on under the new process
+    second.escalate(ns, "trainer-0", "blocked")  # already critical: nothing new fires
+    assert second.flush(10)
+    after = _by_severity(alerts_at(local_alertmanager.url, ns))
+    assert set(after) == {"warning", "critical"}
+    for sev in after:
+        assert after[sev]["labels"] == before[sev]["labels"]
+        assert after[sev]["startsAt"] == before[sev]["startsAt"]
+    assert after["critical"]["annotations"]["time_to_oom_seconds"] == "500"
+    for _ in range(2):
+        second.send([verdict(ns, anomaly=False)])
+    assert second.flush(10)
+    assert alerts_at(local_alertmanager.url, ns) == []

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from detector.models.store import CARD, promote
+from detector.models.store import CARD, card_digest, promote
 from detector.pipeline import default_model_dir
 from detector.runtime.build import make_engine
 from detector.runtime.daemon import Daemon
@@ -89,6 +89,8 @@ def _model_root(tmp: Path, *versions: str) -> Path:
         card = json.loads((root / v / CARD).read_text())
         card["version"] = v
         card["created"] = datetime.fromtimestamp(_created(v), UTC).isoformat()
+        if "card_sha256" in card:
+            card["card_sha256"] = card_digest(card)  # re-sealed: a deliberate new card
         (root / v / CARD).write_text(json.dumps(card))
     promote(root, versions[0])
     return root

@@ -143,3 +143,28 @@ def test_corpus_reader_names_bad_input(tmp_path: Path) -> None:
     p.write_text(p.read_text().replace(",3\n", ",oops\n", 1))
     with pytest.raises(InputError, match="not a finite number"):
         nab.load_corpus(tmp_path)
+
+
+def test_evaluate_nab_command_on_a_tiny_corpus(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from detector import nab_eval
+    from detector.cli import main
+
+    _write_corpus(tmp_path)
+    res = tmp_path / "results" / "ARTime" / "sub"
+    res.mkdir(parents=True)
+    (f,) = nab.load_corpus(tmp_path)
+    rows = "\n".join(f"{str(t).replace('T', ' ')},{1.0 if i == 60 else 0.0}"
+                     for i, t in enumerate(f.timestamps))
+    (res / "ARTime_a.csv").write_text("timestamp,anomaly_score\n" + rows + "\n")
+    (tmp_path / "results" / "thresholds.json").write_text(
+        json.dumps({"ARTime": {"standard": {"threshold": 0.5}}}))
+    published = nab_eval.published_rows(tmp_path, [f])
+    assert published[0].scores["total"].score == pytest.approx(100.0)  # flags the window start
+    # the README's figures are not this corpus's: the command says so and exits 1
+    assert main(["evaluate", "--nab", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "| podguard univariate |" in out and "NOT reproduced" in out
+    written = json.loads((tmp_path / "out" / "nab.json").read_text())
+    assert written["rows"][1]["detector"] == "ARTime"
+    assert main(["evaluate", "--nab", str(tmp_path / "missing")]) == 2

@@ -211,7 +211,8 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     log = setup_logging(fmt=settings.runtime.log_format, level=settings.runtime.log_level)
     registry = CollectorRegistry()
     view = StateView()
-    metrics = DaemonMetrics(registry, view)
+    metrics = DaemonMetrics(registry, view, pod_min_ratio=settings.server.pod_metrics_min_ratio,
+                            pod_max=settings.server.pod_metrics_max_pods)
     watcher = ModelWatcher(settings.model.root or None, detection=settings.detection,
                            logger=log.getChild("model"), watch_s=settings.model.watch_s)
     pipeline = watcher.load()
@@ -226,7 +227,9 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
                                registry=registry, healthy=daemon.healthy,
-                               ready=daemon.ready).start()
+                               ready=daemon.ready, timeout_s=settings.server.timeout_s,
+                               max_connections=settings.server.max_connections,
+                               logger=log.getChild("http")).start()
         log.info("serving /metrics /healthz /readyz", extra={"url": server.url})
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -312,6 +312,7 @@ class Daemon:
         for k, n in kinds.items():
             self.metrics.verdicts.labels(k).inc(n)
         self.view.flagged = flagged
+        self.view.verdicts = {(p.namespace, p.pod): p for p in shown if not p.stale}
         pods = set(self.engine.pods())
         for key in set(self.pipeline.known_pods()) - pods:
             self.pipeline.forget(key)

@@ -34,8 +34,11 @@ healthy or gone.
 Delivery: every alert goes to each URL (an HA pair of Alertmanagers gets both). Each URL has
 its own bounded queue (``queue_max``, coalesced by label set: a newer state of an alert
 replaces the queued one) and its own background thread, so one Alertmanager down does not
-delay the other. A failed POST (connection error, 429, 5xx) is retried over the finite
-``backoff_s`` list honouring ``Retry-After`` and logging "attempt n/N"; after the last
+delay the other. Requests go through :mod:`detector.transport.http` (TLS verified; client
+certificate, bearer token or basic auth and extra headers from ``alertmanager_http``). A
+failed POST (connection error, 429, 5xx) is retried by the one retry policy
+(:mod:`detector.transport.retry`) over the finite ``backoff_s`` list honouring ``Retry-After``
+and logging "attempt n/N"; after the last
 attempt the alerts stay queued and a new round starts later, so nothing accepted is lost
 while the queue has room (overflow drops the oldest and counts them). A 4xx other than 429 is
 permanent: those alerts are dropped and counted as rejected. ``flush`` waits until every
@@ -55,12 +58,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from detector.errors import PermanentError, ServiceUnavailableError, TemporaryError
+from detector.errors import (
+    AuthError,
+    ConfigError,
+    PermanentError,
+    PodguardError,
+    TemporaryError,
+    TlsError,
+)
 from detector.explain import format_duration
 from detector.settings import AlertingSettings
+from detector.transport.http import LOOPBACK_HOSTS, HttpClient, build_session
+from detector.transport.retry import retrying
 from detector.verdicts import Verdict
 
 log = logging.getLogger("podguard.sinks.alertmanager")
@@ -84,12 +97,8 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    raw = resp.headers.get("Retry-After")
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
+class _Closing(Exception):
+    """Raised out of a backoff wait when the sink is closing."""
 
 
 def _rank(severity: str) -> int:
@@ -128,6 +137,7 @@ class _Active:
 @dataclass
 class _Target:
     url: str
+    client: HttpClient
     pending: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
@@ -161,10 +171,16 @@ class AlertmanagerSink:
         self.clock = clock
         self._sleep = sleep  # injected (fake time in tests); None: real waits, interruptible
         self.generator_url = generator_url
-        self.session = session or requests.Session()
-        if session is None:
-            self.session.trust_env = False  # no proxy between us and Alertmanager
-        self.targets = [_Target(u.rstrip("/")) for u in urls]
+        where = "alerting.alertmanager_http"
+        if session is None:  # one session (TLS, auth, headers) shared by every URL
+            session = build_session(settings.alertmanager_http, where=where,
+                                    url=urls[0] if len(urls) == 1 else "")
+            if all((urlsplit(u).hostname or "") in LOOPBACK_HOSTS for u in urls):
+                session.trust_env = False  # no proxy between us and a loopback Alertmanager
+        self.session = session
+        self.targets = [_Target(u.rstrip("/"), HttpClient(
+            u, settings.alertmanager_http, where=where, timeout_s=settings.timeout_s,
+            session=session)) for u in urls]
         self._active: dict[tuple[str, str], _Active] = {}
         self._escalated: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
@@ -237,14 +253,13 @@ class AlertmanagerSink:
         now = self.clock()
         for t in self.targets:
             try:
-                resp = self.session.get(
-                    f"{t.url}/api/v2/alerts",
+                resp = t.client.request(
+                    "GET", "/api/v2/alerts",
                     params={"active": "true", "silenced": "true", "inhibited": "true",
                             "filter": filters},
-                    timeout=min(self.settings.timeout_s, 3.0))
-                resp.raise_for_status()
+                    timeout_s=min(self.settings.timeout_s, 3.0))
                 found = resp.json()
-            except (requests.RequestException, ValueError) as e:
+            except (PodguardError, ValueError) as e:
                 self.log.info("could not adopt alerts from %s: %s", t.url, e)
                 continue
             n = 0
@@ -482,19 +497,10 @@ class AlertmanagerSink:
                 t.idle.clear()
             t.wake.set()
 
-    def _post(self, url: str, alerts: list[dict[str, Any]]) -> None:
-        endpoint = f"{url}/api/v2/alerts"
-        try:
-            resp = self.session.post(endpoint, json=alerts, timeout=self.settings.timeout_s)
-        except requests.RequestException as e:
-            raise ServiceUnavailableError(f"POST {endpoint}: no answer: {e}") from e
-        if resp.status_code == 200:
-            return
-        text = resp.text[:300]
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise ServiceUnavailableError(f"POST {endpoint}: HTTP {resp.status_code}: {text}",
-                                          delay=_retry_after(resp))
-        raise PermanentError(f"POST {endpoint}: HTTP {resp.status_code}: {text}")
+    def _post(self, t: _Target, alerts: list[dict[str, Any]]) -> None:
+        """One POST; TemporaryError (no answer, 429, 5xx with Retry-After) or PermanentError
+        (other 4xx, bad credentials, a certificate that does not verify)."""
+        t.client.request("POST", "/api/v2/alerts", json=alerts)
 
     def _wait(self, seconds: float) -> bool:
         """Waits (fake time if a sleep was injected); True when the sink is closing."""
@@ -503,39 +509,49 @@ class AlertmanagerSink:
             return self._stop.is_set()
         return self._stop.wait(seconds)
 
+    def _backoff_wait(self, seconds: float) -> None:
+        if self._wait(seconds):
+            raise _Closing
+
     def deliver(self, t: _Target) -> bool:
-        """One delivery round to ``t``: True when its queue is empty afterwards."""
-        delays = list(self.settings.backoff_s)
-        attempts = len(delays) + 1
-        attempt = 1
+        """One delivery round to ``t``: True when its queue is empty afterwards. Each batch
+        is retried by the one retry policy (:func:`detector.transport.retry.retrying`) over
+        ``backoff_s``; a permanent refusal drops the batch (counted as rejected)."""
+        attempts = len(self.settings.backoff_s) + 1
         while True:
             with t.lock:
                 batch = list(t.pending.items())[: self.settings.batch_max]
             if not batch:
                 return True
+
+            def post(batch: list[tuple[str, dict[str, Any]]] = batch) -> None:
+                try:
+                    self._post(t, [a for _, a in batch])
+                except TemporaryError:
+                    t.failures += 1
+                    raise
+
             try:
-                self._post(t.url, [a for _, a in batch])
+                retrying(post, delays=self.settings.backoff_s, what=f"alerts to {t.url}",
+                         log=self.log, sleep=self._backoff_wait)
+            except _Closing:
+                return False
+            except (AuthError, TlsError, ConfigError) as e:  # our side is wrong, not the alerts
+                t.failures += 1
+                self.log.error("%s; %d alert(s) stay queued until this is fixed", e,
+                               len(t.pending))
+                return False
             except PermanentError as e:
                 self.log.error("%s; dropping %d alert(s)", e, len(batch))
                 self._take(t, batch)
                 t.rejected += len(batch)
                 continue
             except TemporaryError as e:
-                t.failures += 1
-                if attempt >= attempts:
-                    self.log.warning("%s; attempt %d/%d: giving up this round, %d alert(s) stay "
-                                "queued", e, attempt, attempts, len(t.pending))
-                    return False
-                delay = max(delays[attempt - 1], e.delay or 0.0)
-                self.log.warning("%s; attempt %d/%d, retrying in %.1f s", e, attempt, attempts,
-                            delay)
-                attempt += 1
-                if self._wait(delay):
-                    return False
-                continue
+                self.log.warning("%s; attempt %d/%d: giving up this round, %d alert(s) stay "
+                                 "queued", e, attempts, attempts, len(t.pending))
+                return False
             self._take(t, batch)
             t.sent += len(batch)
-            attempt = 1
 
     @staticmethod
     def _take(t: _Target, batch: list[tuple[str, dict[str, Any]]]) -> None:

@@ -14,7 +14,8 @@ the reasons (:func:`~detector.sources.kafka_codec.dead_letter_record`); its offs
 only once the dead-letter copy is acknowledged by the broker, so nothing is lost silently.
 A bad record never raises and never stalls its partition. While the broker is away the
 consumer reconnects by itself and commits are retried on the next step (finite backoff per
-attempt, pending offsets kept and merged).
+attempt, pending offsets kept and merged). TLS and SASL (SCRAM) come from
+``sources.kafka.security`` (:mod:`detector.transport.kafka`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener
 
-from detector.errors import ConfigError, ServiceUnavailableError
+from detector.errors import ConfigError
 from detector.settings import KafkaSourceSettings
 from detector.sources.base import Delivery, SourceStatus, next_wait
 from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
+from detector.transport.kafka import classify, client_config
+from detector.transport.retry import retrying
 
 
 @dataclass
@@ -76,23 +79,21 @@ class KafkaSource:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Connects (retrying along ``backoff_s``); ServiceUnavailableError if it cannot."""
-        attempts = len(self.settings.backoff_s) + 1
-        for attempt in range(attempts):
+        """Connects, retried by the one retry policy along ``backoff_s``:
+        ServiceUnavailableError if the brokers never answer; AuthError or TlsError at once
+        when they refuse the credentials or the certificate does not verify."""
+        servers = ", ".join(self.settings.bootstrap_servers)
+
+        def connect() -> None:
             try:
                 self._connect()
-                return
-            except Exception as e:  # NoBrokersAvailable, connection errors
+            except Exception as e:  # NoBrokersAvailable, connection, SASL and TLS errors
                 self.close(timeout=1.0)
-                if attempt == attempts - 1:
-                    raise ServiceUnavailableError(
-                        f"Kafka at {', '.join(self.settings.bootstrap_servers)} did not answer "
-                        f"after {attempts} attempts: {e!r}") from e
-                wait = next_wait(self.settings.backoff_s, attempt)
-                self.log.warning("kafka not reachable; retrying",
-                                 extra={"attempt": attempt + 1, "of": attempts,
-                                        "retry_in_s": wait, "error": repr(e)})
-                time.sleep(wait)
+                raise classify(e, what=f"Kafka at {servers}",
+                               where="sources.kafka.security") from e
+
+        retrying(connect, delays=self.settings.backoff_s, what=f"connecting to Kafka at {servers}",
+                 log=self.log)
 
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
@@ -100,7 +101,8 @@ class KafkaSource:
         s = self.settings
         common = {"bootstrap_servers": list(s.bootstrap_servers), "client_id": s.client_id,
                   "request_timeout_ms": int(s.request_timeout_s * 1000),
-                  "reconnect_backoff_max_ms": 2000}
+                  "reconnect_backoff_max_ms": 2000,
+                  **client_config(s.security, where="sources.kafka.security")}
         self._consumer = KafkaConsumer(
             group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset=s.auto_offset_reset, max_poll_records=s.max_poll_records,

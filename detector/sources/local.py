@@ -107,6 +107,17 @@ class LocalSource:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        if self.workloads and self.python == sys.executable:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:
+                from detector.errors import ConfigError
+
+                raise ConfigError(
+                    "the embedded default's workloads are PyTorch training loops, and torch is "
+                    "not installed (the daemon's runtime set leaves it out): pip install "
+                    "'podguard[train]', set sources.local.healthy_workloads and leaky_workloads "
+                    "to 0, or configure a prometheus or kafka source")
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for w in self.workloads:

@@ -8,6 +8,9 @@ One fixture per service, so a test that needs only Prometheus does not wait for 
 - ``local_kafka`` -> :class:`KafkaHandle` (bootstrap address, admin client, restart)
 - ``local_kubernetes`` -> :class:`KubernetesHandle` (KUBECONFIG), when
   ``deploy/local/kubernetes.py`` exists
+- ``secure_prometheus`` (HTTPS + basic auth), ``secure_alertmanager`` (HTTPS + client
+  certificates): private instances started with ``--web.config.file``
+  (:mod:`deploy.local.web`), for the TLS and auth tests
 
 If a stack is already up (``PODGUARD_STACK_DIR`` or the pointer written by
 ``python -m deploy.local up``), its running services are reused and left running; services
@@ -39,6 +42,7 @@ from deploy.local._service import Service
 from deploy.local.alertmanager import Alertmanager
 from deploy.local.kafka import Kafka
 from deploy.local.prometheus import Prometheus
+from deploy.local.web import WebSecurity
 
 
 @dataclass
@@ -169,6 +173,43 @@ def local_alertmanager(local_stack: StackSession) -> AlertmanagerHandle:
     service = Alertmanager()
     local_stack.ensure(service)
     return ServiceHandle(service, local_stack.state)
+
+
+# --------------------------------------------------------------------------- TLS and auth
+
+
+def _private(tmp_path_factory: pytest.TempPathFactory, service: S, what: str
+             ) -> Iterator[ServiceHandle[S]]:
+    """``service`` in a state directory of its own, started here and stopped at the end."""
+    state = tmp_path_factory.mktemp(service.name + "-secure")
+    try:
+        service.prepare()
+        service.start(state)
+    except StackError as e:
+        pytest.fail(f"the local {service.name} {what} could not start: {e}\n"
+                    f"(its log: {state / (service.name + '.log')}); to install what it needs: "
+                    f"make prepare", pytrace=False)
+    try:
+        yield ServiceHandle(service, state)
+    finally:
+        service.stop(state)
+
+
+@pytest.fixture(scope="session")
+def secure_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusHandle]:
+    """A second real Prometheus behind ``--web.config.file``: HTTPS with a test CA and basic
+    auth (``handle.web_files()``: CA, user, password file)."""
+    yield from _private(tmp_path_factory, Prometheus(web=WebSecurity(
+        tls=True, basic_auth_user="podguard")), "with TLS and basic auth")
+
+
+@pytest.fixture(scope="session")
+def secure_alertmanager(tmp_path_factory: pytest.TempPathFactory
+                        ) -> Iterator[AlertmanagerHandle]:
+    """A second real Alertmanager behind ``--web.config.file``: HTTPS with a test CA that
+    requires a client certificate signed by it (``handle.web_files()``)."""
+    yield from _private(tmp_path_factory, Alertmanager(web=WebSecurity(
+        tls=True, client_certs="require")), "with mutual TLS")
 
 
 # --------------------------------------------------------------------------- Kafka

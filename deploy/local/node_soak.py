@@ -1,0 +1,97 @@
+"""The real-node soak, a benchmark (not a test): real workloads, real limits, real OOM kills.
+
+``make soak`` runs a dozen mixed workloads (:func:`deploy.local.node_record.soak_mix`) for
+~60 minutes in the real-node harness, with the rule
+``predict_linear(container_memory_working_set_bytes[1h], 4*3600) > limit`` loaded into its
+Prometheus (without ``for`` and with ``for: 10m``), then replays the shipped podguard pipeline
+causally over the recorded trace and prints, per container incarnation: the kernel's OOM kill,
+podguard's first verdict and its kind, the time-to-OOM estimate vs the real one, the rule's
+first firing, and the false alarms on the healthy ones (:mod:`deploy.local.node_report`).
+
+    .venv/bin/python -m deploy.local.node_soak [--minutes 60] [--mix soak|mixed|quick]
+    .venv/bin/python -m deploy.local.node_soak --trace data/real/mixed.csv.gz   # podguard only
+
+``--out DIR`` keeps the trace, labels, verdicts and the table. Needs root (a writable memory
+cgroup hierarchy) and ``make prepare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from deploy.local.node import RealNode
+from deploy.local.node_record import MIXES, Recording, record, soak_mix, write
+from deploy.local.node_report import (
+    RULE_ALERTS,
+    install_rule,
+    podguard_verdicts,
+    rule_firings,
+    score,
+    table,
+)
+
+
+def _rules(node: RealNode, start: float, end: float) -> dict[str, Any]:
+    return {name: rule_firings(node.prometheus_url, start=start, end=end, alert=name)
+            for name in RULE_ALERTS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deploy.local.node_soak",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=60.0, help="how long the workloads run")
+    ap.add_argument("--mix", choices=["soak", *sorted(MIXES)], default="soak")
+    ap.add_argument("--step", type=float, default=5.0, help="scrape/trace period, seconds")
+    ap.add_argument("--replay-step", type=float, default=15.0,
+                    help="podguard's evaluation step, seconds")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="score a recorded trace (with its .labels.json) instead of running")
+    ap.add_argument("--out", type=Path, default=None, help="keep everything in this folder")
+    a = ap.parse_args(argv)
+
+    rules: dict[str, Any] = {}
+    if a.trace is not None:
+        from detector.traces import load_trace
+
+        trace = load_trace(a.trace)
+        stem = a.trace.name.split(".")[0]
+        labels = json.loads((a.trace.parent / f"{stem}.labels.json").read_text())
+        print("(recorded trace: the rule is not evaluated, it needs the live Prometheus)")
+    else:
+        workloads = soak_mix() if a.mix == "soak" else MIXES[a.mix]
+        state = Path(tempfile.mkdtemp(prefix="podguard-soak-"))
+
+        def start(node: RealNode) -> None:
+            assert node.prometheus is not None
+            install_rule(node.prometheus, node.state)
+
+        try:
+            rec: Recording = record(state, workloads, duration_s=a.minutes * 60, step=a.step,
+                                    scrape_interval=f"{a.step:g}s", on_start=start,
+                                    before_stop=_rules,
+                                    report=lambda m: print(m, flush=True))
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+        trace, labels, rules = rec.trace, rec.labels, rec.extra or {}
+        if a.out is not None:
+            write(rec, a.out, f"soak-{a.mix}")
+    verdicts = podguard_verdicts(trace, step_s=a.replay_step,
+                                 out=a.out / "verdicts.jsonl" if a.out else None)
+    rows = score(labels, verdicts, rules.get("PredictLinearOOM"),
+                 rules.get("PredictLinearOOMFor10m"))
+    text = table(rows)
+    print(text)
+    if a.out is not None:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "report.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
