@@ -354,7 +354,7 @@ class RemediationSettings(_Section):
                                "authenticated by the pods' projected service-account tokens).")
     channel_port: int = Field(
         9847, ge=0, le=65535, description="Port of the pod channel (behind the node-local "
-                                          "Service pod-channel; 0: any free port).")
+                                          "Service podguard-channel; 0: any free port).")
     channel_audience: str = Field(
         "podguard", min_length=1, description="Audience the pods' projected tokens must have.")
     api_backoff_s: list[float] = Field(

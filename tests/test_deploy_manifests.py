@@ -65,9 +65,9 @@ def overlay(name: str) -> list[Doc]:
 def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
     """The one object of ``kind`` (named ``name``, or whose name starts with ``name-`` for a
     generated, hash-suffixed ConfigMap)."""
-    hits = [d for d in docs if d["kind"] == kind and (
-        name is None or d["metadata"]["name"] == name
-        or d["metadata"]["name"].startswith(f"{name}-"))]
+    exact = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    hits = exact or [d for d in docs if d["kind"] == kind and (
+        name is None or d["metadata"]["name"].startswith(f"{name}-"))]
     assert len(hits) == 1, f"{len(hits)} {kind} {name or ''} in the rendering"
     return hits[0]
 

@@ -24,8 +24,8 @@ path; podguard evicts the pod only after that answer. The pod needs no Kubernete
 
 The pod spec gives the helper its endpoint and token (``from_env``)::
 
-    env:  # the Service pod-channel keeps the traffic on the pod's node
-      - {name: PODGUARD_ENDPOINT, value: "http://pod-channel.podguard.svc:9847"}
+    env:  # the Service podguard-channel keeps the traffic on the pod's node
+      - {name: PODGUARD_ENDPOINT, value: "http://podguard-channel.podguard.svc:9847"}
       - {name: PODGUARD_TOKEN_FILE, value: /var/run/secrets/podguard/token}
     volumes:
       - name: podguard-token
