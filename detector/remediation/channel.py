@@ -230,6 +230,10 @@ class ChannelServer:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    # one call per connection: an unread (refused) body never reaches the
+                    # next request's parser, and no idle connection holds a thread
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:

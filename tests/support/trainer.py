@@ -19,7 +19,8 @@ pod channel (``--endpoint``) with the pod-bound token the kubelet shim wrote for
 (``--token-file``, audience podguard; the pod has no Kubernetes API access): it saves
 model, optimizer and step to its volume directory, acknowledges, then holds (no further
 step) until it is stopped. At start it resumes from the newest checkpoint in that directory.
-Every completed step is appended to ``<data>/steps.log`` as ``<pod uid> <step>``, and lifecycle events to ``<data>/trainer.jsonl``,
+Every completed step is appended to ``<data>/steps.log`` as ``<pod uid> <step>``, and
+lifecycle events to ``<data>/trainer.jsonl``,
 so the test can prove that no completed step was lost.
 
 Run: ``python -m tests.support.trainer --namespace ns --pod p --uid U --data DIR ...``
