@@ -469,10 +469,14 @@ class KafkaSourceSettings(_Section):
     client_id: str = Field("podguard", description="Kafka client id.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group without a committed offset starts.")
-    rewind_s: float = Field(
-        0, ge=0, description="On partition assignment, re-read this much history before the "
-                             "committed offset to refill windows after a restart (0: resume "
-                             "exactly at the commit), seconds.")
+    rewind_s: float | None = Field(
+        None, ge=0, description="On partition assignment (a start or restart), re-read this "
+                                "much history before the committed offset, so windows are "
+                                "full again at once instead of after a whole window; the "
+                                "source reports not caught up (windows stale, no alarm from "
+                                "a half-filled window) until it has read back to where the "
+                                "partition ended; null (default): windows.horizon_s; 0: "
+                                "resume exactly at the commit; seconds.")
     max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
     max_message_bytes: int = Field(
         1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")

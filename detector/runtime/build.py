@@ -63,7 +63,8 @@ def make_source(settings: Settings, *, logger: logging.Logger,
     if kind == "kafka":
         from detector.sources.kafka import KafkaSource
 
-        return KafkaSource(settings.sources.kafka, logger=log)
+        return KafkaSource(settings.sources.kafka, logger=log,
+                           window_s=settings.windows.horizon_s)
     from detector.sources.local import LocalSource
 
     return LocalSource(settings.sources.local, logger=log,
