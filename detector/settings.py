@@ -621,6 +621,22 @@ class ModelSettings(_Section):
                               "seconds.")
 
 
+class DiagnosisSettings(_Section):
+    """Asking a pod flagged with a leak what grows inside it (:mod:`detector.diagnosis`)."""
+
+    enabled: bool = Field(True, description="Ask flagged pods for an in-pod diagnosis (pods "
+                                            "without the podguard helper answer nothing; the "
+                                            "alert says so after the timeout).")
+    kinds: list[Literal["memory_leak", "gpu_memory_leak"]] = Field(
+        ["memory_leak", "gpu_memory_leak"], description="Verdict kinds that ask for one.")
+    window_s: float = Field(60, ge=1, le=600, description="Time between the pod's two "
+                                                          "snapshots, seconds.")
+    timeout_s: float = Field(120, gt=0, description="Wait for the answer after the window; "
+                                                    "then the diagnosis is 'unavailable', "
+                                                    "seconds.")
+    repeat_s: float = Field(3600, gt=0, description="Ask the same pod again after, seconds.")
+
+
 class Settings(_Section):
     """The whole tree. Sections are added by the components that own them."""
 
@@ -632,6 +648,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    diagnosis: DiagnosisSettings = Field(default_factory=DiagnosisSettings)
 
 
 ENV_PREFIX = "PODGUARD__"

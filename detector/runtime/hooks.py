@@ -74,9 +74,10 @@ class DryRunPlan:
 
 
 class OnChange:
-    """A sink wrapper passing on a pod's positive verdicts only when its kind changes or
-    ``every_s`` (source clock) passed: the console of the embedded default scores every real
-    second and would otherwise print the same alert each time."""
+    """A sink wrapper passing on a pod's positive verdicts only when its kind (or the status
+    of its in-pod diagnosis) changes or ``every_s`` (source clock) passed: the console of the
+    embedded default scores every real second and would otherwise print the same alert each
+    time."""
 
     def __init__(self, sink: Sink, *, every_s: float) -> None:
         self.sink = sink
@@ -93,8 +94,9 @@ class OnChange:
                     self._shown.pop(key, None)
                 continue
             last = self._shown.get(key)
-            if last is None or last[0] != v.kind or v.ts - last[1] >= self.every_s:
-                self._shown[key] = (v.kind, v.ts)
+            kind = v.kind + ":" + str((v.diagnosis or {}).get("status", ""))  # an answer shows
+            if last is None or last[0] != kind or v.ts - last[1] >= self.every_s:
+                self._shown[key] = (kind, v.ts)
                 chosen.append(v)
         if chosen:
             self.sink.send(chosen)

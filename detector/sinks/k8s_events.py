@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
+from detector.diagnosis.report import describe
 from detector.errors import PermanentError, PodguardError
 from detector.explain import format_duration
 from detector.remediation.actuator import Actuator, ObjectRef
@@ -46,7 +47,8 @@ def event_message(v: Verdict) -> str:
     tto = (f"; time to OOM ~{format_duration(v.time_to_oom_s)}"
            if v.time_to_oom_s is not None else "")
     why = v.explanation.text if v.explanation else v.kind
-    return f"{why}{tto} (score {v.score:.3g} > threshold {v.threshold:.3g})"
+    diag = f" {describe(v.diagnosis)}" if v.diagnosis is not None else ""
+    return f"{why}{tto} (score {v.score:.3g} > threshold {v.threshold:.3g}){diag}"
 
 
 @dataclass
