@@ -403,6 +403,29 @@ class Actuator:
         while len(self._events) > 10000:
             self._events.popitem(last=False)
 
+    # ------------------------------------------------------------------ pod annotations
+
+    def annotate_pod(self, namespace: str, name: str, changes: Mapping[str, str | None], *,
+                     resource_version: str | None = None) -> str | None:
+        """Set (str) or remove (None) annotations of a pod. Remediation never calls this (its
+        state is in podguard's Leases, its requests go over the pod channel); kept for the
+        diagnosis requester of issue 16 until it moves to the channel (kind ``diagnose``).
+        The ClusterRoles of rbac.py do not grant pods patch. Returns the new
+        resourceVersion, or None on a conflict or if the pod is gone."""
+        if self.dry_run:
+            self._plan(f"annotate pod {namespace}/{name}: {_show(changes)}")
+            return resource_version or "dry-run"
+        meta: dict[str, Any] = {"annotations": dict(changes)}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        try:
+            got = self.call(f"annotate pod {namespace}/{name}", self.core.patch_namespaced_pod,
+                            name, namespace, {"metadata": meta})
+        except (ConflictError, NotFoundError) as e:
+            self.log.info("annotate pod %s/%s: %s", namespace, name, e)
+            return None
+        return str(got.metadata.resource_version) if got.metadata is not None else ""
+
     # ------------------------------------------------------------------ budgets, cooldown
 
     def seed_budgets(self, records: Iterable[proto.Remediation]) -> None:
