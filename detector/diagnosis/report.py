@@ -29,6 +29,7 @@ MAX_SENTENCE = 400  # characters
 MAX_TEXT = 200  # characters of any other string
 MAX_ITEMS = 16  # entries of any list or object in an answer
 MAX_DEPTH = 5
+ALERT_CHARS = 600  # the longest diagnosis text in an alert or an Event
 MIN_WINDOW_S = 1.0
 MAX_WINDOW_S = 600.0
 MAX_REQUEST_AGE_S = 900.0  # the helper ignores requests older than this (clock skew included)
@@ -177,3 +178,21 @@ def parse_result(text: str | None, *, expect_id: str) -> dict[str, Any] | None:
     if not isinstance(raw.get("sentence"), str) or not raw["sentence"].strip():
         return None
     return bound(raw)
+
+
+def describe(diagnosis: dict[str, Any] | None, *, limit: int = ALERT_CHARS) -> str:
+    """The diagnosis field of a verdict as one line for an alert or an Event (at most
+    ``limit`` characters); "" when there is none."""
+    if not diagnosis:
+        return ""
+    status = diagnosis.get("status")
+    if status == "done":
+        text = f"In-pod diagnosis: {diagnosis.get('sentence', '')}"
+    elif status == "pending":
+        text = (f"In-pod diagnosis requested ({diagnosis.get('id', '')}); the pod's answer is "
+                f"expected within {human_duration(float(diagnosis.get('expect_s') or 0))}.")
+    elif status == "failed":
+        text = f"In-pod diagnosis failed: {diagnosis.get('sentence', '')}"
+    else:
+        text = f"No in-pod diagnosis: {diagnosis.get('reason', '')}"
+    return clean_text(text, limit)

@@ -63,7 +63,8 @@ def make_source(settings: Settings, *, logger: logging.Logger,
     if kind == "kafka":
         from detector.sources.kafka import KafkaSource
 
-        return KafkaSource(settings.sources.kafka, logger=log)
+        return KafkaSource(settings.sources.kafka, logger=log,
+                           window_s=settings.windows.horizon_s)
     from detector.sources.local import LocalSource
 
     return LocalSource(settings.sources.local, logger=log,
@@ -123,11 +124,26 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
 
         sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
     if actuator is not None and settings.remediation.enabled:
+        from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
 
-        hook = RemediationController(actuator, settings=settings.remediation,
-                                     escalate=am.escalate if am is not None else None)
+        rs = settings.remediation
+        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        controller = RemediationController(
+            actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
+            store=None if rs.namespace else _store(actuator, logger))
+        # the pod channel (checkpoint requests and answers), a daemon thread of this process
+        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), [controller],
+                      host=rs.channel_host, port=rs.channel_port, logger=logger).start()
+        hook = controller
     return sinks, hook
+
+
+def _store(actuator: Any, logger: logging.Logger) -> Any:
+    """podguard's record store in POD_NAMESPACE (remediation.namespace unset)."""
+    from detector.remediation.store import RecordStore
+
+    return RecordStore(actuator, os.environ.get("POD_NAMESPACE") or "podguard", logger=logger)
 
 
 def real_seconds_inverse(real_seconds: Callable[[float], float]) -> float:
@@ -208,6 +224,7 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
                     engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
                     remediation=hook, models=watcher)
+    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir)
     server = None
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
@@ -241,12 +258,48 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
             signal.signal(s, h)
         if server is not None:
             server.close()
-    print_summary(summary, source, out=out, started_monotonic=None)
+    if daemon.diagnosis is not None:
+        daemon.diagnosis.poll()  # an answer that came during the last seconds
+    print_summary(summary, source, out=out, started_monotonic=None,
+                  diagnosis=daemon.diagnosis.state if daemon.diagnosis is not None else None)
     return 0
 
 
+def make_diagnosis(settings: Settings, *, logger: logging.Logger,
+                   out_dir: Path | None) -> Any:
+    """The in-pod diagnosis requester (:mod:`detector.diagnosis.requester`), or None: for the
+    embedded default over files next to its training loops (its window shortened to 8 s, the
+    wait to 30 s: time runs compressed there), in a cluster over the pods' annotations."""
+    d = settings.diagnosis
+    if not d.enabled:
+        return None
+    from detector.diagnosis.requester import AnnotationRequests, DiagnosisRequester, FileRequests
+
+    log = logger.getChild("diagnosis")
+    if settings.sources.kind == "local":
+        if out_dir is None:
+            return None
+        local = d.model_copy(update={"window_s": min(d.window_s, 8.0),
+                                     "timeout_s": min(d.timeout_s, 30.0)})
+        return DiagnosisRequester(FileRequests(out_dir / "workloads" / "diagnosis"), local,
+                                  logger=log)
+    api = _kube_api(logger)
+    if api is None:
+        return None
+    from detector.remediation.actuator import Actuator, ObjectRef
+
+    actuator = Actuator(api, settings=settings.remediation,
+                        event_interval_s=settings.alerting.event_interval_s)
+
+    def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
+        actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
+
+    return DiagnosisRequester(AnnotationRequests(actuator), d, event=event, logger=log)
+
+
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
-                  started_monotonic: float | None) -> None:
+                  started_monotonic: float | None,
+                  diagnosis: Callable[[str, str], dict[str, Any] | None] | None = None) -> None:
     scale = clock_rate(source)
     lines = ["", f"podguard run summary ({summary.stop_reason}): "
                  f"{summary.evaluations} steps scored, {summary.samples:,} samples folded, "
@@ -284,6 +337,8 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
                          f"{after}{tto}{ooms}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")
+            if diagnosis is not None and (d := diagnosis(*key)) is not None:
+                lines.append(f"      what grows: {_diagnosis_line(d)}")
     else:
         for (ns, pod), det in sorted(summary.first.items()):
             v = det.verdict
@@ -292,6 +347,14 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
             lines.append(f"  {ns}/{pod}: {v.kind} at +{det.wall_time - t_start:.0f} s{tto}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")
+            if diagnosis is not None and (d := diagnosis(ns, pod)) is not None:
+                lines.append(f"      what grows: {_diagnosis_line(d)}")
         if not summary.first:
             lines.append("  no pod flagged")
     print("\n".join(lines), file=out, flush=True)
+
+
+def _diagnosis_line(d: dict[str, Any]) -> str:
+    from detector.diagnosis.report import describe
+
+    return describe(d, limit=1000)

@@ -10,7 +10,8 @@ One fixture per service, so a test that needs only Prometheus does not wait for 
   ``deploy/local/kubernetes.py`` exists
 - ``secure_prometheus`` (HTTPS + basic auth), ``secure_alertmanager`` (HTTPS + client
   certificates): private instances started with ``--web.config.file``
-  (:mod:`deploy.local.web`), for the TLS and auth tests
+  (:mod:`deploy.local.web`), ``secure_kafka`` (SSL + SASL_SSL with SCRAM-SHA-512): for the
+  TLS and auth tests
 
 If a stack is already up (``PODGUARD_STACK_DIR`` or the pointer written by
 ``python -m deploy.local up``), its running services are reused and left running; services
@@ -40,7 +41,7 @@ from deploy.local import stack
 from deploy.local._proc import StackError
 from deploy.local._service import Service
 from deploy.local.alertmanager import Alertmanager
-from deploy.local.kafka import Kafka
+from deploy.local.kafka import Kafka, KafkaSecurity
 from deploy.local.prometheus import Prometheus
 from deploy.local.web import WebSecurity
 
@@ -226,8 +227,19 @@ class KafkaHandle:
         assert b is not None, "kafka has no recorded bootstrap address"
         return b
 
+    def listener(self, name: str) -> str:
+        """``host:port`` of listener ``name`` (SSL, SASL_SSL: on ``secure_kafka`` only)."""
+        b = self.service.bootstrap(self.state, name)
+        assert b is not None, f"kafka has no {name} listener"
+        return b
+
+    @property
+    def security(self) -> dict[str, str]:
+        """``ca_file``, ``username``, ``password_file`` of ``secure_kafka``."""
+        return self.service.security_files(self.state)
+
     def admin(self) -> Any:
-        """A new ``kafka.KafkaAdminClient``; close it when done."""
+        """A new ``kafka.KafkaAdminClient`` (PLAINTEXT listener); close it when done."""
         from kafka import KafkaAdminClient
 
         return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="podguard-tests")
@@ -247,6 +259,25 @@ def local_kafka(local_stack: StackSession) -> KafkaHandle:
     service = Kafka()
     local_stack.ensure(service)
     return KafkaHandle(service, local_stack.state)
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaHandle]:
+    """A second real broker with SSL and SASL_SSL (SCRAM-SHA-512) listeners and a test CA
+    (``handle.listener("SASL_SSL")``, ``handle.security``), owned by the session."""
+    service = Kafka(security=KafkaSecurity())
+    state = tmp_path_factory.mktemp("kafka-secure")
+    try:
+        service.prepare()
+        service.start(state)
+    except StackError as e:
+        pytest.fail(f"the local kafka with SASL_SSL could not start: {e}\n(its log: "
+                    f"{state / 'kafka.log'}); to install what it needs: make prepare",
+                    pytrace=False)
+    try:
+        yield KafkaHandle(service, state)
+    finally:
+        service.stop(state)
 
 
 # --------------------------------------------------------------------------- Kubernetes
