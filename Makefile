@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podguard-installed
 
-.PHONY: demo demo-replay test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean
+.PHONY: demo demo-replay test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak realnode-check
 
 # The virtual environment is built once from the exact lock and reused: torch is a
 # multi-GB download, so it is only reinstalled when requirements.lock changes.
@@ -48,8 +48,21 @@ demo-replay: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m detector bench
 
+# The real-node soak (~60 min, root): a dozen real workloads under real memory limits, killed by
+# the kernel; podguard's first verdicts and the predict_linear rule side by side per workload.
+soak: prepare
+	$(PY) -m deploy.local.node_soak --minutes $(or $(SOAK_MINUTES),60)
+
+# podguard on the shipped real recording (no root needed): exit 1 unless every kernel OOM kill
+# was preceded by a memory_leak verdict with a time to OOM and the healthy pods raised nothing.
+realnode-check: $(STAMP)
+	$(PY) -m deploy.local.node_soak --trace data/real/mixed.csv.gz --check
+
+# The full Exathlon benchmark when it lies beside the checkout (EXATHLON_DIR=... to point
+# elsewhere), else the 3-run excerpt shipped in data/exathlon.
+EXATHLON_DIR ?= $(wildcard ../shared/data/exathlon)
 evaluate: $(STAMP)
-	$(PY) -m detector evaluate --out out/evaluation
+	$(PY) -m detector evaluate --out out/evaluation $(if $(EXATHLON_DIR),--exathlon-dir $(EXATHLON_DIR))
 
 stack-up: prepare
 	$(PY) -m deploy.local up

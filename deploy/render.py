@@ -10,11 +10,20 @@ never depend on whichever kubectl is on PATH.
 
 Commands:
 
-- ``prepare``: build the binary if it is missing; print its path;
+- ``prepare``: build kustomize and helm if missing; print their paths;
 - ``build DIR [--namespace NS] [--suffix S]``: the rendered YAML of a kustomization, optionally
   moved to another namespace (ClusterRoleBinding subjects included) with every name suffixed;
 - ``rules [--write PATH]``: the PrometheusRule's groups as a plain Prometheus rules file (what
-  ``deploy/prometheus/rules.yml`` holds, for a Prometheus without the Operator).
+  ``deploy/prometheus/rules.yml`` holds, for a Prometheus without the Operator);
+- ``chart-files [--write]``: the files the Helm chart reads (``deploy/helm/podguard/files``):
+  the ClusterRole rules of each mode, generated from the Kustomize overlays (whose remediate
+  rules are ``detector/remediation/rbac.py``), and the meta-alerts (the rules file above), so
+  the chart and the overlays cannot drift apart (the tests check the files are current);
+- ``template [--set K=V ...]``: ``helm template`` of the chart with the pinned helm.
+
+The Helm chart (``deploy/helm/podguard``) is rendered with ``helm`` from
+``helm.sh/helm/v3/cmd/helm`` at :data:`HELM_VERSION`, built and cached the same way as
+kustomize.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ from deploy.local.k8s_build import go_binary
 
 KUSTOMIZE_VERSION = "v5.8.2"  # v5.8.3 needs Go >= 1.27
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
+HELM_VERSION = "v3.22.0"
+HELM_MODULE = "helm.sh/helm/v3/cmd/helm"
+# `helm template` has no cluster to ask: the version it renders for (the local control plane's)
+TEMPLATE_KUBE_VERSION = "v1.35.4"
 
 ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE_DIR = ROOT / "deploy" / "kustomize"
@@ -47,6 +60,8 @@ OVERLAYS: dict[str, Path] = {"alert-only": KUSTOMIZE_DIR / "overlays" / "alert-o
 MONITORING = KUSTOMIZE_DIR / "components" / "monitoring"
 CRDS = ROOT / "deploy" / "crds"
 RULES_FILE = ROOT / "deploy" / "prometheus" / "rules.yml"
+CHART = ROOT / "deploy" / "helm" / "podguard"
+CHART_FILES = CHART / "files"
 
 Doc = dict[str, Any]
 
@@ -56,9 +71,14 @@ def kustomize_binary() -> Path:
     return cache_dir() / f"kustomize-{KUSTOMIZE_VERSION}" / "kustomize"
 
 
+def helm_binary() -> Path:
+    """Where the pinned helm lives (it may not be built yet: see :func:`prepare_helm`)."""
+    return cache_dir() / f"helm-{HELM_VERSION}" / "helm"
+
+
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    with open(cache_dir() / "kustomize.lock", "w") as f:
+def _build_lock(name: str) -> Iterator[None]:
+    with open(cache_dir() / f"{name}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -66,34 +86,44 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare() -> Path:
-    """The kustomize binary, compiled first if it is missing (about 40 s on two cores).
+def _go_install(final: Path, module: str, version: str) -> Path:
+    """``go install module@version`` into ``final`` unless it exists.
 
     Built in a temporary directory and renamed into place, so an interrupted build never
     looks like a good one; a lock keeps two sessions from building it at once.
     """
-    final = kustomize_binary()
     if final.is_file():
         return final
-    with _build_lock():
+    name = final.name
+    with _build_lock(name):
         if final.is_file():
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=".kustomize-tmp-", dir=cache_dir()))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-tmp-", dir=cache_dir()))
         try:
             env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -buildvcs=false",
                        GOBIN=str(tmp))
             proc = subprocess.run(
-                [go_binary(), "install", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"],
+                [go_binary(), "install", f"{module}@{version}"],
                 cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 check=False)
             if proc.returncode != 0:
-                raise StackError(f"building kustomize {KUSTOMIZE_VERSION} failed (go install, "
+                raise StackError(f"building {name} {version} failed (go install, "
                                  f"exit {proc.returncode}):\n{proc.stdout[-4000:]}")
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / "kustomize", final)
+            os.replace(tmp / name, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def prepare() -> Path:
+    """The kustomize binary, compiled first if it is missing (about 40 s on two cores)."""
+    return _go_install(kustomize_binary(), KUSTOMIZE_MODULE, KUSTOMIZE_VERSION)
+
+
+def prepare_helm() -> Path:
+    """The helm binary, compiled first if it is missing (a few minutes on two cores)."""
+    return _go_install(helm_binary(), HELM_MODULE, HELM_VERSION)
 
 
 def build_text(path: str | Path) -> str:
@@ -177,11 +207,97 @@ def rules_text() -> str:
                                          width=100)
 
 
+CHART_HEADER = (
+    "# Generated from deploy/kustomize by\n"
+    "#   python -m deploy.render chart-files --write\n"
+    "# Do not edit by hand: tests/test_helm_chart.py checks that it is current.\n"
+)
+
+
+def chart_files() -> dict[Path, str]:
+    """What each generated file under :data:`CHART_FILES` must hold."""
+    out: dict[Path, str] = {}
+    for mode, path in OVERLAYS.items():
+        role = [d for d in build(path) if d.get("kind") == "ClusterRole"]
+        if len(role) != 1:
+            raise ValueError(f"{len(role)} ClusterRoles in overlay {mode}")
+        out[CHART_FILES / "rbac" / f"{mode}.yaml"] = CHART_HEADER + (
+            f"# The ClusterRole rules of overlays/{mode}.\n") + yaml.safe_dump(
+            {"rules": role[0]["rules"]}, sort_keys=False)
+    out[CHART_FILES / "prometheus-rules.yml"] = CHART_HEADER + rules_text()
+    # What the remediate overlay adds beyond the ClusterRole and the settings: its extra
+    # objects (e.g. a Role for its records, admission policies), rendered in namespace
+    # "podguard" for the release "podguard" (templates/remediate.yaml moves them), and the
+    # extra ports of the daemon's container.
+    alert, rem = build(OVERLAYS["alert-only"]), build(OVERLAYS["remediate"])
+    have = {(d["kind"], d["metadata"]["name"]) for d in alert}
+    extra = [d for d in rem if (d["kind"], d["metadata"]["name"]) not in have
+             and d["kind"] != "ConfigMap"]
+    out[CHART_FILES / "remediate" / "objects.yaml"] = CHART_HEADER + (
+        "# The objects overlays/remediate adds to alert-only (templates/remediate.yaml).\n"
+        ) + yaml.safe_dump({"objects": extra}, sort_keys=False)
+
+    def ports(docs: list[Doc]) -> list[Any]:
+        ds = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+        c = next(c for c in ds["containers"] if c["name"] == "podguard")
+        found: list[Any] = c.get("ports", [])
+        return found
+
+    base_ports = {p["name"] for p in ports(alert)}
+    out[CHART_FILES / "remediate" / "ports.yaml"] = CHART_HEADER + (
+        "# The daemon container's ports overlays/remediate adds (templates/daemonset.yaml).\n"
+        ) + yaml.safe_dump({"ports": [p for p in ports(rem) if p["name"] not in base_ports]},
+                           sort_keys=False)
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def helm_template_text(values: Doc | None = None, *, release: str = "podguard",
+                       namespace: str = "podguard", chart: Path = CHART) -> str:
+    """``helm template RELEASE CHART -n NAMESPACE -f VALUES`` with the pinned helm."""
+    with tempfile.TemporaryDirectory(prefix="podguard-helm-") as tmp:
+        vals = Path(tmp) / "values.yaml"
+        vals.write_text(yaml.safe_dump(values or {}))
+        proc = subprocess.run(
+            [str(prepare_helm()), "template", release, str(chart), "--namespace", namespace,
+             "-f", str(vals), "--kube-version", TEMPLATE_KUBE_VERSION],
+            capture_output=True, text=True, check=False, timeout=120,
+            env=helm_env(Path(tmp)))
+    if proc.returncode != 0:
+        raise StackError(f"helm template {chart} failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def helm_template(values: Doc | None = None, **kw: Any) -> list[Doc]:
+    """:func:`helm_template_text` as a list of objects."""
+    return [d for d in yaml.safe_load_all(helm_template_text(values, **kw)) if d]
+
+
+def helm_env(home: Path) -> dict[str, str]:
+    """An environment in which helm reads and writes nothing of the user's (its caches and
+    configuration under ``home``)."""
+    return {**os.environ, "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.render", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="build the pinned kustomize if missing; print its path")
+    sub.add_parser("prepare", help="build the pinned kustomize and helm if missing; print "
+                                   "their paths")
+    cf = sub.add_parser("chart-files", help="the Helm chart's generated files (RBAC, rules)")
+    cf.add_argument("--write", action="store_true", help="write them (else: list stale ones)")
+    t = sub.add_parser("template", help="helm template of deploy/helm/podguard")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                   help="a value (dotted key), e.g. --set mode=remediate")
     b = sub.add_parser("build", help="render a kustomization")
     b.add_argument("dir", type=Path)
     b.add_argument("--namespace", default=None, help="move everything to this namespace")
@@ -192,6 +308,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             print(prepare())
+            print(prepare_helm())
+        elif args.command == "chart-files":
+            stale = 0
+            for path, text in chart_files().items():
+                if args.write:
+                    write_atomic(path, text)
+                elif not path.is_file() or path.read_text() != text:
+                    print(f"stale: {path.relative_to(ROOT)}")
+                    stale += 1
+            return 1 if stale else 0
+        elif args.command == "template":
+            values: Doc = {}
+            for item in args.set:
+                key, _, raw = item.partition("=")
+                node = values
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = yaml.safe_load(raw)
+            sys.stdout.write(helm_template_text(values))
         elif args.command == "build" and args.namespace:
             docs = build_relocated(args.dir, namespace=args.namespace, suffix=args.suffix)
             sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))

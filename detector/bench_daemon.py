@@ -276,6 +276,9 @@ class LiveScrapes:
     def now(self) -> float:
         return time.time()
 
+    def clock_rate(self) -> float:
+        return 1.0
+
     def status(self) -> SourceStatus:
         return SourceStatus(up=True, caught_up=not self.backfilling)
 
@@ -307,6 +310,9 @@ class _TimingSink:
         if verdicts:
             self.got.append((verdicts[0].ts, time.perf_counter(),
                              any(v.is_anomaly for v in verdicts)))
+
+    def tick(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -429,9 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a._watch_child is not None:
         _watch_child(a._watch_child, a.pods, a.backfill_chunk_s)
         return 0
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a scikit-learn dependency: not in the daemon's runtime set
+        pass
+    else:
+        threadpool_limits(1)
     skip = set(a.skip.split(","))
     results: dict[str, Any] = {}
     if "ingest" not in skip:

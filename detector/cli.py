@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--step", type=float, default=60.0, help="evaluation step, seconds (60)")
     r.add_argument("--config", type=Path, default=None, help="settings YAML")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--max-future-s", type=float, default=86400.0,
+                   help="refuse a trace with rows more than this past the wall clock, seconds "
+                        "(86400)")
 
     e = sub.add_parser("evaluate", help="recall, lead time and false alarms vs. baselines",
                        description="Generates labelled scenarios (seeded), adds the real "
@@ -66,7 +69,14 @@ def _parser() -> argparse.ArgumentParser:
                    "test split (its own seeds and parameter ranges), or both side by side "
                    "(default)")
     e.add_argument("--no-exathlon", action="store_true", help="skip the Exathlon healthy set")
+    e.add_argument("--exathlon-dir", type=Path, default=None,
+                   help="folder of Exathlon run zips, e.g. the full benchmark (default: "
+                        "$PODGUARD_EXATHLON_DIR, else the 3-run excerpt in data/exathlon)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--nab", type=Path, default=None, metavar="PATH",
+                   help="instead: NAB standard score of the custom-metric detector on the NAB "
+                        "corpus at PATH (e.g. ../shared/data/nab-dev) next to its published "
+                        "detectors; exit 1 if those are not reproduced")
 
     b = sub.add_parser("bench", help="speed and memory figures",
                        description="Prints windows scored per second per core (batched, no "
@@ -111,10 +121,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Packages left out of the daemon's runtime set, and the extra that installs each.
+OPTIONAL_PACKAGES = {
+    "torch": "train", "pyarrow": "train", "scipy": "train", "sklearn": "train", "pyod": "train",
+    "shap": "eval", "matplotlib": "eval", "numba": "eval",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"podguard: error: `podguard {args.command}` needs {e.name}, which the daemon's "
+              f"runtime set leaves out: pip install 'podguard[{extra}]'", file=sys.stderr)
+        return 2
     except TemporaryError as e:
         print(f"podguard: temporary error (retry later): {e}", file=sys.stderr)
         return 75
@@ -145,7 +169,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         trace = load_trace(args.trace)
         pipe = Pipeline.load(args.model, settings=settings.detection)
         summary = replay_to_file(trace, pipe, args.out, step_s=args.step,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress,
+                                 max_future_s=args.max_future_s)
         print(json.dumps(summary.to_json_dict(), indent=2))
         return 0
     if args.command == "train":
@@ -153,6 +178,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run(args)
         return 0
+    if args.command == "evaluate" and args.nab is not None:
+        from detector.nab_eval import run_nab
+
+        return run_nab(args.nab, out=args.out)
     if args.command == "evaluate":
         from detector.evaluate_cli import run_evaluate
 

@@ -51,3 +51,13 @@ class ModelIntegrityError(PermanentError):
 
 class ServiceUnavailableError(TemporaryError):
     """A remote service (Prometheus, Kafka, Alertmanager, the API server) did not answer."""
+
+
+class AuthError(PermanentError):
+    """A server refused podguard's credentials (HTTP 401/403, a failed SASL handshake): the
+    same credentials will be refused again, so the call is not retried."""
+
+
+class TlsError(PermanentError):
+    """A TLS handshake failed: the server's certificate does not verify against the
+    configured CA, names another host, or the client certificate was refused."""

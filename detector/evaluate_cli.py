@@ -45,10 +45,12 @@ def evaluation_sets(args: argparse.Namespace) -> Iterator[tuple[str, TraceSet, p
     if not args.no_exathlon:
         from detector import exathlon
 
-        runs = exathlon.list_runs()
+        where = args.exathlon_dir if args.exathlon_dir is not None else exathlon.default_dir()
+        runs = exathlon.list_runs(where)
         if not runs:
-            raise InputError(f"no Exathlon runs in {exathlon.default_dir()}: set "
-                             f"{exathlon.ENV_DIR} or pass --no-exathlon")
+            raise InputError(f"no Exathlon runs in {where}: pass --exathlon-dir DIR (or set "
+                             f"{exathlon.ENV_DIR}), or --no-exathlon")
+        print(f"exathlon: {len(runs)} run(s) from {where}", file=sys.stderr)
         traces = []
         for p in runs:
             try:
@@ -56,7 +58,7 @@ def evaluation_sets(args: argparse.Namespace) -> Iterator[tuple[str, TraceSet, p
             except InputError as e:  # e.g. one shipped zip is a truncated multi-part archive
                 print(f"exathlon: skipping {p.name}: {e}", file=sys.stderr)
         if not traces:
-            raise InputError(f"no readable Exathlon run in {exathlon.default_dir()}")
+            raise InputError(f"no readable Exathlon run in {where}")
         yield "exathlon", traces, pd.DataFrame(columns=list(scenarios.LABEL_COLUMNS))
 
 

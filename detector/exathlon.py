@@ -1,7 +1,7 @@
 """Real healthy telemetry: Exathlon Spark Streaming runs as traces in podguard's format.
 
-The Exathlon benchmark's undisturbed runs (``/work/shared/data/exathlon/*.zip``, one CSV per
-zip, sampled once a second for 45-60 min) hold real JVM memory behaviour with garbage-
+The Exathlon benchmark's undisturbed runs (``<app>_0_<rate>_<run>.zip``, one CSV per zip,
+sampled once a second for 45-60 min) hold real JVM memory behaviour with garbage-
 collection sawtooth and an old generation that fills up between major collections. They are
 healthy, so the leak detector must not flag them. Called by the tests, by the evaluation
 harness (false alarms on real data) and by training (healthy background).
@@ -30,8 +30,12 @@ trace metric                             Exathlon column(s) of executor ``N``
 downsampled (the last sample of each ``downsample_s`` bin). Only the needed columns are
 parsed, straight from the zip.
 
-The data directory is ``$PODGUARD_EXATHLON_DIR`` if set, else ``<repo>/../shared/data/exathlon``
-(beside the checkout, as in CI).
+Where the runs come from: an explicit directory (``podguard evaluate --exathlon-dir DIR``,
+``load_runs(DIR)``), else ``$PODGUARD_EXATHLON_DIR``, else :data:`SAMPLE_DIR`, the excerpt
+shipped in the repository (``data/exathlon``: three runs, only the columns read here,
+Apache-2.0 with its notice; written by ``data/exathlon/make_excerpt.py``). The tests use the
+excerpt, so a clone alone passes them; the full benchmark (12 runs, 41 MB) is optional and
+only the evaluation reads it, when given.
 """
 
 from __future__ import annotations
@@ -67,13 +71,16 @@ _OVERHEAD_MIN = 384 * 2**20
 _OVERHEAD_FRAC = 0.10
 
 
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "exathlon"
+"""The excerpt shipped in the repository (absent from an installed wheel)."""
+
+
 def default_dir() -> Path:
-    """``$PODGUARD_EXATHLON_DIR`` or ``<repo>/../shared/data/exathlon``."""
+    """``$PODGUARD_EXATHLON_DIR`` if set, else the shipped excerpt :data:`SAMPLE_DIR`."""
     env = os.environ.get(ENV_DIR)
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[1]
-    return repo.parent / "shared" / "data" / "exathlon"
+    return SAMPLE_DIR
 
 
 def list_runs(directory: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -8,7 +8,9 @@ Decision order for a window that is not stale:
 1. the leak detector (robust trend on memory) flags it -> ``memory_leak`` or
    ``gpu_memory_leak`` (by the channel that leaks), with the leak rate and time to OOM;
 2. else the drift detector (autoencoder + isolation forest) flags it -> ``drift``;
-3. else ``none``.
+3. else a custom metric of the pod (``batch.extra``, outside the built-in channels) is far
+   from its own baseline (:mod:`detector.models.univariate`) -> ``metric_anomaly``;
+4. else ``none``.
 
 A pod must be flagged on ``confirm_steps`` consecutive evaluations before ``is_anomaly``
 turns true (one noisy window does not page anybody). Positive verdicts carry SHAP
@@ -31,6 +33,7 @@ from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
 from detector.models.trend import LeakReport, TrendDetector
+from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
 from detector.windows import PodKey, WindowBatch
@@ -63,8 +66,10 @@ class Pipeline:
     drift: DriftDetector
     settings: DetectionSettings = field(default_factory=DetectionSettings)
     version: str = "unversioned"
+    univariate: UnivariateDetector = field(default_factory=UnivariateDetector)
     _pods: dict[PodKey, _PodState] = field(default_factory=dict, repr=False)
     _history: LevelHistory = field(default_factory=LevelHistory, repr=False)
+    _extra: dict[str, StreamBank] = field(default_factory=dict, repr=False)  # custom metrics
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -79,6 +84,7 @@ class Pipeline:
             drift=bundle.drift,
             settings=settings or DetectionSettings(),
             version=str(bundle.card.get("version", "unknown")),
+            univariate=_univariate_of(bundle.card),
         )
 
     def drift_features(self, batch: WindowBatch) -> np.ndarray:
@@ -89,6 +95,8 @@ class Pipeline:
         """Drops the debouncing state and the history of a pod that vanished."""
         self._pods.pop(key, None)
         self._history.forget(key)
+        for bank in self._extra.values():
+            bank.forget(key)
 
     def adopt_state(self, previous: Pipeline) -> None:
         """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps
@@ -96,6 +104,10 @@ class Pipeline:
         verdict)."""
         self._pods = previous._pods
         self._history = previous._history
+        if previous.univariate.config == self.univariate.config:  # same streams, same meaning
+            self._extra = previous._extra
+            for bank in self._extra.values():
+                bank.det = self.univariate
 
     def known_pods(self) -> list[PodKey]:
         return list(self._pods)
@@ -125,6 +137,8 @@ class Pipeline:
         near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
         raw_drift = drift.is_anomaly & ~stale & ~raw_leak
         inc_start = self._history.incarnation_start(slots)
+        metric = _judge_extra(self.univariate, self._extra, batch,
+                              ~stale & ~raw_leak & ~raw_drift)
 
         verdicts: list[Verdict] = []
         explain_leak: list[int] = []
@@ -141,6 +155,8 @@ class Pipeline:
             elif raw_drift[i]:
                 # growing memory that also moves the drift features is the leak it is
                 kind = leak_kind if near_leak[i] else "drift"
+            elif metric is not None and metric.flagged[i]:
+                kind = "metric_anomaly"
             if kind in ("memory_leak", "gpu_memory_leak"):
                 if math.isnan(st.leak_since):
                     view = report.view_s[i] if report.view_s is not None else math.nan
@@ -157,17 +173,22 @@ class Pipeline:
             else:
                 st.streak, st.kind = 1, kind
             positive = kind != "none" and st.streak >= self.settings.confirm_steps
-            if positive and kind != "drift":
+            if positive and kind in ("memory_leak", "gpu_memory_leak"):
                 st.latched = True
             if kind in ("memory_leak", "gpu_memory_leak"):
                 score, thr = float(leak.score[i]), float(leak_thr[i])
             elif kind == "drift":
                 score, thr = float(drift.score[i]), drift.threshold
+            elif kind == "metric_anomaly" and metric is not None:
+                score, thr = float(metric.score[i]), float(metric.threshold[i])
             else:  # report whichever detector is closest to its threshold
                 lr = _ratio(float(leak.score[i]), float(leak_thr[i]))
                 dr = _ratio(float(drift.score[i]), drift.threshold)
                 score, thr = ((float(leak.score[i]), float(leak_thr[i])) if lr >= dr
                               else (float(drift.score[i]), drift.threshold))
+                if metric is not None and _ratio(float(metric.score[i]), float(
+                        metric.threshold[i])) > max(lr, dr):
+                    score, thr = float(metric.score[i]), float(metric.threshold[i])
             tto = rng = rate = None
             if kind in ("memory_leak", "gpu_memory_leak"):
                 tto = _finite(report.time_to_oom_s[i])
@@ -181,7 +202,10 @@ class Pipeline:
                 time_to_oom_range_s=rng if positive else None,
                 leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
             ))
-            if positive and self.settings.explain:
+            if positive and self.settings.explain and kind == "metric_anomaly" and metric:
+                text, values = metric.explain(self.univariate, i, batch.step_s)
+                verdicts[i] = _with_explanation(verdicts[i], text, values)
+            elif positive and self.settings.explain:
                 (explain_leak if kind != "drift" else explain_drift).append(i)
 
         if explain_leak:
@@ -226,6 +250,78 @@ class Pipeline:
 
 
 _SUBJECT = {"mem_working_set": "working set", "mem_rss": "RSS", "gpu_fb_used": "GPU memory"}
+
+
+@dataclass(frozen=True)
+class _ExtraVerdicts:
+    """The custom metrics' judgement of each window: the most anomalous metric of each."""
+
+    flagged: np.ndarray  # (n,) bool
+    score: np.ndarray  # (n,) of the chosen metric (NaN: none judged)
+    threshold: np.ndarray  # (n,)
+    metric: list[str | None]  # the chosen metric of each window
+    judgements: dict[str, Judgement]
+
+    def explain(self, det: UnivariateDetector, i: int, step_s: float
+                ) -> tuple[str, dict[str, float]]:
+        name = self.metric[i]
+        assert name is not None
+        text, values = det.explain(name, self.judgements[name], i, step_s=step_s)
+        return "custom metric anomaly: " + text, values
+
+
+def _judge_extra(det: UnivariateDetector, banks: dict[str, StreamBank], batch: WindowBatch,
+                 eligible: np.ndarray) -> _ExtraVerdicts | None:
+    """Each custom metric of ``batch.extra`` through ``det``, streaming: one state per pod
+    and metric (``banks``, kept across evaluations) advanced by the window's points that are
+    new since the last evaluation, so a step costs O(new points) and the verdict is the one a
+    causal replay of the pod's whole series gives. Every window with data advances its
+    state; per ``eligible`` window the metric furthest above its family's threshold is
+    reported. ``None`` without custom metrics."""
+    if not batch.extra:
+        return None
+    n = len(batch)
+    best = np.full(n, -np.inf)
+    out = _ExtraVerdicts(flagged=np.zeros(n, bool), score=np.full(n, np.nan),
+                         threshold=np.full(n, det.default_threshold), metric=[None] * n,
+                         judgements={})
+    times = np.asarray(batch.ts, dtype=np.float64)[:, None] + np.asarray(batch.grid)[None, :]
+    for name in sorted(batch.extra):
+        x = np.asarray(batch.extra[name], dtype=np.float64)
+        rows = np.flatnonzero(np.isfinite(x).any(axis=1))
+        if rows.size == 0:
+            continue
+        thr = det.threshold_for(name)
+        bank = banks.setdefault(name, StreamBank(det))
+        j = bank.advance([batch.keys[i] for i in rows.tolist()], times[rows], x[rows], thr)
+        spread: dict[str, np.ndarray] = {f: _scatter(getattr(j, f), rows, n)
+                                         for f in j.__dataclass_fields__ if f != "scales"}
+        full = replace(j, **spread)  # type: ignore[arg-type]
+        out.judgements[name] = full
+        ratio = np.where(np.isfinite(full.score) & eligible, full.score / thr, -np.inf)
+        better = ratio > best
+        best = np.where(better, ratio, best)
+        out.score[better] = full.score[better]
+        out.threshold[better] = thr
+        out.flagged[:] = np.where(better, full.is_anomaly, out.flagged)
+        for i in np.flatnonzero(better).tolist():
+            out.metric[i] = name
+    return out
+
+
+def _scatter(a: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.full((n, *a.shape[1:]), False if a.dtype == bool else np.nan,
+                  dtype=a.dtype if a.dtype == bool else np.float64)
+    out[rows] = a
+    return out
+
+
+def _univariate_of(card: dict) -> UnivariateDetector:
+    """The custom-metric detector a bundle's card carries (key ``univariate``, the JSON state
+    of :class:`UnivariateDetector`); a bundle without one gets the defaults (every family
+    at :data:`detector.models.univariate.DEFAULT_THRESHOLD`)."""
+    state = card.get("univariate")
+    return UnivariateDetector() if state is None else UnivariateDetector.from_state(state)
 
 
 def select_features(batch: WindowBatch, names: tuple[str, ...]) -> np.ndarray:

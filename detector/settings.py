@@ -4,33 +4,177 @@ Every field has a default and a description that gives its unit. Loaded from one
 file (``load_settings``) plus environment overrides ``PODGUARD__SECTION__FIELD=value``
 (double underscores separate levels). Callers receive the settings object explicitly;
 nothing reads globals.
+
+Validation (what ``podguard config --check`` reports, every problem at once, each naming the
+file or the environment variable and the key): unknown keys (with "did you mean" when a known
+key is close), YAML errors with their line and column, a file that is not UTF-8 text; numbers
+are finite; every duration (a field ending ``_s``) is a number of seconds or a duration string
+read by :func:`parse_duration` (``90s``, ``15m``, ``1h30m``, ``500ms``, ``7d``), between 1 ms
+and one year, with tighter ranges where a value drives a loop or a grid (``windows.step_s``
+1 s to 1 h, at most 50,000 points per window); hosts are IP addresses or DNS names; URLs are
+``http``/``https`` with a valid host and port; the source named by ``sources.kind`` has what
+it needs (a Prometheus URL, Kafka bootstrap servers).
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, InputError
+
+MIN_DURATION_S = 1e-3
+MAX_DURATION_S = 366 * 86400.0
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from a number or a duration string as Prometheus writes them: ``"90s"``,
+    ``"15m"``, ``"1h30m"``, ``"500ms"``, ``"7d"``, ``"2w"`` (a bare number is seconds).
+
+    The one duration parser (settings, ``podguard train --since``). :class:`InputError` (a
+    ``ValueError``) for anything else, NaN and infinities included."""
+    if isinstance(value, bool):
+        raise InputError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            if not text or _DURATION_RE.sub("", text) != "":
+                raise InputError(f"not a duration: {value!r} (seconds, or e.g. 90s, 15m, "
+                                 f"1h30m, 500ms, 7d)") from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_RE.findall(text))
+    else:
+        raise InputError(f"not a duration: {value!r}")
+    if not math.isfinite(seconds):
+        raise InputError(f"a duration must be finite, got {value!r}")
+    return seconds
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is an IP address or a DNS name, else ValueError saying why."""
+    h = host.strip()
+    if h != host or not h:
+        raise ValueError(f"{host!r} is not a host: give an IP address or a DNS name "
+                         f"(0.0.0.0 or :: for every interface)")
+    try:
+        ipaddress.ip_address(h.strip("[]") if h.startswith("[") else h)
+        return host
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", h):
+        raise ValueError(f"{host!r} is not a valid IPv4 address (four numbers 0-255)")
+    if ":" in h:
+        raise ValueError(f"{host!r} is not a valid IPv6 address")
+    labels = h.rstrip(".").split(".")
+    if len(h) > 253 or not all(_HOST_LABEL.match(x) for x in labels):
+        raise ValueError(f"{host!r} is not a valid host name (letters, digits, '-' and '.')")
+    return host
+
+
+def check_url(url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """``url`` if it is an absolute URL of one of ``schemes`` with a valid host and port."""
+    if any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} is not a URL (it contains white space)")
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"{url!r} is not a URL podguard can use: the scheme must be "
+                         f"{' or '.join(s + '://' for s in schemes)}, e.g. http://prometheus:9090")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host (e.g. http://prometheus:9090)")
+    check_host(parts.hostname)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r} has an invalid port (1-65535)") from None
+    if port == 0:
+        raise ValueError(f"{url!r} has port 0")
+    return url
+
+
+def _is_duration(name: str | None) -> bool:
+    return bool(name) and name.endswith("_s") and not name.endswith("_per_s")  # type: ignore[union-attr]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _read_durations(cls, v: Any, info: ValidationInfo) -> Any:
+        """Every ``*_s`` field takes seconds or a duration string (one parser)."""
+        if not _is_duration(info.field_name):
+            return v
+        if isinstance(v, str):
+            return parse_duration(v)
+        if isinstance(v, list):
+            return [parse_duration(x) if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _duration_range(cls, v: Any, info: ValidationInfo) -> Any:
+        if not _is_duration(info.field_name):
+            return v
+        for x in v if isinstance(v, list) else [v]:
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                continue
+            if x > MAX_DURATION_S:
+                raise ValueError(f"{x:g} s is more than a year ({MAX_DURATION_S:g} s)")
+            if 0 < x < MIN_DURATION_S:
+                raise ValueError(f"{x:g} s is shorter than 1 ms")
+        return v
+
+
+MAX_WINDOW_POINTS = 50_000
 
 
 class WindowSettings(_Section):
-    horizon_s: float = Field(4 * 3600, gt=0, description="Length of a pod window, seconds.")
+    horizon_s: float = Field(4 * 3600, gt=0, le=31 * 86400,
+                             description="Length of a pod window, seconds.")
     step_s: float = Field(
-        60, gt=0, description="Grid step of a window and evaluation period, seconds."
+        60, ge=1, le=3600, description="Grid step of a window and evaluation period, seconds."
     )
     pod_ttl_s: float = Field(
         900, gt=0, description="A pod with no sample for this long is dropped, seconds."
     )
+
+    @model_validator(mode="after")
+    def _grid(self) -> WindowSettings:
+        points = self.horizon_s / self.step_s
+        if points < 4:
+            raise ValueError(f"horizon_s ({self.horizon_s:g} s) must be at least 4 steps "
+                             f"(step_s is {self.step_s:g} s)")
+        if points > MAX_WINDOW_POINTS:
+            raise ValueError(f"horizon_s / step_s is {points:,.0f} points per window; at most "
+                             f"{MAX_WINDOW_POINTS:,} (raise step_s or shorten horizon_s)")
+        return self
 
 
 class DetectionSettings(_Section):
@@ -60,6 +204,52 @@ class DetectionSettings(_Section):
     explain: bool = Field(True, description="Attach SHAP explanations to positive verdicts.")
 
 
+# ---------------------------------------------------------------- transport (TLS, auth)
+# Owned by ``detector.transport``: how podguard reaches Prometheus, Alertmanager and Kafka.
+
+
+class HttpClientSettings(_Section):
+    """TLS and authentication of an HTTP client (``detector.transport.http``), as in
+    Prometheus's own ``http_config``. Verification is on; secrets come from files, which are
+    re-read when they change (Kubernetes rotates projected tokens and mounted secrets)."""
+
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) that sign the server's certificate; empty: the "
+                        "system's CAs (path).")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS; needs "
+                                           "key_file (path).")
+    key_file: str = Field("", description="Private key (PEM) of cert_file (path).")
+    insecure_skip_verify: bool = Field(
+        False, description="Accept any server certificate (no verification; only for tests).")
+    bearer_token_file: str = Field(
+        "", description="File holding a bearer token sent as 'Authorization: Bearer' (e.g. "
+                        "a projected service-account token); re-read when it changes (path).")
+    username: str = Field("", description="Basic-auth user name; needs password_file.")
+    password_file: str = Field(
+        "", description="File holding the basic-auth password; re-read when it changes (path).")
+    headers: dict[str, str] = Field(
+        {}, description="Extra headers sent with every request, e.g. X-Scope-OrgID: tenant-1 "
+                        "(Mimir, Cortex, Thanos tenants).")
+
+
+class KafkaSecuritySettings(_Section):
+    """TLS and SASL of the Kafka clients (``detector.transport.kafka``)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol of the listener podguard talks to.")
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) that sign the brokers' certificates; empty: "
+                        "the system's CAs (SSL, SASL_SSL; path).")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS (path).")
+    key_file: str = Field("", description="Private key (PEM) of cert_file (path).")
+    check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to.")
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_SSL, SASL_PLAINTEXT).")
+    username: str = Field("", description="SASL user name.")
+    password_file: str = Field("", description="File holding the SASL password (path).")
+
+
 class AlertingSettings(_Section):
     """Alerts to Alertmanager and Kubernetes Events (``detector.sinks.alertmanager``,
     ``detector.sinks.k8s_events``)."""
@@ -67,6 +257,15 @@ class AlertingSettings(_Section):
     alertmanager_urls: list[str] = Field(
         [], description="Alertmanager base URLs; every alert goes to each (an HA pair: two). "
                         "Empty: no Alertmanager sink.")
+    alertmanager_http: HttpClientSettings = Field(
+        default_factory=HttpClientSettings,
+        description="TLS and authentication towards the Alertmanagers.")
+
+    @field_validator("alertmanager_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return [check_url(u) for u in v]
+
     resend_interval_s: float = Field(
         60, gt=0, description="An active alert is re-sent this often, seconds.")
     resolve_timeout_s: float = Field(
@@ -89,10 +288,11 @@ class AlertingSettings(_Section):
         description="Waits between delivery attempts, seconds; after the last the alerts stay "
                     "queued and a new round starts (Retry-After is honoured).")
     critical_below_s: float = Field(
-        3600, ge=0, description="Time to OOM under which severity is critical, seconds.")
+        3600, ge=0, description="Time to OOM under which an incident starts critical, or gets "
+                                "its critical alert beside the first (escalation), seconds.")
     warning_below_s: float = Field(
-        24 * 3600, ge=0, description="Time to OOM under which severity is warning (above: info), "
-                                     "seconds.")
+        24 * 3600, ge=0, description="Time to OOM under which an incident starts (or escalates "
+                                     "to) warning; above: info, seconds.")
     runbook_url: str = Field(
         "https://github.com/podguard/podguard/blob/main/docs/runbooks.md#{alertname}",
         description="Runbook link; {alertname} is replaced by the alert's name.")
@@ -146,6 +346,17 @@ class RemediationSettings(_Section):
     resync_s: float = Field(
         300, gt=0, description="Workloads are re-listed for remediation records this often, "
                                "seconds.")
+    namespace: str = Field(
+        "", description="podguard's own namespace, where its remediation records (Leases) "
+                        "live; empty: the POD_NAMESPACE environment variable (downward API).")
+    channel_host: str = Field(
+        "0.0.0.0", description="Address of the pod channel (checkpoint requests and answers, "
+                               "authenticated by the pods' projected service-account tokens).")
+    channel_port: int = Field(
+        9847, ge=0, le=65535, description="Port of the pod channel (behind the node-local "
+                                          "Service podguard-channel; 0: any free port).")
+    channel_audience: str = Field(
+        "podguard", min_length=1, description="Audience the pods' projected tokens must have.")
     api_backoff_s: list[float] = Field(
         [0.5, 1, 2, 5, 10], min_length=1,
         description="Waits between retries of a Kubernetes API call answered 429/5xx or not "
@@ -180,6 +391,12 @@ class PrometheusSourceSettings(_Section):
 
     url: str = Field("", description="Prometheus base URL, e.g. http://prometheus:9090 "
                                      "(required when sources.kind is prometheus).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_url(v) if v else v
+
     node_name: str = Field(
         "", description="Node whose pods are watched; empty: the NODE_NAME environment variable "
                         "(downward API); neither: every pod Prometheus has.")
@@ -195,9 +412,10 @@ class PrometheusSourceSettings(_Section):
         description="Series read (cAdvisor, kube-state-metrics, DCGM); limits of "
                     "kube_pod_container_resource_limits are read for resource=memory only.")
     query_step_s: float = Field(
-        15, gt=0, description="Resolution of range queries (use the scrape interval), seconds.")
+        15, ge=1, le=3600,
+        description="Resolution of range queries (use the scrape interval), seconds.")
     poll_s: float = Field(
-        15, gt=0, description="How often new samples are pulled, seconds.")
+        15, ge=1, description="How often new samples are pulled, seconds.")
     backfill_s: float = Field(
         4 * 3600, ge=0, description="History pulled at start (use windows.horizon_s), seconds.")
     backfill_chunk_s: float = Field(
@@ -211,7 +429,14 @@ class PrometheusSourceSettings(_Section):
     max_gap_backfill_s: float = Field(
         4 * 3600, ge=0, description="The longest outage whose gap is backfilled on recovery; an "
                                     "older gap is skipped, seconds.")
+    max_future_s: float = Field(
+        300, gt=0, le=7 * 86400,
+        description="Samples stamped more than this ahead of the daemon's clock are dropped "
+                    "and counted (reason future_timestamp); seconds.")
     timeout_s: float = Field(15, gt=0, description="HTTP timeout of one query, seconds.")
+    http: HttpClientSettings = Field(
+        default_factory=HttpClientSettings,
+        description="TLS and authentication towards Prometheus (or Mimir, Thanos, Cortex).")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10, 30], min_length=1,
         description="Waits between attempts while Prometheus is down or slow, seconds; after "
@@ -224,6 +449,17 @@ class KafkaSourceSettings(_Section):
 
     bootstrap_servers: list[str] = Field(
         [], description="Kafka bootstrap host:port list (required when sources.kind is kafka).")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        for hp in v:
+            host, sep, port = hp.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{hp!r} is not host:port (e.g. kafka-0.kafka:9092)")
+            check_host(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        return v
+
     topic: str = Field("podguard-samples", min_length=1, description="Topic of metric samples.")
     group_id: str = Field("podguard", min_length=1,
                           description="Consumer group; daemons of one group share partitions.")
@@ -233,10 +469,14 @@ class KafkaSourceSettings(_Section):
     client_id: str = Field("podguard", description="Kafka client id.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group without a committed offset starts.")
-    rewind_s: float = Field(
-        0, ge=0, description="On partition assignment, re-read this much history before the "
-                             "committed offset to refill windows after a restart (0: resume "
-                             "exactly at the commit), seconds.")
+    rewind_s: float | None = Field(
+        None, ge=0, description="On partition assignment (a start or restart), re-read this "
+                                "much history before the committed offset, so windows are "
+                                "full again at once instead of after a whole window; the "
+                                "source reports not caught up (windows stale, no alarm from "
+                                "a half-filled window) until it has read back to where the "
+                                "partition ended; null (default): windows.horizon_s; 0: "
+                                "resume exactly at the commit; seconds.")
     max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
     max_message_bytes: int = Field(
         1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")
@@ -247,10 +487,17 @@ class KafkaSourceSettings(_Section):
     max_label_bytes: int = Field(
         1024, ge=16, description="Samples with a longer label name or value are dead-lettered, "
                                  "bytes.")
+    max_future_s: float = Field(
+        300, gt=0, le=7 * 86400,
+        description="Samples stamped more than this ahead of the daemon's clock are "
+                    "dead-lettered (reason future_timestamp), so one bad clock cannot move the "
+                    "window engine's clock; seconds.")
     session_timeout_s: float = Field(
         10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
                               "this, seconds.")
     request_timeout_s: float = Field(30, gt=0, description="Kafka request timeout, seconds.")
+    security: KafkaSecuritySettings = Field(
+        default_factory=KafkaSecuritySettings, description="TLS and SASL towards the brokers.")
     backoff_s: list[float] = Field(
         [1, 2, 5, 10], min_length=1,
         description="Waits between attempts to commit or dead-letter while the broker is "
@@ -297,17 +544,48 @@ class SourcesSettings(_Section):
     kafka: KafkaSourceSettings = Field(default_factory=KafkaSourceSettings)
     local: LocalSourceSettings = Field(default_factory=LocalSourceSettings)
 
+    @model_validator(mode="after")
+    def _chosen_source_is_complete(self) -> SourcesSettings:
+        if self.kind == "prometheus" and not self.prometheus.url:
+            raise ValueError("sources.kind is prometheus but sources.prometheus.url is empty: "
+                             "give the Prometheus base URL, e.g. http://prometheus:9090")
+        if self.kind == "kafka" and not self.kafka.bootstrap_servers:
+            raise ValueError("sources.kind is kafka but sources.kafka.bootstrap_servers is "
+                             "empty: give at least one host:port")
+        return self
+
 
 class ServerSettings(_Section):
     """The daemon's HTTP endpoints: /metrics, /healthz, /readyz (``detector.runtime.server``)."""
 
     enabled: bool = Field(True, description="Serve the endpoints.")
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in a pod).")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
     port: int = Field(0, ge=0, le=65535,
                       description="Port; 0: a free port chosen at start and logged (number).")
     stall_after_s: float = Field(
         120, gt=0, description="/healthz fails when the main loop made no progress for this "
                                "long, seconds.")
+    timeout_s: float = Field(
+        10, gt=0, le=300, description="Socket timeout of each HTTP connection: a client that "
+                                      "sends or reads nothing for this long is dropped, "
+                                      "seconds.")
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="HTTP connections served at once (one thread each); "
+                                       "more are answered 503 and closed (count).")
+    pod_metrics_min_ratio: float = Field(
+        0.8, ge=0, description="Per-pod gauges (podguard_pod_*) are exported for pods with a "
+                               "positive verdict or a score at least this fraction of the "
+                               "threshold (ratio); 0: every judged pod.")
+    pod_metrics_max_pods: int = Field(
+        200, ge=0, description="Hard cap on the pods with per-pod gauges; the most anomalous "
+                               "(score / threshold) are kept, the rest counted in "
+                               "podguard_pod_metrics_omitted (count).")
 
 
 class RuntimeSettings(_Section):
@@ -343,6 +621,22 @@ class ModelSettings(_Section):
                               "seconds.")
 
 
+class DiagnosisSettings(_Section):
+    """Asking a pod flagged with a leak what grows inside it (:mod:`detector.diagnosis`)."""
+
+    enabled: bool = Field(True, description="Ask flagged pods for an in-pod diagnosis (pods "
+                                            "without the podguard helper answer nothing; the "
+                                            "alert says so after the timeout).")
+    kinds: list[Literal["memory_leak", "gpu_memory_leak"]] = Field(
+        ["memory_leak", "gpu_memory_leak"], description="Verdict kinds that ask for one.")
+    window_s: float = Field(60, ge=1, le=600, description="Time between the pod's two "
+                                                          "snapshots, seconds.")
+    timeout_s: float = Field(120, gt=0, description="Wait for the answer after the window; "
+                                                    "then the diagnosis is 'unavailable', "
+                                                    "seconds.")
+    repeat_s: float = Field(3600, gt=0, description="Ask the same pod again after, seconds.")
+
+
 class Settings(_Section):
     """The whole tree. Sections are added by the components that own them."""
 
@@ -354,13 +648,18 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    diagnosis: DiagnosisSettings = Field(default_factory=DiagnosisSettings)
 
 
 ENV_PREFIX = "PODGUARD__"
 
 
-def _apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    for key, raw in environ.items():
+def _apply_env(tree: dict[str, Any], environ: Mapping[str, str]
+               ) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """``tree`` with the ``PODGUARD__SECTION__FIELD`` overrides applied, and which variable
+    set each key (so an error can name the variable rather than the file)."""
+    origin: dict[tuple[str, ...], str] = {}
+    for key, raw in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
@@ -372,38 +671,105 @@ def _apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
             if not isinstance(nxt, dict):
                 raise ConfigError(f"environment variable {key}: {part!r} is not a section")
             node = nxt
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else raw
-    return tree
+        model = _section_at(tuple(path[:-1]))
+        field = model.model_fields.get(path[-1]) if model is not None else None
+        try:
+            if raw == "" or (field is not None and field.annotation is str):
+                node[path[-1]] = raw  # a string setting takes the text as it is ("::")
+            else:
+                node[path[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"environment variable {key}={raw!r} is not a valid YAML "
+                              f"value: {_one_line(e)}") from e
+        origin[tuple(path)] = key
+    return tree, origin
+
+
+def _one_line(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or str(e)
+    return " ".join(str(problem).split())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration {path}: {e.strerror or e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"configuration {path} is not UTF-8 text (byte {e.start} is "
+                          f"0x{data[e.start]:02x}): is it a binary file?") from e
+    if "\x00" in text:
+        raise ConfigError(f"configuration {path} contains NUL bytes: is it a binary file?")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"configuration {path}{where}: not valid YAML: "
+                          f"{_one_line(e)}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"configuration {path} is not valid YAML: {_one_line(e)}") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"configuration {path} must be a mapping at the top level "
+                          f"(sources:, windows:, ...), not a {type(loaded).__name__}")
+    return loaded
+
+
+def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The settings class that holds the field at ``loc`` (for "did you mean")."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _problem(err: Any, origin: Mapping[tuple[str, ...], str], path: Path | None) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        model = _section_at(loc[:-1])
+        known = list(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        msg = "unknown key" + (f"; did you mean {close[0]!r}?" if close else
+                               (f" (known here: {', '.join(known)})" if known else ""))
+    elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(
+            err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    var = next((v for k, v in origin.items() if tuple(str(p) for p in loc[:len(k)]) == k),
+               None)
+    if var is not None:
+        return f"environment variable {var}: {key}: {msg}"
+    where = f"{path}: " if path is not None else ""
+    return f"{where}{key or '(top level)'}: {msg}"
 
 
 def load_settings(path: str | Path | None = None, *,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from a YAML file (optional) and ``PODGUARD__...`` overrides.
 
-    Raises :class:`ConfigError` naming every invalid or unknown field.
+    Raises :class:`ConfigError` naming every invalid or unknown field, each with the file
+    (or the environment variable that set it) and the key.
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read configuration {path}: {e}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"configuration {path} is not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"configuration {path} must be a mapping at the top level")
-        tree = loaded
-    tree = _apply_env(tree, os.environ if environ is None else environ)
+    p = Path(path) if path is not None else None
+    tree: dict[str, Any] = _read_yaml(p) if p is not None else {}
+    tree, origin = _apply_env(tree, os.environ if environ is None else environ)
     try:
         return Settings.model_validate(tree)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {problems}") from e
+        problems = [_problem(err, origin, p) for err in e.errors()]
+        if len(problems) == 1:
+            raise ConfigError(f"invalid configuration: {problems[0]}") from e
+        raise ConfigError(f"invalid configuration ({len(problems)} problems):\n  - "
+                          + "\n  - ".join(problems)) from e
 
 
 def defaults_yaml() -> str:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,15 @@ GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent
 
 MIB = float(1 << 20)
 
+MAX_TIMESTAMP = 1e11
+"""Unix seconds must be below this (year ~5138); larger values are milliseconds or garbage."""
+
+MAX_REPLAY_STEPS = 1_000_000
+"""Steps a replay may walk (1.9 years at 60 s); a longer span is a bad timestamp, refused."""
+
+DEFAULT_MAX_FUTURE_S = 86400.0
+"""How far past the wall clock a replayed trace may reach before it is refused, seconds."""
+
 
 def is_counter(metric: str) -> bool:
     """Whether ``metric`` is a cumulative counter (Prometheus naming: ends in ``_total``)."""
@@ -69,6 +80,15 @@ def is_counter(metric: str) -> bool:
 
 def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _need_pyarrow(path: Path) -> None:
+    """Parquet needs pyarrow, which the daemon's runtime set leaves out (podguard[train])."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise InputError(f"{path}: Parquet traces need pyarrow (pip install 'podguard[train]'); "
+                         f"CSV traces (.csv, .csv.gz) need nothing more")
 
 
 def validate_trace(df: pd.DataFrame, *, source: str = "<frame>") -> pd.DataFrame:
@@ -84,22 +104,12 @@ def validate_trace(df: pd.DataFrame, *, source: str = "<frame>") -> pd.DataFrame
             f"{source}: missing required column(s) {', '.join(missing)} "
             f"(have: {', '.join(map(str, df.columns))})"
         )
-    is_csv = source.lower().endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst"))
 
     def where(i: int) -> str:
-        return f"line {i + 2}" if is_csv else f"row {i}"
+        return _row_ref(source, i)
 
     out: dict[str, Any] = {}
-    ts_raw = df["timestamp"]
-    ts = pd.to_numeric(ts_raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(ts)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{source}: column 'timestamp' must be finite unix seconds; "
-            f"{where(i)} has {ts_raw.iloc[i]!r}"
-        )
-    out["timestamp"] = ts
+    out["timestamp"] = _unix_seconds(df["timestamp"], source, where)
     for col in STRING_COLUMNS:
         if col in df.columns:
             s = df[col]
@@ -146,6 +156,128 @@ def validate_trace(df: pd.DataFrame, *, source: str = "<frame>") -> pd.DataFrame
     return frame
 
 
+def _row_ref(source: str, i: int) -> str:
+    """Where row ``i`` of a trace is: its line in a CSV file, else its row number."""
+    is_csv = source.lower().endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst"))
+    return f"line {i + 2}" if is_csv else f"row {i}"
+
+
+def _unix_seconds(ts_raw: pd.Series, source: str, where: Any) -> np.ndarray:
+    """The ``timestamp`` column as float unix seconds, or :class:`InputError` naming the
+    first bad row. A datetime column (Parquet ``timestamp`` type; naive times are taken as
+    UTC) and RFC 3339 strings are converted; numbers must be seconds in (0, 1e11): larger
+    ones are named as milliseconds, microseconds or nanoseconds."""
+    if pd.api.types.is_datetime64_any_dtype(ts_raw.dtype):
+        return _from_datetimes(ts_raw, source, where)
+    if pd.api.types.is_timedelta64_dtype(ts_raw.dtype):
+        raise InputError(f"{source}: column 'timestamp' holds durations ({ts_raw.dtype}), not "
+                         f"points in time; write unix seconds or RFC 3339 times")
+    ts = pd.to_numeric(ts_raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(ts)
+    if bad.any() and not pd.api.types.is_numeric_dtype(ts_raw.dtype):
+        parsed = pd.to_datetime(ts_raw, errors="coerce", utc=True, format="ISO8601")
+        if parsed.notna().all():  # every row an RFC 3339 / ISO 8601 time
+            return _from_datetimes(parsed, source, where)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{source}: column 'timestamp' must be finite unix seconds; "
+            f"{where(i)} has {ts_raw.iloc[i]!r}"
+        )
+    out_of_range = (ts <= 0) | (ts >= MAX_TIMESTAMP)
+    if out_of_range.any():
+        i = int(np.flatnonzero(out_of_range)[0])
+        v = float(ts[i])
+        n = int(out_of_range.sum())
+        rows = f"{n:,} of {ts.size:,} rows" if n > 1 else "1 row"
+        if v <= 0:
+            why = "timestamps must be unix seconds after 1970-01-01"
+        else:
+            unit, div = next((u, d) for u, d, lim in (
+                ("milliseconds", 1e3, 1e14), ("microseconds", 1e6, 1e17),
+                ("nanoseconds", 1e9, float("inf"))) if v < lim)
+            as_time = _iso(v / div)
+            why = (f"these look like {unit} ({v:.0f} {unit} is {as_time}); podguard reads unix "
+                   f"seconds: divide the column by {div:g}")
+        raise InputError(f"{source}: column 'timestamp' is out of range in {rows}; "
+                         f"{where(i)} has {ts_raw.iloc[i]!r}: {why}")
+    return ts
+
+
+def _from_datetimes(col: pd.Series, source: str, where: Any) -> np.ndarray:
+    s = col
+    if s.dt.tz is None:
+        s = s.dt.tz_localize("UTC")
+    nat = s.isna().to_numpy()
+    if nat.any():
+        i = int(np.flatnonzero(nat)[0])
+        raise InputError(f"{source}: column 'timestamp' has a missing time at {where(i)}")
+    ns = s.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    secs = ns.to_numpy().astype(np.int64).astype(np.float64) / 1e9
+    early = secs <= 0
+    if early.any():
+        i = int(np.flatnonzero(early)[0])
+        raise InputError(f"{source}: column 'timestamp' has {col.iloc[i]}, before 1970, at "
+                         f"{where(i)}")
+    return secs
+
+
+def _iso(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:g} s"
+
+
+def _span_text(seconds: float) -> str:
+    for unit, n in (("years", 365.25 * 86400), ("days", 86400.0), ("hours", 3600.0)):
+        if seconds >= n:
+            return f"{seconds / n:,.1f} {unit}"
+    return f"{seconds:,.0f} s"
+
+
+def check_replayable(df: pd.DataFrame, *, step_s: float, source: str | None = None,
+                     now: float | None = None,
+                     max_future_s: float | None = DEFAULT_MAX_FUTURE_S,
+                     max_steps: int = MAX_REPLAY_STEPS) -> None:
+    """:class:`InputError` if replaying the (validated) trace ``df`` in ``step_s`` steps would
+    walk an absurd span: a row more than ``max_future_s`` past ``now`` (default: the wall
+    clock; None: no check), or first-to-last rows more than ``max_steps`` steps apart (one row
+    at ts=1 beside a 2026 trace, one in the year 5100). The error names the row, its time and
+    the largest gap, so the bad timestamp can be found; nothing is allocated over the span."""
+    name = source or str(df.attrs.get("source", "<frame>"))
+    ts = df["timestamp"].to_numpy(dtype=np.float64)
+    if ts.size == 0:
+        return
+    if not step_s > 0:
+        raise InputError(f"{name}: the replay step must be > 0 seconds, got {step_s!r}")
+    if max_future_s is not None:
+        wall = time.time() if now is None else float(now)
+        i = int(np.argmax(ts))
+        if ts[i] > wall + max_future_s:
+            n = int((ts > wall + max_future_s).sum())
+            raise InputError(
+                f"{name}: {n:,} row(s) lie in the future: {_row_ref(name, i)} has timestamp "
+                f"{ts[i]:g} ({_iso(float(ts[i]))}), {_span_text(float(ts[i] - wall))} after "
+                f"now; more than {max_future_s:g} s ahead is refused (a clock or unit error)")
+    lo, hi = float(ts.min()), float(ts.max())
+    steps = (hi - lo) / step_s
+    if steps > max_steps:
+        uniq = np.unique(ts)
+        gaps = np.diff(uniq)
+        g = int(np.argmax(gaps))
+        before, after = float(uniq[g]), float(uniq[g + 1])
+        row_b = int(np.flatnonzero(ts == before)[0])
+        row_a = int(np.flatnonzero(ts == after)[0])
+        raise InputError(
+            f"{name}: the trace spans {_span_text(hi - lo)} ({steps:,.0f} steps of "
+            f"{step_s:g} s; at most {max_steps:,} are replayed); its largest gap, "
+            f"{_span_text(after - before)}, lies between {_row_ref(name, row_b)} at "
+            f"{before:g} ({_iso(before)}) and {_row_ref(name, row_a)} at {after:g} "
+            f"({_iso(after)}): a timestamp is probably wrong; remove those rows or split "
+            f"the trace")
+
+
 def load_trace(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Reads and validates a trace file (CSV or Parquet); see :func:`validate_trace`.
 
@@ -154,6 +286,8 @@ def load_trace(path: str | os.PathLike[str]) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise InputError(f"trace file {p} does not exist")
+    if _is_parquet(p):
+        _need_pyarrow(p)
     try:
         if _is_parquet(p):
             df = pd.read_parquet(p)
@@ -179,6 +313,8 @@ def save_trace(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path)
     frame = validate_trace(df, source=str(p))
+    if _is_parquet(p):
+        _need_pyarrow(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)

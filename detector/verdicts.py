@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["memory_leak", "gpu_memory_leak", "drift", "none"]
-KINDS: tuple[Kind, ...] = ("memory_leak", "gpu_memory_leak", "drift", "none")
+Kind = Literal["memory_leak", "gpu_memory_leak", "drift", "metric_anomaly", "none"]
+KINDS: tuple[Kind, ...] = ("memory_leak", "gpu_memory_leak", "drift", "metric_anomaly", "none")
+# metric_anomaly: a custom metric (outside the built-in channels) far from its own baseline,
+# judged by detector.models.univariate when no built-in detector fired
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class Verdict:
     leak_rate_bytes_per_s: float | None = None
     explanation: Explanation | None = None
     stale: bool = False  # too little recent data to judge: never anomalous
+    # what the pod's own diagnosis says grows (detector.diagnosis.requester): its status
+    # (pending / done / failed / unavailable) and, when done, the bounded answer; leaks only
+    diagnosis: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -71,6 +76,8 @@ class Verdict:
                  "features": {k: round(float(v), 6) for k, v in self.explanation.features.items()}}
                 if self.explanation else None
             ),
+            # only when there is one, so verdicts without it serialise as before
+            **({"diagnosis": self.diagnosis} if self.diagnosis is not None else {}),
         }
 
     def to_json(self) -> str:

@@ -208,26 +208,79 @@ def test_alert_of_a_vanished_pod_is_resolved(local_alertmanager: AlertmanagerHan
     assert alerts_at(local_alertmanager.url, ns) == []
 
 
-def test_new_severity_resolves_the_old_alert_and_escalation_makes_it_critical(
+def _by_severity(alerts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {a["labels"]["severity"]: a for a in alerts}
+
+
+def test_escalation_adds_a_critical_alert_and_keeps_the_first_one_unchanged(
         local_alertmanager: AlertmanagerHandle, ns: str) -> None:
-    sink = AlertmanagerSink([local_alertmanager.url], settings=settings(), background=False)
+    """One incident, one label set: the time to OOM falling under an hour fires a second
+    alert (same labels, severity=critical) beside the warning one, which keeps firing with
+    its labels and startsAt; what changed is in the annotations; the escalation is sticky."""
+    sink = AlertmanagerSink([local_alertmanager.url], settings=settings(), background=False,
+                            container_of=lambda n, p: "main")
     sink.send([verdict(ns, tto=20 * 3600.0)])
     assert sink.flush(10)
-    assert [a["labels"]["severity"] for a in alerts_at(local_alertmanager.url, ns)] == [
-        "warning"]
+    first = alerts_at(local_alertmanager.url, ns)
+    assert [a["labels"]["severity"] for a in first] == ["warning"]
+    assert first[0]["annotations"]["time_to_oom_seconds"] == "72000"
     sink.send([verdict(ns, tto=600.0)])
     assert sink.flush(10)
-    assert [a["labels"]["severity"] for a in alerts_at(local_alertmanager.url, ns)] == [
-        "critical"]
+    got = _by_severity(alerts_at(local_alertmanager.url, ns))
+    assert set(got) == {"warning", "critical"}
+    base = {k: v for k, v in first[0]["labels"].items() if k != "severity"}
+    for sev, a in got.items():
+        assert a["labels"] == {**base, "severity": sev}  # identity: only severity differs
+        assert a["annotations"]["time_to_oom_seconds"] == "600"  # the change: annotations
+        assert a["annotations"]["time_to_oom_low_seconds"] == "360"
+        assert a["annotations"]["time_to_oom_high_seconds"] == "1080"
+        assert a["annotations"]["leak_rate_bytes_per_second"] == "30000"
+        assert a["annotations"]["score"] == "2.5" and a["annotations"]["threshold"] == "1.06"
+    assert got["warning"]["startsAt"] == first[0]["startsAt"]  # never resolved, not re-fired
+    assert got["warning"]["fingerprint"] == first[0]["fingerprint"]
+    sink.send([verdict(ns, tto=5 * 3600.0)])  # better again: the critical alert stays
+    assert sink.flush(10)
+    assert set(_by_severity(alerts_at(local_alertmanager.url, ns))) == {"warning", "critical"}
+    assert [x["severity"] for x in sink.alerts()[(ns, "trainer-0")]] == ["warning", "critical"]
+    assert sink.active()[(ns, "trainer-0")]["severity"] == "critical"
+    # the remediation escalating (checkpoint not acknowledged) raises another incident
     other = f"{ns}-b"
     sink.send([verdict(other)])
     sink.escalate(other, "trainer-0", "checkpoint request r-1.1 not acknowledged within 5 min")
     assert sink.flush(10)
-    got = alerts_at(local_alertmanager.url, other)
-    assert [a["labels"]["severity"] for a in got] == ["critical"]
-    assert got[0]["annotations"]["remediation"].startswith("checkpoint request r-1.1")
-    sink.send([verdict(other)])  # later verdicts keep the escalation
+    esc = _by_severity(alerts_at(local_alertmanager.url, other))
+    assert set(esc) == {"warning", "critical"}
+    assert esc["critical"]["annotations"]["remediation"].startswith("checkpoint request r-1.1")
+    sink.send([verdict(other, tto=30 * 3600.0)])  # later verdicts keep the escalation
     assert sink.active()[(other, "trainer-0")]["severity"] == "critical"
+    # recovery resolves every alert of the incident together
+    for _ in range(2):
+        sink.send([verdict(ns, anomaly=False)])
+    assert sink.flush(10)
+    assert alerts_at(local_alertmanager.url, ns) == []
+
+
+def test_a_slow_leak_starts_at_info_and_the_container_label_never_changes(ns: str) -> None:
+    names = iter(["main", None, "other"])
+    sink = AlertmanagerSink(["http://127.0.0.1:9"], settings=settings(), background=False,
+                            container_of=lambda n, p: next(names))
+    sink.send([verdict(ns, tto=30 * 3600.0)])
+    sink.send([verdict(ns, tto=10 * 3600.0)])
+    sink.send([verdict(ns, tto=20 * 60.0)])
+    assert sink.alerts()[(ns, "trainer-0")] == [
+        {"alertname": "PodMemoryLeak", "namespace": ns, "pod": "trainer-0",
+         "container": "main", "node": "node-a", "severity": sev}
+        for sev in ("info", "warning", "critical")]
+    sink.send([verdict(ns, kind="drift")])  # another kind: the leak incident ends
+    assert [x["alertname"] for x in sink.alerts()[(ns, "trainer-0")]] == ["PodPreFailureDrift"]
+    queued = list(sink.targets[0].pending.values())
+    now = datetime.now().astimezone().timestamp()
+    ends = {(a["labels"]["alertname"], a["labels"]["severity"]): datetime.fromisoformat(
+        a["endsAt"].replace("Z", "+00:00")).timestamp() for a in queued}
+    assert set(ends) == {("PodMemoryLeak", "info"), ("PodMemoryLeak", "warning"),
+                         ("PodMemoryLeak", "critical"), ("PodPreFailureDrift", "warning")}
+    assert all(ends[("PodMemoryLeak", s)] <= now for s in ("info", "warning", "critical"))
+    assert ends[("PodPreFailureDrift", "warning")] > now + 200  # firing
 
 
 def test_escalation_without_an_active_alert_fires_from_the_given_verdict(ns: str) -> None:
@@ -345,10 +398,10 @@ def test_the_queue_is_bounded_and_counts_what_it_drops(ns: str) -> None:
     t = sink.targets[0]
     assert sink.pending() == {t.url: 3} and t.dropped == 2
     assert [a["labels"]["pod"] for a in t.pending.values()] == ["p2", "p3", "p4"]
-    sink.send([verdict(ns, "p4", tto=600.0)])  # a newer state of a queued alert replaces it
-    assert len(t.pending) <= 3
-    assert sum(1 for a in t.pending.values() if a["labels"]["pod"] == "p4"
-               and a["labels"]["severity"] == "critical") == 1
+    sink.send([verdict(ns, "p4", tto=2 * 3600.0)])  # a newer state of a queued alert replaces it
+    assert len(t.pending) == 3
+    assert [a["annotations"]["time_to_oom_seconds"] for a in t.pending.values()
+            if a["labels"]["pod"] == "p4"] == ["7200"]
 
 
 def test_background_delivery_rides_out_an_outage(am2: SecondAlertmanager, ns: str) -> None:
@@ -382,3 +435,179 @@ def test_a_restarted_sink_adopts_its_alerts_and_resolves_them_when_the_pod_is_go
     assert second.flush(10)
     assert alerts_at(local_alertmanager.url, ns) == []
     assert len(alerts_at(local_alertmanager.url, f"{ns}-other")) == 1  # not its scope
+
+
+# ============================================================================ the shipped route
+
+
+class _Webhook:
+    """Records Alertmanager's webhook notifications (path -> payloads), on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with hook.lock:
+                    hook.got.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def notifications(self, path: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [p for pth, p in self.got if pth == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ROUTE_EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "alertmanager" / \
+    "route-example.yml"
+
+
+class _RouteExampleAlertmanager(Alertmanager):
+    """The real Alertmanager running deploy/alertmanager/route-example.yml as shipped, but
+    its placeholder webhooks pointed at a local recorder and its waits shortened."""
+
+    def __init__(self, webhook: str) -> None:
+        super().__init__()
+        self.webhook = webhook
+
+    def _config(self, webhook: str | None) -> str:
+        import yaml
+
+        cfg = yaml.safe_load(ROUTE_EXAMPLE.read_text())
+        for r in cfg["receivers"]:
+            for w in r.get("webhook_configs", []):
+                w["url"] = f"{self.webhook}/{r['name']}"
+                w["send_resolved"] = True
+
+        def fast(route: dict[str, Any]) -> None:
+            for k in ("group_wait", "group_interval"):
+                if k in route:
+                    route[k] = "1s"
+            for child in route.get("routes", []):
+                fast(child)
+
+        fast(cfg["route"])
+        return yaml.safe_dump(cfg)
+
+
+def _wait(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _alerts_of(notes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["status"], a["labels"]["severity"]) for n in notes for a in n["alerts"]]
+
+
+def test_escalation_through_the_shipped_route_is_one_group_without_resolve_or_refire(
+        tmp_path: Path, ns: str) -> None:
+    """The real Alertmanager with the shipped route and inhibit rules: a warning incident
+    escalating to critical pages once, stays one group in the team's channel, the warning
+    alert is muted by the critical one (not resolved, not re-fired), and the whole incident
+    resolves when the pod recovers."""
+    hook = _Webhook()
+    am = _RouteExampleAlertmanager(hook.url)
+    am.prepare()
+    am.start(tmp_path)
+    sink = AlertmanagerSink([str(am.url(tmp_path))], settings=settings(resend_interval_s=0.5),
+                            background=False, container_of=lambda n, p: "main")
+    url = str(am.url(tmp_path))
+    try:
+        sink.send([verdict(ns, tto=20 * 3600.0)])
+        assert sink.flush(10)
+        _wait(lambda: hook.notifications("/ml-platform"), 30, "the warning notification")
+        assert _alerts_of(hook.notifications("/ml-platform")) == [("firing", "warning")]
+        assert hook.notifications("/ml-platform-pager") == []  # a warning does not page
+        started = alerts_at(url, ns)[0]["startsAt"]
+        for tto in (900.0, 600.0, 300.0):  # escalates, then the annotations keep changing
+            sink.send([verdict(ns, tto=tto)])
+            assert sink.flush(10)
+            time.sleep(0.6)
+        pages = _wait(lambda: hook.notifications("/ml-platform-pager"), 30, "the page")
+        got = _by_severity(alerts_at(url, ns))
+        assert set(got) == {"warning", "critical"}
+        assert got["warning"]["status"]["state"] == "suppressed"  # muted by the inhibit rule
+        assert got["warning"]["status"]["inhibitedBy"] == [got["critical"]["fingerprint"]]
+        assert got["warning"]["startsAt"] == started and got["critical"]["status"]["state"] \
+            == "active"
+        s = requests.Session()
+        s.trust_env = False
+        groups = [g for g in s.get(f"{url}/api/v2/alerts/groups",
+                                   params={"filter": f'namespace="{ns}"'}, timeout=10).json()
+                  if g["receiver"]["name"] == "ml-platform"]
+        assert len(groups) == 1, groups  # one group holds the incident
+        assert sorted(a["labels"]["severity"] for a in groups[0]["alerts"]) == [
+            "critical", "warning"]
+        _wait(lambda: ("firing", "critical") in _alerts_of(hook.notifications("/ml-platform")),
+              30, "the critical alert in the team's group")
+        time.sleep(2.5)  # several group_intervals while the annotations change
+        team = hook.notifications("/ml-platform")
+        assert {n["groupKey"] for n in team} == {team[0]["groupKey"]}  # never a new group
+        assert all(st == "firing" for st, _ in _alerts_of(team + pages)), _alerts_of(team)
+        assert {sev for _, sev in _alerts_of(pages)} == {"critical"}
+        # the pod recovers: everything of the incident resolves, in the same group
+        for _ in range(2):
+            sink.send([verdict(ns, anomaly=False)])
+        assert sink.flush(10)
+        _wait(lambda: ("resolved", "critical") in _alerts_of(
+            hook.notifications("/ml-platform")), 30, "the resolved notification")
+        assert alerts_at(url, ns) == []
+        team = hook.notifications("/ml-platform")
+        assert {n["groupKey"] for n in team} == {team[0]["groupKey"]}
+    finally:
+        sink.close()
+        am.stop(tmp_path)
+        hook.close()
+
+
+def test_a_restarted_sink_adopts_an_escalated_incident_whole(
+        local_alertmanager: AlertmanagerHandle, ns: str) -> None:
+    """Both alerts of an escalated incident are adopted as one incident: re-sent with their
+    labels and startsAt unchanged, not escalated twice, and resolved together."""
+    first = AlertmanagerSink([local_alertmanager.url], settings=settings(), background=False)
+    first.send([verdict(ns, tto=20 * 3600.0)])
+    first.send([verdict(ns, tto=600.0)])
+    assert first.flush(10)
+    before = _by_severity(alerts_at(local_alertmanager.url, ns))
+    assert set(before) == {"warning", "critical"}
+    second = AlertmanagerSink([local_alertmanager.url], settings=settings(resend_interval_s=0.1),
+                              background=False, adopt_matchers=[f'namespace="{ns}"'])
+    second.send([])
+    assert [a["severity"] for a in second.alerts()[(ns, "trainer-0")]] == ["warning", "critical"]
+    time.sleep(0.2)
+    second.send([verdict(ns, tto=500.0)])  # the incident goes on under the new process
+    second.escalate(ns, "trainer-0", "blocked")  # already critical: nothing new fires
+    assert second.flush(10)
+    after = _by_severity(alerts_at(local_alertmanager.url, ns))
+    assert set(after) == {"warning", "critical"}
+    for sev in after:
+        assert after[sev]["labels"] == before[sev]["labels"]
+        assert after[sev]["startsAt"] == before[sev]["startsAt"]
+    assert after["critical"]["annotations"]["time_to_oom_seconds"] == "500"
+    for _ in range(2):
+        second.send([verdict(ns, anomaly=False)])
+    assert second.flush(10)
+    assert alerts_at(local_alertmanager.url, ns) == []

@@ -40,13 +40,19 @@ class RecordingController:
 
 
 class RecordingSink:
-    name = "alertmanager"
+    """Any sink (its name is not special to the daemon): records sends and ticks."""
+
+    name = "recording"
 
     def __init__(self) -> None:
         self.sends: list[int] = []
+        self.ticks = 0
 
     def send(self, verdicts: Sequence[Verdict]) -> None:
         self.sends.append(len(verdicts))
+
+    def tick(self) -> None:
+        self.ticks += 1
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -69,7 +75,8 @@ def test_housekeeping_reconciles_between_steps_and_restarts_recreated_pods() -> 
         clock[0] += 3.0
     assert 1 <= ctl.handled <= 3  # once per scoring step (2-3 steps in 2 min of samples)
     assert ctl.reconciled >= 4 > ctl.handled  # every 5 s of real time, between steps too
-    assert sink.sends.count(0) == ctl.reconciled  # ticked with no verdicts each time
+    assert sink.ticks == ctl.reconciled  # every sink is ticked at each housekeeping pass
+    assert len(sink.sends) == ctl.handled  # and sent verdicts only at scoring steps
     assert PodKey("ml", "p1") in daemon.engine.pods()
     ctl.replaced[("ml", "p1")] = 1_800_000_100.0
     clock[0] += 10.0

@@ -65,9 +65,9 @@ def overlay(name: str) -> list[Doc]:
 def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
     """The one object of ``kind`` (named ``name``, or whose name starts with ``name-`` for a
     generated, hash-suffixed ConfigMap)."""
-    hits = [d for d in docs if d["kind"] == kind and (
-        name is None or d["metadata"]["name"] == name
-        or d["metadata"]["name"].startswith(f"{name}-"))]
+    exact = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    hits = exact or [d for d in docs if d["kind"] == kind and (
+        name is None or d["metadata"]["name"].startswith(f"{name}-"))]
     assert len(hits) == 1, f"{len(hits)} {kind} {name or ''} in the rendering"
     return hits[0]
 
@@ -95,12 +95,17 @@ def test_kustomize_is_the_pinned_build() -> None:
 def test_base_needs_no_crds_overlays_add_the_monitoring_objects() -> None:
     base = {d["kind"] for d in build(render.BASE)}
     assert base == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                    "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob"}
+                    "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob",
+                    "NetworkPolicy"}
+    # remediate adds podguard's records Role and the admission policies (detector/remediation)
+    extra = {"remediate": {"Role", "RoleBinding", "ValidatingAdmissionPolicy",
+                           "ValidatingAdmissionPolicyBinding"}}
     for name in OVERLAYS:
         kinds = [d["kind"] for d in overlay(name)]
-        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"}, name
+        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"} | extra.get(
+            name, set()), name
         assert all(d["metadata"].get("namespace") == "podguard" for d in overlay(name)
-                   if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
+                   if d["kind"] not in CLUSTER_KINDS)
 
 
 def test_images_are_this_version_cpu_for_the_daemon_cuda_for_training() -> None:
@@ -110,6 +115,23 @@ def test_images_are_this_version_cpu_for_the_daemon_cuda_for_training() -> None:
     assert images == {f"podguard:{VERSION}"}
     cj = one(docs, "CronJob", "podguard-retrain")["spec"]["jobTemplate"]["spec"]["template"]
     assert [c["image"] for c in cj["spec"]["containers"]] == [f"podguard:{VERSION}-cuda"]
+
+
+def test_models_rwx_component_switches_the_claim_to_read_write_many(tmp_path: Path) -> None:
+    """components/models-rwx, added to an overlay the way a user does, changes the claim's
+    access mode and nothing else."""
+    for name in OVERLAYS:
+        work = tmp_path / name
+        work.mkdir()
+        (work / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": [os.path.relpath(OVERLAYS[name], work)],
+            "components": [os.path.relpath(render.KUSTOMIZE_DIR / "components" / "models-rwx",
+                                           work)]}))
+        rwx, plain = build(work), overlay(name)
+        assert one(rwx, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert one(plain, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+        one(rwx, "PersistentVolumeClaim")["spec"]["accessModes"] = ["ReadWriteOnce"]
+        assert rwx == plain
 
 
 def test_relocation_moves_every_object_and_the_binding_subject() -> None:
@@ -168,6 +190,25 @@ def _container(pod_spec: Doc, name: str) -> Doc:
 
 
 @pytest.mark.parametrize("name", list(OVERLAYS))
+def test_network_policy_admits_only_prometheus_to_the_metrics_port(name: str) -> None:
+    docs = overlay(name)
+    pol = one(docs, "NetworkPolicy", "podguard")["spec"]
+    ds = one(docs, "DaemonSet", "podguard")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert pol["podSelector"]["matchLabels"].items() <= pod_labels.items()  # the daemon pods
+    cron = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+    assert not pol["podSelector"]["matchLabels"].items() <= cron["labels"].items()
+    assert pol["policyTypes"] == ["Ingress"]  # outgoing calls stay open
+    (rule,) = pol["ingress"]
+    assert rule["ports"] == [{"port": "http-metrics", "protocol": "TCP"}]
+    ports = {p["name"] for c in ds["spec"]["template"]["spec"]["containers"]
+             for p in c.get("ports", [])}
+    assert "http-metrics" in ports
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+@pytest.mark.parametrize("name", list(OVERLAYS))
 def test_daemonset(name: str, tmp_path: Path) -> None:
     docs = overlay(name)
     s = settings_of(docs, tmp_path)
@@ -185,7 +226,7 @@ def test_daemonset(name: str, tmp_path: Path) -> None:
     assert vols["tmp"]["emptyDir"] is not None
     assert vols["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
     pvc = one(docs, "PersistentVolumeClaim", vols["models"]["persistentVolumeClaim"]["claimName"])
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]  # binds on any cluster
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     port = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -348,7 +389,10 @@ FIRING: dict[str, tuple[list[tuple[str, str]], str, dict[str, str]]] = {
         [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "0+1x60")], "40m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
     "PodguardMemoryNearLimit": (
-        [(f"podguard_process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
+        [(f"process_resident_memory_bytes{{{POD}}}", "1000000000x40")], "20m",
+        {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
+    "PodguardPodMetricsCapped": (
+        [(f"podguard_pod_metrics_omitted{{{POD}}}", "12x40")], "35m",
         {"job": "podguard", "namespace": "podguard", "pod": "podguard-a", "node": "n1"}),
     "PodguardModelReloadFailed": (
         [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}', "0 0 0 1x20")], "10m",
@@ -383,8 +427,9 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
     "PodguardSinkErrors": [(f'podguard_sink_errors_total{{{POD},sink="alertmanager"}}',
                             "0x60")],
     "PodguardFallingBehind": [(f"podguard_evaluation_skipped_steps_total{{{POD}}}", "1x60")],
-    "PodguardMemoryNearLimit": [(f"podguard_process_resident_memory_bytes{{{POD}}}",
+    "PodguardMemoryNearLimit": [(f"process_resident_memory_bytes{{{POD}}}",
                                  "300000000x40")],
+    "PodguardPodMetricsCapped": [(f"podguard_pod_metrics_omitted{{{POD}}}", "0x40")],
     "PodguardModelReloadFailed": [(f'podguard_model_reloads_total{{{POD},outcome="failed"}}',
                                    "0x20")],
     # a model 7 days old, and the shipped default however old (PodguardModelIsShippedDefault)
@@ -441,7 +486,8 @@ def test_rules_name_only_metrics_the_daemon_exports() -> None:
     exported |= {f"{m.name}_{x}" for m in families if m.type == "histogram"
                  for x in ("bucket", "sum", "count")}
     used = {m for g in _rule_groups() for rule in g["rules"]
-            for m in re.findall(r"\bpodguard_[a-z_]+", rule["expr"])}
+            for m in re.findall(r"\b(?:podguard|process)_[a-z_]+", rule["expr"])}
+    assert "process_resident_memory_bytes" in used  # the standard name, not podguard_process_
     assert len(used) >= 8, used
     assert used <= exported, f"not exported by the daemon: {sorted(used - exported)}"
 
@@ -459,8 +505,9 @@ def test_alertmanager_route_example_passes_amtool(tmp_path: Path) -> None:
     from detector.sinks.alertmanager import ALERT_NAMES
 
     routed = {
-        ("PodMemoryLeak", "critical"): "ml-platform-pager",
-        ("PodGpuMemoryLeak", "critical"): "ml-platform-pager",
+        # critical pages and stays in the incident's group of the team's channel
+        ("PodMemoryLeak", "critical"): "ml-platform-pager,ml-platform",
+        ("PodGpuMemoryLeak", "critical"): "ml-platform-pager,ml-platform",
         ("PodPreFailureDrift", "warning"): "ml-platform",
         ("PodMemoryLeak", "info"): "ml-platform",
         ("PodguardDaemonDown", "warning"): "ml-platform",
@@ -520,7 +567,8 @@ def apply(kube: Kube, docs: list[Doc], *, dry_run: bool) -> list[Doc]:
 
 
 CLUSTER_KINDS = ("Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                 "CustomResourceDefinition")
+                 "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                 "ValidatingAdmissionPolicyBinding")
 
 
 def delete_installation(kube: Kube, docs: list[Doc]) -> None:
@@ -569,7 +617,8 @@ def models_pv(namespace: str, claim: str, name: str) -> Doc:
     provisioner (a real one would make it); kwok pods never touch it."""
     return {"apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "podguard"}},
-            "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteMany"],
+            "spec": {"capacity": {"storage": "2Gi"},
+                     "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
                      "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                      "hostPath": {"path": f"/tmp/{name}", "type": "DirectoryOrCreate"},
                      "claimRef": {"namespace": namespace, "name": claim}}}

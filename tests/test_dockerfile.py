@@ -3,9 +3,11 @@
 A small parser turns the file into instructions (comments, continuation lines, ARG
 substitution); the tests check its structure (multi-stage slim Python 3.11, non-root final
 stage, ``podguard run`` entrypoint), that every COPY source exists and is inside the build
-context that .dockerignore leaves, that torch is the version pinned in pyproject.toml and
-requirements.lock (the CPU variant by default), that every package installed by name is
-pinned and the wheel is installed under the lock as constraints, and they run the builder
+context that .dockerignore leaves, that the daemon's image (the final stage) holds exactly the
+runtime lock (requirements-daemon.lock, closed under its own requirements, no torch), that
+torch in the ``train`` stage is the version pinned in pyproject.toml and requirements.lock
+(the CPU variant by default), that every package installed by name is pinned and the train
+image's wheel is installed under the full lock as constraints, and they run the builder
 stage's wheel build for real on exactly the files its COPY lines bring in.
 """
 
@@ -135,20 +137,23 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_pins() -> dict[str, str]:
+def lock_pins(name: str = "requirements.lock") -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (ROOT / name).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
             pins[_norm(name)] = version.strip()
     return pins
 
 
-def pyproject_dependencies() -> dict[str, str]:
-    """``name -> version`` of the runtime dependencies in pyproject.toml (all pinned)."""
+def pyproject_dependencies(extra: str | None = None) -> dict[str, str]:
+    """``name -> version`` of the runtime dependencies in pyproject.toml (all pinned), or of
+    one extra's own pins (its ``podguard[...]`` self-references left out)."""
     import tomllib
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] if extra is None else [
+        d for d in project["optional-dependencies"][extra] if not d.startswith("podguard[")]
     out: dict[str, str] = {}
     for d in deps:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)", d)
@@ -160,6 +165,13 @@ def pyproject_dependencies() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dockerfile() -> list[Instruction]:
     return parse_dockerfile(DOCKERFILE.read_text())
+
+
+def stage_named(ins: list[Instruction], name: str) -> list[Instruction]:
+    for st in stages(ins):
+        if st[0].args.split(" AS ")[-1].strip() == name:
+            return st
+    raise AssertionError(f"no stage {name!r}")
 
 
 def _runs(ins: list[Instruction], stage: list[Instruction]) -> list[list[str]]:
@@ -217,13 +229,20 @@ def test_multi_stage_slim_python_non_root_final_stage(dockerfile: list[Instructi
     assert user == "10001" and group == "10001", users[-1]  # numeric: runAsNonRoot can check
     entry = [i for i in final if i.cmd == "ENTRYPOINT"]
     assert entry and entry[-1].args == '["podguard", "run"]'  # exec form: signals reach it
-    # the builder builds the wheel; the runtime installs it from the builder's output
+    assert substitute(final[0].args, global_args(dockerfile)).endswith(" AS daemon")
+    # the builder builds the wheel; daemon-env installs it into the venv the daemon copies
     assert any(w[:4] == ["pip", "wheel", "--no-deps", "--no-build-isolation"]
                for w in _runs(dockerfile, st[0]))
-    copies_from = [shlex.split(i.args) for i in final if i.cmd == "COPY" and "--from" in i.args]
+    env_stage = stage_named(dockerfile, "daemon-env")
+    copies_from = [shlex.split(i.args) for i in env_stage if i.cmd == "COPY" and "--from" in i.args]
     assert ["--from=builder", "/wheels", "/wheels"] in copies_from
-    assert any(w[:2] == ["pip", "install"] and "/wheels/podguard-*.whl" in w
-               for w in _runs(dockerfile, final))
+    assert any(w[:2] == ["pip", "--python"] and "/wheels/podguard-*.whl" in w
+               for w in _runs(dockerfile, env_stage))
+    final_copies = [shlex.split(i.args) for i in final if i.cmd == "COPY" and "--from" in i.args]
+    assert final_copies == [["--from=daemon-env", "/opt/podguard/venv", "/opt/podguard/venv"]]
+    env = " ".join(i.args for i in final if i.cmd == "ENV")
+    assert "PATH=/opt/podguard/venv/bin:$PATH" in env  # `podguard` and `python` are the venv's
+    assert not [i for i in final if i.cmd == "RUN" and "pip" in i.args]  # nothing else added
 
 
 def _copies(dockerfile: list[Instruction]) -> list[tuple[list[str], str]]:
@@ -308,7 +327,8 @@ def test_dockerignore_keeps_the_rest_out() -> None:
                  "data/scenarios", "deploy/render.py", "detector/__pycache__/cli.cpython.pyc",
                  "Makefile", "some-new-directory/big.bin"):
         assert _ignored(path, rules), f"{path} would be sent to the Docker daemon"
-    for path in ("data/model/current", "detector/cli.py", "requirements.lock", "README.md"):
+    for path in ("data/model/current", "detector/cli.py", "requirements.lock", "README.md",
+                 "requirements-daemon.lock", "LICENSE"):
         assert not _ignored(path, rules), path
 
 
@@ -327,18 +347,19 @@ def test_default_model_is_copied_where_the_lookup_finds_it(
 # ------------------------------------------------------------------ pins
 
 
-def test_pyproject_pins_agree_with_the_lock() -> None:
+@pytest.mark.parametrize("extra", [None, "train", "eval", "dev"])
+def test_pyproject_pins_agree_with_the_lock(extra: str | None) -> None:
     lock = lock_pins()
-    for name, version in pyproject_dependencies().items():
+    for name, version in pyproject_dependencies(extra).items():
         assert lock.get(name) == version, f"{name}: pyproject {version}, lock {lock.get(name)}"
 
 
 def test_torch_is_the_pinned_version_cpu_by_default(dockerfile: list[Instruction]) -> None:
-    final = stages(dockerfile)[-1]
-    args = stage_args(dockerfile, final)
-    assert args["TORCH_VERSION"] == pyproject_dependencies()["torch"] == lock_pins()["torch"]
+    train = stage_named(dockerfile, "train")
+    args = stage_args(dockerfile, train)
+    assert args["TORCH_VERSION"] == pyproject_dependencies("train")["torch"] == lock_pins()["torch"]
     assert args["TORCH_VARIANT"] == "cpu"
-    [torch] = [w for w in _runs(dockerfile, final) if "torch==2.15.0+cpu" in w]
+    [torch] = [w for w in _runs(dockerfile, train) if "torch==2.15.0+cpu" in w]
     assert torch[:3] == ["pip", "install", "--no-deps"], torch
     assert torch[torch.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
 
@@ -348,6 +369,8 @@ def _installed(dockerfile: list[Instruction]) -> list[tuple[list[str], list[str]
     out = []
     for st in stages(dockerfile):
         for words in _runs(dockerfile, st):
+            if words[:2] == ["pip", "--python"]:  # pip installing into another interpreter
+                words = ["pip", *words[3:]]
             if words[:2] != ["pip", "install"]:
                 continue
             opts: list[str] = []
@@ -357,7 +380,7 @@ def _installed(dockerfile: list[Instruction]) -> list[tuple[list[str], list[str]
                 if skip:
                     opts[-1] += f" {w}"
                     skip = False
-                elif w in ("-r", "-c", "--index-url", "--extra-index-url", "-i"):
+                elif w in ("-r", "-c", "--index-url", "--extra-index-url", "-i", "--find-links"):
                     opts.append(w)
                     skip = True
                 elif w.startswith("-"):
@@ -375,8 +398,14 @@ def test_every_package_installed_by_name_is_pinned_as_in_the_lock(
     by_name = [r for _, reqs in _installed(dockerfile) for r in reqs if not r.startswith("/")]
     assert "torch==2.15.0+cpu" in by_name
     assert f"setuptools=={setuptools}" in by_name
+    import tomllib
+
+    podguard = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    pins["podguard"] = podguard  # the wheel just built, by its version
+    assert f"podguard[train]=={podguard}" in by_name
     for r in by_name:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.-]+)(\+[a-z0-9.]+)?", r)
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([A-Za-z0-9_.-]+)(\+[a-z0-9.]+)?",
+                         r)
         assert m, f"{r!r} is not pinned exactly"
         name, version = _norm(m.group(1)), m.group(2)
         assert pins.get(name) == version, f"{r} differs from requirements.lock"
@@ -389,15 +418,17 @@ def test_the_builder_stage_uses_the_locked_setuptools(dockerfile: list[Instructi
                for w in _runs(dockerfile, builder))
 
 
-def test_the_lock_holds_every_dependency_of_what_it_pins() -> None:
-    """The lock is closed under the installed packages' own requirements (markers evaluated
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-daemon.lock"])
+def test_the_lock_holds_every_dependency_of_what_it_pins(lock: str) -> None:
+    """Each lock is closed under the installed packages' own requirements (markers evaluated
     for this interpreter, no extras), pins included: ``pip freeze`` leaves setuptools out
-    although torch requires it, and an unpinned package takes whatever version is newest."""
+    although torch requires it, an unpinned package takes whatever version is newest, and the
+    daemon's image installs its lock with ``--no-deps``, so a gap would be a missing module."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
 
-    pins = lock_pins()
+    pins = lock_pins(lock)
     problems = []
     for name in sorted(pins):
         try:
@@ -417,19 +448,50 @@ def test_the_lock_holds_every_dependency_of_what_it_pins() -> None:
     assert problems == []
 
 
-def test_the_wheel_is_installed_under_the_lock_as_constraints(
+def test_the_daemon_lock_is_the_runtime_set_at_the_full_locks_versions() -> None:
+    daemon, full = lock_pins("requirements-daemon.lock"), lock_pins()
+    assert {k: full.get(k) for k in daemon} == daemon
+    assert pyproject_dependencies().items() <= daemon.items()
+    for heavy in ("torch", "shap", "pyod", "numba", "matplotlib", "scikit-learn", "scipy",
+                  "skops", "pyarrow"):
+        assert heavy not in daemon, heavy
+        assert not any(n.startswith("nvidia-") for n in daemon)
+
+
+def test_the_daemon_image_installs_exactly_the_runtime_lock(
+        dockerfile: list[Instruction]) -> None:
+    """daemon-env: the runtime lock as requirements with --no-deps (it is the whole closure),
+    then the wheel with --no-deps; no torch, no full lock, in that stage or the final one."""
+    env_stage = stage_named(dockerfile, "daemon-env")
+    installs = []
+    for words in _runs(dockerfile, env_stage):
+        if words[:2] == ["pip", "--python"]:
+            assert words[2] == "/opt/podguard/venv/bin/python", words
+            installs.append(words[3:])
+    assert installs == [["install", "--no-deps", "-r", "/tmp/requirements-daemon.lock"],
+                        ["install", "--no-deps", "/wheels/podguard-*.whl"]]
+    copied = [s for st in (env_stage, stages(dockerfile)[-1]) for i in st if i.cmd == "COPY"
+              for s in shlex.split(i.args)[:-1]]
+    assert "requirements-daemon.lock" in copied and "requirements.lock" not in copied
+    assert not any("torch" in i.args for st in (env_stage, stages(dockerfile)[-1]) for i in st)
+
+
+def test_the_train_image_installs_the_wheel_under_the_lock_as_constraints(
         dockerfile: list[Instruction]) -> None:
     """Constraints, not requirements: the lock's dev tools (pytest, mypy, ...) stay out, and
     every dependency that is installed has the lock's version."""
-    lock_copies = [d for s, d in _copies(dockerfile) if s == ["requirements.lock"]]
-    assert lock_copies, "requirements.lock is not copied into the image"
-    wheel_installs = [(o, r) for o, r in _installed(dockerfile) if "/wheels/podguard-*.whl" in r]
+    train = stage_named(dockerfile, "train")
+    lock_copies = [d for s, d in _copies(train) if s == ["requirements.lock"]]
+    assert lock_copies, "requirements.lock is not copied into the train image"
+    wheel_installs = [(o, r) for o, r in _installed(dockerfile)
+                      if any(x.startswith("podguard[train]") for x in r)]
     assert len(wheel_installs) == 1
     opts, _ = wheel_installs[0]
-    assert f"-c {lock_copies[0]}" in opts, opts
+    assert f"-c {lock_copies[0]}" in opts and "--find-links /wheels" in opts, opts
     assert "--no-deps" not in opts
     for o, _ in _installed(dockerfile):
-        assert not any(x.startswith("-r") for x in o), f"the lock installed as requirements: {o}"
+        assert not any(x.startswith("-r /tmp/requirements.lock") for x in o), \
+            f"the full lock installed as requirements: {o}"
 
 
 def test_builder_stage_builds_the_wheel_from_exactly_its_copies(

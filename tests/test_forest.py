@@ -1,32 +1,28 @@
-"""Isolation forest: equality with PyOD/scikit-learn, seeding, scaling, TreeSHAP, skops safety."""
+"""Isolation forest: equality with PyOD/scikit-learn, seeding, scaling, TreeSHAP, and its
+trees saved as safetensors arrays (loaded without scikit-learn, validated as untrusted)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import skops.io as sio
 from pyod.models.iforest import IForest
+from safetensors.numpy import load_file, save_file
+from sklearn.ensemble._iforest import _average_path_length as sklearn_average_path_length
 from threadpoolctl import threadpool_limits
 
 from detector.errors import ModelIntegrityError
+from detector.models import forest as forest_module
 from detector.models.forest import (
-    FOREST_SKOPS,
+    FOREST_WEIGHTS,
     ForestConfig,
     IsolationForestDetector,
     RobustScaler,
-    load_isolation_forest,
 )
 from tests.support.drift_data import NAMES, drifted, healthy, healthy_std
-
-
-class Smuggled:
-    """A type no allow-list trusts (stands for a malicious payload class)."""
-
-    def __init__(self) -> None:
-        self.payload = "rm -rf /"
 
 
 @pytest.fixture(scope="module")
@@ -97,38 +93,113 @@ def test_score_shap_is_additive_and_signed_towards_anomalous(
     assert np.mean(phi.argmax(axis=1) == j) >= 0.9
 
 
-def test_skops_load_refuses_an_unexpected_type(tmp_path: Path) -> None:
-    path = tmp_path / FOREST_SKOPS
-    sio.dump({"model": Smuggled()}, path)
-    with pytest.raises(ModelIntegrityError, match="unexpected types"):
-        load_isolation_forest(path)
+def test_average_path_length_equals_sklearn() -> None:
+    n = np.array([0, 1, 2, 3, 4, 7, 100, 256, 12345], dtype=np.float64)
+    np.testing.assert_array_equal(forest_module._average_path_length(n),
+                                  sklearn_average_path_length(n))
 
 
-def test_skops_load_refuses_a_foreign_estimator(tmp_path: Path) -> None:
-    from sklearn.linear_model import LogisticRegression
+def test_saved_arrays_score_and_explain_as_the_fitted_forest(
+    forest: IsolationForestDetector, tmp_path: Path
+) -> None:
+    """The loaded forest has no scikit-learn estimator, only the arrays; same scores (to the
+    bit) and the same TreeSHAP values as the forest just fitted."""
+    forest.infer_threshold(healthy(500, seed=11), 0.05)
+    forest.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forest.json", FOREST_WEIGHTS]
+    loaded = IsolationForestDetector.load(tmp_path)
+    assert loaded.estimator_ is None and loaded.threshold_ == forest.threshold_
+    x = np.vstack([healthy(300, seed=12), drifted(30, seed=13)])
+    x[0, ::2] = np.nan
+    np.testing.assert_array_equal(loaded.score(x), forest.score(x))
+    np.testing.assert_array_equal(loaded.predict(x).is_anomaly, forest.predict(x).is_anomaly)
+    phi_a, base_a, s_a = loaded.score_shap(x[:20])
+    phi_b, base_b, s_b = forest.score_shap(x[:20])
+    np.testing.assert_array_equal(phi_a, phi_b)
+    assert base_a == base_b
+    np.testing.assert_array_equal(s_a, s_b)
 
-    path = tmp_path / FOREST_SKOPS
-    sio.dump(LogisticRegression(), path)
-    with pytest.raises(ModelIntegrityError, match="expected an IsolationForest"):
-        load_isolation_forest(path)
+
+def _corrupt(name: str) -> Callable[[dict[str, np.ndarray]], None]:
+    def edit(t: dict[str, np.ndarray]) -> None:
+        split = np.flatnonzero(t["children_left"] != -1)
+        if name == "child outside its tree":
+            t["children_right"][split[0]] = t["node_count"][0] + 5
+        elif name == "child before its parent (a loop)":
+            t["children_left"][split[3]] = split[3]
+        elif name == "a leaf with one child":
+            leaf = int(np.flatnonzero(t["children_left"] == -1)[0])
+            t["children_left"][leaf] = leaf + 1
+        elif name == "feature out of range":
+            t["feature"][split[0]] = len(NAMES)
+        elif name == "negative feature":
+            t["feature"][split[0]] = -1
+        elif name == "NaN threshold":
+            t["threshold"][split[0]] = np.nan
+        elif name == "zero cover":
+            t["cover"][0] = 0.0
+        elif name == "node arrays of different lengths":
+            t["value"] = t["value"][:-1]
+        elif name == "float indices":
+            t["feature"] = t["feature"].astype(np.float64)
+        elif name == "a tree too few":
+            t["node_count"] = t["node_count"][:-1]
+        elif name == "c is zero":
+            t["c"] = np.zeros(1)
+        elif name == "an extra array":
+            t["payload"] = np.zeros(3)
+        elif name == "an array missing":
+            del t["offset"]
+        else:
+            raise AssertionError(name)
+    return edit
 
 
-def test_skops_load_refuses_garbage(tmp_path: Path) -> None:
-    path = tmp_path / FOREST_SKOPS
-    path.write_bytes(b"not a zip at all")
-    with pytest.raises(ModelIntegrityError):
-        load_isolation_forest(path)
+_CORRUPTIONS = ["child outside its tree", "child before its parent (a loop)",
+                "a leaf with one child", "feature out of range", "negative feature",
+                "NaN threshold", "zero cover", "node arrays of different lengths",
+                "float indices", "a tree too few", "c is zero", "an extra array",
+                "an array missing"]
+
+
+@pytest.mark.parametrize("corruption", _CORRUPTIONS)
+def test_corrupt_tree_arrays_are_refused(
+    forest: IsolationForestDetector, tmp_path: Path, corruption: str
+) -> None:
+    forest.save(tmp_path)
+    tensors = {k: v.copy() for k, v in load_file(str(tmp_path / FOREST_WEIGHTS)).items()}
+    _corrupt(corruption)(tensors)
+    save_file(tensors, str(tmp_path / FOREST_WEIGHTS))
+    with pytest.raises(ModelIntegrityError, match="forest"):
+        IsolationForestDetector.load(tmp_path)
+
+
+def test_garbage_in_place_of_the_trees_is_refused(tmp_path: Path,
+                                                   forest: IsolationForestDetector) -> None:
+    forest.save(tmp_path)
+    (tmp_path / FOREST_WEIGHTS).write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ModelIntegrityError, match="safetensors"):
+        IsolationForestDetector.load(tmp_path)
+    (tmp_path / FOREST_WEIGHTS).unlink()
+    with pytest.raises(ModelIntegrityError, match="cannot read"):
+        IsolationForestDetector.load(tmp_path)
 
 
 def test_state_with_unknown_key_is_refused(forest: IsolationForestDetector) -> None:
+    assert forest.arrays_ is not None
+    tensors = forest.arrays_.to_tensors()
     state = forest.state_dict()
     state["extra"] = 1
     with pytest.raises(ModelIntegrityError):
-        IsolationForestDetector.from_state(state, forest.estimator_)
+        IsolationForestDetector.from_state(state, tensors)
     state = forest.state_dict()
     state["config"] = {**state["config"], "n_estimator": 10}  # misspelled
     with pytest.raises(ModelIntegrityError):
-        IsolationForestDetector.from_state(state, forest.estimator_)
+        IsolationForestDetector.from_state(state, tensors)
+    state = forest.state_dict()
+    state["config"] = {**state["config"], "n_estimators": 10}  # not the trees saved
+    with pytest.raises(ModelIntegrityError, match="trees saved"):
+        IsolationForestDetector.from_state(state, tensors)
 
 
 def test_scoring_throughput_one_core(forest: IsolationForestDetector) -> None:

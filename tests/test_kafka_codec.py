@@ -188,3 +188,75 @@ def test_fuzz_the_decoder_never_crashes_and_accounts_for_everything(payload: byt
     if res.rejected:
         rec = json.loads(dead_letter_record(payload, res, topic="t", partition=0, offset=0))
         assert rec["reason"] in REASONS
+
+
+# ------------------------------------------------------------------ untrusted clocks and sizes
+
+NOW = 1767225600.0  # the decoder's clock in these tests
+YEAR_5100 = "5100-01-01T00:00:00Z"
+
+
+def test_a_sample_beyond_the_clock_skew_is_refused_in_both_formats() -> None:
+    dec = Decoder(Limits(max_future_s=300.0), clock=lambda: NOW)
+    adapter = {"timestamp": YEAR_5100, "value": "1", "name": WS, "labels": dict(LABELS)}
+    out = SampleColumns()
+    res = dec.decode(json.dumps(adapter).encode(), out)
+    assert dict(res.rejected) == {"future_timestamp": 1} and len(out) == 0
+    batch = encode_batch([(WS, LABELS, [(NOW - 15, 1.0), (NOW + 299, 2.0), (NOW + 301, 3.0),
+                                        (9.877e10, 4.0)])])
+    res = dec.decode(batch, out)
+    assert res.accepted == 2 and dict(res.rejected) == {"future_timestamp": 2}
+    assert out.timestamp == [NOW - 15, NOW + 299]
+    rec = json.loads(dead_letter_record(batch, res, topic="t", partition=0, offset=7))
+    assert rec["reason"] == "future_timestamp" and rec["accepted_samples"] == 2
+    assert "future_timestamp" in REASONS
+
+
+def test_one_sample_in_the_year_5100_does_not_move_the_engine_clock() -> None:
+    from detector.windows import WindowEngine
+
+    dec = Decoder(Limits(max_future_s=300.0), clock=lambda: NOW)
+    out = SampleColumns()
+    for i in range(20):
+        dec.decode(encode_adapter(WS, {**LABELS, "pod": f"p{i % 3}"}, NOW - 300 + 15 * i, 1e9),
+                   out)
+    dec.decode(json.dumps({"timestamp": YEAR_5100, "value": "1", "name": WS,
+                           "labels": {**LABELS, "pod": "evil"}}).encode(), out)
+    engine = WindowEngine()
+    engine.ingest(out.columns())
+    assert engine.clock == NOW - 300 + 15 * 19
+    assert {k.pod for k in engine.pods()} == {"p0", "p1", "p2"}  # none dropped as vanished
+
+
+def test_what_the_decoder_keeps_stays_bounded_under_crafted_messages() -> None:
+    """~1,000 messages with a near-1 MiB timestamp string each used to stay in the cache
+    (over 1 GiB); now a timestamp longer than 64 characters is refused and never kept."""
+    dec = Decoder(clock=lambda: NOW)
+    out = SampleColumns()
+    for i in range(40):
+        stamp = f"{i:06d}" + "9" * 900_000
+        res = dec.decode(json.dumps({"timestamp": stamp, "value": "1", "name": WS,
+                                     "labels": dict(LABELS)}).encode(), out)
+        assert dict(res.rejected) == {"bad_timestamp": 1}
+        numeric = json.dumps({"timestamp": "1" * 500_000, "value": "1", "name": WS,
+                              "labels": dict(LABELS)}).encode()
+        assert dict(dec.decode(numeric, out).rejected) == {"bad_timestamp": 1}
+    for i in range(5000):  # more distinct valid names and times than the caches hold
+        dec.decode(encode_adapter(f"m{i}", LABELS, NOW - i, 1.0), out)
+    kept = sum(len(k) for k in dec._times) + sum(len(k) for k in dec._names)
+    assert len(dec._times) <= 4096 and len(dec._names) <= 4096
+    assert kept < 4096 * (64 + 1024), kept
+    assert all(len(k) <= 64 for k in dec._times)
+    assert all(len(s) <= 1024 for col in (out.namespace, out.pod, out.container, out.node,
+                                          out.metric) for s in col)
+
+
+def test_sample_columns_drop_after_keeps_rows_aligned() -> None:
+    """What the Prometheus source applies to each answer (``now + max_future_s``)."""
+    cols = SampleColumns()
+    for i, t in enumerate([NOW, NOW + 1e6, NOW + 10, 9.8e10, NOW + 20]):
+        cols.append(t, "ml", f"p{i}", "c", "n", WS, float(i))
+    assert cols.drop_after(NOW + 300) == 2
+    assert cols.timestamp == [NOW, NOW + 10, NOW + 20]
+    assert cols.pod == ["p0", "p2", "p4"] and cols.value == [0.0, 2.0, 4.0]
+    assert cols.drop_after(NOW + 300) == 0 and len(cols) == 3

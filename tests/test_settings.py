@@ -90,3 +90,99 @@ def test_config_check_reports_a_bad_file_in_one_line(tmp_path: Path,
     assert main(["config", "--check", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("podguard: error:") and "not valid YAML" in err
+
+
+# ------------------------------------------------------------------ what config --check refuses
+
+
+def _check(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes,
+           name: str = "podguard.yaml") -> str:
+    f = tmp_path / name
+    if isinstance(text, bytes):
+        f.write_bytes(text)
+    else:
+        f.write_text(text)
+    assert main(["config", "--check", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("podguard: error:") and "Traceback" not in err
+    assert str(f) in err, err
+    return err
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ("server:\n  host: 999.1.1.1\n", "server.host", "not a valid IPv4 address"),
+    ("server:\n  host: 'bad host!'\n", "server.host", "not a valid host name"),
+    ("sources:\n  prometheus:\n    url: not a url\n", "sources.prometheus.url", "not a URL"),
+    ("sources:\n  prometheus:\n    url: ftp://prom:9090\n", "sources.prometheus.url",
+     "http:// or https://"),
+    ("alerting:\n  alertmanager_urls: ['http://am:99999']\n", "alerting.alertmanager_urls",
+     "invalid port"),
+    ("windows:\n  horizon_s: 1e12\n", "windows.horizon_s", "less than or equal"),
+    ("windows:\n  step_s: 1e-300\n", "windows.step_s", "greater than or equal to 1"),
+    ("windows:\n  horizon_s: .inf\n", "windows.horizon_s", "finite"),
+    ("windows:\n  horizon_s: 604800\n  step_s: 1\n", "windows", "points per window"),
+    ("sources:\n  kafka:\n    bootstrap_servers: [kafka]\n", "sources.kafka.bootstrap_servers",
+     "host:port"),
+    ("model:\n  watch_s: 1e-9\n", "model.watch_s", "shorter than 1 ms"),
+    ("runtime:\n  grace_period_s: ten seconds\n", "runtime.grace_period_s", "not a duration"),
+    ("sources:\n  kind: prometheus\n", "sources", "sources.prometheus.url is empty"),
+    ("sources:\n  kind: kafka\n", "sources", "bootstrap_servers is empty"),
+    ("windows:\n  horizn_s: 3600\n", "windows.horizn_s", "did you mean 'horizon_s'"),
+])
+def test_config_check_names_the_file_the_key_and_the_problem(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str,
+        words: str) -> None:
+    err = _check(tmp_path, capsys, text)
+    assert f": {key}: " in err and words in err, err
+
+
+def test_a_binary_file_and_broken_yaml_name_the_file_and_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _check(tmp_path, capsys, b"\x7fELF\x02\x01\x01\x00\xff\xfe" * 10, "binary.yaml")
+    assert "not UTF-8 text" in err and "binary" in err
+    err = _check(tmp_path, capsys, b"server: {port: 1}\x00\n", "nul.yaml")
+    assert "NUL" in err
+    err = _check(tmp_path, capsys, "server:\n  port: 1\n   host: x\n", "indent.yaml")
+    assert "line 3, column 8" in err and "not valid YAML" in err
+
+
+def test_a_bad_environment_override_is_blamed_on_its_variable(tmp_path: Path) -> None:
+    f = tmp_path / "ok.yaml"
+    f.write_text("server:\n  port: 9464\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(f, environ={"PODGUARD__SERVER__PORT": "abc"})
+    assert "environment variable PODGUARD__SERVER__PORT: server.port:" in str(e.value)
+    assert "'abc'" in str(e.value) and "ok.yaml:" not in str(e.value)
+    host_error = re.escape("PODGUARD__SERVER__HOST: server.host: '999.1.1.1'")
+    with pytest.raises(ConfigError, match=host_error):
+        load_settings(None, environ={"PODGUARD__SERVER__HOST": "999.1.1.1"})
+    with pytest.raises(ConfigError, match=r"PODGUARD__WINDOWS__HORIZN_S: windows\.horizn_s: "
+                                          r"unknown key; did you mean 'horizon_s'"):
+        load_settings(None, environ={"PODGUARD__WINDOWS__HORIZN_S": "3600"})
+
+
+def test_durations_go_through_one_parser() -> None:
+    from detector.errors import InputError
+    from detector.settings import parse_duration
+
+    assert [parse_duration(x) for x in ("90", "90s", "15m", "1h30m", "500ms", "7d", "2w", 3)] \
+        == [90, 90, 900, 5400, 0.5, 604800, 1209600, 3]
+    for bad in ("", "10x", "1h 3", "nan", "inf", "h", True):
+        with pytest.raises(InputError):
+            parse_duration(bad)
+    s = load_settings(None, environ={"PODGUARD__WINDOWS__HORIZON_S": "2h",
+                                     "PODGUARD__WINDOWS__STEP_S": "1m",
+                                     "PODGUARD__ALERTING__BACKOFF_S": "[1s, 1m]"})
+    assert (s.windows.horizon_s, s.windows.step_s) == (7200, 60)
+    assert s.alerting.backoff_s == [1, 60]
+
+
+def test_the_shipped_and_usual_values_stay_valid() -> None:
+    s = load_settings(None, environ={
+        "PODGUARD__SERVER__HOST": "::", "PODGUARD__SOURCES__KIND": "kafka",
+        "PODGUARD__SOURCES__KAFKA__BOOTSTRAP_SERVERS": "[kafka-0.kafka:9092, '[::1]:9093']",
+        "PODGUARD__SOURCES__PROMETHEUS__URL": "https://[fd00::1]:9090/prom",
+        "PODGUARD__ALERTING__ALERTMANAGER_URLS": "[http://alertmanager-main.monitoring:9093]"})
+    assert s.server.host == "::" and s.sources.kafka.bootstrap_servers[1] == "[::1]:9093"
+    for host in ("0.0.0.0", "localhost", "podguard.monitoring.svc.cluster.local", "10.0.0.1"):
+        assert load_settings(None, environ={"PODGUARD__SERVER__HOST": host}).server.host == host

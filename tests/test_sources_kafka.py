@@ -294,7 +294,8 @@ def test_sigkilled_daemon_restarts_at_the_last_commit(local_kafka: KafkaHandle,
         "windows": {"horizon_s": 3600, "step_s": 20, "pod_ttl_s": 7200},
         "sources": {"kind": "kafka", "kafka": {
             "bootstrap_servers": [local_kafka.bootstrap], "topic": topic, "group_id": group,
-            "dead_letter_topic": dead, "session_timeout_s": 6}},
+            "dead_letter_topic": dead, "session_timeout_s": 6,
+            "rewind_s": 0}},  # resume exactly at the commit (the default re-reads the window)
         "runtime": {"lateness_s": 0.2, "console": False, "verdicts_path": "",
                     "log_format": "json"},
         "server": {"port": 0}}))

@@ -96,7 +96,7 @@ def test_backfill_arrives_in_ordered_slices_covering_the_range_once(
         logger=LOG, clock=lambda: clock[0], sleep=sleep)
     source.start()
     calls = [0]
-    real_query = source._client.custom_query_range
+    real_query = source._client.query_range
 
     def flaky_query(*args: object, **kwargs: object) -> object:
         calls[0] += 1
@@ -104,7 +104,7 @@ def test_backfill_arrives_in_ordered_slices_covering_the_range_once(
             raise ConnectionError("injected")
         return real_query(*args, **kwargs)
 
-    source._client.custom_query_range = flaky_query
+    source._client.query_range = flaky_query
     slices: list[Delivery] = []
     caught_up: list[bool] = []
     failed = False

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import skops.io as sio
 import torch
+from safetensors.numpy import save as save_tensors
 
 from detector.errors import InputError, ModelIntegrityError
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
@@ -72,9 +72,13 @@ def bundle(tmp_path: Path, drift: DriftDetector) -> Path:
 
 
 def _rewrite_card(path: Path, fname: str) -> None:
-    """What an attacker who can also edit the card does: fix up the checksum."""
+    """What an attacker who can also edit the card does: fix up the checksum (and the card's
+    own seal, which is no signature either)."""
+    from detector.models.store import card_digest
+
     card = json.loads((path / CARD).read_text())
     card["files"][fname]["sha256"] = hashlib.sha256((path / fname).read_bytes()).hexdigest()
+    card["card_sha256"] = card_digest(card)
     (path / CARD).write_text(json.dumps(card))
 
 
@@ -98,7 +102,8 @@ def test_model_card_contents(bundle: Path, drift: DriftDetector) -> None:
     assert card["data_range"]["start"].startswith("2026-01-01")
     assert card["metrics"] == {"roc_auc": 0.97} and card["trained_by"] == "test"
     assert card["scaling"]["center"] == [float(v) for v in drift.autoencoder.scaler.center]
-    assert {"torch", "numpy", "scikit-learn", "pyod", "skops", "python"} <= set(card["libraries"])
+    assert {"torch", "numpy", "scikit-learn", "pyod", "safetensors", "python"} <= set(
+        card["libraries"])
     assert set(card["files"]) == BUNDLE_FILES == {p.name for p in bundle.iterdir()} - {CARD}
     for fname, entry in card["files"].items():
         data = (bundle / fname).read_bytes()
@@ -220,9 +225,9 @@ def test_tampered_file_is_refused(bundle: Path, fname: str) -> None:
 
 def test_tampered_card_checksum_is_refused(bundle: Path) -> None:
     card = json.loads((bundle / CARD).read_text())
-    card["files"]["forest.skops"]["sha256"] = "0" * 64
+    card["files"]["forest.safetensors"]["sha256"] = "0" * 64
     (bundle / CARD).write_text(json.dumps(card))
-    with pytest.raises(ModelIntegrityError, match=r"checksum mismatch for forest\.skops"):
+    with pytest.raises(ModelIntegrityError, match=r"checksum mismatch for forest\.safetensors"):
         verify_bundle(bundle)
 
 
@@ -239,8 +244,8 @@ def test_pickle_bytes_under_an_innocent_name_are_refused(bundle: Path) -> None:
 
 
 def test_pickle_in_place_of_an_expected_file_is_refused_before_parsing(bundle: Path) -> None:
-    (bundle / "forest.skops").write_bytes(pickle.dumps(Smuggled()))
-    _rewrite_card(bundle, "forest.skops")
+    (bundle / "forest.safetensors").write_bytes(pickle.dumps(Smuggled()))
+    _rewrite_card(bundle, "forest.safetensors")
     with pytest.raises(ModelIntegrityError, match="pickle"):
         load_bundle(bundle)
 
@@ -287,13 +292,48 @@ def test_foreign_missing_and_linked_files_are_refused(bundle: Path, tmp_path: Pa
         load_bundle(tmp_path / "nowhere")
 
 
-def test_skops_with_an_untrusted_type_is_refused_even_with_a_valid_checksum(
+def test_forest_trees_that_would_loop_are_refused_even_with_a_valid_checksum(
     bundle: Path,
 ) -> None:
-    sio.dump({"est": Smuggled()}, bundle / "forest.skops")
-    _rewrite_card(bundle, "forest.skops")
-    with pytest.raises(ModelIntegrityError, match="unexpected types"):
+    """A child pointing back at its parent would make scoring loop: refused on load."""
+    from safetensors.numpy import load
+
+    tensors = dict(load((bundle / "forest.safetensors").read_bytes()))
+    left = tensors["children_left"].copy()
+    split = int(np.flatnonzero(left != -1)[1])
+    left[split] = 0
+    tensors["children_left"] = left
+    (bundle / "forest.safetensors").write_bytes(save_tensors(tensors))
+    _rewrite_card(bundle, "forest.safetensors")
+    with pytest.raises(ModelIntegrityError, match="not after its parent"):
         load_bundle(bundle)
+
+
+def test_a_bundle_of_the_older_skops_layout_says_to_retrain(bundle: Path) -> None:
+    (bundle / "forest.safetensors").rename(bundle / "forest.skops")
+    card = json.loads((bundle / CARD).read_text())
+    card["files"]["forest.skops"] = card["files"].pop("forest.safetensors")
+    (bundle / CARD).write_text(json.dumps(card))
+    with pytest.raises(ModelIntegrityError, match=r"older podguard.*retrain"):
+        load_bundle(bundle)
+
+
+def test_safetensors_headers_are_not_mistaken_for_pickle(bundle: Path) -> None:
+    """A safetensors file whose u64 header length starts 0x80 0x02..0x05 (like a pickle's
+    PROTO opcode) still loads: the forest's header padded to such a length (0x0280, ...)."""
+    from safetensors.numpy import load
+
+    tensors = dict(load((bundle / "forest.safetensors").read_bytes()))
+    for pad in range(300):
+        data = save_tensors(tensors, metadata={"format": "podguard.iforest-trees/1",
+                                               "pad": "x" * pad})
+        if data[0] == 0x80 and 2 <= data[1] <= 5:
+            break
+    else:
+        pytest.fail("no padding gave a header length of 0x0280, 0x0380, 0x0480 or 0x0580")
+    (bundle / "forest.safetensors").write_bytes(data)
+    _rewrite_card(bundle, "forest.safetensors")
+    assert load_bundle(bundle).drift.forest.fitted_
 
 
 def test_state_with_unknown_keys_is_refused_even_with_a_valid_checksum(bundle: Path) -> None:

@@ -36,7 +36,8 @@ import sys
 
 import numpy as np
 
-WATCHED = ("torch", "shap", "pyod", "matplotlib", "numba", "sklearn", "scipy", "pandas")
+WATCHED = ("torch", "shap", "pyod", "matplotlib", "numba", "sklearn", "scipy", "skops",
+           "pandas")
 
 
 def stage():
@@ -112,6 +113,8 @@ def _check(report: dict[str, Any], label: str) -> None:
         assert "pyod" not in report[step]["imported"], step
     for step in ("loaded", "scored", "ae_explained", "explained"):  # TreeSHAP is numpy's
         assert not {"shap", "matplotlib", "numba"} & set(report[step]["imported"]), step
+        # the forest's trees are safetensors arrays: no scikit-learn, scipy or skops to load
+        assert not {"sklearn", "scipy", "skops"} & set(report[step]["imported"]), step
     assert 0 in report["flagged"]
     ae_sum, ae_score = report["ae_sum"]
     assert ae_sum == pytest.approx(ae_score, rel=0.02)
@@ -136,3 +139,97 @@ def test_default_model_loads_scores_and_explains_without_torch(
 
 def test_fresh_bundle_loads_scores_and_explains_without_torch(fresh_root: Path) -> None:
     _check(_run_child(fresh_root), "fresh bundle")
+
+
+# --------------------------------------------------------------------------- import closure
+
+#: What the daemon's runtime set (pyproject ``dependencies``) leaves out; the daemon's image
+#: has none of them, so nothing on its path may import one.
+NOT_IN_THE_DAEMON = ("torch", "shap", "pyod", "numba", "matplotlib", "sklearn", "scipy",
+                     "skops", "pyarrow", "threadpoolctl", "joblib")
+DISTRIBUTIONS = {"torch", "shap", "pyod", "numba", "matplotlib", "scikit-learn", "scipy",
+                 "skops", "pyarrow", "threadpoolctl", "joblib", "llvmlite"}
+
+CLOSURE_CHILD = r"""
+import importlib
+import importlib.abc
+import json
+import pkgutil
+import sys
+
+
+class NoPyarrow(importlib.abc.MetaPathFinder):
+    # pandas imports pyarrow whenever it is installed (this venv has it, for Parquet); the
+    # daemon's image does not: run as there, so anything that needs it fails here too.
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] == "pyarrow":
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, NoPyarrow())
+import detector
+
+# Every module of the daemon's packages (the remediation's checkpoint helper runs inside a
+# *training* pod, and sources.local's workload body in its child: their torch imports are
+# function-level, so importing the modules is still torch-free).
+names = ["detector.cli", "detector.pipeline", "detector.replay", "detector.traces",
+         "detector.windows", "detector.explain", "detector.verdicts", "detector.settings",
+         "detector.models.store", "detector.models.drift", "detector.models.trend"]
+for pkg in ("runtime", "sources", "sinks", "remediation"):
+    mod = importlib.import_module(f"detector.{pkg}")
+    names += [f"detector.{pkg}.{m.name}" for m in pkgutil.iter_modules(mod.__path__)]
+for name in names:
+    importlib.import_module(name)
+from detector.cli import main
+
+# the real daemon, end to end: model loaded, windows folded and scored, then stopped
+rc = main(["run", "--config", sys.argv[1], "--duration", "3", "--out", sys.argv[2]])
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules), "imported": names}))
+"""
+
+
+def test_the_daemons_import_closure_has_nothing_outside_its_runtime_set(tmp_path: Path) -> None:
+    """Every module of the daemon's packages imported, and ``podguard run`` run for 3 s, in a
+    fresh interpreter: none of the packages the daemon's image leaves out is imported."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("sources:\n  local:\n    healthy_workloads: 0\n    leaky_workloads: 0\n"
+                   "server:\n  port: 0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", CLOSURE_CHILD, str(cfg), str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0
+    assert len(report["imported"]) > 30
+    roots = {m.split(".")[0] for m in report["modules"]}
+    assert not roots & set(NOT_IN_THE_DAEMON), sorted(roots & set(NOT_IN_THE_DAEMON))
+
+
+def test_the_runtime_set_and_its_lock_leave_the_heavy_packages_out() -> None:
+    """pyproject's ``dependencies`` (the daemon's runtime set) and requirements-daemon.lock
+    (what the image installs) name none of them; the full lock pins every runtime one."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def name(req: str) -> str:
+        return req.split("==")[0].split("[")[0].strip().lower().replace("_", "-")
+
+    runtime = {name(r) for r in project["dependencies"]}
+    assert not runtime & DISTRIBUTIONS
+    assert all("==" in r for r in project["dependencies"])  # exact pins
+    daemon_lock = {name(line) for line in (ROOT / "requirements-daemon.lock").read_text()
+                   .splitlines() if line and not line.startswith("#")}
+    assert runtime <= daemon_lock
+    assert not daemon_lock & DISTRIBUTIONS, sorted(daemon_lock & DISTRIBUTIONS)
+    full = {line.strip() for line in (ROOT / "requirements.lock").read_text().splitlines()
+            if line and not line.startswith("#")}
+    pinned = {line for line in (ROOT / "requirements-daemon.lock").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert pinned <= full, sorted(pinned - full)  # the same versions as the dev lock
+    extras = project["optional-dependencies"]
+    assert {"torch", "pyod", "scikit-learn", "scipy"} <= {name(r) for r in extras["train"]}
+    assert {"shap", "matplotlib"} <= {name(r) for r in extras["eval"]}

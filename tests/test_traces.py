@@ -128,3 +128,79 @@ def test_iter_time_chunks_window_and_bad_step() -> None:
 def test_counter_naming() -> None:
     assert tr.is_counter(tr.CPU_SECONDS) and tr.is_counter("anything_total")
     assert not tr.is_counter(tr.WORKING_SET) and not tr.is_counter(tr.GPU_FB_USED)
+
+
+# ------------------------------------------------------------------ timestamps a replay refuses
+
+NOW = 1_767_225_600.0
+
+
+def _rows(ts: list[float] | list[str] | pd.Series) -> pd.DataFrame:
+    n = len(ts)
+    return pd.DataFrame({"timestamp": ts, "namespace": "ns", "pod": "p", "container": "c",
+                         "node": "", "metric": tr.WORKING_SET, "value": np.arange(n, dtype=float)})
+
+
+def test_millisecond_timestamps_are_named_as_milliseconds(tmp_path: Path) -> None:
+    p = tmp_path / "ms.csv"
+    _rows([NOW * 1000 + 15_000 * i for i in range(10)]).to_csv(p, index=False)
+    with pytest.raises(InputError) as e:
+        tr.load_trace(p)
+    msg = str(e.value)
+    assert "these look like milliseconds" in msg and "line 2" in msg and str(p) in msg
+    assert "2026-01-01" in msg and "divide" in msg
+    with pytest.raises(InputError, match="nanoseconds"):
+        tr.validate_trace(_rows([NOW * 1e9]))
+    with pytest.raises(InputError, match="after 1970"):
+        tr.validate_trace(_rows([NOW, -5.0]))
+
+
+def test_a_datetime_column_is_read_as_unix_seconds(tmp_path: Path) -> None:
+    times = pd.to_datetime([NOW + 15 * i for i in range(4)], unit="s", utc=True)
+    p = tmp_path / "dt.parquet"
+    _rows(pd.Series(times)).to_parquet(p)
+    df = tr.load_trace(p)
+    assert df["timestamp"].tolist() == [NOW + 15 * i for i in range(4)]
+    naive = tr.validate_trace(_rows(pd.Series(times.tz_localize(None))))  # naive: UTC
+    assert naive["timestamp"].tolist() == df["timestamp"].tolist()
+    iso = tr.validate_trace(_rows(["2026-01-01T00:00:00Z", "2026-01-01T00:00:15+00:00"]))
+    assert iso["timestamp"].tolist() == [NOW, NOW + 15]
+
+
+@pytest.mark.parametrize("odd", [1.0, 9.87e10])
+def test_one_row_far_from_the_rest_is_refused_before_any_walk(odd: float) -> None:
+    from detector.replay import iter_batches
+
+    rows = tr.validate_trace(_rows([NOW + 60 * i for i in range(100)] + [odd]),
+                             source="odd.parquet")
+    with pytest.raises(InputError) as e:
+        next(iter_batches(rows, step_s=60.0, max_future_s=None))
+    msg = str(e.value)
+    assert "odd.parquet" in msg and "row 100" in msg and "years" in msg, msg
+    assert "a timestamp is probably wrong" in msg
+
+
+def test_a_row_in_the_future_is_refused_with_its_row() -> None:
+    from detector.replay import iter_batches
+
+    now = 1_800_000_000.0
+    rows = tr.validate_trace(_rows([now - 600, now - 300, now + 7200, now - 60]))
+    with pytest.raises(InputError, match=r"row 2 has timestamp .* in the future|future"):
+        tr.check_replayable(rows, step_s=60, now=now, max_future_s=3600)
+    tr.check_replayable(rows, step_s=60, now=now, max_future_s=86400)  # within the skew
+    wall = tr.validate_trace(_rows([9.0e10]))  # year ~4822, ahead of any wall clock
+    with pytest.raises(InputError, match="in the future"):
+        next(iter_batches(wall, step_s=60.0))
+
+
+def test_replay_cli_on_a_millisecond_trace_is_one_clear_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = tmp_path / "ms.csv"
+    _rows([NOW * 1000 + 15_000 * i for i in range(40)]).to_csv(p, index=False)
+    r = subprocess.run([sys.executable, "-m", "detector", "replay", str(p), "--out",
+                        str(tmp_path / "v.jsonl"), "--no-progress"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "these look like milliseconds" in r.stderr and "Traceback" not in r.stderr

@@ -281,23 +281,45 @@ def test_state_round_trips_through_json(detector: TrendDetector) -> None:
 
 # ----------------------------------------------------------------------------- Exathlon
 
-RUNS = exathlon.list_runs()
+# The excerpt shipped in the repository (data/exathlon, Apache-2.0): a clone alone has it.
+RUNS = exathlon.list_runs(exathlon.SAMPLE_DIR)
 needs_exathlon = pytest.mark.usefixtures("exathlon_present")
 
 
 @pytest.fixture(scope="module")
 def exathlon_present() -> None:
     """The real healthy traces must be there: a missing copy fails, it is never skipped."""
-    if not RUNS:
-        pytest.fail(f"Exathlon data not found at {exathlon.default_dir()}: it ships in "
-                    f"../shared/data/exathlon beside the checkout, or set {exathlon.ENV_DIR}")
+    if len(RUNS) < 6:
+        pytest.fail(f"the Exathlon excerpt is missing from {exathlon.SAMPLE_DIR} (found "
+                    f"{[p.name for p in RUNS]}): it is part of the repository; restore it with "
+                    f"git, or rebuild it with data/exathlon/make_excerpt.py FULL_EXATHLON_DIR")
 
 
 @pytest.fixture(scope="module")
 def exathlon_windows() -> WindowBatch:
-    trace, skipped = exathlon.load_runs(max_runs=6)
-    assert all("9_0_1200000_2" in name for name, _ in skipped)
+    trace, skipped = exathlon.load_runs(exathlon.SAMPLE_DIR)
+    assert skipped == []
+    assert trace["pod"].nunique() == 18  # 6 runs x 3 executors with JVM samples
     return collect_windows(trace, every_s=60)
+
+
+def test_default_dir_is_the_excerpt_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(exathlon.ENV_DIR, raising=False)
+    assert exathlon.default_dir() == exathlon.SAMPLE_DIR
+    monkeypatch.setenv(exathlon.ENV_DIR, str(tmp_path))
+    assert exathlon.default_dir() == tmp_path
+    assert exathlon.list_runs() == []
+
+
+def test_the_excerpt_is_small_and_carries_its_licence() -> None:
+    total = sum(p.stat().st_size for p in RUNS)
+    assert total < 1_500_000, total
+    licence = (exathlon.SAMPLE_DIR / "LICENSE").read_text()
+    assert "Apache License" in licence and "Exathlon Project" in licence
+    notice = (exathlon.SAMPLE_DIR / "NOTICE").read_text()
+    assert all(p.stem in notice for p in RUNS)
 
 
 @needs_exathlon

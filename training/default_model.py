@@ -20,11 +20,12 @@ import pandas as pd
 
 from detector import scenarios
 from detector.models import store
+from detector.models.univariate import UnivariateDetector
 from detector.settings import DetectionSettings, WindowSettings
 from training.fit import collect_windows, fit_detectors
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "model"
-DEFAULT_VERSION = "default-2"
+DEFAULT_VERSION = "default-3"
 SEED = 20261126
 
 
@@ -52,6 +53,8 @@ def build(root: Path = DEFAULT_ROOT, *, seed: int = SEED, n_pods: int = 96, hour
         "training_data": {"source": "detector.scenarios.generate_healthy", "seed": seed,
                           "pods": n_pods, "hours": hours},
         "settings": {"windows": ws.model_dump(), "detection": det.model_dump()},
+        # custom metrics: no family in the healthy scenarios, so the documented defaults
+        "univariate": UnivariateDetector().get_state(),
     }
     path = store.save_bundle(root, result.drift, result.trend.get_state(), card,
                              version=version, promote_now=True)

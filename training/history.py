@@ -2,10 +2,12 @@
 
 Who calls it: ``training.job`` (``podguard train --prometheus URL --since 7d``). Each metric
 the window engine reads is fetched with ``query_range`` in time chunks small enough that no
-series exceeds Prometheus's 11,000 points per query; each chunk is retried on connection
-errors and 5xx/429 answers over a finite backoff, then the result is a DataFrame in the trace
-format of :mod:`detector.traces`, so training builds windows with the same engine as the
-daemon.
+series exceeds Prometheus's 11,000 points per query, through the one Prometheus client
+(:mod:`detector.transport.prometheus`: TLS, auth, tenant headers); each chunk is retried on
+connection errors and 5xx/429 answers by the one retry policy
+(:mod:`detector.transport.retry`, ``Retry-After`` honoured), then the result is a DataFrame in
+the trace format of :mod:`detector.traces`, so training builds windows with the same engine as
+the daemon.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from detector import traces as tr
-from detector.errors import InputError, PermanentError, ServiceUnavailableError
+from detector.errors import InputError
+from detector.settings import HttpClientSettings
+from detector.transport.prometheus import MAX_POINTS, PrometheusClient
+from detector.transport.prometheus import chunks as prom_chunks
+from detector.transport.retry import retrying
 
 log = logging.getLogger(__name__)
 
-MAX_POINTS_PER_SERIES = 11_000
+MAX_POINTS_PER_SERIES = MAX_POINTS
 #: The series training reads (the window engine's inputs), with the labels that name a pod.
 HISTORY_METRICS: tuple[str, ...] = (
     tr.WORKING_SET, tr.RSS, tr.CPU_SECONDS, tr.MEMORY_LIMIT, tr.FS_USAGE, tr.NET_RX, tr.NET_TX,
@@ -43,13 +49,11 @@ BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def parse_duration(text: str) -> float:
-    """``"90s"``, ``"15m"``, ``"6h"``, ``"7d"``, ``"2w"`` -> seconds. InputError otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    t = text.strip()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise InputError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 7d)") from None
+    """``"90s"``, ``"15m"``, ``"6h"``, ``"7d"``, ``"2w"``, ``"1h30m"`` -> seconds, > 0, read
+    by the settings' one duration parser. InputError otherwise."""
+    from detector.settings import parse_duration as parse
+
+    value = parse(text)
     if not value > 0:
         raise InputError(f"duration must be > 0, got {text!r}")
     return value
@@ -57,67 +61,31 @@ def parse_duration(text: str) -> float:
 
 def chunks(start: float, end: float, step: float,
            max_points: int = MAX_POINTS_PER_SERIES) -> list[tuple[float, float]]:
-    """``[start, end]`` cut into ranges of at most ``max_points`` samples at ``step``."""
+    """``[start, end]`` cut into ranges of at most ``max_points`` samples at ``step``
+    (:func:`detector.transport.prometheus.chunks`); InputError for an empty range."""
     if not end > start:
         raise InputError(f"empty time range: start {start} >= end {end}")
-    span = step * (max_points - 1)
-    out = []
-    t = start
-    while t < end:
-        hi = min(end, t + span)
-        out.append((t, hi))
-        t = hi + step
-    return out
-
-
-def _with_retries(call: Callable[[], Any], what: str, sleep: Callable[[float], None]) -> Any:
-    from prometheus_api_client.exceptions import PrometheusApiClientException
-    from requests import RequestException
-
-    attempts = len(BACKOFF_S) + 1
-    for n in range(1, attempts + 1):
-        try:
-            return call()
-        except PrometheusApiClientException as e:
-            status = getattr(e, "status_code", None) or _status_in(str(e))
-            if status is not None and status < 500 and status != 429:
-                raise PermanentError(f"{what}: Prometheus refused the query: {e}") from e
-            err: Exception = e
-        except RequestException as e:
-            err = e
-        if n == attempts:
-            raise ServiceUnavailableError(f"{what}: gave up after {attempts} attempts: {err}"
-                                          ) from err
-        delay = BACKOFF_S[n - 1]
-        log.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s", what, n, attempts,
-                    delay, err)
-        sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _status_in(text: str) -> int | None:
-    for token in text.replace(":", " ").split():
-        if token.isdigit() and len(token) == 3:
-            return int(token)
-    return None
+    return prom_chunks(start, end, step, max_points)
 
 
 def pull_history(url: str, *, start: float, end: float, step: float = 15.0,
                  metrics: Sequence[str] = HISTORY_METRICS, matcher: str = "",
                  progress: bool = False, sleep: Callable[[float], None] = time.sleep,
-                 max_points: int = MAX_POINTS_PER_SERIES, incidents: bool = True
+                 max_points: int = MAX_POINTS_PER_SERIES, incidents: bool = True,
+                 http: HttpClientSettings | None = None,
+                 where: str = "sources.prometheus.http", timeout_s: float = 60.0
                  ) -> pd.DataFrame:
     """Every sample of ``metrics`` between ``start`` and ``end`` (unix s) at ``step``.
 
     ``matcher`` is extra label matchers, e.g. ``node="gpu-1"``. Series without ``namespace``
     and ``pod`` labels are ignored (they do not belong to a pod). With ``incidents`` the OOM
     kills and podguard alerts that fired come along as the metrics :data:`OOM_KILLED` and
-    :data:`ALERTS`, for :func:`incident_pods`.
+    :data:`ALERTS`, for :func:`incident_pods`. ``http`` gives TLS and auth (the daemon's
+    ``sources.prometheus.http``; ``where`` names it in errors). A query answered 429/5xx or
+    not at all is retried along :data:`BACKOFF_S`; a refused one (bad query, 401/403, a
+    certificate that does not verify) raises a PermanentError at once.
     """
-    from prometheus_api_client import PrometheusConnect
-
-    prom = PrometheusConnect(url=url, disable_ssl=True)
-    prom._session.trust_env = False
+    client = PrometheusClient(url, http, where=where, timeout_s=timeout_s)
     pieces = chunks(start, end, step, max_points)
     frames: list[pd.DataFrame] = []
     queries = [(m, f"{m}{{{matcher}}}" if matcher else m) for m in metrics]
@@ -129,14 +97,14 @@ def pull_history(url: str, *, start: float, end: float, step: float = 15.0,
     for metric, sel in queries:
         for lo, hi in pieces:
             def query(sel: str = sel, lo: float = lo, hi: float = hi) -> Any:
-                return prom.custom_query_range(
-                    sel, start_time=pd.Timestamp(lo, unit="s").to_pydatetime(),
-                    end_time=pd.Timestamp(hi, unit="s").to_pydatetime(), step=f"{step:g}s")
+                return client.query_range(sel, lo, hi, step)
 
-            result = _with_retries(query, f"query_range {sel} [{lo:.0f}, {hi:.0f}]", sleep)
+            result = retrying(query, delays=BACKOFF_S, what=f"query_range {sel} "
+                              f"[{lo:.0f}, {hi:.0f}] at {client.url}", log=log, sleep=sleep)
             frames += _to_frames(metric, result)
             bar.update(1)
     bar.close()
+    client.close()
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("timestamp", "value")
                                           else "object") for c in tr.TRACE_COLUMNS})

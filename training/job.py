@@ -35,7 +35,7 @@ from detector.models import store
 from detector.models.drift import DriftDetector
 from detector.models.trend import TrendDetector
 from detector.pipeline import select_features
-from detector.settings import DetectionSettings, WindowSettings
+from detector.settings import DetectionSettings, WindowSettings, load_settings
 from detector.traces import load_trace
 from detector.windows import WindowBatch
 from training.fit import collect_windows, fit_detectors, split_by_pod
@@ -97,8 +97,9 @@ def load_history(args: argparse.Namespace) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     end = time.time()
     start = end - parse_duration(args.since)
+    http = load_settings(getattr(args, "config", None)).sources.prometheus.http  # TLS, auth
     return pull_history(args.prometheus, start=start, end=end, step=args.step,
-                        matcher=args.matcher, progress=not args.no_progress)
+                        matcher=args.matcher, progress=not args.no_progress, http=http)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,6 +193,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", default="7d", help="with --prometheus: how far back (7d)")
     p.add_argument("--step", type=float, default=15.0,
                    help="with --prometheus: query resolution, seconds (15)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="with --prometheus: the daemon's settings file; its "
+                        "sources.prometheus.http gives TLS and auth (CA file, client "
+                        "certificate, bearer token or basic-auth password file, headers such "
+                        "as X-Scope-OrgID); PODGUARD__ environment overrides apply too")
     p.add_argument("--matcher", default="", help='extra label matchers, e.g. node="gpu-1"')
     p.add_argument("--out", type=Path, required=True, help="model root (versions + current)")
     p.add_argument("--fpr", type=float, default=1e-4,

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status", "env", "prepare"])
     parser.add_argument("services", nargs="*", metavar="SERVICE",
-                        help="prometheus, alertmanager, kafka, kubernetes (default: all)")
+                        help="prometheus, alertmanager, kafka, kubernetes, cadvisor (default: all)")
     parser.add_argument("--keep", action="store_true",
                         help="down: keep the state directory (data) of the stack")
     args = parser.parse_args(argv)

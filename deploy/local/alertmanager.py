@@ -8,6 +8,9 @@ v2 API answers ``GET /api/v2/alerts`` with a JSON list.
 By default alerts are grouped and kept but sent nowhere; :meth:`Alertmanager.set_webhook`
 points the default receiver at a webhook on 127.0.0.1 (e.g. a test's HTTP server).
 
+``Alertmanager(web=WebSecurity(...))`` starts it with ``--web.config.file``: HTTPS with a
+test CA, optionally client certificates and basic auth (:mod:`deploy.local.web`).
+
 Used by :mod:`deploy.local.stack` (CLI) and ``tests/support/stack_fixtures.py``.
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 import yaml
 
 from deploy.local import _proc
+from deploy.local import web as web_config
 from deploy.local._proc import LOOPBACK, StackError
 from deploy.local._service import ServiceStatus
 from deploy.local.stack import (
@@ -36,6 +40,7 @@ from deploy.local.stack import (
     reuse_port,
     write_record,
 )
+from deploy.local.web import WebFiles, WebSecurity
 
 _BINARY = "prometheus-alertmanager"  # Debian's name for the alertmanager binary
 
@@ -47,8 +52,10 @@ class Alertmanager:
     package = "prometheus-alertmanager"
 
     def __init__(self, *, ready_timeout: float = 60.0, group_wait: str = "1s",
-                 group_interval: str = "1s", repeat_interval: str = "1h") -> None:
+                 group_interval: str = "1s", repeat_interval: str = "1h",
+                 web: WebSecurity | None = None) -> None:
         self.ready_timeout = ready_timeout
+        self.web = web  # TLS / client certificates / basic auth; None: plain HTTP
         self.group_wait = group_wait
         self.group_interval = group_interval
         self.repeat_interval = repeat_interval
@@ -58,8 +65,20 @@ class Alertmanager:
         return state / "alertmanager"
 
     def url(self, state: Path) -> str | None:
-        port = read_record(state, self.name).get("port")
-        return f"http://{LOOPBACK}:{port}" if isinstance(port, int) else None
+        rec = read_record(state, self.name)
+        port = rec.get("port")
+        if not isinstance(port, int):
+            return None
+        web = WebFiles.from_record(rec)
+        return f"{web.scheme if web else 'http'}://{LOOPBACK}:{port}"
+
+    def web_files(self, state: Path) -> WebFiles | None:
+        """CA, client certificate, user and password file of a protected instance."""
+        return WebFiles.from_record(read_record(state, self.name))
+
+    def _client(self, state: Path) -> dict[str, Any]:
+        web = self.web_files(state)
+        return {} if web is None else {"context": web.context(), "headers": web.headers()}
 
     def _url(self, state: Path) -> str:
         url = self.url(state)
@@ -92,17 +111,22 @@ class Alertmanager:
         config = self.home(state) / "alertmanager.yml"
         webhook = record.get("webhook")
         atomic_write(config, self._config(webhook if isinstance(webhook, str) else None))
-        write_record(state, self.name, {
-            "port": port, "url": f"http://{LOOPBACK}:{port}", "webhook": webhook,
-            "version": _version(binary)})
+        web = web_config.write(self.home(state), self.web) if self.web else None
+        scheme = web.scheme if web else "http"
+        rec: dict[str, Any] = {"port": port, "url": f"{scheme}://{LOOPBACK}:{port}",
+                               "webhook": webhook, "version": _version(binary)}
+        if web is not None:
+            rec["web"] = web.to_record()
+        write_record(state, self.name, rec)
         _proc.start(self.name, [
             binary,
             f"--config.file={config}",
             f"--storage.path={data}",
             f"--web.listen-address={LOOPBACK}:{port}",
-            f"--web.external-url=http://{LOOPBACK}:{port}/",
+            f"--web.external-url={scheme}://{LOOPBACK}:{port}/",
             "--cluster.listen-address=",  # no gossip port at all
             "--log.level=info",
+            *([f"--web.config.file={web.web_config}"] if web else []),
         ], state)
         try:
             _proc.wait_until(lambda: self._ready(state), timeout=self.ready_timeout,
@@ -143,7 +167,8 @@ class Alertmanager:
         write_record(state, self.name, record)
         atomic_write(self.home(state) / "alertmanager.yml", self._config(url))
         if _proc.alive(_proc.pid_of(self.name, state)):
-            status, body = http("POST", self._url(state) + "/-/reload", timeout=30)
+            status, body = http("POST", self._url(state) + "/-/reload", timeout=30,
+                                **self._client(state))
             if status != 200:
                 raise StackError(f"alertmanager reload failed ({status}): "
                                  f"{body.decode(errors='replace')}")
@@ -152,7 +177,8 @@ class Alertmanager:
         """``GET /api/v2/alerts`` filtered by exact label matches."""
         qs = urllib.parse.urlencode(
             [("filter", f'{k}="{v}"') for k, v in filters.items()], doseq=True)
-        answer = http_json("GET", f"{self._url(state)}/api/v2/alerts?{qs}")
+        answer = http_json("GET", f"{self._url(state)}/api/v2/alerts?{qs}",
+                           **self._client(state))
         return list(answer) if isinstance(answer, list) else []
 
     # ------------------------------------------------------------------ internals
@@ -175,7 +201,8 @@ class Alertmanager:
         if url is None:
             return False
         try:
-            status, body = http("GET", url + "/api/v2/alerts", timeout=3.0)
+            status, body = http("GET", url + "/api/v2/alerts", timeout=3.0,
+                                **self._client(state))
         except OSError:
             return False
         return status == 200 and body.lstrip().startswith(b"[")

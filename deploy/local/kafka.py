@@ -14,6 +14,11 @@ start
     a kafka-python admin client gets the cluster description with an unfenced broker.
     Stopping (SIGTERM, a clean shutdown) and starting again keeps data, ports and cluster id.
 
+``Kafka(security=KafkaSecurity())`` adds an ``SSL`` listener (mutual TLS: a client certificate
+of the test CA is required) and a ``SASL_SSL`` listener (SCRAM-SHA-512, a user with a random
+password added when the storage is formatted); what a client needs is in the record
+(:meth:`Kafka.security_files`, :meth:`Kafka.bootstrap`).
+
 Used by :mod:`deploy.local.stack` (CLI) and ``tests/support/stack_fixtures.py``.
 """
 
@@ -22,17 +27,20 @@ from __future__ import annotations
 import base64
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local import _proc
 from deploy.local._proc import LOOPBACK, StackError, cache_dir
 from deploy.local._service import ServiceStatus
+from deploy.local.k8s_pki import _cert as issue_cert
 from deploy.local.stack import (
     atomic_write,
     locked,
@@ -76,6 +84,17 @@ def java_binary() -> str:
     return java
 
 
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Extra listeners of a protected broker (the PLAINTEXT one stays, for the stack's own
+    probe and inter-broker traffic): ``SSL`` and ``SASL_SSL`` with SCRAM-SHA-512 users made
+    at storage format time (``--add-scram``, as KRaft wants), with a server certificate of a
+    test CA (``deploy.local.web``'s openssl helpers) in a PKCS#12 keystore."""
+
+    scram_user: str = "podguard"
+    client_certs: bool = True  # the SSL listener requires a client certificate of the CA
+
+
 def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
@@ -88,7 +107,8 @@ class Kafka:
 
     def __init__(self, *, version: str = KAFKA_VERSION, heap: str = "512m",
                  jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS,
-                 ready_timeout: float = 120.0) -> None:
+                 ready_timeout: float = 120.0, security: KafkaSecurity | None = None) -> None:
+        self.security = security  # None: PLAINTEXT only
         self.version = version
         self.heap = heap  # -Xmx
         self.jvm_options = jvm_options
@@ -102,9 +122,17 @@ class Kafka:
     def data_dir(cls, state: Path) -> Path:
         return cls.home(state) / "data"
 
-    def bootstrap(self, state: Path) -> str | None:
-        port = read_record(state, self.name).get("broker_port")
+    def bootstrap(self, state: Path, listener: str = "PLAINTEXT") -> str | None:
+        """``host:port`` of ``listener`` (PLAINTEXT; SSL and SASL_SSL on a protected one)."""
+        rec = read_record(state, self.name)
+        key = {"PLAINTEXT": "broker_port", "SSL": "ssl_port", "SASL_SSL": "sasl_ssl_port"}
+        port = rec.get(key.get(listener, ""))
         return f"{LOOPBACK}:{port}" if isinstance(port, int) else None
+
+    def security_files(self, state: Path) -> dict[str, str]:
+        """``ca_file``, ``username``, ``password_file`` of a protected broker (else empty)."""
+        sec = read_record(state, self.name).get("security")
+        return {str(k): str(v) for k, v in sec.items()} if isinstance(sec, dict) else {}
 
     # ------------------------------------------------------------------ Service
 
@@ -157,26 +185,42 @@ class Kafka:
         rec = read_record(state, self.name)
         broker = reuse_port(rec.get("broker_port"))
         controller = reuse_port(rec.get("controller_port"), taken=[broker])
+        extra: dict[str, int] = {}
+        if self.security is not None:
+            extra["ssl_port"] = reuse_port(rec.get("ssl_port"), taken=[broker, controller])
+            extra["sasl_ssl_port"] = reuse_port(rec.get("sasl_ssl_port"),
+                                                taken=[broker, controller, extra["ssl_port"]])
         cluster_id = rec.get("cluster_id")
         if not isinstance(cluster_id, str):
             cluster_id = new_cluster_id()
         home = self.home(state)
         self.data_dir(state).mkdir(parents=True, exist_ok=True)
         props = home / "server.properties"
-        atomic_write(props, self._properties(state, broker, controller))
+        tls = self._tls(state) if self.security is not None else None
+        atomic_write(props, self._properties(state, broker, controller, extra, tls))
         log4j = home / "log4j2.properties"
         atomic_write(log4j, _LOG4J2)
-        write_record(state, self.name, {
+        record: dict[str, object] = {
             "broker_port": broker, "controller_port": controller, "cluster_id": cluster_id,
-            "bootstrap": f"{LOOPBACK}:{broker}", "version": f"kafka {self.version}"})
+            "bootstrap": f"{LOOPBACK}:{broker}", "version": f"kafka {self.version}", **extra}
+        if tls is not None:
+            record["security"] = {k: v for k, v in tls.items() if k != "keystore_password"}
+        write_record(state, self.name, record)
         classpath = f"{libs}/*"
         jvm = [java, f"-Xmx{self.heap}", *self.jvm_options, "-XX:+ExitOnOutOfMemoryError",
                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
                "-cp", classpath]
         if not (self.data_dir(state) / "meta.properties").exists():
+            scram: list[str] = []
+            if tls is not None:
+                password = Path(tls["password_file"]).read_text().strip()
+                scram = ["--add-scram",
+                         f"SCRAM-SHA-512=[name={tls['username']},password={password}]"]
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                capture_output=True, text=True, check=False, timeout=300)
+                [*jvm, "kafka.tools.StorageTool", "format",
+                 f"--cluster-id={cluster_id}",  # an id may start with "-": not a flag
+                 "-c", str(props),
+                 *scram], capture_output=True, text=True, check=False, timeout=300)
             if fmt.returncode != 0:
                 raise StackError(f"formatting Kafka storage in {self.data_dir(state)} failed: "
                                  f"{(fmt.stdout + fmt.stderr).strip()[-2000:]}")
@@ -210,16 +254,85 @@ class Kafka:
 
     # ------------------------------------------------------------------ internals
 
-    def _properties(self, state: Path, broker: int, controller: int) -> str:
+    def _tls(self, state: Path) -> dict[str, str]:
+        """Test CA, broker certificate in a PKCS#12 keystore, SCRAM user and password: made
+        once under ``<state>/kafka/tls`` (the SCRAM credential lives in the formatted
+        storage, so the password must stay the same across restarts)."""
+        assert self.security is not None
+        d = (self.home(state) / "tls").resolve()
+        out = {"ca_file": str(d / "ca.crt"), "keystore": str(d / "broker.p12"),
+               "client_cert": str(d / "client.crt"), "client_key": str(d / "client.key"),
+               "username": self.security.scram_user, "password_file": str(d / "password"),
+               "keystore_password_file": str(d / "keystore-password")}
+        if all(Path(out[k]).exists() for k in ("ca_file", "keystore", "password_file",
+                                                "keystore_password_file", "client_cert")):
+            out["keystore_password"] = Path(out["keystore_password_file"]).read_text().strip()
+            return out
+        d.mkdir(parents=True, exist_ok=True)
+        ca_ext = ["basicConstraints = critical, CA:TRUE",
+                  "keyUsage = critical, keyCertSign, cRLSign, digitalSignature",
+                  "subjectKeyIdentifier = hash"]
+        ca = issue_cert(d, "ca", cn="podguard-kafka-test-ca", org="", ca=None, ext=ca_ext)
+        server = issue_cert(d, "broker", cn="127.0.0.1", org="", ca=ca, ext=[
+            "basicConstraints = critical, CA:FALSE",
+            "keyUsage = critical, digitalSignature, keyEncipherment",
+            "authorityKeyIdentifier = keyid", "extendedKeyUsage = serverAuth",
+            "subjectAltName = IP:127.0.0.1, DNS:localhost"])
+        issue_cert(d, "client", cn="podguard", org="", ca=ca, ext=[
+            "basicConstraints = critical, CA:FALSE",
+            "keyUsage = critical, digitalSignature, keyEncipherment",
+            "authorityKeyIdentifier = keyid", "extendedKeyUsage = clientAuth"])
+        store_pw = secrets.token_urlsafe(18)
+        proc = subprocess.run(
+            ["openssl", "pkcs12", "-export", "-in", str(server.cert), "-inkey", str(server.key),
+             "-certfile", str(ca.cert), "-name", "broker", "-out", out["keystore"],
+             "-passout", f"pass:{store_pw}"], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise StackError(f"openssl pkcs12 failed: {proc.stderr.strip()}")
+        for key, value in (("keystore_password_file", store_pw),
+                           ("password_file", secrets.token_urlsafe(18))):
+            f = Path(out[key])
+            f.write_text(value + "\n")
+            f.chmod(0o600)
+        out["keystore_password"] = store_pw
+        return out
+
+    def _properties(self, state: Path, broker: int, controller: int,
+                    extra: dict[str, int] | None = None,
+                    tls: dict[str, str] | None = None) -> str:
+        extra = extra or {}
+        listeners = [f"PLAINTEXT://{LOOPBACK}:{broker}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        secure: dict[str, str] = {}
+        if tls is not None:
+            listeners += [f"SSL://{LOOPBACK}:{extra['ssl_port']}",
+                          f"SASL_SSL://{LOOPBACK}:{extra['sasl_ssl_port']}"]
+            protocols += ["SSL:SSL", "SASL_SSL:SASL_SSL"]
+            secure = {
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": tls["keystore"],
+                "ssl.keystore.password": tls["keystore_password"],
+                "ssl.key.password": tls["keystore_password"],
+                "ssl.client.auth": "none",
+                "ssl.truststore.type": "PEM",  # the CA that signs client certificates
+                "ssl.truststore.location": tls["ca_file"],
+                "listener.name.ssl.ssl.client.auth": (
+                    "required" if self.security is not None and self.security.client_certs
+                    else "none"),
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            }
         props = {
             "process.roles": "broker,controller",
             "node.id": str(NODE_ID),
             "controller.quorum.voters": f"{NODE_ID}@{LOOPBACK}:{controller}",
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{broker},CONTROLLER://{LOOPBACK}:{controller}",
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{broker}",
+            "listeners": ",".join([*listeners, f"CONTROLLER://{LOOPBACK}:{controller}"]),
+            "advertised.listeners": ",".join(listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
+            **secure,
             "log.dirs": str(self.data_dir(state)),
             "num.partitions": "1",
             "default.replication.factor": "1",

@@ -12,6 +12,10 @@ Ready means a query answers with the ``up`` series of Prometheus's own scrape ta
 first scrape went through (``/-/ready`` answers seconds earlier). Stopping and starting again
 keeps the port (recorded in ``<state>/prometheus.json``) and the data.
 
+``Prometheus(web=WebSecurity(...))`` starts it with ``--web.config.file``: HTTPS with a test
+CA, optionally client certificates and basic auth (:mod:`deploy.local.web`); the stack's own
+requests (probe, query, reload, self-scrape) then use the CA and credentials it recorded.
+
 Used by :mod:`deploy.local.stack` (CLI) and ``tests/support/stack_fixtures.py``.
 """
 
@@ -34,6 +38,7 @@ from typing import Any
 import yaml
 
 from deploy.local import _proc
+from deploy.local import web as web_config
 from deploy.local._proc import LOOPBACK, StackError
 from deploy.local._service import ServiceStatus
 from deploy.local.stack import (
@@ -47,6 +52,7 @@ from deploy.local.stack import (
     reuse_port,
     write_record,
 )
+from deploy.local.web import WebFiles, WebSecurity
 
 _JOB_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]*$")
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -116,10 +122,11 @@ class Prometheus:
     package = "prometheus"
 
     def __init__(self, *, scrape_interval: str = "1s", ready_timeout: float = 60.0,
-                 retention: str = "3650d") -> None:
+                 retention: str = "3650d", web: WebSecurity | None = None) -> None:
         self.scrape_interval = scrape_interval
         self.ready_timeout = ready_timeout
         self.retention = retention  # long: backfilled history must not be deleted
+        self.web = web  # TLS / basic auth (--web.config.file); None: plain HTTP
 
     # ------------------------------------------------------------------ paths
 
@@ -142,8 +149,20 @@ class Prometheus:
         return cls.home(state) / "rules"
 
     def url(self, state: Path) -> str | None:
-        port = read_record(state, self.name).get("port")
-        return f"http://{LOOPBACK}:{port}" if isinstance(port, int) else None
+        rec = read_record(state, self.name)
+        port = rec.get("port")
+        if not isinstance(port, int):
+            return None
+        web = WebFiles.from_record(rec)
+        return f"{web.scheme if web else 'http'}://{LOOPBACK}:{port}"
+
+    def web_files(self, state: Path) -> WebFiles | None:
+        """CA, client certificate, user and password file of a protected instance."""
+        return WebFiles.from_record(read_record(state, self.name))
+
+    def _client(self, state: Path) -> dict[str, Any]:
+        web = self.web_files(state)
+        return {} if web is None else {"context": web.context(), "headers": web.headers()}
 
     def _url(self, state: Path) -> str:
         url = self.url(state)
@@ -173,20 +192,27 @@ class Prometheus:
         port = reuse_port(read_record(state, self.name).get("port"))
         for d in (self.data_dir(state), self.file_sd_dir(state), self.rules_dir(state)):
             d.mkdir(parents=True, exist_ok=True)
+        web = web_config.write(self.home(state), self.web) if self.web else None
+        scheme = web.scheme if web else "http"
+        record: dict[str, Any] = {"port": port, "url": f"{scheme}://{LOOPBACK}:{port}",
+                                  "version": _version(binary), "started_at": time.time()}
+        if web is not None:
+            record["web"] = web.to_record()
+        write_record(state, self.name, record)  # before the config: _config reads it
         config = self.home(state) / "prometheus.yml"
         atomic_write(config, self._config(state, port))
-        write_record(state, self.name, {"port": port, "url": f"http://{LOOPBACK}:{port}",
-                                        "version": _version(binary), "started_at": time.time()})
+        web_args = [f"--web.config.file={web.web_config}"] if web else []
         _proc.start(self.name, [
             binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={self.data_dir(state)}",
             f"--storage.tsdb.retention.time={self.retention}",
             f"--web.listen-address={LOOPBACK}:{port}",
-            f"--web.external-url=http://{LOOPBACK}:{port}/",
+            f"--web.external-url={scheme}://{LOOPBACK}:{port}/",
             "--web.enable-lifecycle",
             "--web.enable-admin-api",
             "--log.level=info",
+            *web_args,
         ], state)
         try:
             _proc.wait_until(lambda: self._probe(state), timeout=self.ready_timeout,
@@ -217,7 +243,8 @@ class Prometheus:
 
     def reload(self, state: Path) -> None:
         """Re-read ``prometheus.yml`` and the rule files (``POST /-/reload``)."""
-        status, body = http("POST", self._url(state) + "/-/reload", timeout=30)
+        status, body = http("POST", self._url(state) + "/-/reload", timeout=30,
+                            **self._client(state))
         if status != 200:
             raise StackError(
                 f"prometheus reload failed ({status}): {body.decode(errors='replace')}")
@@ -244,7 +271,8 @@ class Prometheus:
     def query(self, state: Path, promql: str, *, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Instant query; the ``result`` list of the answer."""
         qs = urllib.parse.urlencode({"query": promql})
-        answer = http_json("GET", f"{self._url(state)}/api/v1/query?{qs}", timeout=timeout)
+        answer = http_json("GET", f"{self._url(state)}/api/v1/query?{qs}", timeout=timeout,
+                           **self._client(state))
         if not isinstance(answer, dict) or answer.get("status") != "success":
             raise StackError(f"prometheus query {promql!r} failed: {answer}")
         result = answer["data"]["result"]
@@ -307,6 +335,7 @@ class Prometheus:
     # ------------------------------------------------------------------ internals
 
     def _config(self, state: Path, port: int) -> str:
+        web = self.web_files(state)
         config = {
             "global": {"scrape_interval": self.scrape_interval,
                        "scrape_timeout": self.scrape_interval,
@@ -314,7 +343,8 @@ class Prometheus:
             "rule_files": [str(self.rules_dir(state) / "*.yml")],
             "scrape_configs": [
                 {"job_name": "prometheus",
-                 "static_configs": [{"targets": [f"{LOOPBACK}:{port}"]}]},
+                 "static_configs": [{"targets": [f"{LOOPBACK}:{port}"]}],
+                 **(web.scrape_config() if web else {})},
                 {"job_name": "file_sd",
                  "honor_labels": True,
                  "file_sd_configs": [{"files": [str(self.file_sd_dir(state) / "*.json")],

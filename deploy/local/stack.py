@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -49,7 +50,7 @@ POINTER_NAME = "stack-dir"
 CREATED_MARKER = ".created-by-podguard-up"
 """Present in a state directory that ``up`` created itself, so ``down`` may delete it."""
 
-ORDER = ("prometheus", "alertmanager", "kafka", "kubernetes")
+ORDER = ("prometheus", "alertmanager", "kafka", "kubernetes", "cadvisor")
 """Start order; ``down`` stops in reverse."""
 
 
@@ -64,6 +65,7 @@ def registry() -> dict[str, Service]:
     """
     # Imported here, not at module level: the service modules import the helpers below.
     from deploy.local.alertmanager import Alertmanager
+    from deploy.local.cadvisor import Cadvisor
     from deploy.local.kafka import Kafka
     from deploy.local.prometheus import Prometheus
 
@@ -71,6 +73,7 @@ def registry() -> dict[str, Service]:
         "prometheus": Prometheus(),
         "alertmanager": Alertmanager(),
         "kafka": Kafka(),
+        "cadvisor": Cadvisor(),  # the real-node harness's (deploy/local/node.py)
     }
     if importlib.util.find_spec("deploy.local.kubernetes") is not None:
         module = importlib.import_module("deploy.local.kubernetes")
@@ -236,22 +239,34 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http(method: str, url: str, *, body: bytes | None = None, timeout: float = 5.0,
-         content_type: str = "application/json") -> tuple[int, bytes]:
-    """One HTTP request on loopback; returns (status, body) also for 4xx/5xx answers."""
+         content_type: str = "application/json", context: ssl.SSLContext | None = None,
+         headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """One HTTP request on loopback; returns (status, body) also for 4xx/5xx answers.
+
+    ``context`` verifies an HTTPS service (and may carry a client certificate); ``headers``
+    are added (e.g. basic auth), for services started with a web config (``deploy.local.web``).
+    """
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", content_type)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    opener = _NO_PROXY if context is None else urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
     try:
-        with _NO_PROXY.open(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
         return int(e.code), e.read()
 
 
-def http_json(method: str, url: str, *, payload: object = None, timeout: float = 5.0) -> Any:
+def http_json(method: str, url: str, *, payload: object = None, timeout: float = 5.0,
+              context: ssl.SSLContext | None = None,
+              headers: Mapping[str, str] | None = None) -> Any:
     """An HTTP request expecting a 2xx JSON answer; raises StackError otherwise."""
     body = None if payload is None else json.dumps(payload).encode()
-    status, data = http(method, url, body=body, timeout=timeout)
+    status, data = http(method, url, body=body, timeout=timeout, context=context,
+                        headers=headers)
     if not 200 <= status < 300:
         raise StackError(f"{method} {url} answered {status}: {data[:500].decode(errors='replace')}")
     return json.loads(data) if data else None

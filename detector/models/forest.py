@@ -8,9 +8,12 @@ batches the daemon scores each tick. Explanations are TreeSHAP values (``shap.Tr
 mapped from the forest's path-length space into score space, sign flipped so that a positive
 value pushes the window towards *anomalous*.
 
-Persistence is skops for the scikit-learn estimator (loaded against an explicit allow-list of
-types, never ``trusted=True``) plus a JSON file for the configuration, the scaler and the
-threshold. No pickle anywhere.
+Persistence: the fitted trees as plain arrays in ``forest.safetensors`` (:class:`ForestArrays`:
+each node's children, feature, threshold, leaf value and cover, plus the two scalars of the
+score), plus ``forest.json`` for the configuration, the scaler and the threshold. Loading,
+scoring and explaining need numpy and safetensors only, not scikit-learn, scipy or PyOD (fitting
+does need them: ``podguard[train]``); every array read back is validated (shapes, dtypes, index
+ranges, children after their parent so no tree can loop). No pickle anywhere.
 
 This module also hosts :class:`RobustScaler` and :func:`config_from_dict`, shared with
 :mod:`detector.models.autoencoder` (which would otherwise have to import torch-free helpers
@@ -21,9 +24,9 @@ store, and the contract tests.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,21 +50,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FOREST_JSON",
-    "FOREST_SKOPS",
-    "SKOPS_TRUSTED_TYPES",
+    "FOREST_WEIGHTS",
+    "ForestArrays",
     "ForestConfig",
     "IsolationForestDetector",
     "RobustScaler",
     "check_features",
     "config_from_dict",
-    "load_isolation_forest",
+    "iforest_tree_arrays",
+    "read_tensors",
 ]
 
-FOREST_SKOPS = "forest.skops"
+FOREST_WEIGHTS = "forest.safetensors"
 FOREST_JSON = "forest.json"
-#: The only non-default type a saved IsolationForest contains; anything else is refused.
-SKOPS_TRUSTED_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
-_FORMAT = "podguard.iforest/1"
+_FORMAT = "podguard.iforest/2"
+"""/2: the trees are arrays in ``forest.safetensors`` (/1 was a skops-pickled estimator)."""
+_TREES_FORMAT = "podguard.iforest-trees/1"
+_TREE_INT_KEYS = ("node_count", "children_left", "children_right", "feature")
+_TREE_FLOAT_KEYS = ("threshold", "value", "cover", "c", "offset")
 
 _C = TypeVar("_C")
 
@@ -180,10 +186,161 @@ class ForestConfig:
 
 
 def _average_path_length(n: np.ndarray) -> np.ndarray:
-    """c(n): the average path length of an unsuccessful BST search (as scikit-learn)."""
-    from sklearn.ensemble._iforest import _average_path_length as sk_apl
+    """c(n): the average path length of an unsuccessful BST search (as scikit-learn's
+    ``sklearn.ensemble._iforest._average_path_length``, to the bit; tested against it)."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros(n.shape, dtype=np.float64)
+    big = n > 2
+    out[n == 2] = 1.0
+    nb = n[big]
+    out[big] = 2.0 * (np.log(nb - 1.0) + np.euler_gamma) - 2.0 * (nb - 1.0) / nb
+    return out
 
-    return np.asarray(sk_apl(np.asarray(n)), dtype=np.float64)
+
+def _node_depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    depth = np.zeros(left.shape[0], dtype=np.int64)
+    for i in range(left.shape[0]):  # nodes are stored parent-before-child (checked on load)
+        if left[i] != -1:
+            depth[left[i]] = depth[right[i]] = depth[i] + 1
+    return depth
+
+
+@dataclass(frozen=True)
+class ForestArrays:
+    """A fitted isolation forest as plain arrays: what is saved, scored and explained.
+
+    The trees' nodes are concatenated (tree ``k`` holds ``node_count[k]`` nodes, in
+    scikit-learn's order: a parent before its children); per node, ``children_left`` /
+    ``children_right`` are tree-local indices (``-1`` at leaves), ``feature`` the column of
+    the whole input tested (0 at leaves), ``threshold`` the split (a row goes left when
+    ``x <= threshold``), ``value`` the path length credited at a leaf (depth + c(leaf
+    samples)) and ``cover`` the training rows through the node. ``c`` is c(max_samples), the
+    path-length normaliser, and ``offset`` scikit-learn's ``offset_``.
+    """
+
+    node_count: np.ndarray  # (trees,) int64
+    children_left: np.ndarray  # (nodes,) int64
+    children_right: np.ndarray  # (nodes,) int64
+    feature: np.ndarray  # (nodes,) int64
+    threshold: np.ndarray  # (nodes,) float64
+    value: np.ndarray  # (nodes,) float64
+    cover: np.ndarray  # (nodes,) float64
+    c: float
+    offset: float
+    n_features: int
+
+    @classmethod
+    def from_estimator(cls, est: Any) -> ForestArrays:
+        """The arrays of a fitted ``sklearn.ensemble.IsolationForest`` (training only)."""
+        counts, lefts, rights, feats, thrs, vals, covers = [], [], [], [], [], [], []
+        for tree_est, cols in zip(est.estimators_, est.estimators_features_):
+            t = tree_est.tree_
+            cl = np.asarray(t.children_left, dtype=np.int64)
+            cr = np.asarray(t.children_right, dtype=np.int64)
+            leaf = cl == -1
+            cols = np.asarray(cols, dtype=np.int64)
+            counts.append(int(t.node_count))
+            lefts.append(cl)
+            rights.append(cr)
+            feats.append(np.where(leaf, 0, cols[np.maximum(t.feature, 0)]))
+            thrs.append(np.asarray(t.threshold, dtype=np.float64))
+            vals.append(_node_depths(cl, cr) + _average_path_length(t.n_node_samples))
+            covers.append(np.asarray(t.weighted_n_node_samples, dtype=np.float64))
+        return cls(
+            node_count=np.asarray(counts, dtype=np.int64),
+            children_left=np.concatenate(lefts),
+            children_right=np.concatenate(rights),
+            feature=np.concatenate(feats).astype(np.int64),
+            threshold=np.concatenate(thrs),
+            value=np.concatenate(vals).astype(np.float64),
+            cover=np.concatenate(covers),
+            c=float(_average_path_length(np.array([est.max_samples_]))[0]),
+            offset=float(est.offset_),
+            n_features=int(est.n_features_in_),
+        )
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.node_count.shape[0])
+
+    def trees(self) -> list[TreeArrays]:
+        """Each tree as :class:`detector.explain.TreeArrays` (what TreeSHAP reads)."""
+        from detector.explain import TreeArrays
+
+        out = []
+        bounds = np.concatenate([[0], np.cumsum(self.node_count)])
+        for a, b in itertools.pairwise(bounds):
+            out.append(TreeArrays(self.children_left[a:b], self.children_right[a:b],
+                                  self.feature[a:b], self.threshold[a:b], self.value[a:b],
+                                  self.cover[a:b]))
+        return out
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        """The arrays as :meth:`from_tensors` reads them (int64 / float64, 1-D)."""
+        arrays = {k: np.ascontiguousarray(getattr(self, k), dtype=np.int64)
+                  for k in _TREE_INT_KEYS}
+        for k in ("threshold", "value", "cover"):
+            arrays[k] = np.ascontiguousarray(getattr(self, k), dtype=np.float64)
+        arrays["c"] = np.array([self.c], dtype=np.float64)
+        arrays["offset"] = np.array([self.offset], dtype=np.float64)
+        return arrays
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray], n_features: int) -> ForestArrays:
+        """Validate arrays read from a file (untrusted) and build the forest from them.
+
+        Every way the arrays could make scoring read out of bounds or loop is refused with
+        :class:`ModelIntegrityError`: wrong keys, dtypes or lengths, a child index outside its
+        tree or not after its parent, a leaf with one child, a feature outside ``[0,
+        n_features)``, non-finite split thresholds, values or covers.
+        """
+        expected = set(_TREE_INT_KEYS) | set(_TREE_FLOAT_KEYS)
+        if set(tensors) != expected:
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: arrays {sorted(tensors)} != "
+                                      f"{sorted(expected)}")
+        arr = {k: np.asarray(v) for k, v in tensors.items()}
+        for k in _TREE_INT_KEYS:
+            if arr[k].dtype != np.int64 or arr[k].ndim != 1:
+                raise ModelIntegrityError(f"{FOREST_WEIGHTS}: {k} must be a 1-D int64 array")
+        for k in _TREE_FLOAT_KEYS:
+            if arr[k].dtype != np.float64 or arr[k].ndim != 1:
+                raise ModelIntegrityError(f"{FOREST_WEIGHTS}: {k} must be a 1-D float64 array")
+        counts = arr["node_count"]
+        n = int(counts.sum()) if counts.size else 0
+        if counts.size == 0 or (counts < 1).any():
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: node_count must be >= 1 per tree")
+        node_keys = ("children_left", "children_right", "feature", "threshold", "value", "cover")
+        if any(arr[k].shape != (n,) for k in node_keys):
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: every node array must hold "
+                                      f"sum(node_count) = {n} entries")
+        if arr["c"].shape != (1,) or arr["offset"].shape != (1,):
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: c and offset must hold one value")
+        c, offset = float(arr["c"][0]), float(arr["offset"][0])
+        if not (math.isfinite(c) and c > 0 and math.isfinite(offset)):
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: c must be finite > 0, offset finite")
+        left, right = arr["children_left"], arr["children_right"]
+        leaf = left == -1
+        if not np.array_equal(leaf, right == -1):
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: a node has exactly one child")
+        local = np.concatenate([np.arange(k, dtype=np.int64) for k in counts])
+        size = np.repeat(counts, counts)
+        split = ~leaf
+        for child in (left, right):
+            if ((child[split] <= local[split]) | (child[split] >= size[split])).any():
+                raise ModelIntegrityError(f"{FOREST_WEIGHTS}: a child index is outside its "
+                                          f"tree or not after its parent")
+        feat = arr["feature"]
+        if ((feat < 0) | (feat >= n_features)).any():
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: a feature index is outside "
+                                      f"[0, {n_features})")
+        if not (np.isfinite(arr["threshold"][split]).all() and np.isfinite(arr["value"]).all()
+                and np.isfinite(arr["cover"]).all() and (arr["cover"] > 0).all()):
+            raise ModelIntegrityError(f"{FOREST_WEIGHTS}: non-finite thresholds, values or "
+                                      f"covers")
+        return cls(node_count=counts.copy(), children_left=left.copy(),
+                   children_right=right.copy(), feature=feat.copy(),
+                   threshold=arr["threshold"].copy(), value=arr["value"].copy(),
+                   cover=arr["cover"].copy(), c=c, offset=offset, n_features=n_features)
 
 
 @dataclass(frozen=True)
@@ -199,38 +356,21 @@ class _PackedForest:
     max_depth: int
 
     @classmethod
-    def from_estimator(cls, est: Any) -> _PackedForest:
-        feats, thrs, lefts, rights, vals, roots = [], [], [], [], [], []
-        offset, max_depth = 0, 0
-        for tree_est, cols in zip(est.estimators_, est.estimators_features_):
-            t = tree_est.tree_
-            n = int(t.node_count)
-            cl = np.asarray(t.children_left, dtype=np.intp)
-            cr = np.asarray(t.children_right, dtype=np.intp)
-            leaf = cl == -1
-            depth = np.zeros(n, dtype=np.int64)
-            for i in range(n):  # nodes are stored parent-before-child
-                if not leaf[i]:
-                    depth[cl[i]] = depth[i] + 1
-                    depth[cr[i]] = depth[i] + 1
-            max_depth = max(max_depth, int(depth.max()))
-            idx = np.arange(n, dtype=np.intp)
-            cols = np.asarray(cols, dtype=np.intp)
-            feats.append(np.where(leaf, 0, cols[np.maximum(t.feature, 0)]))
-            thrs.append(np.where(leaf, np.inf, t.threshold))
-            lefts.append(np.where(leaf, idx, cl) + offset)
-            rights.append(np.where(leaf, idx, cr) + offset)
-            vals.append(np.where(leaf, depth + _average_path_length(t.n_node_samples), 0.0))
-            roots.append(offset)
-            offset += n
+    def from_arrays(cls, forest: ForestArrays) -> _PackedForest:
+        offsets = np.concatenate([[0], np.cumsum(forest.node_count)[:-1]]).astype(np.intp)
+        base = np.repeat(offsets, forest.node_count)
+        idx = np.arange(base.shape[0], dtype=np.intp)
+        leaf = forest.children_left == -1
+        left = np.where(leaf, idx, forest.children_left + base)
+        right = np.where(leaf, idx, forest.children_right + base)
+        max_depth = max(int(_node_depths(t.children_left, t.children_right).max())
+                        for t in forest.trees())
         return cls(
-            feature=np.concatenate(feats).astype(np.intp),
-            threshold=np.concatenate(thrs).astype(np.float64),
-            children=np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
-            .ravel()
-            .astype(np.intp),
-            value=np.concatenate(vals).astype(np.float64),
-            roots=np.asarray(roots, dtype=np.intp),
+            feature=np.where(leaf, 0, forest.feature).astype(np.intp),
+            threshold=np.where(leaf, np.inf, forest.threshold).astype(np.float64),
+            children=np.stack([left, right], axis=1).ravel().astype(np.intp),
+            value=np.where(leaf, forest.value, 0.0).astype(np.float64),
+            roots=offsets,
             max_depth=max_depth,
         )
 
@@ -266,7 +406,8 @@ class IsolationForestDetector(ThresholdMixin):
         self.config = config or ForestConfig()
         self.feature_names: tuple[str, ...] = ()
         self.scaler = RobustScaler(clip=self.config.clip)
-        self.estimator_: Any = None  # sklearn.ensemble.IsolationForest
+        self.estimator_: Any = None  # sklearn.ensemble.IsolationForest; None once loaded
+        self.arrays_: ForestArrays | None = None  # the fitted trees (what is saved)
         self._packed: _PackedForest | None = None
         self._tree_explainer: Any = None
         self._c = 1.0  # c(max_samples), the path-length normaliser
@@ -298,11 +439,16 @@ class IsolationForestDetector(ThresholdMixin):
         return self
 
     def _set_estimator(self, est: Any) -> None:
+        self._set_arrays(ForestArrays.from_estimator(est))
         self.estimator_ = est
-        self._packed = _PackedForest.from_estimator(est)
+
+    def _set_arrays(self, arrays: ForestArrays) -> None:
+        self.estimator_ = None
+        self.arrays_ = arrays
+        self._packed = _PackedForest.from_arrays(arrays)
         self._tree_explainer = None
-        self._c = float(_average_path_length(np.array([est.max_samples_]))[0])
-        self._offset = float(est.offset_)
+        self._c = arrays.c
+        self._offset = arrays.offset
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """The scaled, imputed matrix the trees see."""
@@ -346,9 +492,9 @@ class IsolationForestDetector(ThresholdMixin):
 
         Z = self.transform(X)
         if self._tree_explainer is None:
-            est = self.estimator_
-            self._tree_explainer = LeafPaths.from_trees(iforest_tree_arrays(est),
-                                                        est.n_features_in_)
+            assert self.arrays_ is not None
+            self._tree_explainer = LeafPaths.from_trees(self.arrays_.trees(),
+                                                        self.arrays_.n_features)
         phi, base = path_dependent_tree_shap(self._tree_explainer, Z)
         assert self._packed is not None
         return phi, base, self._packed.mean_path_length(Z)
@@ -385,30 +531,39 @@ class IsolationForestDetector(ThresholdMixin):
                            scaler=self.scaler, threshold=self.threshold_)
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write ``forest.skops`` and ``forest.json`` into ``directory``; returns the paths."""
-        import skops.io as sio
+        """Write ``forest.safetensors`` and ``forest.json`` into ``directory``; the paths."""
+        from safetensors.numpy import save_file
 
         self._check_fitted()
+        assert self.arrays_ is not None
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        skops_path, json_path = d / FOREST_SKOPS, d / FOREST_JSON
-        sio.dump(self.estimator_, skops_path, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        weights_path, json_path = d / FOREST_WEIGHTS, d / FOREST_JSON
+        save_file(self.arrays_.to_tensors(), str(weights_path),
+                  metadata={"format": _TREES_FORMAT})
         json_path.write_text(json.dumps(self.state_dict(), indent=2, allow_nan=False))
-        return [skops_path, json_path]
+        return [weights_path, json_path]
 
     @classmethod
     def load(cls, directory: str | Path) -> IsolationForestDetector:
-        """Load what :meth:`save` wrote; refuses unexpected types with ModelIntegrityError."""
+        """Load what :meth:`save` wrote (numpy and safetensors only); ModelIntegrityError if
+        anything is unreadable or inconsistent."""
         d = Path(directory)
         try:
             state = json.loads((d / FOREST_JSON).read_text())
         except (OSError, ValueError) as exc:
             raise ModelIntegrityError(f"cannot read {d / FOREST_JSON}: {exc}") from exc
-        est = load_isolation_forest(d / FOREST_SKOPS)
-        return cls.from_state(state, est)
+        try:
+            data = (d / FOREST_WEIGHTS).read_bytes()
+        except OSError as exc:
+            raise ModelIntegrityError(f"cannot read {d / FOREST_WEIGHTS}: {exc}") from exc
+        return cls.from_state(state, read_tensors(data))
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], est: Any) -> IsolationForestDetector:
+    def from_state(
+        cls, state: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
+    ) -> IsolationForestDetector:
+        """Rebuild from :meth:`state_dict` output and the saved tree arrays (validated)."""
         checked = read_array_state(state, _FORMAT, "forest")
         try:
             det = cls(config_from_dict(ForestConfig, checked.config))
@@ -416,64 +571,32 @@ class IsolationForestDetector(ThresholdMixin):
         except ConfigError as exc:
             raise ModelIntegrityError(f"invalid forest state: {exc}") from exc
         det.feature_names = checked.feature_names
-        if det.scaler.n_features != len(det.feature_names) or est.n_features_in_ != len(
-            det.feature_names
-        ):
-            raise ModelIntegrityError("forest: feature count disagrees between files")
-        det._set_estimator(est)
+        if det.scaler.n_features != len(det.feature_names):
+            raise ModelIntegrityError("forest: scaler and feature list disagree")
+        arrays = ForestArrays.from_tensors(tensors, len(det.feature_names))
+        if arrays.n_trees != det.config.n_estimators:
+            raise ModelIntegrityError(f"forest: {arrays.n_trees} trees saved, the config says "
+                                      f"{det.config.n_estimators}")
+        det._set_arrays(arrays)
         det.threshold_ = checked.threshold
         det.fitted_ = True
         return det
 
 
-def load_isolation_forest(source: str | Path | bytes, name: str = FOREST_SKOPS) -> Any:
-    """Load a skops-saved ``IsolationForest`` (a path or the file's bytes).
-
-    Only :data:`SKOPS_TRUSTED_TYPES` beyond skops' defaults are trusted; a file needing any
-    other type, or holding anything but an ``IsolationForest`` of extra trees, is refused
-    with :class:`ModelIntegrityError`.
-    """
-    import skops.io as sio
-    from sklearn.ensemble import IsolationForest
-    from sklearn.tree import ExtraTreeRegressor
+def read_tensors(data: bytes, name: str = FOREST_WEIGHTS) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file's bytes (``name`` is for messages), not yet validated
+    (the detectors' ``from_state`` do that); ModelIntegrityError if it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as load_tensors
 
     try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        untrusted = sio.get_untrusted_types(data=data)
-    except Exception as exc:  # a missing file, a corrupt zip: skops raises many kinds
-        raise ModelIntegrityError(f"{name}: not a readable skops file: {exc}") from exc
-    unexpected = sorted(set(untrusted) - set(SKOPS_TRUSTED_TYPES))
-    if unexpected:
-        raise ModelIntegrityError(f"{name}: refusing unexpected types {unexpected}")
-    try:
-        est = sio.loads(data, trusted=list(SKOPS_TRUSTED_TYPES))
-    except Exception as exc:
-        raise ModelIntegrityError(f"{name}: skops load failed: {exc}") from exc
-    if type(est) is not IsolationForest or not all(
-        type(e) is ExtraTreeRegressor for e in getattr(est, "estimators_", [None])
-    ):
-        raise ModelIntegrityError(f"{name}: expected an IsolationForest, got {type(est)!r}")
-    return est
+        return load_tensors(data)
+    except (SafetensorError, ValueError, TypeError, KeyError) as exc:  # KeyError: BF16
+        raise ModelIntegrityError(f"{name}: not a numpy-readable safetensors file: {exc}") from exc
 
 
 def iforest_tree_arrays(est: Any) -> list[TreeArrays]:
     """A fitted IsolationForest's trees as TreeSHAP reads them (as ``shap.TreeExplainer``
     does): leaf value = depth + c(n_samples), cover = the weighted node sizes, features
-    remapped through ``estimators_features_``."""
-    from sklearn.ensemble._iforest import _average_path_length
-
-    from detector.explain import TreeArrays
-
-    out = []
-    for tree_est, cols in zip(est.estimators_, est.estimators_features_):
-        t = tree_est.tree_
-        left, right = t.children_left, t.children_right
-        depth = np.zeros(t.node_count)
-        for i in range(t.node_count):  # scikit-learn numbers parents before children
-            if left[i] != -1:
-                depth[left[i]] = depth[right[i]] = depth[i] + 1
-        feature = np.where(left == -1, 0, np.asarray(cols)[np.maximum(t.feature, 0)])
-        value = depth + _average_path_length(t.n_node_samples)
-        out.append(TreeArrays(left, right, feature, t.threshold, value,
-                              t.weighted_n_node_samples))
-    return out
+    remapped through ``estimators_features_``. (What :class:`ForestArrays` stores.)"""
+    return ForestArrays.from_estimator(est).trees()

@@ -4,7 +4,7 @@ A bundle is one directory ``<root>/<version>/`` holding exactly:
 
 * ``model_card.json`` - version, creation time, data range, features and scaling, thresholds,
   metrics, library versions and the sha256 of every other file;
-* ``autoencoder.json`` + ``autoencoder.safetensors``, ``forest.json`` + ``forest.skops``,
+* ``autoencoder.json`` + ``autoencoder.safetensors``, ``forest.json`` + ``forest.safetensors``,
   ``drift.json`` - the :class:`~detector.models.drift.DriftDetector` (config + state);
 * ``trend.json`` - the leak detector's JSON state, handed over by the caller as a dict.
 
@@ -19,11 +19,16 @@ files and checksum mismatches, all with :class:`~detector.errors.ModelIntegrityE
 builds the detector from the verified bytes. The checksums detect corruption and tampering by
 anyone who cannot also rewrite the card; they are not a signature.
 
-Loading imports neither torch nor shap: the weights are read with ``safetensors.numpy``, and
-skops (which needs scikit-learn) is first imported with torch held off, because importing
-``skops.io`` runs ``sklearn.utils.all_estimators()``, whose package walk imports
-``sklearn.externals.array_api_compat.torch`` and with it torch (~560 MB of RSS for the CUDA
-build) although an IsolationForest never uses it (:func:`_import_skops_without_torch`).
+The card itself is checked too: its ``version`` must be the name of its directory (a card
+claiming another version is refused, so a bundle cannot be served under a name it is not
+stored under), and ``card_sha256`` - the sha256 of the card's canonical JSON without that key,
+see :func:`card_digest` - must match (cards written before it existed have none; they are
+still read, with the version check).
+
+Loading needs numpy and safetensors only: the autoencoder's weights and the forest's trees
+are arrays read with ``safetensors.numpy`` and validated; torch, shap, scikit-learn, scipy,
+PyOD and skops are never imported (the daemon's image does not have them). A bundle of the
+older layout (the forest as ``forest.skops``) is refused with a message saying to retrain.
 
 Called by training (to publish a model) and the daemon (to load the current one).
 """
@@ -32,9 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import importlib.abc
-import importlib.machinery
 import io
 import json
 import os
@@ -42,16 +44,13 @@ import platform
 import re
 import secrets
 import shutil
-import sys
 import tempfile
-import threading
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from detector.errors import InputError, ModelIntegrityError
@@ -59,9 +58,9 @@ from detector.models.autoencoder import AE_JSON, AE_WEIGHTS, AutoencoderDetector
 from detector.models.drift import DRIFT_JSON, DriftDetector
 from detector.models.forest import (
     FOREST_JSON,
-    FOREST_SKOPS,
+    FOREST_WEIGHTS,
     IsolationForestDetector,
-    load_isolation_forest,
+    read_tensors,
 )
 
 __all__ = [
@@ -82,17 +81,19 @@ CARD = "model_card.json"
 TREND_JSON = "trend.json"
 CURRENT = "current"
 BUNDLE_FILES: frozenset[str] = frozenset(
-    {AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_SKOPS, DRIFT_JSON, TREND_JSON}
+    {AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_WEIGHTS, DRIFT_JSON, TREND_JSON}
 )
 """Every file of a bundle except the card, which lists their checksums."""
 _FORMAT = "podguard.model-bundle/1"
+_OLD_FOREST = "forest.skops"  # the forest's file before 0.2 (a pickled sklearn estimator)
 _FILE_MODE = 0o644  # a daemon running as another user must be able to read the model
 _DIR_MODE = 0o755
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 _RESERVED_CARD_KEYS = frozenset(
-    {"format", "version", "created", "features", "scaling", "thresholds", "libraries", "files"}
+    {"format", "version", "created", "features", "scaling", "thresholds", "libraries", "files",
+     "card_sha256"}
 )
 _LIBRARIES = (
     "podguard",
@@ -100,8 +101,6 @@ _LIBRARIES = (
     "numpy",
     "scikit-learn",
     "pyod",
-    "shap",
-    "skops",
     "safetensors",
 )
 
@@ -154,11 +153,21 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+def _is_safetensors(data: bytes) -> bool:
+    """A safetensors layout: a little-endian u64 header length, then that much JSON object."""
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return data[8:9] == b"{" and 8 + n <= len(data) and data[8 : 8 + n].rstrip().endswith(b"}")
+
+
 def _pickle_reason(name: str, data: bytes) -> str | None:
     """Why ``data`` (a file called ``name``) is pickle-based, or None if it is not."""
     lower = name.lower()
     if lower.endswith(_PICKLE_SUFFIXES):
         return "a pickle file (by its name)"
+    if lower.endswith(".safetensors") and _is_safetensors(data):
+        return None  # its 8-byte header length can start 0x80 0x02..0x05 like a pickle
     if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
         return f"a pickle stream (protocol {data[1]} header)"
     if lower.endswith(_TORCH_SUFFIXES):
@@ -175,48 +184,6 @@ def _pickle_reason(name: str, data: bytes) -> str | None:
         if pickled:
             return f"an archive holding pickle member(s) {pickled[:3]} (torch.save format?)"
     return None
-
-
-class _RefuseTorch(importlib.abc.MetaPathFinder):
-    """A meta-path finder under which ``import torch`` fails with ModuleNotFoundError.
-
-    Unlike ``sys.modules["torch"] = None`` it leaves no entry behind that other libraries'
-    ``sys.modules.get("torch")`` probes would trip over (scipy's array-API helpers do)."""
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None = None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname == "torch" or fullname.startswith("torch."):
-            raise ModuleNotFoundError(f"{fullname} is held off while skops loads", name=fullname)
-        return None
-
-
-_SKOPS_LOCK = threading.Lock()
-
-
-def _import_skops_without_torch() -> None:
-    """Import ``skops.io`` without torch, unless torch is already loaded (a trainer).
-
-    ``import skops.io`` computes its default trusted types with scikit-learn's
-    ``all_estimators()``, which walks every sklearn package; the walk imports
-    ``sklearn.externals.array_api_compat.torch``, which imports torch. ``pkgutil.walk_packages``
-    skips a package whose import raises ImportError, so with torch held off the walk simply
-    leaves that one adapter out, which no IsolationForest needs. The finder is process-wide
-    for the duration of this one import: a thread importing torch at that moment would fail,
-    and nothing in the daemon does.
-    """
-    with _SKOPS_LOCK:
-        if "skops.io" in sys.modules or "torch" in sys.modules:
-            return
-        finder = _RefuseTorch()
-        sys.meta_path.insert(0, finder)
-        try:
-            importlib.import_module("skops.io")
-        finally:
-            sys.meta_path.remove(finder)
 
 
 # --------------------------------------------------------------------------- writing
@@ -284,6 +251,7 @@ def save_bundle(
             "files": files,
             **extra,
         }
+        card["card_sha256"] = card_digest(card)
         _write_file(tmp / CARD, json.dumps(card, indent=2, allow_nan=False).encode())
         for path in tmp.iterdir():  # mkdtemp/mkstemp are private (0700/0600); models are not
             os.chmod(path, _FILE_MODE)
@@ -336,6 +304,29 @@ def resolve_current(root: str | Path) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
+def card_digest(card: Mapping[str, Any]) -> str:
+    """The sha256 of ``card``'s canonical JSON (sorted keys, no spaces) without
+    ``card_sha256``: what a card's ``card_sha256`` must be."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelIntegrityError(f"{CARD} is not strict JSON: {exc}") from exc
+    return _sha256(text.encode())
+
+
+def _check_card(path: Path, card: dict[str, Any]) -> None:
+    """The card belongs to this directory and is as it was written (see module docstring)."""
+    if "card_sha256" in card and card["card_sha256"] != card_digest(card):
+        raise ModelIntegrityError(f"{path / CARD}: checksum mismatch (card_sha256): the card "
+                                  f"was changed after it was written")
+    version = card.get("version")
+    if version != path.name:
+        raise ModelIntegrityError(f"{path / CARD} claims version {version!r} but lies in "
+                                  f"{path.name!r}: a card must be served under its own "
+                                  f"directory's name")
+
+
 def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Read the card and every file once; refuse anything not exactly as the card says."""
     if path.is_symlink() or not path.is_dir():
@@ -358,6 +349,10 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     if not isinstance(card, dict) or card.get("format") != _FORMAT:
         raise ModelIntegrityError(f"{CARD}: not a {_FORMAT} card")
     listed = card.get("files")
+    if isinstance(listed, dict) and _OLD_FOREST in listed:
+        raise ModelIntegrityError(f"{path}: a bundle of an older podguard (the forest as "
+                                  f"{_OLD_FOREST}, which needs scikit-learn and skops); "
+                                  f"retrain it with this version (podguard train)")
     if not isinstance(listed, dict) or set(listed) != BUNDLE_FILES:
         raise ModelIntegrityError(f"{CARD} must list exactly {sorted(BUNDLE_FILES)}")
     foreign = sorted(set(contents) - BUNDLE_FILES)
@@ -371,6 +366,7 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         if _sha256(contents[fname]) != expected:
             raise ModelIntegrityError(f"checksum mismatch for {fname}: tampered or corrupt")
+    _check_card(path, card)
     return card, contents
 
 
@@ -423,21 +419,11 @@ def load_bundle(path: str | Path) -> Bundle:
     if not (p / CARD).exists() and (p / CURRENT).exists():
         p = resolve_current(p)
     card, contents = _read_verified(p)
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as load_tensors
-
-    try:
-        tensors = load_tensors(contents[AE_WEIGHTS])
-    except (SafetensorError, ValueError, TypeError, KeyError) as exc:  # KeyError: BF16
-        raise ModelIntegrityError(
-            f"{AE_WEIGHTS}: not a numpy-readable safetensors file: {exc}"
-        ) from exc
-    _import_skops_without_torch()
+    tensors = read_tensors(contents[AE_WEIGHTS], AE_WEIGHTS)
+    trees = read_tensors(contents[FOREST_WEIGHTS], FOREST_WEIGHTS)
     try:
         autoencoder = AutoencoderDetector.from_state(_json(contents, AE_JSON), tensors)
-        forest = IsolationForestDetector.from_state(
-            _json(contents, FOREST_JSON), load_isolation_forest(contents[FOREST_SKOPS])
-        )
+        forest = IsolationForestDetector.from_state(_json(contents, FOREST_JSON), trees)
         drift = DriftDetector.from_state(_json(contents, DRIFT_JSON), autoencoder, forest)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelIntegrityError(f"malformed model state in {p}: {exc!r}") from exc

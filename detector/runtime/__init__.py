@@ -11,7 +11,8 @@
 - :mod:`.hooks` - the dry-run remediation of the embedded default;
 - :mod:`.build` - building all of it from the settings (the ``run`` sub-command).
 
-Nothing on the daemon's path imports torch, shap or pyod: the model is loaded from
-safetensors (numpy) and skops, scored in numpy and explained with numpy TreeSHAP and expected
-gradients (``tests/test_torch_free.py`` checks it and the RSS budget).
+Nothing on the daemon's path imports torch, shap, pyod, scikit-learn, scipy or pyarrow: the
+model is loaded from safetensors (numpy arrays, the forest's trees included), scored in numpy
+and explained with numpy TreeSHAP and expected gradients (``tests/test_torch_free.py`` checks
+the import closure and the RSS budget).
 """

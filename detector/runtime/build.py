@@ -34,11 +34,12 @@ from detector.explain import format_duration
 from detector.settings import Settings, load_settings
 from detector.sinks.base import Sink
 from detector.sinks.console import ConsoleSink
+from detector.sinks.jsonl import JsonLinesSink
 from detector.sources.base import Source
 from detector.verdicts import Explanation, Verdict
 from detector.windows import WindowEngine
 
-from .daemon import Daemon, RunSummary
+from .daemon import Daemon, RunSummary, clock_rate
 from .hooks import DryRunPlan, OnChange, RemediationHook
 from .logs import setup_logging
 from .metrics import DaemonMetrics, StateView
@@ -62,7 +63,8 @@ def make_source(settings: Settings, *, logger: logging.Logger,
     if kind == "kafka":
         from detector.sources.kafka import KafkaSource
 
-        return KafkaSource(settings.sources.kafka, logger=log)
+        return KafkaSource(settings.sources.kafka, logger=log,
+                           window_s=settings.windows.horizon_s)
     from detector.sources.local import LocalSource
 
     return LocalSource(settings.sources.local, logger=log,
@@ -82,7 +84,7 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
             path = out_dir / path
     local = settings.sources.kind == "local"
     if path is not None:  # every positive verdict, as JSON lines
-        sinks.append(ConsoleSink(path=path, stream=_Null()))  # type: ignore[arg-type]
+        sinks.append(JsonLinesSink(path))
     if rt.console:  # readable lines; the embedded default repeats an alert once a real minute
         console: Sink = ConsoleSink(stream=stream)
         if local:
@@ -122,27 +124,32 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
 
         sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
     if actuator is not None and settings.remediation.enabled:
+        from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
 
-        hook = RemediationController(actuator, settings=settings.remediation,
-                                     escalate=am.escalate if am is not None else None)
+        rs = settings.remediation
+        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        controller = RemediationController(
+            actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
+            store=None if rs.namespace else _store(actuator, logger))
+        # the pod channel (checkpoint requests and answers), a daemon thread of this process
+        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), [controller],
+                      host=rs.channel_host, port=rs.channel_port, logger=logger).start()
+        hook = controller
     return sinks, hook
+
+
+def _store(actuator: Any, logger: logging.Logger) -> Any:
+    """podguard's record store in POD_NAMESPACE (remediation.namespace unset)."""
+    from detector.remediation.store import RecordStore
+
+    return RecordStore(actuator, os.environ.get("POD_NAMESPACE") or "podguard", logger=logger)
 
 
 def real_seconds_inverse(real_seconds: Callable[[float], float]) -> float:
     """Source-clock seconds per real second, from a real_seconds conversion."""
     one = real_seconds(1.0)
     return 1.0 / one if one > 0 else 1.0
-
-
-class _Null:
-    """A stream that drops what it is given (console output switched off)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def _kube_api(logger: logging.Logger) -> Any:
@@ -163,7 +170,7 @@ def _kube_api(logger: logging.Logger) -> Any:
 
 def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
     """For a compressed clock: verdict times, rates and times to OOM in real units."""
-    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    scale = clock_rate(source)
     if scale == 1.0:
         return None
     t0, now_src = time.time(), source.now()
@@ -205,22 +212,26 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     log = setup_logging(fmt=settings.runtime.log_format, level=settings.runtime.log_level)
     registry = CollectorRegistry()
     view = StateView()
-    metrics = DaemonMetrics(registry, view)
+    metrics = DaemonMetrics(registry, view, pod_min_ratio=settings.server.pod_metrics_min_ratio,
+                            pod_max=settings.server.pod_metrics_max_pods)
     watcher = ModelWatcher(settings.model.root or None, detection=settings.detection,
                            logger=log.getChild("model"), watch_s=settings.model.watch_s)
     pipeline = watcher.load()
     source = make_source(settings, logger=log, out_dir=out_dir)
-    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+    scale = clock_rate(source)
     sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
                                real_seconds=lambda s: s / scale)
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
                     engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
                     remediation=hook, models=watcher)
+    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir)
     server = None
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
                                registry=registry, healthy=daemon.healthy,
-                               ready=daemon.ready).start()
+                               ready=daemon.ready, timeout_s=settings.server.timeout_s,
+                               max_connections=settings.server.max_connections,
+                               logger=log.getChild("http")).start()
         log.info("serving /metrics /healthz /readyz", extra={"url": server.url})
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -229,7 +240,10 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if settings.sources.kind == "local":
-            print(f"podguard run: embedded default - {len(getattr(source, 'workloads', []))} "
+            from detector.sources.local import LocalSource
+
+            n_loops = len(source.workloads) if isinstance(source, LocalSource) else 0
+            print(f"podguard run: embedded default - {n_loops} "
                   f"real training loops (one leaking), sampled from /proc; model "
                   f"{pipeline.version}; time runs {scale:g}x (a real second is "
                   f"{format_duration(scale)} of telemetry)", file=out, flush=True)
@@ -244,27 +258,61 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
             signal.signal(s, h)
         if server is not None:
             server.close()
-    print_summary(summary, source, out=out, started_monotonic=None)
+    if daemon.diagnosis is not None:
+        daemon.diagnosis.poll()  # an answer that came during the last seconds
+    print_summary(summary, source, out=out, started_monotonic=None,
+                  diagnosis=daemon.diagnosis.state if daemon.diagnosis is not None else None)
     return 0
 
 
+def make_diagnosis(settings: Settings, *, logger: logging.Logger,
+                   out_dir: Path | None) -> Any:
+    """The in-pod diagnosis requester (:mod:`detector.diagnosis.requester`), or None: for the
+    embedded default over files next to its training loops (its window shortened to 8 s, the
+    wait to 30 s: time runs compressed there), in a cluster over the pods' annotations."""
+    d = settings.diagnosis
+    if not d.enabled:
+        return None
+    from detector.diagnosis.requester import AnnotationRequests, DiagnosisRequester, FileRequests
+
+    log = logger.getChild("diagnosis")
+    if settings.sources.kind == "local":
+        if out_dir is None:
+            return None
+        local = d.model_copy(update={"window_s": min(d.window_s, 8.0),
+                                     "timeout_s": min(d.timeout_s, 30.0)})
+        return DiagnosisRequester(FileRequests(out_dir / "workloads" / "diagnosis"), local,
+                                  logger=log)
+    api = _kube_api(logger)
+    if api is None:
+        return None
+    from detector.remediation.actuator import Actuator, ObjectRef
+
+    actuator = Actuator(api, settings=settings.remediation,
+                        event_interval_s=settings.alerting.event_interval_s)
+
+    def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
+        actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
+
+    return DiagnosisRequester(AnnotationRequests(actuator), d, event=event, logger=log)
+
+
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
-                  started_monotonic: float | None) -> None:
-    scale = float(getattr(getattr(source, "settings", None), "time_scale", 1.0) or 1.0)
+                  started_monotonic: float | None,
+                  diagnosis: Callable[[str, str], dict[str, Any] | None] | None = None) -> None:
+    scale = clock_rate(source)
     lines = ["", f"podguard run summary ({summary.stop_reason}): "
                  f"{summary.evaluations} steps scored, {summary.samples:,} samples folded, "
                  f"{sum(summary.rejected.values()):,} refused, "
                  f"{summary.dead_lettered:,} dead-lettered; model "
                  f"{' -> '.join(summary.model_versions)}"]
-    onsets: dict[str, float] = {}
-    leak_onsets = getattr(source, "leak_onsets", None)
-    if callable(leak_onsets):
-        onsets = leak_onsets()
-    pods = getattr(source, "workloads", None)
+    from detector.sources.local import LocalSource
+
     t_start = summary.started
-    if pods is not None:
-        for w in pods:
-            key = (getattr(source.settings, "namespace", ""), w.pod)  # type: ignore[attr-defined]
+    if isinstance(source, LocalSource):
+        onsets = source.leak_onsets()
+        for w in source.workloads:
+            key = (source.settings.namespace, w.pod)
             det = summary.first.get(key)
             role = "leaks" if w.leaky else "healthy"
             onset = onsets.get(w.pod)
@@ -289,6 +337,8 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
                          f"{after}{tto}{ooms}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")
+            if diagnosis is not None and (d := diagnosis(*key)) is not None:
+                lines.append(f"      what grows: {_diagnosis_line(d)}")
     else:
         for (ns, pod), det in sorted(summary.first.items()):
             v = det.verdict
@@ -297,6 +347,14 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
             lines.append(f"  {ns}/{pod}: {v.kind} at +{det.wall_time - t_start:.0f} s{tto}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")
+            if diagnosis is not None and (d := diagnosis(ns, pod)) is not None:
+                lines.append(f"      what grows: {_diagnosis_line(d)}")
         if not summary.first:
             lines.append("  no pod flagged")
     print("\n".join(lines), file=out, flush=True)
+
+
+def _diagnosis_line(d: dict[str, Any]) -> str:
+    from detector.diagnosis.report import describe
+
+    return describe(d, limit=1000)

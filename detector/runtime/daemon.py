@@ -117,6 +117,7 @@ class Daemon:
         self.housekeeping_s = HOUSEKEEPING_S
         self._housekeeping_at = monotonic()
         self._replaced: dict[tuple[str, str], float] = {}
+        self.diagnosis: Any = None  # a detector.diagnosis.requester.DiagnosisRequester
 
     # ------------------------------------------------------------------ probes
 
@@ -168,7 +169,7 @@ class Daemon:
         timeout = self.poll_timeout_s
         if now < due:
             # source clock units may differ from real seconds (embedded default)
-            scale = max(1e-9, _clock_rate(self.source))
+            scale = max(1e-9, clock_rate(self.source))
             timeout = min(timeout, (due - now) / scale)
         delivery = self.source.poll(max(0.0, timeout))
         self.fold(delivery)
@@ -242,6 +243,11 @@ class Daemon:
         self.metrics.evaluations.labels(outcome).inc()
         self.metrics.windows.inc(len(batch))
         shown = [self.present(v) for v in verdicts] if self.present else verdicts
+        if self.diagnosis is not None:  # asks flagged leaks what grows; attaches the answer
+            try:
+                shown = self.diagnosis.decorate(shown)
+            except Exception as e:
+                self.log.error("diagnosis hook failed", extra={"error": repr(e)})
         for sink in self.sinks:
             try:
                 sink.send(shown)
@@ -268,32 +274,33 @@ class Daemon:
         """Every few seconds, between scoring steps: the remediation controller's next step
         (checkpoint acknowledged? evict now?), Alertmanager re-sends and resolutions of pods
         that are gone, and a fresh window for a pod a remediation recreated under the same
-        name (its predecessor's samples must not be judged as its own)."""
+        name (its predecessor's samples must not be judged as its own); the answers to
+        in-pod diagnosis requests."""
+        if self.diagnosis is not None:
+            try:
+                self.diagnosis.poll()
+            except Exception as e:
+                self.log.error("diagnosis housekeeping failed", extra={"error": repr(e)})
         for sink in self.sinks:
-            if sink.name == "alertmanager":
-                try:
-                    sink.send([])
-                except Exception as e:
-                    self.metrics.sink_errors.labels(sink.name).inc()
-                    self.log.error("sink housekeeping failed", extra={"sink": sink.name,
-                                                                      "error": repr(e)})
+            try:
+                sink.tick()
+            except Exception as e:
+                self.metrics.sink_errors.labels(sink.name).inc()
+                self.log.error("sink housekeeping failed", extra={"sink": sink.name,
+                                                                  "error": repr(e)})
         if self.remediation is None:
             return
         try:
-            reconcile = getattr(self.remediation, "reconcile", None)
-            if callable(reconcile):
-                reconcile()
-            replacements = getattr(self.remediation, "replacements", None)
-            if callable(replacements):
-                for key, evicted_at in replacements().items():
-                    if self._replaced.get(key) == evicted_at:
-                        continue
-                    self._replaced[key] = evicted_at
-                    pod = PodKey(*key)
-                    self.engine.drop_pod(pod)
-                    self.pipeline.forget(pod)
-                    self.log.info("window restarted for a recreated pod",
-                                  extra={"namespace": key[0], "pod": key[1]})
+            self.remediation.reconcile()
+            for key, evicted_at in self.remediation.replacements().items():
+                if self._replaced.get(key) == evicted_at:
+                    continue
+                self._replaced[key] = evicted_at
+                pod = PodKey(*key)
+                self.engine.drop_pod(pod)
+                self.pipeline.forget(pod)
+                self.log.info("window restarted for a recreated pod",
+                              extra={"namespace": key[0], "pod": key[1]})
         except Exception as e:
             self.log.error("remediation housekeeping failed", extra={"error": repr(e)})
 
@@ -317,6 +324,7 @@ class Daemon:
         for k, n in kinds.items():
             self.metrics.verdicts.labels(k).inc(n)
         self.view.flagged = flagged
+        self.view.verdicts = {(p.namespace, p.pod): p for p in shown if not p.stale}
         pods = set(self.engine.pods())
         for key in set(self.pipeline.known_pods()) - pods:
             self.pipeline.forget(key)
@@ -367,12 +375,8 @@ class Daemon:
             "shutdown_s": round(self.monotonic() - start, 3)})
 
 
-def _clock_rate(source: Source) -> float:
-    """Source-clock seconds per real second (1 except for the compressed embedded default)."""
-    settings = getattr(source, "settings", None)
-    scale = getattr(settings, "time_scale", 1.0)
-    try:
-        scale = float(scale)
-    except (TypeError, ValueError):
-        return 1.0
+def clock_rate(source: Source) -> float:
+    """Source-clock seconds per real second (``Source.clock_rate``; 1 except for the
+    compressed embedded default), 1 if the source answers nonsense."""
+    scale = float(source.clock_rate())
     return scale if math.isfinite(scale) and scale > 0 else 1.0

@@ -1,15 +1,17 @@
 """The remediation hook of the daemon, and the dry-run plan of the embedded default.
 
-The daemon calls ``hook.handle(verdicts)`` after each step's verdicts went to the sinks (and
-``hook.reconcile()`` if it has one). In a cluster the hook is
-:class:`detector.remediation.controller.RemediationController`; the embedded default has no
-cluster, so :class:`DryRunPlan` prints, once per flagged pod, what the controller would do.
+The daemon calls ``hook.handle(verdicts)`` after each step's verdicts went to the sinks, and
+between steps ``hook.reconcile()`` (the controller's next moves) and ``hook.replacements()``
+(pods a remediation recreated under the same name, whose windows must start afresh). In a
+cluster the hook is :class:`detector.remediation.controller.RemediationController`; the
+embedded default has no cluster, so :class:`DryRunPlan` prints, once per flagged pod, what
+the controller would do.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 
 from detector.explain import format_duration
@@ -20,6 +22,12 @@ from detector.verdicts import Verdict
 
 class RemediationHook(Protocol):
     def handle(self, verdicts: Sequence[Verdict]) -> object: ...
+
+    def reconcile(self) -> object: ...
+
+    def replacements(self) -> Mapping[tuple[str, str], float]:
+        """``(namespace, pod) -> eviction time`` of pods recreated by a remediation."""
+        ...
 
 
 class DryRunPlan:
@@ -45,8 +53,8 @@ class DryRunPlan:
                 self.settings.evict_unacknowledged_below_s)
             when = (f"; OOM expected in ~{format_duration(self.real_seconds(tto))}"
                     if tto is not None else "")
-            plan = (f"REMEDIATION (dry run) {v.namespace}/{v.pod}: would annotate "
-                    f"podguard.io/checkpoint-request, wait up to "
+            plan = (f"REMEDIATION (dry run) {v.namespace}/{v.pod}: would request a "
+                    f"checkpoint over podguard's pod channel, wait up to "
                     f"{format_duration(self.settings.checkpoint_timeout_s)} for the "
                     f"workload's acknowledgement, then evict the pod so its controller "
                     f"reschedules it (taint node {v.node or '?'} PreferNoSchedule meanwhile)"
@@ -58,11 +66,18 @@ class DryRunPlan:
             out.append(plan)
         return out
 
+    def reconcile(self) -> None:
+        """A plan only: nothing in flight to move on."""
+
+    def replacements(self) -> dict[tuple[str, str], float]:
+        return {}  # a plan recreates no pod
+
 
 class OnChange:
-    """A sink wrapper passing on a pod's positive verdicts only when its kind changes or
-    ``every_s`` (source clock) passed: the console of the embedded default scores every real
-    second and would otherwise print the same alert each time."""
+    """A sink wrapper passing on a pod's positive verdicts only when its kind (or the status
+    of its in-pod diagnosis) changes or ``every_s`` (source clock) passed: the console of the
+    embedded default scores every real second and would otherwise print the same alert each
+    time."""
 
     def __init__(self, sink: Sink, *, every_s: float) -> None:
         self.sink = sink
@@ -79,11 +94,15 @@ class OnChange:
                     self._shown.pop(key, None)
                 continue
             last = self._shown.get(key)
-            if last is None or last[0] != v.kind or v.ts - last[1] >= self.every_s:
-                self._shown[key] = (v.kind, v.ts)
+            kind = v.kind + ":" + str((v.diagnosis or {}).get("status", ""))  # an answer shows
+            if last is None or last[0] != kind or v.ts - last[1] >= self.every_s:
+                self._shown[key] = (kind, v.ts)
                 chosen.append(v)
         if chosen:
             self.sink.send(chosen)
+
+    def tick(self) -> None:
+        self.sink.tick()
 
     def flush(self, timeout: float) -> bool:
         return self.sink.flush(timeout)

@@ -1,8 +1,14 @@
-"""Console and JSON-lines sink for the embedded default and for local runs.
+"""Console sink for the embedded default and for local runs.
 
 Positive verdicts are printed as one readable line each (the pod, the kind, time to OOM and
-the explanation sentence); with a path, every positive verdict is also appended to a JSON
-lines file (flushed per batch, so nothing accepted is lost on a crash of the process).
+the explanation sentence). Text the stream cannot encode (a lone surrogate in a pod name from
+a crafted Kafka label, non-ASCII on an ASCII terminal) is written with backslash escapes; a
+line that still fails is counted in :attr:`ConsoleSink.errors` and the rest of the batch is
+printed, then the first error is raised (the daemon logs and counts it).
+
+``path`` is a convenience for scripts and tests: the verdicts also go to a
+:class:`~detector.sinks.jsonl.JsonLinesSink` on that file, written *before* the console lines,
+so the console can never cost the file a verdict. The daemon builds the two sinks separately.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from detector.diagnosis.report import describe
 from detector.explain import format_duration
+from detector.sinks.jsonl import JsonLinesSink
 from detector.verdicts import Verdict
 
 
@@ -23,40 +31,57 @@ class ConsoleSink:
                  all_verdicts: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.all_verdicts = all_verdicts
-        self._fh: IO[str] | None = None
-        if path is not None:
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(p, "a")  # noqa: SIM115 - held for the sink's lifetime
+        self.file = JsonLinesSink(path, all_verdicts=all_verdicts) if path is not None else None
         self.sent = 0
+        self.errors = 0
 
     def send(self, verdicts: Sequence[Verdict]) -> None:
+        if self.file is not None:
+            self.file.send(verdicts)
         chosen = [v for v in verdicts if self.all_verdicts or v.is_anomaly]
+        first: Exception | None = None
         for v in chosen:
-            if v.is_anomaly:
-                self.stream.write(format_line(v) + "\n")
-            if self._fh is not None:
-                self._fh.write(v.to_json() + "\n")
-        if self._fh is not None and chosen:
-            self._fh.flush()
+            if not v.is_anomaly:
+                continue
+            try:
+                self._write(format_line(v) + "\n")
+            except Exception as e:  # a closed or broken stream: count, go on, raise after
+                self.errors += 1
+                first = first or e
         if chosen:
-            self.stream.flush()
+            try:
+                self.stream.flush()
+            except Exception as e:
+                first = first or e
         self.sent += len(chosen)
+        if first is not None:
+            raise first
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except UnicodeEncodeError:
+            enc = getattr(self.stream, "encoding", None) or "ascii"
+            self.stream.write(text.encode(enc, "backslashreplace").decode(enc))
+
+    def tick(self) -> None:
+        """Nothing pending between steps."""
 
     def flush(self, timeout: float) -> bool:
-        if self._fh is not None:
-            self._fh.flush()
+        if self.file is not None:
+            self.file.flush(timeout)
         self.stream.flush()
         return True
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self.file is not None:
+            self.file.close(timeout)
+            self.file = None
 
 
 def format_line(v: Verdict) -> str:
     tto = f" OOM in ~{format_duration(v.time_to_oom_s)}" if v.time_to_oom_s else ""
     why = f" - {v.explanation.text}" if v.explanation else ""
-    return f"ALERT {v.kind} {v.namespace}/{v.pod} (node {v.node or '?'}){tto}{why}"
+    diag = f"\n      {describe(v.diagnosis)}" if v.diagnosis is not None else ""
+    return f"ALERT {v.kind} {v.namespace}/{v.pod} (node {v.node or '?'}){tto}{why}{diag}"

@@ -20,7 +20,9 @@ The daemon (:mod:`detector.runtime.daemon`) drives every source the same way::
   engine absorbs the duplicates).
 * ``now`` is the source's clock in unix seconds: wall time for Prometheus and Kafka, the
   compressed clock of the embedded default. The daemon scores a window when ``now`` passes its
-  end (plus ``runtime.lateness_s``).
+  end (plus ``runtime.lateness_s``). ``clock_rate`` is how many source-clock seconds pass per
+  real second (1, or the embedded default's ``time_scale``): the daemon sleeps and presents
+  durations with it, instead of reading a source's settings.
 * ``caught_up`` is False while the source knows windows are missing data it will fetch
   (Prometheus down, a gap being backfilled): the daemon marks windows stale meanwhile, so a
   gap never raises a pod alarm.
@@ -81,6 +83,21 @@ class SampleColumns:
     def newest(self) -> float | None:
         return max(self.timestamp) if self.timestamp else None
 
+    def drop_after(self, cutoff: float) -> int:
+        """Drops every sample stamped after ``cutoff`` (unix seconds); returns how many.
+
+        A source calls it with ``now + max_future_s``: one sample from a skewed clock (the
+        year 5100) would otherwise move the window engine's clock, and every other pod would
+        then look vanished."""
+        if not self.timestamp or max(self.timestamp) <= cutoff:
+            return 0
+        keep = [i for i, t in enumerate(self.timestamp) if t <= cutoff]
+        dropped = len(self.timestamp) - len(keep)
+        for name in self.__slots__:
+            col = getattr(self, name)
+            col[:] = [col[i] for i in keep]
+        return dropped
+
 
 @dataclass
 class Delivery:
@@ -116,6 +133,8 @@ class Source(Protocol):
     def commit(self, tokens: Sequence[Any]) -> None: ...
 
     def now(self) -> float: ...
+
+    def clock_rate(self) -> float: ...
 
     def status(self) -> SourceStatus: ...
 

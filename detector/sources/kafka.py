@@ -14,7 +14,16 @@ the reasons (:func:`~detector.sources.kafka_codec.dead_letter_record`); its offs
 only once the dead-letter copy is acknowledged by the broker, so nothing is lost silently.
 A bad record never raises and never stalls its partition. While the broker is away the
 consumer reconnects by itself and commits are retried on the next step (finite backoff per
-attempt, pending offsets kept and merged).
+attempt, pending offsets kept and merged). TLS and SASL (SCRAM) come from
+``sources.kafka.security`` (:mod:`detector.transport.kafka`).
+
+Restarts: a partition newly assigned (a start, a restart, a rebalance) is rewound by
+``rewind_s`` (default: the window length, ``windows.horizon_s``, handed in as ``window_s``)
+before its committed offset, so a restarted daemon's windows are full again within the time it
+takes to read them back, instead of staying stale for a whole window. Until the consumer has
+read up to where each such partition ended at assignment, :meth:`KafkaSource.status` reports
+``caught_up`` False, so the daemon marks windows stale meanwhile: a half-refilled window raises
+no alarm and resolves none. The re-read samples are duplicates the window engine absorbs.
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener
 
-from detector.errors import ConfigError, ServiceUnavailableError
+from detector.errors import ConfigError
 from detector.settings import KafkaSourceSettings
 from detector.sources.base import Delivery, SourceStatus, next_wait
 from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
+from detector.transport.kafka import classify, client_config, connection_failures, probe
+from detector.transport.retry import retrying
 
 
 @dataclass
@@ -48,19 +59,25 @@ class KafkaSource:
     name = "kafka"
 
     def __init__(self, settings: KafkaSourceSettings, *, logger: logging.Logger,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 window_s: float | None = None) -> None:
         if not settings.bootstrap_servers:
             raise ConfigError("sources.kafka.bootstrap_servers is empty: name at least one "
                               "host:port of the Kafka cluster")
         self.settings = settings
         self.log = logger
         self.clock = clock
+        self.rewind_s = settings.rewind_s if settings.rewind_s is not None else (window_s or 0.0)
+        self._catch_up: dict[Any, int] = {}  # TopicPartition -> end offset at assignment
+        self._floor: dict[Any, int] = {}  # TopicPartition -> committed offset when rewound
+        self._to_rewind: set[Any] = set()  # assigned, not yet rewound (done in poll)
         self.decoder = Decoder(Limits(
             max_message_bytes=settings.max_message_bytes,
             max_samples_per_message=settings.max_samples_per_message,
             max_labels=settings.max_labels,
             max_label_bytes=settings.max_label_bytes,
-        ))
+            max_future_s=settings.max_future_s,
+        ), clock=clock)
         self._consumer: Any = None
         self._producer: Any = None
         self._uncommitted: dict[Any, int] = {}  # TopicPartition -> next offset to commit
@@ -75,23 +92,26 @@ class KafkaSource:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Connects (retrying along ``backoff_s``); ServiceUnavailableError if it cannot."""
-        attempts = len(self.settings.backoff_s) + 1
-        for attempt in range(attempts):
-            try:
-                self._connect()
-                return
-            except Exception as e:  # NoBrokersAvailable, connection errors
-                self.close(timeout=1.0)
-                if attempt == attempts - 1:
-                    raise ServiceUnavailableError(
-                        f"Kafka at {', '.join(self.settings.bootstrap_servers)} did not answer "
-                        f"after {attempts} attempts: {e!r}") from e
-                wait = next_wait(self.settings.backoff_s, attempt)
-                self.log.warning("kafka not reachable; retrying",
-                                 extra={"attempt": attempt + 1, "of": attempts,
-                                        "retry_in_s": wait, "error": repr(e)})
-                time.sleep(wait)
+        """Connects, retried by the one retry policy along ``backoff_s``:
+        ServiceUnavailableError if the brokers never answer; AuthError or TlsError at once
+        when they refuse the credentials or the certificate does not verify."""
+        servers = ", ".join(self.settings.bootstrap_servers)
+
+        def connect() -> None:
+            with connection_failures() as logged:
+                try:
+                    probe(self.settings.bootstrap_servers,
+                          client_config(self.settings.security, where="sources.kafka.security"),
+                          what=f"Kafka at {servers}", where="sources.kafka.security",
+                          timeout_s=min(10.0, self.settings.request_timeout_s))
+                    self._connect()
+                except Exception as e:  # NoBrokersAvailable, connection, SASL and TLS errors
+                    self.close(timeout=1.0)
+                    raise classify(e, what=f"Kafka at {servers}",
+                                   where="sources.kafka.security", logged=logged) from e
+
+        retrying(connect, delays=self.settings.backoff_s, what=f"connecting to Kafka at {servers}",
+                 log=self.log)
 
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
@@ -99,7 +119,9 @@ class KafkaSource:
         s = self.settings
         common = {"bootstrap_servers": list(s.bootstrap_servers), "client_id": s.client_id,
                   "request_timeout_ms": int(s.request_timeout_s * 1000),
-                  "reconnect_backoff_max_ms": 2000}
+                  "reconnect_backoff_max_ms": 2000,
+                  "bootstrap_timeout_ms": int(s.request_timeout_s * 1000),
+                  **client_config(s.security, where="sources.kafka.security")}
         self._consumer = KafkaConsumer(
             group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset=s.auto_offset_reset, max_poll_records=s.max_poll_records,
@@ -133,11 +155,16 @@ class KafkaSource:
     def now(self) -> float:
         return self.clock()
 
+    def clock_rate(self) -> float:
+        return 1.0  # wall time
+
     def poll(self, timeout: float) -> Delivery:
         out = Delivery()
         if self._consumer is None:
             time.sleep(timeout)
             return out
+        if self._to_rewind:
+            self._rewind()
         try:
             polled = self._consumer.poll(timeout_ms=int(max(0.0, timeout) * 1000),
                                          max_records=self.settings.max_poll_records)
@@ -163,7 +190,62 @@ class KafkaSource:
         newest = cols.newest()
         if newest is not None:
             self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
+        if self._catch_up:
+            self._check_caught_up()
+            out.backfill = True
         return out
+
+    def _rewind(self) -> None:
+        """Seeks the partitions assigned since the last poll ``rewind_s`` back from their
+        committed offsets (never forward), and notes where each ended (see module docstring)."""
+        assert self._consumer is not None
+        tps, self._to_rewind = set(self._to_rewind), set()
+        tps &= set(self._consumer.assignment())
+        if not tps:
+            return
+        since_ms = int((self.clock() - self.rewind_s) * 1000)
+        rewound: dict[int, int] = {}
+        try:
+            found = self._consumer.offsets_for_times({tp: since_ms for tp in tps})
+            ends = self._consumer.end_offsets(list(tps))
+            for tp, ot in found.items():
+                committed = self._consumer.committed(tp)
+                if ot is None or committed is None:
+                    continue  # nothing that recent, or no commit: auto_offset_reset decides
+                if ot.offset < committed:
+                    self._consumer.seek(tp, ot.offset)
+                    self._floor[tp] = committed
+                    rewound[tp.partition] = committed - ot.offset
+                    if ends.get(tp) is not None:
+                        self._catch_up[tp] = ends[tp]
+        except Exception as e:  # rewinding is a convenience: resume at the commit instead
+            self.log.warning("kafka rewind failed; resuming at the committed offsets",
+                             extra={"error": repr(e)})
+        finally:
+            try:
+                self._consumer.resume(*tps)
+            except Exception as e:
+                self.log.warning("resuming kafka partitions failed", extra={"error": repr(e)})
+        if rewound:
+            self.log.info("kafka partitions rewound to refill the windows",
+                          extra={"rewind_s": self.rewind_s, "records": rewound})
+
+    def _check_caught_up(self) -> None:
+        """Drops the partitions whose position reached their end offset at assignment."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, end in list(self._catch_up.items()):
+            if tp not in assigned:
+                del self._catch_up[tp]
+                continue
+            try:
+                pos = self._consumer.position(tp, timeout_ms=0)
+            except Exception:  # position unknown while the broker is away: ask again later
+                continue
+            if pos is not None and pos >= end:
+                del self._catch_up[tp]
+        if not self._catch_up:
+            self.log.info("kafka source caught up after the rewind")
 
     def commit(self, tokens: Sequence[Any]) -> None:
         for tok in tokens:
@@ -181,6 +263,9 @@ class KafkaSource:
         offsets = {}
         for tp, off in list(self._uncommitted.items()):
             if tp not in assigned:  # revoked: the new owner replays from the last commit
+                del self._uncommitted[tp]
+                continue
+            if off <= self._floor.get(tp, -1):  # re-read history: the commit stays ahead
                 del self._uncommitted[tp]
                 continue
             cap = limits.get((tp.topic, tp.partition))
@@ -221,8 +306,14 @@ class KafkaSource:
                 extra["partitions"] = float(len(self._consumer.assignment()))
             except Exception:  # position() may need a round trip while the broker is away
                 pass
-        return SourceStatus(up=self._up, caught_up=True, lag_s=lag, extra=extra,
-                            detail="" if self._up else "broker unreachable or commit failing")
+        catching_up = bool(self._catch_up or self._to_rewind)
+        if catching_up:
+            extra["rewind_partitions"] = float(len(self._catch_up))
+        detail = "" if self._up else "broker unreachable or commit failing"
+        if catching_up and self._up:
+            detail = "re-reading the window after an assignment"
+        return SourceStatus(up=self._up, caught_up=not catching_up, lag_s=lag, extra=extra,
+                            detail=detail)
 
     # ------------------------------------------------------------------ internals
 
@@ -290,6 +381,9 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
             self.source._uncommitted.pop(tp, None)
+            self.source._catch_up.pop(tp, None)
+            self.source._floor.pop(tp, None)
+            self.source._to_rewind.discard(tp)
         self.source.log.info("kafka partitions revoked",
                              extra={"partitions": sorted(tp.partition for tp in revoked)})
 
@@ -297,18 +391,14 @@ class _Rebalance(ConsumerRebalanceListener):
         src = self.source
         src.log.info("kafka partitions assigned",
                      extra={"partitions": sorted(tp.partition for tp in assigned)})
-        if not assigned or src.settings.rewind_s <= 0 or src._consumer is None:
+        if not assigned or src.rewind_s <= 0 or src._consumer is None:
             return
-        since_ms = int((src.clock() - src.settings.rewind_s) * 1000)
+        # The listener runs on the client's IO thread, where blocking calls (offsets_for_times,
+        # committed, end_offsets) are refused: pause the partitions and rewind them at the
+        # start of the next poll, on the daemon's thread.
+        src._to_rewind |= set(assigned)
         try:
-            found = src._consumer.offsets_for_times({tp: since_ms for tp in assigned})
-            for tp, ot in found.items():
-                committed = src._consumer.committed(tp)
-                if ot is None or committed is None:
-                    continue
-                if ot.offset < committed:
-                    src._consumer.seek(tp, ot.offset)
-        except Exception as e:  # rewinding is a convenience: resume at the commit instead
-            src.log.warning("kafka rewind failed; resuming at the committed offsets",
-                            extra={"error": repr(e)})
+            src._consumer.pause(*assigned)
+        except Exception as e:  # records read meanwhile are re-read: duplicates, absorbed
+            src.log.debug("pausing for the rewind failed", extra={"error": repr(e)})
 

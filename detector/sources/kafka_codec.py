@@ -27,13 +27,22 @@ benchmark. Two message formats are accepted, told apart by their keys:
 In both, ``namespace`` and ``pod`` labels are required, ``container`` and ``node`` optional
 (``exported_namespace``/``exported_pod``/``exported_container`` are used when the plain ones are
 missing, as after a scrape without ``honor_labels``). Every sample is checked: a finite
-value, a timestamp in (0, 1e11) seconds, a valid metric name, no more than ``max_labels``
-labels, no label longer than ``max_label_bytes``, no negative counter (``*_total``) or
-memory/limit value. A bad sample is refused with a reason (the good samples of the same batch
-are kept); a message that is too big, not UTF-8 JSON or of neither shape is refused whole.
+value, a timestamp in (0, 1e11) seconds and no more than ``max_future_s`` ahead of the
+decoder's clock (one sample stamped in the year 5100 would otherwise move the window engine's
+clock and make every other pod look vanished), a valid metric name, no more than
+``max_labels`` labels, no label longer than ``max_label_bytes``, no negative counter
+(``*_total``) or memory/limit value. A bad sample is refused with a reason (the good
+samples of the same batch are kept); a message that is too big, not UTF-8 JSON or of
+neither shape is refused whole.
 Nothing raises: :meth:`Decoder.decode` returns the refusals, and
 :func:`dead_letter_record` turns them into the dead-letter message (reason, where it came
 from, the payload cut to 64 KiB).
+
+Everything the decoder keeps is bounded, whatever the input: a message is at most
+``max_message_bytes`` (checked before parsing); the caches hold at most 4,096 entries of at
+most ``max_label_bytes`` (metric names) or 64 characters (timestamp strings; longer ones are
+refused, never stored); label values kept in the samples are at most ``max_label_bytes``; a
+refusal keeps at most 5 examples of at most 512 characters.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ import base64
 import json
 import math
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,6 +68,7 @@ REASONS: tuple[str, ...] = (
     "bad_type",  # a field of the wrong JSON type
     "bad_metric_name",
     "bad_timestamp",
+    "future_timestamp",  # more than max_future_s ahead of the decoder's clock
     "bad_value",  # not a number
     "non_finite_value",  # NaN or +-Inf
     "negative_counter",
@@ -72,6 +84,7 @@ _NON_NEGATIVE = ("_bytes", "_rss", "_limits", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DE
 _MAX_TS = 1e11
 _PAYLOAD_MAX = 64 * 1024
 _CACHE_MAX = 4096
+_MAX_TS_CHARS = 64  # an RFC 3339 time is ~20-35 characters; longer strings are refused
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class Limits:
     max_samples_per_message: int = 100_000
     max_labels: int = 64
     max_label_bytes: int = 1024
+    max_future_s: float | None = 300.0  # None: no check against the clock
 
 
 @dataclass
@@ -102,10 +116,13 @@ class Decoder:
     scrapes, which repeats both, is cheap to decode.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or Limits()
+        self.clock = clock
         self._names: dict[str, str | None] = {}  # metric -> None if valid, else reason
         self._times: dict[str, float | None] = {}
+        self._max_ts = _MAX_TS  # newest timestamp accepted by the message being decoded
 
     # -------------------------------------------------------------- entry point
 
@@ -125,6 +142,8 @@ class Decoder:
         if not isinstance(doc, dict):
             res.rejected["bad_shape"] += 1
             return res
+        skew = self.limits.max_future_s
+        self._max_ts = _MAX_TS if skew is None else min(_MAX_TS, self.clock() + skew)
         if "series" in doc and "podguard" in doc:
             self._batch(doc, out, res)
         elif "name" in doc and "labels" in doc and "value" in doc and "timestamp" in doc:
@@ -153,6 +172,8 @@ class Decoder:
         if reason is None:
             if ts is None:
                 reason = "bad_timestamp"
+            elif ts > self._max_ts:
+                reason = "future_timestamp"
             elif value is None:
                 reason = "bad_value"
             else:
@@ -207,6 +228,9 @@ class Decoder:
                 if not 0.0 < t < _MAX_TS:
                     self._refuse(res, "bad_timestamp", 1, pair)
                     continue
+                if t > self._max_ts:
+                    self._refuse(res, "future_timestamp", 1, pair)
+                    continue
                 if not math.isfinite(v):
                     self._refuse(res, "non_finite_value", 1, pair)
                     continue
@@ -254,9 +278,11 @@ class Decoder:
 
     def _timestamp(self, raw: Any) -> float | None:
         if isinstance(raw, str):
+            if len(raw) > _MAX_TS_CHARS:
+                return None  # refused, and never kept in the cache
             ts = self._times.get(raw, -1.0)
             if ts == -1.0:
-                ts = _parse_rfc3339(raw) if len(raw) <= 64 else None
+                ts = _parse_rfc3339(raw)
                 if len(self._times) >= _CACHE_MAX:
                     self._times.clear()
                 self._times[raw] = ts

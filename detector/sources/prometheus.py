@@ -1,7 +1,9 @@
 """The Prometheus source: backfill each pod's history, then poll incrementally.
 
 Built by :func:`detector.runtime.build.make_source` for ``sources.kind: prometheus`` and polled
-by the daemon loop. Uses prometheus-api-client range queries (``/api/v1/query_range``):
+by the daemon loop. Range queries (``/api/v1/query_range``) go through the one Prometheus
+client, :mod:`detector.transport.prometheus`, with TLS verified and the auth and tenant
+headers of ``sources.prometheus.http``:
 
 * **Scope**: series of this node's pods. The node comes from ``node_name`` or ``NODE_NAME``
   (the downward API) and is matched with ``node_matcher`` (default ``node="{node}"``) on the
@@ -17,7 +19,9 @@ by the daemon loop. Uses prometheus-api-client range queries (``/api/v1/query_ra
 * **Polling**: every ``poll_s``, the range from the end of the previous answer to now.
 * **Outages**: a failed or slow query (``timeout_s``) marks the source down and not caught up
   (the daemon then marks windows stale: a gap raises no pod alarm), waits along ``backoff_s``
-  (the last wait repeats; the source never gives up), and on recovery fetches the whole gap
+  (stretched to ``Retry-After`` when Prometheus sends one; the last wait repeats; the source
+  never gives up; a refused query, e.g. bad credentials, waits the last wait at once and is
+  logged as an error once), and on recovery fetches the whole gap
   (up to ``max_gap_backfill_s``), in slices as above, before it reports caught up again. A
   failure in the middle of a backfill resumes at the slice that failed.
 
@@ -37,13 +41,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlparse
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, PermanentError
 from detector.settings import PrometheusSourceSettings
 from detector.sources.base import Delivery, SampleColumns, SourceStatus, next_wait
+from detector.transport.prometheus import PrometheusClient, chunks
+from detector.transport.retry import retry_delay
 
 KSM_PREFIX = "kube_"
 KSM_LIMITS = "kube_pod_container_resource_limits"
@@ -79,17 +83,9 @@ class PrometheusSource:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        import requests
-        from prometheus_api_client import PrometheusConnect
-        from urllib3.util.retry import Retry
-
-        session = requests.Session()
-        host = urlparse(self.settings.url).hostname or ""
-        if host in ("127.0.0.1", "localhost", "::1"):
-            session.trust_env = False  # a loopback URL never goes through a proxy
-        self._client = PrometheusConnect(
-            url=self.settings.url.rstrip("/"), disable_ssl=True, session=session,
-            retry=Retry(total=0, connect=0, read=0, status=0), timeout=self.settings.timeout_s)
+        self._client = PrometheusClient(self.settings.url, self.settings.http,
+                                        where="sources.prometheus.http",
+                                        timeout_s=self.settings.timeout_s)
         now = self.clock()
         step = self.settings.query_step_s
         self._next_from = _align(now - self.settings.backfill_s, step)
@@ -101,12 +97,17 @@ class PrometheusSource:
                              "backfill_s": self.settings.backfill_s})
 
     def close(self, timeout: float = 5.0) -> None:
+        if self._client is not None:
+            self._client.close()
         self._client = None
 
     # ------------------------------------------------------------------ the contract
 
     def now(self) -> float:
         return self.clock()
+
+    def clock_rate(self) -> float:
+        return 1.0  # wall time
 
     def poll(self, timeout: float) -> Delivery:
         out = Delivery()
@@ -130,13 +131,22 @@ class PrometheusSource:
         end = min(end, start + (n_points - 1) * step)  # one slice of a longer range
         try:
             self._fetch(start, end, out.samples)
-        except Exception as e:  # requests/Prometheus errors: back off, never exit
+        except Exception as e:  # no answer, refused, malformed: back off, never exit
             out.samples = SampleColumns()
             self._failures += 1
-            wait = next_wait(s.backoff_s, self._failures - 1)
+            # Refused (bad credentials, a certificate that does not verify, a bad query):
+            # the same call fails again, so no fast retries, only the slowest wait; a
+            # rotated token or fixed server is still picked up then.
+            permanent = isinstance(e, PermanentError)
+            wait = (s.backoff_s[-1] if permanent
+                    else retry_delay(next_wait(s.backoff_s, self._failures - 1), e))
             self._due = now + wait
             self._gap = True
-            if self._up or self._failures in (1, len(s.backoff_s)):
+            if permanent and _short(e) != self._last_error:
+                self.log.error("prometheus refused the query; windows are stale until it is "
+                               "fixed", extra={"error": _short(e), "attempt": self._failures,
+                                               "retry_in_s": wait})
+            elif self._up or self._failures in (1, len(s.backoff_s)):
                 self.log.warning("prometheus query failed; windows are stale until the gap is "
                                  "backfilled", extra={"error": _short(e),
                                                       "attempt": self._failures,
@@ -144,6 +154,9 @@ class PrometheusSource:
             self._up = False
             self._last_error = _short(e)
             return out
+        future = out.samples.drop_after(now + s.max_future_s)  # a skewed exporter's clock
+        if future:
+            out.rejected["future_timestamp"] += future
         more = end < last
         if not self._up or self._gap:
             self.backfilled_s += (end - start + step) if more else max(
@@ -179,17 +192,9 @@ class PrometheusSource:
     def _fetch(self, start: float, end: float, out: SampleColumns) -> None:
         s = self.settings
         step = s.query_step_s
-        span = step * (s.max_points - 1)
-        t0 = start
-        while t0 <= end:
-            t1 = min(end, t0 + span)
+        for t0, t1 in chunks(start, end, step, s.max_points):
             for name, promql in self.queries:
-                result = self._client.custom_query_range(
-                    promql, start_time=datetime.fromtimestamp(t0, UTC),
-                    end_time=datetime.fromtimestamp(t1, UTC), step=_step(step),
-                    timeout=s.timeout_s)
-                _to_columns(result, name, out)
-            t0 = t1 + step
+                _to_columns(self._client.query_range(promql, t0, t1, step), name, out)
 
 
 def build_queries(settings: PrometheusSourceSettings, node: str) -> list[tuple[str | None, str]]:
@@ -240,10 +245,6 @@ def _to_columns(result: list[dict[str, Any]], name: str | None, out: SampleColum
 def _align(t: float, step: float, *, down: bool = False) -> float:
     k = math.floor(t / step) if down else math.ceil(t / step)
     return k * step
-
-
-def _step(step: float) -> str:
-    return f"{step:g}s"
 
 
 def _escape(value: str) -> str:

@@ -3,11 +3,15 @@
 One fixture per service, so a test that needs only Prometheus does not wait for Kafka:
 
 - ``local_prometheus`` -> :class:`ServiceHandle` of Prometheus (``PrometheusHandle``: URL,
-  targets, query, backfill, restart; :func:`prometheus_client` for prometheus-api-client)
+  targets, query, backfill, restart; :func:`prometheus_client`: podguard's own Prometheus client)
 - ``local_alertmanager`` -> :class:`ServiceHandle` of Alertmanager (``AlertmanagerHandle``)
 - ``local_kafka`` -> :class:`KafkaHandle` (bootstrap address, admin client, restart)
 - ``local_kubernetes`` -> :class:`KubernetesHandle` (KUBECONFIG), when
   ``deploy/local/kubernetes.py`` exists
+- ``secure_prometheus`` (HTTPS + basic auth), ``secure_alertmanager`` (HTTPS + client
+  certificates): private instances started with ``--web.config.file``
+  (:mod:`deploy.local.web`), ``secure_kafka`` (SSL + SASL_SSL with SCRAM-SHA-512): for the
+  TLS and auth tests
 
 If a stack is already up (``PODGUARD_STACK_DIR`` or the pointer written by
 ``python -m deploy.local up``), its running services are reused and left running; services
@@ -30,15 +34,15 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
-import requests
-from prometheus_api_client import PrometheusConnect
 
 from deploy.local import stack
 from deploy.local._proc import StackError
 from deploy.local._service import Service
 from deploy.local.alertmanager import Alertmanager
-from deploy.local.kafka import Kafka
+from deploy.local.kafka import Kafka, KafkaSecurity
 from deploy.local.prometheus import Prometheus
+from deploy.local.web import WebSecurity
+from detector.transport.prometheus import PrometheusClient
 
 
 @dataclass
@@ -150,11 +154,10 @@ PrometheusHandle = ServiceHandle[Prometheus]
 AlertmanagerHandle = ServiceHandle[Alertmanager]
 
 
-def prometheus_client(prometheus: PrometheusHandle) -> PrometheusConnect:
-    """A prometheus-api-client connection that ignores proxy settings (loopback only)."""
-    session = requests.Session()
-    session.trust_env = False
-    return PrometheusConnect(url=prometheus.url, disable_ssl=True, session=session)
+def prometheus_client(prometheus: PrometheusHandle) -> PrometheusClient:
+    """podguard's own Prometheus client (:mod:`detector.transport.prometheus`) for the
+    stack's plain-HTTP Prometheus (no proxy: loopback)."""
+    return PrometheusClient(prometheus.url, where="tests", timeout_s=30)
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +174,43 @@ def local_alertmanager(local_stack: StackSession) -> AlertmanagerHandle:
     return ServiceHandle(service, local_stack.state)
 
 
+# --------------------------------------------------------------------------- TLS and auth
+
+
+def _private(tmp_path_factory: pytest.TempPathFactory, service: S, what: str
+             ) -> Iterator[ServiceHandle[S]]:
+    """``service`` in a state directory of its own, started here and stopped at the end."""
+    state = tmp_path_factory.mktemp(service.name + "-secure")
+    try:
+        service.prepare()
+        service.start(state)
+    except StackError as e:
+        pytest.fail(f"the local {service.name} {what} could not start: {e}\n"
+                    f"(its log: {state / (service.name + '.log')}); to install what it needs: "
+                    f"make prepare", pytrace=False)
+    try:
+        yield ServiceHandle(service, state)
+    finally:
+        service.stop(state)
+
+
+@pytest.fixture(scope="session")
+def secure_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusHandle]:
+    """A second real Prometheus behind ``--web.config.file``: HTTPS with a test CA and basic
+    auth (``handle.web_files()``: CA, user, password file)."""
+    yield from _private(tmp_path_factory, Prometheus(web=WebSecurity(
+        tls=True, basic_auth_user="podguard")), "with TLS and basic auth")
+
+
+@pytest.fixture(scope="session")
+def secure_alertmanager(tmp_path_factory: pytest.TempPathFactory
+                        ) -> Iterator[AlertmanagerHandle]:
+    """A second real Alertmanager behind ``--web.config.file``: HTTPS with a test CA that
+    requires a client certificate signed by it (``handle.web_files()``)."""
+    yield from _private(tmp_path_factory, Alertmanager(web=WebSecurity(
+        tls=True, client_certs="require")), "with mutual TLS")
+
+
 # --------------------------------------------------------------------------- Kafka
 
 
@@ -185,8 +225,19 @@ class KafkaHandle:
         assert b is not None, "kafka has no recorded bootstrap address"
         return b
 
+    def listener(self, name: str) -> str:
+        """``host:port`` of listener ``name`` (SSL, SASL_SSL: on ``secure_kafka`` only)."""
+        b = self.service.bootstrap(self.state, name)
+        assert b is not None, f"kafka has no {name} listener"
+        return b
+
+    @property
+    def security(self) -> dict[str, str]:
+        """``ca_file``, ``username``, ``password_file`` of ``secure_kafka``."""
+        return self.service.security_files(self.state)
+
     def admin(self) -> Any:
-        """A new ``kafka.KafkaAdminClient``; close it when done."""
+        """A new ``kafka.KafkaAdminClient`` (PLAINTEXT listener); close it when done."""
         from kafka import KafkaAdminClient
 
         return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="podguard-tests")
@@ -206,6 +257,25 @@ def local_kafka(local_stack: StackSession) -> KafkaHandle:
     service = Kafka()
     local_stack.ensure(service)
     return KafkaHandle(service, local_stack.state)
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaHandle]:
+    """A second real broker with SSL and SASL_SSL (SCRAM-SHA-512) listeners and a test CA
+    (``handle.listener("SASL_SSL")``, ``handle.security``), owned by the session."""
+    service = Kafka(security=KafkaSecurity())
+    state = tmp_path_factory.mktemp("kafka-secure")
+    try:
+        service.prepare()
+        service.start(state)
+    except StackError as e:
+        pytest.fail(f"the local kafka with SASL_SSL could not start: {e}\n(its log: "
+                    f"{state / 'kafka.log'}); to install what it needs: make prepare",
+                    pytrace=False)
+    try:
+        yield KafkaHandle(service, state)
+    finally:
+        service.stop(state)
 
 
 # --------------------------------------------------------------------------- Kubernetes

@@ -1,0 +1,288 @@
+"""The pod side of the diagnosis request: a per-step hook that answers podguard's requests.
+
+In the training loop (standard library and torch only; nothing else of podguard is needed)::
+
+    from detector.diagnosis.helper import DiagnosisHelper
+
+    diagnosis = DiagnosisHelper.from_env()   # in a pod: its own annotations via the API server
+    for step in range(steps):
+        train_one_step(step)
+        diagnosis.step()                     # a safe point: between two steps
+
+A background thread polls the channel every ``poll_s`` seconds for a request
+(:class:`~detector.diagnosis.report.DiagnosisRequest`, written by podguard when it flags the
+pod) and writes the answer; the training thread only checks two attributes per step while no
+request is pending, so an idle helper costs nothing measurable. When a request arrives, the
+next ``step()`` takes snapshot A (and starts tracemalloc), the first ``step()`` after
+``window_s`` takes snapshot B, stops tracemalloc and hands the result to the thread. Each of the
+two pauses is bounded (see :class:`~detector.diagnosis.inpod.Diagnoser`) and reported in the
+answer (``cost.pause_s``). ``step()`` never raises into the training loop.
+
+Channels:
+
+* :class:`PodChannel`: the pod's own annotations ``podguard.io/diagnosis-request`` (read) and
+  ``podguard.io/diagnosis`` (written, a JSON merge patch), over HTTPS with the pod's
+  service-account token (RBAC: get and patch on its own pod, as for the checkpoint helper);
+* :class:`FileChannel`: ``request.json`` / ``result.json`` in a directory (the embedded
+  default's training loops, tests).
+
+A request is answered once (its id is remembered, and an answer already in the channel with the
+same id counts), only when fresh (``ts`` within 15 min of the pod's clock), with the window
+clamped to 1 s - 10 min.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from detector.diagnosis import report as rp
+from detector.diagnosis.inpod import Diagnoser
+
+log = logging.getLogger("podguard.diagnosis.helper")
+
+_SA = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class Channel(Protocol):
+    def read(self) -> tuple[str | None, str | None]:
+        """(the request's text, the current answer's text), either None when absent."""
+
+    def write_result(self, text: str) -> None: ...
+
+
+class FileChannel:
+    """``request.json`` and ``result.json`` in ``directory`` (written atomically)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def _read(self, name: str) -> str | None:
+        try:
+            return (self.directory / name).read_text()
+        except OSError:
+            return None
+
+    def read(self) -> tuple[str | None, str | None]:
+        return self._read("request.json"), self._read("result.json")
+
+    def write_result(self, text: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / ".result.json.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.directory / "result.json")
+
+    def write_request(self, text: str) -> None:
+        """The daemon side (the embedded default): a new request replaces the old one."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / ".request.json.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.directory / "request.json")
+
+
+class PodChannel:
+    """The pod's own annotations through the API server (standard-library HTTPS)."""
+
+    def __init__(self, *, namespace: str, pod: str, api_url: str,
+                 token: Callable[[], str] | None = None, ca_file: str | None = None,
+                 client_cert: tuple[str, str] | None = None, timeout_s: float = 10.0) -> None:
+        self.namespace, self.pod = namespace, pod
+        self.url = (f"{api_url.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}")
+        self.token = token
+        self.timeout_s = timeout_s
+        self.context: ssl.SSLContext | None = None
+        if api_url.startswith("https"):
+            self.context = ssl.create_default_context(cafile=ca_file)
+            if client_cert is not None:
+                self.context.load_cert_chain(*client_cert)
+
+    @classmethod
+    def from_env(cls) -> PodChannel:
+        """In a pod: ``KUBERNETES_SERVICE_HOST``/``_PORT``, the service account's token
+        (re-read on every call: projected tokens rotate), CA and namespace; the pod's name
+        from ``POD_NAME`` (or ``HOSTNAME``), its namespace from ``POD_NAMESPACE``."""
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host:
+            raise RuntimeError("not in a Kubernetes pod: KUBERNETES_SERVICE_HOST is not set")
+        ns = os.environ.get("POD_NAMESPACE") or (
+            (_SA / "namespace").read_text().strip() if (_SA / "namespace").exists() else "")
+        pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")
+        if not ns or not pod:
+            raise RuntimeError("set POD_NAME and POD_NAMESPACE (downward API) for the helper")
+        if ":" in host:
+            host = f"[{host}]"
+        return cls(namespace=ns, pod=pod, api_url=f"https://{host}:{port}",
+                   token=lambda: (_SA / "token").read_text().strip(),
+                   ca_file=str(_SA / "ca.crt"))
+
+    def _call(self, method: str, body: bytes | None = None) -> dict[str, Any]:
+        req = urllib.request.Request(self.url, data=body, method=method)
+        req.add_header("Accept", "application/json")
+        if body is not None:
+            req.add_header("Content-Type", "application/merge-patch+json")
+        if self.token is not None:
+            req.add_header("Authorization", f"Bearer {self.token()}")
+        with urllib.request.urlopen(req, timeout=self.timeout_s,
+                                    context=self.context) as resp:
+            out = json.loads(resp.read(4 << 20))
+        return out if isinstance(out, dict) else {}
+
+    def read(self) -> tuple[str | None, str | None]:
+        ann = (self._call("GET").get("metadata") or {}).get("annotations") or {}
+        req, res = ann.get(rp.REQUEST_KEY), ann.get(rp.RESULT_KEY)
+        return (req if isinstance(req, str) else None, res if isinstance(res, str) else None)
+
+    def write_result(self, text: str) -> None:
+        body = json.dumps({"metadata": {"annotations": {rp.RESULT_KEY: text}}}).encode()
+        self._call("PATCH", body)
+
+
+class DiagnosisHelper:
+    """Answers diagnosis requests at the training loop's safe points (module docstring)."""
+
+    def __init__(self, channel: Channel, *, poll_s: float = 5.0,
+                 diagnoser: Diagnoser | None = None, background: bool = True,
+                 clock: Callable[[], float] = time.time,
+                 logger: logging.Logger | None = None) -> None:
+        self.channel = channel
+        self.poll_s = poll_s
+        self.diagnoser = diagnoser if diagnoser is not None else Diagnoser()
+        self.clock = clock
+        self.log = logger if logger is not None else log
+        self._armed: rp.DiagnosisRequest | None = None  # set by the thread
+        self._due: float | None = None  # monotonic end of the window in progress
+        self._current: rp.DiagnosisRequest | None = None
+        self._answered: set[str] = set()
+        self._outbox: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.results: list[dict[str, Any]] = []  # every answer given (newest last)
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="podguard-diagnosis")
+            self._thread.start()
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> DiagnosisHelper:
+        """A helper on :class:`PodChannel` in a pod, or on :class:`FileChannel` when
+        ``PODGUARD_DIAGNOSIS_DIR`` is set."""
+        d = os.environ.get("PODGUARD_DIAGNOSIS_DIR")
+        return cls(FileChannel(d) if d else PodChannel.from_env(), **kwargs)
+
+    # ------------------------------------------------------------------ training thread
+
+    def step(self) -> None:
+        """Call once per training step, between steps. Never raises."""
+        if self._armed is None and self._due is None:
+            return
+        try:
+            self._step()
+        except Exception as e:  # never into the training loop
+            self.log.warning("diagnosis failed: %r", e)
+            req = self._current
+            self.diagnoser.abort()
+            self._due, self._current = None, None
+            if req is not None:
+                self._answer({"id": req.id, "status": "failed", "version": rp.VERSION,
+                              "sentence": f"the diagnosis failed in the pod: {e!r}"})
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self._due is None:
+            with self._lock:
+                req, self._armed = self._armed, None
+            if req is None:
+                return
+            self._current = req
+            pause = self.diagnoser.begin()
+            self._due = time.monotonic() + req.window_s
+            self.log.info("diagnosis %s: first snapshot (%.3f s), second in %.0f s", req.id,
+                          pause, req.window_s)
+            return
+        if now < self._due:
+            return
+        req = self._current
+        assert req is not None
+        result = self.diagnoser.finish()
+        self._due, self._current = None, None
+        result["id"] = req.id
+        self.log.info("diagnosis %s: %s", req.id, result.get("sentence"))
+        self._answer(result)
+
+    def _answer(self, result: dict[str, Any]) -> None:
+        bounded = rp.bound(result)
+        with self._lock:
+            self._answered.add(str(result["id"]))
+            self.results.append(bounded)
+            self._outbox.append(rp.dumps(bounded))
+        self._wake.set()
+        if self._thread is None:
+            self.poll_once()
+
+    # ------------------------------------------------------------------ background thread
+
+    def poll_once(self) -> None:
+        """Writes pending answers, then reads the channel for a new request."""
+        with self._lock:
+            out, self._outbox = self._outbox, []
+        for i, text in enumerate(out):
+            try:
+                self.channel.write_result(text)
+            except Exception as e:
+                self.log.warning("cannot write the diagnosis: %r (retried)", e)
+                with self._lock:
+                    self._outbox[:0] = out[i:]
+                return
+        try:
+            req_text, res_text = self.channel.read()
+        except Exception as e:
+            self.log.warning("cannot read diagnosis requests: %r", e)
+            return
+        req = rp.DiagnosisRequest.parse(req_text)
+        if req is None:
+            return
+        with self._lock:
+            if (req.id in self._answered or self._armed is not None
+                    or (self._current is not None and self._current.id == req.id)):
+                return
+            if res_text and rp.parse_result(res_text, expect_id=req.id) is not None:
+                self._answered.add(req.id)  # answered before this process restarted
+                return
+            if abs(self.clock() - req.ts) > rp.MAX_REQUEST_AGE_S:
+                self._answered.add(req.id)
+                self.log.warning("diagnosis request %s ignored: too old", req.id)
+                return
+            self._armed = req
+        self.log.info("diagnosis request %s (%s): window %.0f s", req.id, req.reason,
+                      req.window_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops the thread after writing what is pending (an unfinished window is dropped)."""
+        if self._due is not None:
+            self.diagnoser.abort()
+            self._due = None
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            pending = bool(self._outbox)
+        if pending:
+            self.poll_once()

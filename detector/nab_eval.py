@@ -1,0 +1,151 @@
+"""``podguard evaluate --nab PATH``: podguard's custom-metric detector on the NAB corpus.
+
+Scores :class:`detector.models.univariate.UnivariateDetector` (defaults, causal, one pass per
+file) with the NAB standard profile (:mod:`detector.nab`) next to the published detections
+that ship with the corpus (``results/<detector>/...`` at ``results/thresholds.json``), per
+labelled subset and in total, and counts alarms on ``artificialNoAnomaly``. The published
+detectors are re-scored here, so the table also checks this scorer against the figures the
+corpus's README states (:data:`PUBLISHED`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector import nab
+from detector.errors import InputError
+
+PUBLISHED: dict[str, dict[str, float]] = {
+    "ARTime": {"total": 80.4, "artificialWithAnomaly": 70.3, "realAdExchange": 75.1,
+               "realTraffic": 86.9, "realTweets": 81.8},
+    "numenta": {"total": 73.1},
+    "windowedGaussian": {"total": 50.8},
+}
+"""The standard-profile scores the nab-dev README states (four labelled subsets together)."""
+
+COLUMNS: tuple[str, ...] = (*nab.LABELLED_SUBSETS, "total")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One detector's line of the table."""
+
+    detector: str
+    scores: dict[str, nab.SetScore]  # subset or "total" -> score
+    no_anomaly_alarms: int  # detections on artificialNoAnomaly (after the probationary period)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "no_anomaly_alarms": self.no_anomaly_alarms,
+            "scores": {k: {"score": round(v.score, 4), "raw": round(v.raw, 4),
+                           "windows": v.windows, "detected": v.detected,
+                           "false_positives": v.false_positives} for k, v in self.scores.items()},
+        }
+
+
+def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarray]) -> Row:
+    scores = nab.score_detections(files, detections)
+    labelled = [f for f in files if f.subset != nab.NO_ANOMALY_SUBSET]
+    quiet = [f for f in files if f.subset == nab.NO_ANOMALY_SUBSET]
+    alarms = sum(scores[f.name].false_positives for f in quiet)
+    present = {f.subset for f in labelled}
+    subsets = [s for s in nab.LABELLED_SUBSETS if s in present] + sorted(
+        present - set(nab.LABELLED_SUBSETS))  # nab-dev's order first, then any other
+    return Row(name, nab.by_subset(labelled, scores, subsets), alarms)
+
+
+def published_rows(root: Path, files: Sequence[nab.NabFile]) -> list[Row]:
+    """The published detectors of the corpus, re-scored at their published thresholds."""
+    thresholds = nab.load_thresholds(root)
+    rows = []
+    for det in nab.published_detectors(root):
+        if det not in thresholds:
+            continue
+        dets = {f.name: nab.load_published_scores(root, det, f) >= thresholds[det]
+                for f in files}
+        rows.append(_row(det, files, dets))
+    return rows
+
+
+def podguard_row(files: Sequence[nab.NabFile]) -> Row:
+    """podguard's univariate detector with its default settings, causal, per file."""
+    from detector.models.univariate import UnivariateDetector
+
+    det = UnivariateDetector()
+    if not files:
+        return _row("podguard univariate", files, {})
+    # all files as one batch (rows padded with NaN at the end: a no-op for the detector,
+    # which is causal and per row, so each file's alarms are those of its own run)
+    x = np.full((len(files), max(len(f.values) for f in files)), np.nan)
+    for i, f in enumerate(files):
+        x[i, :len(f.values)] = f.values
+    alarms = det.alarms(x)
+    return _row("podguard univariate", files,
+                {f.name: alarms[i, :len(f.values)] for i, f in enumerate(files)})
+
+
+def check_published(rows: Sequence[Row]) -> list[str]:
+    """Mismatches between the re-scored published detectors and :data:`PUBLISHED`."""
+    bad = []
+    got = {r.detector: r for r in rows}
+    for det, want in PUBLISHED.items():
+        if det not in got:
+            bad.append(f"{det}: no published results in the corpus")
+            continue
+        for col, v in want.items():
+            if col not in got[det].scores:
+                bad.append(f"{det} {col}: not in this corpus")
+                continue
+            s = got[det].scores[col].score
+            if not math.isfinite(s) or round(s, 1) != v:
+                bad.append(f"{det} {col}: scored {s:.2f}, the README states {v}")
+    return bad
+
+
+def to_markdown(rows: Sequence[Row]) -> str:
+    cols = list(rows[0].scores) if rows else list(COLUMNS)
+    head = ["detector", *cols, "alarms on artificialNoAnomaly"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [r.detector] + [f"{r.scores[c].score:.1f}" if c in r.scores else "-"
+                                for c in cols]
+        lines.append("| " + " | ".join([*cells, str(r.no_anomaly_alarms)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_nab(root: Path, *, out: Path | None = None, published_only: bool = False) -> int:
+    """Prints the table (and writes ``nab.json`` under ``out``); exit code 1 when the
+    re-scored published figures do not match the README's."""
+    started = time.perf_counter()
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"--nab {root}: no such directory (the NAB corpus, e.g. "
+                         "../shared/data/nab-dev)")
+    files = nab.load_corpus(root)
+    rows = [] if published_only else [podguard_row(files)]
+    rows += published_rows(root, files)
+    sys.stdout.write(to_markdown(rows))
+    bad = check_published(rows)
+    windows = rows[0].scores["total"].windows if rows else 0
+    print(f"\nNAB standard profile, {len(files)} files, {windows} windows "
+          f"({time.perf_counter() - started:.0f} s). Published figures "
+          + ("reproduced." if not bad else "NOT reproduced:\n  " + "\n  ".join(bad)))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "nab.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"rows": [r.to_json_dict() for r in rows],
+                                   "published_check": bad}, indent=2))
+        tmp.replace(path)
+        print(f"written: {path}")
+    return 1 if bad else 0

@@ -1,0 +1,158 @@
+"""The real-node harness against the real kernel (~2.5 minutes for the whole module).
+
+One harness run (module fixture): a fast leak and a leaking PyTorch trainer (the kept monitoring
+loss with its graph) under real memory limits, next to a page-cache reader, a GC sawtooth and a
+warm-up, measured by the real cAdvisor, scraped by the real Prometheus with the rule
+``predict_linear(container_memory_working_set_bytes[1h], 4*3600) > limit`` loaded. Asserts
+what the kernel did (OOM kills from the cgroup's own count), what the supervisor exported as
+kube-state-metrics would, what cAdvisor reported (only our cgroups), when the rule fired, and
+that nothing of the harness's cgroups is left afterwards.
+
+Needs root with a writable memory cgroup hierarchy (v1 or v2) and ``make prepare``; without
+them the fixture fails saying so (nothing is skipped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from deploy.local import cgroups
+from deploy.local.node import RealNode
+from deploy.local.node_record import MIXES, labels_from_events, pull_trace
+from deploy.local.node_report import install_rule, rule_firings
+from detector import traces as tr
+
+pytestmark = [pytest.mark.stack, pytest.mark.realnode, pytest.mark.slow]
+
+RUN_S = 150.0
+
+
+@dataclass
+class Run:
+    node: RealNode
+    trace: pd.DataFrame
+    labels: dict[str, Any]
+    rule: dict[str, list[float]]
+    ksm: str
+    cadvisor_ids: set[str]
+    parent: str
+    cg: cgroups.Cgroups
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    state = tmp_path_factory.mktemp("realnode")
+    node = RealNode(state, MIXES["quick"], scrape_interval="2s", restart_backoff_s=1.0)
+    try:
+        node.start()
+    except Exception as e:  # the reason, and how to get what is missing
+        node.stop()
+        pytest.fail(f"the real-node harness could not start: {e}\n(needs root, a writable "
+                    "memory cgroup hierarchy, and `make prepare` for cAdvisor and Prometheus)",
+                    pytrace=False)
+    try:
+        assert node.prometheus is not None
+        install_rule(node.prometheus, state)
+        node.wait_for_scrapes(timeout=90)
+        start = time.time() - 2
+        time.sleep(RUN_S)
+        end = time.time()
+        trace = pull_trace(node.prometheus_url, start=start, end=end, step=2.0,
+                           namespace=node.namespace)
+        labels = labels_from_events(node, node.events(), start=start, end=end, step=2.0)
+        rule = rule_firings(node.prometheus_url, start=start, end=end, step=2.0)
+        ksm = node.supervisor_metrics()
+        port = int((state / "realnode-cadvisor.port").read_text())
+        from deploy.local.stack import http
+
+        body = http("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)[1].decode()
+        ids = {line.split('id="', 1)[1].split('"', 1)[0] for line in body.splitlines()
+               if line.startswith("container_memory_working_set_bytes{")}
+        cg = node.cg
+        assert cg is not None
+    finally:
+        node.stop()
+    yield Run(node, trace, labels, rule, ksm, ids, f"/{node.parent}", cg)
+
+
+def _ws(run: Run, pod: str, metric: str = tr.WORKING_SET) -> pd.Series:
+    t = run.trace
+    s = t[(t["pod"] == pod) & (t["metric"] == metric)]
+    return s.set_index("timestamp")["value"].sort_index()
+
+
+@pytest.mark.parametrize("pod", ["fast-leak", "trainer-kept-loss"])
+def test_kernel_oom_kills_the_leak_and_the_supervisor_reports_it(run: Run, pod: str) -> None:
+    info = run.labels["pods"][pod]
+    limit = info["memory_limit_bytes"]
+    assert info["oom_kills"], f"{pod} was never OOM-killed: {info}"
+    first_kill = info["oom_kills"][0]
+    exits = info["exits"]
+    assert exits and exits[0]["reason"] == "OOMKilled" and exits[0]["oom_kills"] >= 1
+    assert exits[0]["returncode"] == -9  # SIGKILL from the kernel's OOM killer
+    assert abs(exits[0]["ts"] - first_kill) < 2.0
+    assert len(info["starts"]) == len(exits) + 1  # restarted after each kill
+    usage = _ws(run, pod, "container_memory_usage_bytes")
+    assert usage[usage.index <= first_kill].max() >= 0.85 * limit
+    # after the kill the pod's memory starts again from the bottom (a new incarnation)
+    ws = _ws(run, pod)
+    later = ws[(ws.index > first_kill + 3) & (ws.index < first_kill + 12)]
+    assert len(later) and later.min() < 0.6 * limit
+    restarts = _ws(run, pod, tr.RESTARTS)
+    assert restarts.iloc[-1] == len(exits)
+    assert (f'kube_pod_container_status_last_terminated_reason{{container="main",'
+            f'namespace="realnode",pod="{pod}",reason="OOMKilled"') in run.ksm
+    limits = _ws(run, pod, tr.KSM_LIMITS)
+    assert set(limits.unique()) == {float(limit)}
+    assert set(_ws(run, pod, tr.MEMORY_LIMIT).unique()) <= {float(limit)}  # cAdvisor's own
+
+
+@pytest.mark.parametrize("pod", ["pagecache-reader", "gc-sawtooth", "warmup-plateau"])
+def test_healthy_shapes_are_not_killed(run: Run, pod: str) -> None:
+    info = run.labels["pods"][pod]
+    assert info["oom_kills"] == [] and info["exits"] == [] and len(info["starts"]) == 1
+    assert _ws(run, pod, tr.RESTARTS).max() == 0
+    assert len(_ws(run, pod)) > RUN_S / 2 * 0.8  # scraped all along
+
+
+def test_page_cache_reader_sits_at_its_limit_in_cache_with_flat_rss(run: Run) -> None:
+    limit = run.labels["pods"]["pagecache-reader"]["memory_limit_bytes"]
+    usage = _ws(run, "pagecache-reader", "container_memory_usage_bytes").iloc[-20:]
+    cache = _ws(run, "pagecache-reader", "container_memory_cache").iloc[-20:]
+    rss = _ws(run, "pagecache-reader", tr.RSS).iloc[-20:]
+    assert usage.median() > 0.85 * limit
+    assert cache.median() > 5 * rss.median()
+
+
+def test_sawtooth_really_saws(run: Run) -> None:
+    ws = _ws(run, "gc-sawtooth").iloc[10:]
+    drops = (ws.diff() < -40 * 2**20).sum()
+    assert drops >= 3  # a 20 s period over ~2 minutes
+
+
+def test_rule_fires_in_the_real_prometheus_before_the_kill(run: Run) -> None:
+    for pod in ("fast-leak", "trainer-kept-loss"):
+        kill = run.labels["pods"][pod]["oom_kills"][0]
+        fired = run.rule.get(pod, [])
+        # firing as the leak nears the limit (it also fires on every start-up ramp: with
+        # seconds of history predict_linear extrapolates the ramp over 4 h)
+        assert any(kill - 30 <= t < kill for t in fired), (pod, fired[-3:], kill)
+
+
+def test_cadvisor_reports_only_the_harness_cgroups(run: Run) -> None:
+    assert run.cadvisor_ids, "cAdvisor reported no working set at all"
+    assert all(i == "/" or i.startswith("/" + cgroups.OWNED_PREFIX) for i in run.cadvisor_ids), (
+        sorted(run.cadvisor_ids)[:10])
+    assert any(i.startswith(run.parent + "/realnode/fast-leak/main/") for i in run.cadvisor_ids)
+
+
+def test_nothing_of_the_harness_is_left(run: Run) -> None:
+    for d in run.cg.dirs(run.parent):
+        assert not Path(d).exists(), d

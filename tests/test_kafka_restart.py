@@ -1,0 +1,111 @@
+"""A restarted Kafka daemon is judging again within a minute (issue: after a rolling update
+every pod used to be stale for a whole window): on assignment the partition is re-read by the
+window length before the commit, the windows are stale (no alarm, no resolution) until the
+re-read reaches where the partition ended, and the commit never moves backwards. Against the
+real local Kafka."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from detector.pipeline import Pipeline
+from detector.runtime.build import make_engine, make_source
+from detector.runtime.daemon import Daemon
+from detector.runtime.metrics import DaemonMetrics, StateView
+from detector.settings import Settings
+from detector.verdicts import Verdict
+from tests.support.stack_fixtures import KafkaHandle
+from tests.test_sources_kafka import Runner, _committed, _pod_messages, _producer, _topics, _wait
+
+pytestmark = [pytest.mark.stack]
+LOG = logging.getLogger("podguard.test.kafka_restart")
+PODS = 4
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list[Verdict]]] = []
+
+    def send(self, verdicts: Sequence[Verdict]) -> None:
+        self.batches.append((time.monotonic(), list(verdicts)))
+
+    def tick(self) -> None:
+        pass
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
+    def judged_at(self) -> float | None:
+        """When a batch first judged every pod (no stale verdict)."""
+        for t, vs in self.batches:
+            if len(vs) == PODS and not any(v.stale for v in vs):
+                return t
+        return None
+
+
+def _daemon(settings: Settings, sink: Recorder) -> Daemon:
+    source = make_source(settings, logger=LOG)  # as `podguard run` builds it
+    return Daemon(settings=settings, source=source, pipeline=Pipeline.load(None),
+                  engine=make_engine(settings), sinks=[sink],
+                  metrics=DaemonMetrics(CollectorRegistry(), StateView(), process=False),
+                  logger=LOG, poll_timeout_s=0.2)
+
+
+def test_a_restarted_daemon_refills_its_windows_and_judges_within_a_minute(
+        local_kafka: KafkaHandle) -> None:
+    topic, dead = _topics(local_kafka, 1)
+    group = f"pg-{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate({
+        "windows": {"horizon_s": 3600, "step_s": 20, "pod_ttl_s": 7200},
+        "sources": {"kind": "kafka", "kafka": {
+            "bootstrap_servers": [local_kafka.bootstrap], "topic": topic, "group_id": group,
+            "dead_letter_topic": dead, "session_timeout_s": 6, "request_timeout_s": 10}},
+        "runtime": {"lateness_s": 0.2, "console": False, "verdicts_path": ""},
+        "server": {"enabled": False}})
+    assert settings.sources.kafka.rewind_s is None  # the default: rewind by the window
+    steps = 236
+    t0 = time.time() - 15.0 * steps
+    history = list(_pod_messages(PODS, steps, t0))  # the last hour of 4 pods
+    producer = _producer(local_kafka)
+    for key, value in history:
+        producer.send(topic, key=key, value=value)
+    producer.flush(timeout=60)
+
+    first = Recorder()
+    with Runner(_daemon(settings, first)):
+        _wait(lambda: sum(_committed(local_kafka, group).values()) == len(history),
+              "the first daemon to commit the history", 120)
+    assert first.judged_at() is not None  # it had judged the pods before the "update"
+
+    second = Recorder()
+    started = time.monotonic()
+    daemon = _daemon(settings, second)
+    with Runner(daemon):
+        _wait(lambda: second.judged_at() is not None,
+              "the restarted daemon to judge every pod again", 60)
+        judged = second.judged_at()
+        assert judged is not None and judged - started < 60
+        status = daemon.source.status()
+        assert status.caught_up and status.extra.get("rewind_partitions", 0) == 0
+        # the whole window came back (5 series per message), not just what followed the commit
+        assert daemon.summary.samples >= 0.95 * len(history) * 5
+        assert len(daemon.engine.pods()) == PODS
+        # before it was caught up, every verdict it handed over was stale: no alarm and no
+        # resolution from a half-refilled window
+        before = [vs for t, vs in second.batches if t < judged]
+        assert all(v.stale for vs in before for v in vs)
+        time.sleep(1.0)
+    # the re-read history never moved the group's commit backwards
+    assert sum(_committed(local_kafka, group).values()) == len(history)
+    producer.close(timeout=10)

@@ -1,0 +1,170 @@
+"""NAB standard-profile scorer (detector.nab) on small hand-made files with known scores."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector import nab
+from detector.errors import InputError
+
+N = 1000  # probationary period: 150 rows
+SIG_M1 = 2.0 / (1.0 + math.exp(-5.0)) - 1.0  # sigma(-1) = 0.98661
+
+
+def det(n: int, *rows: int) -> np.ndarray:
+    d = np.zeros(n, dtype=bool)
+    d[list(rows)] = True
+    return d
+
+
+def test_scaled_sigmoid_values() -> None:
+    assert nab.scaled_sigmoid(0.0) == 0.0
+    assert nab.scaled_sigmoid(-1.0) == pytest.approx(SIG_M1)
+    assert nab.scaled_sigmoid(1.0) == pytest.approx(-SIG_M1)
+    assert nab.scaled_sigmoid(3.5) == -1.0  # NAB's cut-off
+    assert nab.probationary_length(1000) == 150
+    assert nab.probationary_length(15_903) == 750  # capped
+
+
+def test_detection_at_window_start_earns_sigma_minus_one() -> None:
+    s = nab.score_file(det(N, 500), [(500, 599)])
+    assert s.raw == pytest.approx(SIG_M1)
+    assert (s.windows, s.detected, s.false_positives) == (1, 1, 0)
+    assert s.perfect == pytest.approx(SIG_M1) and s.null == -1.0
+    assert nab.normalise([s]).score == pytest.approx(100.0)
+
+
+def test_detection_at_window_end_earns_almost_nothing() -> None:
+    s = nab.score_file(det(N, 599), [(500, 599)])
+    assert s.raw == pytest.approx(2.0 / (1.0 + math.exp(-5.0 / 100)) - 1.0)  # y = -1/100
+    assert 0 < s.raw < 0.03
+    assert nab.normalise([s]).score == pytest.approx(100 * (1 + s.raw) / (1 + SIG_M1))
+
+
+def test_only_the_first_detection_of_a_window_counts() -> None:
+    first = nab.score_file(det(N, 550), [(500, 599)])
+    many = nab.score_file(det(N, 550, 560, 599), [(500, 599)])
+    assert many.raw == pytest.approx(first.raw)
+    assert first.raw == pytest.approx(nab.scaled_sigmoid(-50 / 100))  # y = -(599-550+1)/100
+
+
+def test_missed_window_costs_one_and_null_scores_zero() -> None:
+    s = nab.score_file(np.zeros(N, bool), [(300, 399), (600, 699)])
+    assert s.raw == -2.0
+    assert nab.normalise([s]).score == pytest.approx(0.0)
+
+
+def test_false_positive_right_after_a_window_costs_little() -> None:
+    s = nab.score_file(det(N, 500, 600), [(500, 599)])  # FP one row past the window's end
+    fp = 0.11 * nab.scaled_sigmoid(1 / 100)
+    assert s.fp_score == pytest.approx(fp)
+    assert -0.005 < fp < 0
+    assert s.raw == pytest.approx(SIG_M1 + fp)
+    far = nab.score_file(det(N, 500, 950), [(500, 599)])  # 3.5 widths past: full cost
+    assert far.fp_score == pytest.approx(-0.11)
+    mid = nab.score_file(det(N, 500, 699), [(500, 599)])  # one width past
+    assert mid.fp_score == pytest.approx(0.11 * nab.scaled_sigmoid(1.0))
+
+
+def test_false_positive_with_no_preceding_window_costs_full() -> None:
+    s = nab.score_file(det(N, 200), [(500, 599)])
+    assert s.fp_score == pytest.approx(-0.11)
+    assert s.raw == pytest.approx(-1.11)
+    assert s.false_positives == 1
+    no_windows = nab.score_file(det(N, 200, 300), [])
+    assert no_windows.raw == pytest.approx(-0.22) and no_windows.windows == 0
+
+
+def test_probationary_period_is_ignored() -> None:
+    # detections in the first 150 rows neither cost nor earn
+    s = nab.score_file(det(N, 0, 10, 149), [(500, 599)])
+    assert s.raw == -1.0 and s.false_positives == 0
+    # a window wholly inside the probationary period does not count at all
+    inside = nab.score_file(det(N, 50), [(40, 60)])
+    assert inside.windows == 0 and inside.raw == 0.0
+    # a window straddling its end counts; only its rows after the period can detect it
+    straddle = nab.score_file(det(N, 100), [(100, 199)])
+    assert straddle.windows == 1 and straddle.raw == -1.0
+    late = nab.score_file(det(N, 150), [(100, 199)])
+    assert late.raw == pytest.approx(nab.scaled_sigmoid(-50 / 100))
+
+
+def test_sets_are_normalised_together() -> None:
+    a = nab.score_file(det(N, 500), [(500, 599)])
+    b = nab.score_file(np.zeros(N, bool), [(500, 599)])
+    s = nab.normalise([a, b])
+    assert s.windows == 2 and s.detected == 1
+    assert s.score == pytest.approx(100 * (SIG_M1 - 1 + 2) / (2 * SIG_M1 + 2))
+
+
+def test_reward_scaled_is_nabs_code() -> None:
+    s = nab.score_file(det(N, 500, 600), [(500, 599)], reward_scaled=True)
+    assert s.tp_score == pytest.approx(1.0)
+    assert s.fp_score == pytest.approx(0.11 * nab.scaled_sigmoid(1 / 99))
+    assert s.perfect == pytest.approx(1.0)
+
+
+def test_bad_windows_are_refused() -> None:
+    with pytest.raises(InputError, match="outside"):
+        nab.score_file(np.zeros(10, bool), [(5, 12)])
+    with pytest.raises(InputError, match="overlap"):
+        nab.score_file(np.zeros(100, bool), [(10, 20), (20, 30)])
+
+
+def _write_corpus(root: Path) -> None:
+    (root / "data" / "sub").mkdir(parents=True)
+    ts = [f"2020-01-01 {h:02d}:{m:02d}:00" for h in range(10) for m in range(0, 60, 5)]
+    rows = "\n".join(f"{t},{i % 7}" for i, t in enumerate(ts))
+    (root / "data" / "sub" / "a.csv").write_text("timestamp,value\n" + rows + "\n")
+    (root / "labels_combined_windows.json").write_text(json.dumps(
+        {"sub/a.csv": [["2020-01-01 05:00:00.000000", "2020-01-01 05:55:00.000000"]]}))
+
+
+def test_corpus_reader_maps_windows_to_rows(tmp_path: Path) -> None:
+    _write_corpus(tmp_path)
+    (f,) = nab.load_corpus(tmp_path)
+    assert f.name == "sub/a.csv" and f.subset == "sub" and f.values.size == 120
+    assert f.windows == ((60, 71),)
+    assert f.step_s == 300.0
+    scores = nab.score_detections([f], {f.name: det(120, 60)})
+    assert nab.by_subset([f], scores, subsets=("sub",))["total"].score == pytest.approx(100.0)
+
+
+def test_corpus_reader_names_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"labels_combined_windows\.json"):
+        nab.load_corpus(tmp_path)
+    _write_corpus(tmp_path)
+    p = tmp_path / "data" / "sub" / "a.csv"
+    p.write_text(p.read_text().replace(",3\n", ",oops\n", 1))
+    with pytest.raises(InputError, match="not a finite number"):
+        nab.load_corpus(tmp_path)
+
+
+def test_evaluate_nab_command_on_a_tiny_corpus(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from detector import nab_eval
+    from detector.cli import main
+
+    _write_corpus(tmp_path)
+    res = tmp_path / "results" / "ARTime" / "sub"
+    res.mkdir(parents=True)
+    (f,) = nab.load_corpus(tmp_path)
+    rows = "\n".join(f"{str(t).replace('T', ' ')},{1.0 if i == 60 else 0.0}"
+                     for i, t in enumerate(f.timestamps))
+    (res / "ARTime_a.csv").write_text("timestamp,anomaly_score\n" + rows + "\n")
+    (tmp_path / "results" / "thresholds.json").write_text(
+        json.dumps({"ARTime": {"standard": {"threshold": 0.5}}}))
+    published = nab_eval.published_rows(tmp_path, [f])
+    assert published[0].scores["total"].score == pytest.approx(100.0)  # flags the window start
+    # the README's figures are not this corpus's: the command says so and exits 1
+    assert main(["evaluate", "--nab", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "| podguard univariate |" in out and "NOT reproduced" in out
+    written = json.loads((tmp_path / "out" / "nab.json").read_text())
+    assert written["rows"][1]["detector"] == "ARTime"
+    assert main(["evaluate", "--nab", str(tmp_path / "missing")]) == 2
