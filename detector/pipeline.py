@@ -32,7 +32,7 @@ from detector import explain as xp
 from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
-from detector.models.trend import LeakReport, TrendDetector
+from detector.models.trend import TTO_BAND, LeakReport, TrendDetector
 from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
@@ -137,6 +137,7 @@ class Pipeline:
         near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
         raw_drift = drift.is_anomaly & ~stale & ~raw_leak
         inc_start = self._history.incarnation_start(slots)
+        by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
         metric = _judge_extra(self.univariate, self._extra, batch,
                               ~stale & ~raw_leak & ~raw_drift)
 
@@ -153,8 +154,9 @@ class Pipeline:
             if raw_leak[i] or (st.latched and held[i]):
                 kind = leak_kind
             elif raw_drift[i]:
-                # growing memory that also moves the drift features is the leak it is
-                kind = leak_kind if near_leak[i] else "drift"
+                # growing memory that also moves the drift features is the leak it is, and so
+                # is the restart storm of a pod its kernel OOM-killed (a crash-looping leak)
+                kind = leak_kind if (near_leak[i] or kills[i] > 0) else "drift"
             elif metric is not None and metric.flagged[i]:
                 kind = "metric_anomaly"
             if kind in ("memory_leak", "gpu_memory_leak"):
@@ -195,6 +197,10 @@ class Pipeline:
                 lo, hi = _finite(report.time_to_oom_low_s[i]), _finite(report.time_to_oom_high_s[i])
                 rng = (lo, hi) if lo is not None and hi is not None else None
                 rate = _finite(report.rate_bytes_per_s[i])
+                if tto is None and kills[i] > 0:  # no growth measured yet: the last life's
+                    tto = _finite(by_life[i])
+                    if tto is not None:
+                        rng = (tto * TTO_BAND[0], tto * TTO_BAND[1])
             verdicts.append(Verdict(
                 ts=float(batch.ts[i]), namespace=key.namespace, pod=key.pod,
                 node=batch.nodes[i], is_anomaly=bool(positive), kind=kind if positive else "none",

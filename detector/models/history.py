@@ -55,6 +55,7 @@ class LevelHistory:
         self._inc_start = np.full(cap, -np.inf)  # ts of the current incarnation's start
         self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
         self.oom_kills_ = np.zeros(cap, dtype=np.int64)
+        self._prev_life = np.full(cap, np.nan)  # how long the last OOM-killed incarnation ran
         self._mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
         self._ws = MEMORY_CHANNELS.index("mem_working_set")
 
@@ -73,6 +74,7 @@ class LevelHistory:
                 self._slot[k] = s
                 self._reset(np.array([s]))
                 self.oom_kills_[s] = 0
+                self._prev_life[s] = np.nan
                 self._last_frac[s] = 0.0
             out[i] = s
         return out
@@ -88,6 +90,7 @@ class LevelHistory:
         self._inc_start = grow(self._inc_start, -np.inf)
         self._last_frac = grow(self._last_frac, 0.0)
         self.oom_kills_ = grow(self.oom_kills_, 0)
+        self._prev_life = grow(self._prev_life, np.nan)
 
     def _reset(self, slots: np.ndarray) -> None:
         self._floor[slots] = np.nan
@@ -119,13 +122,17 @@ class LevelHistory:
             s_new = slots[new_inc]
             killed = self._last_frac[s_new] >= NEAR_LIMIT
             self.oom_kills_[s_new[killed]] += 1
+            life = r_ts[new_inc] - self._inc_start[s_new]
+            self._prev_life[s_new[killed]] = np.where(np.isfinite(life), life, np.nan)[killed]
             self._reset(s_new)
             self._inc_start[s_new] = r_ts[new_inc]
         # the working set's fraction of its limit now (for the next restart)
         lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
-        tail = v[:, self._ws, -3:].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-            frac = np.nanmax(tail, axis=-1) / lim
+        ws = v[:, self._ws, :]
+        fin = np.isfinite(ws)
+        last = np.where(fin.any(axis=1), L - 1 - np.argmax(fin[:, ::-1], axis=1), 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = ws[np.arange(n), last].astype(np.float64) / lim
         self._last_frac[slots] = np.where(np.isfinite(frac), frac, 0.0)
         # the last completed block of each window
         k = int(np.ceil(self.block_s / step)) + 1
@@ -188,6 +195,12 @@ class LevelHistory:
 
     def oom_kills(self, slots: np.ndarray) -> np.ndarray:
         return self.oom_kills_[slots]
+
+    def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(n,) seconds until the current incarnation has run as long as the last one the
+        kernel OOM-killed (NaN without one): a crash loop's time to its next kill."""
+        left = self._prev_life[slots] - (ts - self._inc_start[slots])
+        return np.where(np.isfinite(left), np.maximum(left, 0.0), np.nan)
 
     def incarnation_start(self, slots: np.ndarray) -> np.ndarray:
         return self._inc_start[slots]
