@@ -39,7 +39,7 @@ def _level(t: np.ndarray) -> np.ndarray:
     return 1.5e9 - 0.5e9 * np.cos(2 * np.pi * t / (6 * 3600))
 
 
-def _feed(h: LevelHistory, fn, t_end: float, every: float = 900.0) -> WindowBatch:  # type: ignore[no-untyped-def]
+def _feed(h: LevelHistory, fn, t_end: float, every: float = 900.0) -> WindowBatch:
     b = None
     for ts in np.arange(14400.0, t_end + 1, every):
         t = ts + np.arange(-(L - 1), 1) * STEP

@@ -259,7 +259,8 @@ def test_fast_path_judges_a_young_pod_and_leaves_warm_ups_alone() -> None:
     assert fast[0] > 0.5 and fast[1] == 0 and fast[2] == 0 and fast[3] == 0, fast
     rep = det.leak_report(b)
     truth = (lim - leak[-1]) / 8e5
-    assert rep.fast[0] and rep.time_to_oom_s[0] == pytest.approx(truth, rel=0.3)
+    assert rep.fast is not None and rep.fast[0]
+    assert rep.time_to_oom_s[0] == pytest.approx(truth, rel=0.3)
     assert np.isinf(rep.time_to_oom_s[1]) or rep.time_to_oom_s[1] > 3 * 3600
 
 
