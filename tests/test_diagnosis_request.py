@@ -202,3 +202,34 @@ def test_request_and_answer_through_the_pods_annotations(kube: Kube,
     meta = client.CoreV1Api(kube.api).read_namespaced_pod(pod, ns).metadata
     assert meta is not None and meta.annotations is not None
     assert rp.parse_result(meta.annotations[rp.RESULT_KEY], expect_id=state["id"]) is not None
+
+
+def test_channel_kind_answers_only_the_pod_asked_for_its_request() -> None:
+    """The ``diagnose`` kind of the authenticated pod channel: identities are what the
+    channel server's TokenReview returned (namespace and pod of a bound token)."""
+    from types import SimpleNamespace
+
+    from detector.diagnosis.requester import ChannelRequests
+
+    ch = ChannelRequests()
+    kind = ch.server_kind()
+    req = DiagnosisRequester(ch, DiagnosisSettings(window_s=5))
+    v = req.decorate([leak("ns", "victim")])[0]
+    assert v.diagnosis is not None
+    rid = v.diagnosis["id"]
+    victim, other = SimpleNamespace(namespace="ns", pod="victim"), SimpleNamespace(
+        namespace="ns", pod="attacker")
+    assert [r.as_json()["window_s"] for r in kind.pending(victim)] == [5.0]
+    assert kind.pending(other) == []  # a pod sees only its own requests
+    answer = {"status": "done", "sentence": "+1 MiB in 5 s: something", "version": 1}
+    assert not kind.answer(other, rid, answer).accepted  # another pod cannot answer it
+    assert not kind.answer(victim, "d-" + "0" * 24, answer).accepted  # nor another id
+    assert not kind.answer(victim, rid, {"status": "done"}).accepted  # nor an unreadable one
+    req.poll()
+    assert req.state("ns", "victim")["status"] == "pending"  # type: ignore[index]
+    assert kind.answer(victim, rid, answer).accepted
+    assert not kind.answer(victim, rid, answer).accepted  # once
+    req.poll()
+    state = req.state("ns", "victim")
+    assert state is not None and state["status"] == "done"
+    assert state["sentence"] == answer["sentence"]

@@ -17,7 +17,10 @@ every later verdict of that pod as ``Verdict.diagnosis``:
 A pod is asked again after ``repeat_s``. An answer is written as an Event on the pod
 (``LeakDiagnosed`` / ``DiagnosisUnavailable``) by the ``event`` callback when one is given.
 
-Channels (the request's transport): :class:`AnnotationRequests`, the pod annotations
+Channels (the request's transport): :class:`ChannelRequests`, the ``diagnose`` kind of
+podguard's authenticated pod channel (``detector.remediation.channel``, the checkpoint
+protocol's transport once it lands in main: the pod proves who it is with its bound token);
+:class:`AnnotationRequests`, the pod annotations
 ``podguard.io/diagnosis-request`` / ``podguard.io/diagnosis`` next to the checkpoint protocol's
 (written through the :class:`~detector.remediation.actuator.Actuator`), and
 :class:`FileRequests` for the embedded default's local training loops.
@@ -82,6 +85,87 @@ class AnnotationRequests:
             return None
         text = (p.metadata.annotations or {}).get(rp.RESULT_KEY)
         return text if isinstance(text, str) else None
+
+
+@dataclass(frozen=True)
+class _ChannelRequest:
+    """A ``diagnose`` request as the pod channel lists it (``/v1/requests``)."""
+
+    kind: str
+    id: str
+    ts: float
+    reason: str
+    window_s: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "ts": self.ts, "reason": self.reason,
+                "window_s": self.window_s}
+
+
+@dataclass(frozen=True)
+class _ChannelAnswer:
+    accepted: bool
+    reason: str = ""
+
+
+class ChannelRequests:
+    """The ``diagnose`` kind of podguard's authenticated pod channel
+    (``detector.remediation.channel.ChannelServer(kinds=[...])``): a request waits in memory
+    until the pod it was made for - as the API server vouched for its token - lists it, and an
+    answer is taken only from that pod, for that request's id, and only once."""
+
+    kind = "diagnose"
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], rp.DiagnosisRequest] = {}
+        self._answers: dict[tuple[str, str], str] = {}
+
+    def send(self, namespace: str, pod: str, request: rp.DiagnosisRequest) -> bool:
+        self._pending[(namespace, pod)] = request
+        return True
+
+    def answer(self, namespace: str, pod: str) -> str | None:
+        return self._answers.get((namespace, pod))
+
+    def server_kind(self) -> _DiagnoseKind:
+        """What to register with the channel server (``kinds=[..., this]``)."""
+        return _DiagnoseKind(self)
+
+    # the RequestKind side, called by the channel server with an authenticated identity
+    def pending(self, pod: Any) -> list[_ChannelRequest]:
+        r = self._pending.get((pod.namespace, pod.pod))
+        return [] if r is None else [_ChannelRequest(self.kind, r.id, r.ts, r.reason,
+                                                     r.window_s)]
+
+    def take(self, pod: Any, request_id: str, result: dict[str, Any]) -> _ChannelAnswer:
+        key = (pod.namespace, pod.pod)
+        r = self._pending.get(key)
+        if r is None or r.id != request_id:
+            return _ChannelAnswer(False, "no such diagnosis request for this pod")
+        try:
+            text = rp.dumps({**result, "id": request_id})
+        except (TypeError, ValueError):
+            text = ""
+        if rp.parse_result(text, expect_id=r.id) is None:
+            return _ChannelAnswer(False, "not a readable diagnosis")
+        self._answers[key] = text
+        del self._pending[key]
+        return _ChannelAnswer(True)
+
+
+class _DiagnoseKind:
+    """``ChannelRequests`` as a request kind of the channel server."""
+
+    kind = "diagnose"
+
+    def __init__(self, requests: ChannelRequests) -> None:
+        self.requests = requests
+
+    def pending(self, pod: Any) -> list[_ChannelRequest]:
+        return self.requests.pending(pod)
+
+    def answer(self, pod: Any, request_id: str, result: dict[str, Any]) -> _ChannelAnswer:
+        return self.requests.take(pod, request_id, dict(result))
 
 
 @dataclass
