@@ -346,6 +346,17 @@ class RemediationSettings(_Section):
     resync_s: float = Field(
         300, gt=0, description="Workloads are re-listed for remediation records this often, "
                                "seconds.")
+    namespace: str = Field(
+        "", description="podguard's own namespace, where its remediation records (Leases) "
+                        "live; empty: the POD_NAMESPACE environment variable (downward API).")
+    channel_host: str = Field(
+        "0.0.0.0", description="Address of the pod channel (checkpoint requests and answers, "
+                               "authenticated by the pods' projected service-account tokens).")
+    channel_port: int = Field(
+        9847, ge=0, le=65535, description="Port of the pod channel (behind the node-local "
+                                          "Service podguard-channel; 0: any free port).")
+    channel_audience: str = Field(
+        "podguard", min_length=1, description="Audience the pods' projected tokens must have.")
     api_backoff_s: list[float] = Field(
         [0.5, 1, 2, 5, 10], min_length=1,
         description="Waits between retries of a Kubernetes API call answered 429/5xx or not "

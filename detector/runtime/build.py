@@ -124,11 +124,26 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
 
         sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
     if actuator is not None and settings.remediation.enabled:
+        from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
 
-        hook = RemediationController(actuator, settings=settings.remediation,
-                                     escalate=am.escalate if am is not None else None)
+        rs = settings.remediation
+        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        controller = RemediationController(
+            actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
+            store=None if rs.namespace else _store(actuator, logger))
+        # the pod channel (checkpoint requests and answers), a daemon thread of this process
+        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), [controller],
+                      host=rs.channel_host, port=rs.channel_port, logger=logger).start()
+        hook = controller
     return sinks, hook
+
+
+def _store(actuator: Any, logger: logging.Logger) -> Any:
+    """podguard's record store in POD_NAMESPACE (remediation.namespace unset)."""
+    from detector.remediation.store import RecordStore
+
+    return RecordStore(actuator, os.environ.get("POD_NAMESPACE") or "podguard", logger=logger)
 
 
 def real_seconds_inverse(real_seconds: Callable[[float], float]) -> float:

@@ -53,8 +53,8 @@ class DryRunPlan:
                 self.settings.evict_unacknowledged_below_s)
             when = (f"; OOM expected in ~{format_duration(self.real_seconds(tto))}"
                     if tto is not None else "")
-            plan = (f"REMEDIATION (dry run) {v.namespace}/{v.pod}: would annotate "
-                    f"podguard.io/checkpoint-request, wait up to "
+            plan = (f"REMEDIATION (dry run) {v.namespace}/{v.pod}: would request a "
+                    f"checkpoint over podguard's pod channel, wait up to "
                     f"{format_duration(self.settings.checkpoint_timeout_s)} for the "
                     f"workload's acknowledgement, then evict the pod so its controller "
                     f"reschedules it (taint node {v.node or '?'} PreferNoSchedule meanwhile)"
