@@ -2,8 +2,8 @@
 
 The daemon calls :meth:`DiagnosisRequester.decorate` with each step's verdicts before they
 reach the sinks and :meth:`DiagnosisRequester.poll` from its housekeeping (every few seconds).
-For a pod flagged ``memory_leak`` or ``gpu_memory_leak`` (``diagnosis.kinds``) it writes a
-fresh request (:class:`~detector.diagnosis.report.DiagnosisRequest`, an unguessable id) where
+For a pod flagged ``memory_leak`` or ``gpu_memory_leak`` (``diagnosis.kinds``) it offers a
+fresh request (:class:`~detector.diagnosis.report.DiagnosisRequest`, an unguessable id) that
 the pod's helper (:mod:`detector.diagnosis.helper`) reads it, then attaches the pod's state to
 every later verdict of that pod as ``Verdict.diagnosis``:
 
@@ -18,12 +18,12 @@ A pod is asked again after ``repeat_s``. An answer is written as an Event on the
 (``LeakDiagnosed`` / ``DiagnosisUnavailable``) by the ``event`` callback when one is given.
 
 Channels (the request's transport): :class:`ChannelRequests`, the ``diagnose`` kind of
-podguard's authenticated pod channel (``detector.remediation.channel``, the checkpoint
-protocol's transport once it lands in main: the pod proves who it is with its bound token);
-:class:`AnnotationRequests`, the pod annotations
-``podguard.io/diagnosis-request`` / ``podguard.io/diagnosis`` next to the checkpoint protocol's
-(written through the :class:`~detector.remediation.actuator.Actuator`), and
-:class:`FileRequests` for the embedded default's local training loops.
+podguard's authenticated pod channel (:mod:`detector.remediation.channel`, the checkpoint
+protocol's transport: a request is listed only to the pod it was made for and answered only
+by it, as the API server vouches with a TokenReview of the pod's bound token; nothing is
+written on the pod), and :class:`FileRequests` for the embedded default's local training
+loops. Without a channel (``channel=None``: the daemon runs alert-only, without the pod
+channel) every leak verdict says at once why there is no diagnosis.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from detector.diagnosis import report as rp
 from detector.diagnosis.helper import FileChannel
+from detector.remediation.channel import Answer, PodIdentity, PodRequest
 from detector.settings import DiagnosisSettings
 from detector.verdicts import Verdict
 
@@ -69,43 +70,14 @@ class FileRequests:
         return FileChannel(self.root / pod).read()[1]
 
 
-class AnnotationRequests:
-    """Pod annotations through the Actuator (the checkpoint protocol's channel)."""
-
-    def __init__(self, actuator: Any) -> None:
-        self.actuator = actuator
-
-    def send(self, namespace: str, pod: str, request: rp.DiagnosisRequest) -> bool:
-        return self.actuator.annotate_pod(namespace, pod,
-                                          {rp.REQUEST_KEY: request.to_json()}) is not None
-
-    def answer(self, namespace: str, pod: str) -> str | None:
-        p = self.actuator.read_pod(namespace, pod)
-        if p is None or p.metadata is None:
-            return None
-        text = (p.metadata.annotations or {}).get(rp.RESULT_KEY)
-        return text if isinstance(text, str) else None
-
-
 @dataclass(frozen=True)
-class _ChannelRequest:
+class _ChannelRequest(PodRequest):
     """A ``diagnose`` request as the pod channel lists it (``/v1/requests``)."""
 
-    kind: str
-    id: str
-    ts: float
-    reason: str
-    window_s: float
+    window_s: float = 60.0
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.id, "ts": self.ts, "reason": self.reason,
-                "window_s": self.window_s}
-
-
-@dataclass(frozen=True)
-class _ChannelAnswer:
-    accepted: bool
-    reason: str = ""
+        return {**super().as_json(), "window_s": self.window_s}
 
 
 class ChannelRequests:
@@ -132,25 +104,25 @@ class ChannelRequests:
         return _DiagnoseKind(self)
 
     # the RequestKind side, called by the channel server with an authenticated identity
-    def pending(self, pod: Any) -> list[_ChannelRequest]:
+    def pending(self, pod: PodIdentity) -> list[PodRequest]:
         r = self._pending.get((pod.namespace, pod.pod))
         return [] if r is None else [_ChannelRequest(self.kind, r.id, r.ts, r.reason,
                                                      r.window_s)]
 
-    def take(self, pod: Any, request_id: str, result: dict[str, Any]) -> _ChannelAnswer:
+    def take(self, pod: PodIdentity, request_id: str, result: dict[str, Any]) -> Answer:
         key = (pod.namespace, pod.pod)
         r = self._pending.get(key)
         if r is None or r.id != request_id:
-            return _ChannelAnswer(False, "no such diagnosis request for this pod")
+            return Answer(False, "no such diagnosis request for this pod")
         try:
             text = rp.dumps({**result, "id": request_id})
         except (TypeError, ValueError):
             text = ""
         if rp.parse_result(text, expect_id=r.id) is None:
-            return _ChannelAnswer(False, "not a readable diagnosis")
+            return Answer(False, "not a readable diagnosis")
         self._answers[key] = text
         del self._pending[key]
-        return _ChannelAnswer(True)
+        return Answer(True)
 
 
 class _DiagnoseKind:
@@ -161,10 +133,10 @@ class _DiagnoseKind:
     def __init__(self, requests: ChannelRequests) -> None:
         self.requests = requests
 
-    def pending(self, pod: Any) -> list[_ChannelRequest]:
+    def pending(self, pod: PodIdentity) -> list[PodRequest]:
         return self.requests.pending(pod)
 
-    def answer(self, pod: Any, request_id: str, result: dict[str, Any]) -> _ChannelAnswer:
+    def answer(self, pod: PodIdentity, request_id: str, result: Mapping[str, Any]) -> Answer:
         return self.requests.take(pod, request_id, dict(result))
 
 
@@ -192,9 +164,12 @@ class PodDiagnosis:
 class DiagnosisRequester:
     """Requests, waits for and attaches in-pod diagnoses (see the module docstring)."""
 
-    def __init__(self, channel: RequestChannel, settings: DiagnosisSettings, *,
+    def __init__(self, channel: RequestChannel | None, settings: DiagnosisSettings, *,
                  event: Event | None = None, clock: Callable[[], float] = time.time,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None,
+                 no_channel: str = "the daemon runs without podguard's pod channel "
+                                   "(alert-only mode): no diagnosis can be asked for") -> None:
+        self.no_channel = no_channel
         self.channel = channel
         self.settings = settings
         self.event = event
@@ -209,6 +184,10 @@ class DiagnosisRequester:
         out = []
         for v in verdicts:
             if v.is_anomaly and not v.stale and v.kind in self.settings.kinds:
+                if self.channel is None:
+                    out.append(replace(v, diagnosis={"status": "unavailable", "id": "",
+                                                     "reason": self.no_channel}))
+                    continue
                 d = self._ensure(v)
                 if d is not None:
                     v = replace(v, diagnosis=d.as_dict(self.settings.timeout_s))
@@ -221,6 +200,7 @@ class DiagnosisRequester:
         d = self.pods.get(key)
         if d is not None and now - d.requested_at < self.settings.repeat_s:
             return d
+        assert self.channel is not None
         req = rp.DiagnosisRequest(
             id="d-" + secrets.token_hex(12), ts=now, window_s=self.settings.window_s,
             reason=rp.clean_text(f"{v.kind}: {v.explanation.text if v.explanation else ''}"))
@@ -244,7 +224,7 @@ class DiagnosisRequester:
             if d.status != "pending":
                 continue
             try:
-                text = self.channel.answer(ns, pod)
+                text = self.channel.answer(ns, pod) if self.channel is not None else None
             except Exception as e:
                 self.log.warning("reading the diagnosis of %s/%s failed: %s", ns, pod, e)
                 text = None
