@@ -4,7 +4,7 @@ The daemon calls :meth:`DiagnosisRequester.decorate` with each step's verdicts b
 reach the sinks and :meth:`DiagnosisRequester.poll` from its housekeeping (every few seconds).
 For a pod flagged ``memory_leak`` or ``gpu_memory_leak`` (``diagnosis.kinds``) it offers a
 fresh request (:class:`~detector.diagnosis.report.DiagnosisRequest`, an unguessable id) that
-the pod's helper (:mod:`detector.diagnosis.helper`) reads it, then attaches the pod's state to
+the pod's helper (:mod:`detector.diagnosis.helper`) reads, then attaches the pod's state to
 every later verdict of that pod as ``Verdict.diagnosis``:
 
 * ``{"status": "pending", "id", "requested_at", "window_s", "expect_s"}`` until the answer;
