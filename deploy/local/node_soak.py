@@ -10,6 +10,7 @@ first firing, and the false alarms on the healthy ones (:mod:`deploy.local.node_
 
     .venv/bin/python -m deploy.local.node_soak [--minutes 60] [--mix soak|mixed|quick]
     .venv/bin/python -m deploy.local.node_soak --trace data/real/mixed.csv.gz   # podguard only
+    make realnode-check   # the same with --check: exit 1 unless podguard warned before each kill
 
 ``--out DIR`` keeps the trace, labels, verdicts and the table. Needs root (a writable memory
 cgroup hierarchy) and ``make prepare``.
@@ -28,9 +29,10 @@ from typing import Any
 import pandas as pd
 
 from deploy.local.node import RealNode
-from deploy.local.node_record import MIXES, Recording, record, soak_mix, write
+from deploy.local.node_record import MIXES, Recording, record, write
 from deploy.local.node_report import (
     RULE_ALERTS,
+    Row,
     install_rule,
     podguard_verdicts,
     rule_firings,
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.local.node_soak",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=60.0, help="how long the workloads run")
-    ap.add_argument("--mix", choices=["soak", *sorted(MIXES)], default="soak")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="soak")
     ap.add_argument("--step", type=float, default=5.0, help="scrape/trace period, seconds")
     ap.add_argument("--replay-step", type=float, default=15.0,
                     help="podguard's evaluation step, seconds")
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="score a recorded trace (with its .labels.json) instead of running")
     ap.add_argument("--live", action="store_true",
                     help="also run `podguard run` against the harness's Prometheus")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 unless every OOM kill was warned first by podguard as a "
+                         "memory_leak with a time to OOM and no healthy pod raised anything")
     ap.add_argument("--out", type=Path, default=None, help="keep everything in this folder")
     a = ap.parse_args(argv)
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = json.loads((a.trace.parent / f"{stem}.labels.json").read_text())
         print("(recorded trace: the rule is not evaluated, it needs the live Prometheus)")
     else:
-        workloads = soak_mix() if a.mix == "soak" else MIXES[a.mix]
+        workloads = MIXES[a.mix]
         state = Path(tempfile.mkdtemp(prefix="podguard-soak-"))
 
         def start(node: RealNode) -> None:
@@ -154,7 +159,29 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "report.txt").write_text(text + "\n")
+    if a.check:
+        failures = check(rows)
+        for f in failures:
+            print(f"CHECK FAILED: {f}")
+        return 1 if failures else 0
     return 0
+
+
+def check(rows: list[Row]) -> list[str]:
+    """What keeps podguard from "warns before every kill, quiet on the healthy ones"."""
+    out = []
+    for r in rows:
+        if r.killed is not None and (r.lead_s is None or r.first_kind != "memory_leak"
+                                     or r.tto_estimate_s is None):
+            first = ("none" if r.first_alarm is None else
+                     f"{r.first_kind} at {(r.first_alarm - r.started) / 60:.1f} min"
+                     f" (time to OOM {r.tto_estimate_s})")
+            out.append(f"{r.pod} incarnation {r.incarnation}: OOM-killed at "
+                       f"{(r.killed - r.started) / 60:.1f} min, podguard's first alarm {first}")
+        if not r.meant_to_leak and r.alarms:
+            out.append(f"{r.pod} (healthy): {r.alarms} anomalous verdict(s), first "
+                       f"{r.first_kind}")
+    return out
 
 
 if __name__ == "__main__":
