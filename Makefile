@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podguard-installed
 
-.PHONY: demo demo-replay test test-pythons venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak
+.PHONY: demo demo-replay test test-pythons venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak realnode-check
 
 # The virtual environment is built once from the exact lock and reused: torch is a
 # multi-GB download, so it is only reinstalled when requirements.lock changes.
@@ -59,6 +59,11 @@ bench: $(STAMP)
 # the kernel; podguard's first verdicts and the predict_linear rule side by side per workload.
 soak: prepare
 	$(PY) -m deploy.local.node_soak --minutes $(or $(SOAK_MINUTES),60)
+
+# podguard on the shipped real recording (no root needed): exit 1 unless every kernel OOM kill
+# was preceded by a memory_leak verdict with a time to OOM and the healthy pods raised nothing.
+realnode-check: $(STAMP)
+	$(PY) -m deploy.local.node_soak --trace data/real/mixed.csv.gz --check
 
 # The full Exathlon benchmark when it lies beside the checkout (EXATHLON_DIR=... to point
 # elsewhere), else the 3-run excerpt shipped in data/exathlon.

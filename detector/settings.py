@@ -346,6 +346,17 @@ class RemediationSettings(_Section):
     resync_s: float = Field(
         300, gt=0, description="Workloads are re-listed for remediation records this often, "
                                "seconds.")
+    namespace: str = Field(
+        "", description="podguard's own namespace, where its remediation records (Leases) "
+                        "live; empty: the POD_NAMESPACE environment variable (downward API).")
+    channel_host: str = Field(
+        "0.0.0.0", description="Address of the pod channel (checkpoint requests and answers, "
+                               "authenticated by the pods' projected service-account tokens).")
+    channel_port: int = Field(
+        9847, ge=0, le=65535, description="Port of the pod channel (behind the node-local "
+                                          "Service podguard-channel; 0: any free port).")
+    channel_audience: str = Field(
+        "podguard", min_length=1, description="Audience the pods' projected tokens must have.")
     api_backoff_s: list[float] = Field(
         [0.5, 1, 2, 5, 10], min_length=1,
         description="Waits between retries of a Kubernetes API call answered 429/5xx or not "
@@ -455,6 +466,11 @@ class KafkaSourceSettings(_Section):
     dead_letter_topic: str = Field(
         "podguard-dead-letter", description="Malformed input goes here with its reason; "
                                             "empty: counted and logged only.")
+    max_pending_dead_letters: int = Field(
+        1000, ge=1, le=100_000,
+        description="Dead-letter copies (at most 64 KiB of payload each) held while the broker "
+                    "has not acknowledged them; at this many, reading pauses until it does, so "
+                    "memory stays bounded and nothing is committed past them (count).")
     client_id: str = Field("podguard", description="Kafka client id.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group without a committed offset starts.")
@@ -610,6 +626,22 @@ class ModelSettings(_Section):
                               "seconds.")
 
 
+class DiagnosisSettings(_Section):
+    """Asking a pod flagged with a leak what grows inside it (:mod:`detector.diagnosis`)."""
+
+    enabled: bool = Field(True, description="Ask flagged pods for an in-pod diagnosis (pods "
+                                            "without the podguard helper answer nothing; the "
+                                            "alert says so after the timeout).")
+    kinds: list[Literal["memory_leak", "gpu_memory_leak"]] = Field(
+        ["memory_leak", "gpu_memory_leak"], description="Verdict kinds that ask for one.")
+    window_s: float = Field(60, ge=1, le=600, description="Time between the pod's two "
+                                                          "snapshots, seconds.")
+    timeout_s: float = Field(120, gt=0, description="Wait for the answer after the window; "
+                                                    "then the diagnosis is 'unavailable', "
+                                                    "seconds.")
+    repeat_s: float = Field(3600, gt=0, description="Ask the same pod again after, seconds.")
+
+
 class Settings(_Section):
     """The whole tree. Sections are added by the components that own them."""
 
@@ -621,6 +653,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    diagnosis: DiagnosisSettings = Field(default_factory=DiagnosisSettings)
 
 
 ENV_PREFIX = "PODGUARD__"

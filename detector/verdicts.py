@@ -46,6 +46,9 @@ class Verdict:
     leak_rate_bytes_per_s: float | None = None
     explanation: Explanation | None = None
     stale: bool = False  # too little recent data to judge: never anomalous
+    # what the pod's own diagnosis says grows (detector.diagnosis.requester): its status
+    # (pending / done / failed / unavailable) and, when done, the bounded answer; leaks only
+    diagnosis: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -73,6 +76,8 @@ class Verdict:
                  "features": {k: round(float(v), 6) for k, v in self.explanation.features.items()}}
                 if self.explanation else None
             ),
+            # only when there is one, so verdicts without it serialise as before
+            **({"diagnosis": self.diagnosis} if self.diagnosis is not None else {}),
         }
 
     def to_json(self) -> str:

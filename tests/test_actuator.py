@@ -1,11 +1,12 @@
 """The Actuator, the remediation controller's decisions and the checkpoint helper.
 
-Against the real control plane of the ``kube`` fixture (kwok nodes): Events, annotations,
-evictions through the Eviction API (uid precondition, PodDisruptionBudget 429), eviction
-budgets and cooldowns (also after a restart, from the workloads' records), cordons and
-taints, dry-run. The controller's timeouts and the API backoff run on fake time (recorded
-waits, a clock the test moves); the cluster itself is real. The PyTorch end-to-end path is
-in ``tests/test_remediation_e2e.py``.
+Against the real control plane of the ``kube`` fixture (kwok nodes): Events, podguard's
+records (Leases, validated on read), evictions through the Eviction API (uid precondition,
+PodDisruptionBudget 429), eviction budgets and cooldowns (also after a restart, from
+podguard's records), cordons and taints, dry-run, the pod channel (TokenReview of a
+pod-bound token) with the checkpoint helper. The controller's timeouts and the API backoff
+run on fake time (recorded waits, a clock the test moves); the cluster itself is real. The
+PyTorch end-to-end path is in ``tests/test_remediation_e2e.py``.
 """
 
 from __future__ import annotations
@@ -43,16 +44,20 @@ from detector.remediation.actuator import (
     map_api_error,
     owner_of,
 )
+from detector.remediation.channel import ChannelServer, TokenReviewer
 from detector.remediation.checkpoint import (
+    ChannelClient,
+    CheckpointRequest,
     CheckpointResponder,
     latest_checkpoint,
-    parse_downward_annotations,
 )
 from detector.remediation.controller import Decision, RemediationController
+from detector.remediation.store import RecordStore
 from detector.settings import AlertingSettings, RemediationSettings
 from detector.sinks.k8s_events import KubernetesEventSink, PodContainers, pick_container
 from detector.verdicts import Explanation, Verdict
 from tests.support.k8s_fixtures import Kube
+from tests.support.pod_identity import pod_token
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
@@ -269,18 +274,32 @@ def node_of(pod: client.V1Pod) -> str:
     return str(pod.spec.node_name)
 
 
-def record(act: Actuator, pod: client.V1Pod, rid: str) -> proto.WorkloadRecord:
+def rem(pod: client.V1Pod, rid: str = "r-0000000001", **kw: Any) -> proto.Remediation:
+    """A record about ``pod`` (as the controller writes them)."""
     m = pod.metadata
     assert m is not None
-    return proto.WorkloadRecord(id=rid, namespace=str(m.namespace), pod=str(m.name),
-                                uid=str(m.uid), node=node_of(pod), phase="evicting",
-                                at=act.clock())
+    ref = sts_of(pod)
+    base: dict[str, Any] = {
+        "id": rid, "phase": "evicting", "kind": "memory_leak", "cause": "pod",
+        "namespace": str(m.namespace), "pod": str(m.name), "uid": str(m.uid),
+        "node": node_of(pod), "workload_kind": "StatefulSet", "workload": ref.name,
+        "workload_uid": ref.uid, "detected_at": time.time(), "at": time.time()}
+    return proto.Remediation(**{**base, **kw})
 
 
 def sts_of(pod: client.V1Pod) -> WorkloadRef:
     ref = owner_of(pod)
     assert ref is not None and ref.kind == "StatefulSet"
     return ref
+
+
+def store_of(kube: Kube, ns: Namespace, **kw: Any) -> RecordStore:
+    return RecordStore(Actuator(kube.api, settings=remediation(**kw)), ns.name)
+
+
+def record_of(kube: Kube, ns: Namespace, pod: client.V1Pod) -> proto.Remediation | None:
+    ref = sts_of(pod)
+    return store_of(kube, ns).get("StatefulSet", ns.name, ref.name)[0]
 
 
 # =========================================================================== actuator
@@ -303,23 +322,45 @@ def test_events_are_written_and_repeats_aggregated(kube: Kube, ns: Namespace) ->
     act.event(ObjectRef.pod(pod), "PodguardTest", "something else")
     assert sorted(str(e.message) for e in ns.events(uid_of(pod))) == [
         "something else", "something happened"]
+    # named once: a second writer (a restarted daemon) finds it and adds nothing
+    Actuator(kube.api, settings=remediation()).event(ObjectRef.pod(pod), "Once", "a", once="x1")
+    Actuator(kube.api, settings=remediation()).event(ObjectRef.pod(pod), "Once", "b", once="x1")
+    assert ns.reasons(uid_of(pod)).count("Once") == 1
 
 
-def test_annotations_with_a_stale_resource_version_are_refused(kube: Kube,
-                                                               ns: Namespace) -> None:
-    pod = ns.statefulset("ann")[0]
-    act = Actuator(kube.api, settings=remediation())
-    old_rv = pod.metadata.resource_version if pod.metadata else None
-    rv = act.annotate_pod(ns.name, name_of(pod), {"podguard.io/test": "1"})
-    assert rv and rv != old_rv
-    assert act.annotate_pod(ns.name, name_of(pod), {"podguard.io/test": "2"},
-                            resource_version=old_rv) is None
-    now = ns.pod(name_of(pod))
-    assert now is not None and now.metadata is not None
-    assert (now.metadata.annotations or {})["podguard.io/test"] == "1"
-    assert act.annotate_pod(ns.name, name_of(pod), {"podguard.io/test": None},
-                            resource_version=rv)
-    assert act.annotate_pod(ns.name, "no-such-pod", {"a": "b"}) is None
+def test_records_are_leases_written_only_if_unchanged_and_bad_ones_are_skipped(
+        kube: Kube, ns: Namespace, caplog: pytest.LogCaptureFixture) -> None:
+    pod = ns.statefulset("rec")[0]
+    store = store_of(kube, ns)
+    rec = rem(pod, phase="checkpointing")
+    rv = store.put(rec, None)
+    assert rv
+    assert store.put(rec, None) is None  # exists already: a conflict, not an overwrite
+    rv2 = store.put(rec.replace(note="second"), rv)
+    assert rv2 and rv2 != rv
+    assert store.put(rec.replace(note="stale"), rv) is None  # changed since read
+    got, got_rv = store.get("StatefulSet", ns.name, sts_of(pod).name)
+    assert got is not None and got.note == "second" and got_rv == rv2
+    # readable with kubectl get leases: podguard's labels, the record as an annotation
+    lease = client.CoordinationV1Api(kube.api).read_namespaced_lease(
+        proto.lease_name("StatefulSet", ns.name, sts_of(pod).name), ns.name)
+    assert lease.metadata is not None and lease.metadata.labels == proto.MANAGED_BY
+    assert proto.parse_remediation((lease.metadata.annotations or {})[proto.REMEDIATION]) == got
+    # corrupt records (NaN, garbage, a record under another workload's name) are skipped
+    coord = client.CoordinationV1Api(kube.api)
+    good = rec.to_json()
+    for name, text in (("pg-sts-bad-nan", good.replace('"at":', '"at":NaN,"x":')),
+                       ("pg-sts-bad-type", good.replace('"evicted_at":null', '"evicted_at":"x"')),
+                       ("pg-sts-misnamed", good)):
+        coord.create_namespaced_lease(ns.name, client.V1Lease(metadata=client.V1ObjectMeta(
+            name=name, labels=proto.MANAGED_BY, annotations={proto.REMEDIATION: text})))
+    with caplog.at_level(logging.WARNING, logger="podguard.remediation.store"):
+        listed = store.list()
+    assert [s.record for s in listed] == [got]
+    assert store.invalid == 3
+    assert "pg-sts-bad-nan" in caplog.text and "evicted_at" in caplog.text
+    for name in ("pg-sts-bad-nan", "pg-sts-bad-type", "pg-sts-misnamed"):
+        coord.delete_namespaced_lease(name, ns.name)
 
 
 def test_eviction_never_hits_another_pod_with_the_same_name(kube: Kube, ns: Namespace) -> None:
@@ -327,7 +368,7 @@ def test_eviction_never_hits_another_pod_with_the_same_name(kube: Kube, ns: Name
     act = Actuator(kube.api, settings=remediation())
     ghost = client.V1Pod(metadata=client.V1ObjectMeta(
         name=name_of(pod), namespace=ns.name, uid=str(uuid.uuid4())), spec=pod.spec)
-    result = act.evict(ghost, workload=sts_of(pod), record=record(act, ghost, "r-ghost"))
+    result = act.evict(ghost, remediation_id="r-ghost")
     assert result.outcome is Outcome.GONE
     still = ns.pod(name_of(pod))
     assert still is not None and uid_of(still) == uid_of(pod)
@@ -339,39 +380,36 @@ def test_budgets_per_node_and_namespace_hold_across_a_restart(kube: Kube,
     pods = ns.statefulset("budget", replicas=3, node="kwok-node-1")
     act = Actuator(kube.api, settings=remediation(max_evictions_per_node=1,
                                                   max_evictions_per_namespace=2))
-    first = act.evict(pods[0], workload=sts_of(pods[0]), record=record(act, pods[0], "r-b1"))
+    first = act.evict(pods[0], remediation_id="r-b1")
     assert first.outcome is Outcome.EVICTED, first
-    second = act.evict(pods[1], workload=sts_of(pods[1]), record=record(act, pods[1], "r-b2"))
-    assert second.outcome is Outcome.COOLDOWN  # the same StatefulSet, remediated just now
-    assert "budget" in str(act.budget_refusal(node="kwok-node-1", namespace="elsewhere"))
+    assert act.evict(pods[1], remediation_id="r-b2").outcome is Outcome.BUDGET
     assert "node kwok-node-1" in str(act.budget_refusal(node="kwok-node-1",
                                                         namespace=ns.name))
-    # a restarted daemon: the records on the workloads count against the budgets again
+    # a restarted daemon: podguard's own records count against the budgets again
+    store = store_of(kube, ns)
+    assert store.put(rem(pods[0], "r-00000000b1", phase="evicted", evicted_at=time.time()),
+                     None)
     fresh = Actuator(kube.api, settings=remediation(max_evictions_per_node=5,
                                                     max_evictions_per_namespace=1))
     assert fresh.budget_refusal(node="kwok-node-1", namespace=ns.name) is None
-    fresh.seed_budgets(fresh.list_workload_records())
+    fresh.seed_budgets(s.record for s in store.list())
     why = fresh.budget_refusal(node="kwok-node-0", namespace=ns.name)
     assert why is not None and f"namespace {ns.name}" in why
-    rec = fresh.workload_record(sts_of(pods[0]))
-    assert rec is not None and rec.id == "r-b1" and rec.phase == "evicted"
-    assert rec.evicted_at is not None and rec.uid == uid_of(pods[0])
 
 
 def test_cooldown_is_per_workload_and_read_from_its_record(kube: Kube, ns: Namespace) -> None:
     pod = ns.statefulset("cool")[0]
     fake = FakeTime()
     act = Actuator(kube.api, settings=remediation(cooldown_s=600), clock=fake.clock)
-    ref = sts_of(pod)
-    assert act.cooldown_refusal(ref, "r-new") is None
-    act.annotate_workload(ref, {proto.WORKLOAD_RECORD: proto.WorkloadRecord(
-        id="r-old", namespace=ns.name, pod=name_of(pod), uid="u", node="n", phase="done",
-        at=fake.now, evicted_at=fake.now - 100).to_json()})
-    why = act.cooldown_refusal(ref, "r-new")
-    assert why is not None and "cooldown 10 min" in why and "r-old" in why
-    assert act.cooldown_refusal(ref, "r-old") is None  # its own remediation continues
+    assert act.cooldown_refusal(None, "r-new") is None
+    old = rem(pod, "r-00000000aa", phase="done", at=fake.now, evicted_at=fake.now - 100)
+    why = act.cooldown_refusal(old, "r-new")
+    assert why is not None and "cooldown 10 min" in why and "r-00000000aa" in why
+    assert act.cooldown_refusal(old, "r-00000000aa") is None  # its own remediation continues
+    assert "being remediated" in str(act.cooldown_refusal(old.replace(phase="evicting"),
+                                                          "r-new"))
     fake.now += 501
-    assert act.cooldown_refusal(ref, "r-new") is None
+    assert act.cooldown_refusal(old, "r-new") is None
 
 
 def _pdb(kube: Kube, ns: Namespace, app: str, min_available: int) -> None:
@@ -397,7 +435,7 @@ def test_a_disruption_budget_refusal_is_reported_not_forced(kube: Kube, ns: Name
     _pdb(kube, ns, "pdb", 1)
     fake = FakeTime()
     act = Actuator(kube.api, settings=remediation(), clock=fake.clock, sleep=fake.sleep)
-    result = act.evict(pod, workload=sts_of(pod), record=record(act, pod, "r-pdb"))
+    result = act.evict(pod, remediation_id="r-pdb")
     assert result.outcome is Outcome.PDB_BLOCKED
     assert "disruption budget" in result.detail
     assert fake.waits == []  # not retried inside the call: the controller retries later
@@ -412,23 +450,21 @@ def test_dry_run_prints_the_plan_and_changes_nothing(kube: Kube, ns: Namespace) 
     act = Actuator(kube.api, settings=remediation(dry_run=True), plan_stream=out)
     assert act.dry_run
     act.event(ObjectRef.pod(pod), "PodguardTest", "planned only")
-    assert act.annotate_pod(ns.name, name_of(pod), {"podguard.io/x": "1"})
+    assert RecordStore(act, ns.name).put(rem(pod, "r-00000000dd"), None)
     assert act.cordon(node_of(pod), by="r-dry", reason="test")
-    assert act.evict(pod, workload=sts_of(pod), record=record(act, pod, "r-dry")).outcome \
-        is Outcome.DRY_RUN
+    assert act.evict(pod, remediation_id="r-dry").outcome is Outcome.DRY_RUN
     text = out.getvalue()
-    for expected in ("DRY-RUN: event PodguardTest", "DRY-RUN: annotate pod",
+    for expected in ("DRY-RUN: event PodguardTest", "DRY-RUN: write lease",
                      "DRY-RUN: cordon (node", f"DRY-RUN: evict pod {ns.name}/{name_of(pod)}"):
         assert expected in text, text
     assert len(act.planned) == 4
     still = ns.pod(name_of(pod))
     assert still is not None and still.metadata is not None
     assert still.metadata.deletion_timestamp is None
-    assert "podguard.io/x" not in (still.metadata.annotations or {})
     assert ns.events(uid_of(pod)) == []
     node = ns.core.read_node(node_of(pod))
     assert node.spec is not None and not node.spec.unschedulable
-    assert act.workload_record(sts_of(pod)) is None
+    assert record_of(kube, ns, pod) is None
 
 
 def _taints(kube: Kube, node: str) -> list[tuple[str, str]]:
@@ -501,12 +537,6 @@ def test_events_sink_tells_the_story_on_the_pod(kube: Kube, ns: Namespace) -> No
     [ev] = ns.events(uid_of(pod))
     assert ev.reason == "MemoryLeakDetected" and ev.type == "Warning"
     assert str(ev.message).startswith("working set +100 MiB/h for 3 h; time to OOM ~5 h")
-    now = ns.pod(name_of(pod))
-    assert now is not None and now.metadata is not None
-    got = proto.parse_verdict((now.metadata.annotations or {})[proto.VERDICT])
-    assert got is not None and got.kind == "memory_leak" and got.time_to_oom_s == 5 * 3600.0
-    assert got.explanation is not None and got.explanation.features == {
-        "mem_working_set.slope": 0.5}
     fake.now += 60
     sink.send([leak(pod)])  # still flagged, within the interval: nothing new
     assert sink.flush(10) and len(ns.events(uid_of(pod))) == 1
@@ -515,6 +545,9 @@ def test_events_sink_tells_the_story_on_the_pod(kube: Kube, ns: Namespace) -> No
     sink.send([healthy])
     assert sink.flush(10)
     assert sorted(ns.reasons(uid_of(pod))) == ["AnomalyCleared", "MemoryLeakDetected"]
+    now = ns.pod(name_of(pod))  # the pod itself is never written
+    assert now is not None and now.metadata is not None
+    assert not any(k.startswith("podguard.io/") for k in now.metadata.annotations or {})
     sink.send([dc_replace(v, pod="no-such-pod")])  # vanished pods are skipped
     assert sink.flush(10) and sink.errors == 0
     sink.close()
@@ -541,6 +574,43 @@ def leak(pod: client.V1Pod, *, tto: float = 5 * 3600.0) -> Verdict:
                                            {"mem_working_set.slope": 0.5}))
 
 
+def controller(kube: Kube, ns: Namespace, s: RemediationSettings, *,
+               clock: Callable[[], float] = time.time, escalate: Any = None,
+               plan_stream: Any = None) -> RemediationController:
+    act = Actuator(kube.api, settings=s, clock=clock, plan_stream=plan_stream)
+    return RemediationController(act, settings=s, store=RecordStore(act, ns.name),
+                                 escalate=escalate)
+
+
+@dataclass
+class Channel:
+    """The pod channel of one controller, and the checkpoint helper of one of its pods."""
+
+    server: ChannelServer
+    token_file: Path
+
+    def responder(self, directory: Path, **kw: Any) -> CheckpointResponder:
+        return CheckpointResponder(directory=directory, channel=ChannelClient(
+            self.server.url, self.token_file), **kw)
+
+
+@pytest.fixture
+def channel_for(kube: Kube, tmp_path: Path) -> Iterator[Callable[..., Channel]]:
+    made: list[ChannelServer] = []
+
+    def make(ctl: Any, pod: client.V1Pod) -> Channel:
+        server = ChannelServer(TokenReviewer(Actuator(kube.api, settings=remediation())),
+                               [ctl], host="127.0.0.1", port=0).start()
+        made.append(server)
+        token = tmp_path / f"token-{uid_of(pod)}"
+        token.write_text(pod_token(kube.api, pod))
+        return Channel(server, token)
+
+    yield make
+    for s in made:
+        s.close()
+
+
 def test_pods_that_do_not_opt_in_or_have_no_owner_are_alert_only(kube: Kube,
                                                                  ns: Namespace) -> None:
     plain = ns.statefulset("plain")[0]
@@ -551,19 +621,15 @@ def test_pods_that_do_not_opt_in_or_have_no_owner_are_alert_only(kube: Kube,
     lonely = wait_for(lambda: ns.running("podguard.io/remediate=true", 1), timeout=60,
                       what="the bare pod running")
     lonely_pod = next(p for p in lonely if name_of(p) == "lonely")
-    ctl = RemediationController(Actuator(kube.api, settings=remediation()),
-                                settings=remediation())
+    ctl = controller(kube, ns, remediation())
     decisions = ctl.handle([leak(plain), leak(lonely_pod)])
     assert [d.action for d in decisions] == ["RemediationSkipped", "RemediationSkipped"]
     assert "does not opt in" in decisions[0].message
     assert "not controlled by a StatefulSet or a Job" in decisions[1].message
     for p in (plain, lonely_pod):
         assert ns.reasons(uid_of(p)) == ["RemediationSkipped"]
-        now = ns.pod(name_of(p))
-        assert now is not None and now.metadata is not None
-        assert proto.REQUEST not in (now.metadata.annotations or {})
-    off = RemediationController(Actuator(kube.api, settings=remediation(enabled=False)),
-                                settings=remediation(enabled=False))
+    assert record_of(kube, ns, plain) is None
+    off = controller(kube, ns, remediation(enabled=False))
     assert off.handle([leak(plain)]) == [] and off.reconcile() == []
 
 
@@ -571,7 +637,7 @@ def test_dry_run_controller_prints_the_plan_once(kube: Kube, ns: Namespace) -> N
     pod = ns.statefulset("dryplan", labels=OPT_IN)[0]
     out = io.StringIO()
     s = remediation(dry_run=True)
-    ctl = RemediationController(Actuator(kube.api, settings=s, plan_stream=out), settings=s)
+    ctl = controller(kube, ns, s, plan_stream=out)
     ctl.handle([leak(pod)])
     ctl.handle([leak(pod)])
     ctl.reconcile()
@@ -580,13 +646,11 @@ def test_dry_run_controller_prints_the_plan_once(kube: Kube, ns: Namespace) -> N
     assert "would request a checkpoint" in lines[0] and "evict through the Eviction API" in \
         lines[0] and f"taint node {node_of(pod)} podguard.io/rescheduling:PreferNoSchedule" in \
         lines[0]
-    now = ns.pod(name_of(pod))
-    assert now is not None and now.metadata is not None
-    assert not any(k.startswith("podguard.io/") for k in now.metadata.annotations or {})
+    assert record_of(kube, ns, pod) is None
 
 
 def actions(decisions: list[Decision], pod: client.V1Pod) -> list[str]:
-    """The decisions about ``pod``'s workload (the controller also follows other tests')."""
+    """The decisions about ``pod``'s workload."""
     m = pod.metadata
     assert m is not None
     return [d.action for d in decisions if (d.namespace, d.pod) == (m.namespace, m.name)]
@@ -599,25 +663,26 @@ def test_unacknowledged_request_blocks_and_escalates_until_the_oom_floor_forces_
     s = remediation(checkpoint_timeout_s=120, evict_unacknowledged_below_s=600,
                     avoid_node=False)
     escalated: list[tuple[str, str, str, Verdict | None]] = []
-    ctl = RemediationController(Actuator(kube.api, settings=s, clock=fake.clock), settings=s,
-                                escalate=lambda *a: escalated.append(a))
+    ctl = controller(kube, ns, s, clock=fake.clock, escalate=lambda *a: escalated.append(a))
     [d] = ctl.handle([leak(pod)])
     assert d.action == "CheckpointRequested"
-    state = proto.RemediationState.parse(
-        (ns.pod(name_of(pod)).metadata.annotations or {})[proto.STATE])  # type: ignore[union-attr]
+    state = record_of(kube, ns, pod)
     assert state is not None and state.phase == "checkpointing" and state.uid == uid_of(pod)
+    assert proto.REQUEST_ID.match(state.request_id)
+    assert state.request_id not in d.message and state.request_id not in str(
+        ns.events(uid_of(pod))[0].message)  # the secret id is in no Event
     assert ctl.handle([leak(pod)]) == []  # at most one remediation in flight per pod
     fake.now += 60
     assert actions(ctl.reconcile(), pod) == []
     fake.now += 61
-    [d] = [d for d in ctl.reconcile() if (d.namespace, d.pod) == (ns.name, name_of(pod))]
+    [d] = actions_full(ctl.reconcile(), pod)
     assert d.action == "CheckpointNotAcknowledged" and "not evicting" in d.message
     assert escalated and escalated[0][:2] == (ns.name, name_of(pod))
     assert "not acknowledged within 2 min" in escalated[0][2]
     fake.now += 30
     assert actions(ctl.reconcile(), pod) == [] and len(escalated) == 2  # idempotent
     ctl.handle([leak(pod, tto=300.0)])  # now it dies anyway within the floor
-    decisions = [d for d in ctl.reconcile() if (d.namespace, d.pod) == (ns.name, name_of(pod))]
+    decisions = actions_full(ctl.reconcile(), pod)
     assert [d.action for d in decisions][:2] == ["EvictingWithoutCheckpoint", "Evicted"]
     assert "below the floor" in decisions[0].message
     assert ns.reasons(uid_of(pod)).count("Evicted") == 1
@@ -630,38 +695,44 @@ def test_unacknowledged_request_blocks_and_escalates_until_the_oom_floor_forces_
 
     wait_for(replaced, timeout=60, what="the replacement running")
     assert seen == ["Rescheduled", "Rescheduled"]  # on the new pod and on the StatefulSet
-    rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
+    rec = record_of(kube, ns, pod)
     assert rec is not None and rec.phase == "done" and rec.forced and rec.checkpoint is None
 
 
+def actions_full(decisions: list[Decision], pod: client.V1Pod) -> list[Decision]:
+    m = pod.metadata
+    assert m is not None
+    return [d for d in decisions if (d.namespace, d.pod) == (m.namespace, m.name)]
+
+
 def test_eviction_blocked_by_a_pdb_is_retried_and_a_stale_checkpoint_is_asked_again(
-        kube: Kube, ns: Namespace, tmp_path: Path) -> None:
+        kube: Kube, ns: Namespace, tmp_path: Path, channel_for: Callable[..., Channel]
+        ) -> None:
     pod = ns.statefulset("pdbctl", labels=OPT_IN)[0]
     _pdb(kube, ns, "pdbctl", 1)
     fake = FakeTime()
     s = remediation(retry_s=30, checkpoint_max_age_s=300, avoid_node=True)
-    act = Actuator(kube.api, settings=s, clock=fake.clock)
-    ctl = RemediationController(act, settings=s)
+    ctl = controller(kube, ns, s, clock=fake.clock)
     ctl.handle([leak(pod)])
-    responder = CheckpointResponder(namespace=ns.name, pod=name_of(pod), directory=tmp_path,
-                                    api=kube.api, clock=fake.clock)
+    responder = channel_for(ctl, pod).responder(tmp_path, clock=fake.clock, min_interval_s=0)
     req = responder.pending()
-    assert req is not None and req.id.endswith(".1")
-    responder.save_and_acknowledge(req, lambda p: p.write_bytes(b"state"), step=41)
-    assert actions(ctl.reconcile(), pod) == ["CheckpointAcknowledged", "EvictionBlocked"]
+    assert req is not None
+    assert responder.save_and_acknowledge(req, lambda p: p.write_bytes(b"state"), step=41)
+    assert actions(ctl.reconcile(), pod) == ["EvictionBlocked"]
+    assert ns.reasons(uid_of(pod)).count("CheckpointAcknowledged") == 1
     assert (proto.RESCHEDULING, "PreferNoSchedule") not in _taints(kube, node_of(pod))
     fake.now += 10
     assert actions(ctl.reconcile(), pod) == []  # not before retry_s
     fake.now += 25
     assert actions(ctl.reconcile(), pod) == ["EvictionBlocked"]
-    state = proto.RemediationState.parse(
-        (ns.pod(name_of(pod)).metadata.annotations or {})[proto.STATE])  # type: ignore[union-attr]
+    state = record_of(kube, ns, pod)
     assert state is not None and state.attempts == 2 and not state.forced
+    assert state.step == 41 and state.request_id == ""  # the answered id is spent
     fake.now += 300  # the acknowledged checkpoint is now stale: ask for a fresh one
-    [d] = [d for d in ctl.reconcile() if (d.namespace, d.pod) == (ns.name, name_of(pod))]
+    [d] = actions_full(ctl.reconcile(), pod)
     assert d.action == "CheckpointRequested" and "again" in d.message
     again = responder.pending(force=True)
-    assert again is not None and again.id == req.id.rsplit(".", 1)[0] + ".2"
+    assert again is not None and again.id != req.id
     still = ns.pod(name_of(pod))
     assert still is not None and uid_of(still) == uid_of(pod)
 
@@ -669,62 +740,128 @@ def test_eviction_blocked_by_a_pdb_is_retried_and_a_stale_checkpoint_is_asked_ag
 # =========================================================================== checkpoint helper
 
 
-def test_checkpoint_helper_saves_atomically_then_acknowledges(kube: Kube, ns: Namespace,
-                                                              tmp_path: Path) -> None:
-    pod = ns.statefulset("helper")[0]
-    req = proto.CheckpointRequest(id="r-abc.1", ts=time.time(), reason="test")
-    ns.core.patch_namespaced_pod(name_of(pod), ns.name, {"metadata": {"annotations": {
-        proto.REQUEST: req.to_json()}}})
-    responder = CheckpointResponder(namespace=ns.name, pod=name_of(pod), directory=tmp_path,
-                                    api=kube.api, poll_interval_s=60)
+def test_checkpoint_helper_saves_atomically_then_acknowledges_over_the_channel(
+        kube: Kube, ns: Namespace, tmp_path: Path, channel_for: Callable[..., Channel]
+        ) -> None:
+    pod = ns.statefulset("helper", labels=OPT_IN)[0]
+    ctl = controller(kube, ns, remediation(avoid_node=False))
+    ctl.handle([leak(pod)])
+    ch = channel_for(ctl, pod)
+    responder = ch.responder(tmp_path, poll_interval_s=60)
     assert latest_checkpoint(tmp_path) is None
     assert responder.maybe_checkpoint(lambda p: p.write_bytes(b"weights"), step=7)
     assert responder.pending() is None  # rate limited, and answered
     info = latest_checkpoint(tmp_path)
-    assert info is not None and info.step == 7 and info.request_id == "r-abc.1"
+    assert info is not None and info.step == 7 and proto.REQUEST_ID.match(info.request_id)
     assert info.path.read_bytes() == b"weights"
     assert not list(tmp_path.glob(".*.tmp"))
-    ack = proto.CheckpointAck.parse(
-        (ns.pod(name_of(pod)).metadata.annotations or {})[proto.ACK])  # type: ignore[union-attr]
-    assert ack is not None and ack.id == "r-abc.1" and ack.path == str(info.path)
-    assert ack.step == 7
-    # a restarted trainer process sees the request as answered already
-    again = CheckpointResponder(namespace=ns.name, pod=name_of(pod), directory=tmp_path,
-                                api=kube.api)
-    assert again.pending() is None
+    rec = record_of(kube, ns, pod)
+    assert rec is not None and rec.phase == "evicting" and rec.checkpoint == str(info.path)
+    assert rec.step == 7 and rec.acked_at is not None
+    # the id is spent: answering it again (a replay) is refused; a restarted helper sees none
+    ok, why = ChannelClient(ch.server.url, ch.token_file).answer(
+        "checkpoint", info.request_id, {"path": "/elsewhere.pt", "step": 8})
+    assert not ok and "no checkpoint request pending" in why
+    assert ch.responder(tmp_path).pending() is None
+    assert ch.server.stats["accepted"] == 1 and ch.server.stats["refused"] == 1
 
 
-def test_downward_api_annotations_file_is_read(tmp_path: Path) -> None:
-    req = proto.CheckpointRequest(id="r-1.1", ts=1.5, reason='a "quoted"\nreason')
-    text = ('kubectl.kubernetes.io/last-applied="{\\"a\\":1}"\n'
-            f'{proto.REQUEST}={json.dumps(req.to_json())}\n')
-    parsed = parse_downward_annotations(text)
-    assert proto.CheckpointRequest.parse(parsed[proto.REQUEST]) == req
-    assert parsed["kubectl.kubernetes.io/last-applied"] == '{"a":1}'
-    f = tmp_path / "annotations"
-    f.write_text(text)
-    r = CheckpointResponder(namespace="x", pod="y", directory=tmp_path, annotations_file=f)
-    assert r.pending() == req
-    with pytest.raises(RuntimeError, match="API client"):
-        r.acknowledge(proto.CheckpointAck(id=req.id, path="p", ts=2.0))
+class _Crafted:
+    """A request kind serving crafted requests (what a broken or hostile daemon could say)."""
+
+    kind = "checkpoint"
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.answers: list[str] = []
+
+    def pending(self, pod: Any) -> list[Any]:
+        return self.requests
+
+    def answer(self, pod: Any, request_id: str, result: Any) -> Any:
+        from detector.remediation.channel import Answer
+
+        self.answers.append(request_id)
+        return Answer(True)
+
+
+def test_checkpoint_helper_validates_requests_prunes_bounds_its_hold_and_never_raises(
+        kube: Kube, ns: Namespace, tmp_path: Path, channel_for: Callable[..., Channel]
+        ) -> None:
+    """Issue 14 item 11, with a real channel serving crafted requests."""
+    from detector.remediation.channel import PodRequest
+
+    pod = ns.statefulset("crafted")[0]
+    crafted = _Crafted()
+    fake = FakeTime()
+    ch = channel_for(crafted, pod)
+    r = ch.responder(tmp_path / "ck", clock=fake.clock, sleep=fake.sleep, keep=2,
+                     min_interval_s=30, max_request_age_s=600, hold_s=10_000)
+    good = "A" * 32
+    bad = [PodRequest("checkpoint", "../../etc/x", fake.now), PodRequest("checkpoint", "a/b" * 8,
+                                                                       fake.now),
+           PodRequest("checkpoint", "short", fake.now),
+           PodRequest("checkpoint", "B" * 32, fake.now - 601),  # stale
+           PodRequest("checkpoint", "C" * 32, float("nan")),
+           PodRequest("diagnose", "D" * 32, fake.now)]  # another kind: not the helper's
+    crafted.requests = bad
+    assert not r.maybe_checkpoint(lambda p: p.write_bytes(b"x"), step=1)
+    assert r.ignored == {"malformed id": 3, "stale": 1, "no valid time": 1}
+    assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
+    # a save that raises does not reach the training loop
+    crafted.requests = [PodRequest("checkpoint", good, fake.now)]
+
+    def broken(path: Path) -> None:
+        raise OSError("disk full")
+
+    assert not r.maybe_checkpoint(broken, step=2)
+    assert not list((tmp_path / "ck").glob("*.tmp")) and not list((tmp_path / "ck").glob(".*"))
+    # good requests: answered once each, rate limited, the last 2 checkpoints kept
+    for i in range(4):
+        crafted.requests = [PodRequest("checkpoint", f"{i}" * 32, fake.now)]
+        fake.now += 31
+        assert r.maybe_checkpoint(lambda p: p.write_bytes(b"w"), step=10 + i), i
+        fake.now += 3  # past the poll interval, within min_interval_s
+        assert not r.maybe_checkpoint(lambda p: p.write_bytes(b"w"), step=10 + i)  # repeated
+        crafted.requests.append(PodRequest("checkpoint", "E" * 32, fake.now))
+        fake.now += 3
+        assert not r.maybe_checkpoint(lambda p: p.write_bytes(b"w"), step=10 + i)  # too soon
+    assert crafted.answers == [f"{i}" * 32 for i in range(4)]
+    assert r.ignored["rate limited"] == 4
+    kept = sorted(p.name for p in (tmp_path / "ck").glob("ckpt-*.pt"))
+    assert len(kept) == 2 and kept[-1].startswith("ckpt-000000013-")
+    # hold is bounded (hold_s is capped at MAX_HOLD_S) and returns on its own
+    crafted.requests = []
+    start = fake.now
+    r.hold()
+    assert 0 < fake.now - start <= 901
+    # an unreachable daemon: nothing raises, no request
+    ch.server.close()
+    assert r.pending(force=True) is None
+    assert r.save_and_acknowledge(CheckpointRequest("F" * 32, fake.now), lambda p: None,
+                                  step=30) is None
 
 
 # =========================================================================== RBAC
 
 
-def test_rbac_rules_are_valid_and_never_delete(kube: Kube) -> None:
+def test_rbac_rules_are_valid_and_never_delete_or_patch_workloads(kube: Kube) -> None:
     verbs = {(g, r, v) for rule in rbac.CONTROLLER_RULES for g in rule.api_groups
              for r in rule.resources for v in rule.verbs}
     assert ("", "pods/eviction", "create") in verbs
-    assert not any(v in ("delete", "deletecollection", "update", "*") for _, _, v in verbs)
-    assert all(rule.why for rule in (*rbac.CONTROLLER_RULES, *rbac.WORKLOAD_RULES))
+    assert not any(v in ("delete", "deletecollection", "update", "*", "list", "watch")
+                   for _, _, v in verbs)
+    assert not {("", "pods", "patch"), ("apps", "statefulsets", "patch"),
+                ("batch", "jobs", "patch")} & verbs
+    assert all(rule.why for rule in (*rbac.CONTROLLER_RULES, *rbac.STORE_RULES))
+    assert rbac.WORKLOAD_RULES == ()
     rbac_api = client.RbacAuthorizationV1Api(kube.api)
     role = client.V1ClusterRole.from_dict(rbac.cluster_role("podguard-rbac-check"))
     assert role is not None
     rbac_api.create_cluster_role(role, dry_run="All")  # the API server accepts it as is
-    wl = client.V1Role.from_dict(rbac.workload_role("default"))
-    assert wl is not None
-    rbac_api.create_namespaced_role("default", wl, dry_run="All")
+    store = client.V1Role.from_dict(rbac.store_role("default"))
+    assert store is not None
+    rbac_api.create_namespaced_role("default", store, dry_run="All")
 
 
 # =========================================================================== crash safety (#17)
@@ -745,11 +882,11 @@ class CrashingActuator(Actuator):
             raise Crash
         super().event(obj, reason, message, **kw)
 
-    def annotate_workload(self, ref: WorkloadRef, changes: Any) -> bool:
-        rec = proto.WorkloadRecord.parse(changes.get(proto.WORKLOAD_RECORD))
-        if self.crash_at == "record" and rec is not None and rec.phase == "done":
+    def write_lease(self, namespace: str, name: str, **kw: Any) -> str | None:
+        rec = proto.parse_remediation(kw["annotations"][proto.REMEDIATION])
+        if self.crash_at == "record" and rec.phase == "done":
             raise Crash
-        return super().annotate_workload(ref, changes)
+        return super().write_lease(namespace, name, **kw)
 
 
 @pytest.mark.parametrize("crash_at", ["event", "record"])
@@ -762,7 +899,7 @@ def test_a_daemon_killed_around_the_rescheduled_step_reports_it_once_after_resta
     s = remediation(avoid_node=False, evict_unacknowledged_below_s=600)
     act = CrashingActuator(kube.api, settings=s)
     act.crash_at = crash_at
-    ctl = RemediationController(act, settings=s)
+    ctl = RemediationController(act, settings=s, store=RecordStore(act, ns.name))
     ctl.handle([leak(pod, tto=300.0)])  # below the floor: evicted without a checkpoint
 
     def crashed() -> bool:
@@ -774,10 +911,10 @@ def test_a_daemon_killed_around_the_rescheduled_step_reports_it_once_after_resta
 
     wait_for(crashed, timeout=60, what="the replacement running (and the crash)")
     assert "Evicted" in ns.reasons(uid_of(pod))
-    rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
+    rec = record_of(kube, ns, pod)
     assert rec is not None and rec.phase == "evicted", rec  # "done" only after the Events
     # the restarted daemon: finishes the step, and its Events exist once
-    ctl2 = RemediationController(Actuator(kube.api, settings=s), settings=s)
+    ctl2 = controller(kube, ns, s)
     seen: list[str] = []
 
     def rescheduled() -> bool:
@@ -786,11 +923,10 @@ def test_a_daemon_killed_around_the_rescheduled_step_reports_it_once_after_resta
 
     wait_for(rescheduled, timeout=60, what="the restarted controller's Rescheduled")
     ctl2.reconcile()
-    rec = Actuator(kube.api, settings=s).workload_record(sts_of(pod))
+    rec = record_of(kube, ns, pod)
     assert rec is not None and rec.phase == "done" and rec.new_node
     new = ns.pod(name_of(pod))
     assert new is not None and uid_of(new) != uid_of(pod)
     assert ns.reasons(uid_of(new)) == ["Rescheduled"]
     assert ns.reasons(rec.uid).count("Evicted") == 1
-    sts_uid = sts_of(pod).uid
-    assert ns.reasons(sts_uid) == ["Rescheduled"]
+    assert ns.reasons(sts_of(pod).uid) == ["Rescheduled"]

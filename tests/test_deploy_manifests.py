@@ -65,9 +65,9 @@ def overlay(name: str) -> list[Doc]:
 def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
     """The one object of ``kind`` (named ``name``, or whose name starts with ``name-`` for a
     generated, hash-suffixed ConfigMap)."""
-    hits = [d for d in docs if d["kind"] == kind and (
-        name is None or d["metadata"]["name"] == name
-        or d["metadata"]["name"].startswith(f"{name}-"))]
+    exact = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    hits = exact or [d for d in docs if d["kind"] == kind and (
+        name is None or d["metadata"]["name"].startswith(f"{name}-"))]
     assert len(hits) == 1, f"{len(hits)} {kind} {name or ''} in the rendering"
     return hits[0]
 
@@ -97,11 +97,15 @@ def test_base_needs_no_crds_overlays_add_the_monitoring_objects() -> None:
     assert base == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                     "ConfigMap", "PersistentVolumeClaim", "DaemonSet", "Service", "CronJob",
                     "NetworkPolicy"}
+    # remediate adds podguard's records Role and the admission policies (detector/remediation)
+    extra = {"remediate": {"Role", "RoleBinding", "ValidatingAdmissionPolicy",
+                           "ValidatingAdmissionPolicyBinding"}}
     for name in OVERLAYS:
         kinds = [d["kind"] for d in overlay(name)]
-        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"}, name
+        assert set(kinds) == base | {"ServiceMonitor", "PrometheusRule"} | extra.get(
+            name, set()), name
         assert all(d["metadata"].get("namespace") == "podguard" for d in overlay(name)
-                   if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
+                   if d["kind"] not in CLUSTER_KINDS)
 
 
 def test_images_are_this_version_cpu_for_the_daemon_cuda_for_training() -> None:
@@ -563,7 +567,8 @@ def apply(kube: Kube, docs: list[Doc], *, dry_run: bool) -> list[Doc]:
 
 
 CLUSTER_KINDS = ("Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                 "CustomResourceDefinition")
+                 "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                 "ValidatingAdmissionPolicyBinding")
 
 
 def delete_installation(kube: Kube, docs: list[Doc]) -> None:

@@ -1,13 +1,15 @@
-"""The daemon's RBAC in deploy/kustomize, against rbac.py, the alerting code and the real
-API server.
+"""The daemon's RBAC and admission policies in deploy/kustomize, against rbac.py, the code
+and the real API server.
 
 The remediate overlay's ClusterRole is exactly ``CONTROLLER_RULES`` of
-detector/remediation/rbac.py; the alert-only one exactly what alerting calls (pods get/patch,
-events create/patch), a subset of those. Then, on the real control plane, with a
-TokenRequest token of the daemon's ServiceAccount (each overlay's Namespace, ServiceAccount,
-ClusterRole and binding installed by Kustomize under test-owned names): the real Kubernetes
-Events sink writes its Event, repeat and annotation; allowed calls succeed, others get 403;
-listing pods and eviction are refused in alert-only and allowed in remediate.
+detector/remediation/rbac.py, its Role (podguard's records) exactly ``STORE_RULES``, its
+admission policies exactly ``admission_policies("podguard", "podguard")``; the alert-only
+ClusterRole exactly ``ALERTING_RULES`` (pods get, events create/patch), a subset. Then, on
+the real control plane, with a TokenRequest token of the daemon's ServiceAccount (each
+overlay's Namespace, ServiceAccount, ClusterRole, Role and bindings installed by Kustomize
+under test-owned names): the real Kubernetes Events sink writes its Event and repeat;
+allowed calls succeed, others get 403: no pod is patched or listed, no workload patched;
+eviction, nodes and TokenReviews only in remediate, Leases only in podguard's namespace.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from deploy.render import OVERLAYS
+from detector.remediation import rbac
 from detector.remediation.actuator import Actuator
-from detector.remediation.protocol import VERDICT
 from detector.remediation.rbac import CONTROLLER_RULES, cluster_role
 from detector.settings import AlertingSettings, RemediationSettings
 from detector.sinks.k8s_events import KubernetesEventSink
@@ -32,15 +35,7 @@ from tests.test_deploy_manifests import Installation, one, overlay
 
 Doc = dict[str, Any]
 
-ALERTING_RULES: list[Doc] = [
-    # detector/sinks/k8s_events.py: actuator.read_pod (also the Alertmanager sink's container
-    # lookup) and actuator.annotate_pod (the podguard.io/verdict annotation)
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
-    # actuator.event: create, and patch for the count of a repeated Event
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-]
-"""What alert-only needs. detector/remediation/rbac.py lists only the controller's rules;
-this is the alerting part of them (checked below: every triple is in CONTROLLER_RULES)."""
+ALERTING_RULES: list[Doc] = cluster_role(rules=rbac.ALERTING_RULES)["rules"]
 
 
 def _triples(rules: list[Doc]) -> set[tuple[str, str, str]]:
@@ -49,29 +44,46 @@ def _triples(rules: list[Doc]) -> set[tuple[str, str, str]]:
 
 
 def test_remediate_cluster_role_is_exactly_rbac_py() -> None:
-    rules = one(overlay("remediate"), "ClusterRole")["rules"]
+    docs = overlay("remediate")
+    rules = one(docs, "ClusterRole")["rules"]
     assert rules == cluster_role()["rules"]
     assert len(rules) == len(CONTROLLER_RULES)
+    assert one(docs, "Role")["rules"] == rbac.store_role("podguard")["rules"]
+    rb = one(docs, "RoleBinding")
+    assert rb["roleRef"]["name"] == one(docs, "Role")["metadata"]["name"]
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "podguard",
+                               "namespace": "podguard"}]
+    policies = [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    want = rbac.admission_policies("podguard", "podguard")
+    def key(d: Doc) -> tuple[str, str]:
+        return d["kind"], d["metadata"]["name"]
+
+    assert sorted(policies, key=key) == sorted(
+        yaml.safe_load(yaml.safe_dump(want)), key=key)
 
 
 def test_alert_only_cluster_role_is_what_alerting_calls() -> None:
     rules = one(overlay("alert-only"), "ClusterRole")["rules"]
     assert rules == ALERTING_RULES
     assert _triples(ALERTING_RULES) < _triples(cluster_role()["rules"])
-    assert not {("", "pods", "list"), ("", "nodes", "patch"), ("", "pods/eviction", "create")} \
-        & _triples(rules)
+    assert not {("", "pods", "list"), ("", "nodes", "patch"), ("", "pods/eviction", "create"),
+                ("", "pods", "patch")} & _triples(rules)
 
 
 @pytest.mark.parametrize("name", list(OVERLAYS))
-def test_no_wildcards_no_delete_no_secrets(name: str) -> None:
+def test_no_wildcards_no_delete_no_secrets_no_workload_writes(name: str) -> None:
     docs = overlay(name)
     assert [d["kind"] for d in docs].count("ClusterRole") == 1
-    assert not any(d["kind"] in ("Role", "RoleBinding") for d in docs)
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert len(roles) == (1 if name == "remediate" else 0)
     for r in one(docs, "ClusterRole")["rules"]:
         assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"]
         assert not {"delete", "deletecollection", "update", "escalate", "bind",
-                    "impersonate", "watch"} & set(r["verbs"])
+                    "impersonate", "watch", "list"} & set(r["verbs"])
+        assert "patch" not in r["verbs"] or r["resources"] in (["events"], ["nodes"])
         assert "secrets" not in r["resources"]
+    for role in roles:  # only podguard's own Leases, in its own namespace
+        assert [r["resources"] for r in role["rules"]] == [["leases"]]
 
 
 # ============================================================================ real API server
@@ -84,7 +96,8 @@ class Identity:
     """An overlay's Namespace, ServiceAccount, ClusterRole and binding, under test names,
     and an API client authenticated with a TokenRequest token of that ServiceAccount."""
 
-    KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+             "RoleBinding")
 
     def __init__(self, kube: Kube, name: str) -> None:
         self.kube, self.overlay = kube, name
@@ -147,7 +160,7 @@ def _can(ident: Identity, verb: str, resource: str, *, group: str = "",
 @pytest.mark.timeout(180)
 def test_events_sink_works_with_the_service_account_alone(identity: Identity) -> None:
     """The real Kubernetes Events sink, on an API client holding only the ServiceAccount's
-    token: an Event, its repeat (patch of the count) and the verdict annotation, no error."""
+    token: an Event and its repeat (patch of the count), no error, the pod untouched."""
     ns = identity.namespace
     identity.pod("leaky")
     actuator = Actuator(identity.api, settings=RemediationSettings(), dry_run=False,
@@ -168,7 +181,8 @@ def test_events_sink_works_with_the_service_account_alone(identity: Identity) ->
     assert len(events) == 1 and events[0].count == 2, [(e.reason, e.count) for e in events]
     assert events[0].type == "Warning" and events[0].reason == "MemoryLeakDetected"
     pod = admin.read_namespaced_pod("leaky", ns)
-    assert pod.metadata is not None and VERDICT in (pod.metadata.annotations or {})
+    assert pod.metadata is not None and not any(
+        k.startswith("podguard.io/") for k in pod.metadata.annotations or {})
     sink.close(1.0)
 
 
@@ -180,10 +194,9 @@ def test_service_account_token_allowed_and_forbidden_calls(identity: Identity) -
     identity.pod("flagged")
     assert _status(core.read_namespaced_pod, "flagged", ns) == 200
     assert _status(core.patch_namespaced_pod, "flagged", ns, {
-        "metadata": {"annotations": {"podguard.io/verdict": "test"}}}) == 200
-    pod = client.CoreV1Api(identity.kube.api).read_namespaced_pod("flagged", ns)
-    assert pod.metadata is not None and pod.metadata.annotations is not None
-    assert pod.metadata.annotations["podguard.io/verdict"] == "test"
+        "metadata": {"annotations": {"podguard.io/verdict": "test"}}}) == 403
+    assert _status(core.list_pod_for_all_namespaces, limit=5) == 403
+    assert _status(core.list_namespaced_pod, ns, limit=5) == 403
     # forbidden in both modes: delete a node or a pod, read secrets, watch anything
     assert _status(core.delete_node, "kwok-node-0", dry_run="All") == 403
     assert _status(core.list_namespaced_secret, ns) == 403
@@ -199,14 +212,15 @@ def test_service_account_token_allowed_and_forbidden_calls(identity: Identity) -
 
 @pytest.mark.stack
 @pytest.mark.timeout(180)
-def test_listing_eviction_and_node_patch_only_in_remediate(identity: Identity) -> None:
+def test_eviction_nodes_records_and_token_reviews_only_in_remediate(
+        identity: Identity) -> None:
     core = client.CoreV1Api(identity.api)
     ns = identity.namespace
     remediate = identity.overlay == "remediate"
     identity.pod("victim")
-    assert _status(core.list_pod_for_all_namespaces, limit=5) == (200 if remediate else 403)
     assert _status(core.read_node, "kwok-node-0") == (200 if remediate else 403)
-    # a server-side dry run is authorized like the real call and changes nothing
+    # a server-side dry run is authorized like the real call and changes nothing (the
+    # admission policies are not installed here: tests/test_remediation_trust.py runs them)
     status = _status(core.patch_node, "kwok-node-0",
                      {"metadata": {"annotations": {"podguard.io/rbac-test": "x"}}},
                      dry_run="All")
@@ -216,9 +230,16 @@ def test_listing_eviction_and_node_patch_only_in_remediate(identity: Identity) -
         "metadata": {"name": "victim", "namespace": ns}}, dry_run="All")
     assert status == (200 if remediate else 403), status
     assert _can(identity, "create", "pods", subresource="eviction", namespace=ns) is remediate
-    assert _can(identity, "list", "statefulsets", group="apps") is remediate
-    assert _can(identity, "patch", "jobs", group="batch", namespace=ns) is remediate
-    assert _can(identity, "patch", "pods", namespace=ns)
+    assert _can(identity, "get", "statefulsets", group="apps", namespace=ns) is remediate
+    assert _can(identity, "create", "tokenreviews", group="authentication.k8s.io") is remediate
+    assert _can(identity, "create", "leases", group="coordination.k8s.io",
+                namespace=ns) is remediate
+    assert not _can(identity, "create", "leases", group="coordination.k8s.io",
+                    namespace="default")
+    assert not _can(identity, "list", "statefulsets", group="apps")
+    assert not _can(identity, "patch", "jobs", group="batch", namespace=ns)
+    assert not _can(identity, "patch", "statefulsets", group="apps", namespace=ns)
+    assert not _can(identity, "patch", "pods", namespace=ns)
     assert _can(identity, "patch", "events", namespace=ns)
     assert not _can(identity, "delete", "statefulsets", group="apps", namespace=ns)
     node = client.CoreV1Api(identity.kube.api).read_node("kwok-node-0")

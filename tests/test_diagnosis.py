@@ -147,7 +147,7 @@ def test_cost_is_bounded_and_tracemalloc_stops(answers: dict[str, Any], sc: str)
     # each snapshot took is the bound (the benchmark measures the wall-clock pause alone)
     a, b = res["cost"]["pause_cpu_s"]
     assert 0 < a < 1.0 and 0 < b < 1.0, res["cost"]
-    assert all(p < 6.0 for p in res["cost"]["pause_s"]), res["cost"]
+    assert all(p < 20.0 for p in res["cost"]["pause_s"]), res["cost"]  # sanity only
     assert WINDOW_S * 0.9 <= res["window_s"] < WINDOW_S + 15  # ends at the next step
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import shutil
 import subprocess
@@ -39,14 +38,12 @@ from detector.runtime.daemon import Daemon
 from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.runtime.server import MetricsServer
 from detector.settings import Settings
-from detector.sources.base import Delivery, SourceStatus
 from tests.support.exporter import CadvisorExporter
+from tests.support.leak_source import GIB, LIMIT, LeakSource
 from tests.support.stack_fixtures import PrometheusHandle
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "podguard.json"
 LOG = logging.getLogger("podguard.test.grafana")
-GIB = 2.0**30
-LIMIT = 4 * GIB
 
 
 def panels(d: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -111,50 +108,6 @@ def test_every_query_parses(tmp_path: Path) -> None:
 
 
 # ============================================================================ real Prometheus
-
-
-class LeakSource:
-    """A real Source over generated samples: a pod leaking 0.4 GiB/h towards a 4 GiB limit
-    and a steady one; each poll delivers 10 minutes of 15-s scrapes."""
-
-    name = "generated"
-
-    def __init__(self, ns: str, t0: float) -> None:
-        self.ns, self.t0, self.t = ns, t0, t0
-        self.rng = random.Random(7)
-
-    def start(self) -> None:
-        pass
-
-    def poll(self, timeout: float) -> Delivery:
-        d = Delivery(messages=1)
-        for _ in range(40):
-            h = (self.t - self.t0) / 3600
-            for pod, level in (("leaky", 1.0 + 0.4 * h), ("steady", 1.0)):
-                ws = level * GIB * (1 + self.rng.gauss(0, 0.003))
-                for metric, value in (("container_memory_working_set_bytes", ws),
-                                      ("container_memory_rss", 0.9 * ws),
-                                      ("container_spec_memory_limit_bytes", LIMIT),
-                                      ("container_cpu_usage_seconds_total",
-                                       0.5 * (self.t - self.t0))):
-                    d.samples.append(self.t, self.ns, pod, "main", "n1", metric, value)
-            self.t += 15.0
-        return d
-
-    def commit(self, tokens: Any) -> None:
-        pass
-
-    def now(self) -> float:
-        return self.t
-
-    def clock_rate(self) -> float:
-        return 1.0
-
-    def status(self) -> SourceStatus:
-        return SourceStatus(up=True, caught_up=True, lag_s=15.0)
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
 
 
 class _Limits(Collector):

@@ -6,14 +6,22 @@ the real HTTP server of the daemon (``detector.runtime.server``).
 
 from __future__ import annotations
 
+import logging
 import math
 import urllib.request
 
 from prometheus_client import CollectorRegistry
 
+from detector.pipeline import Pipeline
+from detector.runtime.build import make_engine
+from detector.runtime.daemon import Daemon
 from detector.runtime.metrics import DaemonMetrics, StateView, exported_pods
 from detector.runtime.server import MetricsServer
+from detector.settings import Settings
 from detector.verdicts import Kind, Verdict
+from tests.support.leak_source import LeakSource
+
+LOG = logging.getLogger("podguard.test.metrics")
 
 
 def v(pod: str, score: float, *, threshold: float = 1.0, kind: Kind = "none",
@@ -98,3 +106,37 @@ def test_process_metrics_keep_their_standard_names() -> None:
         assert std in names, std
     assert not any(n.startswith("podguard_process_") for n in names)
     assert reg.get_sample_value("process_resident_memory_bytes") > 10e6  # type: ignore[operator]
+
+
+def test_a_real_daemon_exports_a_flagged_pod_and_drops_it_when_the_pod_goes() -> None:
+    """The gauges come from the daemon's own verdicts: the leaking pod gets them once
+    flagged, the steady one (far below its threshold) never; deleted, the leaking pod's
+    series vanish within the steps it takes its window to go stale."""
+    settings = Settings.model_validate({"windows": {"horizon_s": 4 * 3600, "step_s": 60},
+                                        "runtime": {"lateness_s": 0.0, "console": False}})
+    reg = CollectorRegistry()
+    view = StateView()
+    source = LeakSource("ml", 1_800_000_000.0)
+    daemon = Daemon(settings=settings, source=source, pipeline=Pipeline.load(None),
+                    engine=make_engine(settings), sinks=[],
+                    metrics=DaemonMetrics(reg, view, process=False), logger=LOG)
+    leaky = {"namespace": "ml", "pod": "leaky"}
+    for _ in range(100):
+        daemon.turn()
+        if reg.get_sample_value("podguard_pod_verdict", {**leaky, "kind": "memory_leak"}):
+            break
+    assert reg.get_sample_value("podguard_pod_verdict", {**leaky, "kind": "memory_leak"}) == 1
+    tto = reg.get_sample_value("podguard_pod_time_to_oom_seconds", leaky)
+    assert tto is not None and 3600 < tto < 24 * 3600
+    assert reg.get_sample_value("podguard_pod_score", {"namespace": "ml", "pod": "steady"}) \
+        is None
+    source.pods.discard("leaky")  # the pod is deleted: no more samples
+    for _ in range(200):
+        daemon.turn()
+        if reg.get_sample_value("podguard_pod_score", leaky) is None:
+            break
+    assert reg.get_sample_value("podguard_pod_score", leaky) is None, "the gauge lingers"
+    assert reg.get_sample_value("podguard_pod_verdict", {**leaky, "kind": "memory_leak"}) \
+        is None
+    gone_for = source.t - source.t0
+    assert gone_for < 8 * 3600, gone_for

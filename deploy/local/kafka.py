@@ -14,9 +14,10 @@ start
     a kafka-python admin client gets the cluster description with an unfenced broker.
     Stopping (SIGTERM, a clean shutdown) and starting again keeps data, ports and cluster id.
 
-``Kafka(security=KafkaSecurity())`` adds an ``SSL`` and a ``SASL_SSL`` listener (SCRAM-SHA-512,
-a user with a random password added when the storage is formatted), with a test CA; what a
-client needs is in the record (:meth:`Kafka.security_files`, :meth:`Kafka.bootstrap`).
+``Kafka(security=KafkaSecurity())`` adds an ``SSL`` listener (mutual TLS: a client certificate
+of the test CA is required) and a ``SASL_SSL`` listener (SCRAM-SHA-512, a user with a random
+password added when the storage is formatted); what a client needs is in the record
+(:meth:`Kafka.security_files`, :meth:`Kafka.bootstrap`).
 
 Used by :mod:`deploy.local.stack` (CLI) and ``tests/support/stack_fixtures.py``.
 """
@@ -91,6 +92,7 @@ class KafkaSecurity:
     test CA (``deploy.local.web``'s openssl helpers) in a PKCS#12 keystore."""
 
     scram_user: str = "podguard"
+    client_certs: bool = True  # the SSL listener requires a client certificate of the CA
 
 
 def new_cluster_id() -> str:
@@ -259,10 +261,11 @@ class Kafka:
         assert self.security is not None
         d = (self.home(state) / "tls").resolve()
         out = {"ca_file": str(d / "ca.crt"), "keystore": str(d / "broker.p12"),
+               "client_cert": str(d / "client.crt"), "client_key": str(d / "client.key"),
                "username": self.security.scram_user, "password_file": str(d / "password"),
                "keystore_password_file": str(d / "keystore-password")}
         if all(Path(out[k]).exists() for k in ("ca_file", "keystore", "password_file",
-                                                "keystore_password_file")):
+                                                "keystore_password_file", "client_cert")):
             out["keystore_password"] = Path(out["keystore_password_file"]).read_text().strip()
             return out
         d.mkdir(parents=True, exist_ok=True)
@@ -275,6 +278,10 @@ class Kafka:
             "keyUsage = critical, digitalSignature, keyEncipherment",
             "authorityKeyIdentifier = keyid", "extendedKeyUsage = serverAuth",
             "subjectAltName = IP:127.0.0.1, DNS:localhost"])
+        issue_cert(d, "client", cn="podguard", org="", ca=ca, ext=[
+            "basicConstraints = critical, CA:FALSE",
+            "keyUsage = critical, digitalSignature, keyEncipherment",
+            "authorityKeyIdentifier = keyid", "extendedKeyUsage = clientAuth"])
         store_pw = secrets.token_urlsafe(18)
         proc = subprocess.run(
             ["openssl", "pkcs12", "-export", "-in", str(server.cert), "-inkey", str(server.key),
@@ -307,6 +314,11 @@ class Kafka:
                 "ssl.keystore.password": tls["keystore_password"],
                 "ssl.key.password": tls["keystore_password"],
                 "ssl.client.auth": "none",
+                "ssl.truststore.type": "PEM",  # the CA that signs client certificates
+                "ssl.truststore.location": tls["ca_file"],
+                "listener.name.ssl.ssl.client.auth": (
+                    "required" if self.security is not None and self.security.client_certs
+                    else "none"),
                 "sasl.enabled.mechanisms": "SCRAM-SHA-512",
                 "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;",

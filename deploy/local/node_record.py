@@ -50,39 +50,6 @@ def _w(pod: str, kind: str, limit_mib: int, *args: str, leaky: bool = False,
                     args=tuple(args), leaky=leaky, cpu_millicores=cpu)
 
 
-MIXES: dict[str, list[Workload]] = {
-    # The shipped recording (data/real/): every shape once, ~20 minutes.
-    "mixed": [
-        _w("trainer-healthy", "trainer", 768),
-        _w("trainer-kept-loss", "trainer-kept-loss", 768, "--onset-s", "120",
-           "--rate-mib-min", "45", leaky=True),
-        _w("trainer-loader-leak", "trainer-loader-leak", 768, "--onset-s", "60",
-           "--rate-mib-min", "40", leaky=True),
-        _w("trainer-dataset-cache", "trainer-dataset-cache", 768, "--onset-s", "60",
-           "--rate-mib-min", "40", leaky=True),
-        _w("pagecache-reader", "pagecache", 256, "--file-mib", "400", "--read-mib-s", "40"),
-        _w("gc-sawtooth", "sawtooth", 256, "--base-mib", "40", "--peak-mib", "120",
-           "--period-s", "90"),
-        _w("warmup-plateau", "warmup", 256, "--plateau-mib", "150", "--tau-s", "180"),
-        _w("crashloop-leak", "leak", 256, "--onset-s", "0", "--rate-mib-min", "60",
-           "--base-mib", "20", leaky=True),
-        _w("slow-leak", "leak", 320, "--onset-s", "180", "--rate-mib-min", "25",
-           "--base-mib", "20", leaky=True),
-    ],
-    # The real-kernel tests: ~2.5 minutes.
-    "quick": [
-        _w("fast-leak", "leak", 200, "--onset-s", "20", "--rate-mib-min", "240",
-           "--base-mib", "20", leaky=True),
-        _w("trainer-kept-loss", "trainer-kept-loss", 560, "--onset-s", "20",
-           "--rate-mib-min", "150", leaky=True),
-        _w("pagecache-reader", "pagecache", 128, "--file-mib", "200", "--read-mib-s", "40"),
-        _w("gc-sawtooth", "sawtooth", 200, "--base-mib", "30", "--peak-mib", "100",
-           "--period-s", "20"),
-        _w("warmup-plateau", "warmup", 200, "--plateau-mib", "100", "--tau-s", "20"),
-    ],
-}
-
-
 def soak_mix() -> list[Workload]:
     """A dozen mixed workloads for the ~60 min soak (leaks OOM in ~5-25 min, some loop)."""
     return [
@@ -107,6 +74,41 @@ def soak_mix() -> list[Workload]:
         _w("late-leak", "leak", 256, "--onset-s", "1800", "--rate-mib-min", "20",
            "--base-mib", "30", leaky=True),
     ]
+
+
+MIXES: dict[str, list[Workload]] = {
+    # The shipped recording (data/real/): every shape once, ~20 minutes.
+    "mixed": [
+        _w("trainer-healthy", "trainer", 768),
+        _w("trainer-kept-loss", "trainer-kept-loss", 768, "--onset-s", "120",
+           "--rate-mib-min", "45", leaky=True),
+        _w("trainer-loader-leak", "trainer-loader-leak", 768, "--onset-s", "60",
+           "--rate-mib-min", "40", leaky=True),
+        _w("trainer-dataset-cache", "trainer-dataset-cache", 768, "--onset-s", "60",
+           "--rate-mib-min", "40", leaky=True),
+        _w("pagecache-reader", "pagecache", 256, "--file-mib", "400", "--read-mib-s", "40"),
+        _w("gc-sawtooth", "sawtooth", 256, "--base-mib", "40", "--peak-mib", "120",
+           "--period-s", "90"),
+        _w("warmup-plateau", "warmup", 256, "--plateau-mib", "150", "--tau-s", "180"),
+        _w("crashloop-leak", "leak", 256, "--onset-s", "0", "--rate-mib-min", "60",
+           "--base-mib", "20", leaky=True),
+        _w("slow-leak", "leak", 320, "--onset-s", "180", "--rate-mib-min", "25",
+           "--base-mib", "20", leaky=True),
+    ],
+    # A longer recording: the soak's dozen workloads (data/real/soak.csv.gz, 35 minutes).
+    "soak": soak_mix(),
+    # The real-kernel tests: ~2.5 minutes.
+    "quick": [
+        _w("fast-leak", "leak", 200, "--onset-s", "20", "--rate-mib-min", "240",
+           "--base-mib", "20", leaky=True),
+        _w("trainer-kept-loss", "trainer-kept-loss", 560, "--onset-s", "20",
+           "--rate-mib-min", "150", leaky=True),
+        _w("pagecache-reader", "pagecache", 128, "--file-mib", "200", "--read-mib-s", "40"),
+        _w("gc-sawtooth", "sawtooth", 200, "--base-mib", "30", "--peak-mib", "100",
+           "--period-s", "20"),
+        _w("warmup-plateau", "warmup", 200, "--plateau-mib", "100", "--tau-s", "20"),
+    ],
+}
 
 
 @dataclass

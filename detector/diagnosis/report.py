@@ -1,7 +1,8 @@
 """The diagnosis wire format: the request, the answer, their bounds (standard library only).
 
-The daemon writes a :class:`DiagnosisRequest` (``{"id", "ts", "window_s", "reason"}``) where
-the pod's helper reads it; the helper answers with a result object carrying the same ``id``,
+The daemon offers a :class:`DiagnosisRequest` (``{"id", "ts", "window_s", "reason"}``) on
+podguard's pod channel (kind ``diagnose``) or, for the embedded default, in a file; the helper
+answers with a result object carrying the same ``id``,
 a ``status`` (``done`` or ``failed``), one readable ``sentence`` and the structured findings
 (see :mod:`detector.diagnosis.inpod` for the fields). Both sides use this module: the pod to
 keep its answer small (:func:`bound`), the daemon to read an answer that came from a workload,
@@ -22,13 +23,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 VERSION = 1
-REQUEST_KEY = "podguard.io/diagnosis-request"  # pod annotation: daemon -> helper
-RESULT_KEY = "podguard.io/diagnosis"  # pod annotation: helper -> daemon
 MAX_RESULT_BYTES = 6000  # the whole answer as compact JSON
 MAX_SENTENCE = 400  # characters
 MAX_TEXT = 200  # characters of any other string
 MAX_ITEMS = 16  # entries of any list or object in an answer
 MAX_DEPTH = 5
+ALERT_CHARS = 600  # the longest diagnosis text in an alert or an Event
 MIN_WINDOW_S = 1.0
 MAX_WINDOW_S = 600.0
 MAX_REQUEST_AGE_S = 900.0  # the helper ignores requests older than this (clock skew included)
@@ -177,3 +177,21 @@ def parse_result(text: str | None, *, expect_id: str) -> dict[str, Any] | None:
     if not isinstance(raw.get("sentence"), str) or not raw["sentence"].strip():
         return None
     return bound(raw)
+
+
+def describe(diagnosis: dict[str, Any] | None, *, limit: int = ALERT_CHARS) -> str:
+    """The diagnosis field of a verdict as one line for an alert or an Event (at most
+    ``limit`` characters); "" when there is none."""
+    if not diagnosis:
+        return ""
+    status = diagnosis.get("status")
+    if status == "done":
+        text = f"In-pod diagnosis: {diagnosis.get('sentence', '')}"
+    elif status == "pending":
+        text = (f"In-pod diagnosis requested ({diagnosis.get('id', '')}); the pod's answer is "
+                f"expected within {human_duration(float(diagnosis.get('expect_s') or 0))}.")
+    elif status == "failed":
+        text = f"In-pod diagnosis failed: {diagnosis.get('sentence', '')}"
+    else:
+        text = f"No in-pod diagnosis: {diagnosis.get('reason', '')}"
+    return clean_text(text, limit)

@@ -1,15 +1,16 @@
 """The Actuator: the ONE place where podguard changes anything in a Kubernetes cluster.
 
-Every mutation - Events, annotations on pods, workloads and nodes, evictions, cordons,
-taints - goes through an :class:`Actuator`, which enforces in one place:
+Every mutation - Events, podguard's own Leases (its remediation records, in its namespace),
+evictions, cordons, taints and their node annotations - goes through an :class:`Actuator`,
+which enforces in one place:
 
 * **dry-run**: nothing is written; each planned change is printed (``DRY-RUN: ...``) and kept
   in :attr:`Actuator.planned`;
 * **eviction budgets**: at most ``max_evictions_per_node`` / ``max_evictions_per_namespace``
-  evictions within ``budget_window_s`` (seeded after a restart from the workloads'
-  ``podguard.io/last-remediation`` records, so a restart does not reset them);
-* **cooldown per workload**: a StatefulSet or Job whose last remediation is younger than
-  ``cooldown_s`` is not remediated again (read from its annotation: survives restarts);
+  evictions within ``budget_window_s`` (seeded after a restart from podguard's own records,
+  so a restart does not reset them; nothing a workload writes counts);
+* **cooldown per workload**: a StatefulSet or Job whose last remediation (podguard's record)
+  is younger than ``cooldown_s`` is not remediated again;
 * **evictions only through the Eviction subresource**, with the pod's uid as precondition
   (a replacement with the same name is never evicted by mistake); a PodDisruptionBudget's
   429 is returned as :attr:`Outcome.PDB_BLOCKED`, never forced;
@@ -19,9 +20,11 @@ taints - goes through an :class:`Actuator`, which enforces in one place:
   retried over the finite ``api_backoff_s`` list honouring ``Retry-After``, logging
   "attempt n/N", then raised as :class:`ApiUnavailableError` (temporary).
 
-Called by :mod:`detector.remediation.controller` (decisions) and
-:mod:`detector.sinks.k8s_events` (verdict Events and annotations). Reads go through the same
-retrying wrapper. Time (``clock``) and waiting (``sleep``) are injected so tests fake them.
+Pods, StatefulSets and Jobs are only read, never patched. Called by
+:mod:`detector.remediation.controller` (decisions), :mod:`detector.remediation.store`
+(records), :mod:`detector.remediation.channel` (TokenReviews) and
+:mod:`detector.sinks.k8s_events` (verdict Events). Reads go through the same retrying
+wrapper. Time (``clock``) and waiting (``sleep``) are injected so tests fake them.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, TypeVar
 
@@ -227,6 +230,7 @@ class Actuator:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
         self.planned: list[str] = []
         self._evictions: list[tuple[float, str, str, str]] = []  # (ts, node, namespace, id)
         self._events: OrderedDict[tuple[str, str, str, str], _EventSeen] = OrderedDict()
@@ -271,16 +275,6 @@ class Actuator:
         except NotFoundError:
             return None
 
-    def list_pods(self, *, label_selector: str, namespace: str | None = None
-                  ) -> list[client.V1Pod]:
-        if namespace:
-            got = self.call(f"list pods in {namespace}", self.core.list_namespaced_pod,
-                            namespace, label_selector=label_selector)
-        else:
-            got = self.call("list pods", self.core.list_pod_for_all_namespaces,
-                            label_selector=label_selector)
-        return list(got.items or [])
-
     def read_node(self, name: str) -> client.V1Node | None:
         try:
             return self.call(f"get node {name}", self.core.read_node, name)
@@ -296,28 +290,60 @@ class Actuator:
         except NotFoundError:
             return None
 
-    def workload_record(self, ref: WorkloadRef) -> proto.WorkloadRecord | None:
-        obj = self.read_workload(ref)
-        if obj is None or obj.metadata is None:
-            return None
-        return proto.WorkloadRecord.parse((obj.metadata.annotations or {}).get(
-            proto.WORKLOAD_RECORD))
+    # ------------------------------------------------------------------ podguard's Leases
 
-    def list_workload_records(self) -> list[tuple[WorkloadRef, proto.WorkloadRecord]]:
-        """Every StatefulSet and Job in the cluster that carries a remediation record."""
-        out: list[tuple[WorkloadRef, proto.WorkloadRecord]] = []
-        kinds: tuple[tuple[Literal["StatefulSet", "Job"], Callable[..., Any]], ...] = (
-            ("StatefulSet", self.apps.list_stateful_set_for_all_namespaces),
-            ("Job", self.batch.list_job_for_all_namespaces))
-        for kind, fn in kinds:
-            for obj in self.call(f"list {kind}s", fn).items or []:
-                m = obj.metadata
-                rec = proto.WorkloadRecord.parse((m.annotations or {}).get(
-                    proto.WORKLOAD_RECORD)) if m is not None else None
-                if rec is not None and m is not None:
-                    out.append((WorkloadRef(kind, str(m.namespace), str(m.name),
-                                            str(m.uid or "")), rec))
-        return out
+    def list_leases(self, namespace: str, *, label_selector: str) -> list[client.V1Lease]:
+        got = self.call(f"list leases in {namespace}", self.coordination.list_namespaced_lease,
+                        namespace, label_selector=label_selector)
+        return list(got.items or [])
+
+    def read_lease(self, namespace: str, name: str) -> client.V1Lease | None:
+        try:
+            return self.call(f"get lease {namespace}/{name}",
+                             self.coordination.read_namespaced_lease, name, namespace)
+        except NotFoundError:
+            return None
+
+    def write_lease(self, namespace: str, name: str, *, labels: Mapping[str, str],
+                    annotations: Mapping[str, str], holder: str,
+                    resource_version: str | None) -> str | None:
+        """Creates (``resource_version`` None) or replaces the annotations of one of
+        podguard's Leases, only if unchanged since read. Returns the new resourceVersion, or
+        None on a conflict (someone wrote it meanwhile, or it exists already)."""
+        if self.dry_run:
+            self._plan(f"write lease {namespace}/{name}: {_show(dict(annotations))}")
+            return resource_version or "dry-run"
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels),
+                                "annotations": dict(annotations)}
+        spec = {"holderIdentity": holder[:253]}
+        try:
+            if resource_version is None:
+                got = self.call(f"create lease {namespace}/{name}",
+                                self.coordination.create_namespaced_lease, namespace,
+                                {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                 "metadata": meta, "spec": spec})
+            else:
+                meta["resourceVersion"] = resource_version
+                got = self.call(f"patch lease {namespace}/{name}",
+                                self.coordination.patch_namespaced_lease, name, namespace,
+                                {"metadata": meta, "spec": spec})
+        except (ConflictError, NotFoundError) as e:
+            self.log.info("write lease %s/%s: %s", namespace, name, e)
+            return None
+        return str(got.metadata.resource_version) if got.metadata is not None else ""
+
+    def delete_lease(self, namespace: str, name: str, resource_version: str) -> bool:
+        if self.dry_run:
+            self._plan(f"delete lease {namespace}/{name}")
+            return True
+        try:
+            self.call(f"delete lease {namespace}/{name}",
+                      self.coordination.delete_namespaced_lease, name, namespace,
+                      body=client.V1DeleteOptions(preconditions=client.V1Preconditions(
+                          resource_version=resource_version)))
+        except (ConflictError, NotFoundError):
+            return False
+        return True
 
     # ------------------------------------------------------------------ Events
 
@@ -377,13 +403,15 @@ class Actuator:
         while len(self._events) > 10000:
             self._events.popitem(last=False)
 
-    # ------------------------------------------------------------------ annotations
+    # ------------------------------------------------------------------ pod annotations
 
     def annotate_pod(self, namespace: str, name: str, changes: Mapping[str, str | None], *,
                      resource_version: str | None = None) -> str | None:
-        """Set (str) or remove (None) annotations; with ``resource_version`` only if the pod
-        has not changed since it was read. Returns the pod's new resourceVersion, or None on
-        a conflict or if the pod is gone."""
+        """Set (str) or remove (None) annotations of a pod. Remediation never calls this (its
+        state is in podguard's Leases, its requests go over the pod channel); kept for the
+        diagnosis requester of issue 16 until it moves to the channel (kind ``diagnose``).
+        The ClusterRoles of rbac.py do not grant pods patch. Returns the new
+        resourceVersion, or None on a conflict or if the pod is gone."""
         if self.dry_run:
             self._plan(f"annotate pod {namespace}/{name}: {_show(changes)}")
             return resource_version or "dry-run"
@@ -398,28 +426,16 @@ class Actuator:
             return None
         return str(got.metadata.resource_version) if got.metadata is not None else ""
 
-    def annotate_workload(self, ref: WorkloadRef, changes: Mapping[str, str | None]) -> bool:
-        if self.dry_run:
-            self._plan(f"annotate {ref.kind} {ref.namespace}/{ref.name}: {_show(changes)}")
-            return True
-        fn = (self.apps.patch_namespaced_stateful_set if ref.kind == "StatefulSet"
-              else self.batch.patch_namespaced_job)
-        try:
-            self.call(f"annotate {ref.kind} {ref.namespace}/{ref.name}", fn, ref.name,
-                      ref.namespace, {"metadata": {"annotations": dict(changes)}})
-        except NotFoundError:
-            return False
-        return True
-
     # ------------------------------------------------------------------ budgets, cooldown
 
-    def seed_budgets(self, records: list[tuple[WorkloadRef, proto.WorkloadRecord]]) -> None:
-        """Counts evictions recorded on workloads (after a restart) against the budgets."""
+    def seed_budgets(self, records: Iterable[proto.Remediation]) -> None:
+        """Counts the evictions in podguard's own records (after a restart) against the
+        budgets."""
         known = {(e[2], e[3]) for e in self._evictions}
-        for ref, rec in records:
-            if rec.evicted_at is not None and (ref.namespace, rec.id) not in known:
-                self._evictions.append((float(rec.evicted_at), rec.node, ref.namespace, rec.id))
-                known.add((ref.namespace, rec.id))
+        for rec in records:
+            if rec.evicted_at is not None and (rec.namespace, rec.id) not in known:
+                self._evictions.append((float(rec.evicted_at), rec.node, rec.namespace, rec.id))
+                known.add((rec.namespace, rec.id))
 
     def budget_refusal(self, *, node: str, namespace: str) -> str | None:
         """Why the budgets forbid one more eviction now (None: allowed)."""
@@ -436,35 +452,36 @@ class Actuator:
                     f"{self.settings.max_evictions_per_namespace} within {_dur(window)}")
         return None
 
-    def cooldown_refusal(self, ref: WorkloadRef, remediation_id: str) -> str | None:
-        """Why the workload's cooldown forbids remediation ``remediation_id`` (None: allowed)."""
-        rec = self.workload_record(ref)
+    def cooldown_refusal(self, rec: proto.Remediation | None, remediation_id: str
+                         ) -> str | None:
+        """Why the workload's latest remediation ``rec`` (podguard's own record) forbids
+        remediation ``remediation_id`` now (None: allowed)."""
         if rec is None or rec.id == remediation_id:
             return None
-        if rec.phase == "evicting":
-            return f"{ref} is being remediated already ({rec.id}, pod {rec.pod})"
+        if rec.active:
+            return f"{rec.workload_ref} is being remediated already ({rec.id}, pod {rec.pod})"
         since = rec.evicted_at if rec.evicted_at is not None else rec.at
         age = self.clock() - float(since)
         if age < self.settings.cooldown_s:
-            return (f"{ref} was remediated {_dur(age)} ago ({rec.id}); cooldown "
+            return (f"{rec.workload_ref} was remediated {_dur(age)} ago ({rec.id}); cooldown "
                     f"{_dur(self.settings.cooldown_s)}")
         return None
 
     # ------------------------------------------------------------------ eviction
 
-    def evict(self, pod: client.V1Pod, *, workload: WorkloadRef,
-              record: proto.WorkloadRecord) -> EvictionResult:
+    def evict(self, pod: client.V1Pod, *, remediation_id: str,
+              cooldown: proto.Remediation | None = None) -> EvictionResult:
         """Evict ``pod`` (uid precondition) if budgets and cooldown allow.
 
-        ``record`` (phase "evicting") is written on the workload first, so that a daemon that
-        dies right after the eviction knows after its restart what it did; on success it is
-        updated to phase "evicted" with ``evicted_at``.
+        ``cooldown`` is the workload's latest record other than this remediation's (the
+        caller writes its own record before and after the call, so that a daemon that dies
+        right after the eviction knows after its restart what it did).
         """
         m = pod.metadata
         assert m is not None and pod.spec is not None
         ns, name, uid = str(m.namespace), str(m.name), str(m.uid)
         node = str(pod.spec.node_name or "")
-        why = self.cooldown_refusal(workload, record.id)
+        why = self.cooldown_refusal(cooldown, remediation_id)
         if why:
             return EvictionResult(Outcome.COOLDOWN, why)
         why = self.budget_refusal(node=node, namespace=ns)
@@ -472,11 +489,8 @@ class Actuator:
             return EvictionResult(Outcome.BUDGET, why)
         if self.dry_run:
             self._plan(f"evict pod {ns}/{name} (uid {uid}) from node {node} via the Eviction "
-                       f"API ({workload}, remediation {record.id})")
+                       f"API (remediation {remediation_id})")
             return EvictionResult(Outcome.DRY_RUN, "dry run")
-        now = self.clock()
-        self.annotate_workload(workload, {proto.WORKLOAD_RECORD: replace(
-            record, phase="evicting", at=now).to_json()})
         body = client.V1Eviction(
             metadata=client.V1ObjectMeta(name=name, namespace=ns),
             delete_options=client.V1DeleteOptions(
@@ -488,10 +502,7 @@ class Actuator:
             return EvictionResult(Outcome.PDB_BLOCKED, _pdb_message(str(e)), e.delay)
         except (NotFoundError, ConflictError) as e:
             return EvictionResult(Outcome.GONE, f"pod {ns}/{name} uid {uid} is gone ({e})")
-        done = self.clock()
-        self._evictions.append((done, node, ns, record.id))
-        self.annotate_workload(workload, {proto.WORKLOAD_RECORD: replace(
-            record, phase="evicted", at=done, evicted_at=done).to_json()})
+        self._evictions.append((self.clock(), node, ns, remediation_id))
         return EvictionResult(Outcome.EVICTED, f"evicted {ns}/{name} from node {node}")
 
     # ------------------------------------------------------------------ nodes
@@ -596,11 +607,10 @@ class Actuator:
 def _holders(n: client.V1Node) -> dict[str, float]:
     text = ((n.metadata.annotations or {}) if n.metadata else {}).get(proto.RESCHEDULING)
     try:
-        raw = json.loads(text) if text else {}
+        raw = json.loads(text) if text and len(text) < 64_000 else {}
     except ValueError:
         raw = {}
-    return ({str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
-            if isinstance(raw, dict) else {})
+    return proto.finite_holders(raw)
 
 
 def _pdb_message(text: str) -> str:

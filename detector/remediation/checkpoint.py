@@ -1,9 +1,11 @@
 """The workload side of the checkpoint protocol: a helper a PyTorch training loop calls.
 
-podguard's controller asks a pod for a checkpoint by writing the annotation
-``podguard.io/checkpoint-request`` (``{"id": ..., "ts": ..., "reason": ...}``) and evicts
-the pod only after the pod answers ``podguard.io/checkpoint-ack`` with the same ``id`` and
-the checkpoint's path. In the training loop::
+podguard asks a pod for a checkpoint over its authenticated pod channel
+(:mod:`detector.remediation.channel`): the helper asks the daemon of its node for pending
+requests, proving who it is with the pod's projected service-account token (audience
+``podguard``), saves a checkpoint, and answers with the request's id and the checkpoint's
+path; podguard evicts the pod only after that answer. The pod needs no Kubernetes API access
+(no Role). In the training loop::
 
     from detector.remediation.checkpoint import CheckpointResponder, latest_checkpoint, torch_saver
 
@@ -20,39 +22,63 @@ the checkpoint's path. In the training loop::
         if responder.maybe_checkpoint(saver, step=step):
             responder.hold()  # the pod is about to be evicted: make no progress it would lose
 
-Requests are read from the pod through the API (``get`` on its own pod: quick) or, when
-given, from a downward-API annotations file (no API access needed to read, but the kubelet
-refreshes it only every minute or so). The acknowledgement is a ``patch`` of the pod's own
-annotations (RBAC: :data:`detector.remediation.rbac.WORKLOAD_RULES`). A checkpoint is
-written to a temporary name, fsynced and renamed into place, and ``latest.json`` next to it
-is replaced atomically, before the acknowledgement is sent.
+The pod spec gives the helper its endpoint and token (``from_env``)::
 
-``hold`` pauses the loop (up to ``hold_s``) after an acknowledgement, so no completed step is
-lost when the eviction follows; if the eviction does not come (a PodDisruptionBudget), the
-loop goes on and the controller asks again when the checkpoint is stale.
-This module never imports torch; :func:`torch_saver` imports it when called.
+    env:  # the Service podguard-channel keeps the traffic on the pod's node
+      - {name: PODGUARD_ENDPOINT, value: "http://podguard-channel.podguard.svc:9847"}
+      - {name: PODGUARD_TOKEN_FILE, value: /var/run/secrets/podguard/token}
+    volumes:
+      - name: podguard-token
+        projected: {sources: [{serviceAccountToken: {audience: podguard,
+                                                     expirationSeconds: 3600, path: token}}]}
+
+What the helper trusts (issue 14, item 11): nothing it is told without checking. A request
+is honoured only if its kind is ``checkpoint``, its id matches
+:data:`~detector.remediation.protocol.REQUEST_ID` (no ``/``, bounded), its time is finite and
+at most ``max_request_age_s`` old, it was not answered before (a bounded memory of ids), and
+the previous checkpoint is at least ``min_interval_s`` old (rate limit). Only the newest
+``keep`` checkpoints it wrote are kept. ``hold`` waits at most ``hold_s`` (capped at
+:data:`MAX_HOLD_S`). Every method called from the training loop catches its own errors (a
+failed save, an unreachable daemon) and logs them: nothing raises into user code, and the
+training goes on. A checkpoint is written to a temporary name, fsynced and renamed into
+place, and ``latest.json`` next to it is replaced atomically, before the answer is sent.
+This module never imports torch (:func:`torch_saver` imports it when called) nor the
+Kubernetes client.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
+import math
 import os
+import re
 import time
+import urllib.error
+import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
-
 from detector.remediation import protocol as proto
 
 log = logging.getLogger("podguard.remediation.checkpoint")
 
-_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-_DOWNWARD_DEFAULT = Path("/etc/podinfo/annotations")
+MAX_HOLD_S = 900.0
+"""The longest ``hold`` can keep the training loop, whatever it is configured to."""
+
+_CKPT = re.compile(r"^ckpt-(\d{9})-[A-Za-z0-9_-]{1,128}\.pt$")
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """A checkpoint request as the daemon handed it over (validated)."""
+
+    id: str
+    ts: float
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,22 +112,6 @@ def torch_saver(state: Callable[[], Any]) -> Callable[[Path], object]:
     return save
 
 
-def parse_downward_annotations(text: str) -> dict[str, str]:
-    """The downward API's ``annotations`` file: lines ``key="value"`` (Go-quoted values)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, quoted = line.partition("=")
-        if not sep or not quoted.startswith('"'):
-            continue
-        try:
-            value = ast.literal_eval(quoted)
-        except (ValueError, SyntaxError):
-            continue
-        if isinstance(value, str):
-            out[key.strip()] = value
-    return out
-
-
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -113,144 +123,236 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class ChannelError(Exception):
+    """The daemon could not be reached or refused the call (the reason is in the text)."""
+
+
+class ChannelClient:
+    """The pod's end of podguard's channel: ``requests()`` and ``answer()`` over HTTP, with
+    the pod's projected token (re-read on every call: the kubelet rotates it)."""
+
+    def __init__(self, endpoint: str, token_file: str | Path, *, timeout_s: float = 5.0) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"PODGUARD_ENDPOINT must be an http(s) URL, not {endpoint!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.token_file = Path(token_file)
+        self.timeout_s = timeout_s
+
+    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as e:
+            raise ChannelError(f"cannot read the token {self.token_file}: {e}") from e
+        req = urllib.request.Request(
+            self.endpoint + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=self.timeout_s) as resp:
+                code, text = resp.status, resp.read(65536)
+        except urllib.error.HTTPError as e:
+            code, text = e.code, e.read(65536)
+        except (OSError, ValueError) as e:
+            raise ChannelError(f"podguard at {self.endpoint} did not answer: {e}") from e
+        try:
+            doc = json.loads(text or b"{}")
+        except ValueError:
+            doc = {}
+        return code, doc if isinstance(doc, dict) else {}
+
+    def requests(self) -> list[dict[str, Any]]:
+        code, doc = self._post("/v1/requests", {})
+        if code != 200:
+            raise ChannelError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
+        got = doc.get("requests")
+        return [r for r in got if isinstance(r, dict)] if isinstance(got, list) else []
+
+    def answer(self, kind: str, request_id: str, result: dict[str, Any]) -> tuple[bool, str]:
+        code, doc = self._post("/v1/answers", {"kind": kind, "id": request_id,
+                                                "result": result})
+        if code == 200 and doc.get("accepted") is True:
+            return True, ""
+        if code in (401, 503) or code >= 500:
+            raise ChannelError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
+        return False, str(doc.get("reason") or doc.get("error") or f"HTTP {code}")
+
+
 class CheckpointResponder:
     """Answers podguard's checkpoint requests for one pod (see the module docstring)."""
 
-    def __init__(self, *, namespace: str, pod: str, directory: str | Path,
-                 api: client.ApiClient | None = None, annotations_file: str | Path | None = None,
-                 poll_interval_s: float = 2.0, hold_s: float = 600.0,
+    def __init__(self, *, directory: str | Path, channel: ChannelClient,
+                 poll_interval_s: float = 2.0, hold_s: float = 120.0, keep: int = 3,
+                 min_interval_s: float = 30.0, max_request_age_s: float = 1800.0,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  logger: logging.Logger | None = None) -> None:
-        if api is None and annotations_file is None:
-            raise ValueError("CheckpointResponder needs an API client (to acknowledge) or "
-                             "an annotations file")
+        if keep < 1:
+            raise ValueError("keep must be at least 1 (the checkpoint just acknowledged)")
         self.log = logger if logger is not None else log
-        self.namespace = namespace
-        self.pod = pod
         self.directory = Path(directory)
-        self.api = api
-        self.core = client.CoreV1Api(api) if api is not None else None
-        self.annotations_file = Path(annotations_file) if annotations_file else None
+        self.channel = channel
         self.poll_interval_s = poll_interval_s
-        self.hold_s = hold_s
+        self.hold_s = min(max(0.0, hold_s), MAX_HOLD_S)
+        self.keep = keep
+        self.min_interval_s = min_interval_s
+        self.max_request_age_s = max_request_age_s
         self.clock = clock
         self.sleep = sleep
         self._next_poll = 0.0
-        self._answered: set[str] = set()
-        self.last_ack: proto.CheckpointAck | None = None
+        self._answered: OrderedDict[str, None] = OrderedDict()  # bounded memory of ids
+        self._last_saved = -math.inf
+        self.ignored: dict[str, int] = {}  # why requests were ignored -> count
+        self.last_ack: dict[str, Any] | None = None
 
     @classmethod
     def from_env(cls, directory: str | Path, **kwargs: Any) -> CheckpointResponder:
-        """For a pod: namespace from ``POD_NAMESPACE`` (or the service account's), name from
-        ``POD_NAME`` (or ``HOSTNAME``), API from the in-cluster service account or
-        ``KUBECONFIG``, annotations file from ``PODGUARD_ANNOTATIONS_FILE`` if set."""
-        ns = os.environ.get("POD_NAMESPACE") or (
-            _SA_NAMESPACE.read_text().strip() if _SA_NAMESPACE.exists() else "default")
-        pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")
-        try:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        except config.ConfigException:
-            api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
-        ann = os.environ.get("PODGUARD_ANNOTATIONS_FILE")
-        return cls(namespace=ns, pod=pod, directory=directory, api=api,
-                   annotations_file=ann or None, **kwargs)
+        """For a pod: ``PODGUARD_ENDPOINT`` (the node's daemon) and ``PODGUARD_TOKEN_FILE``
+        (the projected token, audience podguard)."""
+        endpoint = os.environ.get("PODGUARD_ENDPOINT", "")
+        token = os.environ.get("PODGUARD_TOKEN_FILE", "/var/run/secrets/podguard/token")
+        return cls(directory=directory, channel=ChannelClient(endpoint, token), **kwargs)
 
-    # ------------------------------------------------------------------ reading
+    # ------------------------------------------------------------------ requests
 
-    def annotations(self) -> dict[str, str]:
-        """The pod's annotations now (downward-API file if given, else the API)."""
-        if self.annotations_file is not None:
-            try:
-                return parse_downward_annotations(self.annotations_file.read_text())
-            except OSError:
-                return {}
-        assert self.core is not None
-        pod = self.core.read_namespaced_pod(self.pod, self.namespace, _request_timeout=10)
-        return dict((pod.metadata.annotations or {}) if pod.metadata else {})
+    def _ignore(self, why: str) -> None:
+        self.ignored[why] = self.ignored.get(why, 0) + 1
+        self.log.info("checkpoint request ignored: %s", why)
 
-    def pending(self, *, force: bool = False) -> proto.CheckpointRequest | None:
-        """A request not yet acknowledged (polled at most every ``poll_interval_s``)."""
+    def _valid(self, raw: dict[str, Any]) -> CheckpointRequest | None:
+        if raw.get("kind") != "checkpoint":
+            return None  # another kind of request: not ours
+        rid, ts, reason = raw.get("id"), raw.get("ts"), raw.get("reason", "")
+        if not isinstance(rid, str) or not proto.REQUEST_ID.match(rid):
+            self._ignore("malformed id")
+            return None
+        if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
+            self._ignore("no valid time")
+            return None
+        if self.clock() - float(ts) > self.max_request_age_s:
+            self._ignore("stale")
+            return None
+        if rid in self._answered:
+            return None
+        return CheckpointRequest(rid, float(ts), str(reason)[:500])
+
+    def pending(self, *, force: bool = False) -> CheckpointRequest | None:
+        """A valid request not yet answered (asked at most every ``poll_interval_s``)."""
         now = self.clock()
         if not force and now < self._next_poll:
             return None
         self._next_poll = now + self.poll_interval_s
         try:
-            ann = self.annotations()
-        except Exception as e:  # the training must go on if the API is unreachable
-            self.log.warning("cannot read the pod's annotations: %s", e)
+            got = self.channel.requests()
+        except Exception as e:  # the training must go on if podguard is unreachable
+            self.log.warning("cannot ask podguard for requests: %s", e)
             return None
-        req = proto.CheckpointRequest.parse(ann.get(proto.REQUEST))
-        if req is None or req.id in self._answered:
-            return None
-        ack = proto.CheckpointAck.parse(ann.get(proto.ACK))
-        if ack is not None and ack.id == req.id:
-            self._answered.add(req.id)  # answered before a restart of this process
-            return None
-        return req
+        for raw in got:
+            req = self._valid(raw)
+            if req is not None:
+                if now - self._last_saved < self.min_interval_s:
+                    self._ignore("rate limited")
+                    return None
+                return req
+        return None
 
     # ------------------------------------------------------------------ answering
 
-    def save_and_acknowledge(self, request: proto.CheckpointRequest,
-                             save: Callable[[Path], object], *, step: int) -> Path:
-        """Saves (atomically), records ``latest.json``, then acknowledges ``request``."""
+    def save_and_acknowledge(self, request: CheckpointRequest, save: Callable[[Path], object],
+                             *, step: int) -> Path | None:
+        """Saves (atomically), records ``latest.json``, prunes, then answers ``request``.
+        Returns the checkpoint's path when podguard accepted the answer, else None; never
+        raises."""
+        try:
+            final = self._save(request, save, step=step)
+        except Exception as e:
+            self.log.error("checkpoint for request failed, training goes on: %r", e)
+            return None
+        self._last_saved = self.clock()
+        self._remember(request.id)
+        for attempt, delay in enumerate((0.5, 1.0, 2.0, 5.0, 0.0), start=1):
+            try:
+                ok, why = self.channel.answer("checkpoint", request.id,
+                                              {"path": str(final), "step": step})
+            except Exception as e:
+                if delay == 0.0:
+                    self.log.warning("answering podguard failed (%s); giving up", e)
+                    return None
+                self.log.warning("answering podguard failed (%s); attempt %d/5", e, attempt)
+                self.sleep(delay)
+                continue
+            if not ok:
+                self.log.warning("podguard did not accept the checkpoint: %s", why)
+                return None
+            self.last_ack = {"id": request.id, "path": str(final), "step": step,
+                             "ts": self.clock()}
+            self.log.info("checkpoint %s saved at step %d and acknowledged", final, step)
+            return final
+        return None
+
+    def _save(self, request: CheckpointRequest, save: Callable[[Path], object], *,
+              step: int) -> Path:
+        if not proto.REQUEST_ID.match(request.id):
+            raise ValueError("malformed request id")
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"ckpt-{step:09d}-{request.id}.pt"
+        final = self.directory / f"ckpt-{int(step):09d}-{request.id}.pt"
         tmp = final.with_name(f".{final.name}.tmp")
-        save(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        now = self.clock()
+        try:
+            save(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         meta = self.directory / "latest.json"
         mtmp = meta.with_name(".latest.json.tmp")
-        mtmp.write_text(json.dumps({"path": str(final), "step": step,
-                                    "request_id": request.id, "ts": now}))
+        mtmp.write_text(json.dumps({"path": str(final), "step": int(step),
+                                    "request_id": request.id, "ts": self.clock()}))
         os.replace(mtmp, meta)
         _fsync_dir(self.directory)
-        ack = proto.CheckpointAck(id=request.id, path=str(final), ts=now, step=step)
-        self.acknowledge(ack)
-        self._answered.add(request.id)
-        self.last_ack = ack
-        self.log.info("checkpoint %s saved at step %d for request %s", final, step, request.id)
+        self._prune(keep_path=final)
         return final
 
-    def acknowledge(self, ack: proto.CheckpointAck) -> None:
-        if self.core is None:
-            raise RuntimeError("acknowledging needs an API client (patch on the pod itself)")
-        delays = (0.5, 1.0, 2.0, 5.0)
-        for attempt in range(1, len(delays) + 2):
-            try:
-                self.core.patch_namespaced_pod(
-                    self.pod, self.namespace,
-                    {"metadata": {"annotations": {proto.ACK: ack.to_json()}}},
-                    _request_timeout=10)
-                return
-            except Exception as e:
-                if attempt > len(delays):
-                    raise
-                self.log.warning("acknowledging %s failed (%s); attempt %d/%d", ack.id, e, attempt,
-                            len(delays) + 1)
-                self.sleep(delays[attempt - 1])
+    def _prune(self, *, keep_path: Path) -> None:
+        """Only the newest ``keep`` checkpoints this helper wrote stay (by step)."""
+        mine = sorted((p for p in self.directory.iterdir() if _CKPT.match(p.name)),
+                      key=lambda p: (int(_CKPT.match(p.name).group(1)),  # type: ignore[union-attr]
+                                     p.stat().st_mtime))
+        for p in mine[:-self.keep]:
+            if p != keep_path:
+                try:
+                    p.unlink()
+                except OSError as e:
+                    self.log.warning("cannot remove old checkpoint %s: %s", p, e)
+
+    def _remember(self, request_id: str) -> None:
+        self._answered[request_id] = None
+        while len(self._answered) > 256:
+            self._answered.popitem(last=False)
 
     def maybe_checkpoint(self, save: Callable[[Path], object], *, step: int) -> bool:
-        """Call once per completed step: saves and acknowledges a pending request.
-        True when it did (the pod will be evicted: call :meth:`hold`)."""
-        req = self.pending()
-        if req is None:
+        """Call once per completed step: saves and answers a pending request.
+        True when podguard accepted it (the pod will be evicted: call :meth:`hold`)."""
+        try:
+            req = self.pending()
+            if req is None:
+                return False
+            return self.save_and_acknowledge(req, save, step=step) is not None
+        except Exception as e:  # never into the training loop
+            self.log.error("checkpoint helper failed: %r", e)
             return False
-        self.save_and_acknowledge(req, save, step=step)
-        return True
 
     def hold(self, *, stop: Callable[[], bool] | None = None) -> None:
-        """Waits up to ``hold_s`` for the eviction (or until ``stop()`` is true); a newer
-        request arriving meanwhile ends the wait so the loop can answer it."""
-        end = self.clock() + self.hold_s
-        while self.clock() < end:
-            if stop is not None and stop():
-                return
-            if self.pending() is not None:
-                self._next_poll = 0.0  # let maybe_checkpoint see it at once
-                return
-            self.sleep(min(1.0, self.poll_interval_s))
+        """Waits up to ``hold_s`` (at most :data:`MAX_HOLD_S`) for the eviction (or until
+        ``stop()`` is true); a newer request arriving meanwhile ends the wait."""
+        try:
+            end = self.clock() + self.hold_s
+            while self.clock() < end:
+                if stop is not None and stop():
+                    return
+                if self.pending() is not None:
+                    self._next_poll = 0.0  # let maybe_checkpoint see it at once
+                    return
+                self.sleep(max(0.05, min(1.0, self.poll_interval_s, end - self.clock())))
+        except Exception as e:
+            self.log.error("checkpoint helper hold failed: %r", e)

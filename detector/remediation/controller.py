@@ -1,42 +1,55 @@
-"""The remediation controller: checkpoint, then reschedule, one state machine per pod.
+"""The remediation controller: checkpoint, then reschedule, one state machine per workload.
 
 The daemon calls :meth:`RemediationController.handle` with each evaluation's verdicts and
-:meth:`RemediationController.reconcile` every few seconds. Every cluster change goes through
-the :class:`~detector.remediation.actuator.Actuator`; every decision and its reason is an
-Event on the pod (or node, or workload). All state is in annotations (see
-:mod:`detector.remediation.protocol`), so a daemon killed at any point and started again
-continues the same remediation, once.
+:meth:`RemediationController.reconcile` every few seconds; the pod channel
+(:mod:`detector.remediation.channel`) calls :meth:`pending` and :meth:`answer` (the
+``checkpoint`` request kind) from its threads. Every cluster change goes through the
+:class:`~detector.remediation.actuator.Actuator`; every decision and its reason is an Event
+on the pod (or node, or workload).
+
+What it trusts (issue 14): its own verdicts (in memory, never read back from the cluster),
+its own records (Leases in podguard's namespace, :mod:`detector.remediation.store`, each one
+validated), and answers the API server vouched for (a pod's own bound token, checked with a
+TokenReview, naming the uid the request was made to, carrying that request's fresh secret
+id). Nothing a workload writes into an object - annotations, a forged record, a forged
+verdict - starts, steers or stalls a remediation. The pod's opt-in label and its
+controller are read to *restrict* (only opted-in pods of a StatefulSet or Job whose uid the
+owner reference names); they never trigger anything without a verdict of this daemon.
 
 Who is remediated: pods labelled ``<opt_in_label>=true`` whose controller is a StatefulSet
-or a Job, flagged with a kind in ``settings.kinds``, when ``settings.enabled``. Anything else
-is alert-only (an Event says so). At most one remediation is in flight per pod, and one per
-workload (the workload's record doubles as its cooldown).
+or a Job, flagged with a kind in ``settings.kinds``, when ``settings.enabled``, on this
+daemon's node (``node``; every node when empty). At most one remediation is in flight per
+workload; its record doubles as the workload's cooldown and is the eviction budgets' history.
 
-The phases of a pod (annotation ``podguard.io/remediation``)::
+The phases (``Remediation.phase``)::
 
-    (flagged) --request checkpoint--> checkpointing --ack with the same id--> evicting
-    checkpointing --no ack within checkpoint_timeout_s--> blocked (alert escalated, no eviction)
+    (flagged) --request checkpoint--> checkpointing --the pod answers the request--> evicting
+    checkpointing --no answer within checkpoint_timeout_s--> blocked (alert escalated)
     checkpointing/blocked --time to OOM < evict_unacknowledged_below_s--> evicting (forced)
-    blocked --late ack--> evicting
+    blocked --late answer--> evicting
     evicting --PDB 429 / budget / cooldown--> evicting (retry after retry_s, never forced)
     evicting --acknowledged checkpoint older than checkpoint_max_age_s--> checkpointing (new id)
-    evicting --Eviction API accepted--> evicted
+    evicting --Eviction API accepted--> evicted --replacement running--> done
+    checkpointing/blocked --the pod is gone--> abandoned
 
 Before evicting: for a node-level cause (``node_cause_min_pods`` pods on one node flagged with
-pre-failure drift in the same evaluation; a leak is the pod's own) the node is cordoned or
-tainted NoSchedule (``node_action``); for a pod-level cause it is tainted PreferNoSchedule while
-the replacement is scheduled (``avoid_node``), so the replacement lands elsewhere when another
-node fits. After the eviction the workload's record is followed until
-a replacement pod runs; then the taint is released and a ``Rescheduled`` Event says where.
-In dry-run the plan is printed once per pod and nothing is written.
+pre-failure drift in the same evaluation) the node is cordoned or tainted NoSchedule
+(``node_action``); for a pod-level cause it is tainted PreferNoSchedule while the replacement
+is scheduled (``avoid_node``). After the eviction the record is followed until a replacement
+runs; then the taint is released and a ``Rescheduled`` Event says where. Events that close a
+step (Evicted, Rescheduled) are written *before* the record that follows them, under a name
+fixed per remediation (issue 17): a daemon killed in between redoes the step after its
+restart and the Event exists once. In dry-run the plan is printed once per pod and nothing
+is written.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -45,6 +58,8 @@ from detector.errors import PodguardError
 from detector.explain import format_duration
 from detector.remediation import protocol as proto
 from detector.remediation.actuator import Actuator, ObjectRef, Outcome, WorkloadRef, owner_of
+from detector.remediation.channel import Answer, PodIdentity, PodRequest
+from detector.remediation.store import RecordStore, Stored
 from detector.settings import RemediationSettings
 from detector.verdicts import Verdict
 
@@ -69,96 +84,171 @@ def _dur(seconds: float | None) -> str:
     return "unknown" if seconds is None else format_duration(float(seconds))
 
 
+def _workload_ref(rec: proto.Remediation) -> WorkloadRef:
+    return WorkloadRef(rec.workload_kind, rec.namespace, rec.workload, rec.workload_uid)
+
+
 class RemediationController:
-    """Checkpoint-then-reschedule (see the module docstring)."""
+    """Checkpoint-then-reschedule (see the module docstring); also the channel's
+    ``checkpoint`` :class:`~detector.remediation.channel.RequestKind`."""
+
+    kind = "checkpoint"
 
     def __init__(self, actuator: Actuator, *, settings: RemediationSettings,
-                 escalate: Escalate | None = None,
-                 logger: logging.Logger | None = None) -> None:
+                 store: RecordStore | None = None, escalate: Escalate | None = None,
+                 node: str = "", logger: logging.Logger | None = None) -> None:
         self.log = logger if logger is not None else log
         self.actuator = actuator
         self.settings = settings
+        self.store = store if store is not None else RecordStore(
+            actuator, settings.namespace or "podguard", logger=self.log)
         self.escalate = escalate
+        self.node = node
         self.clock = actuator.clock
         self.decisions: list[Decision] = []  # every decision since construction
         self._latest: dict[tuple[str, str], Verdict] = {}
-        self._follow: dict[WorkloadRef, proto.WorkloadRecord] = {}
+        self._records: dict[str, Stored] = {}  # Lease name -> latest record read or written
         self._next_resync = 0.0
         self._planned: dict[tuple[str, str], float] = {}
-        self._replaced: dict[tuple[str, str], float] = {}
-        self._told: set[str] = set()  # remediations whose Evicted Event is known written
+        self._lock = threading.RLock()  # the daemon loop vs the channel's threads
 
     # ------------------------------------------------------------------ entry points
 
     def handle(self, verdicts: Sequence[Verdict]) -> list[Decision]:
         """Starts remediations for flagged, opted-in pods; returns the decisions taken."""
-        mark = len(self.decisions)
         if not self.settings.enabled:
             return []
-        drifting: dict[str, set[str]] = {}
-        for v in verdicts:
-            key = (v.namespace, v.pod)
-            if v.is_anomaly and not v.stale:
-                self._latest[key] = v
-                if v.node and v.kind == "drift":
-                    drifting.setdefault(v.node, set()).add(f"{v.namespace}/{v.pod}")
-            elif not v.stale:
-                self._latest.pop(key, None)
-        sick = {n for n, pods in drifting.items()
-                if len(pods) >= self.settings.node_cause_min_pods}
-        for v in verdicts:
-            if v.is_anomaly and not v.stale and v.kind in self.settings.kinds:
-                try:
-                    for _ in range(3):  # a conflict (another writer) is retried at once
-                        if self._start(v, "node" if v.node in sick else "pod"):
-                            break
-                except PodguardError as e:
-                    self.log.warning("remediation of %s/%s not started: %s", v.namespace, v.pod, e)
-        return self.decisions[mark:]
+        with self._lock:
+            mark = len(self.decisions)
+            drifting: dict[str, set[str]] = {}
+            for v in verdicts:
+                key = (v.namespace, v.pod)
+                if v.is_anomaly and not v.stale:
+                    self._latest[key] = v
+                    if v.node and v.kind == "drift":
+                        drifting.setdefault(v.node, set()).add(f"{v.namespace}/{v.pod}")
+                elif not v.stale:
+                    self._latest.pop(key, None)
+            sick = {n for n, pods in drifting.items()
+                    if len(pods) >= self.settings.node_cause_min_pods}
+            if not self.actuator.dry_run and self.clock() >= self._next_resync:
+                self._resync()
+            for v in verdicts:
+                if v.is_anomaly and not v.stale and v.kind in self.settings.kinds:
+                    try:
+                        for _ in range(3):  # a conflict (another writer) is retried at once
+                            if self._start(v, "node" if v.node in sick else "pod"):
+                                break
+                    except PodguardError as e:
+                        self.log.warning("remediation of %s/%s not started: %s", v.namespace,
+                                         v.pod, e)
+            return self.decisions[mark:]
 
     def reconcile(self) -> list[Decision]:
-        """Advances every remediation in flight (read from the cluster); returns decisions."""
-        mark = len(self.decisions)
+        """Advances every remediation in flight (from podguard's records); returns decisions."""
         if not self.settings.enabled or self.actuator.dry_run:
             return []
-        now = self.clock()
-        if now >= self._next_resync:
-            records = self.actuator.list_workload_records()
-            self.actuator.seed_budgets(records)
-            for ref, rec in records:
-                if rec.phase in ("evicting", "evicted") or (rec.phase == "done" and rec.avoid):
-                    self._follow.setdefault(ref, rec)
-                if rec.evicted_at is not None and ref.kind == "StatefulSet":
-                    self._replaced[(rec.namespace, rec.pod)] = float(rec.evicted_at)
-            self._next_resync = now + self.settings.resync_s
-        selector = f"{self.settings.opt_in_label}=true"
-        for pod in self.actuator.list_pods(label_selector=selector):
-            m = pod.metadata
-            if m is None:
-                continue
-            state = proto.RemediationState.parse((m.annotations or {}).get(proto.STATE))
-            if state is None or not state.active or state.uid != m.uid:
-                continue
-            try:
-                self._advance(pod, state)
-            except PodguardError as e:
-                self.log.warning("remediation %s of %s/%s: %s", state.id, m.namespace, m.name, e)
-        for ref, rec in list(self._follow.items()):
-            try:
-                self._follow_up(ref, rec)
-            except PodguardError as e:
-                self.log.warning("remediation %s of %s: %s", rec.id, ref, e)
-        return self.decisions[mark:]
+        with self._lock:
+            mark = len(self.decisions)
+            self._resync()
+            for stored in list(self._records.values()):
+                rec = stored.record
+                if self.node and rec.node != self.node:
+                    continue  # another node's daemon is in charge
+                try:
+                    if rec.active:
+                        self._advance(stored)
+                    elif rec.phase == "evicted" or (rec.phase == "done" and rec.avoid):
+                        self._follow_up(stored)
+                    else:
+                        self._collect(stored)
+                except PodguardError as e:
+                    self.log.warning("remediation %s of %s in %s: %s", rec.id, rec.workload_ref,
+                                     rec.namespace, e)
+            return self.decisions[mark:]
 
     def replacements(self) -> dict[tuple[str, str], float]:
         """Pods recreated (same name) by a remediation, with the eviction time (unix seconds).
 
         The daemon should start such a pod's window afresh from that time: samples before it
         belong to the evicted predecessor (Prometheus series of both carry the same
-        namespace/pod/container). Known from this process's evictions and, after a restart,
-        from the workloads' records (``reconcile`` re-lists them at start).
+        namespace/pod/container). Read from podguard's records, so known after a restart.
         """
-        return dict(self._replaced)
+        with self._lock:
+            return {(s.record.namespace, s.record.pod): float(s.record.evicted_at)
+                    for s in self._records.values()
+                    if s.record.evicted_at is not None and s.record.workload_kind == "StatefulSet"}
+
+    # ------------------------------------------------------------------ the channel's side
+
+    def pending(self, pod: PodIdentity) -> list[PodRequest]:
+        """The checkpoint request for ``pod`` (its uid, as the API server vouched), if any."""
+        with self._lock:
+            return [PodRequest(self.kind, s.record.request_id,
+                               float(s.record.requested_at or s.record.at),
+                               f"{s.record.kind}: {s.record.note}"[:500])
+                    for s in self._records.values()
+                    if s.record.phase in ("checkpointing", "blocked") and s.record.request_id
+                    and (s.record.namespace, s.record.pod, s.record.uid)
+                    == (pod.namespace, pod.pod, pod.uid)]
+
+    def answer(self, pod: PodIdentity, request_id: str,
+               result: Mapping[str, Any]) -> Answer:
+        """Accepts the checkpoint acknowledgement of ``pod`` for its current request only."""
+        if not proto.REQUEST_ID.match(request_id):
+            return Answer(False, "malformed request id")
+        path, step = result.get("path"), result.get("step")
+        if not isinstance(path, str) or not path or len(path) > 4096:
+            return Answer(False, "result.path must be the checkpoint's path (a string)")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool)
+                                 or step < 0):
+            return Answer(False, "result.step must be a non-negative integer")
+        with self._lock:
+            found = next((s for s in self._records.values()
+                          if (s.record.namespace, s.record.pod, s.record.uid)
+                          == (pod.namespace, pod.pod, pod.uid)), None)
+            if found is None:
+                return Answer(False, "no checkpoint request for this pod")
+            for _ in range(3):
+                rec, rv = self.store.get(found.record.workload_kind, found.record.namespace,
+                                         found.record.workload)
+                if rec is None or rv is None or rec.uid != pod.uid or \
+                        rec.phase not in ("checkpointing", "blocked") or not rec.request_id:
+                    return Answer(False, "no checkpoint request pending for this pod")
+                if not secrets.compare_digest(rec.request_id.encode(), request_id.encode()):
+                    return Answer(False, "not the pending request (stale or unknown id)")
+                now = self.clock()
+                waited = now - float(rec.requested_at or now)
+                new = rec.replace(phase="evicting", acked_at=now, checkpoint=path, step=step,
+                                  request_id="", at=now,
+                                  note=f"checkpoint {path} acknowledged by the pod")
+                if self._put(new, rv):
+                    self._decide(ObjectRef("Pod", rec.pod, rec.namespace, rec.uid),
+                                 "CheckpointAcknowledged",
+                                 f"checkpoint {path} (step {step}) saved for request "
+                                 f"{rec.request_n} {waited:.1f} s after the request "
+                                 f"(acknowledged by the pod's own token); evicting",
+                                 remediation_id=rec.id)
+                    return Answer(True)
+            return Answer(False, "the record kept changing; answer again")
+
+    # ------------------------------------------------------------------ records
+
+    def _resync(self) -> None:
+        """Reads every record (each minute from ``handle``, each ``reconcile``)."""
+        stored = self.store.list()
+        self._records = {s.name: s for s in stored}
+        self.actuator.seed_budgets(s.record for s in stored)
+        self._next_resync = self.clock() + min(60.0, self.settings.resync_s)
+
+    def _put(self, rec: proto.Remediation, rv: str | None) -> bool:
+        new_rv = self.store.put(rec, rv)
+        name = proto.lease_name(rec.workload_kind, rec.namespace, rec.workload)
+        if new_rv is None:
+            self._records.pop(name, None)  # read again at the next pass
+            return False
+        self._records[name] = Stored(name, rec, new_rv)
+        return True
 
     # ------------------------------------------------------------------ decisions
 
@@ -185,232 +275,207 @@ class RemediationController:
         if pod is None or pod.metadata is None or pod.metadata.deletion_timestamp is not None:
             return True
         m = pod.metadata
+        node = str(pod.spec.node_name or "") if pod.spec else ""
+        if self.node and node != self.node:
+            return True  # not this daemon's pod
         ref = ObjectRef.pod(pod)
         if (m.labels or {}).get(self.settings.opt_in_label) != "true":
             self._decide(ref, "RemediationSkipped",
                          f"{v.kind}: alert only, the pod does not opt in "
                          f"({self.settings.opt_in_label}=true)")
             return True
-        workload = owner_of(pod)
+        workload = self._verified_owner(pod)
         if workload is None:
             self._decide(ref, "RemediationSkipped",
                          f"{v.kind}: alert only, the pod is not controlled by a StatefulSet "
                          f"or a Job")
             return True
-        state = proto.RemediationState.parse((m.annotations or {}).get(proto.STATE))
-        if state is not None and state.uid == m.uid and state.phase != "done":
+        prev, rv = self.store.get(workload.kind, workload.namespace, workload.name)
+        if prev is not None and prev.uid == m.uid and prev.phase != "done":
             return True  # in flight (or evicted, awaiting deletion): one per pod
-        node = str(pod.spec.node_name or "") if pod.spec else ""
-        rid = "r-" + uuid.uuid4().hex[:10]
-        why = (self.actuator.cooldown_refusal(workload, rid)
+        rid = proto.new_remediation_id()
+        why = (self.actuator.cooldown_refusal(prev, rid)
                or self.actuator.budget_refusal(node=node, namespace=str(m.namespace)))
         if why:
             self._decide(ref, "RemediationSkipped", f"{v.kind}: not remediating now: {why}")
             return True
         now = self.clock()
         reason = v.explanation.text if v.explanation else v.kind
-        request = proto.CheckpointRequest(id=f"{rid}.1", ts=now, reason=f"{v.kind}: {reason}")
-        state = proto.RemediationState(
-            id=rid, phase="checkpointing", kind=v.kind, cause=cause, node=node,
-            uid=str(m.uid), workload=str(workload), detected_at=now,
-            request_id=request.id, requested_at=now,
-            note=f"checkpoint requested ({request.id})")
+        rec = proto.Remediation(
+            id=rid, phase="checkpointing", kind=v.kind,
+            cause="node" if cause == "node" else "pod", namespace=str(m.namespace),
+            pod=str(m.name), uid=str(m.uid), node=node, workload_kind=workload.kind,
+            workload=workload.name, workload_uid=workload.uid, detected_at=now, at=now,
+            request_id=proto.new_request_id(), request_n=1, requested_at=now,
+            note=f"{reason}"[:500])
         if self.actuator.dry_run:
             key = (v.namespace, v.pod)
             if now - self._planned.get(key, -1e18) < self.settings.cooldown_s:
                 return True
             self._planned[key] = now
-            self.actuator._plan(self._plan_text(v, state, workload))
+            self.actuator._plan(self._plan_text(v, rec, workload))
             return True
-        rv = self.actuator.annotate_pod(
-            str(m.namespace), str(m.name),
-            {proto.REQUEST: request.to_json(), proto.STATE: state.to_json()},
-            resource_version=m.resource_version)
-        if rv is None:
-            return False  # changed under us (e.g. the verdict annotation): read again
+        if not self._put(rec, rv):
+            return False  # changed under us: read again
         self._decide(ref, "CheckpointRequested",
                      f"{v.kind} (time to OOM {_dur(v.time_to_oom_s)}): {reason}. Remediation "
-                     f"{rid} ({cause}-level cause): checkpoint requested ({request.id}); the "
-                     f"pod is evicted once it is acknowledged (waiting up to "
+                     f"{rid} ({cause}-level cause): checkpoint requested (request 1, handed "
+                     f"to the pod over podguard's authenticated channel); the pod is evicted "
+                     f"once it is acknowledged (waiting up to "
                      f"{_dur(self.settings.checkpoint_timeout_s)})",
                      warning=True, remediation_id=rid)
         return True
 
-    def _plan_text(self, v: Verdict, state: proto.RemediationState,
-                   workload: WorkloadRef) -> str:
+    def _verified_owner(self, pod: client.V1Pod) -> WorkloadRef | None:
+        """The pod's StatefulSet or Job, if it exists with the uid the reference names."""
+        ref = owner_of(pod)
+        if ref is None:
+            return None
+        obj = self.actuator.read_workload(ref)
+        if obj is None or obj.metadata is None or str(obj.metadata.uid) != ref.uid:
+            return None
+        return ref
+
+    def _plan_text(self, v: Verdict, rec: proto.Remediation, workload: WorkloadRef) -> str:
         s = self.settings
-        if state.cause == "node" and s.node_action != "none":
-            move = (f"cordon node {state.node}" if s.node_action == "cordon"
-                    else f"taint node {state.node} {proto.UNHEALTHY}:NoSchedule")
+        if rec.cause == "node" and s.node_action != "none":
+            move = (f"cordon node {rec.node}" if s.node_action == "cordon"
+                    else f"taint node {rec.node} {proto.UNHEALTHY}:NoSchedule")
         elif s.avoid_node:
-            move = f"taint node {state.node} {proto.RESCHEDULING}:PreferNoSchedule"
+            move = f"taint node {rec.node} {proto.RESCHEDULING}:PreferNoSchedule"
         else:
             move = "leave the node as it is"
-        return (f"{v.namespace}/{v.pod} ({workload}, node {state.node}): {v.kind}, time to "
-                f"OOM {_dur(v.time_to_oom_s)}; would request a checkpoint "
-                f"(podguard.io/checkpoint-request), wait up to "
+        return (f"{v.namespace}/{v.pod} ({workload}, node {rec.node}): {v.kind}, time to "
+                f"OOM {_dur(v.time_to_oom_s)}; would request a checkpoint (over podguard's "
+                f"authenticated pod channel), wait up to "
                 f"{_dur(s.checkpoint_timeout_s)} for the acknowledgement (evicting without one "
                 f"only below {_dur(s.evict_unacknowledged_below_s)} to OOM), then {move} and "
                 f"evict through the Eviction API (PodDisruptionBudgets respected)")
 
-    def _write(self, pod: client.V1Pod, state: proto.RemediationState,
-               extra: dict[str, str | None] | None = None) -> bool:
-        m = pod.metadata
-        assert m is not None
-        rv = self.actuator.annotate_pod(str(m.namespace), str(m.name),
-                                        {proto.STATE: state.to_json(), **(extra or {})},
-                                        resource_version=m.resource_version)
-        if rv is None:
-            return False
-        m.resource_version = rv
-        ann = dict(m.annotations or {})
-        ann[proto.STATE] = state.to_json()
-        for k, val in (extra or {}).items():
-            if val is None:
-                ann.pop(k, None)
+    def _advance(self, stored: Stored) -> None:
+        rec, rv = stored.record, stored.resource_version
+        ref = ObjectRef("Pod", rec.pod, rec.namespace, rec.uid)
+        pod = self.actuator.read_pod(rec.namespace, rec.pod)
+        if pod is None or pod.metadata is None or str(pod.metadata.uid) != rec.uid:
+            now = self.clock()
+            if rec.phase == "evicting":  # gone meanwhile (or evicted by a predecessor)
+                self._put(rec.replace(phase="evicted", evicted_at=rec.evicted_at or now, at=now,
+                                      request_id="", note="the pod is gone"), rv)
             else:
-                ann[k] = val
-        m.annotations = ann
-        return True
-
-    def _advance(self, pod: client.V1Pod, state: proto.RemediationState) -> None:
-        m = pod.metadata
-        assert m is not None
-        ann = m.annotations or {}
-        ref = ObjectRef.pod(pod)
-        ns, name = str(m.namespace), str(m.name)
+                self._put(rec.replace(phase="abandoned", request_id="", at=now,
+                                      note="the pod is gone before its checkpoint"), rv)
+            return
         now = self.clock()
         s = self.settings
-        latest = self._latest.get((ns, name)) or proto.parse_verdict(ann.get(proto.VERDICT))
+        latest = self._latest.get((rec.namespace, rec.pod))  # this daemon's own verdicts only
         tto = latest.time_to_oom_s if latest is not None and latest.is_anomaly else None
         floor = s.evict_unacknowledged_below_s
-        ack = proto.CheckpointAck.parse(ann.get(proto.ACK))
-        acked = ack is not None and ack.id == state.request_id
 
-        if state.phase in ("checkpointing", "blocked"):
-            if acked and ack is not None:
-                waited = ack.ts - (state.requested_at or ack.ts)
-                new = replace(state, phase="evicting", acked_at=ack.ts, checkpoint=ack.path,
-                              note=f"checkpoint {ack.path} acknowledged")
-                if not self._write(pod, new):
-                    return
-                self._decide(ref, "CheckpointAcknowledged",
-                             f"checkpoint {ack.path} (step {ack.step}) saved for request "
-                             f"{ack.id} {waited:.1f} s after the request; evicting",
-                             remediation_id=state.id)
-                state = new
-            elif tto is not None and tto < floor:
-                new = replace(state, phase="evicting", forced=True,
-                              note="evicting without checkpoint: time to OOM below the floor")
-                if not self._write(pod, new):
+        if rec.phase in ("checkpointing", "blocked"):
+            if tto is not None and tto < floor:
+                new = rec.replace(phase="evicting", forced=True, request_id="", at=now,
+                                  note="evicting without checkpoint: time to OOM below the "
+                                       "floor")
+                if not self._put(new, rv):
                     return
                 self._decide(ref, "EvictingWithoutCheckpoint",
-                             f"checkpoint request {state.request_id} not acknowledged; the "
+                             f"checkpoint request {rec.request_n} not acknowledged; the "
                              f"projected time to OOM ({_dur(tto)}) is below the floor "
                              f"({_dur(floor)}, remediation.evict_unacknowledged_below_s): the "
                              f"pod dies anyway, so it is evicted now without a checkpoint",
-                             warning=True, remediation_id=state.id)
-                state = new
-            elif state.phase == "checkpointing":
-                if now - float(state.requested_at or now) < s.checkpoint_timeout_s:
+                             warning=True, remediation_id=rec.id)
+                rec, rv = new, self._records[stored.name].resource_version
+            elif rec.phase == "checkpointing":
+                if now - float(rec.requested_at or now) < s.checkpoint_timeout_s:
                     return
-                why = (f"checkpoint request {state.request_id} not acknowledged within "
+                why = (f"checkpoint request {rec.request_n} not acknowledged within "
                        f"{_dur(s.checkpoint_timeout_s)}; not evicting (time to OOM "
                        f"{_dur(tto)} is not below the floor {_dur(floor)}): the alert is "
                        f"escalated")
-                new = replace(state, phase="blocked", escalated=True, note=why)
-                if not self._write(pod, new):
+                if not self._put(rec.replace(phase="blocked", escalated=True, note=why, at=now),
+                                 rv):
                     return
                 self._decide(ref, "CheckpointNotAcknowledged", why, warning=True,
-                             remediation_id=state.id)
-                self._escalate(ns, name, why, latest)
+                             remediation_id=rec.id)
+                self._escalate(rec.namespace, rec.pod, why, latest)
                 return
-            else:  # blocked, still no ack: keep the escalation alive (idempotent)
-                self._escalate(ns, name, state.note, latest)
+            else:  # blocked, still no answer: keep the escalation alive (idempotent)
+                self._escalate(rec.namespace, rec.pod, rec.note, latest)
                 return
 
-        if state.phase != "evicting" or now < state.next_try:
+        if rec.phase != "evicting" or now < rec.next_try:
             return
-        if (not state.forced and state.acked_at is not None
-                and now - float(state.acked_at) > s.checkpoint_max_age_s):
-            n = int(state.request_id.rsplit(".", 1)[-1]) + 1 if "." in state.request_id else 2
-            request = proto.CheckpointRequest(id=f"{state.id}.{n}", ts=now,
-                                              reason="the acknowledged checkpoint is stale")
-            new = replace(state, phase="checkpointing", request_id=request.id,
-                          requested_at=now, acked_at=None, checkpoint=None,
-                          note=f"checkpoint requested again ({request.id})")
-            if self._write(pod, new, {proto.REQUEST: request.to_json()}):
+        if (not rec.forced and rec.acked_at is not None
+                and now - float(rec.acked_at) > s.checkpoint_max_age_s):
+            n = rec.request_n + 1
+            new = rec.replace(phase="checkpointing", request_id=proto.new_request_id(),
+                              request_n=n, requested_at=now, acked_at=None, checkpoint=None,
+                              step=None, at=now, note=f"checkpoint requested again ({n})")
+            if self._put(new, rv):
                 self._decide(ref, "CheckpointRequested",
                              f"the acknowledged checkpoint is older than "
                              f"{_dur(s.checkpoint_max_age_s)} and the pod is still here: "
-                             f"checkpoint requested again ({request.id})",
-                             remediation_id=state.id)
+                             f"checkpoint requested again (request {n})",
+                             remediation_id=rec.id)
             return
-        self._evict(pod, state)
+        self._evict(pod, rec, rv)
 
-    def _evict(self, pod: client.V1Pod, state: proto.RemediationState) -> None:
-        m = pod.metadata
-        assert m is not None
+    def _evict(self, pod: client.V1Pod, rec: proto.Remediation, rv: str) -> None:
         s = self.settings
         ref = ObjectRef.pod(pod)
-        workload = owner_of(pod)
-        if workload is None:
-            return
-        node = state.node or (str(pod.spec.node_name or "") if pod.spec else "")
-        if state.cause == "node" and s.node_action != "none":
+        node = rec.node
+        if rec.cause == "node" and s.node_action != "none":
             why = (f"{s.node_action} node {node}: {s.node_cause_min_pods} or more pods flagged "
-                   f"on it (remediation {state.id})")
-            changed = (self.actuator.cordon(node, by=state.id, reason=why)
+                   f"on it (remediation {rec.id})")
+            changed = (self.actuator.cordon(node, by=rec.id, reason=why)
                        if s.node_action == "cordon" else
                        self.actuator.taint(node, key=proto.UNHEALTHY, effect="NoSchedule",
-                                           by=state.id, reason=why))
+                                           by=rec.id, reason=why))
             if changed:
                 self._decide(ObjectRef.node(node), "NodeCordoned" if s.node_action == "cordon"
-                             else "NodeTainted", why, warning=True, pod=str(m.name),
-                             remediation_id=state.id)
-        avoid = state.cause == "pod" and s.avoid_node
+                             else "NodeTainted", why, warning=True, pod=rec.pod,
+                             remediation_id=rec.id)
+        avoid = rec.cause == "pod" and s.avoid_node
         if avoid:
-            self.actuator.hold_rescheduling_taint(node, state.id)
-        record = proto.WorkloadRecord(
-            id=state.id, namespace=str(m.namespace), pod=str(m.name), uid=str(m.uid),
-            node=node, phase="evicting", at=self.clock(), cause=state.cause, avoid=avoid,
-            checkpoint=state.checkpoint, forced=state.forced, detected_at=state.detected_at,
-            requested_at=state.requested_at, acked_at=state.acked_at)
-        result = self.actuator.evict(pod, workload=workload, record=record)
+            self.actuator.hold_rescheduling_taint(node, rec.id)
+        result = self.actuator.evict(pod, remediation_id=rec.id)
         now = self.clock()
         if result.outcome is Outcome.EVICTED:
-            if workload.kind == "StatefulSet":
-                self._replaced[(str(m.namespace), str(m.name))] = now
-            self._write(pod, replace(state, phase="evicted", note=result.detail))
-            self._follow[workload] = replace(record, phase="evicted", at=now, evicted_at=now)
-            how = ("without a checkpoint (time to OOM below the floor)" if state.forced
-                   else f"after checkpoint {state.checkpoint}")
+            how = ("without a checkpoint (time to OOM below the floor)" if rec.forced
+                   else f"after checkpoint {rec.checkpoint}")
             away = (f"; node {node} is tainted {proto.RESCHEDULING}:PreferNoSchedule until the "
                     f"replacement runs" if avoid else "")
             self._decide(ref, "Evicted",
                          f"evicted from node {node} through the Eviction API {how}; "
-                         f"{workload} recreates it (remediation {state.id}, {state.kind}){away}",
-                         warning=True, remediation_id=state.id, once=f"{state.id}.evicted")
-            self._told.add(state.id)
+                         f"{rec.workload_ref} recreates it (remediation {rec.id}, "
+                         f"{rec.kind}){away}", warning=True, remediation_id=rec.id,
+                         once=f"{rec.id}.evicted")
+            new = rec.replace(phase="evicted", evicted_at=now, at=now, avoid=avoid,
+                              told=[*rec.told, "evicted"], note=result.detail)
+            if not self._put(new, rv):  # someone wrote meanwhile: keep the fact, retry once
+                again, rv2 = self.store.get(rec.workload_kind, rec.namespace, rec.workload)
+                if again is not None and again.id == rec.id and rv2 is not None:
+                    self._put(new, rv2)
             return
         if avoid:
-            self.actuator.release_rescheduling_taint(node, state.id)
+            self.actuator.release_rescheduling_taint(node, rec.id)
         if result.outcome is Outcome.GONE:
-            self._follow[workload] = replace(record, phase="evicted", at=now, evicted_at=now)
+            self._put(rec.replace(phase="evicted", evicted_at=now, at=now,
+                                  note=result.detail), rv)
             return
         delay = max(s.retry_s, result.retry_after_s or 0.0)
-        new = replace(state, attempts=state.attempts + 1, next_try=now + delay,
-                      note=result.detail)
-        self._write(pod, new)
+        if not self._put(rec.replace(attempts=rec.attempts + 1, next_try=now + delay, at=now,
+                                     note=result.detail[:500]), rv):
+            return
         if result.outcome is Outcome.PDB_BLOCKED:
             self._decide(ref, "EvictionBlocked",
                          f"a PodDisruptionBudget forbids the eviction now ({result.detail}); "
-                         f"retried every {_dur(delay)}, never forced (remediation {state.id})",
-                         warning=True, remediation_id=state.id)
+                         f"retried every {_dur(delay)}, never forced (remediation {rec.id})",
+                         warning=True, remediation_id=rec.id)
         else:
             self._decide(ref, "EvictionDeferred",
                          f"{result.detail}; retried every {_dur(delay)} "
-                         f"(remediation {state.id})", remediation_id=state.id)
+                         f"(remediation {rec.id})", remediation_id=rec.id)
 
     def _escalate(self, namespace: str, pod: str, why: str, latest: Verdict | None) -> None:
         if self.escalate is None:
@@ -422,70 +487,83 @@ class RemediationController:
 
     # ------------------------------------------------------------------ after the eviction
 
-    def _replacement(self, ref: WorkloadRef, rec: proto.WorkloadRecord
-                     ) -> tuple[bool, client.V1Pod | None]:
-        """(whether the evicted pod is gone, a running replacement if there is one)."""
-        if ref.kind == "StatefulSet":
-            pods = [p for p in [self.actuator.read_pod(ref.namespace, rec.pod)] if p is not None]
-        else:
-            pods = self.actuator.list_pods(
-                namespace=ref.namespace,
-                label_selector=f"batch.kubernetes.io/controller-uid={ref.uid}")
-        old_gone = not any(p.metadata is not None and p.metadata.uid == rec.uid for p in pods)
-        for p in pods:
-            pm: Any = p.metadata
-            if (pm is not None and pm.uid != rec.uid and pm.deletion_timestamp is None
-                    and p.status is not None and p.status.phase == "Running"
-                    and p.spec is not None and p.spec.node_name):
-                return old_gone, p
-        return old_gone, None
+    def _replacement(self, rec: proto.Remediation) -> tuple[bool, str | None]:
+        """(whether a replacement runs, the node it runs on if known)."""
+        if rec.workload_kind == "StatefulSet":
+            p = self.actuator.read_pod(rec.namespace, rec.pod)
+            pm: Any = p.metadata if p is not None else None
+            if (p is not None and pm is not None and pm.uid != rec.uid
+                    and pm.deletion_timestamp is None and p.status is not None
+                    and p.status.phase == "Running" and p.spec is not None
+                    and p.spec.node_name):
+                return True, str(p.spec.node_name)
+            return False, None
+        job = self.actuator.read_workload(_workload_ref(rec))
+        st = getattr(job, "status", None)
+        old = self.actuator.read_pod(rec.namespace, rec.pod)
+        old_gone = old is None or old.metadata is None or str(old.metadata.uid) != rec.uid
+        running = int(getattr(st, "ready", 0) or 0) >= 1 or int(getattr(st, "active", 0) or 0) >= 1
+        return (old_gone and running), None
 
-    def _follow_up(self, ref: WorkloadRef, rec: proto.WorkloadRecord) -> None:
+    def _follow_up(self, stored: Stored) -> None:
+        rec, rv = stored.record, stored.resource_version
         now = self.clock()
-        if rec.phase == "done":
-            if rec.avoid:
-                self.actuator.release_rescheduling_taint(rec.node, rec.id)
-            del self._follow[ref]
+        if rec.phase == "done":  # the taint is still held (a daemon died before releasing)
+            self.actuator.release_rescheduling_taint(rec.node, rec.id)
+            self._put(rec.replace(avoid=False, at=now), rv)
             return
-        old_gone, new = self._replacement(ref, rec)
-        if rec.phase == "evicting":
-            if not old_gone:
-                return  # not evicted yet: the pod's own state machine is in charge
-            rec = replace(rec, phase="evicted", evicted_at=rec.at)
         evicted_at = float(rec.evicted_at if rec.evicted_at is not None else rec.at)
-        if rec.id not in self._told:  # a daemon killed right after the eviction never said so
-            self._decide(ObjectRef("Pod", rec.pod, ref.namespace, rec.uid), "Evicted",
+        if "evicted" not in rec.told:  # a daemon killed right after the eviction never said so
+            self._decide(ObjectRef("Pod", rec.pod, rec.namespace, rec.uid), "Evicted",
                          f"evicted from node {rec.node} through the Eviction API "
                          + (f"after checkpoint {rec.checkpoint}" if rec.checkpoint else
-                            "without a checkpoint") + f"; {ref} recreates it (remediation "
-                         f"{rec.id}, recorded by a restarted daemon)", warning=True,
-                         pod=rec.pod, remediation_id=rec.id, once=f"{rec.id}.evicted")
-            self._told.add(rec.id)
-        if new is None or new.metadata is None or new.spec is None:
+                            "without a checkpoint") + f"; {rec.workload_ref} recreates it "
+                         f"(remediation {rec.id}, recorded by a restarted daemon)",
+                         warning=True, pod=rec.pod, remediation_id=rec.id,
+                         once=f"{rec.id}.evicted")
+            rec = rec.replace(told=[*rec.told, "evicted"])
+        running, node = self._replacement(rec)
+        if not running:
             if rec.avoid and now - evicted_at > self.settings.avoid_ttl_s:
                 self.actuator.release_rescheduling_taint(rec.node, rec.id)
-                rec = replace(rec, avoid=False)
-                self._follow[ref] = rec
+                rec = rec.replace(avoid=False)
             if now - evicted_at > max(self.settings.cooldown_s, self.settings.avoid_ttl_s):
-                del self._follow[ref]  # never came back: nothing left to release or report
+                rec = rec.replace(phase="done", done_at=now,
+                                  note="no replacement came back; nothing left to release")
+            if rec != stored.record:
+                self._put(rec.replace(at=now), rv)
             return
-        node = str(new.spec.node_name)
-        where = "another node" if node != rec.node else "the same node (no other node fitted)"
-        msg = (f"replacement of {rec.pod} (remediation {rec.id}) is running on {node}, "
-               f"{where}, {now - evicted_at:.1f} s after the eviction from {rec.node}; "
+        where = ("another node" if node and node != rec.node else
+                 "the same node (no other node fitted)" if node else "a node")
+        msg = (f"replacement of {rec.pod} (remediation {rec.id}) is running on "
+               f"{node or 'a node'}{'' if not node else ', ' + where}, "
+               f"{now - evicted_at:.1f} s after the eviction from {rec.node}; "
                + (f"it resumes from checkpoint {rec.checkpoint}" if rec.checkpoint
                   else "no checkpoint was taken"))
         # Events first, then the record (issue 17): "done" written before its Events was
         # final for a daemon killed in between - its successor saw "done" and never told.
         # Named once per remediation, the Events are safe to write again after a crash; an
         # error writing them leaves the record as it is and the next pass redoes the step.
-        self._decide(ObjectRef.pod(new), "Rescheduled", msg, remediation_id=rec.id,
-                     once=f"{rec.id}.rescheduled", required=True)
-        self._decide(ref.object_ref(), "Rescheduled", msg, pod=rec.pod, remediation_id=rec.id,
-                     once=f"{rec.id}.rescheduled", required=True)
-        done = replace(rec, phase="done", at=now, done_at=now, new_node=node)
-        self.actuator.annotate_workload(ref, {proto.WORKLOAD_RECORD: done.to_json()})
-        self._follow[ref] = done
+        if rec.workload_kind == "StatefulSet":
+            new = self.actuator.read_pod(rec.namespace, rec.pod)
+            if new is not None and new.metadata is not None:
+                self._decide(ObjectRef.pod(new), "Rescheduled", msg, remediation_id=rec.id,
+                             once=f"{rec.id}.rescheduled", required=True)
+        self._decide(_workload_ref(rec).object_ref(), "Rescheduled", msg, pod=rec.pod,
+                     remediation_id=rec.id, once=f"{rec.id}.rescheduled", required=True)
+        done = rec.replace(phase="done", at=now, done_at=now, new_node=node,
+                           told=[*rec.told, "rescheduled"])
+        if not self._put(done, rv):
+            return
         if rec.avoid:
             self.actuator.release_rescheduling_taint(rec.node, rec.id)
-        del self._follow[ref]
+            self._put(done.replace(avoid=False), self._records[stored.name].resource_version)
+
+    def _collect(self, stored: Stored) -> None:
+        """Deletes records nothing needs any more (older than the cooldown and the budget
+        window: they limit nothing)."""
+        rec = stored.record
+        keep = max(self.settings.cooldown_s, self.settings.budget_window_s)
+        if rec.phase in ("done", "abandoned") and self.clock() - rec.at > keep \
+                and self.store.delete(stored):
+            self._records.pop(stored.name, None)

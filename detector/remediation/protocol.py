@@ -1,44 +1,49 @@
-"""The annotations that hold all remediation state, and their JSON records.
+"""The records of remediation state, where they live, and how every one read back is checked.
 
-State lives in the cluster, not in the daemon's memory, so a restarted daemon continues the
-remediation it was doing (and never starts a second one):
+Nothing a workload can write is a decision input (issue 14). podguard's state lives only in
+objects podguard owns:
 
-On the pod
-    ``podguard.io/checkpoint-request``  controller -> workload  :class:`CheckpointRequest`
-    ``podguard.io/checkpoint-ack``      workload -> controller  :class:`CheckpointAck`
-    ``podguard.io/remediation``         the controller's phase  :class:`RemediationState`
-    ``podguard.io/verdict``             the latest verdict (``Verdict.to_json``), written by
-                                        :mod:`detector.sinks.k8s_events`
-On the owning StatefulSet or Job
-    ``podguard.io/last-remediation``    :class:`WorkloadRecord`: the cooldown, the eviction
-                                        budgets after a restart, and what is left to do once
-                                        the pod is gone (release the node, report where the
-                                        replacement runs)
-On a node
+In podguard's namespace, one ``Lease`` per remediated workload (``kubectl get leases -n
+podguard -l podguard.io/record=remediation``)
+    annotation ``podguard.io/remediation``: a :class:`Remediation` record - the phase of the
+    workload's latest remediation, its checkpoint request (the secret request id the pod is
+    handed over the authenticated channel), the acknowledgement, the eviction, the follow-up.
+    The record doubles as the workload's cooldown and, after a restart, as the history the
+    eviction budgets are seeded from. No workload can write there (RBAC: only podguard's own
+    Role in its own namespace grants leases).
+On a node (nodes are not writable by workloads; the writes are confined to the daemon's own
+node by the ValidatingAdmissionPolicy of :mod:`detector.remediation.rbac`)
     ``podguard.io/rescheduling``        remediation ids holding the PreferNoSchedule taint of
                                         the same key (``{id: unix seconds}``)
     ``podguard.io/cordoned``            who cordoned or tainted the node, and why
 
-The checkpoint protocol: the controller writes a request with a fresh ``id``; the workload
-saves a checkpoint and writes an acknowledgement carrying the same ``id`` and the checkpoint's
-path. Records are tolerant on read (an unreadable annotation reads as absent) and compact on
-write. Used by the controller, the actuator, the Events sink and the checkpoint helper.
+Annotations on pods, StatefulSets and Jobs (``podguard.io/remediate``, ``.../remediation``,
+``.../verdict``, ``.../last-remediation``, ``.../checkpoint-ack``) are neither written nor
+read: the controller decides from its own verdicts (in memory) and its own records.
+
+Every record read back is validated strictly (:func:`parse_remediation`: unknown keys,
+wrong types, NaN or infinite numbers, negative times are errors); a bad record is skipped and
+reported by the reader (a log line and a counter), never stops the others.
+
+The checkpoint request id is ``secrets.token_urlsafe(24)``: fresh for every request, never in
+an Event, a log line or anything a workload can read; the pod learns it only over the
+authenticated channel (:mod:`detector.remediation.channel`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, TypeVar, cast
+import re
+import secrets
+from typing import Annotated, Any, Literal
 
-from detector.verdicts import KINDS, Explanation, Kind, Verdict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-REQUEST = "podguard.io/checkpoint-request"
-ACK = "podguard.io/checkpoint-ack"
-STATE = "podguard.io/remediation"
-VERDICT = "podguard.io/verdict"
-WORKLOAD_RECORD = "podguard.io/last-remediation"
+REMEDIATION = "podguard.io/remediation"  # the Lease annotation holding the record
+RECORD_LABEL = "podguard.io/record"  # label on podguard's Leases: "remediation"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "podguard", RECORD_LABEL: "remediation"}
 RESCHEDULING = "podguard.io/rescheduling"  # node annotation and PreferNoSchedule taint key
 UNHEALTHY = "podguard.io/unhealthy"  # NoSchedule taint key for node-level causes
 CORDONED = "podguard.io/cordoned"
@@ -46,167 +51,119 @@ CORDONED = "podguard.io/cordoned"
 Phase = Literal["checkpointing", "blocked", "evicting", "evicted", "done", "abandoned"]
 ACTIVE_PHASES: frozenset[str] = frozenset({"checkpointing", "blocked", "evicting"})
 
-T = TypeVar("T")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+"""What a request id looks like (``secrets.token_urlsafe``): no '/', no '.', bounded."""
+
+Time = Annotated[float, Field(ge=0.0, le=1e11, allow_inf_nan=False)]
+Text = Annotated[str, Field(max_length=2000)]
+Name = Annotated[str, Field(max_length=253)]
 
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
-def _load(cls: type[T], text: str | None) -> T | None:
-    """A record from its annotation text; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        raw = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(raw, dict):
-        return None
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    try:
-        return cls(**{k: v for k, v in raw.items() if k in known})
-    except TypeError:
-        return None
+def new_request_id() -> str:
+    """A fresh, unguessable checkpoint request id."""
+    return secrets.token_urlsafe(24)
 
 
-@dataclass(frozen=True)
-class CheckpointRequest:
-    id: str  # request id: "<remediation id>.<n>"
-    ts: float  # unix seconds when requested
-    reason: str = ""
-
-    def to_json(self) -> str:
-        return dumps(asdict(self))
-
-    @classmethod
-    def parse(cls, text: str | None) -> CheckpointRequest | None:
-        r = _load(cls, text)
-        return r if r is not None and isinstance(r.id, str) and r.id else None
+def new_remediation_id() -> str:
+    return "r-" + secrets.token_hex(5)
 
 
-@dataclass(frozen=True)
-class CheckpointAck:
-    id: str  # the id of the request it answers
-    path: str  # where the checkpoint was saved (inside the pod's volume)
-    ts: float  # unix seconds when saved
-    step: int | None = None  # training step the checkpoint holds, if the workload says
+class Remediation(BaseModel):
+    """The latest remediation of one workload (a podguard Lease's annotation)."""
 
-    def to_json(self) -> str:
-        return dumps(asdict(self))
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    @classmethod
-    def parse(cls, text: str | None) -> CheckpointAck | None:
-        r = _load(cls, text)
-        return r if r is not None and isinstance(r.id, str) and r.id else None
-
-
-@dataclass(frozen=True)
-class RemediationState:
-    """The controller's state for one pod (annotation ``podguard.io/remediation``)."""
-
-    id: str  # remediation id, "r-<hex>"
-    phase: str  # a Phase
-    kind: str  # verdict kind that started it
-    cause: str  # "pod" or "node"
-    node: str  # node the pod ran on when it started
-    uid: str  # uid of the pod it is about
-    workload: str  # "StatefulSet/<name>" or "Job/<name>"
-    detected_at: float  # unix seconds: first positive verdict the controller acted on
-    request_id: str = ""
-    requested_at: float | None = None
-    acked_at: float | None = None
-    checkpoint: str | None = None
+    id: Annotated[str, Field(pattern=r"^r-[0-9a-f]{10}$")]
+    phase: Phase
+    kind: Annotated[str, Field(max_length=64)]  # verdict kind that started it
+    cause: Literal["pod", "node"]
+    namespace: Name
+    pod: Name
+    uid: Annotated[str, Field(max_length=64)]  # uid of the pod it is about
+    node: Name  # node the pod ran on when it started
+    workload_kind: Literal["StatefulSet", "Job"]
+    workload: Name
+    workload_uid: Annotated[str, Field(max_length=64)]
+    detected_at: Time  # unix seconds: the verdict the controller acted on
+    at: Time  # unix seconds of the latest change
+    request_id: Annotated[str, Field(max_length=128)] = ""  # secret; "" when none pending
+    request_n: Annotated[int, Field(ge=0, le=1000)] = 0  # public number of the request
+    requested_at: Time | None = None
+    acked_at: Time | None = None
+    checkpoint: Annotated[str, Field(max_length=4096)] | None = None
+    step: Annotated[int, Field(ge=0)] | None = None
     forced: bool = False  # evicted without an acknowledged checkpoint (time to OOM < floor)
-    attempts: int = 0  # eviction attempts refused (PDB) or deferred (budget, cooldown)
-    next_try: float = 0.0  # unix seconds: no eviction attempt before
+    attempts: Annotated[int, Field(ge=0)] = 0  # eviction attempts refused or deferred
+    next_try: Time = 0.0  # unix seconds: no eviction attempt before
     escalated: bool = False
-    note: str = ""  # the latest decision, readable
-
-    def to_json(self) -> str:
-        return dumps(asdict(self))
-
-    @classmethod
-    def parse(cls, text: str | None) -> RemediationState | None:
-        r = _load(cls, text)
-        return r if r is not None and isinstance(r.id, str) and r.id else None
+    avoid: bool = False  # holds the node's PreferNoSchedule taint until done
+    evicted_at: Time | None = None
+    done_at: Time | None = None
+    new_node: Name | None = None
+    told: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
+    note: Text = ""  # the latest decision, readable
 
     @property
     def active(self) -> bool:
         return self.phase in ACTIVE_PHASES
 
-
-@dataclass(frozen=True)
-class WorkloadRecord:
-    """The latest remediation of a workload (annotation ``podguard.io/last-remediation``)."""
-
-    id: str
-    namespace: str
-    pod: str
-    uid: str
-    node: str
-    phase: str  # "evicting" (about to), "evicted", "done" (replacement running)
-    at: float  # unix seconds of the latest phase change
-    cause: str = "pod"
-    evicted_at: float | None = None
-    done_at: float | None = None
-    new_node: str | None = None
-    avoid: bool = False  # holds the node's PreferNoSchedule taint until done
-    checkpoint: str | None = None
-    forced: bool = False
-    detected_at: float | None = None
-    requested_at: float | None = None
-    acked_at: float | None = None
+    @property
+    def workload_ref(self) -> str:
+        return f"{self.workload_kind}/{self.workload}"
 
     def to_json(self) -> str:
-        return dumps(asdict(self))
+        return dumps(self.model_dump(mode="json"))
 
-    @classmethod
-    def parse(cls, text: str | None) -> WorkloadRecord | None:
-        r = _load(cls, text)
-        return r if r is not None and isinstance(r.id, str) and r.id else None
-
-
-def compact_verdict(v: Verdict, *, max_features: int = 6) -> str:
-    """The verdict annotation: ``Verdict.to_json`` with only the top SHAP features."""
-    d = v.to_json_dict()
-    ex = d.get("explanation")
-    if isinstance(ex, dict) and isinstance(ex.get("features"), dict):
-        top = sorted(ex["features"].items(), key=lambda kv: -abs(kv[1]))[:max_features]
-        ex["features"] = dict(top)
-    return dumps(d)
+    def replace(self, **changes: Any) -> Remediation:
+        """A copy with ``changes``, validated like a record read back."""
+        return Remediation.model_validate({**self.model_dump(), **changes})
 
 
-def parse_verdict(text: str | None) -> Verdict | None:
-    """The inverse of :func:`compact_verdict` / ``Verdict.to_json`` (None if unreadable)."""
+class BadRecord(ValueError):
+    """A record that does not validate (the reader skips it and reports it)."""
+
+
+def parse_remediation(text: str | None) -> Remediation:
+    """The record in ``text``; :class:`BadRecord` naming what is wrong otherwise."""
     if not text:
-        return None
+        raise BadRecord("no record")
+    if len(text) > 64_000:
+        raise BadRecord(f"record of {len(text)} characters (at most 64000)")
     try:
-        d = json.loads(text)
-        kind = d.get("kind", "none")
-        if kind not in KINDS:
-            return None
-        ex = d.get("explanation")
-        explanation = (Explanation(text=str(ex["text"]),
-                                   features={str(k): float(x) for k, x in ex["features"].items()})
-                       if isinstance(ex, dict) else None)
-        rng = d.get("time_to_oom_range_s")
-        return Verdict(
-            ts=float(d["ts"]), namespace=str(d["namespace"]), pod=str(d["pod"]),
-            node=str(d.get("node") or ""), is_anomaly=bool(d["is_anomaly"]),
-            kind=cast(Kind, kind), score=_num(d.get("score")), threshold=_num(d.get("threshold")),
-            time_to_oom_s=_opt(d.get("time_to_oom_s")),
-            time_to_oom_range_s=((_num(rng[0]), _num(rng[1]))
-                                 if isinstance(rng, list) and len(rng) == 2 else None),
-            leak_rate_bytes_per_s=_opt(d.get("leak_rate_bytes_per_s")),
-            explanation=explanation, stale=bool(d.get("stale", False)))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+        raw = json.loads(text, parse_constant=_no_constant)
+    except ValueError as e:
+        raise BadRecord(f"not JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise BadRecord(f"not a JSON object but {type(raw).__name__}")
+    try:
+        return Remediation.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+        raise BadRecord(f"{where}: {first.get('msg')} ({e.error_count()} error(s))") from e
 
 
-def _num(x: Any) -> float:
-    return float(x) if x is not None else math.nan
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
 
 
-def _opt(x: Any) -> float | None:
-    return float(x) if x is not None else None
+def lease_name(workload_kind: str, namespace: str, name: str) -> str:
+    """The Lease of a workload: stable, short, a valid name whatever the workload's name."""
+    digest = hashlib.sha256(f"{workload_kind}/{namespace}/{name}".encode()).hexdigest()[:20]
+    return f"pg-{'sts' if workload_kind == 'StatefulSet' else 'job'}-{digest}"
+
+
+def finite_holders(raw: Any) -> dict[str, float]:
+    """The ``podguard.io/rescheduling`` node annotation's holders; bad entries dropped."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        if (isinstance(k, str) and len(k) <= 64 and isinstance(v, int | float)
+                and not isinstance(v, bool) and math.isfinite(v)):
+            out[k] = float(v)
+    return out

@@ -73,8 +73,10 @@ def make_source(settings: Settings, *, logger: logging.Logger,
 
 def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
                  stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
-                 lambda s: s) -> tuple[list[Sink], RemediationHook | None]:
-    """The sinks and the remediation hook the settings ask for."""
+                 lambda s: s, diagnosis_channel: Any = None,
+                 ) -> tuple[list[Sink], RemediationHook | None]:
+    """The sinks and the remediation hook the settings ask for (``diagnosis_channel``: a
+    :class:`detector.diagnosis.requester.ChannelRequests` served on the pod channel too)."""
     rt = settings.runtime
     sinks: list[Sink] = []
     path: Path | None = None
@@ -124,11 +126,29 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
 
         sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
     if actuator is not None and settings.remediation.enabled:
+        from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
 
-        hook = RemediationController(actuator, settings=settings.remediation,
-                                     escalate=am.escalate if am is not None else None)
+        rs = settings.remediation
+        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        controller = RemediationController(
+            actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
+            store=None if rs.namespace else _store(actuator, logger))
+        # the pod channel (checkpoint requests and answers), a daemon thread of this process
+        kinds: list[Any] = [controller]
+        if diagnosis_channel is not None:  # the in-pod diagnosis rides the same channel
+            kinds.append(diagnosis_channel.server_kind())
+        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), kinds,
+                      host=rs.channel_host, port=rs.channel_port, logger=logger).start()
+        hook = controller
     return sinks, hook
+
+
+def _store(actuator: Any, logger: logging.Logger) -> Any:
+    """podguard's record store in POD_NAMESPACE (remediation.namespace unset)."""
+    from detector.remediation.store import RecordStore
+
+    return RecordStore(actuator, os.environ.get("POD_NAMESPACE") or "podguard", logger=logger)
 
 
 def real_seconds_inverse(real_seconds: Callable[[float], float]) -> float:
@@ -204,11 +224,20 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     pipeline = watcher.load()
     source = make_source(settings, logger=log, out_dir=out_dir)
     scale = clock_rate(source)
+    diag_channel = None
+    if settings.diagnosis.enabled and settings.sources.kind != "local" and \
+            settings.remediation.enabled:
+        from detector.diagnosis.requester import ChannelRequests
+
+        diag_channel = ChannelRequests()
     sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
-                               real_seconds=lambda s: s / scale)
+                               real_seconds=lambda s: s / scale,
+                               diagnosis_channel=diag_channel)
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
                     engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
                     remediation=hook, models=watcher)
+    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir,
+                                      channel=diag_channel)
     server = None
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
@@ -242,12 +271,50 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
             signal.signal(s, h)
         if server is not None:
             server.close()
-    print_summary(summary, source, out=out, started_monotonic=None)
+    if daemon.diagnosis is not None:
+        daemon.diagnosis.poll()  # an answer that came during the last seconds
+    print_summary(summary, source, out=out, started_monotonic=None,
+                  diagnosis=daemon.diagnosis.state if daemon.diagnosis is not None else None)
     return 0
 
 
+def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
+                   channel: Any = None) -> Any:
+    """The in-pod diagnosis requester (:mod:`detector.diagnosis.requester`), or None: for the
+    embedded default over files next to its training loops (its window shortened to 8 s, the
+    wait to 30 s: time runs compressed there); in a cluster over podguard's pod channel
+    (``channel``, served with the checkpoint protocol in the remediate mode). Alert-only runs
+    no pod channel: leak verdicts then say that no diagnosis can be asked for."""
+    d = settings.diagnosis
+    if not d.enabled:
+        return None
+    from detector.diagnosis.requester import DiagnosisRequester, FileRequests
+
+    log = logger.getChild("diagnosis")
+    if settings.sources.kind == "local":
+        if out_dir is None:
+            return None
+        local = d.model_copy(update={"window_s": min(d.window_s, 8.0),
+                                     "timeout_s": min(d.timeout_s, 30.0)})
+        return DiagnosisRequester(FileRequests(out_dir / "workloads" / "diagnosis"), local,
+                                  logger=log)
+    event = None
+    api = _kube_api(logger) if settings.alerting.kubernetes_events else None
+    if api is not None:
+        from detector.remediation.actuator import Actuator, ObjectRef
+
+        actuator = Actuator(api, settings=settings.remediation,
+                            event_interval_s=settings.alerting.event_interval_s)
+
+        def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
+            actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
+
+    return DiagnosisRequester(channel, d, event=event, logger=log)
+
+
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
-                  started_monotonic: float | None) -> None:
+                  started_monotonic: float | None,
+                  diagnosis: Callable[[str, str], dict[str, Any] | None] | None = None) -> None:
     scale = clock_rate(source)
     lines = ["", f"podguard run summary ({summary.stop_reason}): "
                  f"{summary.evaluations} steps scored, {summary.samples:,} samples folded, "
@@ -285,6 +352,8 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
                          f"{after}{tto}{ooms}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")
+            if diagnosis is not None and (d := diagnosis(*key)) is not None:
+                lines.append(f"      what grows: {_diagnosis_line(d)}")
     else:
         for (ns, pod), det in sorted(summary.first.items()):
             v = det.verdict
@@ -293,6 +362,14 @@ def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
             lines.append(f"  {ns}/{pod}: {v.kind} at +{det.wall_time - t_start:.0f} s{tto}")
             if v.explanation is not None:
                 lines.append(f"      why: {v.explanation.text}")
+            if diagnosis is not None and (d := diagnosis(ns, pod)) is not None:
+                lines.append(f"      what grows: {_diagnosis_line(d)}")
         if not summary.first:
             lines.append("  no pod flagged")
     print("\n".join(lines), file=out, flush=True)
+
+
+def _diagnosis_line(d: dict[str, Any]) -> str:
+    from detector.diagnosis.report import describe
+
+    return describe(d, limit=1000)

@@ -117,6 +117,7 @@ class Daemon:
         self.housekeeping_s = HOUSEKEEPING_S
         self._housekeeping_at = monotonic()
         self._replaced: dict[tuple[str, str], float] = {}
+        self.diagnosis: Any = None  # a detector.diagnosis.requester.DiagnosisRequester
 
     # ------------------------------------------------------------------ probes
 
@@ -242,6 +243,11 @@ class Daemon:
         self.metrics.evaluations.labels(outcome).inc()
         self.metrics.windows.inc(len(batch))
         shown = [self.present(v) for v in verdicts] if self.present else verdicts
+        if self.diagnosis is not None:  # asks flagged leaks what grows; attaches the answer
+            try:
+                shown = self.diagnosis.decorate(shown)
+            except Exception as e:
+                self.log.error("diagnosis hook failed", extra={"error": repr(e)})
         for sink in self.sinks:
             try:
                 sink.send(shown)
@@ -268,7 +274,13 @@ class Daemon:
         """Every few seconds, between scoring steps: the remediation controller's next step
         (checkpoint acknowledged? evict now?), Alertmanager re-sends and resolutions of pods
         that are gone, and a fresh window for a pod a remediation recreated under the same
-        name (its predecessor's samples must not be judged as its own)."""
+        name (its predecessor's samples must not be judged as its own); the answers to
+        in-pod diagnosis requests."""
+        if self.diagnosis is not None:
+            try:
+                self.diagnosis.poll()
+            except Exception as e:
+                self.log.error("diagnosis housekeeping failed", extra={"error": repr(e)})
         for sink in self.sinks:
             try:
                 sink.tick()

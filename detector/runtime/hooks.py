@@ -53,8 +53,8 @@ class DryRunPlan:
                 self.settings.evict_unacknowledged_below_s)
             when = (f"; OOM expected in ~{format_duration(self.real_seconds(tto))}"
                     if tto is not None else "")
-            plan = (f"REMEDIATION (dry run) {v.namespace}/{v.pod}: would annotate "
-                    f"podguard.io/checkpoint-request, wait up to "
+            plan = (f"REMEDIATION (dry run) {v.namespace}/{v.pod}: would request a "
+                    f"checkpoint over podguard's pod channel, wait up to "
                     f"{format_duration(self.settings.checkpoint_timeout_s)} for the "
                     f"workload's acknowledgement, then evict the pod so its controller "
                     f"reschedules it (taint node {v.node or '?'} PreferNoSchedule meanwhile)"
@@ -74,9 +74,10 @@ class DryRunPlan:
 
 
 class OnChange:
-    """A sink wrapper passing on a pod's positive verdicts only when its kind changes or
-    ``every_s`` (source clock) passed: the console of the embedded default scores every real
-    second and would otherwise print the same alert each time."""
+    """A sink wrapper passing on a pod's positive verdicts only when its kind (or the status
+    of its in-pod diagnosis) changes or ``every_s`` (source clock) passed: the console of the
+    embedded default scores every real second and would otherwise print the same alert each
+    time."""
 
     def __init__(self, sink: Sink, *, every_s: float) -> None:
         self.sink = sink
@@ -93,8 +94,9 @@ class OnChange:
                     self._shown.pop(key, None)
                 continue
             last = self._shown.get(key)
-            if last is None or last[0] != v.kind or v.ts - last[1] >= self.every_s:
-                self._shown[key] = (v.kind, v.ts)
+            kind = v.kind + ":" + str((v.diagnosis or {}).get("status", ""))  # an answer shows
+            if last is None or last[0] != kind or v.ts - last[1] >= self.every_s:
+                self._shown[key] = (kind, v.ts)
                 chosen.append(v)
         if chosen:
             self.sink.send(chosen)

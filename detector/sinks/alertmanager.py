@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from detector.diagnosis.report import describe
 from detector.errors import (
     AuthError,
     ConfigError,
@@ -419,6 +420,9 @@ class AlertmanagerSink:
             ann["score"] = f"{v.score:.6g}"
         if math.isfinite(v.threshold):
             ann["threshold"] = f"{v.threshold:.6g}"
+        if v.diagnosis is not None:  # the pod's own answer (detector.diagnosis), bounded
+            ann["diagnosis"] = describe(v.diagnosis)
+            ann["description"] = f"{ann['description']} {ann['diagnosis']}"
         reason = self._escalated.get((v.namespace, v.pod))
         if reason:
             ann["remediation"] = reason

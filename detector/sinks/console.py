@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from detector.diagnosis.report import describe
 from detector.explain import format_duration
 from detector.sinks.jsonl import JsonLinesSink
 from detector.verdicts import Verdict
@@ -82,4 +83,5 @@ class ConsoleSink:
 def format_line(v: Verdict) -> str:
     tto = f" OOM in ~{format_duration(v.time_to_oom_s)}" if v.time_to_oom_s else ""
     why = f" - {v.explanation.text}" if v.explanation else ""
-    return f"ALERT {v.kind} {v.namespace}/{v.pod} (node {v.node or '?'}){tto}{why}"
+    diag = f"\n      {describe(v.diagnosis)}" if v.diagnosis is not None else ""
+    return f"ALERT {v.kind} {v.namespace}/{v.pod} (node {v.node or '?'}){tto}{why}{diag}"

@@ -1,12 +1,12 @@
-"""Kubernetes sink: an Event on each flagged pod and its latest verdict as an annotation.
+"""Kubernetes sink: an Event on each flagged pod.
 
 So ``kubectl describe pod`` tells the story: a Warning Event ``MemoryLeakDetected`` /
 ``GpuMemoryLeakDetected`` / ``PreFailureDriftDetected`` with the explanation sentence and the
 time to OOM when a pod is flagged (repeated at most every ``event_interval_s`` while it stays
 flagged, and at once when the kind changes), a Normal ``AnomalyCleared`` Event when it is
-healthy again, and the annotation ``podguard.io/verdict`` holding the latest verdict as JSON
-(top SHAP features only), refreshed on every change of kind and every ``event_interval_s``.
-The remediation controller reads that annotation after a restart.
+healthy again. Pods are only read (``get``: the Event names the pod's uid), never patched:
+no verdict is stored on the pod, where the workload itself could rewrite it (issue 14); the
+remediation controller keeps its own verdicts in memory.
 
 Every write goes through the :class:`~detector.remediation.actuator.Actuator` (dry-run,
 retries, error mapping). ``send`` only records the newest verdict per pod; a background thread
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
+from detector.diagnosis.report import describe
 from detector.errors import PermanentError, PodguardError
 from detector.explain import format_duration
-from detector.remediation import protocol as proto
 from detector.remediation.actuator import Actuator, ObjectRef
 from detector.settings import AlertingSettings
 from detector.verdicts import Verdict
@@ -47,7 +47,8 @@ def event_message(v: Verdict) -> str:
     tto = (f"; time to OOM ~{format_duration(v.time_to_oom_s)}"
            if v.time_to_oom_s is not None else "")
     why = v.explanation.text if v.explanation else v.kind
-    return f"{why}{tto} (score {v.score:.3g} > threshold {v.threshold:.3g})"
+    diag = f" {describe(v.diagnosis)}" if v.diagnosis is not None else ""
+    return f"{why}{tto} (score {v.score:.3g} > threshold {v.threshold:.3g}){diag}"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class _Shown:
 
 
 class KubernetesEventSink:
-    """Events and the ``podguard.io/verdict`` annotation (see the module docstring)."""
+    """Verdict Events (see the module docstring)."""
 
     name = "kubernetes-events"
 
@@ -169,15 +170,11 @@ class KubernetesEventSink:
                 event_at = now
             else:
                 event_at = shown.event_at
-            self.actuator.annotate_pod(v.namespace, v.pod,
-                                       {proto.VERDICT: proto.compact_verdict(v)})
             self._shown[key] = _Shown(v.kind, event_at, now)
         else:
             self.actuator.event(ref, "AnomalyCleared",
                                 f"no anomaly any more (score {v.score:.3g}, threshold "
                                 f"{v.threshold:.3g})")
-            self.actuator.annotate_pod(v.namespace, v.pod,
-                                       {proto.VERDICT: proto.compact_verdict(v)})
             self._shown[key] = _Shown("none", now, now)
 
     def _run(self) -> None:

@@ -158,6 +158,8 @@ class LocalSource:
             w.log = open(self.log_dir / f"{w.pod}.log", "ab")  # noqa: SIM115 - held
         out = w.log if w.log is not None else subprocess.DEVNULL
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        if self.log_dir is not None:  # the in-pod diagnosis channel (detector.diagnosis)
+            env["PODGUARD_DIAGNOSIS_DIR"] = str(self.log_dir / "diagnosis" / w.pod)
         root = str(Path(__file__).resolve().parent.parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
@@ -276,6 +278,11 @@ def workload_main(argv: Sequence[str] | None = None) -> int:
                                 torch.nn.Linear(1024, 1))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     history: list[Any] = []
+    diagnosis = None  # answers podguard's diagnosis requests between two steps
+    if os.environ.get("PODGUARD_DIAGNOSIS_DIR"):
+        from detector.diagnosis.helper import DiagnosisHelper
+
+        diagnosis = DiagnosisHelper.from_env(poll_s=1.0)
     started = time.monotonic()
     period = 1.0 / a.steps_per_s
     nxt = time.monotonic()
@@ -295,6 +302,8 @@ def workload_main(argv: Sequence[str] | None = None) -> int:
             history.append(monitor.item())  # the fix: a float
             if len(history) > 1000:
                 history = history[-100:]
+        if diagnosis is not None:
+            diagnosis.step()
         nxt += period
         time.sleep(max(0.0, nxt - time.monotonic()))
 

@@ -140,7 +140,7 @@ def classify(e: BaseException, *, what: str, where: str,
 # handshakes once on a plain blocking socket, so a wrong password or an unknown CA is a
 # clear permanent error at once instead of a slow, anonymous timeout.
 
-_SASL_HANDSHAKE, _SASL_AUTHENTICATE = 17, 36
+_API_VERSIONS, _SASL_HANDSHAKE, _SASL_AUTHENTICATE = 18, 17, 36
 
 
 def _frame(api_key: int, version: int, correlation: int, body: bytes) -> bytes:
@@ -240,6 +240,20 @@ def probe(bootstrap_servers: Sequence[str], cfg: dict[str, Any], *, what: str, w
                 except ssl.SSLError as e:
                     raise TlsError(f"{what}: TLS handshake with {server} failed ({e}); is "
                                    f"{where}.protocol right for this listener?") from e
+            if protocol == "SSL":
+                try:  # TLS 1.3: a refused client certificate shows on the first read
+                    sock.sendall(_frame(_API_VERSIONS, 0, 1, b""))
+                    _response(sock, 1)
+                except ssl.SSLError as e:
+                    raise TlsError(f"{what}: the broker refused the TLS session ({e}); does it "
+                                   f"require a client certificate ({where}.cert_file, "
+                                   f"{where}.key_file)?") from e
+                except EOFError as e:
+                    raise TlsError(f"{what}: the broker closed the connection after the TLS "
+                                   f"handshake; does it require a client certificate "
+                                   f"({where}.cert_file, {where}.key_file)?") from e
+                except (OSError, struct.error):
+                    return
             if protocol.startswith("SASL_") and str(cfg.get("sasl_mechanism", "")).startswith(
                     "SCRAM-"):
                 try:

@@ -141,7 +141,9 @@ def test_rule_fires_in_the_real_prometheus_before_the_kill(run: Run) -> None:
     for pod in ("fast-leak", "trainer-kept-loss"):
         kill = run.labels["pods"][pod]["oom_kills"][0]
         fired = run.rule.get(pod, [])
-        assert fired and fired[0] < kill, (pod, fired[:3], kill)
+        # firing as the leak nears the limit (it also fires on every start-up ramp: with
+        # seconds of history predict_linear extrapolates the ramp over 4 h)
+        assert any(kill - 30 <= t < kill for t in fired), (pod, fired[-3:], kill)
 
 
 def test_cadvisor_reports_only_the_harness_cgroups(run: Run) -> None:

@@ -1,8 +1,9 @@
 """Kafka over SSL and SASL_SSL with SCRAM-SHA-512 (issue 14 item 9), against a real broker.
 
 The broker is a second real one (``secure_kafka``: ``deploy/local/kafka.py`` with
-``KafkaSecurity``): SSL and SASL_SSL listeners with a server certificate of a test CA, a
-SCRAM-SHA-512 user added when its storage was formatted. Samples are produced over SASL_SSL
+``KafkaSecurity``): an SSL listener requiring a client certificate and a SASL_SSL listener,
+with a server certificate of a test CA, a SCRAM-SHA-512 user added when its storage was
+formatted. Samples are produced over SASL_SSL
 too, with the same client settings podguard's source uses.
 """
 
@@ -36,6 +37,8 @@ def security(kafka: KafkaHandle, protocol: str, **kw: Any) -> KafkaSecuritySetti
     base: dict[str, Any] = {"protocol": protocol, "ca_file": files["ca_file"]}
     if protocol.startswith("SASL"):
         base.update(username=files["username"], password_file=files["password_file"])
+    else:  # the SSL listener wants mutual TLS
+        base.update(cert_file=files["client_cert"], key_file=files["client_key"])
     base.update(kw)
     return KafkaSecuritySettings.model_validate(base)
 
@@ -111,3 +114,13 @@ def test_verification_is_on_a_broker_of_an_unknown_ca_is_refused(
     src = source(secure_kafka, "SSL", security(secure_kafka, "SSL", ca_file=""), topic)
     with pytest.raises(TlsError, match=r"set sources\.kafka\.security\.ca_file"):
         src.start()
+
+
+def test_the_ssl_listener_requires_a_client_certificate(secure_kafka: KafkaHandle,
+                                                        topic: str) -> None:
+    src = source(secure_kafka, "SSL", security(secure_kafka, "SSL", cert_file="", key_file=""),
+                 topic)
+    started = time.monotonic()
+    with pytest.raises(TlsError, match="client certificate"):
+        src.start()
+    assert time.monotonic() - started < 10

@@ -285,3 +285,27 @@ def test_retries_are_finite_and_say_so(history: History) -> None:
             history.pull(gw.url, HttpClientSettings(), sleep=slept.append)
         assert gw.statuses() == [503] * 6
         assert slept == [1.0, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_podguard_train_takes_tls_and_auth_from_the_settings_file(history: History,
+                                                                   tmp_path: Path) -> None:
+    import argparse
+
+    import yaml
+
+    from training import job
+
+    cfg = tmp_path / "podguard.yaml"
+    cfg.write_text(yaml.safe_dump({"sources": {"prometheus": {"http": {
+        "ca_file": history.web.ca_file, "username": history.web.username,
+        "password_file": history.web.password_file}}}}))
+    args = argparse.Namespace(prometheus=history.prom.url, traces=None, config=cfg,
+                              since=f"{int(time.time() - history.ts[0]) + 60}s", step=STEP,
+                              matcher=f'namespace="{history.ns}"', no_progress=True)
+    df = job.load_history(args)
+    got = df[df["metric"] == WORKING_SET]  # evaluated on a grid from now - since: each
+    # sample once (the grid and the samples are 15 s apart), then the 5 min lookback
+    assert sorted(set(got["value"])) == [1e9 + 4096.0 * i for i in range(N)]
+    args.config = None  # without it: verification on, the test CA unknown
+    with pytest.raises(TlsError):
+        job.load_history(args)

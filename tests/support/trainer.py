@@ -14,11 +14,13 @@ by the kernel, written to ``--port-file``) for Prometheus to scrape:
 labelled ``namespace, pod, container`` and ``id`` (``/kubepods/pod<uid>/<container>``, as
 cAdvisor does, so a recreated pod with the same name is a new series).
 
-It honours podguard's checkpoint requests with :class:`CheckpointResponder` (through the API
-with the pod's own service-account token): it saves model, optimizer and step to its volume
-directory, acknowledges, then holds (no further step) until it is stopped. At start it resumes
-from the newest checkpoint in that directory. Every completed step is appended to
-``<data>/steps.log`` as ``<pod uid> <step>``, and lifecycle events to ``<data>/trainer.jsonl``,
+It honours podguard's checkpoint requests with :class:`CheckpointResponder`, over podguard's
+pod channel (``--endpoint``) with the pod-bound token the kubelet shim wrote for it
+(``--token-file``, audience podguard; the pod has no Kubernetes API access): it saves
+model, optimizer and step to its volume directory, acknowledges, then holds (no further
+step) until it is stopped. At start it resumes from the newest checkpoint in that directory.
+Every completed step is appended to ``<data>/steps.log`` as ``<pod uid> <step>``, and
+lifecycle events to ``<data>/trainer.jsonl``,
 so the test can prove that no completed step was lost.
 
 Run: ``python -m tests.support.trainer --namespace ns --pod p --uid U --data DIR ...``
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uid", required=True)
     ap.add_argument("--container", default="trainer")
     ap.add_argument("--data", type=Path, required=True, help="the pod's volume directory")
-    ap.add_argument("--kubeconfig", required=True, help="credentials of the pod's account")
+    ap.add_argument("--endpoint", required=True, help="podguard's pod channel URL")
+    ap.add_argument("--token-file", required=True, help="the pod's projected token")
     ap.add_argument("--limit-bytes", type=float, required=True)
     ap.add_argument("--port-file", type=Path, required=True)
     ap.add_argument("--leak-bytes", type=int, default=32768, help="leaked per step")
@@ -91,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from kubernetes import config
 
     from detector.remediation.checkpoint import (
+        ChannelClient,
         CheckpointResponder,
         latest_checkpoint,
         torch_saver,
@@ -136,10 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    api = config.new_client_from_config(config_file=args.kubeconfig)
-    responder = CheckpointResponder(namespace=args.namespace, pod=args.pod,
-                                    directory=ckpt_dir, api=api, poll_interval_s=0.5,
-                                    hold_s=3600.0)
+    responder = CheckpointResponder(directory=ckpt_dir,
+                                    channel=ChannelClient(args.endpoint, args.token_file),
+                                    poll_interval_s=0.5, hold_s=900.0)
     _append(events, {"event": "started", "uid": args.uid, "pid": os.getpid(),
                      "start_step": start, "port": server.server_port, "ts": time.time()})
     debug_activations: list[torch.Tensor] = []  # the leak: never cleared
@@ -172,12 +174,17 @@ def main(argv: list[str] | None = None) -> int:
                             "step": step}
                         saver = torch_saver(snapshot.copy)
                         path = responder.save_and_acknowledge(req, saver, step=step)
-                        _append(events, {"event": "acknowledged", "uid": args.uid,
-                                         "step": step, "request": req.id, "path": str(path),
-                                         "ts": time.time()})
-                        responder.hold(stop=stop.is_set)
-                        _append(events, {"event": "hold_ended", "uid": args.uid,
-                                         "stopping": stop.is_set(), "ts": time.time()})
+                        if path is None:
+                            _append(events, {"event": "ack_refused", "uid": args.uid,
+                                             "step": step, "request": req.id,
+                                             "ts": time.time()})
+                        else:
+                            _append(events, {"event": "acknowledged", "uid": args.uid,
+                                             "step": step, "request": req.id,
+                                             "path": str(path), "ts": time.time()})
+                            responder.hold(stop=stop.is_set)
+                            _append(events, {"event": "hold_ended", "uid": args.uid,
+                                             "stopping": stop.is_set(), "ts": time.time()})
                     seen_request_at = None
             if stop.is_set():
                 break

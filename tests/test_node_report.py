@@ -1,0 +1,48 @@
+"""Scoring a real-node recording against the kernel's kills (deploy.local.node_report.score):
+one row per incarnation, alarms counted only inside it and before its kill."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from deploy.local.node_report import score, table
+
+
+def _labels() -> dict[str, object]:
+    return {"end": 1000.0, "pods": {
+        "leaky": {"meant_to_leak": True, "starts": [0.0, 400.0], "oom_kills": [390.0]},
+        "ok": {"meant_to_leak": False, "starts": [0.0], "oom_kills": []}}}
+
+
+def _v(ts: float, pod: str, anomaly: bool, kind: str = "none",
+       tto: float | None = None) -> dict[str, object]:
+    return {"ts": ts, "pod": pod, "is_anomaly": anomaly, "kind": kind, "time_to_oom_s": tto}
+
+
+def test_rows_per_incarnation_with_lead_kind_and_time_to_oom() -> None:
+    verdicts = pd.DataFrame([
+        _v(100, "leaky", False), _v(200, "leaky", True, "memory_leak", 150.0),
+        _v(300, "leaky", True, "memory_leak", 80.0),
+        _v(395, "leaky", True, "drift"),  # after the kill, before the restart: nobody's
+        _v(500, "leaky", True, "drift"),
+        _v(600, "ok", False)])
+    rows = score(_labels(), verdicts, rule={"leaky": [250.0, 450.0]}, rule10m={})
+    first, second, ok = rows
+    assert (first.incarnation, first.killed, first.first_alarm, first.first_kind) == (
+        0, 390.0, 200.0, "memory_leak")
+    assert first.lead_s == 190.0 and first.tto_estimate_s == 150.0 and first.tto_real_s == 190.0
+    assert first.alarms == 2 and first.rule_first == 250.0 and first.rule_lead_s == 140.0
+    assert first.rule10m_first is None
+    assert (second.killed, second.first_kind, second.alarms, second.lead_s) == (
+        None, "drift", 1, None)
+    assert second.rule_first == 450.0
+    assert ok.alarms == 0 and ok.first_alarm is None
+    text = table(rows)
+    assert "OOM kills: 1; warned before the kill by podguard (memory_leak): 1" in text
+    assert "false alarms on healthy pods: podguard 0 of 1" in text
+
+
+def test_an_alarm_on_a_healthy_pod_is_counted() -> None:
+    rows = score(_labels(), pd.DataFrame([_v(50, "ok", True, "memory_leak", 9.0)]))
+    assert [r.alarms for r in rows if r.pod == "ok"] == [1]
+    assert "podguard 1 of 1" in table(rows)
