@@ -32,7 +32,7 @@ from detector import explain as xp
 from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
 from detector.models.trend import LeakReport, TrendDetector
-from detector.models.univariate import Judgement, UnivariateDetector
+from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
 from detector.windows import PodKey, WindowBatch
@@ -52,6 +52,7 @@ class Pipeline:
     version: str = "unversioned"
     univariate: UnivariateDetector = field(default_factory=UnivariateDetector)
     _pods: dict[PodKey, _PodState] = field(default_factory=dict, repr=False)
+    _extra: dict[str, StreamBank] = field(default_factory=dict, repr=False)  # custom metrics
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -76,11 +77,17 @@ class Pipeline:
     def forget(self, key: PodKey) -> None:
         """Drops the debouncing state of a pod that vanished."""
         self._pods.pop(key, None)
+        for bank in self._extra.values():
+            bank.forget(key)
 
     def adopt_state(self, previous: Pipeline) -> None:
         """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps
         the streaks, so a reload neither re-delays nor repeats a verdict)."""
         self._pods = previous._pods
+        if previous.univariate.config == self.univariate.config:  # same streams, same meaning
+            self._extra = previous._extra
+            for bank in self._extra.values():
+                bank.det = self.univariate
 
     def known_pods(self) -> list[PodKey]:
         return list(self._pods)
@@ -100,7 +107,8 @@ class Pipeline:
         far = np.isfinite(tto_all) & (tto_all > self.settings.leak_horizon_s)
         raw_leak = leak.is_anomaly & ~stale & ~far
         raw_drift = drift.is_anomaly & ~stale & ~raw_leak
-        metric = _judge_extra(self.univariate, batch, ~stale & ~raw_leak & ~raw_drift)
+        metric = _judge_extra(self.univariate, self._extra, batch,
+                              ~stale & ~raw_leak & ~raw_drift)
 
         verdicts: list[Verdict] = []
         explain_leak: list[int] = []
@@ -210,12 +218,14 @@ class _ExtraVerdicts:
         return "custom metric anomaly: " + text, values
 
 
-def _judge_extra(det: UnivariateDetector, batch: WindowBatch, eligible: np.ndarray
-                 ) -> _ExtraVerdicts | None:
-    """Each custom metric of ``batch.extra`` through ``det``, causally over its window (a
-    fresh state per window: the verdict depends on the window alone, as in replay); per
-    window the metric furthest above its family's threshold. ``None`` without custom
-    metrics."""
+def _judge_extra(det: UnivariateDetector, banks: dict[str, StreamBank], batch: WindowBatch,
+                 eligible: np.ndarray) -> _ExtraVerdicts | None:
+    """Each custom metric of ``batch.extra`` through ``det``, streaming: one state per pod
+    and metric (``banks``, kept across evaluations) advanced by the window's points that are
+    new since the last evaluation, so a step costs O(new points) and the verdict is the one a
+    causal replay of the pod's whole series gives. Every window with data advances its
+    state; per ``eligible`` window the metric furthest above its family's threshold is
+    reported. ``None`` without custom metrics."""
     if not batch.extra:
         return None
     n = len(batch)
@@ -223,18 +233,20 @@ def _judge_extra(det: UnivariateDetector, batch: WindowBatch, eligible: np.ndarr
     out = _ExtraVerdicts(flagged=np.zeros(n, bool), score=np.full(n, np.nan),
                          threshold=np.full(n, det.default_threshold), metric=[None] * n,
                          judgements={})
+    times = np.asarray(batch.ts, dtype=np.float64)[:, None] + np.asarray(batch.grid)[None, :]
     for name in sorted(batch.extra):
         x = np.asarray(batch.extra[name], dtype=np.float64)
-        rows = np.flatnonzero(eligible & np.isfinite(x[:, -1]))
+        rows = np.flatnonzero(np.isfinite(x).any(axis=1))
         if rows.size == 0:
             continue
         thr = det.threshold_for(name)
-        _, _, j = det.run(x[rows], thr)
-        if j is None:
-            continue
-        full = Judgement(**{f: _scatter(getattr(j, f), rows, n) for f in j.__dataclass_fields__})
+        bank = banks.setdefault(name, StreamBank(det))
+        j = bank.advance([batch.keys[i] for i in rows.tolist()], times[rows], x[rows], thr)
+        spread: dict[str, np.ndarray] = {f: _scatter(getattr(j, f), rows, n)
+                                         for f in j.__dataclass_fields__ if f != "scales"}
+        full = replace(j, **spread)  # type: ignore[arg-type]
         out.judgements[name] = full
-        ratio = np.where(np.isfinite(full.score), full.score / thr, -np.inf)
+        ratio = np.where(np.isfinite(full.score) & eligible, full.score / thr, -np.inf)
         better = ratio > best
         best = np.where(better, ratio, best)
         out.score[better] = full.score[better]

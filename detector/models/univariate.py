@@ -1,41 +1,48 @@
 """A streaming univariate detector for custom metrics (any metric outside the built-in channels).
 
 Used by :mod:`detector.pipeline` on :attr:`WindowBatch.extra` (application metrics such as
-training throughput, request counts or step time) and by ``podguard evaluate --nab``
-(:mod:`detector.nab_eval`) on the NAB corpus. Vectorised over a batch of series: one
-:meth:`UnivariateDetector.step` advances ``n`` series (pods) by one point each.
+training throughput, request counts or step time), with one streaming state per pod and
+metric that advances only by the points that are new at each evaluation, and by
+``podguard evaluate --nab`` (:mod:`detector.nab_eval`) on the NAB corpus. Vectorised over a
+batch of series: one :meth:`UnivariateDetector.step` advances ``n`` series by one point each;
+the state of a series is a fixed number of floats (bounded, whatever its length).
 
 How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t`` only)
 --------------------------------------------------------------------------------------
-* **Per-series baseline**: a robust level ``m`` and scale ``s`` of the series, exponentially
-  weighted (half-life :attr:`UnivariateConfig.halflife_points`) and winsorised: a point
-  moves them by at most ``clip`` scales, so one spike barely shifts the baseline. At the
-  start of a series the weights are those of a plain running mean, so the baseline is usable
-  after :attr:`~UnivariateConfig.warmup_points` points. The scale never falls below
-  ``scale_floor`` times its slow (long half-life) average, so a series that sits perfectly
-  still for a while is not judged at a vanishing scale.
-* **Deviation**: the mean of the last ``short_points`` points against the baseline,
-  ``z = |mean - m| / s`` (``s`` the baseline before these points arrived).
-* **Score** ``= z / q``: ``q`` is the series' own ``quantile``-th percentile of ``z`` over
-  its last ``quantile_window`` judged points (a ring buffer per series; no score before
-  ``quantile_min`` of them), so the score says how far beyond the
-  series' usual high excursions the point is; heavy-tailed series (request counts) and
-  quiet ones (a flat line with a little noise) land on one scale. Higher = more anomalous.
-* **Learning from what was not flagged** (river's ``filter`` habit): a point scored at or
-  above the threshold updates the baseline with ``flagged_weight`` of its normal weight and
-  does not update ``q``, so an anomaly does not teach the detector that it is normal, while
-  a lasting change of level is still absorbed eventually.
-* **Threshold**: one per metric family (the metric name), fitted at a target false-alarm
-  rate on healthy series (:meth:`UnivariateDetector.infer_threshold`) and kept as fitted
-  state (:meth:`get_state` / :meth:`from_state`, strict JSON, no pickle); families never
-  fitted use :data:`DEFAULT_THRESHOLD`.
-* **Alarms** (:meth:`UnivariateDetector.alarms`): the first point of an episode, an episode
-  being a run of flagged points with gaps shorter than ``episode_gap_points``; this is what
-  pages somebody once, and what NAB scores.
+* **Per-series baseline**: a robust level ``m`` and scale ``s`` (mean absolute deviation),
+  exponentially weighted (half-life :attr:`UnivariateConfig.halflife_points`) and winsorised
+  (a point moves them by at most ``clip`` scales). At the start of a series the weights are
+  those of a plain running mean. The scale never falls below ``scale_floor`` times its slow
+  (long half-life) average. Until the series has ``prior_points`` points its scale is shrunk
+  towards a prior relative scale (``prior_rel_scale * |m|``, or the family's own when the
+  pipeline knows other series of the metric), so a verdict exists from
+  ``warmup_points`` points on (minutes, not hours).
+* **Deviations at several time scales**: the newest point, and exponentially weighted means
+  of half-life ``scales`` (short bursts, level shifts), each ``z_k = |ewm_k - m| / s``
+  against the baseline before the point.
+* **Each deviation against the series' own tail** (peaks over threshold, exponential tail):
+  ``u_k``, the series' running ``tail_quantile`` of ``z_k`` (a decayed log-spaced histogram,
+  half-life ``tail_halflife_points``), and ``beta_k``, the running mean excess of ``z_k``
+  over ``u_k``. The tail probability of ``z`` is then
+  ``(1 - tail_quantile) * exp(-(z - u) / beta)``; the score is its ``-log10``, the largest
+  over the time scales, less ``log10(number of scales)`` (Bonferroni), floored at 0. A score
+  of 5 is "a 1-in-100,000 excursion for this series". Noisy heavy-tailed series (request
+  counts) and quiet ones land on one scale, and a noisy real series does not alarm all the
+  time. The histogram and mean excess start from ``prior_weight`` pseudo-points of the
+  Gaussian case (or of the family's established series, in the pipeline): shrinkage to a
+  prior until the series' own statistics exist.
+* **Learning from what was not flagged** (river's ``filter`` habit): a flagged point
+  updates the baseline with ``flagged_weight`` of its normal weight and does not update the
+  tail statistics.
+* **Threshold**: one per metric family (the metric name), :data:`DEFAULT_THRESHOLD` unless
+  fitted at a target false-alarm rate on healthy series (:meth:`infer_threshold`), kept as
+  strict-JSON state (:meth:`get_state` / :meth:`from_state`, no pickle).
+* **Alarms** (:meth:`UnivariateDetector.alarms`): the first flagged point of an episode, an
+  episode being flagged points with gaps shorter than ``episode_gap_points`` (a refractory
+  period: one page per episode, and what NAB scores).
 
 ``explain`` gives one readable sentence ("step time 2.3x its usual level for 6 min (usual
-0.41 ± 0.03)") and exact Shapley values of the score over the points of the short mean (the
-deviation is linear in them).
+0.41 ± 0.03)") and the evidence of each time scale (its tail score).
 """
 
 from __future__ import annotations
@@ -49,85 +56,171 @@ import numpy as np
 
 from detector.errors import ModelIntegrityError, NotFittedError
 
-FORMAT = "podguard.univariate/1"
-DEFAULT_THRESHOLD = 1.2
-"""Threshold of a metric family with no fitted one: :meth:`UnivariateDetector.infer_threshold`
-on the five healthy series of NAB's ``artificialNoAnomaly`` at a false-alarm rate of 1e-4 per
-point gives 1.18 with the default config; rounded up to 1.2. Nothing else was fitted."""
+FORMAT = "podguard.univariate/2"
+DEFAULT_THRESHOLD = 5.0
+"""Threshold of a metric family with no fitted one, chosen a priori (not fitted on any
+labelled data): a tail probability of 1e-5 per point and series (at one point a minute,
+about one flagged point per 70 days of a healthy series, before debouncing)."""
 
 _SIGMA_PER_MAD = 1.2533  # E|x - mu| = sigma * sqrt(2/pi) for a normal variable
+_BINS = 64
+_LOG_LO, _LOG_HI = math.log(1e-3), math.log(1e3)
+_DLOG = (_LOG_HI - _LOG_LO) / _BINS
+_EDGES = np.exp(_LOG_LO + _DLOG * np.arange(_BINS + 1))  # bin b covers [E[b], E[b+1])
 
 
 @dataclass(frozen=True)
 class UnivariateConfig:
-    """Generic settings (in points of the series' own grid); none is fitted per family."""
+    """Generic settings (in points of the series' own grid), chosen a priori; none is fitted
+    per family."""
 
     halflife_points: float = 350.0  # half-life of the baseline level and scale
     long_halflife_points: float = 2000.0  # half-life of the slow scale behind the floor
-    short_points: int = 3  # points averaged into the judged value
+    scales: tuple[float, ...] = (0.0, 3.0, 30.0)  # EWM half-lives judged (0 = the point)
     clip: float = 3.0  # winsorising of baseline updates, in scales
     scale_floor: float = 0.1  # the scale is at least this fraction of the slow scale
-    quantile: float = 0.99  # the usual high excursion that the score is relative to
-    quantile_window: int = 2000  # judged points the quantile is taken over
-    quantile_min: int = 100  # judged points needed before the first score
-    warmup_points: int = 30  # points before the first score of a series
+    tail_quantile: float = 0.99  # the level the exponential tail is fitted above
+    tail_halflife_points: float = 3000.0  # half-life of the tail statistics
+    prior_weight: float = 200.0  # pseudo-points of the prior tail (shrinkage)
+    prior_points: int = 30  # points until the scale is the series' own
+    prior_rel_scale: float = 0.05  # prior scale as a fraction of |level| (no family prior)
+    warmup_points: int = 5  # points before the first score of a series
     flagged_weight: float = 0.1  # baseline weight of a flagged point (1 = like any other)
     episode_gap_points: int = 100  # flagged points closer than this belong to one episode
 
     def __post_init__(self) -> None:
         bad = []
-        if not self.halflife_points > 0 or not self.long_halflife_points > 0:
+        if not self.halflife_points > 0 or not self.long_halflife_points > 0 \
+                or not self.tail_halflife_points > 0:
             bad.append("half-lives must be > 0")
-        if self.short_points < 1 or self.warmup_points < self.short_points:
-            bad.append("short_points must be >= 1 and <= warmup_points")
-        if not 0 < self.quantile < 1:
-            bad.append("quantile must be in (0, 1)")
+        if not self.scales or any(not (h >= 0 and math.isfinite(h)) for h in self.scales):
+            bad.append("scales must be a non-empty list of half-lives >= 0")
+        if not 0 < self.tail_quantile < 1:
+            bad.append("tail_quantile must be in (0, 1)")
         if not self.clip > 0 or not self.scale_floor >= 0 or not 0 <= self.flagged_weight <= 1:
             bad.append("clip > 0, scale_floor >= 0, 0 <= flagged_weight <= 1")
-        if not 1 <= self.quantile_min <= self.quantile_window or self.episode_gap_points < 0:
-            bad.append("1 <= quantile_min <= quantile_window, episode_gap_points >= 0")
+        if self.warmup_points < 2 or self.prior_points < 0 or not self.prior_weight > 0 \
+                or not self.prior_rel_scale > 0:
+            bad.append("warmup_points >= 2, prior_points >= 0, prior_weight > 0, "
+                       "prior_rel_scale > 0")
+        if self.episode_gap_points < 0:
+            bad.append("episode_gap_points >= 0")
         if bad:
             raise ValueError("invalid UnivariateConfig: " + "; ".join(bad))
+
+    @property
+    def alphas(self) -> np.ndarray:
+        """EWM weight of the newest point at each time scale (1 = the point itself)."""
+        return np.array([1.0 if h == 0 else 1.0 - 0.5 ** (1.0 / h) for h in self.scales])
+
+
+def gaussian_prior(config: UnivariateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The prior tail of each time scale for Gaussian noise around a steady level:
+    ``(hist, beta)``, hist (S, B) summing to 1 per scale, beta (S,) the mean excess over the
+    ``tail_quantile``. ``z`` of an EWM with weight ``a`` is ``|N(0, a / (2 - a))| / 0.798``."""
+    a = config.alphas
+    sd = np.sqrt(a / (2.0 - a)) * _SIGMA_PER_MAD  # z in units of the MAD
+    from math import erf, sqrt
+
+    cdf = np.array([[erf(e / s / sqrt(2.0)) for e in _EDGES] for s in sd])  # P(|N| s < e)
+    hist = np.diff(cdf, axis=1)
+    hist[:, 0] += cdf[:, 0]
+    hist[:, -1] += 1.0 - cdf[:, -1]
+    hist /= hist.sum(axis=1, keepdims=True)
+    u = _hist_quantile(hist[None], config.tail_quantile)[0]
+    beta = np.empty(len(sd))
+    rng = np.random.default_rng(0)  # mean excess of |N| s over u, by a fixed sample
+    g = np.abs(rng.standard_normal(200_000))
+    for k, s in enumerate(sd):
+        z = g * s
+        ex = z[z > u[k]] - u[k]
+        beta[k] = float(ex.mean()) if ex.size else float(s)
+    return hist, beta
 
 
 @dataclass
 class SeriesState:
-    """The running state of ``n`` series (one row each); plain arrays."""
+    """The running state of ``n`` series (one row each); plain arrays, a fixed size per
+    series (``4 + 2 S + S B + S`` floats and three counters, S scales, B bins)."""
 
     level: np.ndarray  # (n,) baseline level
     scale: np.ndarray  # (n,) baseline mean absolute deviation
     slow_scale: np.ndarray  # (n,) long half-life mean absolute deviation
-    zs: np.ndarray  # (n, quantile_window) the last judged z of each series (-inf: none)
-    zs_count: np.ndarray  # (n,) int64, z values written to ``zs`` so far
+    prior_scale: np.ndarray  # (n,) relative prior scale (fraction of |level|)
+    ewm: np.ndarray  # (n, S) EW means of the series at each time scale
+    hist: np.ndarray  # (n, S, B) decayed histogram of z per time scale (sums to 1)
+    beta: np.ndarray  # (n, S) mean excess of z over the tail quantile
     count: np.ndarray  # (n,) int64, points seen
-    recent: np.ndarray  # (n, short_points) the last points, newest last
     run: np.ndarray  # (n,) int64, consecutive flagged points up to now
-    since_flag: np.ndarray  # (n,) int64, points since the last flagged one
+    last: np.ndarray  # (n,) the newest point
 
     @classmethod
-    def empty(cls, n: int, short_points: int, quantile_window: int) -> SeriesState:
+    def empty(cls, n: int, config: UnivariateConfig,
+              prior: tuple[np.ndarray, np.ndarray] | None = None) -> SeriesState:
+        hist, beta = gaussian_prior(config) if prior is None else prior
+        S = len(config.scales)
         z = np.zeros(n, dtype=np.float64)
         return cls(level=z.copy(), scale=z.copy(), slow_scale=z.copy(),
-                   zs=np.full((n, quantile_window), -np.inf),
-                   zs_count=np.zeros(n, dtype=np.int64), count=np.zeros(n, dtype=np.int64),
-                   recent=np.full((n, short_points), np.nan),
-                   run=np.zeros(n, dtype=np.int64),
-                   since_flag=np.full(n, np.iinfo(np.int64).max // 2, dtype=np.int64))
+                   prior_scale=np.full(n, config.prior_rel_scale),
+                   ewm=np.zeros((n, S)), hist=np.broadcast_to(hist, (n, *hist.shape)).copy(),
+                   beta=np.broadcast_to(beta, (n, S)).copy(),
+                   count=np.zeros(n, dtype=np.int64), run=np.zeros(n, dtype=np.int64),
+                   last=np.full(n, np.nan))
+
+    def take(self, rows: np.ndarray) -> SeriesState:
+        """A copy of the rows ``rows``."""
+        return SeriesState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def put(self, rows: np.ndarray, other: SeriesState) -> None:
+        """Writes ``other``'s rows into rows ``rows``."""
+        for f in fields(self):
+            getattr(self, f.name)[rows] = getattr(other, f.name)
+
+    def resize(self, n: int, config: UnivariateConfig) -> SeriesState:
+        """This state with ``n`` rows (new rows empty, extra rows dropped)."""
+        fresh = SeriesState.empty(n, config)
+        m = min(n, len(self.level))
+        for f in fields(self):
+            getattr(fresh, f.name)[:m] = getattr(self, f.name)[:m]
+        return fresh
 
 
 @dataclass(frozen=True)
 class Judgement:
     """The detector's view of the newest point of each series."""
 
-    score: np.ndarray  # (n,) z / q; NaN while warming up or without data
+    score: np.ndarray  # (n,) -log10 tail probability; NaN while warming up or without data
     threshold: np.ndarray  # (n,) the family threshold of each series
     is_anomaly: np.ndarray  # (n,) score >= threshold
-    value: np.ndarray  # (n,) the judged value (mean of the last short_points points)
+    value: np.ndarray  # (n,) the judged value (the EWM of the winning time scale)
     level: np.ndarray  # (n,) the baseline level it was judged against
     sigma: np.ndarray  # (n,) the baseline scale as a standard deviation
     run_points: np.ndarray  # (n,) consecutive flagged points up to and including this one
-    recent: np.ndarray  # (n, short_points) the points averaged into ``value``
-    q: np.ndarray  # (n,) the series' usual high excursion z
+    scale_scores: np.ndarray  # (n, S) the score of each time scale
+    scales: tuple[float, ...] = ()  # the half-lives of the time scales
+
+
+def _hist_quantile(hist: np.ndarray, p: float) -> np.ndarray:
+    """The ``p``-quantile of each histogram (..., B) (geometric interpolation in a bin)."""
+    cum = np.cumsum(hist, axis=-1)
+    tot = cum[..., -1:]
+    target = p * tot
+    b = np.minimum((cum < target).sum(axis=-1), _BINS - 1)
+    below = np.take_along_axis(cum, b[..., None], -1)[..., 0] - np.take_along_axis(
+        hist, b[..., None], -1)[..., 0]
+    inbin = np.take_along_axis(hist, b[..., None], -1)[..., 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.clip(np.where(inbin > 0, (target[..., 0] - below) / inbin, 0.5), 0.0, 1.0)
+    return np.exp(_LOG_LO + _DLOG * (b + frac))
+
+
+def _hist_survival(hist: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """P(Z >= z) by each histogram (..., B) (the bins above z's, half of z's own)."""
+    b = np.clip(((np.log(np.maximum(z, 1e-300)) - _LOG_LO) / _DLOG).astype(np.int64), 0,
+                _BINS - 1)
+    above = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # mass of bins >= b
+    own = np.take_along_axis(hist, b[..., None], -1)[..., 0]
+    return np.take_along_axis(above, b[..., None], -1)[..., 0] - 0.5 * own
 
 
 @dataclass
@@ -146,71 +239,103 @@ class UnivariateDetector:
             return self.thresholds[family]
         return self.default_threshold
 
-    def new_state(self, n: int, points: int | None = None) -> SeriesState:
-        """A fresh state for ``n`` series; ``points``: how many points it will see at most
-        (a shorter quantile buffer, same results, when that is below ``quantile_window``)."""
-        w = self.config.quantile_window if points is None else min(points,
-                                                                     self.config.quantile_window)
-        return SeriesState.empty(n, self.config.short_points, max(w, 1))
+    def new_state(self, n: int, points: int | None = None,
+                  prior: tuple[np.ndarray, np.ndarray] | None = None) -> SeriesState:
+        """A fresh state for ``n`` series (``points`` is accepted for compatibility; the
+        state's size does not depend on the series' length); ``prior``: the tail prior
+        ``(hist (S, B), beta (S,))``, the Gaussian one by default."""
+        return SeriesState.empty(n, self.config, prior)
 
     def step(self, state: SeriesState, x: np.ndarray, threshold: np.ndarray | float
              ) -> Judgement:
-        """Advances every series by one point ``x`` ((n,), NaN = no data: state unchanged)
-        and judges it against ``threshold`` (scalar or (n,))."""
+        """Advances every series by one point ``x`` ((n,), NaN = no data: state unchanged,
+        no score) and judges it against ``threshold`` (scalar or (n,))."""
         c = self.config
         x = np.asarray(x, dtype=np.float64)
         n = x.shape[0]
         thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (n,))
         ok = np.isfinite(x)
         first = ok & (state.count == 0)
-        state.level[first] = x[first]
-        recent = state.recent
-        recent[ok, :-1] = recent[ok, 1:]
-        recent[ok, -1] = x[ok]
+        if first.any():
+            state.level[first] = x[first]
+            state.ewm[first] = x[first, None]
+        cnt = state.count.astype(np.float64)
+        xf = np.where(ok, x, state.level)
+        al = np.maximum(c.alphas[None, :], 1.0 / (cnt[:, None] + 1.0))  # a running mean first
+        ewm = np.where(ok[:, None], state.ewm + al * (xf[:, None] - state.ewm), state.ewm)
         with np.errstate(invalid="ignore", divide="ignore"):
-            have = np.isfinite(recent)
-            value = np.where(have, recent, 0.0).sum(axis=1) / have.sum(axis=1)
-            floor = np.maximum(c.scale_floor * state.slow_scale, 1e-12 * (np.abs(state.level)
-                                                                          + 1e-12))
-            sc = np.maximum(state.scale, floor)
-            dev = value - state.level
-            z = np.abs(dev) / sc
-            scored = ok & (state.count >= c.warmup_points)
-            q = _buffer_quantile(state.zs, state.zs_count, c.quantile)
-            scored &= state.zs_count >= c.quantile_min
-            score = np.where(scored & np.isfinite(q) & (q > 0), z / q, np.nan)
+            floor = np.maximum(c.scale_floor * state.slow_scale,
+                               1e-9 * (np.abs(state.level) + 1e-12))
+            own = np.maximum(state.scale, floor)
+            # shrinkage of the scale to the prior until the series has prior_points points
+            wp = np.maximum(c.prior_points - (cnt - 1.0), 0.0)
+            prior_s = state.prior_scale * np.abs(state.level)
+            sc = np.where(wp > 0, np.maximum(own, ((cnt - 1.0).clip(0) * own + wp * prior_s)
+                                             / np.maximum(cnt - 1.0 + wp, 1.0)), own)
+            sc = np.maximum(sc, 1e-12 * (np.abs(state.level) + 1e-12))
+            z = np.abs(ewm - state.level[:, None]) / sc[:, None]  # (n, S)
+            u = _hist_quantile(state.hist, c.tail_quantile)  # (n, S)
+            ls = (-math.log10(1.0 - c.tail_quantile)
+                  + (z - u) / (state.beta * math.log(10.0)))
+            # what the series itself has shown is not rarer than its own frequency (a jump
+            # that recurs every day is not a 1-in-a-million event however large it is)
+            ls = np.maximum(np.minimum(ls, -np.log10(np.maximum(_hist_survival(state.hist, z),
+                                                                1e-300))), 0.0)
+            scored = ok & (state.count >= c.warmup_points - 1) & np.isfinite(z).all(axis=1)
+            best = ls.max(axis=1) - math.log10(len(c.scales))
+            score = np.where(scored, np.maximum(best, 0.0), np.nan)
         flagged = scored & (score >= thr)
         # -- learn: baseline from the newest point (winsorised), less from flagged points
-        cnt = state.count.astype(np.float64)
         a = np.maximum(1.0 - 0.5 ** (1.0 / c.halflife_points), 1.0 / (cnt + 1.0))
         a_slow = np.maximum(1.0 - 0.5 ** (1.0 / c.long_halflife_points), 1.0 / (cnt + 1.0))
-        w = np.where(flagged, c.flagged_weight, 1.0)
-        r = np.where(ok, x - state.level, 0.0)
+        # (no gating before prior_points: there is no baseline of its own to protect yet)
+        w = np.where(flagged & (cnt >= c.prior_points), c.flagged_weight, 1.0)
+        r = np.where(ok, xf - state.level, 0.0)
         lim = c.clip * sc
         learn = ok & ~first
         rc = np.clip(r, -lim, lim)
-        ar = np.minimum(np.abs(r), lim) if c.clip else np.abs(r)
-        upd = learn & (state.count >= 1)
+        ar = np.where(state.count <= 1, np.abs(r), np.minimum(np.abs(r), lim))
+        level_before = state.level
         state.level = np.where(learn, state.level + a * w * rc, state.level)
-        # the scale starts from the first deviations unclipped (no scale to clip against yet)
-        ar = np.where(state.count <= 1, np.abs(r), ar)
-        state.scale = np.where(upd, state.scale + a * w * (ar - state.scale), state.scale)
-        state.slow_scale = np.where(upd, state.slow_scale + a_slow * w * (ar - state.slow_scale),
+        state.scale = np.where(learn, state.scale + a * w * (ar - state.scale), state.scale)
+        state.slow_scale = np.where(learn, state.slow_scale + a_slow * w * (ar - state.slow_scale),
                                     state.slow_scale)
-        # -- the z of every judgeable point that was not flagged joins the quantile's buffer
-        keep = ok & (state.count >= c.warmup_points) & ~flagged & np.isfinite(z)
-        rows = np.flatnonzero(keep)
+        state.ewm = ewm
+        # -- the tail statistics
+        # (the histogram from every scored point that was not flagged and from the first
+        # point of each flagged run: how often the series goes that far is a fact about the
+        # series, and a jump that recurs every day becomes usual, while a lasting anomaly
+        # counts once; the mean excess of the exponential tail only from points that were
+        # not flagged)
+        rows = np.flatnonzero(scored & (~flagged | (state.run == 0)))
         if rows.size:
-            state.zs[rows, state.zs_count[rows] % state.zs.shape[1]] = z[rows]
-            state.zs_count[rows] += 1
+            # weight of the point: as one of prior_weight + count points at first, then
+            # exponentially decayed (half-life tail_halflife_points)
+            aq = np.maximum(1.0 - 0.5 ** (1.0 / c.tail_halflife_points),
+                            1.0 / (c.prior_weight + cnt[rows]))[:, None]
+            zk = z[rows]
+            b = np.clip(((np.log(np.maximum(zk, 1e-300)) - _LOG_LO) / _DLOG).astype(np.int64),
+                        0, _BINS - 1)
+            h = state.hist[rows] * (1.0 - aq)[..., None]
+            np.put_along_axis(h, b[..., None],
+                              np.take_along_axis(h, b[..., None], -1) + aq[..., None], -1)
+            state.hist[rows] = h
+            uk = u[rows]
+            over = (zk > uk) & ~flagged[rows, None]
+            # mean excess: EW over exceedances, weight 1/(1 - q) of a point's (they are rare)
+            ab = np.minimum(1.0, aq / (1.0 - c.tail_quantile))
+            state.beta[rows] = np.where(over, state.beta[rows] + ab * (zk - uk - state.beta[rows]),
+                                        state.beta[rows])
         state.count = state.count + ok
         state.run = np.where(flagged, state.run + 1, np.where(ok, 0, state.run))
-        state.since_flag = np.where(flagged, 0, state.since_flag + ok)
-        # (state.level and state.run were rebound above, so only ``recent`` needs a copy)
-        return Judgement(score=score, threshold=np.array(thr), is_anomaly=flagged, value=value,
-                         level=state.level - np.where(learn, a * w * rc, 0.0),
+        state.last = np.where(ok, x, state.last)
+        win = np.argmax(ls, axis=1)
+        value = np.take_along_axis(ewm, win[:, None], 1)[:, 0]
+        return Judgement(score=score, threshold=np.array(thr), is_anomaly=flagged,
+                         value=np.where(ok, value, np.nan), level=level_before,
                          sigma=sc * _SIGMA_PER_MAD, run_points=state.run,
-                         recent=recent.copy(), q=q)
+                         scale_scores=np.where(scored[:, None], ls, np.nan),
+                         scales=tuple(c.scales))
 
     def run(self, x: np.ndarray, threshold: np.ndarray | float | None = None
             ) -> tuple[np.ndarray, np.ndarray, Judgement | None]:
@@ -262,7 +387,7 @@ class UnivariateDetector:
             scores = scores[np.isfinite(scores)]
             if scores.size == 0:
                 raise ValueError(f"family {family!r}: no scored point (series shorter than "
-                                 f"{self.config.warmup_points + self.config.quantile_min} "
+                                 f"{self.config.warmup_points} "
                                  "points?)")
             if math.isfinite(thr) and np.mean(scores > thr) <= fpr:
                 break
@@ -276,8 +401,7 @@ class UnivariateDetector:
     def explain(self, metric: str, j: Judgement, i: int, *, step_s: float | None = None,
                 unit: str = "") -> tuple[str, dict[str, float]]:
         """One sentence and the Shapley values of row ``i`` of judgement ``j``."""
-        return describe(metric, j, i, step_s=step_s, unit=unit,
-                        short_points=self.config.short_points)
+        return describe(metric, j, i, step_s=step_s, unit=unit)
 
     # -- persisted state ------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -306,6 +430,9 @@ class UnivariateDetector:
         if not _is_number(dflt) or dflt <= 0:
             raise ModelIntegrityError(f"univariate default_threshold {dflt!r} is not > 0")
         try:
+            cfg = dict(cfg)
+            if isinstance(cfg.get("scales"), list):
+                cfg["scales"] = tuple(float(h) for h in cfg["scales"])
             config = UnivariateConfig(**cfg)
         except (TypeError, ValueError) as e:
             raise ModelIntegrityError(f"univariate config: {e}") from e
@@ -318,21 +445,6 @@ class UnivariateDetector:
         if family not in self.thresholds:
             raise NotFittedError(f"no threshold fitted for metric family {family!r}")
         return self.thresholds[family]
-
-
-def _buffer_quantile(zs: np.ndarray, count: np.ndarray, p: float) -> np.ndarray:
-    """The ``p``-quantile ('higher') of the filled part of each row of ``zs`` (NaN if none)."""
-    n, w = zs.shape
-    filled = np.minimum(count, w)
-    out = np.full(n, np.nan)
-    # per distinct fill count (usually one: series of a batch advance together), the element
-    # of rank w - filled + k, k = ceil(p (filled - 1)), among the row's values in rising order
-    # (-inf, i.e. unfilled, first)
-    for f in np.unique(filled[filled > 0]).tolist():
-        rows = np.flatnonzero(filled == f)
-        rank = w - f + math.ceil(p * (f - 1))
-        out[rows] = np.partition(zs[rows], rank, axis=1)[:, rank]
-    return out
 
 
 def _is_number(v: object) -> bool:
@@ -372,14 +484,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe(metric: str, j: Judgement, i: int, *, step_s: float | None = None,
-             unit: str = "", short_points: int = 1) -> tuple[str, dict[str, float]]:
-    """The sentence and attributions of series ``i`` of ``j`` (see :class:`UnivariateDetector`).
+_SCALE_NAMES = {0.0: "point"}
 
-    Attributions: the score is ``|mean(recent) - level| / (sigma_mad * q)``, linear in each
-    recent point for a fixed sign, so each point's exact Shapley value (against the baseline
-    level as the reference) is ``sign * (x_k - level) / (k * sigma_mad * q)``; they sum to the
-    score. Named ``"<metric>@-<age>"`` (``@-0`` the newest point)."""
+
+def scale_name(h: float) -> str:
+    """``point`` for the newest point, ``ewm<h>`` for an EWM of half-life ``h`` points."""
+    return _SCALE_NAMES.get(float(h), f"ewm{h:g}")
+
+
+def describe(metric: str, j: Judgement, i: int, *, step_s: float | None = None,
+             unit: str = "") -> tuple[str, dict[str, float]]:
+    """The sentence and the evidence of series ``i`` of ``j`` (see :class:`UnivariateDetector`).
+
+    Evidence: the score of each time scale (``-log10`` of its tail probability, before the
+    correction for the number of scales), named ``"<metric>@<scale>"`` (``@point`` the
+    newest point, ``@ewm3`` its EWM of half-life 3 points...); the verdict's score is the
+    largest of them less ``log10(number of scales)``."""
     subject = metric.replace("_", " ")
     value, level, sigma = float(j.value[i]), float(j.level[i]), float(j.sigma[i])
     score, thr = float(j.score[i]), float(j.threshold[i])
@@ -394,14 +514,137 @@ def describe(metric: str, j: Judgement, i: int, *, step_s: float | None = None,
     dur = f" for {_duration(run * step_s)}" if step_s and run > 0 else ""
     sentence = (f"{subject} {how}{dur} (usual {_human(level, unit)} ± {_human(sigma, unit)}; "
                 f"now {_human(value, unit)}, score {score:.1f} vs threshold {thr:.1f})")
-    recent = np.asarray(j.recent[i], dtype=np.float64)
-    finite = np.isfinite(recent)
-    k = max(int(finite.sum()), 1)
-    denom = sigma / _SIGMA_PER_MAD * float(j.q[i])
-    sign = 1.0 if value >= level else -1.0
     attr: dict[str, float] = {}
-    if denom > 0 and math.isfinite(denom):
-        for age, xk in enumerate(recent[::-1][:max(short_points, 1)]):
-            if math.isfinite(xk):
-                attr[f"{metric}@-{age}"] = float(sign * (xk - level) / (k * denom))
+    for k, h in enumerate(j.scales):
+        v = float(j.scale_scores[i, k])
+        if math.isfinite(v):
+            attr[f"{metric}@{scale_name(h)}"] = v
     return sentence, attr
+
+
+_JUDGED = ("score", "threshold", "value", "level", "sigma")
+
+
+class StreamBank:
+    """The streaming state of one metric family over many keyed series (pods): each call to
+    :meth:`advance` consumes only the points of each series newer than those it already
+    consumed, so the per-step cost is O(new points), and the judgement is the one a full
+    causal replay of the series' points would give (same state, point by point). Rows of
+    keys that :meth:`forget` drops are reused; the state of one series is a fixed number of
+    floats. A new series starts from the family's prior: the mean tail of the family's
+    established series (``count >= prior_weight``) and their median relative scale, or the
+    detector's Gaussian prior when there are none."""
+
+    def __init__(self, det: UnivariateDetector) -> None:
+        self.det = det
+        self._rows: dict[Any, int] = {}
+        self._free: list[int] = []
+        self._cap = 0
+        self._state = det.new_state(0)
+        self._last_t = np.zeros(0)
+        self._judged = {k: np.zeros(0) for k in _JUDGED}
+        self._flag = np.zeros(0, dtype=bool)
+        self._scale_scores = np.zeros((0, len(det.config.scales)))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def keys(self) -> list[Any]:
+        return list(self._rows)
+
+    def forget(self, key: Any) -> None:
+        """Drops the state of ``key`` (a pod that went away); its row is reused."""
+        row = self._rows.pop(key, None)
+        if row is not None:
+            self._free.append(row)
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, 2 * self._cap, 16)
+        self._state = self._state.resize(cap, self.det.config)
+        old = self._cap
+        self._last_t = np.concatenate([self._last_t, np.full(cap - old, -np.inf)])
+        self._judged = {k: np.concatenate([v, np.full(cap - old, np.nan)])
+                        for k, v in self._judged.items()}
+        self._flag = np.concatenate([self._flag, np.zeros(cap - old, dtype=bool)])
+        self._scale_scores = np.concatenate(
+            [self._scale_scores, np.full((cap - old, self._scale_scores.shape[1]), np.nan)])
+        self._free.extend(range(cap - 1, old - 1, -1))
+        self._cap = cap
+
+    def _rows_of(self, keys: Sequence[Any]) -> np.ndarray:
+        new = [k for k in dict.fromkeys(keys) if k not in self._rows]
+        if new:
+            if len(self._free) < len(new):
+                self._grow(self._cap + len(new) - len(self._free))
+            live = np.fromiter(self._rows.values(), dtype=np.int64, count=len(self._rows))
+            st, c = self._state, self.det.config
+            est = live[st.count[live] >= c.prior_weight] if live.size else live
+            fresh = SeriesState.empty(
+                len(new), c, None if est.size == 0 else (st.hist[est].mean(axis=0),
+                                                         st.beta[est].mean(axis=0)))
+            if est.size:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rel = st.scale[est] / np.abs(st.level[est])
+                rel = rel[np.isfinite(rel) & (rel > 0)]
+                if rel.size:
+                    fresh.prior_scale[:] = float(np.median(rel))
+            rows = np.array([self._free.pop() for _ in new], dtype=np.int64)
+            st.put(rows, fresh)
+            self._last_t[rows] = -np.inf
+            for v in self._judged.values():
+                v[rows] = np.nan
+            self._flag[rows] = False
+            self._scale_scores[rows] = np.nan
+            self._rows.update(zip(new, rows.tolist()))
+        return np.array([self._rows[k] for k in keys], dtype=np.int64)
+
+    def advance(self, keys: Sequence[Any], times: np.ndarray, x: np.ndarray,
+                threshold: float) -> Judgement:
+        """Consumes the new points of each series and judges its newest one.
+
+        ``keys`` (n,) distinct; ``times`` (n, L) the points' times (rising along each row);
+        ``x`` (n, L) their values (NaN: no data). A point is new when it is later than the
+        last one consumed for its key and not after the row's newest finite point (trailing
+        NaNs are left for a later call, when their data may have arrived). A point already
+        consumed is not consumed again (a late revision of it is ignored). A series with no
+        new point keeps its previous judgement."""
+        x = np.asarray(x, dtype=np.float64)
+        times = np.asarray(times, dtype=np.float64)
+        n, L = x.shape
+        rows = self._rows_of(keys)
+        fin = np.isfinite(x)
+        idx = np.arange(L)[None, :]
+        newest = np.where(fin.any(axis=1), np.where(fin, idx, -1).max(axis=1), -1)
+        new = (times > self._last_t[rows, None]) & (idx <= newest[:, None])
+        k = new.sum(axis=1)
+        for kk in np.unique(k[k > 0]).tolist():
+            sel = np.flatnonzero(k == kk)
+            r = rows[sel]
+            pts = x[sel][new[sel]].reshape(sel.size, kk)  # row-major: each row's new points
+            sub = self._state.take(r)
+            j = None
+            for t in range(kk):
+                j = self.det.step(sub, pts[:, t], threshold)
+            assert j is not None
+            self._state.put(r, sub)
+            self._last_t[r] = times[sel, newest[sel]]
+            for name in _JUDGED:
+                self._judged[name][r] = getattr(j, name)
+            self._flag[r] = j.is_anomaly
+            self._scale_scores[r] = j.scale_scores
+        st = self._state
+        return Judgement(score=self._judged["score"][rows].copy(),
+                         threshold=np.full(n, float(threshold)),
+                         is_anomaly=self._flag[rows].copy(),
+                         value=self._judged["value"][rows].copy(),
+                         level=self._judged["level"][rows].copy(),
+                         sigma=self._judged["sigma"][rows].copy(),
+                         run_points=st.run[rows].copy(),
+                         scale_scores=self._scale_scores[rows].copy(),
+                         scales=tuple(self.det.config.scales))
+
+    def state_floats(self) -> int:
+        """Floats held per series (the state is bounded: this does not grow with time)."""
+        st = self._state
+        return sum(int(np.prod(getattr(st, f.name).shape[1:])) for f in fields(st)) + 1 + \
+            len(self._judged) + 1 + self._scale_scores.shape[1]

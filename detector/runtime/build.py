@@ -73,8 +73,10 @@ def make_source(settings: Settings, *, logger: logging.Logger,
 
 def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
                  stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
-                 lambda s: s) -> tuple[list[Sink], RemediationHook | None]:
-    """The sinks and the remediation hook the settings ask for."""
+                 lambda s: s, diagnosis_channel: Any = None,
+                 ) -> tuple[list[Sink], RemediationHook | None]:
+    """The sinks and the remediation hook the settings ask for (``diagnosis_channel``: a
+    :class:`detector.diagnosis.requester.ChannelRequests` served on the pod channel too)."""
     rt = settings.runtime
     sinks: list[Sink] = []
     path: Path | None = None
@@ -133,7 +135,10 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
             actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
             store=None if rs.namespace else _store(actuator, logger))
         # the pod channel (checkpoint requests and answers), a daemon thread of this process
-        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), [controller],
+        kinds: list[Any] = [controller]
+        if diagnosis_channel is not None:  # the in-pod diagnosis rides the same channel
+            kinds.append(diagnosis_channel.server_kind())
+        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), kinds,
                       host=rs.channel_host, port=rs.channel_port, logger=logger).start()
         hook = controller
     return sinks, hook
@@ -219,12 +224,20 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     pipeline = watcher.load()
     source = make_source(settings, logger=log, out_dir=out_dir)
     scale = clock_rate(source)
+    diag_channel = None
+    if settings.diagnosis.enabled and settings.sources.kind != "local" and \
+            settings.remediation.enabled:
+        from detector.diagnosis.requester import ChannelRequests
+
+        diag_channel = ChannelRequests()
     sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
-                               real_seconds=lambda s: s / scale)
+                               real_seconds=lambda s: s / scale,
+                               diagnosis_channel=diag_channel)
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
                     engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
                     remediation=hook, models=watcher)
-    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir)
+    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir,
+                                      channel=diag_channel)
     server = None
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
@@ -265,15 +278,17 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     return 0
 
 
-def make_diagnosis(settings: Settings, *, logger: logging.Logger,
-                   out_dir: Path | None) -> Any:
+def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
+                   channel: Any = None) -> Any:
     """The in-pod diagnosis requester (:mod:`detector.diagnosis.requester`), or None: for the
     embedded default over files next to its training loops (its window shortened to 8 s, the
-    wait to 30 s: time runs compressed there), in a cluster over the pods' annotations."""
+    wait to 30 s: time runs compressed there); in a cluster over podguard's pod channel
+    (``channel``, served with the checkpoint protocol in the remediate mode). Alert-only runs
+    no pod channel: leak verdicts then say that no diagnosis can be asked for."""
     d = settings.diagnosis
     if not d.enabled:
         return None
-    from detector.diagnosis.requester import AnnotationRequests, DiagnosisRequester, FileRequests
+    from detector.diagnosis.requester import DiagnosisRequester, FileRequests
 
     log = logger.getChild("diagnosis")
     if settings.sources.kind == "local":
@@ -283,18 +298,18 @@ def make_diagnosis(settings: Settings, *, logger: logging.Logger,
                                      "timeout_s": min(d.timeout_s, 30.0)})
         return DiagnosisRequester(FileRequests(out_dir / "workloads" / "diagnosis"), local,
                                   logger=log)
-    api = _kube_api(logger)
-    if api is None:
-        return None
-    from detector.remediation.actuator import Actuator, ObjectRef
+    event = None
+    api = _kube_api(logger) if settings.alerting.kubernetes_events else None
+    if api is not None:
+        from detector.remediation.actuator import Actuator, ObjectRef
 
-    actuator = Actuator(api, settings=settings.remediation,
-                        event_interval_s=settings.alerting.event_interval_s)
+        actuator = Actuator(api, settings=settings.remediation,
+                            event_interval_s=settings.alerting.event_interval_s)
 
-    def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
-        actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
+        def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
+            actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
 
-    return DiagnosisRequester(AnnotationRequests(actuator), d, event=event, logger=log)
+    return DiagnosisRequester(channel, d, event=event, logger=log)
 
 
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],

@@ -45,9 +45,9 @@ def test_scrapes_cadvisor_style_exporter_and_range_query_returns_series(
             end = datetime.now(UTC) + timedelta(seconds=2)  # a step after the new sample
 
             client = prometheus_client(local_prometheus)
-            data = client.custom_query_range(
+            data = client.query_range(
                 f'container_memory_working_set_bytes{{job="{job}"}}',
-                start_time=start, end_time=end, step="1s")
+                start.timestamp(), end.timestamp(), 1.0)
             by_pod = {r["metric"]["pod"]: r for r in data}
             assert set(by_pod) == {"trainer-0", "trainer-1"}
             for r in data:
@@ -59,10 +59,9 @@ def test_scrapes_cadvisor_style_exporter_and_range_query_returns_series(
             assert growing[0] == 1e9 and growing[-1] == 1.25e9
             assert growing == sorted(growing)
 
-            ranged = client.get_metric_range_data(
-                metric_name="container_memory_working_set_bytes",
-                label_config={"job": job, "pod": "trainer-1"},
-                start_time=start, end_time=end)
+            ranged = client.query_range(
+                f'container_memory_working_set_bytes{{job="{job}",pod="trainer-1"}}',
+                start.timestamp(), end.timestamp(), 15.0)
             assert len(ranged) == 1
             assert ranged[0]["metric"]["pod"] == "trainer-1"
             assert all(v == "2000000000" for _, v in ranged[0]["values"])
@@ -86,10 +85,8 @@ def test_backfilled_block_is_queryable_with_exact_values(
     blocks = local_prometheus.backfill(text)
 
     assert blocks, "promtool made no block"
-    data = prometheus_client(local_prometheus).custom_query_range(
-        f'{name}{{pod!="old-1"}}',
-        start_time=datetime.fromtimestamp(base, UTC),
-        end_time=datetime.fromtimestamp(base + 600, UTC), step="15s")
+    data = prometheus_client(local_prometheus).query_range(
+        f'{name}{{pod!="old-1"}}', base, base + 600, 15.0)
     assert len(data) == 1
     assert data[0]["metric"]["pod"] == tricky_pod
     got = [(float(ts), float(v)) for ts, v in data[0]["values"]]

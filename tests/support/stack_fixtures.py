@@ -3,7 +3,7 @@
 One fixture per service, so a test that needs only Prometheus does not wait for Kafka:
 
 - ``local_prometheus`` -> :class:`ServiceHandle` of Prometheus (``PrometheusHandle``: URL,
-  targets, query, backfill, restart; :func:`prometheus_client` for prometheus-api-client)
+  targets, query, backfill, restart; :func:`prometheus_client`: podguard's own Prometheus client)
 - ``local_alertmanager`` -> :class:`ServiceHandle` of Alertmanager (``AlertmanagerHandle``)
 - ``local_kafka`` -> :class:`KafkaHandle` (bootstrap address, admin client, restart)
 - ``local_kubernetes`` -> :class:`KubernetesHandle` (KUBECONFIG), when
@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
-import requests
-from prometheus_api_client import PrometheusConnect
 
 from deploy.local import stack
 from deploy.local._proc import StackError
@@ -44,6 +42,7 @@ from deploy.local.alertmanager import Alertmanager
 from deploy.local.kafka import Kafka, KafkaSecurity
 from deploy.local.prometheus import Prometheus
 from deploy.local.web import WebSecurity
+from detector.transport.prometheus import PrometheusClient
 
 
 @dataclass
@@ -155,11 +154,10 @@ PrometheusHandle = ServiceHandle[Prometheus]
 AlertmanagerHandle = ServiceHandle[Alertmanager]
 
 
-def prometheus_client(prometheus: PrometheusHandle) -> PrometheusConnect:
-    """A prometheus-api-client connection that ignores proxy settings (loopback only)."""
-    session = requests.Session()
-    session.trust_env = False
-    return PrometheusConnect(url=prometheus.url, disable_ssl=True, session=session)
+def prometheus_client(prometheus: PrometheusHandle) -> PrometheusClient:
+    """podguard's own Prometheus client (:mod:`detector.transport.prometheus`) for the
+    stack's plain-HTTP Prometheus (no proxy: loopback)."""
+    return PrometheusClient(prometheus.url, where="tests", timeout_s=30)
 
 
 @pytest.fixture(scope="session")
