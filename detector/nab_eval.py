@@ -77,11 +77,14 @@ def published_rows(root: Path, files: Sequence[nab.NabFile]) -> list[Row]:
     return rows
 
 
-def podguard_row(files: Sequence[nab.NabFile]) -> Row:
-    """podguard's univariate detector with its default settings, causal, per file."""
+def podguard_row(files: Sequence[nab.NabFile], threshold: float | None = None) -> Row:
+    """podguard's univariate detector with its default settings, causal, per file
+    (``threshold``: another threshold than the default, for a sweep)."""
     from detector.models.univariate import UnivariateDetector
 
     det = UnivariateDetector()
+    if threshold is not None:
+        det.default_threshold = threshold
     if not files:
         return _row("podguard univariate", files, {})
     # all files as one batch (rows padded with NaN at the end: a no-op for the detector,
@@ -90,8 +93,8 @@ def podguard_row(files: Sequence[nab.NabFile]) -> Row:
     for i, f in enumerate(files):
         x[i, :len(f.values)] = f.values
     alarms = det.alarms(x)
-    return _row("podguard univariate", files,
-                {f.name: alarms[i, :len(f.values)] for i, f in enumerate(files)})
+    return _row("podguard univariate" + ("" if threshold is None else f" @ {threshold:g}"),
+                files, {f.name: alarms[i, :len(f.values)] for i, f in enumerate(files)})
 
 
 def check_published(rows: Sequence[Row]) -> list[str]:

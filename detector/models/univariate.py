@@ -214,6 +214,15 @@ def _hist_quantile(hist: np.ndarray, p: float) -> np.ndarray:
     return np.exp(_LOG_LO + _DLOG * (b + frac))
 
 
+def _hist_survival(hist: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """P(Z >= z) by each histogram (..., B) (the bins above z's, half of z's own)."""
+    b = np.clip(((np.log(np.maximum(z, 1e-300)) - _LOG_LO) / _DLOG).astype(np.int64), 0,
+                _BINS - 1)
+    above = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # mass of bins >= b
+    own = np.take_along_axis(hist, b[..., None], -1)[..., 0]
+    return np.take_along_axis(above, b[..., None], -1)[..., 0] - 0.5 * own
+
+
 @dataclass
 class UnivariateDetector:
     """See the module docstring. ``thresholds``: metric family -> fitted threshold."""
@@ -268,7 +277,10 @@ class UnivariateDetector:
             u = _hist_quantile(state.hist, c.tail_quantile)  # (n, S)
             ls = (-math.log10(1.0 - c.tail_quantile)
                   + (z - u) / (state.beta * math.log(10.0)))
-            ls = np.maximum(ls, 0.0)
+            # what the series itself has shown is not rarer than its own frequency (a jump
+            # that recurs every day is not a 1-in-a-million event however large it is)
+            ls = np.maximum(np.minimum(ls, -np.log10(np.maximum(_hist_survival(state.hist, z),
+                                                                1e-300))), 0.0)
             scored = ok & (state.count >= c.warmup_points - 1) & np.isfinite(z).all(axis=1)
             best = ls.max(axis=1) - math.log10(len(c.scales))
             score = np.where(scored, np.maximum(best, 0.0), np.nan)
@@ -289,9 +301,13 @@ class UnivariateDetector:
         state.slow_scale = np.where(learn, state.slow_scale + a_slow * w * (ar - state.slow_scale),
                                     state.slow_scale)
         state.ewm = ewm
-        # -- the tail statistics learn from every scored point that was not flagged
-        keep = scored & ~flagged
-        rows = np.flatnonzero(keep)
+        # -- the tail statistics
+        # (the histogram from every scored point that was not flagged and from the first
+        # point of each flagged run: how often the series goes that far is a fact about the
+        # series, and a jump that recurs every day becomes usual, while a lasting anomaly
+        # counts once; the mean excess of the exponential tail only from points that were
+        # not flagged)
+        rows = np.flatnonzero(scored & (~flagged | (state.run == 0)))
         if rows.size:
             # weight of the point: as one of prior_weight + count points at first, then
             # exponentially decayed (half-life tail_halflife_points)
@@ -305,7 +321,7 @@ class UnivariateDetector:
                               np.take_along_axis(h, b[..., None], -1) + aq[..., None], -1)
             state.hist[rows] = h
             uk = u[rows]
-            over = zk > uk
+            over = (zk > uk) & ~flagged[rows, None]
             # mean excess: EW over exceedances, weight 1/(1 - q) of a point's (they are rare)
             ab = np.minimum(1.0, aq / (1.0 - c.tail_quantile))
             state.beta[rows] = np.where(over, state.beta[rows] + ab * (zk - uk - state.beta[rows]),
