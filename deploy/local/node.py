@@ -167,9 +167,9 @@ class Supervisor:
             self.poll_oom(c)
             try:
                 mem = self.cg.memory(c.cgroup)
-                kills, failcnt = mem.oom_kills, mem.failcnt
+                kills, failcnt, peak = mem.oom_kills, mem.failcnt, mem.peak_bytes
             except CgroupError:
-                kills, failcnt = c.oom_kills_seen, None
+                kills, failcnt, peak = c.oom_kills_seen, None, None
             if self.stopping.is_set():
                 reason = "Stopped"
             elif kills > 0:
@@ -179,8 +179,8 @@ class Supervisor:
             c.running = False
             self.event(event="exit", pod=c.w.pod, container=c.w.container, restart=c.restarts,
                        returncode=code, signal=(-code if code < 0 else None), oom_kills=kills,
-                       failcnt=failcnt, reason=reason, ran_s=round(ended - c.started_at, 3),
-                       ts=ended)
+                       failcnt=failcnt, peak_bytes=peak, reason=reason,
+                       ran_s=round(ended - c.started_at, 3), ts=ended)
             # the incarnation's cgroup goes with it (its processes are ours)
             with contextlib.suppress(CgroupError):
                 self.cg.remove_tree(c.cgroup)

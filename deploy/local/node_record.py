@@ -150,7 +150,8 @@ def labels_from_events(node: RealNode, events: Sequence[dict[str, Any]], *, star
             pod["oom_kills"].append(round(float(e["ts"]), 3))
         elif kind == "exit" and e.get("reason") != "Stopped":
             pod["exits"].append({k: e.get(k) for k in (
-                "ts", "reason", "returncode", "signal", "oom_kills", "restart", "ran_s")})
+                "ts", "reason", "returncode", "signal", "oom_kills", "peak_bytes", "restart",
+                "ran_s")})
     return {
         "about": ("Real processes under real memory cgroups, measured by cAdvisor "
                   f"{cadvisor.VERSION} (github.com/google/cadvisor/lib), scraped by Prometheus "
