@@ -127,7 +127,7 @@ def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
         last, steps = batch, steps + 1
     assert last is not None and steps > 30
     bank = pipe._extra["train_step_seconds"]
-    assert sorted(k.pod for k in bank.keys()) == ["trainer-a", "trainer-b", "trainer-bad"]
+    assert sorted(k.pod for k in bank.tracked()) == ["trainer-a", "trainer-b", "trainer-bad"]
     rows = [bank._rows[k] for k in last.keys]
     seen = bank._state.count[rows]
     span_points = 1.5 * 3600 / last.step_s
@@ -135,4 +135,4 @@ def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
                                                 ).all(), (seen, span_points)
     key = last.keys[0]
     pipe.forget(key)
-    assert key not in bank.keys() and len(bank) == 2
+    assert key not in bank.tracked() and len(bank) == 2
