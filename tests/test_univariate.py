@@ -171,7 +171,7 @@ def test_stream_state_is_bounded_and_forgotten() -> None:
     assert floats is not None and floats < 1000
     bank.forget("b")
     bank.forget("zz")  # unknown: nothing happens
-    assert sorted(bank.keys()) == ["a", "c", "d"]
+    assert sorted(bank.tracked()) == ["a", "c", "d"]
     # a new pod reuses the row and starts fresh (with the family's prior), judged like a
     # new series would be: no score before its 5th point
     j = bank.advance(["e"], np.arange(3.0)[None, :] * 60, xs[1:2, :3], DEFAULT_THRESHOLD)

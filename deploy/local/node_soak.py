@@ -36,6 +36,7 @@ from deploy.local.node_report import (
     install_rule,
     podguard_verdicts,
     rule_firings,
+    rule_on_trace,
     score,
     table,
 )
@@ -117,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         trace = load_trace(a.trace)
         stem = a.trace.name.split(".")[0]
         labels = json.loads((a.trace.parent / f"{stem}.labels.json").read_text())
-        print("(recorded trace: the rule is not evaluated, it needs the live Prometheus)")
+        rule_state = Path(tempfile.mkdtemp(prefix="podguard-rule-"))
+        try:
+            rules = rule_on_trace(trace, rule_state, step=float(labels.get("step_s", 5.0)))
+        finally:
+            shutil.rmtree(rule_state, ignore_errors=True)
     else:
         workloads = MIXES[a.mix]
         state = Path(tempfile.mkdtemp(prefix="podguard-soak-"))

@@ -549,7 +549,7 @@ class StreamBank:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def keys(self) -> list[Any]:
+    def tracked(self) -> list[Any]:
         return list(self._rows)
 
     def forget(self, key: Any) -> None:
