@@ -172,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress,
                                  max_future_s=args.max_future_s)
         print(json.dumps(summary.to_json_dict(), indent=2))
+        # for a person: per pod its first alarm, kind, time to OOM and why (stdout stays JSON)
+        print("\n".join(summary.lines()), file=sys.stderr)
         return 0
     if args.command == "train":
         from training.job import run

@@ -155,6 +155,7 @@ class Pipeline:
                 score=score, threshold=float(thr), time_to_oom_s=tto if positive else None,
                 time_to_oom_range_s=rng if positive else None,
                 leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
+                model_version=self.version,
             ))
             if positive and self.settings.explain and kind == "metric_anomaly" and metric:
                 text, values = metric.explain(self.univariate, i, batch.step_s)
