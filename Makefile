@@ -48,9 +48,10 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m detector run --duration 150
 
-# The detection core on the shipped scenario set, replayed causally, with a timeline plot.
+# Not the daemon: the detection core on generated scenarios, replayed causally, with a
+# summary and a timeline plot (`podguard replay-demo`).
 demo-replay: $(STAMP)
-	$(PY) -m detector demo
+	$(PY) -m detector replay-demo
 
 bench: $(STAMP)
 	$(PY) -m detector bench
