@@ -19,7 +19,9 @@ How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t
   ``warmup_points`` points on (minutes, not hours).
 * **Deviations at several time scales**: the newest point, and exponentially weighted means
   of half-life ``scales`` (short bursts, level shifts), each ``z_k = |ewm_k - m| / s``
-  against the baseline before the point.
+  against the baseline before the point; optionally (``season_points``, e.g. one day of
+  points; off by default, on in ``podguard evaluate --nab``) the change since one season
+  ago, in units of its own running mean absolute change.
 * **Each deviation against the series' own tail** (peaks over threshold, exponential tail):
   ``u_k``, the series' running ``tail_quantile`` of ``z_k`` (a decayed log-spaced histogram,
   half-life ``tail_halflife_points``), and ``beta_k``, the running mean excess of ``z_k``
