@@ -77,8 +77,10 @@ class Pipeline:
     def forget(self, key: PodKey) -> None:
         """Drops the debouncing state of a pod that vanished."""
         self._pods.pop(key, None)
-        for bank in self._extra.values():
+        for name, bank in list(self._extra.items()):
             bank.forget(key)
+            if not len(bank):  # no pod left with this custom metric
+                del self._extra[name]
 
     def adopt_state(self, previous: Pipeline) -> None:
         """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps

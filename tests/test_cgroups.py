@@ -17,7 +17,7 @@ from deploy.local.cgroups import (
     parse_limit_in_bytes,
     parse_memory_max,
 )
-from deploy.local.node import Workload, relabel_configs
+from deploy.local.node import Workload, backoff_delay, relabel_configs
 
 MIB = 1 << 20
 
@@ -142,3 +142,9 @@ def test_relabelling_matches_incarnation_cgroups_only() -> None:
     for other in ("/", "/podguard-node-77", "/podguard-node-77/realnode/leaky/main",
                   "/system.slice/x/y/z/1", "/podguard-node-77/a/b/c/d/1"):
         assert rx.fullmatch(other) is None, other
+
+
+def test_kubelet_backoff_doubles_to_its_cap() -> None:
+    assert [backoff_delay(10, 300, n) for n in range(0, 8)] == [
+        0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+    assert backoff_delay(2, 2, 50) == 2.0  # the harness's fixed default

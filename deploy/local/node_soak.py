@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             rec: Recording = record(state, workloads, duration_s=a.minutes * 60, step=a.step,
                                     scrape_interval=f"{a.step:g}s", on_start=start,
                                     before_stop=before_stop,
+                                    # the kubelet's CrashLoopBackOff: 10 s doubling to 5 min
+                                    restart_backoff_s=10.0, restart_backoff_max_s=300.0,
                                     report=lambda m: print(m, flush=True))
         finally:
             shutil.rmtree(state, ignore_errors=True)
