@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podguard-installed
 
-.PHONY: demo demo-replay test venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak realnode-check
+.PHONY: demo demo-replay test test-pythons venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak realnode-check
 
 # The virtual environment is built once from the exact lock and reused: torch is a
 # multi-GB download, so it is only reinstalled when requirements.lock changes.
@@ -32,6 +32,13 @@ lint: $(STAMP)
 # The whole suite: lint, then every test against the real local stack (started by the fixtures).
 test: prepare lint
 	$(PY) -m pytest -q
+	$(if $(strip $(EXTRA_PYTHONS)),$(PY) -m tests.support.other_pythons $(EXTRA_PYTHONS))
+
+# The daemon's unit tests on the other supported Pythons, in venvs holding only its runtime
+# set (requirements-daemon.lock): `make test EXTRA_PYTHONS=` skips them.
+EXTRA_PYTHONS ?= python3.12 python3.13
+test-pythons: $(STAMP)
+	$(if $(strip $(EXTRA_PYTHONS)),$(PY) -m tests.support.other_pythons $(EXTRA_PYTHONS))
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not stack"
@@ -41,9 +48,10 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m detector run --duration 150
 
-# The detection core on the shipped scenario set, replayed causally, with a timeline plot.
+# Not the daemon: the detection core on generated scenarios, replayed causally, with a
+# summary and a timeline plot (`podguard replay-demo`).
 demo-replay: $(STAMP)
-	$(PY) -m detector demo
+	$(PY) -m detector replay-demo
 
 bench: $(STAMP)
 	$(PY) -m detector bench

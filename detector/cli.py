@@ -1,4 +1,4 @@
-"""The ``podguard`` command line: replay, evaluate, bench, demo, config.
+"""The ``podguard`` command line: run, replay, replay-demo, evaluate, bench, train, config.
 
 Each sub-command is a thin shell over a library module; errors from podguard's own
 exception tree are printed as one line (``podguard: error: ...``) with exit code 2
@@ -17,8 +17,8 @@ from detector import __version__
 from detector.errors import PodguardError, TemporaryError
 
 EPILOG = """examples:
-  podguard demo                                   # the embedded default, end to end
   podguard run --duration 180                     # the daemon, embedded default (live)
+  podguard replay-demo                            # not live: scenarios replayed, summary + plot
   podguard replay trace.parquet --out verdicts.jsonl
   podguard evaluate --out out/evaluation          # table + plot against two baselines
   podguard bench                                  # windows/s/core, explanation latency, RSS
@@ -88,9 +88,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="hours of the replay benchmark trace (16; 0 = skip)")
     b.add_argument("--replay-pods", type=int, default=100, help="pods in the replay trace (100)")
 
-    d = sub.add_parser("demo", help="the embedded default, end to end, with a summary",
+    d = sub.add_parser("replay-demo", aliases=["demo"],
+                       help="the detection core replayed on generated scenarios, with a "
+                            "summary and a plot (no daemon; `podguard run` is the live one)",
                        description="Generates a small labelled scenario trace, replays it "
-                       "with the shipped model and prints what was detected, when and why.")
+                       "with the shipped model and prints what was detected, when and why, "
+                       "and draws a timeline. Nothing runs live: `podguard run` with no "
+                       "configuration (`make demo`) is the daemon on real training loops.")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     d.add_argument("--seed", type=int, default=7, help="scenario seed (7)")
 
@@ -172,6 +176,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress,
                                  max_future_s=args.max_future_s)
         print(json.dumps(summary.to_json_dict(), indent=2))
+        # for a person: per pod its first alarm, kind, time to OOM and why (stdout stays JSON)
+        print("\n".join(summary.lines()), file=sys.stderr)
         return 0
     if args.command == "train":
         from training.job import run
@@ -194,7 +200,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from detector.runtime.build import run_command
 
         return run_command(args)
-    if args.command == "demo":
+    if args.command in ("replay-demo", "demo"):
         from detector.demo import run_demo
 
         return run_demo(args)

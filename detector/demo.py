@@ -1,9 +1,10 @@
-"""``podguard demo`` / ``make demo``: the embedded default, end to end, in about a minute.
+"""``podguard replay-demo`` / ``make demo-replay``: the detection core on scenarios, in a minute.
 
 Generates a small labelled scenario trace (one pod of every healthy and faulty shape),
 replays it causally through the shipped default model, writes the verdicts and a timeline
 plot, and prints what was detected, when (relative to the fault's onset and the failure) and
-why. (Once the daemon exists, ``podguard run`` with no configuration is the live version.)
+why. No daemon and no workload: the live version is ``make demo`` (``podguard run`` with no
+configuration: the daemon on real training loops). ``podguard demo`` is an alias.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from detector import scenarios
+from detector import traces as tr
 from detector.explain import format_duration
 from detector.pipeline import Pipeline
 from detector.replay import read_verdicts, replay_to_file
@@ -28,7 +30,9 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    print("podguard demo: generating one pod of each healthy and faulty shape (8 h at 15 s)")
+    print("podguard replay-demo: the detection core replayed on generated scenarios (no daemon; "
+          "`make demo` runs the live daemon). Generating one pod of each healthy and faulty "
+          "shape (8 h at 15 s)")
     trace, labels = scenarios.generate(n_pods_per_kind=1, hours=8.0, seed=args.seed)
     pipe = Pipeline.load(None)
     print(f"model {pipe.version}; replaying {len(trace):,} samples causally, one step a minute")
@@ -85,37 +89,98 @@ def _records(labels: pd.DataFrame) -> list[Any]:
             for r in labels.to_dict("records")]
 
 
+#: How each metric is drawn: (row label, unit, scale of the plotted value, is a counter (its
+#: rate is drawn), the metric(s) whose sum is the row's limit line).
+_PLOTTED: dict[str, tuple[str, str, float, bool, tuple[str, ...]]] = {
+    tr.WORKING_SET: ("working set", "GiB", 2.0**-30, False, (tr.MEMORY_LIMIT,)),
+    tr.RSS: ("RSS", "GiB", 2.0**-30, False, (tr.MEMORY_LIMIT,)),
+    tr.GPU_FB_USED: ("GPU memory", "GiB", 2.0**-10, False, (tr.GPU_FB_USED, tr.GPU_FB_FREE)),
+    tr.GPU_UTIL: ("GPU utilisation", "%", 1.0, False, ()),
+    tr.CPU_SECONDS: ("CPU", "cores", 1.0, True, ()),
+    tr.NET_RX: ("network receive", "MiB/s", 2.0**-20, True, ()),
+    tr.NET_TX: ("network transmit", "MiB/s", 2.0**-20, True, ()),
+    tr.FS_USAGE: ("filesystem", "GiB", 2.0**-30, False, (tr.FS_LIMIT,)),
+}
+
+
+def _series(trace: pd.DataFrame, pod: str, metric: str) -> pd.Series:
+    rows = trace[(trace["pod"] == pod) & (trace["metric"] == metric)]
+    # a duplicated sample counts once (the median of the copies); NaN samples are gaps
+    return rows.groupby("timestamp", observed=True)["value"].median().dropna().sort_index()
+
+
+def _rate(s: pd.Series) -> pd.Series:
+    """Per-second rate of a cumulative counter; a reset (a drop) gives no point, and a lone
+    corrupt sample (a spike the next one undoes) is smoothed out by a 3-sample median."""
+    s = s.rolling(3, center=True, min_periods=1).median()
+    t = s.index.to_numpy(dtype=np.float64)
+    v = s.to_numpy(dtype=np.float64)
+    if t.size < 2:
+        return s.iloc[:0]
+    dv, dt = np.diff(v), np.diff(t)
+    ok = (dv >= 0) & (dt > 0)
+    return pd.Series(dv[ok] / dt[ok], index=t[1:][ok])
+
+
 def plot_timeline(trace: pd.DataFrame, verdicts: pd.DataFrame, labels: pd.DataFrame,
                   path: Path) -> None:
+    """One row per pod: its fault metric (memory for healthy pods) in its unit, counters as
+    rates (a throughput collapse is a drop, not a bend in a rising line), the limit where
+    the metric has one, the fault's onset and podguard's first alarm; one legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pods = list(labels["pod"])
-    fig, axes = plt.subplots(len(pods), 1, figsize=(11, 1.3 * len(pods)), sharex=True)
+    fig, axes = plt.subplots(len(pods), 1, figsize=(11, 1.45 * len(pods) + 0.8), sharex=True)
     axes = np.atleast_1d(axes)
     t0 = float(trace["timestamp"].min())
     pos = verdicts[verdicts["is_anomaly"]] if len(verdicts) else verdicts
+    handles: dict[str, Any] = {}
     for ax, lab in zip(axes, _records(labels)):
         metric = (lab.fault_metric if isinstance(lab.fault_metric, str) and lab.fault_metric
-                  else "container_memory_working_set_bytes")
+                  else tr.WORKING_SET)
         metric = metric.split("|")[0]
-        rows = trace[(trace["pod"] == lab.pod) & (trace["metric"] == metric)]
-        s = rows.groupby("timestamp", observed=True)["value"].sum()
-        ax.plot((s.index.to_numpy(dtype=np.float64) - t0) / 3600, s.to_numpy(), lw=0.7,
-                color="tab:blue")
+        name, unit, scale, counter, limit_of = _PLOTTED.get(
+            metric, (metric, "per s" if metric.endswith("_total") else "",
+                     1.0, metric.endswith("_total"), ()))
+        s = _series(trace, lab.pod, metric)
+        if counter:
+            s = _rate(s)
+        x = (s.index.to_numpy(dtype=np.float64) - t0) / 3600
+        y = s.to_numpy() * scale
+        (line,) = ax.plot(x, y, lw=0.8, color="tab:blue")
+        if counter and y.size:  # a rate right after a counter reset can be one wild point
+            ax.set_ylim(top=max(1.25 * float(np.quantile(y, 0.995)), 1e-9))
+        handles.setdefault("metric (rate for counters)", line)
+        if limit_of:
+            parts = [_series(trace, lab.pod, m) for m in limit_of]
+            if all(len(p) for p in parts):
+                lim = sum(parts[1:], parts[0]).dropna()
+                lim = lim.rolling(5, center=True, min_periods=1).median()  # corrupt samples
+                if len(lim):
+                    xl = (lim.index.to_numpy(dtype=np.float64) - t0) / 3600
+                    (lline,) = ax.plot(xl, lim.to_numpy() * scale, lw=1.0, ls=":",
+                                       color="black")
+                    handles.setdefault("limit", lline)
         g = pos[pos["pod"] == lab.pod]
         if not g.empty:
-            ax.axvline((g["ts"].iloc[0] - t0) / 3600, color="tab:red", lw=1.2, label="alarm")
+            alarm = ax.axvline((g["ts"].iloc[0] - t0) / 3600, color="tab:red", lw=1.4)
+            handles.setdefault("podguard's first alarm", alarm)
         onset = float(lab.onset_ts)
         if lab.kind != "none" and math.isfinite(onset):
-            ax.axvline((onset - t0) / 3600, color="tab:orange", ls="--", lw=1, label="onset")
-        ax.set_ylabel(lab.shape, rotation=0, ha="right", fontsize=8)
+            on = ax.axvline((onset - t0) / 3600, color="tab:orange", ls="--", lw=1)
+            handles.setdefault("fault onset", on)
+        ax.set_title(f"{lab.pod} ({lab.shape}): {name}", fontsize=8, loc="left", pad=2)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_ylim(bottom=0)  # after the top: set_ylim(top=) above keeps it
         ax.tick_params(labelsize=7)
-        ax.set_yticks([])
-    axes[-1].set_xlabel("hours")
-    axes[0].set_title("fault metric per pod; red = podguard alarm, orange = fault onset")
-    fig.tight_layout()
+        ax.grid(alpha=0.25)
+    axes[-1].set_xlabel("hours since the start of the trace")
+    fig.suptitle("podguard replay-demo: each pod's fault metric (memory for healthy pods)",
+                 fontsize=10)
+    fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8, ncol=4)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=100)
     plt.close(fig)

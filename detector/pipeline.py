@@ -95,8 +95,10 @@ class Pipeline:
         """Drops the debouncing state and the history of a pod that vanished."""
         self._pods.pop(key, None)
         self._history.forget(key)
-        for bank in self._extra.values():
+        for name, bank in list(self._extra.items()):
             bank.forget(key)
+            if not len(bank):  # no pod left with this custom metric
+                del self._extra[name]
 
     def adopt_state(self, previous: Pipeline) -> None:
         """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps
@@ -207,6 +209,7 @@ class Pipeline:
                 score=score, threshold=float(thr), time_to_oom_s=tto if positive else None,
                 time_to_oom_range_s=rng if positive else None,
                 leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
+                model_version=self.version,
             ))
             if positive and self.settings.explain and kind == "metric_anomaly" and metric:
                 text, values = metric.explain(self.univariate, i, batch.step_s)

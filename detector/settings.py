@@ -466,6 +466,11 @@ class KafkaSourceSettings(_Section):
     dead_letter_topic: str = Field(
         "podguard-dead-letter", description="Malformed input goes here with its reason; "
                                             "empty: counted and logged only.")
+    max_pending_dead_letters: int = Field(
+        1000, ge=1, le=100_000,
+        description="Dead-letter copies (at most 64 KiB of payload each) held while the broker "
+                    "has not acknowledged them; at this many, reading pauses until it does, so "
+                    "memory stays bounded and nothing is committed past them (count).")
     client_id: str = Field("podguard", description="Kafka client id.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group without a committed offset starts.")

@@ -17,7 +17,7 @@ from deploy.local.cgroups import (
     parse_limit_in_bytes,
     parse_memory_max,
 )
-from deploy.local.node import Workload, relabel_configs
+from deploy.local.node import Workload, backoff_delay, relabel_configs
 
 MIB = 1 << 20
 
@@ -79,7 +79,9 @@ def test_v2_memory_reads_events_and_current(tmp_path: Path) -> None:
     (d / "memory.events").write_text("low 0\nhigh 0\nmax 17\noom 2\noom_kill 1\n"
                                      "oom_group_kill 0\n")
     (d / "memory.stat").write_text("anon 1000\nfile 2000\nactive_file 5\n")
+    (d / "memory.peak").write_text("777\n")
     m = CgroupV2(root).memory("/a")
+    assert m.peak_bytes == 777
     assert (m.usage_bytes, m.limit_bytes, m.oom_kills, m.oom_events) == (123456, None, 1, 2)
     assert m.failcnt is None and m.stat["file"] == 2000
 
@@ -91,9 +93,11 @@ def test_v1_memory_reads_oom_control(tmp_path: Path) -> None:
     (d / "memory.limit_in_bytes").write_text(f"{256 * MIB}\n")
     (d / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
     (d / "memory.failcnt").write_text("42\n")
+    (d / "memory.max_usage_in_bytes").write_text("8192\n")
     (d / "memory.stat").write_text("cache 0\nrss 4096\n")
     m = CgroupV1(tmp_path).memory("/x")
     assert (m.usage_bytes, m.limit_bytes, m.oom_kills, m.failcnt) == (4096, 256 * MIB, 3, 42)
+    assert m.peak_bytes == 8192
 
 
 @pytest.mark.parametrize(("text", "match"), [
@@ -138,3 +142,9 @@ def test_relabelling_matches_incarnation_cgroups_only() -> None:
     for other in ("/", "/podguard-node-77", "/podguard-node-77/realnode/leaky/main",
                   "/system.slice/x/y/z/1", "/podguard-node-77/a/b/c/d/1"):
         assert rx.fullmatch(other) is None, other
+
+
+def test_kubelet_backoff_doubles_to_its_cap() -> None:
+    assert [backoff_delay(10, 300, n) for n in range(0, 8)] == [
+        0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+    assert backoff_delay(2, 2, 50) == 2.0  # the harness's fixed default

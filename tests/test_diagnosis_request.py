@@ -4,9 +4,9 @@
   default's), and the answer reaches the verdict JSON and a real Alertmanager's alert;
 * a pod without the helper: after window + timeout the diagnosis is "unavailable" and the
   alert says so; answers for another request id, or unreadable ones, are not taken;
-* on the local real Kubernetes control plane: the request goes out as the pod annotation, the
-  in-pod helper reads it and answers with the pod's own service-account token over the
-  standard-library channel (get + patch on its own pod only), and the requester takes it.
+* on the local real Kubernetes control plane, over podguard's authenticated pod channel (the
+  checkpoint protocol's, TokenReview of pod-bound tokens): only the pod asked sees the request
+  and only it can answer; the in-pod helper's standard-library client does both.
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ import requests
 from kubernetes import client
 
 from detector.diagnosis import report as rp
-from detector.diagnosis.helper import DiagnosisHelper, FileChannel, PodChannel
+from detector.diagnosis.helper import DaemonChannel, DiagnosisHelper, FileChannel
 from detector.diagnosis.inpod import Diagnoser
-from detector.diagnosis.requester import AnnotationRequests, DiagnosisRequester, FileRequests
+from detector.diagnosis.requester import ChannelRequests, DiagnosisRequester, FileRequests
 from detector.remediation.actuator import Actuator
+from detector.remediation.channel import ChannelServer, TokenReviewer
 from detector.settings import AlertingSettings, DiagnosisSettings, RemediationSettings
 from detector.sinks.alertmanager import AlertmanagerSink
 from detector.verdicts import Explanation, Verdict
 from tests.support.k8s_fixtures import Kube
+from tests.support.pod_identity import pod_token
 from tests.support.stack_fixtures import AlertmanagerHandle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,58 +149,91 @@ def test_a_pod_without_the_helper_gets_no_diagnosis_and_the_alert_says_so(
 
 
 @pytest.fixture
-def pod_identity(kube: Kube) -> Iterator[tuple[str, str, str]]:
-    """A namespace with a pod and its service account (get + patch on pods only), and a
-    token for that account: (namespace, pod, token)."""
+def two_pods(kube: Kube) -> Iterator[tuple[client.V1Pod, client.V1Pod]]:
+    """A namespace with two pods of the same service account: (victim, thief)."""
     name = f"pg-diag-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(kube.api)
-    rbac = client.RbacAuthorizationV1Api(kube.api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:
-        core.create_namespaced_service_account(name, client.V1ServiceAccount(
-            metadata=client.V1ObjectMeta(name="trainer")))
-        rbac.create_namespaced_role(name, client.V1Role(
-            metadata=client.V1ObjectMeta(name="self"),
-            rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"],
-                                       verbs=["get", "patch"])]))
-        rbac.create_namespaced_role_binding(name, client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="self"),
-            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role",
-                                      name="self"),
-            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="trainer",
-                                           namespace=name)]))
-        core.create_namespaced_pod(name, client.V1Pod(
-            metadata=client.V1ObjectMeta(name="trainer-0"),
-            spec=client.V1PodSpec(service_account_name="trainer", containers=[
-                client.V1Container(name="main", image="registry.invalid/podguard/x:never")])))
-        tok = core.create_namespaced_service_account_token(
-            "trainer", name, client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)))
-        assert tok.status is not None
-        yield name, "trainer-0", str(tok.status.token)
+        pods = []
+        for pod in ("trainer-0", "thief-0"):
+            pods.append(core.create_namespaced_pod(name, client.V1Pod(
+                metadata=client.V1ObjectMeta(name=pod),
+                spec=client.V1PodSpec(containers=[client.V1Container(
+                    name="main", image="registry.invalid/podguard/x:never")]))))
+        yield pods[0], pods[1]
     finally:
         core.delete_namespace(name)
 
 
-def test_request_and_answer_through_the_pods_annotations(kube: Kube,
-                                                         pod_identity: tuple[str, str, str]
-                                                         ) -> None:
-    ns, pod, token = pod_identity
-    actuator = Actuator(kube.api, settings=RemediationSettings())
-    req = DiagnosisRequester(AnnotationRequests(actuator), DiagnosisSettings(window_s=1))
+def test_request_and_answer_over_the_authenticated_pod_channel(
+        kube: Kube, two_pods: tuple[client.V1Pod, client.V1Pod], tmp_path: Path) -> None:
+    """The daemon's pod channel (TokenReview on the real API server): only the pod asked
+    sees the request and only it can answer, with its own pod-bound token."""
+    victim, thief = two_pods
+    assert victim.metadata is not None and thief.metadata is not None
+    ns, pod = str(victim.metadata.namespace), str(victim.metadata.name)
+    chan = ChannelRequests()
+    req = DiagnosisRequester(chan, DiagnosisSettings(window_s=1))
     v = req.decorate([leak(ns, pod)])[0]
     assert v.diagnosis is not None and v.diagnosis["status"] == "pending"
-    channel = PodChannel(namespace=ns, pod=pod, api_url=kube.endpoints.apiserver,
-                         token=lambda: token, ca_file=kube.api.configuration.ssl_ca_cert)
-    helper = DiagnosisHelper(channel, background=False, diagnoser=Diagnoser())
-    helper.poll_once()  # reads the request with the pod's own token
-    helper.step()
-    assert helper.diagnoser.active
-    time.sleep(1.1)
-    helper.step()  # the answer, patched onto the pod with the pod's own token
-    state = wait_answer(req, ns, pod, timeout=20)
-    assert state["status"] == "done" and state["id"] == v.diagnosis["id"]
-    assert state["sentence"] == helper.results[0]["sentence"]
-    meta = client.CoreV1Api(kube.api).read_namespaced_pod(pod, ns).metadata
-    assert meta is not None and meta.annotations is not None
-    assert rp.parse_result(meta.annotations[rp.RESULT_KEY], expect_id=state["id"]) is not None
+    server = ChannelServer(TokenReviewer(Actuator(kube.api, settings=RemediationSettings())),
+                           [chan.server_kind()], host="127.0.0.1", port=0).start()
+    try:
+        files = {}
+        for p in (victim, thief):
+            assert p.metadata is not None
+            files[p.metadata.name] = tmp_path / f"{p.metadata.name}.token"
+            files[p.metadata.name].write_text(pod_token(kube.api, p))
+        stranger = DaemonChannel(server.url, files["thief-0"])
+        assert stranger.read() == (None, None)  # another pod is not told the request
+        forged = {"id": v.diagnosis["id"], "status": "done", "version": 1,
+                  "sentence": "nothing leaks here, move on"}
+        stranger.write_result(rp.dumps(forged))
+        assert stranger.refused == ["no such diagnosis request for this pod"]
+        req.poll()
+        assert req.state(ns, pod)["status"] == "pending"  # type: ignore[index]
+
+        helper = DiagnosisHelper(DaemonChannel(server.url, files[pod]), background=False,
+                                 diagnoser=Diagnoser())
+        helper.poll_once()  # lists its own request with its own token
+        helper.step()
+        assert helper.diagnoser.active
+        time.sleep(1.1)
+        helper.step()  # the answer, posted with the pod's own token
+        assert helper.channel.refused == []  # type: ignore[attr-defined]
+        state = wait_answer(req, ns, pod, timeout=20)
+        assert state["status"] == "done" and state["id"] == v.diagnosis["id"]
+        assert state["sentence"] == helper.results[0]["sentence"] != forged["sentence"]
+        assert DaemonChannel(server.url, files[pod]).read() == (None, None)  # answered once
+    finally:
+        server.close()
+
+
+def test_channel_kind_answers_only_the_pod_asked_for_its_request() -> None:
+    """The ``diagnose`` kind of the authenticated pod channel: identities are what the
+    channel server's TokenReview returned (namespace and pod of a bound token)."""
+    from detector.remediation.channel import PodIdentity
+
+    ch = ChannelRequests()
+    kind = ch.server_kind()
+    req = DiagnosisRequester(ch, DiagnosisSettings(window_s=5))
+    v = req.decorate([leak("ns", "victim")])[0]
+    assert v.diagnosis is not None
+    rid = v.diagnosis["id"]
+    victim = PodIdentity(namespace="ns", pod="victim", uid="u1", service_account="default")
+    other = PodIdentity(namespace="ns", pod="attacker", uid="u2", service_account="default")
+    assert [r.as_json()["window_s"] for r in kind.pending(victim)] == [5.0]
+    assert kind.pending(other) == []  # a pod sees only its own requests
+    answer = {"status": "done", "sentence": "+1 MiB in 5 s: something", "version": 1}
+    assert not kind.answer(other, rid, answer).accepted  # another pod cannot answer it
+    assert not kind.answer(victim, "d-" + "0" * 24, answer).accepted  # nor another id
+    assert not kind.answer(victim, rid, {"status": "done"}).accepted  # nor an unreadable one
+    req.poll()
+    assert req.state("ns", "victim")["status"] == "pending"  # type: ignore[index]
+    assert kind.answer(victim, rid, answer).accepted
+    assert not kind.answer(victim, rid, answer).accepted  # once
+    req.poll()
+    state = req.state("ns", "victim")
+    assert state is not None and state["status"] == "done"
+    assert state["sentence"] == answer["sentence"]

@@ -260,3 +260,14 @@ def test_sample_columns_drop_after_keeps_rows_aligned() -> None:
     assert cols.timestamp == [NOW, NOW + 10, NOW + 20]
     assert cols.pod == ["p0", "p2", "p4"] and cols.value == [0.0, 2.0, 4.0]
     assert cols.drop_after(NOW + 300) == 0 and len(cols) == 3
+
+
+def test_a_label_that_is_not_valid_unicode_is_refused_with_its_reason() -> None:
+    evil = ('{"timestamp": "2026-01-01T00:00:00Z", "value": "1", "name": "' + WS
+            + '", "labels": {"namespace": "ml", "pod": "trainer-\\udc80-0"}}')
+    out = SampleColumns()
+    res = Decoder(clock=lambda: NOW).decode(evil.encode(), out)
+    assert dict(res.rejected) == {"bad_label_text": 1} and len(out) == 0
+    fine = encode_adapter(WS, {**LABELS, "pod": "entraîneur-0"}, NOW - 60, 1.0)
+    assert Decoder(clock=lambda: NOW).decode(fine, out).accepted == 1  # real Unicode is fine
+    assert out.pod == ["entraîneur-0"]

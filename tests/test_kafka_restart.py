@@ -109,3 +109,41 @@ def test_a_restarted_daemon_refills_its_windows_and_judges_within_a_minute(
     # the re-read history never moved the group's commit backwards
     assert sum(_committed(local_kafka, group).values()) == len(history)
     producer.close(timeout=10)
+
+
+def test_unacknowledged_dead_letters_pause_reading_instead_of_growing(
+        local_kafka: KafkaHandle) -> None:
+    """A dead-letter topic the broker refuses: the copies cannot be acknowledged, so at
+    max_pending_dead_letters the source stops reading (memory bounded), reports itself not up,
+    and commits nothing past them."""
+    topic, _ = _topics(local_kafka, 1, dlq=False)
+    group = f"pg-{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate({"sources": {"kind": "kafka", "kafka": {
+        "bootstrap_servers": [local_kafka.bootstrap], "topic": topic, "group_id": group,
+        "dead_letter_topic": "refused topic!", "max_pending_dead_letters": 10,
+        "max_poll_records": 5, "session_timeout_s": 6, "request_timeout_s": 5,
+        "backoff_s": [0.2]}}})
+    producer = _producer(local_kafka)
+    for i in range(60):
+        producer.send(topic, value=b"\x00not json %d" % i)
+    producer.flush(timeout=60)
+    producer.close(timeout=10)
+    source = make_source(settings, logger=LOG)
+    source.start()
+    try:
+        read = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            d = source.poll(0.5)
+            read += d.messages
+            source.commit([d.token] if d.token else [])
+            if not source.status().up and read >= 10:
+                break
+        pending = source.status().extra["pending_dead_letters"]
+        assert 10 <= pending <= 10 + 5 and read <= 15, (pending, read)
+        assert "dead-letter" in source.status().detail
+        for _ in range(5):  # paused: nothing more is read
+            assert source.poll(0.2).messages == 0
+        assert sum(_committed(local_kafka, group).values()) == 0
+    finally:
+        source.close(timeout=5)

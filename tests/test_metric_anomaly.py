@@ -111,3 +111,31 @@ def test_a_saved_bundle_carries_the_univariate_thresholds(tmp_path: Path) -> Non
     (path / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelIntegrityError, match="univariate"):
         Pipeline.load(path)
+
+
+def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
+    """Each step advances a per-pod state by the new grid points only (each point is
+    consumed once, not once per window that holds it); a vanished pod's state goes with
+    Pipeline.forget."""
+    from detector.pipeline import Pipeline
+    from detector.replay import iter_batches
+
+    pipe = Pipeline.load()
+    last, steps = None, 0
+    for _, batch, _ in iter_batches(app_only_trace(hours=1.5), step_s=60.0):
+        pipe.evaluate(batch)
+        last, steps = batch, steps + 1
+    assert last is not None and steps > 30
+    bank = pipe._extra["train_step_seconds"]
+    assert sorted(k.pod for k in bank.tracked()) == ["trainer-a", "trainer-b", "trainer-bad"]
+    rows = [bank._rows[k] for k in last.keys]
+    seen = bank._state.count[rows]
+    span_points = 1.5 * 3600 / last.step_s
+    assert (seen <= span_points + 1).all() and (seen >= 0.8 * (span_points - 60 / last.step_s)
+                                                ).all(), (seen, span_points)
+    key = last.keys[0]
+    pipe.forget(key)
+    assert key not in bank.tracked() and len(bank) == 2
+    for k in last.keys[1:]:
+        pipe.forget(k)
+    assert pipe._extra == {}  # the last pod gone: no custom-metric state left at all

@@ -3,9 +3,14 @@ one row per incarnation, alarms counted only inside it and before its kill."""
 
 from __future__ import annotations
 
-import pandas as pd
+import time
+from pathlib import Path
 
-from deploy.local.node_report import score, table
+import pandas as pd
+import pytest
+
+from deploy.local.node_report import rule_on_trace, score, table
+from detector import traces as tr
 
 
 def _labels() -> dict[str, object]:
@@ -46,3 +51,21 @@ def test_an_alarm_on_a_healthy_pod_is_counted() -> None:
     rows = score(_labels(), pd.DataFrame([_v(50, "ok", True, "memory_leak", 9.0)]))
     assert [r.alarms for r in rows if r.pod == "ok"] == [1]
     assert "podguard 1 of 1" in table(rows)
+
+
+@pytest.mark.stack
+def test_rule_on_a_recorded_trace_is_evaluated_by_a_real_prometheus(tmp_path: Path) -> None:
+    t0 = float(int(time.time()) - 3600)
+    rows = []
+    limit = 100 * 2**20
+    for i in range(0, 1800, 5):  # 30 min at 5 s
+        for pod, ws in (("leaky", 10 * 2**20 + i * 40_000.0), ("flat", 50 * 2**20)):
+            rows += [(t0 + i, "ns", pod, "main", "", tr.WORKING_SET, ws),
+                     (t0 + i, "ns", pod, "main", "", tr.KSM_LIMITS, float(limit))]
+    trace = tr.validate_trace(pd.DataFrame(rows, columns=list(tr.TRACE_COLUMNS)))
+    got = rule_on_trace(trace, tmp_path / "prom")
+    leaky = got["PredictLinearOOM"]["leaky"]
+    # 40 kB/s: the 4 h projection passes 100 MiB as soon as two points give the slope
+    assert leaky and leaky[0] <= t0 + 60
+    assert got["PredictLinearOOMFor10m"]["leaky"][0] >= leaky[0] + 600
+    assert "flat" not in got["PredictLinearOOM"]

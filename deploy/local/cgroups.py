@@ -114,6 +114,7 @@ class MemoryState:
     oom_events: int  # times the cgroup hit OOM (v1: under_oom transitions are not counted)
     failcnt: int | None  # v1 only: times usage hit the limit
     stat: dict[str, int]  # memory.stat
+    peak_bytes: int | None = None  # highest usage (v1 max_usage_in_bytes, v2 memory.peak)
 
 
 # ---------------------------------------------------------------------- the hierarchies
@@ -249,6 +250,7 @@ class CgroupV1(Cgroups):
             oom_events=oc.get("oom_kill", 0),
             failcnt=int(_read(d / "memory.failcnt").strip()),
             stat=stat,
+            peak_bytes=int(_read(d / "memory.max_usage_in_bytes").strip()),
         )
 
 
@@ -289,6 +291,8 @@ class CgroupV2(Cgroups):
             oom_events=events.get("oom", 0),
             failcnt=None,
             stat=stat,
+            peak_bytes=(int(_read(d / "memory.peak").strip()) if (d / "memory.peak").exists()
+                        else None),
         )
 
 

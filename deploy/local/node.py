@@ -102,7 +102,19 @@ class _Container:
     cgroup: str = ""
     oom_kills_seen: int = 0
     started_at: float = 0.0
+    consecutive: int = 0  # exits since the last incarnation that ran 10 minutes
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def backoff_delay(base_s: float, cap_s: float, consecutive: int) -> float:
+    """The kubelet's crash back-off: ``base * 2**(n-1)`` for the n-th consecutive exit, capped.
+
+    The kubelet uses 10 s doubling to 300 s, reset after 10 minutes of running; the harness
+    defaults to a fixed short delay (``cap == base``) so tests stay bounded.
+    """
+    if consecutive <= 0:
+        return 0.0
+    return float(min(cap_s, base_s * 2 ** min(consecutive - 1, 30)))
 
 
 class Supervisor:
@@ -112,6 +124,7 @@ class Supervisor:
         self.namespace = str(spec.get("namespace", "realnode"))
         self.parent = str(spec.get("parent") or owned_parent_name())
         self.backoff_s = float(spec.get("restart_backoff_s", 2.0))
+        self.backoff_max_s = float(spec.get("restart_backoff_max_s", self.backoff_s))
         self.python = str(spec.get("python") or sys.executable)
         self.node = str(spec.get("node") or socket.gethostname())
         self.workdir = workdir
@@ -167,9 +180,9 @@ class Supervisor:
             self.poll_oom(c)
             try:
                 mem = self.cg.memory(c.cgroup)
-                kills, failcnt = mem.oom_kills, mem.failcnt
+                kills, failcnt, peak = mem.oom_kills, mem.failcnt, mem.peak_bytes
             except CgroupError:
-                kills, failcnt = c.oom_kills_seen, None
+                kills, failcnt, peak = c.oom_kills_seen, None, None
             if self.stopping.is_set():
                 reason = "Stopped"
             elif kills > 0:
@@ -179,8 +192,8 @@ class Supervisor:
             c.running = False
             self.event(event="exit", pod=c.w.pod, container=c.w.container, restart=c.restarts,
                        returncode=code, signal=(-code if code < 0 else None), oom_kills=kills,
-                       failcnt=failcnt, reason=reason, ran_s=round(ended - c.started_at, 3),
-                       ts=ended)
+                       failcnt=failcnt, peak_bytes=peak, reason=reason,
+                       ran_s=round(ended - c.started_at, 3), ts=ended)
             # the incarnation's cgroup goes with it (its processes are ours)
             with contextlib.suppress(CgroupError):
                 self.cg.remove_tree(c.cgroup)
@@ -188,7 +201,8 @@ class Supervisor:
                 return
             c.last_reason = reason
             c.restarts += 1
-            self.stopping.wait(self.backoff_s)
+            c.consecutive = 1 if ended - c.started_at >= 600 else c.consecutive + 1
+            self.stopping.wait(backoff_delay(self.backoff_s, self.backoff_max_s, c.consecutive))
 
     def poll_oom(self, c: _Container) -> None:
         """Record each rise of the incarnation's kernel OOM-kill count, when it is seen."""
@@ -350,13 +364,16 @@ class RealNode:
 
     def __init__(self, state: Path, workloads: Sequence[Workload], *,
                  namespace: str = "realnode", scrape_interval: str = "5s",
-                 restart_backoff_s: float = 2.0, tag: str | None = None,
+                 restart_backoff_s: float = 2.0, restart_backoff_max_s: float | None = None,
+                 tag: str | None = None,
                  python: str | None = None) -> None:
         self.state = Path(state)
         self.workloads = list(workloads)
         self.namespace = namespace
         self.scrape_interval = scrape_interval
         self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = (restart_backoff_s if restart_backoff_max_s is None
+                                      else restart_backoff_max_s)
         self.parent = owned_parent_name(tag)
         self.python = python or sys.executable
         self.node = socket.gethostname()
@@ -382,7 +399,8 @@ class RealNode:
         try:
             cport = cadvisor.start_instance("realnode-cadvisor", self.state)
             spec = {"namespace": self.namespace, "parent": self.parent, "node": self.node,
-                    "restart_backoff_s": self.restart_backoff_s, "python": self.python,
+                    "restart_backoff_s": self.restart_backoff_s,
+                    "restart_backoff_max_s": self.restart_backoff_max_s, "python": self.python,
                     "workloads": [w.to_json() for w in self.workloads]}
             spec_file = self.workdir / "spec.json"
             atomic_write(spec_file, json.dumps(spec, indent=2))

@@ -150,7 +150,8 @@ def labels_from_events(node: RealNode, events: Sequence[dict[str, Any]], *, star
             pod["oom_kills"].append(round(float(e["ts"]), 3))
         elif kind == "exit" and e.get("reason") != "Stopped":
             pod["exits"].append({k: e.get(k) for k in (
-                "ts", "reason", "returncode", "signal", "oom_kills", "restart", "ran_s")})
+                "ts", "reason", "returncode", "signal", "oom_kills", "peak_bytes", "restart",
+                "ran_s")})
     return {
         "about": ("Real processes under real memory cgroups, measured by cAdvisor "
                   f"{cadvisor.VERSION} (github.com/google/cadvisor/lib), scraped by Prometheus "
@@ -189,6 +190,7 @@ def record(state: Path, workloads: Sequence[Workload], *, duration_s: float,
            stop_when: Callable[[RealNode], bool] | None = None,
            on_start: Callable[[RealNode], None] | None = None,
            before_stop: Callable[[RealNode, float, float], Any] | None = None,
+           restart_backoff_s: float = 2.0, restart_backoff_max_s: float | None = None,
            report: Callable[[str], None] = print) -> Recording:
     """Run ``workloads`` for ``duration_s`` (or until ``stop_when``), then read it all back.
 
@@ -196,7 +198,9 @@ def record(state: Path, workloads: Sequence[Workload], *, duration_s: float,
     ``before_stop(node, start, end)`` runs after the trace was read, while Prometheus still
     runs; its result is :attr:`Recording.extra`.
     """
-    node = RealNode(state, workloads, scrape_interval=scrape_interval, tag=tag)
+    node = RealNode(state, workloads, scrape_interval=scrape_interval, tag=tag,
+                    restart_backoff_s=restart_backoff_s,
+                    restart_backoff_max_s=restart_backoff_max_s)
     with node:
         if on_start is not None:
             on_start(node)

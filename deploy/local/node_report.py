@@ -190,3 +190,66 @@ def table(rows: Sequence[Row]) -> str:
               f"{sum(r.rule_first is not None for r in healthy)}, the rule with for: 10m "
               f"{sum(r.rule10m_first is not None for r in healthy)}"]
     return "\n".join(lines)
+
+
+def rule_on_trace(trace: pd.DataFrame, state: Path, *, step: float = 5.0
+                  ) -> dict[str, dict[str, list[float]]]:
+    """The rule evaluated by a real Prometheus over a *recorded* trace (no live harness).
+
+    The trace's working set and memory limits are backfilled (``promtool tsdb
+    create-blocks-from openmetrics``) into a Prometheus of its own in ``state``, and
+    :data:`RULE_EXPR` is evaluated with ``query_range`` at ``step``. ``for: 10m`` is applied
+    here: firing at ``t`` when the expression held at every step of ``[t - 10 min, t]``. The
+    trace has one series per container (no cgroup ``id``), so a run of "true" can span a
+    restart, where the live rule (keyed on ``id``) would start pending again.
+    Returns ``{alert name: {pod: [times firing]}}`` as :func:`rule_firings` does.
+    """
+    import urllib.parse
+
+    from deploy.local.prometheus import Prometheus, Series
+    from detector import traces as tr
+
+    class _Offline(Prometheus):
+        name = "realnode-rule-prometheus"
+
+    prom = _Offline(scrape_interval=f"{step:g}s")
+    series = []
+    keep = trace[trace["metric"].isin([tr.WORKING_SET, tr.KSM_LIMITS])]
+    for (ns, pod, container, metric), g in keep.groupby(
+            ["namespace", "pod", "container", "metric"], observed=True):
+        labels = {"namespace": str(ns), "pod": str(pod), "container": str(container)}
+        if metric == tr.KSM_LIMITS:
+            labels["resource"] = "memory"
+        series.append(Series(str(metric), labels, list(zip(
+            g["timestamp"].astype(float), g["value"].astype(float), strict=True))))
+    state.mkdir(parents=True, exist_ok=True)
+    from deploy.local.prometheus import to_openmetrics
+
+    prom.backfill(state, to_openmetrics(series))
+    prom.start(state)
+    try:
+        url = prom.url(state)
+        start, end = float(trace["timestamp"].min()), float(trace["timestamp"].max())
+        q = urllib.parse.urlencode({"query": RULE_EXPR, "start": f"{start:.0f}",
+                                    "end": f"{end:.0f}", "step": f"{step:g}s"})
+        answer = http_json("GET", f"{url}/api/v1/query_range?{q}", timeout=60)
+    finally:
+        prom.stop(state)
+    fire0: dict[str, list[float]] = {}
+    for s in answer["data"]["result"]:
+        pod = s["metric"].get("pod")
+        if pod:
+            fire0.setdefault(pod, []).extend(float(t) for t, _ in s["values"])
+    fire10: dict[str, list[float]] = {}
+    for pod, ts in fire0.items():
+        ts = sorted(set(ts))
+        run_start = None
+        prev = None
+        for t in ts:
+            if prev is None or t - prev > step * 1.5:
+                run_start = t
+            prev = t
+            if run_start is not None and t - run_start >= 600:
+                fire10.setdefault(pod, []).append(t)
+        fire0[pod] = ts
+    return {"PredictLinearOOM": fire0, "PredictLinearOOMFor10m": fire10}

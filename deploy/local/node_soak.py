@@ -36,6 +36,7 @@ from deploy.local.node_report import (
     install_rule,
     podguard_verdicts,
     rule_firings,
+    rule_on_trace,
     score,
     table,
 )
@@ -117,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         trace = load_trace(a.trace)
         stem = a.trace.name.split(".")[0]
         labels = json.loads((a.trace.parent / f"{stem}.labels.json").read_text())
-        print("(recorded trace: the rule is not evaluated, it needs the live Prometheus)")
+        rule_state = Path(tempfile.mkdtemp(prefix="podguard-rule-"))
+        try:
+            rules = rule_on_trace(trace, rule_state, step=float(labels.get("step_s", 5.0)))
+        finally:
+            shutil.rmtree(rule_state, ignore_errors=True)
     else:
         workloads = MIXES[a.mix]
         state = Path(tempfile.mkdtemp(prefix="podguard-soak-"))
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             rec: Recording = record(state, workloads, duration_s=a.minutes * 60, step=a.step,
                                     scrape_interval=f"{a.step:g}s", on_start=start,
                                     before_stop=before_stop,
+                                    # the kubelet's CrashLoopBackOff: 10 s doubling to 5 min
+                                    restart_backoff_s=10.0, restart_backoff_max_s=300.0,
                                     report=lambda m: print(m, flush=True))
         finally:
             shutil.rmtree(state, ignore_errors=True)

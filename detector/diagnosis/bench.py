@@ -13,6 +13,8 @@ rounds of three phases of ``--seconds`` each, interleaved so drift of the machin
 
 Throughput is steps per CPU second of the process (all its threads, the helper's included),
 so other load on a shared machine does not enter the figures; the pauses are wall clock.
+A second measurement alternates plain, idle-helper and tracemalloc slices of 0.5 s (median of
+``--slices``), which cancels most of the drift of a busy machine.
 It prints steps/s per phase, the slowdown against the plain loop (median of the rounds, with
 the spread of the plain loop between rounds as the noise), the pauses, and the cost of one idle
 ``step()`` call. Torch is imported here (a benchmark, not the in-pod path).
@@ -70,6 +72,26 @@ def _rate(step: Any, seconds: float, hook: Any = None) -> float:
     return n / (time.process_time() - c0)
 
 
+def _interleaved(step: Any, helper: DiagnosisHelper, nframes: int, slices: int,
+                 seconds: float) -> dict[str, float]:
+    """Median slowdown (%) of idle-helper and tracemalloc slices against plain slices, the
+    three alternating every ``seconds`` (fine interleaving cancels the drift of a shared
+    machine that whole phases suffer)."""
+    import tracemalloc
+
+    ratios: dict[str, list[float]] = {"helper_idle": [], "tracemalloc": []}
+    for _ in range(slices):
+        base = _rate(step, seconds)
+        ratios["helper_idle"].append(base / _rate(step, seconds, helper.step) - 1)
+        tracemalloc.start(nframes)
+        try:
+            traced = _rate(step, seconds)
+        finally:
+            tracemalloc.stop()
+        ratios["tracemalloc"].append(base / traced - 1)
+    return {k: 100 * statistics.median(v) for k, v in ratios.items()}
+
+
 def _window(step: Any, helper: DiagnosisHelper, channel: FileChannel,
             seconds: float) -> dict[str, Any]:
     req = rp.DiagnosisRequest(id="d-" + secrets.token_hex(8), ts=time.time(),
@@ -102,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m detector.diagnosis.bench")
     p.add_argument("--seconds", type=float, default=5.0, help="per phase and round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--slices", type=int, default=20,
+                   help="alternating 0.5 s slices of the interleaved measurement")
     p.add_argument("--nframes", type=int, default=None,
                    help="tracemalloc frames (default: the diagnoser's)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         window.append(w["rate"])
         pauses.append(w["pauses"])
         cpu.append(list(w["result"].get("cost", {}).get("pause_cpu_s", [])))
+    fine = _interleaved(step, helper, helper.diagnoser.nframes, a.slices, 0.5)
     helper.close()
     idle_helper = DiagnosisHelper(channel, background=False)
     n = 1_000_000
@@ -145,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         "diagnosis_window": statistics.median(window)},
         "slowdown_pct": {"helper_idle": slow(idle), "diagnosis_window": slow(window)},
         "noise_pct": noise, "idle_step_call_ns": per_call_ns,
+        "interleaved_slowdown_pct": fine,
         "pause_s": {"snapshot_a_max": max(pa, default=0.0), "snapshot_b_max": max(pb, default=0.0)},
         "pause_cpu_s": cpu, "rounds": a.rounds, "seconds_per_phase": a.seconds,
         "sentence": helper.results[-1]["sentence"] if helper.results else "",
@@ -157,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  diagnosis window   {figures['steps_per_s']['diagnosis_window']:8.1f} steps/CPU-s "
           f"slowdown {slow(window):+.1f} %   (tracemalloc on, "
           f"{helper.diagnoser.nframes} frames)")
+    print(f"  interleaved 0.5 s slices (median of {a.slices}): helper idle "
+          f"{fine['helper_idle']:+.1f} %, tracemalloc ({helper.diagnoser.nframes} frames) "
+          f"{fine['tracemalloc']:+.1f} %")
     print(f"  pauses per diagnosis: snapshot A up to {max(pa, default=0.0):.3f} s, snapshot B "
           f"up to {max(pb, default=0.0):.3f} s (wall clock; CPU {cpu})")
     print(f"  last answer: {figures['sentence']}")

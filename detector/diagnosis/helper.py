@@ -4,7 +4,7 @@ In the training loop (standard library and torch only; nothing else of podguard 
 
     from detector.diagnosis.helper import DiagnosisHelper
 
-    diagnosis = DiagnosisHelper.from_env()   # in a pod: its own annotations via the API server
+    diagnosis = DiagnosisHelper.from_env()   # in a pod: podguard's authenticated pod channel
     for step in range(steps):
         train_one_step(step)
         diagnosis.step()                     # a safe point: between two steps
@@ -20,9 +20,10 @@ answer (``cost.pause_s``). ``step()`` never raises into the training loop.
 
 Channels:
 
-* :class:`PodChannel`: the pod's own annotations ``podguard.io/diagnosis-request`` (read) and
-  ``podguard.io/diagnosis`` (written, a JSON merge patch), over HTTPS with the pod's
-  service-account token (RBAC: get and patch on its own pod, as for the checkpoint helper);
+* :class:`DaemonChannel`: podguard's authenticated pod channel
+  (:mod:`detector.remediation.channel`, shared with the checkpoint helper): the node's daemon
+  over HTTP, the pod's projected service-account token (audience ``podguard``) checked with a
+  TokenReview; requests of kind ``diagnose``; the pod needs no RBAC of its own;
 * :class:`FileChannel`: ``request.json`` / ``result.json`` in a directory (the embedded
   default's training loops, tests).
 
@@ -36,9 +37,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -88,62 +89,57 @@ class FileChannel:
         os.replace(tmp, self.directory / "request.json")
 
 
-class PodChannel:
-    """The pod's own annotations through the API server (standard-library HTTPS)."""
+class DaemonChannel:
+    """podguard's authenticated pod channel (``detector.remediation.channel``): the node's
+    daemon at ``endpoint``, the pod's projected service-account token (audience
+    ``podguard``) re-read from ``token_file`` on every call. Requests of kind ``diagnose``
+    come from ``POST /v1/requests``; the answer goes to ``POST /v1/answers``."""
 
-    def __init__(self, *, namespace: str, pod: str, api_url: str,
-                 token: Callable[[], str] | None = None, ca_file: str | None = None,
-                 client_cert: tuple[str, str] | None = None, timeout_s: float = 10.0) -> None:
-        self.namespace, self.pod = namespace, pod
-        self.url = (f"{api_url.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}")
-        self.token = token
+    kind = "diagnose"
+
+    def __init__(self, endpoint: str, token_file: str | Path, *, timeout_s: float = 5.0) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"PODGUARD_ENDPOINT must be an http(s) URL, not {endpoint!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.token_file = Path(token_file)
         self.timeout_s = timeout_s
-        self.context: ssl.SSLContext | None = None
-        if api_url.startswith("https"):
-            self.context = ssl.create_default_context(cafile=ca_file)
-            if client_cert is not None:
-                self.context.load_cert_chain(*client_cert)
+        self.refused: list[str] = []  # reasons the daemon gave for refusing an answer
 
-    @classmethod
-    def from_env(cls) -> PodChannel:
-        """In a pod: ``KUBERNETES_SERVICE_HOST``/``_PORT``, the service account's token
-        (re-read on every call: projected tokens rotate), CA and namespace; the pod's name
-        from ``POD_NAME`` (or ``HOSTNAME``), its namespace from ``POD_NAMESPACE``."""
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise RuntimeError("not in a Kubernetes pod: KUBERNETES_SERVICE_HOST is not set")
-        ns = os.environ.get("POD_NAMESPACE") or (
-            (_SA / "namespace").read_text().strip() if (_SA / "namespace").exists() else "")
-        pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")
-        if not ns or not pod:
-            raise RuntimeError("set POD_NAME and POD_NAMESPACE (downward API) for the helper")
-        if ":" in host:
-            host = f"[{host}]"
-        return cls(namespace=ns, pod=pod, api_url=f"https://{host}:{port}",
-                   token=lambda: (_SA / "token").read_text().strip(),
-                   ca_file=str(_SA / "ca.crt"))
-
-    def _call(self, method: str, body: bytes | None = None) -> dict[str, Any]:
-        req = urllib.request.Request(self.url, data=body, method=method)
-        req.add_header("Accept", "application/json")
-        if body is not None:
-            req.add_header("Content-Type", "application/merge-patch+json")
-        if self.token is not None:
-            req.add_header("Authorization", f"Bearer {self.token()}")
-        with urllib.request.urlopen(req, timeout=self.timeout_s,
-                                    context=self.context) as resp:
-            out = json.loads(resp.read(4 << 20))
-        return out if isinstance(out, dict) else {}
+    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        token = self.token_file.read_text().strip()
+        req = urllib.request.Request(
+            self.endpoint + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=self.timeout_s) as resp:
+                code, text = resp.status, resp.read(65536)
+        except urllib.error.HTTPError as e:
+            code, text = e.code, e.read(65536)
+        try:
+            doc = json.loads(text or b"{}")
+        except ValueError:
+            doc = {}
+        return code, doc if isinstance(doc, dict) else {}
 
     def read(self) -> tuple[str | None, str | None]:
-        ann = (self._call("GET").get("metadata") or {}).get("annotations") or {}
-        req, res = ann.get(rp.REQUEST_KEY), ann.get(rp.RESULT_KEY)
-        return (req if isinstance(req, str) else None, res if isinstance(res, str) else None)
+        code, doc = self._post("/v1/requests", {})
+        if code != 200:
+            raise RuntimeError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
+        for r in doc.get("requests") or []:
+            if isinstance(r, dict) and r.get("kind") == self.kind:
+                return rp.dumps({k: r.get(k) for k in ("id", "ts", "window_s", "reason")}), None
+        return None, None
 
     def write_result(self, text: str) -> None:
-        body = json.dumps({"metadata": {"annotations": {rp.RESULT_KEY: text}}}).encode()
-        self._call("PATCH", body)
+        result = json.loads(text)
+        code, doc = self._post("/v1/answers", {"kind": self.kind, "id": result.get("id"),
+                                               "result": result})
+        if code == 200 and doc.get("accepted") is True:
+            return
+        if code in (401, 503) or code >= 500:
+            raise RuntimeError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
+        self.refused.append(str(doc.get("reason") or f"HTTP {code}"))  # stale: not retried
 
 
 class DiagnosisHelper:
@@ -175,10 +171,18 @@ class DiagnosisHelper:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> DiagnosisHelper:
-        """A helper on :class:`PodChannel` in a pod, or on :class:`FileChannel` when
-        ``PODGUARD_DIAGNOSIS_DIR`` is set."""
+        """A helper on :class:`DaemonChannel` when ``PODGUARD_ENDPOINT`` is set (token from
+        ``PODGUARD_TOKEN_FILE``, as for the checkpoint helper), on :class:`FileChannel` when
+        ``PODGUARD_DIAGNOSIS_DIR`` is."""
+        endpoint = os.environ.get("PODGUARD_ENDPOINT")
+        if endpoint:
+            return cls(DaemonChannel(endpoint, os.environ.get(
+                "PODGUARD_TOKEN_FILE", "/var/run/secrets/podguard/token")), **kwargs)
         d = os.environ.get("PODGUARD_DIAGNOSIS_DIR")
-        return cls(FileChannel(d) if d else PodChannel.from_env(), **kwargs)
+        if not d:
+            raise RuntimeError("set PODGUARD_ENDPOINT (podguard's pod channel, with "
+                               "PODGUARD_TOKEN_FILE) or PODGUARD_DIAGNOSIS_DIR")
+        return cls(FileChannel(d), **kwargs)
 
     # ------------------------------------------------------------------ training thread
 

@@ -1,7 +1,8 @@
 """The diagnosis wire format: the request, the answer, their bounds (standard library only).
 
-The daemon writes a :class:`DiagnosisRequest` (``{"id", "ts", "window_s", "reason"}``) where
-the pod's helper reads it; the helper answers with a result object carrying the same ``id``,
+The daemon offers a :class:`DiagnosisRequest` (``{"id", "ts", "window_s", "reason"}``) on
+podguard's pod channel (kind ``diagnose``) or, for the embedded default, in a file; the helper
+answers with a result object carrying the same ``id``,
 a ``status`` (``done`` or ``failed``), one readable ``sentence`` and the structured findings
 (see :mod:`detector.diagnosis.inpod` for the fields). Both sides use this module: the pod to
 keep its answer small (:func:`bound`), the daemon to read an answer that came from a workload,
@@ -22,8 +23,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 VERSION = 1
-REQUEST_KEY = "podguard.io/diagnosis-request"  # pod annotation: daemon -> helper
-RESULT_KEY = "podguard.io/diagnosis"  # pod annotation: helper -> daemon
 MAX_RESULT_BYTES = 6000  # the whole answer as compact JSON
 MAX_SENTENCE = 400  # characters
 MAX_TEXT = 200  # characters of any other string

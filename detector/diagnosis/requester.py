@@ -2,9 +2,9 @@
 
 The daemon calls :meth:`DiagnosisRequester.decorate` with each step's verdicts before they
 reach the sinks and :meth:`DiagnosisRequester.poll` from its housekeeping (every few seconds).
-For a pod flagged ``memory_leak`` or ``gpu_memory_leak`` (``diagnosis.kinds``) it writes a
-fresh request (:class:`~detector.diagnosis.report.DiagnosisRequest`, an unguessable id) where
-the pod's helper (:mod:`detector.diagnosis.helper`) reads it, then attaches the pod's state to
+For a pod flagged ``memory_leak`` or ``gpu_memory_leak`` (``diagnosis.kinds``) it offers a
+fresh request (:class:`~detector.diagnosis.report.DiagnosisRequest`, an unguessable id) that
+the pod's helper (:mod:`detector.diagnosis.helper`) reads, then attaches the pod's state to
 every later verdict of that pod as ``Verdict.diagnosis``:
 
 * ``{"status": "pending", "id", "requested_at", "window_s", "expect_s"}`` until the answer;
@@ -17,10 +17,13 @@ every later verdict of that pod as ``Verdict.diagnosis``:
 A pod is asked again after ``repeat_s``. An answer is written as an Event on the pod
 (``LeakDiagnosed`` / ``DiagnosisUnavailable``) by the ``event`` callback when one is given.
 
-Channels (the request's transport): :class:`AnnotationRequests`, the pod annotations
-``podguard.io/diagnosis-request`` / ``podguard.io/diagnosis`` next to the checkpoint protocol's
-(written through the :class:`~detector.remediation.actuator.Actuator`), and
-:class:`FileRequests` for the embedded default's local training loops.
+Channels (the request's transport): :class:`ChannelRequests`, the ``diagnose`` kind of
+podguard's authenticated pod channel (:mod:`detector.remediation.channel`, the checkpoint
+protocol's transport: a request is listed only to the pod it was made for and answered only
+by it, as the API server vouches with a TokenReview of the pod's bound token; nothing is
+written on the pod), and :class:`FileRequests` for the embedded default's local training
+loops. Without a channel (``channel=None``: the daemon runs alert-only, without the pod
+channel) every leak verdict says at once why there is no diagnosis.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from detector.diagnosis import report as rp
 from detector.diagnosis.helper import FileChannel
+from detector.remediation.channel import Answer, PodIdentity, PodRequest
 from detector.settings import DiagnosisSettings
 from detector.verdicts import Verdict
 
@@ -66,22 +70,74 @@ class FileRequests:
         return FileChannel(self.root / pod).read()[1]
 
 
-class AnnotationRequests:
-    """Pod annotations through the Actuator (the checkpoint protocol's channel)."""
+@dataclass(frozen=True)
+class _ChannelRequest(PodRequest):
+    """A ``diagnose`` request as the pod channel lists it (``/v1/requests``)."""
 
-    def __init__(self, actuator: Any) -> None:
-        self.actuator = actuator
+    window_s: float = 60.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {**super().as_json(), "window_s": self.window_s}
+
+
+class ChannelRequests:
+    """The ``diagnose`` kind of podguard's authenticated pod channel
+    (``detector.remediation.channel.ChannelServer(kinds=[...])``): a request waits in memory
+    until the pod it was made for - as the API server vouched for its token - lists it, and an
+    answer is taken only from that pod, for that request's id, and only once."""
+
+    kind = "diagnose"
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], rp.DiagnosisRequest] = {}
+        self._answers: dict[tuple[str, str], str] = {}
 
     def send(self, namespace: str, pod: str, request: rp.DiagnosisRequest) -> bool:
-        return self.actuator.annotate_pod(namespace, pod,
-                                          {rp.REQUEST_KEY: request.to_json()}) is not None
+        self._pending[(namespace, pod)] = request
+        return True
 
     def answer(self, namespace: str, pod: str) -> str | None:
-        p = self.actuator.read_pod(namespace, pod)
-        if p is None or p.metadata is None:
-            return None
-        text = (p.metadata.annotations or {}).get(rp.RESULT_KEY)
-        return text if isinstance(text, str) else None
+        return self._answers.get((namespace, pod))
+
+    def server_kind(self) -> _DiagnoseKind:
+        """What to register with the channel server (``kinds=[..., this]``)."""
+        return _DiagnoseKind(self)
+
+    # the RequestKind side, called by the channel server with an authenticated identity
+    def pending(self, pod: PodIdentity) -> list[PodRequest]:
+        r = self._pending.get((pod.namespace, pod.pod))
+        return [] if r is None else [_ChannelRequest(self.kind, r.id, r.ts, r.reason,
+                                                     r.window_s)]
+
+    def take(self, pod: PodIdentity, request_id: str, result: dict[str, Any]) -> Answer:
+        key = (pod.namespace, pod.pod)
+        r = self._pending.get(key)
+        if r is None or r.id != request_id:
+            return Answer(False, "no such diagnosis request for this pod")
+        try:
+            text = rp.dumps({**result, "id": request_id})
+        except (TypeError, ValueError):
+            text = ""
+        if rp.parse_result(text, expect_id=r.id) is None:
+            return Answer(False, "not a readable diagnosis")
+        self._answers[key] = text
+        del self._pending[key]
+        return Answer(True)
+
+
+class _DiagnoseKind:
+    """``ChannelRequests`` as a request kind of the channel server."""
+
+    kind = "diagnose"
+
+    def __init__(self, requests: ChannelRequests) -> None:
+        self.requests = requests
+
+    def pending(self, pod: PodIdentity) -> list[PodRequest]:
+        return self.requests.pending(pod)
+
+    def answer(self, pod: PodIdentity, request_id: str, result: Mapping[str, Any]) -> Answer:
+        return self.requests.take(pod, request_id, dict(result))
 
 
 @dataclass
@@ -108,9 +164,12 @@ class PodDiagnosis:
 class DiagnosisRequester:
     """Requests, waits for and attaches in-pod diagnoses (see the module docstring)."""
 
-    def __init__(self, channel: RequestChannel, settings: DiagnosisSettings, *,
+    def __init__(self, channel: RequestChannel | None, settings: DiagnosisSettings, *,
                  event: Event | None = None, clock: Callable[[], float] = time.time,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None,
+                 no_channel: str = "the daemon runs without podguard's pod channel "
+                                   "(alert-only mode): no diagnosis can be asked for") -> None:
+        self.no_channel = no_channel
         self.channel = channel
         self.settings = settings
         self.event = event
@@ -125,6 +184,10 @@ class DiagnosisRequester:
         out = []
         for v in verdicts:
             if v.is_anomaly and not v.stale and v.kind in self.settings.kinds:
+                if self.channel is None:
+                    out.append(replace(v, diagnosis={"status": "unavailable", "id": "",
+                                                     "reason": self.no_channel}))
+                    continue
                 d = self._ensure(v)
                 if d is not None:
                     v = replace(v, diagnosis=d.as_dict(self.settings.timeout_s))
@@ -137,6 +200,7 @@ class DiagnosisRequester:
         d = self.pods.get(key)
         if d is not None and now - d.requested_at < self.settings.repeat_s:
             return d
+        assert self.channel is not None
         req = rp.DiagnosisRequest(
             id="d-" + secrets.token_hex(12), ts=now, window_s=self.settings.window_s,
             reason=rp.clean_text(f"{v.kind}: {v.explanation.text if v.explanation else ''}"))
@@ -160,7 +224,7 @@ class DiagnosisRequester:
             if d.status != "pending":
                 continue
             try:
-                text = self.channel.answer(ns, pod)
+                text = self.channel.answer(ns, pod) if self.channel is not None else None
             except Exception as e:
                 self.log.warning("reading the diagnosis of %s/%s failed: %s", ns, pod, e)
                 text = None

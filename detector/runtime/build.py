@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -73,8 +74,10 @@ def make_source(settings: Settings, *, logger: logging.Logger,
 
 def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
                  stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
-                 lambda s: s) -> tuple[list[Sink], RemediationHook | None]:
-    """The sinks and the remediation hook the settings ask for."""
+                 lambda s: s, diagnosis_channel: Any = None,
+                 ) -> tuple[list[Sink], RemediationHook | None]:
+    """The sinks and the remediation hook the settings ask for (``diagnosis_channel``: a
+    :class:`detector.diagnosis.requester.ChannelRequests` served on the pod channel too)."""
     rt = settings.runtime
     sinks: list[Sink] = []
     path: Path | None = None
@@ -133,7 +136,10 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
             actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
             store=None if rs.namespace else _store(actuator, logger))
         # the pod channel (checkpoint requests and answers), a daemon thread of this process
-        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), [controller],
+        kinds: list[Any] = [controller]
+        if diagnosis_channel is not None:  # the in-pod diagnosis rides the same channel
+            kinds.append(diagnosis_channel.server_kind())
+        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), kinds,
                       host=rs.channel_host, port=rs.channel_port, logger=logger).start()
         hook = controller
     return sinks, hook
@@ -168,6 +174,84 @@ def _kube_api(logger: logging.Logger) -> Any:
     return client.ApiClient()
 
 
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+_RATE = re.compile(r"([+-])(\d+(?:\.\d+)?) (B|KiB|MiB|GiB|TiB)/h")
+_DURATION = re.compile(r"\b(for |in ~|after |over )(\d+(?:\.\d+)?) (s|min|h|d)\b")
+_UNIT_S = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def real_clock_text(text: str, scale: float) -> str:
+    """An explanation sentence written in the telemetry's (compressed) clock, in real time:
+    durations ("for 3 h", "OOM in ~2.1 h") divided by ``scale``, growth rates ("+410 MiB/h")
+    multiplied by it, in the formats of :func:`detector.explain.format_duration` and
+    :func:`detector.explain.format_rate` (the only ones the sentences use)."""
+    from detector.explain import format_bytes
+
+    def duration(m: re.Match[str]) -> str:
+        seconds = float(m.group(2)) * _UNIT_S[m.group(3)] / scale
+        return f"{m.group(1)}{format_duration(seconds)}"
+
+    def rate(m: re.Match[str]) -> str:
+        per_h = float(m.group(2)) * 1024.0 ** _UNITS.index(m.group(3)) * scale
+        return f"{m.group(1)}{format_bytes(per_h)}/h"
+
+    return _RATE.sub(rate, _DURATION.sub(duration, text))
+
+
+class Progress:
+    """The embedded default's progress line until its first alarm (a console "sink").
+
+    A leak is judged once a pod has ``judge_after_s`` of telemetry (the trend detector's
+    settling time plus its minimum span: 2 h, two real minutes at 60x), so for the first
+    minutes nothing is printed but the start-up lines; every ``every_s`` real seconds this
+    says how many pods are being scored, how long the oldest has been watched and how long
+    until it can be judged, in real seconds. Silent once anything was flagged.
+    """
+
+    name = "progress"
+
+    def __init__(self, stream: IO[str], *, scale: float, judge_after_s: float,
+                 every_s: float = 20.0, wall: Callable[[], float] = time.time) -> None:
+        self.stream, self.scale, self.every_s, self.wall = stream, scale, every_s, wall
+        self.judge_after_real = judge_after_s / scale
+        self.t0 = self.last = wall()
+        self.first: dict[tuple[str, str], float] = {}
+        self.alarmed = False
+
+    def line(self, now: float) -> str:
+        pods = len(self.first)
+        if not pods:
+            return f"podguard run: +{now - self.t0:.0f} s: waiting for the first samples"
+        oldest = now - min(self.first.values())
+        left = max(0.0, self.judge_after_real - oldest)
+        when = f"in ~{left:.0f} s" if left > 0 else "from now on"
+        return (f"podguard run: +{now - self.t0:.0f} s: {pods} pods scored every step, no "
+                f"alarm yet; a pod is judged for leaks once watched for "
+                f"{self.judge_after_real:.0f} s, the oldest for {oldest:.0f} s (judged {when})")
+
+    def send(self, verdicts: Sequence[Verdict]) -> None:
+        if self.alarmed:
+            return
+        now = self.wall()
+        for v in verdicts:
+            self.first.setdefault((v.namespace, v.pod), now)
+        if any(v.is_anomaly for v in verdicts):
+            self.alarmed = True
+            return
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(self.line(now), file=self.stream, flush=True)
+
+    def tick(self) -> None:
+        pass
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
+
 def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
     """For a compressed clock: verdict times, rates and times to OOM in real units."""
     scale = clock_rate(source)
@@ -181,9 +265,8 @@ def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
 
         rng = v.time_to_oom_range_s
         ex = v.explanation
-        if ex is not None:
-            ex = Explanation(text=ex.text + f" [model time: durations run {scale:g}x faster "
-                                            "than real time]", features=ex.features)
+        if ex is not None:  # one clock in every line a person reads: the real one
+            ex = Explanation(text=real_clock_text(ex.text, scale), features=ex.features)
         return replace(
             v, ts=t0 + (v.ts - now_src) / scale,
             time_to_oom_s=real(v.time_to_oom_s),
@@ -219,12 +302,20 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     pipeline = watcher.load()
     source = make_source(settings, logger=log, out_dir=out_dir)
     scale = clock_rate(source)
+    diag_channel = None
+    if settings.diagnosis.enabled and settings.sources.kind != "local" and \
+            settings.remediation.enabled:
+        from detector.diagnosis.requester import ChannelRequests
+
+        diag_channel = ChannelRequests()
     sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
-                               real_seconds=lambda s: s / scale)
+                               real_seconds=lambda s: s / scale,
+                               diagnosis_channel=diag_channel)
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
                     engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
                     remediation=hook, models=watcher)
-    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir)
+    daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir,
+                                      channel=diag_channel)
     server = None
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
@@ -249,6 +340,10 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
                   f"{format_duration(scale)} of telemetry)", file=out, flush=True)
         source.start()
         daemon.present = time_presenter(source)
+        if settings.sources.kind == "local" and settings.runtime.console:
+            trend = pipeline.trend
+            daemon.sinks.append(Progress(out, scale=scale,
+                                         judge_after_s=trend.settle_s + trend.min_span_s))
         summary = daemon.run(duration_s=args.duration)
     except ServiceUnavailableError:
         daemon.shutdown()
@@ -265,15 +360,17 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     return 0
 
 
-def make_diagnosis(settings: Settings, *, logger: logging.Logger,
-                   out_dir: Path | None) -> Any:
+def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
+                   channel: Any = None) -> Any:
     """The in-pod diagnosis requester (:mod:`detector.diagnosis.requester`), or None: for the
     embedded default over files next to its training loops (its window shortened to 8 s, the
-    wait to 30 s: time runs compressed there), in a cluster over the pods' annotations."""
+    wait to 30 s: time runs compressed there); in a cluster over podguard's pod channel
+    (``channel``, served with the checkpoint protocol in the remediate mode). Alert-only runs
+    no pod channel: leak verdicts then say that no diagnosis can be asked for."""
     d = settings.diagnosis
     if not d.enabled:
         return None
-    from detector.diagnosis.requester import AnnotationRequests, DiagnosisRequester, FileRequests
+    from detector.diagnosis.requester import DiagnosisRequester, FileRequests
 
     log = logger.getChild("diagnosis")
     if settings.sources.kind == "local":
@@ -283,18 +380,18 @@ def make_diagnosis(settings: Settings, *, logger: logging.Logger,
                                      "timeout_s": min(d.timeout_s, 30.0)})
         return DiagnosisRequester(FileRequests(out_dir / "workloads" / "diagnosis"), local,
                                   logger=log)
-    api = _kube_api(logger)
-    if api is None:
-        return None
-    from detector.remediation.actuator import Actuator, ObjectRef
+    event = None
+    api = _kube_api(logger) if settings.alerting.kubernetes_events else None
+    if api is not None:
+        from detector.remediation.actuator import Actuator, ObjectRef
 
-    actuator = Actuator(api, settings=settings.remediation,
-                        event_interval_s=settings.alerting.event_interval_s)
+        actuator = Actuator(api, settings=settings.remediation,
+                            event_interval_s=settings.alerting.event_interval_s)
 
-    def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
-        actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
+        def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
+            actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
 
-    return DiagnosisRequester(AnnotationRequests(actuator), d, event=event, logger=log)
+    return DiagnosisRequester(channel, d, event=event, logger=log)
 
 
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],

@@ -82,6 +82,7 @@ class KafkaSource:
         self._producer: Any = None
         self._uncommitted: dict[Any, int] = {}  # TopicPartition -> next offset to commit
         self._dlq: list[_PendingDLQ] = []
+        self._dlq_full = False  # reading paused: too many dead-letter copies unacknowledged
         self._newest_ts: float | None = None
         self._up = True
         self._commit_failures = 0
@@ -165,6 +166,18 @@ class KafkaSource:
             return out
         if self._to_rewind:
             self._rewind()
+        if len(self._dlq) >= self.settings.max_pending_dead_letters:
+            # back-pressure: copies the broker has not acknowledged stay in memory, so no
+            # more is read until they are (the offsets behind them stay uncommitted)
+            self._settle_dead_letters()
+            if len(self._dlq) >= self.settings.max_pending_dead_letters:
+                if not self._dlq_full:
+                    self.log.warning("dead-letter copies not acknowledged; reading paused",
+                                     extra={"pending": len(self._dlq)})
+                self._dlq_full = True
+                time.sleep(min(timeout, 1.0))
+                return out
+        self._dlq_full = False
         try:
             polled = self._consumer.poll(timeout_ms=int(max(0.0, timeout) * 1000),
                                          max_records=self.settings.max_poll_records)
@@ -312,8 +325,10 @@ class KafkaSource:
         detail = "" if self._up else "broker unreachable or commit failing"
         if catching_up and self._up:
             detail = "re-reading the window after an assignment"
-        return SourceStatus(up=self._up, caught_up=not catching_up, lag_s=lag, extra=extra,
-                            detail=detail)
+        if self._dlq_full:
+            detail = "reading paused: dead-letter copies not acknowledged by the broker"
+        return SourceStatus(up=self._up and not self._dlq_full, caught_up=not catching_up,
+                            lag_s=lag, extra=extra, detail=detail)
 
     # ------------------------------------------------------------------ internals
 

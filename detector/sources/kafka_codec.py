@@ -76,6 +76,7 @@ REASONS: tuple[str, ...] = (
     "missing_label",  # no namespace or pod
     "too_many_labels",
     "label_too_long",
+    "bad_label_text",  # a label that is not valid Unicode (a lone surrogate from a \udc80 escape)
 )
 """Every reason a sample or message is refused (the ``reason`` label of the metrics)."""
 
@@ -270,6 +271,8 @@ class Decoder:
                 return "bad_type"
             if len(k) > cap or len(v) > cap:
                 return "label_too_long"
+            if not (k.isascii() and v.isascii()) and not (_utf8_ok(k) and _utf8_ok(v)):
+                return "bad_label_text"
         ns = labels.get("namespace") or labels.get("exported_namespace")
         pod = labels.get("pod") or labels.get("exported_pod")
         if not ns or not pod:
@@ -299,6 +302,16 @@ class Decoder:
         res.rejected[reason] += n
         if len(res.examples) < 5:
             res.examples.append({"reason": reason, "sample": _clip(example)})
+
+
+def _utf8_ok(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON lets ``"\\udc80"`` through as a lone surrogate,
+    which every sink and the Kubernetes API would choke on)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _as_float(x: int | float) -> float | None:

@@ -14,6 +14,8 @@ them the fixture fails saying so (nothing is skipped).
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from deploy.local import cgroups
 from deploy.local.node import RealNode
 from deploy.local.node_record import MIXES, labels_from_events, pull_trace
 from deploy.local.node_report import install_rule, rule_firings
+from deploy.local.node_soak import LIVE, start_live, stop_live
 from detector import traces as tr
 
 pytestmark = [pytest.mark.stack, pytest.mark.realnode, pytest.mark.slow]
@@ -42,6 +45,7 @@ class Run:
     rule: dict[str, list[float]]
     ksm: str
     cadvisor_ids: set[str]
+    live_log: str
     parent: str
     cg: cgroups.Cgroups
 
@@ -60,6 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         assert node.prometheus is not None
         install_rule(node.prometheus, state)
+        start_live(node, poll_s=2.0)  # `podguard run` reading the harness's Prometheus
         node.wait_for_scrapes(timeout=90)
         start = time.time() - 2
         time.sleep(RUN_S)
@@ -78,8 +83,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         cg = node.cg
         assert cg is not None
     finally:
+        with contextlib.suppress(Exception):
+            stop_live(node)
         node.stop()
-    yield Run(node, trace, labels, rule, ksm, ids, f"/{node.parent}", cg)
+    live_log = (node.workdir / f"{LIVE}.log").read_text()
+    yield Run(node, trace, labels, rule, ksm, ids, live_log, f"/{node.parent}", cg)
 
 
 def _ws(run: Run, pod: str, metric: str = tr.WORKING_SET) -> pd.Series:
@@ -99,12 +107,18 @@ def test_kernel_oom_kills_the_leak_and_the_supervisor_reports_it(run: Run, pod: 
     assert exits[0]["returncode"] == -9  # SIGKILL from the kernel's OOM killer
     assert abs(exits[0]["ts"] - first_kill) < 2.0
     assert len(info["starts"]) == len(exits) + 1  # restarted after each kill
+    assert exits[0]["peak_bytes"] >= 0.95 * limit  # the kernel's own peak: at the limit
+    # what cAdvisor saw: growth towards the limit (scrapes can miss the last seconds on a
+    # loaded machine, so not the limit itself)
     usage = _ws(run, pod, "container_memory_usage_bytes")
-    assert usage[usage.index <= first_kill].max() >= 0.85 * limit
-    # after the kill the pod's memory starts again from the bottom (a new incarnation)
-    ws = _ws(run, pod)
-    later = ws[(ws.index > first_kill + 3) & (ws.index < first_kill + 12)]
-    assert len(later) and later.min() < 0.6 * limit
+    before = usage[usage.index <= first_kill]
+    assert before.max() >= 0.6 * limit
+    assert before.iloc[-5:].mean() > before[before.index <= first_kill - 40].iloc[-5:].mean()
+    if pod == "fast-leak":  # (torch alone takes ~400 MiB within seconds of a restart)
+        # after the kill the pod's memory starts again from the bottom (a new incarnation)
+        ws = _ws(run, pod)
+        later = ws[(ws.index > first_kill) & (ws.index < first_kill + 30)]
+        assert len(later) and later.min() < 0.5 * limit
     restarts = _ws(run, pod, tr.RESTARTS)
     assert restarts.iloc[-1] == len(exits)
     assert (f'kube_pod_container_status_last_terminated_reason{{container="main",'
@@ -156,3 +170,11 @@ def test_cadvisor_reports_only_the_harness_cgroups(run: Run) -> None:
 def test_nothing_of_the_harness_is_left(run: Run) -> None:
     for d in run.cg.dirs(run.parent):
         assert not Path(d).exists(), d
+
+
+def test_podguard_run_reads_the_harness_prometheus(run: Run) -> None:
+    m = re.search(r"daemon stopped .*evaluations=(\d+) samples=(\d+)", run.live_log)
+    assert m, run.live_log[-2000:]
+    evaluations, samples = int(m.group(1)), int(m.group(2))
+    # 5 pods x ~5 series, every 2 s for ~2.5 min (the first poll backfills)
+    assert evaluations >= 1 and samples >= 5 * 5 * 30, (evaluations, samples)
