@@ -214,7 +214,8 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
 def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
     """Recall, median lead and top-feature hits per value of ``by`` (``kind`` or ``shape``)."""
     out: list[KindResult] = []
-    sets = faults["set"] if "set" in faults else pd.Series("", index=faults.index)
+    sets = (faults["set"].fillna("").astype(str) if "set" in faults
+            else pd.Series("", index=faults.index))
     for (det, set_, key), g in faults.assign(set=sets).groupby(
             ["detector", "set", by], sort=True):
         d = g[g["detected"]]
@@ -223,7 +224,8 @@ def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
             median_lead_s=float(d["lead_s"].median()) if len(d) else math.nan,
             top_feature_ok=float(d["top_feature_ok"].mean()) if len(d) else math.nan,
             kind_ok=float(d["kind_ok"].astype(float).mean()) if len(d) else math.nan,
-            captured=float(g["captured"].astype(float).mean())))
+            captured=(float(g["captured"].astype(float).mean()) if "captured" in g
+                      else math.nan)))
     return out
 
 
