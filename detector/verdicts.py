@@ -89,12 +89,12 @@ class Verdict:
                  "features": {k: round(float(v), 6) for k, v in self.explanation.features.items()}}
                 if self.explanation else None
             ),
-            # only when there is one, so verdicts without it serialise as before
-            **({"diagnosis": self.diagnosis} if self.diagnosis is not None else {}),
             # which detector decided, with which model, in which line format
             "detector": DETECTOR_OF_KIND.get(self.kind),
             "model_version": self.model_version,
             "schema": VERDICT_SCHEMA,
+            # only when there is one, so verdicts without it serialise as before; last
+            **({"diagnosis": self.diagnosis} if self.diagnosis is not None else {}),
         }
 
     def to_json(self) -> str:
