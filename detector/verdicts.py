@@ -93,7 +93,7 @@ class Verdict:
             "detector": DETECTOR_OF_KIND.get(self.kind),
             "model_version": self.model_version,
             "schema": VERDICT_SCHEMA,
-            # last, and only when there is one, so verdicts without it serialise as before
+            # only when there is one, so verdicts without it serialise as before; last
             **({"diagnosis": self.diagnosis} if self.diagnosis is not None else {}),
         }
 
