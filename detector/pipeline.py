@@ -46,6 +46,15 @@ class _PodState:
     latched: bool = False  # a raised leak stays raised while its score stays above half
     leak_since: float = math.nan  # estimated start of the growth now judged a leak
     incarnation: float = -math.inf  # start of the container incarnation those refer to
+    attribution: xp.Attribution | None = None  # the last explanation's attribution, its kind
+    attribution_kind: Kind = "none"  # and when it was computed (reused for EXPLAIN_EVERY_S)
+    attribution_ts: float = -math.inf
+
+
+EXPLAIN_EVERY_S = 300.0
+"""A raised verdict's attributions are recomputed at most this often (and whenever its kind
+changes); in between, the sentence is rewritten with the current figures over the last
+attribution. Explaining every positive pod at every step cost more than scoring them."""
 
 
 LATCH_FRACTION = 0.5
@@ -150,6 +159,7 @@ class Pipeline:
             st = self._pods.setdefault(key, _PodState())
             if inc_start[i] != st.incarnation:  # a new container incarnation starts afresh
                 st.incarnation, st.latched, st.leak_since = float(inc_start[i]), False, math.nan
+                st.attribution = None
             leak_kind: Kind = ("gpu_memory_leak" if report.channel[i] == "gpu_fb_used"
                                else "memory_leak")
             kind: Kind = "none"
@@ -221,13 +231,30 @@ class Pipeline:
             for i, text, values in self._explain_leak(batch, explain_leak, report, kills):
                 verdicts[i] = _with_explanation(verdicts[i], text, values)
         if explain_drift:
-            idx = np.asarray(explain_drift)
-            attrs = self.drift.explain(drift_x[idx])
-            for j, i in enumerate(explain_drift):
+            stale_rows = [i for i in explain_drift
+                          if self._cached(batch.keys[i], "drift", float(batch.ts[i])) is None]
+            if stale_rows:
+                fresh = self.drift.explain(drift_x[np.asarray(stale_rows)])
+                for i, a in zip(stale_rows, fresh, strict=True):
+                    self._remember(batch.keys[i], "drift", float(batch.ts[i]), a)
+            for i in explain_drift:
+                attr = self._pods[batch.keys[i]].attribution
+                assert attr is not None
                 facts: xp.Facts = {"score": float(drift.score[i]), "threshold": drift.threshold}
-                text = "pre-failure drift, " + xp.describe(attrs[j], facts)
-                verdicts[i] = _with_explanation(verdicts[i], text, attrs[j].values)
+                text = "pre-failure drift, " + xp.describe(attr, facts)
+                verdicts[i] = _with_explanation(verdicts[i], text, attr.values)
         return verdicts
+
+    def _cached(self, key: PodKey, kind: Kind, ts: float) -> xp.Attribution | None:
+        st = self._pods[key]
+        if (st.attribution is not None and st.attribution_kind == kind
+                and ts - st.attribution_ts < EXPLAIN_EVERY_S):
+            return st.attribution
+        return None
+
+    def _remember(self, key: PodKey, kind: Kind, ts: float, attr: xp.Attribution) -> None:
+        st = self._pods[key]
+        st.attribution, st.attribution_kind, st.attribution_ts = attr, kind, ts
 
     def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport,
                       kills: np.ndarray) -> Iterator[tuple[int, str, dict[str, float]]]:
@@ -235,8 +262,12 @@ class Pipeline:
         inputs, names = self.trend.explain_features(batch)  # the batch's one analysis
         background = self.trend.explain_background(names)
         for i in rows:
-            attr = xp.exact_shapley(self.trend.score_from_explain_features, inputs[i],
-                                    background, names)
+            key, ts, kind = batch.keys[i], float(batch.ts[i]), self._pods[batch.keys[i]].kind
+            attr = self._cached(key, kind, ts)
+            if attr is None:
+                attr = xp.exact_shapley(self.trend.score_from_explain_features, inputs[i],
+                                        background, names)
+                self._remember(key, kind, ts, attr)
             facts: xp.Facts = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
             rate = float(report.rate_bytes_per_s[i])
             if math.isfinite(rate):

@@ -45,6 +45,7 @@ so Shapley values over those inputs sum to the score.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,9 @@ healthy JVM executors of the Exathlon traces commit GiBs of heap in minutes at 4
 
 EVIDENCE_SPAN_S = 4 * 3600.0
 """A slow-path view shorter than this counts its monotonicity in proportion to its span."""
+
+FAST_POINTS = 30
+"""The fast path judges at most this many points (block minima on a finer grid)."""
 
 MIN_THRESHOLD = 0.05
 """The lowest threshold either path is given (a path that scores 0 on every healthy window
@@ -418,10 +422,23 @@ class TrendDetector(ThresholdMixin):
         time to OOM, so only growth that fills the headroom soon scores."""
         L = v.shape[-1]
         m = min(L, max(6, round(self.fast_span_s / step)))
-        y = destep(v[:, L - m:])
+        # at most FAST_POINTS points: a finer grid is cut into block minima (the pairwise
+        # statistics cost the square of the points)
+        k = max(1, math.ceil(m / FAST_POINTS))
+        m = (m // k) * k
+        y = v[:, L - m:]
+        if k > 1:
+            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+                y = np.nanmin(y.reshape(y.shape[0], m // k, k), axis=-1)
+            v = v[:, L % k:].reshape(v.shape[0], -1, k)
+            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+                v = np.nanmin(v, axis=-1)
+            step, m = step * k, m // k
+            L = v.shape[-1]
+        y = destep(y)
         ok = np.isfinite(y)
         nv = ok.sum(axis=-1)
-        need = max(6, math.ceil(self.fast_min_s / step))
+        need = max(6 if k == 1 else 5, math.ceil(self.fast_min_s / step))
         first = np.where(ok.any(axis=-1), np.argmax(ok, axis=-1), m)  # first valid position
         i, j = _pairs(m)
         dy = y[:, j] - y[:, i]
