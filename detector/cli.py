@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1234, help="scenario seed (1234)")
     e.add_argument("--pods-per-kind", type=int, default=8, help="pods per scenario shape (8)")
     e.add_argument("--hours", type=float, default=48.0, help="trace length, hours (48)")
+    e.add_argument("--split", choices=("train", "test", "both"), default="both",
+                   help="scenario split: train (--seed; what may be tuned on), the frozen "
+                   "test split (its own seeds and parameter ranges), or both side by side "
+                   "(default)")
     e.add_argument("--no-exathlon", action="store_true", help="skip the Exathlon healthy set")
     e.add_argument("--exathlon-dir", type=Path, default=None,
                    help="folder of Exathlon run zips, e.g. the full benchmark (default: "
@@ -172,6 +176,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress,
                                  max_future_s=args.max_future_s)
         print(json.dumps(summary.to_json_dict(), indent=2))
+        # for a person: per pod its first alarm, kind, time to OOM and why (stdout stays JSON)
+        print("\n".join(summary.lines()), file=sys.stderr)
         return 0
     if args.command == "train":
         from training.job import run

@@ -122,6 +122,8 @@ class KindResult:
     median_lead_s: float
     top_feature_ok: float  # fraction of detections whose top feature names the fault metric
     kind_ok: float = math.nan  # fraction of detections whose first verdict has the fault's kind
+    captured: float = math.nan  # mean share of the warning time captured (a miss counts 0)
+    set: str = ""  # the evaluation set (the train or test split of the scenarios)
 
     @property
     def recall(self) -> float:
@@ -136,8 +138,8 @@ def episodes(flags: np.ndarray) -> int:
     return int(f[0]) + int(np.count_nonzero(f[1:] & ~f[:-1]))
 
 
-FAULT_COLUMNS = ("detector", "namespace", "pod", "kind", "shape", "onset_ts", "failure_ts",
-                 "detected", "lead_s", "top_feature_ok", "kind_ok")
+FAULT_COLUMNS = ("detector", "set", "namespace", "pod", "kind", "shape", "onset_ts", "failure_ts",
+                 "detected", "lead_s", "captured", "top_feature_ok", "kind_ok")
 
 
 @dataclass(frozen=True)
@@ -155,14 +157,21 @@ class StepScore:
 
 def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
                 detector: str) -> StepScore:
-    """Per-fault detections and lead times, and false-alarm episodes on healthy time.
+    """Per-fault detections, lead times and warning time captured, and false-alarm episodes
+    on healthy time.
 
     ``steps`` has one row per pod per evaluation: ``ts, namespace, pod, alarm (bool),
     top_feature (str or None), stale (bool)`` and, for detectors that name a kind,
-    ``verdict_kind``. A fault counts as detected by its first alarm
-    in ``[onset, failure)``; its lead time is ``failure - that alarm``.
+    ``verdict_kind``. ``labels`` has one row per fault (a crash-looping pod one per
+    incarnation) or one ``none`` row per healthy pod. A fault counts as detected by its first
+    alarm in ``[onset, failure)``; its lead time is ``failure - that alarm`` and the share of
+    the warning time it captured ``lead / (failure - onset)`` (0 for a miss, at most 1).
+    Healthy time is every live step of a healthy pod and of a faulty pod before its first
+    onset; false alarms are counted there.
     """
-    lab = labels.set_index(["namespace", "pod"])
+    faulty = labels[labels["kind"].astype(str) != "none"]
+    by_pod = {k: g.sort_values("onset_ts") for k, g in
+              faulty.groupby(["namespace", "pod"], sort=False)}
     fa_episodes = 0
     healthy_steps = 0
     faults: list[dict[str, object]] = []
@@ -171,28 +180,33 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
         ts = g["ts"].to_numpy(dtype=np.float64)
         alarm = g["alarm"].to_numpy(dtype=bool)
         live = ~g["stale"].to_numpy(dtype=bool)
-        row = lab.loc[(ns, pod)] if (ns, pod) in lab.index else None  # type: ignore[index]
-        if row is None or str(row["kind"]) == "none":
+        rows = by_pod.get((ns, pod))
+        if rows is None:
             fa_episodes += episodes(alarm & live)
             healthy_steps += int(live.sum())
             continue
-        onset, failure = float(row["onset_ts"]), float(row["failure_ts"])
-        before = ts < onset
+        before = ts < float(rows["onset_ts"].min())
         fa_episodes += episodes(alarm[before] & live[before])
         healthy_steps += int((live & before).sum())
-        hit = np.flatnonzero(alarm & (ts >= onset) & (ts < failure))
-        rec: dict[str, object] = {
-            "detector": detector, "namespace": ns, "pod": pod, "kind": str(row["kind"]),
-            "shape": str(row["shape"]) if "shape" in row else str(row["kind"]),
-            "onset_ts": onset, "failure_ts": failure, "detected": bool(hit.size),
-            "lead_s": math.nan, "top_feature_ok": False, "kind_ok": math.nan}
-        if hit.size:
-            top = g["top_feature"].iloc[hit[0]] if "top_feature" in g else None
-            rec["lead_s"] = failure - ts[hit[0]]
-            rec["top_feature_ok"] = names_fault(top, str(row["fault_metric"]))
-            if "verdict_kind" in g:
-                rec["kind_ok"] = float(g["verdict_kind"].iloc[hit[0]] == row["kind"])
-        faults.append(rec)
+        for row in rows.to_dict("records"):
+            onset, failure = float(row["onset_ts"]), float(row["failure_ts"])
+            hit = np.flatnonzero(alarm & (ts >= onset) & (ts < failure))
+            rec: dict[str, object] = {
+                "detector": detector, "set": "", "namespace": ns, "pod": pod,
+                "kind": str(row["kind"]),
+                "shape": str(row.get("shape", row["kind"])),
+                "onset_ts": onset, "failure_ts": failure, "detected": bool(hit.size),
+                "lead_s": math.nan, "captured": 0.0, "top_feature_ok": False,
+                "kind_ok": math.nan}
+            if hit.size:
+                top = g["top_feature"].iloc[hit[0]] if "top_feature" in g else None
+                lead = failure - ts[hit[0]]
+                rec["lead_s"] = lead
+                rec["captured"] = float(np.clip(lead / max(failure - onset, step_s), 0.0, 1.0))
+                rec["top_feature_ok"] = names_fault(top, str(row["fault_metric"]))
+                if "verdict_kind" in g:
+                    rec["kind_ok"] = float(g["verdict_kind"].iloc[hit[0]] == row["kind"])
+            faults.append(rec)
     return StepScore(pd.DataFrame(faults, columns=list(FAULT_COLUMNS)), fa_episodes,
                      healthy_steps * step_s / 3600.0)
 
@@ -200,13 +214,18 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
 def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
     """Recall, median lead and top-feature hits per value of ``by`` (``kind`` or ``shape``)."""
     out: list[KindResult] = []
-    for (det, key), g in faults.groupby(["detector", by], sort=True):
+    sets = (faults["set"].fillna("").astype(str) if "set" in faults
+            else pd.Series("", index=faults.index))
+    for (det, set_, key), g in faults.assign(set=sets).groupby(
+            ["detector", "set", by], sort=True):
         d = g[g["detected"]]
         out.append(KindResult(
-            detector=str(det), kind=str(key), faults=len(g), detected=len(d),
+            detector=str(det), set=str(set_), kind=str(key), faults=len(g), detected=len(d),
             median_lead_s=float(d["lead_s"].median()) if len(d) else math.nan,
             top_feature_ok=float(d["top_feature_ok"].mean()) if len(d) else math.nan,
-            kind_ok=float(d["kind_ok"].astype(float).mean()) if len(d) else math.nan))
+            kind_ok=float(d["kind_ok"].astype(float).mean()) if len(d) else math.nan,
+            captured=(float(g["captured"].astype(float).mean()) if "captured" in g
+                      else math.nan)))
     return out
 
 
@@ -228,14 +247,18 @@ def lead_by_duration(faults: pd.DataFrame, detectors: tuple[str, str] = (
     f = faults[faults["kind"] == "memory_leak"]
     if f.empty:
         return pd.DataFrame()
-    a, b = (f[f["detector"] == d].set_index(["namespace", "pod"]) for d in detectors)
-    joined = a.join(b[["lead_s"]].rename(columns={"lead_s": "lead_s_b"}), how="inner")
+    key = [c for c in ("set", "namespace", "pod", "onset_ts") if c in f]
+    a, b = (f[f["detector"] == d] for d in detectors)
+    joined = a.merge(b[[*key, "lead_s", "captured"]].rename(
+        columns={"lead_s": "lead_s_b", "captured": "captured_b"}), on=key, how="inner")
     dur_h = (joined["failure_ts"] - joined["onset_ts"]) / 3600.0
 
     def row(label: str, g: pd.DataFrame) -> dict[str, object]:
         la, lb = g["lead_s"].median() / 60.0, g["lead_s_b"].median() / 60.0
         return {"time_to_oom_h": label, "faults": len(g), f"{detectors[0]}_lead_min": la,
                 f"{detectors[1]}_lead_min": lb,
+                f"{detectors[0]}_captured": float(g["captured"].mean()),
+                f"{detectors[1]}_captured": float(g["captured_b"].mean()),
                 "ratio": la / lb if lb and math.isfinite(lb) else math.nan}
 
     rows = []
@@ -250,8 +273,10 @@ def lead_by_duration(faults: pd.DataFrame, detectors: tuple[str, str] = (
 # -- the run -----------------------------------------------------------------------------
 def _result_rows(rows: list[KindResult], key: str) -> pd.DataFrame:
     return pd.DataFrame([{
-        "detector": r.detector, key: r.kind, "faults": r.faults, "detected": r.detected,
-        "recall": r.recall, "median_lead_min": r.median_lead_s / 60.0,
+        "set": r.set, "detector": r.detector, key: r.kind, "faults": r.faults,
+        "detected": r.detected,
+        "recall": r.recall, "warning_captured": r.captured,
+        "median_lead_min": r.median_lead_s / 60.0,
         "top_shap_names_fault": r.top_feature_ok, "first_verdict_kind_right": r.kind_ok,
     } for r in rows])
 
@@ -356,7 +381,7 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
                 continue
             sc = judge_steps(steps, labels, step_s=step_s, detector=det)
             if len(sc.faults):
-                fault_frames.append(sc.faults)
+                fault_frames.append(sc.faults.assign(set=name))
             fa_rows.append({"set": name, "detector": det, "healthy_pod_hours": sc.healthy_hours,
                             "fa_episodes": sc.fa_episodes,
                             "fa_episodes_per_1000h": sc.fa_per_1000h})

@@ -19,10 +19,29 @@ from detector.settings import WindowSettings
 TRAIN_SEED_OFFSET = 10_000  # the plain IForest baseline trains on healthy data of another seed
 
 
+def split_seeds(split: str, seed: int) -> tuple[int, ...]:
+    """The seeds of a split: the train split uses ``--seed``; the frozen test split always
+    uses its own :data:`detector.scenarios.TEST_SEEDS`."""
+    return (seed,) if split == "train" else scenarios.TEST_SEEDS
+
+
 def evaluation_sets(args: argparse.Namespace) -> Iterator[tuple[str, TraceSet, pd.DataFrame]]:
-    trace, labels = scenarios.generate(n_pods_per_kind=args.pods_per_kind, hours=args.hours,
-                                       seed=args.seed)
-    yield "scenarios", trace, labels
+    splits = ("train", "test") if args.split == "both" else (args.split,)
+    for split in splits:
+        seeds = split_seeds(split, args.seed)
+        per_seed = max(1, round(args.pods_per_kind / len(seeds)))
+        parts = [scenarios.generate(n_pods_per_kind=per_seed, hours=args.hours, seed=s,
+                                    split=split) for s in seeds]
+        # pod names repeat across seeds: make them unique per seed
+        traces, labels = [], []
+        for j, (trace, lab) in enumerate(parts):
+            if len(parts) > 1:
+                trace = trace.assign(pod=trace["pod"].astype(str) + f"-s{j}")
+                lab = lab.assign(pod=lab["pod"].astype(str) + f"-s{j}")
+            traces.append(trace)
+            labels.append(lab)
+        yield split, traces if len(traces) > 1 else traces[0], pd.concat(labels,
+                                                                           ignore_index=True)
     if not args.no_exathlon:
         from detector import exathlon
 

@@ -452,6 +452,9 @@ class Facts(TypedDict, total=False):
     growth_bytes_per_s: float  # fitted growth rate, bytes/s
     growth_duration_s: float  # how long the growth has lasted, seconds
     time_to_oom_s: float  # projected time until the limit, seconds
+    time_to_oom_low_s: float  # early end of the stated range, seconds
+    time_to_oom_high_s: float  # late end of the stated range, seconds
+    oom_kills: int  # OOM kills of earlier incarnations (a crash-looping leak)
     limit_bytes: float  # the memory limit, bytes
     score: float  # the detector score
     threshold: float  # the detector threshold
@@ -470,8 +473,14 @@ def describe(attribution: Attribution, facts: Facts | None = None, top_k: int = 
         if "growth_duration_s" in f:
             text += f" for {format_duration(f['growth_duration_s'])}"
         clauses.append(text)
+    if f.get("oom_kills"):
+        k = int(f["oom_kills"])
+        clauses.insert(0, f"crash-looping leak ({k} OOM kill{'s' if k != 1 else ''} so far)")
     if "time_to_oom_s" in f:
         text = f"OOM in ~{format_duration(f['time_to_oom_s'])}"
+        if "time_to_oom_low_s" in f and "time_to_oom_high_s" in f:
+            text += (f" ({format_duration(f['time_to_oom_low_s'])}"
+                     f"-{format_duration(f['time_to_oom_high_s'])})")
         if "limit_bytes" in f:
             text += f" at the {format_bytes(f['limit_bytes'])} limit"
         clauses.append(text)

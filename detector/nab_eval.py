@@ -77,24 +77,39 @@ def published_rows(root: Path, files: Sequence[nab.NabFile]) -> list[Row]:
     return rows
 
 
+def season_points(f: nab.NabFile) -> int:
+    """One day in points of ``f``'s own grid (the median step between its rows)."""
+    ts = f.timestamps.astype("datetime64[s]").astype(np.int64)
+    step = float(np.median(np.diff(ts))) if ts.size > 1 else 0.0
+    return round(86400.0 / step) if step > 0 else 0
+
+
 def podguard_row(files: Sequence[nab.NabFile], threshold: float | None = None) -> Row:
-    """podguard's univariate detector with its default settings, causal, per file
-    (``threshold``: another threshold than the default, for a sweep)."""
+    """podguard's univariate detector with its default settings and a seasonal time scale of
+    one day (in each file's own points), causal, per file (``threshold``: another threshold
+    than the default, for a sweep)."""
+    from dataclasses import replace
+
     from detector.models.univariate import UnivariateDetector
 
-    det = UnivariateDetector()
-    if threshold is not None:
-        det.default_threshold = threshold
-    if not files:
-        return _row("podguard univariate", files, {})
-    # all files as one batch (rows padded with NaN at the end: a no-op for the detector,
-    # which is causal and per row, so each file's alarms are those of its own run)
-    x = np.full((len(files), max(len(f.values) for f in files)), np.nan)
-    for i, f in enumerate(files):
-        x[i, :len(f.values)] = f.values
-    alarms = det.alarms(x)
+    base = UnivariateDetector()
+    thr = base.default_threshold if threshold is None else threshold
+    groups: dict[int, list[nab.NabFile]] = {}
+    for f in files:
+        groups.setdefault(season_points(f), []).append(f)
+    detections: dict[str, np.ndarray] = {}
+    for season, group in sorted(groups.items()):
+        det = UnivariateDetector(config=replace(base.config, season_points=season),
+                                 default_threshold=thr)
+        # the files of one grid as one batch (rows padded with NaN at the end: a no-op for
+        # the detector, which is causal and per row, so each file's alarms are its own run's)
+        x = np.full((len(group), max(len(f.values) for f in group)), np.nan)
+        for i, f in enumerate(group):
+            x[i, :len(f.values)] = f.values
+        alarms = det.alarms(x)
+        detections.update({f.name: alarms[i, :len(f.values)] for i, f in enumerate(group)})
     return _row("podguard univariate" + ("" if threshold is None else f" @ {threshold:g}"),
-                files, {f.name: alarms[i, :len(f.values)] for i, f in enumerate(files)})
+                files, detections)
 
 
 def check_published(rows: Sequence[Row]) -> list[str]:

@@ -31,7 +31,8 @@ import numpy as np
 from detector import explain as xp
 from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
-from detector.models.trend import LeakReport, TrendDetector
+from detector.models.history import LevelHistory
+from detector.models.trend import TTO_BAND, LeakReport, TrendDetector
 from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
@@ -42,6 +43,21 @@ from detector.windows import PodKey, WindowBatch
 class _PodState:
     streak: int = 0
     kind: Kind = "none"
+    latched: bool = False  # a raised leak stays raised while its score stays above half
+    leak_since: float = math.nan  # estimated start of the growth now judged a leak
+    incarnation: float = -math.inf  # start of the container incarnation those refer to
+
+
+LATCH_FRACTION = 0.5
+"""A raised leak stays raised while its score is above this fraction of the threshold (a
+leak riding on a load cycle dips under it in every falling half; no resolve and re-fire)."""
+
+
+
+NEAR_LEAK_FRACTION = 0.25
+"""When the drift detector fires on a pod whose memory grows towards its limit (projected
+OOM within the horizon, leak score above this fraction of its threshold), the verdict is the
+leak it is, with its time to OOM (GPU memory creep moves the drift features first)."""
 
 
 @dataclass
@@ -52,6 +68,7 @@ class Pipeline:
     version: str = "unversioned"
     univariate: UnivariateDetector = field(default_factory=UnivariateDetector)
     _pods: dict[PodKey, _PodState] = field(default_factory=dict, repr=False)
+    _history: LevelHistory = field(default_factory=LevelHistory, repr=False)
     _extra: dict[str, StreamBank] = field(default_factory=dict, repr=False)  # custom metrics
 
     # -- construction -------------------------------------------------------------------
@@ -75,15 +92,20 @@ class Pipeline:
         return select_features(batch, self.drift.feature_names)
 
     def forget(self, key: PodKey) -> None:
-        """Drops the debouncing state of a pod that vanished."""
+        """Drops the debouncing state and the history of a pod that vanished."""
         self._pods.pop(key, None)
-        for bank in self._extra.values():
+        self._history.forget(key)
+        for name, bank in list(self._extra.items()):
             bank.forget(key)
+            if not len(bank):  # no pod left with this custom metric
+                del self._extra[name]
 
     def adopt_state(self, previous: Pipeline) -> None:
         """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps
-        the streaks, so a reload neither re-delays nor repeats a verdict)."""
+        the streaks and the pods' history, so a reload neither re-delays nor repeats a
+        verdict)."""
         self._pods = previous._pods
+        self._history = previous._history
         if previous.univariate.config == self.univariate.config:  # same streams, same meaning
             self._extra = previous._extra
             for bank in self._extra.values():
@@ -97,16 +119,27 @@ class Pipeline:
         n = len(batch)
         if n == 0:
             return []
-        leak = self.trend.predict(batch)
+        slots = self._history.update(batch)
+        leak = self.trend.predict(batch)  # the trend analysis runs once per batch
         report = self.trend.leak_report(batch)
         drift_x = self.drift_features(batch)
         drift = self.drift.predict(drift_x)
         stale = np.asarray(batch.stale, dtype=bool)
 
         tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
-        far = np.isfinite(tto_all) & (tto_all > self.settings.leak_horizon_s)
-        raw_leak = leak.is_anomaly & ~stale & ~far
+        far = ~(tto_all <= self.settings.leak_horizon_s) & ~np.isnan(tto_all)
+        # a crash loop: after each OOM kill the next incarnation is judged with that evidence
+        kills = self._history.oom_kills(slots)
+        leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
+        revisit = self._history.revisits(batch, slots, report.channel, report.view_s,
+                                         report.limit_bytes)
+        leak_score = np.asarray(leak.score, dtype=np.float64)
+        raw_leak = (leak_score > leak_thr) & ~stale & ~far & ~revisit
+        held = (leak_score > LATCH_FRACTION * leak_thr) & ~stale & ~far
+        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
         raw_drift = drift.is_anomaly & ~stale & ~raw_leak
+        inc_start = self._history.incarnation_start(slots)
+        by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
         metric = _judge_extra(self.univariate, self._extra, batch,
                               ~stale & ~raw_leak & ~raw_drift)
 
@@ -115,13 +148,28 @@ class Pipeline:
         explain_drift: list[int] = []
         for i, key in enumerate(batch.keys):
             st = self._pods.setdefault(key, _PodState())
+            if inc_start[i] != st.incarnation:  # a new container incarnation starts afresh
+                st.incarnation, st.latched, st.leak_since = float(inc_start[i]), False, math.nan
+            leak_kind: Kind = ("gpu_memory_leak" if report.channel[i] == "gpu_fb_used"
+                               else "memory_leak")
             kind: Kind = "none"
-            if raw_leak[i]:
-                kind = "gpu_memory_leak" if report.channel[i] == "gpu_fb_used" else "memory_leak"
+            if raw_leak[i] or (st.latched and held[i]):
+                kind = leak_kind
             elif raw_drift[i]:
-                kind = "drift"
+                # growing memory that also moves the drift features is the leak it is, and so
+                # is the restart storm of a pod its kernel OOM-killed (a crash-looping leak)
+                kind = leak_kind if (near_leak[i] or kills[i] > 0) else "drift"
             elif metric is not None and metric.flagged[i]:
                 kind = "metric_anomaly"
+            if kind in ("memory_leak", "gpu_memory_leak"):
+                if math.isnan(st.leak_since):
+                    view = report.view_s[i] if report.view_s is not None else math.nan
+                    st.leak_since = float(batch.ts[i]) - (float(view) if math.isfinite(
+                        float(view)) else 0.0)
+            else:
+                st.latched = False
+                if not near_leak[i]:
+                    st.leak_since = math.nan
             if kind == "none":
                 st.streak, st.kind = 0, "none"
             elif kind == st.kind:
@@ -129,16 +177,18 @@ class Pipeline:
             else:
                 st.streak, st.kind = 1, kind
             positive = kind != "none" and st.streak >= self.settings.confirm_steps
+            if positive and kind in ("memory_leak", "gpu_memory_leak"):
+                st.latched = True
             if kind in ("memory_leak", "gpu_memory_leak"):
-                score, thr = float(leak.score[i]), leak.threshold
+                score, thr = float(leak.score[i]), float(leak_thr[i])
             elif kind == "drift":
                 score, thr = float(drift.score[i]), drift.threshold
             elif kind == "metric_anomaly" and metric is not None:
                 score, thr = float(metric.score[i]), float(metric.threshold[i])
             else:  # report whichever detector is closest to its threshold
-                lr = _ratio(float(leak.score[i]), leak.threshold)
+                lr = _ratio(float(leak.score[i]), float(leak_thr[i]))
                 dr = _ratio(float(drift.score[i]), drift.threshold)
-                score, thr = ((float(leak.score[i]), leak.threshold) if lr >= dr
+                score, thr = ((float(leak.score[i]), float(leak_thr[i])) if lr >= dr
                               else (float(drift.score[i]), drift.threshold))
                 if metric is not None and _ratio(float(metric.score[i]), float(
                         metric.threshold[i])) > max(lr, dr):
@@ -149,12 +199,17 @@ class Pipeline:
                 lo, hi = _finite(report.time_to_oom_low_s[i]), _finite(report.time_to_oom_high_s[i])
                 rng = (lo, hi) if lo is not None and hi is not None else None
                 rate = _finite(report.rate_bytes_per_s[i])
+                if tto is None and kills[i] > 0:  # no growth measured yet: the last life's
+                    tto = _finite(by_life[i])
+                    if tto is not None:
+                        rng = (tto * TTO_BAND[0], tto * TTO_BAND[1])
             verdicts.append(Verdict(
                 ts=float(batch.ts[i]), namespace=key.namespace, pod=key.pod,
                 node=batch.nodes[i], is_anomaly=bool(positive), kind=kind if positive else "none",
                 score=score, threshold=float(thr), time_to_oom_s=tto if positive else None,
                 time_to_oom_range_s=rng if positive else None,
                 leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
+                model_version=self.version,
             ))
             if positive and self.settings.explain and kind == "metric_anomaly" and metric:
                 text, values = metric.explain(self.univariate, i, batch.step_s)
@@ -163,7 +218,7 @@ class Pipeline:
                 (explain_leak if kind != "drift" else explain_drift).append(i)
 
         if explain_leak:
-            for i, text, values in self._explain_leak(batch, explain_leak, report):
+            for i, text, values in self._explain_leak(batch, explain_leak, report, kills):
                 verdicts[i] = _with_explanation(verdicts[i], text, values)
         if explain_drift:
             idx = np.asarray(explain_drift)
@@ -174,23 +229,29 @@ class Pipeline:
                 verdicts[i] = _with_explanation(verdicts[i], text, attrs[j].values)
         return verdicts
 
-    def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport
-                      ) -> Iterator[tuple[int, str, dict[str, float]]]:
+    def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport,
+                      kills: np.ndarray) -> Iterator[tuple[int, str, dict[str, float]]]:
         """Exact Shapley values over the leak score's inputs, plus the leak's facts."""
-        inputs, names = self.trend.explain_features(batch.subset(np.asarray(rows)))
+        inputs, names = self.trend.explain_features(batch)  # the batch's one analysis
         background = self.trend.explain_background(names)
-        for j, i in enumerate(rows):
-            attr = xp.exact_shapley(self.trend.score_from_explain_features, inputs[j],
+        for i in rows:
+            attr = xp.exact_shapley(self.trend.score_from_explain_features, inputs[i],
                                     background, names)
             facts: xp.Facts = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
             rate = float(report.rate_bytes_per_s[i])
             if math.isfinite(rate):
                 facts["growth_bytes_per_s"] = rate
-            if report.view_s is not None and math.isfinite(float(report.view_s[i])):
-                facts["growth_duration_s"] = float(report.view_s[i])
+            since = self._pods[batch.keys[i]].leak_since
+            if math.isfinite(since):
+                facts["growth_duration_s"] = max(float(batch.ts[i]) - since, 0.0)
+            if int(kills[i]) > 0:
+                facts["oom_kills"] = int(kills[i])
             tto = float(report.time_to_oom_s[i])
             if math.isfinite(tto):
                 facts["time_to_oom_s"] = tto
+                lo, hi = float(report.time_to_oom_low_s[i]), float(report.time_to_oom_high_s[i])
+                if math.isfinite(lo) and math.isfinite(hi):
+                    facts["time_to_oom_low_s"], facts["time_to_oom_high_s"] = lo, hi
             limit = float(report.limit_bytes[i])
             if math.isfinite(limit):
                 facts["limit_bytes"] = limit
@@ -306,3 +367,31 @@ def _ratio(score: float, thr: float) -> float:
     if not math.isfinite(score):
         return -math.inf
     return score / thr if thr > 0 else score - thr
+
+
+def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
+                         horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two leak paths' scores on healthy windows as the decision sees them: replayed in
+    time order through a fresh :class:`LevelHistory`, with 0 where a verdict could not be a
+    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held).
+    Thresholds fitted on these give the target false-alarm rate of the verdicts themselves."""
+    slow_all = np.zeros(len(healthy))
+    fast_all = np.zeros(len(healthy))
+    if len(healthy) == 0:
+        return slow_all, fast_all
+    history = LevelHistory()
+    order = np.argsort(healthy.ts, kind="stable")
+    ts_sorted = healthy.ts[order]
+    cuts = np.flatnonzero(np.diff(ts_sorted)) + 1
+    for idx in np.split(order, cuts):
+        sub = healthy.subset(idx)
+        slots = history.update(sub)
+        rep = trend.leak_report(sub)
+        slow, fast = trend.path_scores(sub)
+        tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        far = ~(tto <= horizon_s) & ~np.isnan(tto)
+        revisit = history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
+        ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
+        slow_all[idx] = np.where(ok, slow, 0.0)
+        fast_all[idx] = np.where(ok, fast, 0.0)
+    return slow_all, fast_all

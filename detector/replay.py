@@ -18,15 +18,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import pandas as pd
 
+from detector.explain import format_duration
 from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
 from detector.traces import DEFAULT_MAX_FUTURE_S, check_replayable
-from detector.verdicts import Verdict
+from detector.verdicts import DETECTOR_OF_KIND, Verdict
 from detector.windows import IngestReport, WindowBatch, WindowEngine, iter_windows
 
 
@@ -36,9 +38,14 @@ class ReplaySummary:
     steps: int = 0
     verdicts: int = 0
     positives: Counter[str] = field(default_factory=Counter)
-    first_detection: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    #: ``namespace/pod`` -> (time, kind, explanation, time to OOM in s or None) of its first
+    #: positive verdict
+    first_detection: dict[str, tuple[float, str, str, float | None]] = field(
+        default_factory=dict)
     ingest: IngestReport = field(default_factory=IngestReport)
     seconds: float = 0.0
+    model_version: str = ""
+    pods: set[str] = field(default_factory=set)
 
     def to_json_dict(self) -> dict[str, object]:
         return {
@@ -47,7 +54,35 @@ class ReplaySummary:
             "rejected_rows": dict(self.ingest.rejected), "duplicates": self.ingest.duplicates,
             "seconds": round(self.seconds, 2),
             "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds else None,
+            "model_version": self.model_version,
+            "pods": len(self.pods),
+            "first_alarms": [
+                {"pod": pod, "ts": ts, "kind": kind, "detector": DETECTOR_OF_KIND.get(kind),
+                 "time_to_oom_s": tto}
+                for pod, (ts, kind, _text, tto) in sorted(self.first_detection.items())],
         }
+
+    def lines(self, width: int = 150) -> list[str]:
+        """The summary as a person reads it: one line per pod with an alarm (its first: when,
+        what, time to OOM, why), then how many pods had none."""
+        out = [f"replay: {self.rows:,} samples, {len(self.pods)} pods, {self.steps:,} steps, "
+               f"model {self.model_version or '?'}"]
+        if not self.first_detection:
+            return [*out, "no pod flagged"]
+        name_w = min(40, max(len(p) for p in self.first_detection))
+        out.append(f"  {'pod':<{name_w}}  {'first alarm (UTC)':<19}  {'kind':<15}  "
+                   f"{'OOM in':<8}  why")
+        for pod, (ts, kind, text, tto) in sorted(self.first_detection.items(),
+                                                  key=lambda kv: kv[1][0]):
+            when = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            oom = f"~{format_duration(tto)}" if tto is not None else "-"
+            head = f"  {pod:<{name_w}}  {when:<19}  {kind:<15}  {oom:<8}  "
+            room = max(20, width - len(head))
+            why = text if len(text) <= room else text[: room - 3] + "..."
+            out.append(head + why)
+        quiet = len(self.pods) - len(self.first_detection)
+        out.append(f"{len(self.first_detection)} pod(s) flagged, {quiet} without an alarm")
+        return out
 
 
 def make_engine(ws: WindowSettings) -> WindowEngine:
@@ -91,11 +126,13 @@ def iter_replay(trace: pd.DataFrame, pipeline: Pipeline, *, step_s: float,
         verdicts = pipeline.evaluate(batch)
         summary.steps += 1
         summary.verdicts += len(verdicts)
+        summary.model_version = pipeline.version
         for v in verdicts:
+            summary.pods.add(f"{v.namespace}/{v.pod}")
             if v.is_anomaly:
                 summary.positives[v.kind] += 1
                 summary.first_detection.setdefault(f"{v.namespace}/{v.pod}",
-                                                   (v.ts, v.kind, _text(v)))
+                                                   (v.ts, v.kind, _text(v), v.time_to_oom_s))
         yield verdicts
 
 

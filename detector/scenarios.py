@@ -23,7 +23,8 @@ container. Imperfections are injected: missing samples and short gaps, duplicate
 values, jittered timestamps and, on some healthy pods, a container restart (counters reset,
 memory warms up again).
 
-Labels (one row per pod): ``namespace, pod, shape, kind, onset_ts, failure_ts,
+Labels (one row per fault: one per pod, except a crash-looping leak, one per incarnation
+that the kernel killed; healthy pods one row): ``namespace, pod, shape, kind, onset_ts, failure_ts,
 fault_metric``. ``kind`` is ``none``, ``memory_leak``, ``gpu_memory_leak`` or ``drift``;
 ``fault_metric`` names the series the fault moves (``|``-separated when several: a
 throughput collapse moves CPU, GPU utilisation and network together).
@@ -52,14 +53,18 @@ HEALTHY_SHAPES: tuple[str, ...] = (
     "epoch_periodic",
     "step_up",
     "diurnal",
+    "periodic_load",
+    "slow_warmup",
 )
-LEAK_SHAPES: tuple[str, ...] = ("slow_leak", "fast_leak", "step_leak", "leak_under_gc")
-FAULT_SHAPES: tuple[str, ...] = (*LEAK_SHAPES, "gpu_creep", "throughput_drift")
+LEAK_SHAPES: tuple[str, ...] = ("slow_leak", "fast_leak", "step_leak", "leak_under_gc",
+                                "early_leak", "periodic_leak")
+FAULT_SHAPES: tuple[str, ...] = (*LEAK_SHAPES, "crashloop_leak", "gpu_creep", "throughput_drift")
 ALL_SHAPES: tuple[str, ...] = (*HEALTHY_SHAPES, *FAULT_SHAPES)
 
 KIND_OF_SHAPE: dict[str, str] = {
     **{s: "none" for s in HEALTHY_SHAPES},
     **{s: "memory_leak" for s in LEAK_SHAPES},
+    "crashloop_leak": "memory_leak",
     "gpu_creep": "gpu_memory_leak",
     "throughput_drift": "drift",
 }
@@ -130,17 +135,23 @@ def generate(
     start_ts: float = DEFAULT_START_TS,
     gpu_fraction: float = 0.3,
     imperfections: Imperfections | None = None,
+    split: str = "train",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A labelled trace: ``n_pods_per_kind`` pods of each shape in ``shapes``.
 
-    ``n_pods`` (if given) instead assigns shapes round-robin to that many pods. Returns
-    ``(trace, labels)``; the trace is sorted by timestamp and has categorical string columns.
-    The same arguments always give the same output.
+    ``n_pods`` (if given) instead assigns shapes round-robin to that many pods. ``split``
+    picks the parameter ranges (:data:`SPLITS`): ``"train"`` is what thresholds and rules may
+    be tuned on, ``"test"`` is the frozen held-out split (draw it with :data:`TEST_SEEDS`).
+    Returns ``(trace, labels)``; the trace is sorted by timestamp and has categorical string
+    columns. The same arguments always give the same output.
     """
     if not hours > 0 or not step_s > 0:
         raise InputError(f"hours and step_s must be > 0, got {hours!r}, {step_s!r}")
     if not 0.0 <= gpu_fraction <= 1.0:
         raise InputError(f"gpu_fraction must be in [0, 1], got {gpu_fraction!r}")
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; known: {sorted(SPLITS)}")
+    ranges = SPLITS[split]
     imp = Imperfections() if imperfections is None else imperfections
     shape_list = _shape_list(n_pods_per_kind, shapes, n_pods)
     root = np.random.SeedSequence(seed)
@@ -160,9 +171,9 @@ def generate(
         ns = ("ml-train", "ml-serve", "research")[int(meta_rng.integers(3))]
         name = f"job-{meta_rng.integers(16**5):05x}-{i}"
         node = f"node-{int(meta_rng.integers(8)):02d}"
-        ps, lab = _make_pod(rng, shape, gpu, t_grid, step_s, imp, ns, name, node)
+        ps, labs = _make_pod(rng, shape, gpu, t_grid, step_s, imp, ns, name, node, ranges)
         pods.append(ps)
-        labels.append(lab)
+        labels.extend(labs)
     trace = _to_long(pods, imp, np.random.default_rng(root.spawn(1)[0]), step_s)
     lab_df = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))
     return trace, lab_df
@@ -178,6 +189,7 @@ def generate_healthy(
     start_ts: float = DEFAULT_START_TS,
     gpu_fraction: float = 0.3,
     imperfections: Imperfections | None = None,
+    split: str = "train",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Healthy pods only (training data for fitting models and thresholds)."""
     bad = [s for s in shapes if KIND_OF_SHAPE.get(s) != "none"]
@@ -192,11 +204,12 @@ def generate_healthy(
         start_ts=start_ts,
         gpu_fraction=gpu_fraction,
         imperfections=imperfections,
+        split=split,
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# one pod
+# parameter ranges and splits
 
 
 FAULT_HOURS: dict[str, tuple[float, float]] = {
@@ -205,30 +218,117 @@ FAULT_HOURS: dict[str, tuple[float, float]] = {
     "step_leak": (4.0, 16.0),
     "leak_under_gc": (4.0, 24.0),
     "gpu_creep": (4.0, 24.0),
+    "early_leak": (0.4, 2.0),
+    "periodic_leak": (6.0, 24.0),
+    "crashloop_leak": (0.3, 1.2),
 }
-"""Range of the time from onset to OOM of each growing fault, hours (drawn log-uniformly).
+"""Range of the time from onset to OOM of each growing fault, hours (drawn log-uniformly), in
+the train split (:data:`SPLITS` holds the test split's own ranges).
 
 Why these: a slow leak - an ever-growing list of metrics, a dataloader worker's copy-on-read
 growth - adds a few hundred MiB per hour against GiBs of headroom, and is the leak that kills a
 long training run overnight, a day or more after it began; a staircase grows at epoch or
 evaluation boundaries; a leak under a GC sawtooth raises the floor slowly; CUDA memory creep
 (tensors kept alive across steps, allocator fragmentation) takes hours; a fast leak (a batch
-accumulated on every step) fills memory within an hour or so."""
+accumulated on every step) fills memory within an hour or so; an early leak starts in the
+pod's first minutes (a leak in the first epoch) and OOMs within two hours of the pod's start;
+a crash-looping leak comes back in every incarnation after its OOM kill (one fault per
+incarnation); a periodic leak rides on a multi-hour load cycle."""
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """The parameter ranges every shape draws from. Two instances exist (:data:`SPLITS`):
+    the train split, on which thresholds and rules may be tuned, and the frozen test split
+    with its own ranges, on which the reported figures are measured."""
+
+    base_gib: tuple[float, float] = (0.5, 8.0)  # working set level (log-uniform)
+    limit_ratio: tuple[float, float] = (1.8, 3.0)  # limit / base
+    noise: float = 0.004  # relative noise of the working set
+    saw_amp: tuple[float, float] = (0.1, 0.3)  # GC sawtooth amplitude, of base
+    saw_period_s: tuple[float, float] = (120.0, 900.0)
+    warmup_tau_s: tuple[float, float] = (300.0, 1200.0)  # warmup_plateau time constant
+    slow_warmup_tau_s: tuple[float, float] = (1200.0, 3 * 3600.0)  # slow_warmup (log-uniform)
+    warmup_depth: tuple[float, float] = (0.3, 0.6)
+    period_h: tuple[float, float] = (1.0, 24.0)  # periodic_load cycle (log-uniform)
+    periodic_amp: tuple[float, float] = (0.1, 0.4)  # of base, peak to trough
+    epoch_s: tuple[float, float] = (900.0, 2700.0)
+    step_up: tuple[float, float] = (1.2, 1.5)
+    late_start: float = 0.4  # fraction of pods that start after the trace begins
+    fault_hours: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(FAULT_HOURS))
+
+
+SPLITS: dict[str, Ranges] = {
+    "train": Ranges(),
+    "test": Ranges(
+        base_gib=(0.3, 12.0),
+        limit_ratio=(1.5, 3.5),
+        noise=0.006,
+        saw_amp=(0.05, 0.4),
+        saw_period_s=(60.0, 1800.0),
+        warmup_tau_s=(120.0, 2400.0),
+        slow_warmup_tau_s=(900.0, 5 * 3600.0),
+        warmup_depth=(0.2, 0.7),
+        period_h=(1.0, 24.0),
+        periodic_amp=(0.05, 0.5),
+        epoch_s=(600.0, 3600.0),
+        step_up=(1.1, 1.7),
+        late_start=0.5,
+        fault_hours={
+            "slow_leak": (6.0, 48.0),
+            "fast_leak": (0.3, 2.0),
+            "step_leak": (3.0, 20.0),
+            "leak_under_gc": (3.0, 30.0),
+            "gpu_creep": (3.0, 30.0),
+            "early_leak": (0.3, 2.0),
+            "periodic_leak": (5.0, 30.0),
+            "crashloop_leak": (0.25, 1.5),
+        },
+    ),
+}
+"""``train``: thresholds, rules and defaults may be tuned on it. ``test``: frozen; its own
+seeds (:data:`TEST_SEEDS`) and wider, shifted ranges; nothing is tuned on it and the README's
+figures come from it."""
+
+TEST_SEEDS: tuple[int, ...] = (900_001, 900_002)
+"""The frozen test split's seeds (``podguard evaluate --split test``)."""
+
+CRASHLOOP_KILLS = 4
+"""A crash-looping leak is killed this many times (each incarnation a fault), then given up."""
 
 FAULT_END_FRACTION = 0.95
 """Every fault plays out inside its trace: a drawn duration that would end after this fraction
 of the trace is shortened to end there (short traces get faster faults)."""
 
 
-def _fault_duration(rng: np.random.Generator, shape: str, onset: float, T: float) -> float:
-    lo, hi = FAULT_HOURS[shape]
-    drawn = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * 3600.0
+def _fault_duration(rng: np.random.Generator, shape: str, onset: float, T: float,
+                    ranges: Ranges | None = None) -> float:
+    lo, hi = (ranges or SPLITS["train"]).fault_hours[shape]
+    drawn = _loguniform(rng, lo, hi) * 3600.0
     room = FAULT_END_FRACTION * T - onset
     return min(drawn, room) if room > 0 else drawn
 
 
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
 def _sawtooth(t: np.ndarray, period: float, phase: float) -> np.ndarray:
     return np.mod(t / period + phase, 1.0)
+
+
+def _cycle(rng: np.random.Generator, t: np.ndarray, period: float) -> np.ndarray:
+    """A load cycle in [0, 1] of one of three waveforms: sine, sawtooth, square-ish batch."""
+    ph = rng.random()
+    form = int(rng.integers(3))
+    x = np.mod(t / period + ph, 1.0)
+    if form == 0:
+        return 0.5 - 0.5 * np.cos(2 * np.pi * x)
+    if form == 1:
+        return x
+    duty = rng.uniform(0.2, 0.6)  # a batch window: ramps in and out over a tenth of it
+    edge = 0.1 * duty
+    return np.clip(np.minimum(x / edge, (duty - x) / edge), 0.0, 1.0)
 
 
 def _make_pod(
@@ -241,39 +341,55 @@ def _make_pod(
     ns: str,
     name: str,
     node: str,
-) -> tuple[_PodSeries, dict[str, object]]:
+    ranges: Ranges | None = None,
+) -> tuple[_PodSeries, list[dict[str, object]]]:
+    rg = ranges or SPLITS["train"]
     K = t_abs.size
-    t = t_abs - t_abs[0]
-    T = float(t[-1]) if K else 0.0
+    T_trace = float(t_abs[-1] - t_abs[0]) if K else 0.0
+    # a pod may start at any time of the trace (its first minutes are then inside it)
+    start = 0.0
+    if rng.random() < rg.late_start and T_trace > 3600:
+        start = rng.uniform(0.0, 0.5) * T_trace
+    t = t_abs - t_abs[0] - start  # the pod's own clock: 0 at its start
+    T = T_trace - start
     kind = KIND_OF_SHAPE[shape]
-    base = float(np.exp(rng.uniform(np.log(0.5), np.log(8.0)))) * GIB
-    limit = np.ceil(base * rng.uniform(1.8, 3.0) / (256 * 2**20)) * (256 * 2**20)
-    noise = rng.normal(0.0, 0.004, K)
+    base = _loguniform(rng, *rg.base_gib) * GIB
+    limit = np.ceil(base * rng.uniform(*rg.limit_ratio) / (256 * 2**20)) * (256 * 2**20)
+    noise = rng.normal(0.0, rg.noise, K)
     load = np.ones(K)  # throughput multiplier (cpu, gpu util, network)
     ws_rel = np.ones(K)  # working set / base
     fb_card_mib = float(rng.choice([40960.0, 81920.0]))
     fb_base_mib = fb_card_mib * rng.uniform(0.3, 0.6)
     fb_mib = fb_base_mib * (1 + rng.normal(0, 0.002, K))
-    fs = rng.uniform(0.1, 5.0) * GIB * (1 + 0.02 * t / max(T, 1.0))
+    fs = rng.uniform(0.1, 5.0) * GIB * (1 + 0.02 * np.clip(t, 0, None) / max(T, 1.0))
     onset = np.nan
     failure = np.nan
     fault_metric = ""
-    restart_at: float | None = None
+    restart_at: list[float] = []
+    incarnations: list[tuple[float, float]] = []  # crash loop: (onset, OOM) per incarnation
 
-    def warmup(start: float, tau: float, depth: float) -> np.ndarray:
-        dt = np.clip(t - start, 0, None)
-        return np.where(t >= start, 1.0 - depth * np.exp(-dt / tau), 1.0)
+    def warmup(start_: float, tau: float, depth: float) -> np.ndarray:
+        dt = np.clip(t - start_, 0, None)
+        return np.where(t >= start_, 1.0 - depth * np.exp(-dt / tau), 1.0)
 
-    # --- the underlying healthy shape (leaks sit on top of steady or GC shapes)
+    # --- the underlying healthy shape (leaks sit on top of steady, GC or periodic shapes)
     saw_amp = 0.0
     if shape in ("gc_sawtooth", "leak_under_gc"):
-        saw_amp = rng.uniform(0.1, 0.3)
-        period = rng.uniform(120.0, 900.0)
+        saw_amp = rng.uniform(*rg.saw_amp)
+        period = rng.uniform(*rg.saw_period_s)
         ws_rel = ws_rel + saw_amp * _sawtooth(t, period, rng.random())
     elif shape == "warmup_plateau":
-        ws_rel = ws_rel * warmup(0.0, rng.uniform(300.0, 1200.0), rng.uniform(0.3, 0.6))
+        ws_rel = ws_rel * warmup(0.0, rng.uniform(*rg.warmup_tau_s), rng.uniform(*rg.warmup_depth))
+    elif shape == "slow_warmup":
+        ws_rel = ws_rel * warmup(0.0, _loguniform(rng, *rg.slow_warmup_tau_s),
+                                 rng.uniform(*rg.warmup_depth))
+    elif shape in ("periodic_load", "periodic_leak"):
+        amp = rng.uniform(*rg.periodic_amp)
+        period_s = _loguniform(rng, *rg.period_h) * 3600.0
+        ws_rel = ws_rel * (1 + amp * _cycle(rng, t, period_s))
+        load = load * (1 + 0.5 * amp * _cycle(rng, t, period_s))
     elif shape == "epoch_periodic":
-        epoch = rng.uniform(900.0, 2700.0)
+        epoch = rng.uniform(*rg.epoch_s)
         ph = rng.random()
         ramp = rng.uniform(0.05, 0.15)
         ws_rel = ws_rel + ramp * _sawtooth(t, epoch, ph)
@@ -286,22 +402,23 @@ def _make_pod(
         ws_rel = ws_rel + spike * ckpt
         ckpt_size = base * rng.uniform(0.5, 1.0)
         n_ckpt = np.floor((epoch_no + every - 1) / every)
-        fs = fs + ckpt_size * np.minimum(n_ckpt, 2)  # the last two checkpoints are kept
+        fs = fs + ckpt_size * np.clip(n_ckpt, 0, 2)  # the last two checkpoints are kept
         load = load * (1 - 0.5 * ckpt)
         if gpu:
             fb_mib = fb_mib * (1 + 0.03 * _sawtooth(t, epoch, ph))
     elif shape == "step_up":
         ts_ = rng.uniform(0.2, 0.7) * T
-        ws_rel = ws_rel * np.where(t >= ts_, rng.uniform(1.2, 1.5), 1.0)
+        ws_rel = ws_rel * np.where(t >= ts_, rng.uniform(*rg.step_up), 1.0)
     elif shape == "diurnal":
         ph = rng.uniform(0, 2 * np.pi)
         load = load * (1 + 0.35 * np.sin(2 * np.pi * t / 86400.0 + ph))
         ws_rel = ws_rel * (1 + 0.04 * np.sin(2 * np.pi * t / 86400.0 + ph))
 
-    peak_rel = float(np.max(ws_rel)) if K else 1.0
+    peak_rel = float(np.max(ws_rel[t >= 0])) if (t >= 0).any() else 1.0
     if shape in LEAK_SHAPES:
-        onset = rng.uniform(0.1, 0.3) * T
-        duration = _fault_duration(rng, shape, onset, T)
+        # an early leak starts in the pod's first minutes
+        onset = rng.uniform(0.0, 600.0) if shape == "early_leak" else rng.uniform(0.1, 0.3) * T
+        duration = _fault_duration(rng, shape, onset, T, rg)
         headroom_rel = limit / base - peak_rel
         rate_rel = headroom_rel / duration  # of base per second
         dt = np.clip(t - onset, 0, None)
@@ -312,9 +429,32 @@ def _make_pod(
             growth = rate_rel * dt
         ws_rel = ws_rel + growth
         fault_metric = tr.WORKING_SET
+    elif shape == "crashloop_leak":
+        # leaks from every incarnation's start until the kernel kills it; restarted after a
+        # back-off, it leaks again at a similar rate
+        ws_rel = np.full(K, np.nan)
+        inc_start = 0.0
+        rate_rel = (limit / base - 1.0) / (_loguniform(rng, *rg.fault_hours[shape]) * 3600.0)
+        while inc_start < FAULT_END_FRACTION * T and len(incarnations) < CRASHLOOP_KILLS:
+            r = rate_rel * rng.uniform(0.8, 1.25)
+            warm = rng.uniform(60.0, 300.0)
+            dur = (limit / base - 1.0) / r + warm
+            sel = (t >= inc_start) & (t < inc_start + dur)
+            dt = t[sel] - inc_start
+            ws_rel[sel] = (1.0 - 0.3 * np.exp(-dt / (warm / 3))) + r * np.clip(dt - warm, 0, None)
+            kill = inc_start + dur
+            incarnations.append((inc_start + warm, kill))
+            # the kubelet's back-off: 10 s, doubling, at most 5 min
+            restart_at.append(kill + min(10.0 * 2 ** len(restart_at), 300.0))
+            inc_start = restart_at[-1]
+        ws_rel = np.where(np.isfinite(ws_rel), ws_rel, 1.0)
+        # after its last kill the job is given up on (its series end there)
+        failure = incarnations[-1][1] if restart_at else np.nan
+        restart_at = [r_ for r_ in restart_at[:-1] if r_ < T]
+        fault_metric = tr.WORKING_SET
     elif shape == "gpu_creep":
         onset = rng.uniform(0.1, 0.3) * T
-        duration = _fault_duration(rng, shape, onset, T)
+        duration = _fault_duration(rng, shape, onset, T, rg)
         rate_mib = (fb_card_mib - fb_base_mib) / duration
         fb_mib = fb_mib + rate_mib * np.clip(t - onset, 0, None)
         fault_metric = tr.GPU_FB_USED
@@ -328,15 +468,15 @@ def _make_pod(
         fault_metric = "|".join([tr.CPU_SECONDS, *([tr.GPU_UTIL] if gpu else []),
                                  tr.NET_RX, tr.NET_TX])
     elif kind == "none" and rng.random() < imp.restart_pod_rate and T > 3600:
-        restart_at = rng.uniform(0.2, 0.9) * T
-        ws_rel = ws_rel * warmup(restart_at, rng.uniform(120.0, 600.0), 0.5)
+        restart_at = [rng.uniform(0.2, 0.9) * T]
+        ws_rel = ws_rel * warmup(restart_at[0], rng.uniform(120.0, 600.0), 0.5)
 
     ws = base * ws_rel * (1 + noise)
     rss = ws * rng.uniform(0.75, 0.92) * (1 + rng.normal(0, 0.003, K))
 
     # failure time: the series (working set or GPU memory) reaches its limit
     if shape in LEAK_SHAPES:
-        hit = np.flatnonzero(ws >= limit)
+        hit = np.flatnonzero((ws >= limit) & (t >= 0))
         if hit.size:
             failure = float(t[hit[0]])
         else:  # projected from the mean leak rate, beyond the end of the trace
@@ -344,8 +484,10 @@ def _make_pod(
             failure = onset + duration if rate_b > 0 else np.nan
             failure = max(failure, T + step_s)
     elif shape == "gpu_creep":
-        hit = np.flatnonzero(fb_mib >= fb_card_mib)
+        hit = np.flatnonzero((fb_mib >= fb_card_mib) & (t >= 0))
         failure = float(t[hit[0]]) if hit.size else max(onset + duration, T + step_s)
+    elif shape == "crashloop_leak":
+        ws = np.minimum(ws, limit)  # the kernel kills at the limit
     fb_mib = np.minimum(fb_mib, fb_card_mib)
 
     # throughput: cpu, gpu util, network
@@ -359,17 +501,22 @@ def _make_pod(
     rx_c = np.cumsum(rx * step_s) + rng.uniform(0, 1e10)
     tx_c = np.cumsum(tx * step_s) + rng.uniform(0, 1e10)
     restarts = np.zeros(K)
-    if restart_at is not None:
-        after = t >= restart_at
+    for r_at in restart_at:
+        after = t >= r_at
+        if not after.any():
+            continue
         i0 = int(np.argmax(after))
         for c in (cpu_c, rx_c, tx_c):
             c[after] = c[after] - c[i0] + c[i0] - c[max(i0 - 1, 0)]  # counts again from ~0
-        restarts[after] = 1.0
+        restarts[after] += 1.0
 
-    # the pod's series end at failure
-    alive = np.ones(K, dtype=bool)
+    # the pod's series start at its start and end at failure (or, in a crash loop, are
+    # missing between each OOM kill and the restart)
+    alive = t >= 0
     if np.isfinite(failure) and failure <= T:
-        alive = t < failure
+        alive = alive & (t < failure)
+    for (_on, kill), r_at in zip(incarnations, [*restart_at, np.inf], strict=False):
+        alive = alive & ~((t >= kill) & (t < r_at))
     keep = alive
     # a scrape gap
     if rng.random() < imp.gap_pod_rate and T > 3600:
@@ -405,17 +552,23 @@ def _make_pod(
             ("sidecar", tr.CPU_SECONDS, np.cumsum(np.full(K, 0.02 * step_s))[k]),
             ("sidecar", limit_metric, np.full(int(k.sum()), 256.0 * 2**20)),
         ]
-    t0 = float(t_abs[0]) if K else 0.0
-    label: dict[str, object] = {
-        "namespace": ns,
-        "pod": name,
-        "shape": shape,
-        "kind": kind,
-        "onset_ts": t0 + onset if np.isfinite(onset) else np.nan,
-        "failure_ts": t0 + failure if np.isfinite(failure) else np.nan,
-        "fault_metric": fault_metric,
-    }
-    return ps, label
+    t0 = float(t_abs[0]) + start if K else 0.0
+    if not incarnations:
+        incarnations = [(onset, failure)]
+    labels: list[dict[str, object]] = []
+    for on, fail in incarnations:
+        if shape == "crashloop_leak" and not (t0 + fail <= float(t_abs[-1])):
+            continue  # an incarnation still alive when the trace ends is not judged
+        labels.append({
+            "namespace": ns,
+            "pod": name,
+            "shape": shape,
+            "kind": kind,
+            "onset_ts": t0 + on if np.isfinite(on) else np.nan,
+            "failure_ts": t0 + fail if np.isfinite(fail) else np.nan,
+            "fault_metric": fault_metric,
+        })
+    return ps, labels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,18 @@ KINDS: tuple[Kind, ...] = ("memory_leak", "gpu_memory_leak", "drift", "metric_an
 # metric_anomaly: a custom metric (outside the built-in channels) far from its own baseline,
 # judged by detector.models.univariate when no built-in detector fired
 
+VERDICT_SCHEMA = "podguard.verdict/1"
+"""The ``schema`` of every verdict line (bumped when a field changes meaning; new fields are
+added at the end and do not bump it)."""
+DETECTOR_OF_KIND: dict[str, str] = {
+    "memory_leak": "trend",
+    "gpu_memory_leak": "trend",
+    "drift": "drift (autoencoder + isolation forest)",
+    "metric_anomaly": "univariate",
+}
+"""The detector that decides each positive kind (``detector`` of a verdict line; None for
+``none``)."""
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -49,6 +61,7 @@ class Verdict:
     # what the pod's own diagnosis says grows (detector.diagnosis.requester): its status
     # (pending / done / failed / unavailable) and, when done, the bounded answer; leaks only
     diagnosis: dict[str, Any] | None = None
+    model_version: str | None = None  # the model bundle that scored it
 
     def to_json_dict(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -76,7 +89,11 @@ class Verdict:
                  "features": {k: round(float(v), 6) for k, v in self.explanation.features.items()}}
                 if self.explanation else None
             ),
-            # only when there is one, so verdicts without it serialise as before
+            # which detector decided, with which model, in which line format
+            "detector": DETECTOR_OF_KIND.get(self.kind),
+            "model_version": self.model_version,
+            "schema": VERDICT_SCHEMA,
+            # only when there is one, so verdicts without it serialise as before; last
             **({"diagnosis": self.diagnosis} if self.diagnosis is not None else {}),
         }
 

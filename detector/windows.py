@@ -528,7 +528,7 @@ class WindowEngine:
         max_late_s: float = 900,
         max_gap_s: float = 300,
         stale_after_s: float = 300,
-        min_history_s: float = 1800,
+        min_history_s: float = 300,
         baseline_exclude_s: float | None = None,
         min_baseline_s: float = 1800,
         pod_ttl_s: float = 900,

@@ -4,13 +4,18 @@ first alarm (detector.runtime.build), and the replay's readable summary (detecto
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
 
+from detector import scenarios
 from detector.explain import describe, format_bytes
 from detector.models.base import Attribution
+from detector.pipeline import Pipeline
+from detector.replay import replay_to_file
 from detector.runtime.build import Progress, real_clock_text
-from detector.verdicts import Verdict
+from detector.verdicts import DETECTOR_OF_KIND, VERDICT_SCHEMA, Verdict
 
 
 def _verdict(pod: str, anomaly: bool = False) -> Verdict:
@@ -72,3 +77,37 @@ def test_the_progress_deadline_is_the_detectors_in_real_seconds(scale: float) ->
     now[0] = 2.0
     p.send([_verdict("a")])
     assert f"once watched for {7200.0 / scale:.0f} s" in out.getvalue()
+
+
+def test_replay_summary_and_verdict_lines_name_detector_model_and_schema(tmp_path: Path) -> None:
+    """One pod of every shape, replayed: each line names its detector, the model version
+    and the line format; the readable summary has one row per flagged pod (first alarm, kind,
+    time to OOM for a leak) and counts the quiet ones."""
+    trace, labels = scenarios.generate(n_pods_per_kind=1, hours=8.0, seed=7)
+    pipe = Pipeline.load(None)
+    summary = replay_to_file(trace, pipe, tmp_path / "v.jsonl", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert {x["schema"] for x in lines} == {VERDICT_SCHEMA}
+    assert {x["model_version"] for x in lines} == {pipe.version}
+    for x in lines:
+        assert x["detector"] == DETECTOR_OF_KIND.get(x["kind"])
+    assert list(lines[0])[-3:] == ["detector", "model_version", "schema"]  # added at the end
+    flagged = {f"{x['namespace']}/{x['pod']}" for x in lines if x["is_anomaly"]}
+    assert flagged and len(summary.first_detection) == len(flagged)
+    text = summary.lines()
+    n_pods = labels["pod"].nunique()  # a crash loop has a label row per incarnation
+    assert text[0].startswith(f"replay: {summary.rows:,} samples, {n_pods} pods")
+    assert pipe.version in text[0]
+    leaks = set(labels.loc[labels["kind"] == "memory_leak", "pod"])
+    for pod in flagged:
+        [row] = [r for r in text if r.startswith(f"  {pod} ")]
+        kind = summary.first_detection[pod][1]
+        assert f" {kind} " in row
+        if pod.split("/")[1] in leaks and kind == "memory_leak":
+            assert " ~" in row  # its time to OOM
+    assert text[-1] == f"{len(flagged)} pod(s) flagged, {n_pods - len(flagged)} without " \
+                       f"an alarm"
+    as_json = summary.to_json_dict()
+    assert as_json["model_version"] == pipe.version and as_json["pods"] == n_pods
+    alarms = as_json["first_alarms"]
+    assert isinstance(alarms, list) and {a["pod"] for a in alarms} == flagged

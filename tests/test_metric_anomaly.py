@@ -136,3 +136,6 @@ def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
     key = last.keys[0]
     pipe.forget(key)
     assert key not in bank.tracked() and len(bank) == 2
+    for k in last.keys[1:]:
+        pipe.forget(k)
+    assert pipe._extra == {}  # the last pod gone: no custom-metric state left at all

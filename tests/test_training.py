@@ -80,6 +80,7 @@ def test_gate_refuses_a_deliberately_worse_candidate(trained: dict, healthy_trac
     # the worse candidate: same models, thresholds pushed so high that nothing is flagged
     worse_trend = copy.deepcopy(good_trend)
     worse_trend.threshold_ = 1e12
+    worse_trend.fast_threshold_ = 1e12  # both paths: the fast one is scaled to the slow one
     worse_drift = copy.deepcopy(bundle.drift)
     worse_drift.threshold_ = 1e12
     worse = job.validation_score(worse_trend, worse_drift, vs)

@@ -184,3 +184,23 @@ def test_episode_starts() -> None:
     np.testing.assert_array_equal(np.flatnonzero(episode_starts(f, 5)[0]), [2, 10, 25])
     np.testing.assert_array_equal(np.flatnonzero(episode_starts(f, 1)[0]), [2, 10, 25])
     assert episode_starts(f, 0).sum() == 5  # gap 0: every flagged point its own episode
+
+
+def test_seasonal_scale_catches_a_missing_daily_jump_and_streams_alike() -> None:
+    """With ``season_points`` (one "day" of 48 points here) a day whose usual jump does not
+    come is flagged, while the jump itself, every day, is not; streaming the series window
+    by window gives the replay's judgement there too."""
+    rng = np.random.default_rng(7)
+    t = np.arange(48 * 20)
+    x = np.where(t % 48 < 12, 10.0, 0.0) + 0.1 * rng.standard_normal(t.size) + 5.0
+    x[48 * 15:48 * 15 + 12] -= 10.0  # day 15: no jump
+    det = UnivariateDetector(config=UnivariateConfig(season_points=48))
+    score, flagged, j = det.run(x[None, :])
+    assert not flagged[0, 48 * 4:48 * 15].any()  # the daily jump is usual after a few days
+    assert flagged[0, 48 * 15:48 * 15 + 12].any()
+    assert j is not None and j.scales[-1] == -48.0
+    bank = StreamBank(det)
+    for end, times, vals in windows_of(x[None, :], L=100, stride=5):
+        js = bank.advance(["p"], times, vals, DEFAULT_THRESHOLD)
+        assert js.score[0] == score[0, end] or (np.isnan(js.score[0]) and np.isnan(score[0, end]))
+    assert bank.state_floats() < 1000

@@ -25,7 +25,7 @@ from detector.settings import DetectionSettings, WindowSettings
 from training.fit import collect_windows, fit_detectors
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "model"
-DEFAULT_VERSION = "default-3"
+DEFAULT_VERSION = "default-4"
 SEED = 20261126
 
 

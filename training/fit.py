@@ -21,6 +21,7 @@ from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.drift import DriftConfig, DriftDetector
 from detector.models.forest import ForestConfig, IsolationForestDetector
 from detector.models.trend import TrendDetector
+from detector.pipeline import leak_decision_scores
 from detector.replay import make_engine
 from detector.settings import DetectionSettings, WindowSettings
 from detector.windows import THROUGHPUT_CHANNELS, WindowBatch
@@ -81,7 +82,11 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
     trend = TrendDetector().fit(fit_b)
     # thresholds as fitted state: on every healthy window (the trend detector has few
     # parameters; the held-back part alone is too small for a 1e-4 tail)
-    trend_thr = trend.infer_threshold(healthy, detection.leak_fpr)
+    trend.infer_threshold(healthy, detection.leak_fpr)
+    # then refitted on the scores the decision acts on (stale windows, projections beyond
+    # the leak horizon and returns to a level already held never page)
+    slow, fast = leak_decision_scores(trend, healthy, horizon_s=detection.leak_horizon_s)
+    trend_thr = trend.thresholds_from_scores(slow, fast, detection.leak_fpr, background=healthy)
     t1 = time.perf_counter()
     drift = DriftDetector(
         config=drift_config or DriftConfig(seed=seed),
@@ -94,9 +99,10 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
     drift_thr = drift.infer_threshold(hold_b.features[:, cols], detection.drift_fpr)
     t2 = time.perf_counter()
     pods = {str(k) for k in healthy.keys}
-    summary = {
+    summary: dict[str, Any] = {
         "windows": len(healthy), "windows_fit": len(fit_b), "windows_holdout": len(hold_b),
-        "pods": len(pods), "trend_threshold": trend_thr, "drift_threshold": drift_thr,
+        "pods": len(pods), "trend_threshold": trend_thr,
+        "trend_fast_threshold": trend.fast_threshold_, "drift_threshold": drift_thr,
         "trend_fit_s": round(t1 - t0, 2), "drift_fit_s": round(t2 - t1, 2),
         "data_start": float(np.min(healthy.ts)), "data_end": float(np.max(healthy.ts)),
         "feature_names": list(healthy.feature_names),

@@ -70,6 +70,23 @@ DEFAULT_VIEWS: tuple[tuple[float, int], ...] = (
 )
 """(block seconds, trailing blocks) of each view."""
 
+TTO_BAND = (0.55, 1.1)
+"""The stated time-to-OOM range, as factors of the estimate: the 10th and 90th percentiles of
+(real time to OOM / estimate) at the first alarm on the train split's leaks (seed 11, two pods
+per shape, 24 h; the projections run long on fast leaks). Its coverage is measured on the
+frozen test split."""
+
+FAST_MIN_USED = 0.5
+"""The fast path judges a pod only once it uses at least this fraction of its limit (real
+healthy JVM executors of the Exathlon traces commit GiBs of heap in minutes at 40 % of it)."""
+
+EVIDENCE_SPAN_S = 4 * 3600.0
+"""A slow-path view shorter than this counts its monotonicity in proportion to its span."""
+
+MIN_THRESHOLD = 0.05
+"""The lowest threshold either path is given (a path that scores 0 on every healthy window
+would otherwise fire on any growth at all)."""
+
 STEP_DOMINANCE = 2.0
 """A rise between consecutive blocks larger than this many times all the view's other rises
 together is a step, not a trend: it is taken out before the trend is measured."""
@@ -80,9 +97,11 @@ EXPLAIN_NAMES: tuple[str, ...] = tuple(f"{c}.{s}" for c in MEMORY_CHANNELS for s
 _STATE_KEYS = frozenset(
     {
         "name", "version", "views", "u0", "min_span_s", "settle_s", "threshold", "fitted",
-        "healthy_quantiles",
+        "healthy_quantiles", "fast_span_s", "fast_min_s", "fast_horizon_s", "fast_threshold",
+        "explain_background",
     }
 )
+STATE_VERSION = 2
 
 
 def _nanquantile_sorted(xs: np.ndarray, cnt: np.ndarray, q: float) -> np.ndarray:
@@ -100,6 +119,22 @@ def _pairs(nb: int) -> tuple[np.ndarray, np.ndarray]:
         i, j = np.triu_indices(nb, k=1)
         _PAIRS[nb] = (i.astype(np.int64), j.astype(np.int64))
     return _PAIRS[nb]
+
+
+def destep(y: np.ndarray) -> np.ndarray:
+    """``y`` (R, m) with its largest rise between consecutive finite points taken out where
+    it dominates (more than :data:`STEP_DOMINANCE` times all the other rises together): one
+    legitimate step up is then no trend, while growth spread over several rises (a linear
+    leak, a staircase of several steps) is kept whole."""
+    d = np.diff(y, axis=-1)
+    d_f = np.where(np.isfinite(d), d, -np.inf)
+    kmax = np.argmax(d_f, axis=-1)
+    dmax = d_f[np.arange(d_f.shape[0]), kmax]
+    dmax = np.where(np.isfinite(dmax), np.maximum(dmax, 0.0), 0.0)
+    others = np.where(np.isfinite(d) & (d > 0), d, 0.0).sum(axis=-1) - dmax
+    dmax = np.where(dmax > STEP_DOMINANCE * others, dmax, 0.0).astype(y.dtype)
+    after_step = np.arange(y.shape[-1])[None, :] > kmax[:, None]
+    return y - after_step * dmax[:, None]
 
 
 def _theil_sen(y: np.ndarray, dt_s: float) -> np.ndarray:
@@ -121,7 +156,18 @@ class LeakReport:
     headroom_bytes: np.ndarray  # (n,) limit - current peak
     channel_scores: np.ndarray  # (n, 3) sub-score per memory channel
     channels: tuple[str, ...] = MEMORY_CHANNELS
-    view_s: np.ndarray | None = None  # (n,) span (s) of the view that gave the best score
+    view_s: np.ndarray | None = None  # (n,) span (s) of the data that gave the best score
+    fast: np.ndarray | None = None  # (n,) bool: the fast path gave it (a young incarnation)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Both paths' per-channel stats of one batch ((n, 3) arrays), computed once."""
+
+    slow: _ViewStats
+    slow_span: np.ndarray
+    fast: _ViewStats
+    fast_span: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -135,11 +181,44 @@ class _ViewStats:
     rate_hi: np.ndarray
     limit: np.ndarray  # (n, 3)
     room: np.ndarray  # (n, 3) limit - peak, bytes
+    tto: np.ndarray  # (n, 3) time to OOM, s (inf: not reaching the limit), deceleration-aware
+    tto_lo: np.ndarray  # (n, 3) early estimate
+    tto_hi: np.ndarray  # (n, 3) late estimate
+    q: np.ndarray  # (n, 3) growth of the recent half over the earlier half (1 = steady)
+    half_s: np.ndarray  # (n, 3) length of a half, seconds
+    valid: np.ndarray  # (n, 3) enough blocks to judge
 
 
 def _fields(st: _ViewStats) -> tuple[np.ndarray, ...]:
     return (st.score, st.slope, st.headroom, st.mono, st.rate, st.rate_lo, st.rate_hi,
-            st.limit, st.room)
+            st.limit, st.room, st.tto, st.tto_lo, st.tto_hi, st.q, st.half_s, st.valid)
+
+
+LINEAR_Q = 0.9
+"""A growth ratio between the recent and the earlier half of a view above this is taken as
+linear (a leak); below it the growth is decelerating and projected geometrically."""
+
+
+def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.ndarray | float
+                  ) -> np.ndarray:
+    """Time (s) until growth fills ``room`` bytes, at ``rate`` bytes/s now, when the growth
+    of each coming interval of ``half_s`` seconds is ``q`` times the previous one.
+
+    ``q >= LINEAR_Q``: linear, ``room / rate``. Below: the growth is a geometric series whose
+    sum ``g q / (1 - q)`` (``g = rate * half_s``) may stay under ``room`` - a warm-up that
+    levels off under the limit never reaches it (inf) - or reach it after
+    ``log(1 - room (1 - q) / (g q)) / log(q)`` intervals. inf where nothing grows."""
+    room = np.maximum(np.asarray(room, dtype=np.float64), 0.0)
+    rate = np.asarray(rate, dtype=np.float64)
+    q = np.clip(np.nan_to_num(np.asarray(q, dtype=np.float64), nan=1.0), 1e-6, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        linear = np.where(rate > 0, room / rate, np.inf)
+        g = rate * half_s
+        total = g * q / (1.0 - q)
+        arg = 1.0 - room * (1.0 - q) / (g * q)
+        k = np.log(np.where(arg > 0, arg, 1.0)) / np.log(q)
+        geo = np.where((rate > 0) & (room < total) & (arg > 0), k * half_s, np.inf)
+    return np.where(q >= LINEAR_Q, linear, geo)
 
 
 class TrendDetector(ThresholdMixin):
@@ -157,9 +236,12 @@ class TrendDetector(ThresholdMixin):
         self,
         *,
         views: tuple[tuple[float, int], ...] = DEFAULT_VIEWS,
-        u0: float = 0.05,
+        u0: float = 0.01,
         min_span_s: float = 5400.0,
         settle_s: float = 1800.0,
+        fast_span_s: float = 1800.0,
+        fast_min_s: float = 600.0,
+        fast_horizon_s: float = 3 * 3600.0,
     ) -> None:
         problems = []
         if not views:
@@ -173,8 +255,20 @@ class TrendDetector(ThresholdMixin):
             problems.append(f"min_span_s must be >= 0, got {min_span_s!r}")
         if not (math.isfinite(settle_s) and settle_s >= 0):
             problems.append(f"settle_s must be >= 0, got {settle_s!r}")
+        for name, val in (("fast_span_s", fast_span_s), ("fast_min_s", fast_min_s),
+                          ("fast_horizon_s", fast_horizon_s)):
+            if not (math.isfinite(val) and val > 0):
+                problems.append(f"{name} must be > 0, got {val!r}")
+        if math.isfinite(fast_min_s) and math.isfinite(fast_span_s) and fast_min_s > fast_span_s:
+            problems.append("fast_min_s must not exceed fast_span_s")
         if problems:
             raise InputError("TrendDetector: " + "; ".join(problems))
+        self.fast_span_s = float(fast_span_s)
+        self.fast_min_s = float(fast_min_s)
+        self.fast_horizon_s = float(fast_horizon_s)
+        self.fast_threshold_: float | None = None
+        self.explain_background_: list[list[float]] = []
+        self._cache: tuple[WindowBatch, Analysis] | None = None
         self.views = tuple((float(b), int(k)) for b, k in views)
         self.u0 = float(u0)
         self.min_span_s = float(min_span_s)
@@ -185,8 +279,10 @@ class TrendDetector(ThresholdMixin):
 
     # ------------------------------------------------------------------ core
 
-    def _inputs(self, batch: WindowBatch) -> tuple[np.ndarray, np.ndarray, float]:
-        """Memory values (n, 3, L) with pre-restart samples masked, limits (n, 3), step."""
+    def _inputs(self, batch: WindowBatch
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Memory values (n, 3, L) of the current incarnation after its settling time, the
+        same without the settling time (for the fast path), limits (n, 3), step."""
         if tuple(batch.channels) != CHANNELS:
             raise InputError(f"TrendDetector needs channels {CHANNELS}, got {batch.channels}")
         step = batch.step_s
@@ -204,11 +300,15 @@ class TrendDetector(ThresholdMixin):
         start = np.where(first > 0, first, -1)
         begin = np.maximum(last_r, start)
         settle = round(self.settle_s / step)
+        inc = np.where(begin >= 0, begin, 0)
+        v_inc = v
+        if (inc > 0).any():
+            v_inc = np.where((idx < inc[:, None])[:, None, :], np.float32(np.nan), v)
         cut = np.where(begin >= 0, begin + settle, 0)
         if (cut > 0).any():
             v = np.where((idx < cut[:, None])[:, None, :], np.float32(np.nan), v)
         lim = batch.limits[:, mem_idx].astype(np.float64)
-        return v, lim, step
+        return v, v_inc, lim, step
 
     def _view(self, v: np.ndarray, lim: np.ndarray, step: float, block_s: float, nb: int,
               cache: dict[int, np.ndarray]) -> _ViewStats | None:
@@ -230,15 +330,7 @@ class TrendDetector(ThresholdMixin):
         # rises together): one legitimate step up is then no trend - not in the Mann-Kendall
         # test, the slope or the reported rate - while growth spread over several rises (a
         # linear leak, a staircase of several steps) is kept whole.
-        d = np.diff(y, axis=-1)
-        d_f = np.where(np.isfinite(d), d, -np.inf)
-        kmax = np.argmax(d_f, axis=-1)
-        dmax = d_f[np.arange(d_f.shape[0]), kmax]
-        dmax = np.where(np.isfinite(dmax), np.maximum(dmax, 0.0), 0.0)
-        others = np.where(np.isfinite(d) & (d > 0), d, 0.0).sum(axis=-1) - dmax
-        dmax = np.where(dmax > STEP_DOMINANCE * others, dmax, 0.0).astype(np.float32)
-        after_step = np.arange(nb)[None, :] > kmax[:, None]
-        y = y - after_step * dmax[:, None]
+        y = destep(y)
         dy = y[:, j] - y[:, i]
         pair_ok = np.isfinite(dy)
         # Mann-Kendall on the trailing blocks
@@ -284,27 +376,126 @@ class TrendDetector(ThresholdMixin):
             slope = np.maximum(rate, 0.0) * 3600.0 / ref
             room = lim - peak
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
-        slope = np.where(np.isfinite(slope), slope, 0.0)
-        mono = np.where(np.isfinite(mono), mono, 0.0)
-        score = self._combine(slope, headroom, mono)
         # the reported rate: the faster of the whole view and its recent half (a leak that
         # began inside the view), bracketed by the pairwise-slope spread
         rate_rep = np.fmax(rate, rate_recent)
         rate_lo = np.fmin(rate_lo, rate_rep)
         rate_hi = np.fmax(rate_hi, rate_rep)
-        return _ViewStats(score, slope, headroom, mono, rate_rep, rate_lo, rate_hi, lim, room)
+        # time to OOM: linear while the growth keeps its pace, geometric while it slows down
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.where(ref_rate > 0, rate_recent / ref_rate, 1.0)
+        half_s = (nb - h) * blk_s
+        decel = q < LINEAR_Q
+        now = np.where(decel, rate_recent, rate_rep)
+        tto = projected_tto(room, now, q, half_s)
+        # urgency: the share of the headroom consumed per hour on that projection (= slope /
+        # headroom for steady growth; less for growth that slows down, 0 for a warm-up that
+        # levels off under the limit)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u_proj = np.where(np.isfinite(tto) & (tto > 0), 3600.0 / tto, 0.0)
+        slope = np.where(has_lim, np.minimum(slope, u_proj * headroom), slope)
+        slope = np.where(np.isfinite(slope), slope, 0.0)
+        mono = np.where(np.isfinite(mono), mono, 0.0)
+        score = self._combine(slope, headroom, mono)
+        tto_lo = projected_tto(room, np.where(decel, rate_recent, rate_hi),
+                               np.minimum(q * 1.1, 1.0), half_s)
+        tto_hi = projected_tto(room, np.where(decel, rate_recent, rate_lo), q * 0.9, half_s)
+        tto_lo = np.fmin(tto_lo, tto)
+        tto_hi = np.fmax(tto_hi, tto)
+        valid = n_valid >= math.ceil(0.75 * nb)
+        return _ViewStats(score, slope, headroom, mono, rate_rep, rate_lo, rate_hi, lim, room,
+                          tto, tto_lo, tto_hi, np.where(np.isfinite(q), q, 1.0),
+                          np.full(q.shape, float(half_s)), valid)
+
+    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats | None:
+        """The fast path on rows ``v`` (R, L) of the current incarnation, no settling time:
+        the last ``fast_span_s`` at the grid step, judged from ``fast_min_s`` of data.
+
+        Growth must be significant (Mann-Kendall), calm (no drawdown of the incarnation's
+        series larger than a small part of the rise: a GC sawtooth or a periodic load has
+        them, a leak does not) and not decelerating (a warm-up slows down; its projected
+        plateau under the limit gives no time to OOM). Urgency is one over the projected
+        time to OOM, so only growth that fills the headroom soon scores."""
+        L = v.shape[-1]
+        m = min(L, max(6, round(self.fast_span_s / step)))
+        y = destep(v[:, L - m:])
+        ok = np.isfinite(y)
+        nv = ok.sum(axis=-1)
+        need = max(6, math.ceil(self.fast_min_s / step))
+        first = np.where(ok.any(axis=-1), np.argmax(ok, axis=-1), m)  # first valid position
+        i, j = _pairs(m)
+        dy = y[:, j] - y[:, i]
+        pair_ok = np.isfinite(dy)
+        slopes = dy / ((j - i) * step).astype(np.float32)
+        S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
+        mf = nv.astype(np.float64)
+        Z = S / np.sqrt(np.maximum(mf * (mf - 1) * (2 * mf + 5) / 18.0, 1e-9))
+        sig = np.clip((Z - 2.0) / 1.5, 0.0, 1.0)
+        ss = np.sort(slopes, axis=-1)
+        cnt = np.count_nonzero(pair_ok, axis=-1)
+        rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
+        rate_lo = _nanquantile_sorted(ss, cnt, 0.25).astype(np.float64)
+        rate_hi = _nanquantile_sorted(ss, cnt, 0.75).astype(np.float64)
+        # halves of the valid span: early [first, mid), recent [mid, m)
+        mid = first + (m - first) // 2
+        early = (i[None, :] >= first[:, None]) & (j[None, :] < mid[:, None])
+        recent = i[None, :] >= mid[:, None]
+        r_early = nanmedian_last(np.where(early, slopes, np.nan)).astype(np.float64)
+        r_recent = nanmedian_last(np.where(recent, slopes, np.nan)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.where((r_early > 0) & np.isfinite(r_recent), r_recent / r_early, 1.0)
+            half_s = np.maximum((m - mid) * step, step)
+            # the largest drawdown of the incarnation's series (whole window) vs the rise
+            filled = np.where(np.isfinite(v), v, -np.inf)
+            cummax = np.maximum.accumulate(filled, axis=-1)
+            dd = np.where(np.isfinite(v), cummax - v, 0.0)
+            dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
+            rise = np.maximum(rate, 0.0) * np.maximum(nv - 1, 0) * step
+            calm = np.where(rise > 0, np.clip(1.0 - 2.0 * dd / rise, 0.0, 1.0), 0.0)
+            last = y[:, m - min(m, 3):]
+            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+            has_lim = np.isfinite(lim) & (lim > 0)
+            room = np.where(has_lim, lim - peak, np.nan)
+            decel = q < LINEAR_Q
+            now = np.where(decel, r_recent, rate)
+            tto = np.where(has_lim, projected_tto(room, now, q, half_s), np.inf)
+            tto_lo = np.where(has_lim, projected_tto(room, np.where(decel, r_recent, rate_hi),
+                                                     np.minimum(q * 1.1, 1.0), half_s), np.inf)
+            tto_hi = np.where(has_lim, projected_tto(room, np.where(decel, r_recent, rate_lo),
+                                                     q * 0.9, half_s), np.inf)
+            headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
+            # urgency as the slow path has it: the fraction of the headroom consumed per hour
+            u = np.where(np.isfinite(tto) & (tto > 0), 3600.0 / tto, 0.0)
+            slope = u * headroom
+            mono = np.where(nv >= need, sig * calm, 0.0)
+        mono = np.where(np.isfinite(mono), mono, 0.0)
+        slope = np.where(np.isfinite(slope), slope, 0.0)
+        score = self._combine(slope, headroom, mono)
+        # beyond the fast horizon, or with most of the limit still free, the fast path says
+        # nothing (the slow path judges): a JVM committing its heap or a cache filling at
+        # start-up grows as fast as a leak, but far below its limit
+        used = np.where(has_lim, peak / lim, 0.0)
+        score = np.where((tto <= self.fast_horizon_s) & (used >= FAST_MIN_USED), score, 0.0)
+        return _ViewStats(score, slope, headroom, mono, now, np.fmin(rate_lo, now),
+                          np.fmax(rate_hi, now), lim, room, tto, np.fmin(tto_lo, tto),
+                          np.fmax(tto_hi, tto), np.where(np.isfinite(q), q, 1.0),
+                          np.broadcast_to(half_s, q.shape).astype(np.float64), nv >= need)
 
     def _combine(self, slope: np.ndarray, headroom: np.ndarray, mono: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             u = np.maximum(slope, 0.0) / np.clip(headroom, 0.005, 1.0)
-            s = np.log1p(u / self.u0) * np.clip(mono, 0.0, 1.0)
+            s = np.log1p(u / self.u0) * np.maximum(mono, 0.0)
         return np.where(np.isfinite(s), s, 0.0)
 
-    def _analyse(self, batch: WindowBatch) -> tuple[_ViewStats, np.ndarray]:
-        """Best view per window and channel: stats (n, 3) and the span of that view (n, 3)."""
-        v3, lim3, step = self._inputs(batch)
+    def _analyse(self, batch: WindowBatch) -> Analysis:
+        """Both paths of every window and memory channel, computed once per batch (the
+        score, the leak report and the explanation all read this one analysis)."""
+        if self._cache is not None and self._cache[0] is batch:
+            return self._cache[1]
+        v3, vinc3, lim3, step = self._inputs(batch)
         n, nc, L = v3.shape
         v_all = v3.reshape(n * nc, L)
+        vinc_all = vinc3.reshape(n * nc, L)
         lim_all = lim3.reshape(n * nc)
         fin = np.isfinite(v_all)
         active = np.flatnonzero(fin.any(axis=-1))
@@ -314,14 +505,37 @@ class TrendDetector(ThresholdMixin):
         span = np.full(R, np.nan)
         cache: dict[int, np.ndarray] = {}
         n_views = 0
+        computed: list[tuple[_ViewStats, float]] = []
         for block_s, nb in self.views:
             if R == 0:
                 break
             st = self._view(v, lim, step, block_s, nb, cache)
-            if st is None:
-                continue
+            if st is not None:
+                computed.append((st, nb * max(1, round(block_s / step)) * step))
+        # a short view cannot see a slow warm-up level off: the longest view that can judge
+        # the row says whether its growth slows down, and every view's projection uses that
+        q_long = np.ones(R)
+        half_long = np.ones(R)
+        for st, _span in computed:  # views are ordered by span: the last valid one wins
+            q_long = np.where(st.valid, st.q, q_long)
+            half_long = np.where(st.valid, st.half_s, half_long)
+        for st, view_span in computed:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tto_long = projected_tto(st.room, st.rate, np.minimum(q_long, 1.0), half_long)
+                tto_eff = np.fmax(st.tto, np.where(q_long < LINEAR_Q, tto_long, st.tto))
+                u = np.where(np.isfinite(tto_eff) & (tto_eff > 0), 3600.0 / tto_eff, 0.0)
+                has_lim = np.isfinite(st.limit) & (st.limit > 0)
+                slope = np.where(has_lim, np.minimum(st.slope, u * st.headroom), st.slope)
+            slope = np.where(np.isfinite(slope), slope, 0.0)
+            # evidence: growth seen over a short view is weaker evidence of a leak than the
+            # same growth sustained for hours (a batch window's ramp, a load step); fast
+            # leaks are the fast path's, which has its own threshold
+            mono = st.mono * min(1.0, view_span / EVIDENCE_SPAN_S)
+            st = _ViewStats(self._combine(slope, st.headroom, mono), slope, st.headroom,
+                            mono, st.rate, st.rate_lo, st.rate_hi, st.limit, st.room,
+                            tto_eff, np.fmin(st.tto_lo, tto_eff), np.fmax(st.tto_hi, tto_eff),
+                            st.q, st.half_s, st.valid)
             n_views += 1
-            view_span = nb * max(1, round(block_s / step)) * step
             if best is None:
                 best, span = st, np.full(R, view_span)
                 continue
@@ -335,38 +549,92 @@ class TrendDetector(ThresholdMixin):
                 f"TrendDetector: windows of {L} points at {step} s are shorter than "
                 f"every view {self.views}"
             )
-        # not enough history to judge
+        # not enough history to judge on the slow path
         first = np.argmax(fin[active], axis=-1)
         young = (L - first) * step < self.min_span_s
-        full = _ViewStats(
-            score=np.zeros(n * nc), slope=np.zeros(n * nc), headroom=np.ones(n * nc),
-            mono=np.zeros(n * nc), rate=np.full(n * nc, np.nan),
-            rate_lo=np.full(n * nc, np.nan), rate_hi=np.full(n * nc, np.nan),
-            limit=lim_all.copy(), room=np.full(n * nc, np.nan),
-        )
+        slow = self._blank(n * nc, lim_all)
         if best is not None:
-            for f_full, f_best in zip(_fields(full), _fields(best), strict=True):
+            for f_full, f_best in zip(_fields(slow), _fields(best), strict=True):
                 f_full[active] = f_best
-            full.score[active[young]] = 0.0
-            full.mono[active[young]] = 0.0
+            slow.score[active[young]] = 0.0
+            slow.mono[active[young]] = 0.0
         span_full = np.full(n * nc, np.nan)
         span_full[active] = span
-        shaped = _ViewStats(*(a.reshape(n, nc) for a in _fields(full)))
-        return shaped, span_full.reshape(n, nc)
+        # the fast path: the current incarnation from its first minutes
+        fast = self._blank(n * nc, lim_all)
+        fast_span = np.full(n * nc, np.nan)
+        act_inc = np.flatnonzero(np.isfinite(vinc_all).any(axis=-1))
+        if act_inc.size:
+            fs = self._fast(vinc_all[act_inc], lim_all[act_inc], step)
+            if fs is not None:
+                for f_full, f_fast in zip(_fields(fast), _fields(fs), strict=True):
+                    f_full[act_inc] = f_fast
+                fin_inc = np.isfinite(vinc_all[act_inc][:, -max(6, round(
+                    self.fast_span_s / step)):])
+                fast_span[act_inc] = fin_inc.sum(axis=-1) * step
+
+        def shaped(st: _ViewStats) -> _ViewStats:
+            return _ViewStats(*(a.reshape(n, nc) for a in _fields(st)))
+
+        an = Analysis(slow=shaped(slow), slow_span=span_full.reshape(n, nc),
+                      fast=shaped(fast), fast_span=fast_span.reshape(n, nc))
+        self._cache = (batch, an)
+        return an
+
+    def forget_analysis(self) -> None:
+        """Drops the cached analysis of the last batch (it is recomputed on the next call)."""
+        self._cache = None
+
+    @staticmethod
+    def _blank(size: int, lim: np.ndarray) -> _ViewStats:
+        nan = np.full(size, np.nan)
+        inf = np.full(size, np.inf)
+        return _ViewStats(score=np.zeros(size), slope=np.zeros(size), headroom=np.ones(size),
+                          mono=np.zeros(size), rate=nan.copy(), rate_lo=nan.copy(),
+                          rate_hi=nan.copy(), limit=lim.copy(), room=nan.copy(), tto=inf,
+                          tto_lo=inf.copy(), tto_hi=inf.copy(), q=np.ones(size),
+                          half_s=np.ones(size), valid=np.zeros(size, dtype=bool))
+
+    def _fast_scale(self) -> float:
+        """Fast-path scores in units of the slow path's threshold (1 before both are fitted)."""
+        if self.threshold_ and self.fast_threshold_ and self.fast_threshold_ > 0:
+            return float(self.threshold_) / float(self.fast_threshold_)
+        return 1.0
+
+    def _combined(self, an: Analysis) -> tuple[_ViewStats, np.ndarray, np.ndarray]:
+        """Per window and channel the path that scores higher (fast scores scaled to the slow
+        threshold): its stats, the span of data it judged, and whether it was the fast one."""
+        k = self._fast_scale()
+        fast_score = an.fast.score * k
+        use_fast = fast_score > an.slow.score
+        st = _ViewStats(*(np.where(use_fast, f, s_) for f, s_ in zip(
+            _fields(an.fast), _fields(an.slow), strict=True)))
+        st = _ViewStats(np.where(use_fast, fast_score, an.slow.score), st.slope, st.headroom,
+                        np.where(use_fast, an.fast.mono * k, an.slow.mono), *_fields(st)[4:])
+        return st, np.where(use_fast, an.fast_span, an.slow_span), use_fast
 
     # ------------------------------------------------------------------ the contract
 
     def score(self, batch: WindowBatch) -> np.ndarray:
-        """(n,) leak score, higher = more anomalous; 0 = no sustained growth."""
+        """(n,) leak score, higher = more anomalous; 0 = no sustained growth. The fast path's
+        score is scaled so that the slow path's threshold applies to both."""
         if len(batch) == 0:
             return np.zeros(0)
-        st, _ = self._analyse(batch)
+        st, _, _ = self._combined(self._analyse(batch))
         return st.score.max(axis=1)
 
+    def path_scores(self, batch: WindowBatch) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) raw scores of the slow and of the fast path (each against its own threshold)."""
+        if len(batch) == 0:
+            return np.zeros(0), np.zeros(0)
+        an = self._analyse(batch)
+        return an.slow.score.max(axis=1), an.fast.score.max(axis=1)
+
     def fit(self, batch: WindowBatch, fpr: float | None = None) -> TrendDetector:
-        """Records the healthy score distribution; with ``fpr`` also infers the threshold."""
-        s = self.score(batch)
-        fin = s[np.isfinite(s)]
+        """Records the healthy score distribution and the explanation's healthy reference;
+        with ``fpr`` also infers both thresholds."""
+        slow, _fast = self.path_scores(batch)
+        fin = slow[np.isfinite(slow)]
         if fin.size == 0:
             raise InputError("TrendDetector.fit needs at least one window")
         self.healthy_quantiles_ = [
@@ -374,18 +642,36 @@ class TrendDetector(ThresholdMixin):
         ]
         self.fitted_ = True
         if fpr is not None:
-            self.threshold_ = threshold_at_fpr(fin, fpr)
+            self.infer_threshold(batch, fpr)
+        else:
+            self._fit_background(batch)
         return self
 
     def infer_threshold(self, batch: WindowBatch, fpr: float) -> float:
-        """Fits the threshold as the healthy score quantile ``1 - fpr`` and returns it."""
-        s = self.score(batch)
-        self.threshold_ = threshold_at_fpr(s, fpr)
+        """Fits both paths' thresholds as the healthy score quantile ``1 - fpr`` (each with
+        a floor, so a path that never fires on healthy data is not set off by noise) and
+        returns the slow path's."""
+        slow, fast = self.path_scores(batch)
+        self.threshold_ = max(threshold_at_fpr(slow, fpr), MIN_THRESHOLD)
+        self.fast_threshold_ = max(threshold_at_fpr(fast, fpr), MIN_THRESHOLD)
         if not self.fitted_:
             self.fitted_ = True
             self.healthy_quantiles_ = [
-                float(x) for x in np.quantile(s, [0.5, 0.9, 0.99, 0.999, 1.0])
+                float(x) for x in np.quantile(slow, [0.5, 0.9, 0.99, 0.999, 1.0])
             ]
+        self._fit_background(batch)  # in the units of the thresholds just fitted
+        return self.threshold_
+
+    def thresholds_from_scores(self, slow: np.ndarray, fast: np.ndarray, fpr: float,
+                               background: WindowBatch | None = None) -> float:
+        """Sets both thresholds from healthy scores of each path (e.g. as the decision sees
+        them, :func:`detector.pipeline.leak_decision_scores`) and returns the slow one."""
+        self.threshold_ = max(threshold_at_fpr(np.asarray(slow), fpr), MIN_THRESHOLD)
+        self.fast_threshold_ = max(threshold_at_fpr(np.asarray(fast), fpr), MIN_THRESHOLD)
+        self.fitted_ = True
+        if background is not None:
+            self.forget_analysis()
+            self._fit_background(background)
         return self.threshold_
 
     def predict(self, batch: WindowBatch) -> Prediction:
@@ -399,8 +685,9 @@ class TrendDetector(ThresholdMixin):
         if n == 0:
             e = np.zeros(0)
             return LeakReport(np.zeros(0, dtype=object), e, e, e, e, e, e,
-                              np.zeros((0, len(MEMORY_CHANNELS))), view_s=e)
-        st, span = self._analyse(batch)
+                              np.zeros((0, len(MEMORY_CHANNELS))), view_s=e,
+                              fast=np.zeros(0, dtype=bool))
+        st, span, use_fast = self._combined(self._analyse(batch))
         best = np.argmax(st.score, axis=1)
         # the kubelet and the OOM killer act on the working set: prefer it to RSS when both grow
         ws, rss = MEMORY_CHANNELS.index("mem_working_set"), MEMORY_CHANNELS.index("mem_rss")
@@ -409,25 +696,22 @@ class TrendDetector(ThresholdMixin):
         any_growth = st.score[rows, best] > 0
         names = np.array(MEMORY_CHANNELS, dtype=object)
         channel = np.where(any_growth, names[best], "")
-        rate = st.rate[rows, best]
-        room = np.maximum(st.room[rows, best], 0.0)
         lim = st.limit[rows, best]
 
-        def tto(r: np.ndarray) -> np.ndarray:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                t = np.where(r > 0, room / r, np.inf)
-            return np.where(np.isfinite(lim), t, np.nan)
+        def known(t: np.ndarray) -> np.ndarray:
+            return np.where(np.isfinite(lim) & (lim > 0), t, np.nan)
 
         return LeakReport(
             channel=channel,
-            rate_bytes_per_s=rate,
-            time_to_oom_s=tto(rate),
-            time_to_oom_low_s=tto(st.rate_hi[rows, best]),
-            time_to_oom_high_s=tto(st.rate_lo[rows, best]),
+            rate_bytes_per_s=st.rate[rows, best],
+            time_to_oom_s=known(st.tto[rows, best]),
+            time_to_oom_low_s=known(st.tto[rows, best] * TTO_BAND[0]),
+            time_to_oom_high_s=known(st.tto[rows, best] * TTO_BAND[1]),
             limit_bytes=lim,
             headroom_bytes=st.room[rows, best],
             channel_scores=st.score,
             view_s=span[rows, best],
+            fast=use_fast[rows, best],
         )
 
     # ------------------------------------------------------------------ explanation
@@ -436,12 +720,14 @@ class TrendDetector(ThresholdMixin):
         """The (n, 9) inputs of the score, named :data:`EXPLAIN_NAMES`.
 
         ``<ch>.slope``: growth, fraction of the limit per hour (of the current level when
-        no limit is known); ``<ch>.headroom``: free fraction of the limit; ``<ch>.monotonicity``
-        in [0, 1]. :meth:`score_from_explain_features` maps them back to the score exactly.
+        no limit is known; on the fast path the headroom-filling pace of the projection);
+        ``<ch>.headroom``: free fraction of the limit; ``<ch>.monotonicity``: how leak-like
+        the growth is (>= 0; the fast path's is scaled to the slow threshold).
+        :meth:`score_from_explain_features` maps them back to the score exactly.
         """
         if len(batch) == 0:
             return np.zeros((0, len(EXPLAIN_NAMES))), EXPLAIN_NAMES
-        st, _ = self._analyse(batch)
+        st, _, _ = self._combined(self._analyse(batch))
         cols = []
         for c in range(len(MEMORY_CHANNELS)):
             cols += [st.slope[:, c], st.headroom[:, c], st.mono[:, c]]
@@ -457,9 +743,24 @@ class TrendDetector(ThresholdMixin):
         return s.max(axis=1)
 
     def explain_background(self, names: tuple[str, ...] = EXPLAIN_NAMES) -> np.ndarray:
-        """A one-row reference input for Shapley values: no growth, full headroom (score 0)."""
+        """Reference inputs for Shapley values: the most leak-like healthy windows seen at fit
+        time (so attributions say what sets this window apart from healthy growth, and the
+        slope and monotonicity of a channel are not tied by construction); before fitting,
+        one row of no growth and full headroom (score 0)."""
+        if self.explain_background_:
+            bg = np.asarray(self.explain_background_, dtype=np.float64)
+            idx = [EXPLAIN_NAMES.index(n) for n in names]
+            return bg[:, idx]
         ref = {"slope": 0.0, "headroom": 1.0, "monotonicity": 0.0}
         return np.array([[ref[n.rsplit(".", 1)[1]] for n in names]], dtype=np.float64)
+
+    def _fit_background(self, batch: WindowBatch, k: int = 8) -> None:
+        X, _ = self.explain_features(batch)
+        s = self.score_from_explain_features(X)
+        order = np.argsort(-s, kind="stable")
+        rows = np.unique(np.round(X[order[: 4 * k]], 6), axis=0)
+        keep = rows[np.argsort(-self.score_from_explain_features(rows), kind="stable")[:k]]
+        self.explain_background_ = [[float(x) for x in r] for r in keep]
 
     # ------------------------------------------------------------------ state
 
@@ -467,7 +768,7 @@ class TrendDetector(ThresholdMixin):
         """Plain JSON-able state: configuration, fitted threshold and healthy quantiles."""
         return {
             "name": self.name,
-            "version": 1,
+            "version": STATE_VERSION,
             "views": [[b, k] for b, k in self.views],
             "u0": self.u0,
             "min_span_s": self.min_span_s,
@@ -475,6 +776,11 @@ class TrendDetector(ThresholdMixin):
             "threshold": self.threshold_,
             "fitted": self.fitted_,
             "healthy_quantiles": list(self.healthy_quantiles_),
+            "fast_span_s": self.fast_span_s,
+            "fast_min_s": self.fast_min_s,
+            "fast_horizon_s": self.fast_horizon_s,
+            "fast_threshold": self.fast_threshold_,
+            "explain_background": [list(r) for r in self.explain_background_],
         }
 
     @classmethod
@@ -488,7 +794,7 @@ class TrendDetector(ThresholdMixin):
             raise ModelIntegrityError(
                 f"trend state: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
             )
-        if state["name"] != cls.name or state["version"] != 1:
+        if state["name"] != cls.name or state["version"] != STATE_VERSION:
             raise ModelIntegrityError(
                 f"trend state is for {state['name']!r} version {state['version']!r}"
             )
@@ -498,13 +804,25 @@ class TrendDetector(ThresholdMixin):
                 u0=float(state["u0"]),
                 min_span_s=float(state["min_span_s"]),
                 settle_s=float(state["settle_s"]),
+                fast_span_s=float(state["fast_span_s"]),
+                fast_min_s=float(state["fast_min_s"]),
+                fast_horizon_s=float(state["fast_horizon_s"]),
             )
             thr = state["threshold"]
             det.threshold_ = None if thr is None else float(thr)
+            fthr = state["fast_threshold"]
+            det.fast_threshold_ = None if fthr is None else float(fthr)
+            bg = [[float(x) for x in r] for r in state["explain_background"]]
+            if any(len(r) != len(EXPLAIN_NAMES) for r in bg):
+                raise ValueError(f"explain_background rows must have {len(EXPLAIN_NAMES)} values")
+            det.explain_background_ = bg
             det.fitted_ = bool(state["fitted"])
             det.healthy_quantiles_ = [float(x) for x in state["healthy_quantiles"]]
         except (TypeError, ValueError, InputError) as e:
             raise ModelIntegrityError(f"trend state is invalid: {e}") from e
-        if det.threshold_ is not None and not math.isfinite(det.threshold_):
-            raise ModelIntegrityError("trend state: threshold must be finite")
+        for t in (det.threshold_, det.fast_threshold_):
+            if t is not None and not math.isfinite(t):
+                raise ModelIntegrityError("trend state: thresholds must be finite")
+        if any(not math.isfinite(x) for r in det.explain_background_ for x in r):
+            raise ModelIntegrityError("trend state: explain_background must be finite")
         return det

@@ -19,7 +19,9 @@ How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t
   ``warmup_points`` points on (minutes, not hours).
 * **Deviations at several time scales**: the newest point, and exponentially weighted means
   of half-life ``scales`` (short bursts, level shifts), each ``z_k = |ewm_k - m| / s``
-  against the baseline before the point.
+  against the baseline before the point; optionally (``season_points``, e.g. one day of
+  points; off by default, on in ``podguard evaluate --nab``) the change since one season
+  ago, in units of its own running mean absolute change.
 * **Each deviation against the series' own tail** (peaks over threshold, exponential tail):
   ``u_k``, the series' running ``tail_quantile`` of ``z_k`` (a decayed log-spaced histogram,
   half-life ``tail_halflife_points``), and ``beta_k``, the running mean excess of ``z_k``
@@ -87,6 +89,8 @@ class UnivariateConfig:
     warmup_points: int = 5  # points before the first score of a series
     flagged_weight: float = 0.1  # baseline weight of a flagged point (1 = like any other)
     episode_gap_points: int = 100  # flagged points closer than this belong to one episode
+    season_points: int = 0  # a seasonal time scale: the change since this many points ago
+    # (e.g. one day of points; 0 = off); its state is a ring of that many points per series
 
     def __post_init__(self) -> None:
         bad = []
@@ -103,8 +107,8 @@ class UnivariateConfig:
                 or not self.prior_rel_scale > 0:
             bad.append("warmup_points >= 2, prior_points >= 0, prior_weight > 0, "
                        "prior_rel_scale > 0")
-        if self.episode_gap_points < 0:
-            bad.append("episode_gap_points >= 0")
+        if self.episode_gap_points < 0 or self.season_points < 0:
+            bad.append("episode_gap_points >= 0, season_points >= 0")
         if bad:
             raise ValueError("invalid UnivariateConfig: " + "; ".join(bad))
 
@@ -113,13 +117,19 @@ class UnivariateConfig:
         """EWM weight of the newest point at each time scale (1 = the point itself)."""
         return np.array([1.0 if h == 0 else 1.0 - 0.5 ** (1.0 / h) for h in self.scales])
 
+    @property
+    def judged_scales(self) -> tuple[float, ...]:
+        """The time scales judged: ``scales``, then ``-season_points`` when that is on."""
+        return (*self.scales, *((-float(self.season_points),) if self.season_points else ()))
+
 
 def gaussian_prior(config: UnivariateConfig) -> tuple[np.ndarray, np.ndarray]:
     """The prior tail of each time scale for Gaussian noise around a steady level:
     ``(hist, beta)``, hist (S, B) summing to 1 per scale, beta (S,) the mean excess over the
     ``tail_quantile``. ``z`` of an EWM with weight ``a`` is ``|N(0, a / (2 - a))| / 0.798``."""
-    a = config.alphas
-    sd = np.sqrt(a / (2.0 - a)) * _SIGMA_PER_MAD  # z in units of the MAD
+    a = np.concatenate([config.alphas, [1.0] if config.season_points else []])
+    sd = np.sqrt(a / (2.0 - a)) * _SIGMA_PER_MAD  # z in units of the MAD (a seasonal
+    # change is in units of its own MAD, like a point)
     from math import erf, sqrt
 
     cdf = np.array([[erf(e / s / sqrt(2.0)) for e in _EDGES] for s in sd])  # P(|N| s < e)
@@ -153,19 +163,24 @@ class SeriesState:
     count: np.ndarray  # (n,) int64, points seen
     run: np.ndarray  # (n,) int64, consecutive flagged points up to now
     last: np.ndarray  # (n,) the newest point
+    ring: np.ndarray  # (n, season_points) the last season of points (NaN: none)
+    season_scale: np.ndarray  # (n,) mean absolute seasonal change
+    season_count: np.ndarray  # (n,) int64, seasonal changes seen
 
     @classmethod
     def empty(cls, n: int, config: UnivariateConfig,
               prior: tuple[np.ndarray, np.ndarray] | None = None) -> SeriesState:
         hist, beta = gaussian_prior(config) if prior is None else prior
-        S = len(config.scales)
+        S = len(config.judged_scales)
         z = np.zeros(n, dtype=np.float64)
         return cls(level=z.copy(), scale=z.copy(), slow_scale=z.copy(),
                    prior_scale=np.full(n, config.prior_rel_scale),
-                   ewm=np.zeros((n, S)), hist=np.broadcast_to(hist, (n, *hist.shape)).copy(),
+                   ewm=np.zeros((n, len(config.scales))),
+                   hist=np.broadcast_to(hist, (n, *hist.shape)).copy(),
                    beta=np.broadcast_to(beta, (n, S)).copy(),
                    count=np.zeros(n, dtype=np.int64), run=np.zeros(n, dtype=np.int64),
-                   last=np.full(n, np.nan))
+                   last=np.full(n, np.nan), ring=np.full((n, config.season_points), np.nan),
+                   season_scale=z.copy(), season_count=np.zeros(n, dtype=np.int64))
 
     def take(self, rows: np.ndarray) -> SeriesState:
         """A copy of the rows ``rows``."""
@@ -274,6 +289,17 @@ class UnivariateDetector:
                                              / np.maximum(cnt - 1.0 + wp, 1.0)), own)
             sc = np.maximum(sc, 1e-12 * (np.abs(state.level) + 1e-12))
             z = np.abs(ewm - state.level[:, None]) / sc[:, None]  # (n, S)
+            zvalid = np.ones(z.shape, dtype=bool)
+            if c.season_points:
+                slot = state.count % c.season_points
+                prev = state.ring[np.arange(n), slot]
+                d = xf - prev
+                has = ok & np.isfinite(d)
+                ss = np.maximum(state.season_scale, 1e-9 * (np.abs(state.level) + 1e-12))
+                live = has & (state.season_count >= c.warmup_points)
+                zs = np.where(live, np.abs(d) / ss, 0.0)
+                z = np.concatenate([z, zs[:, None]], axis=1)
+                zvalid = np.concatenate([zvalid, live[:, None]], axis=1)
             u = _hist_quantile(state.hist, c.tail_quantile)  # (n, S)
             ls = (-math.log10(1.0 - c.tail_quantile)
                   + (z - u) / (state.beta * math.log(10.0)))
@@ -282,7 +308,8 @@ class UnivariateDetector:
             ls = np.maximum(np.minimum(ls, -np.log10(np.maximum(_hist_survival(state.hist, z),
                                                                 1e-300))), 0.0)
             scored = ok & (state.count >= c.warmup_points - 1) & np.isfinite(z).all(axis=1)
-            best = ls.max(axis=1) - math.log10(len(c.scales))
+            ls = np.where(zvalid, ls, 0.0)
+            best = ls.max(axis=1) - math.log10(len(c.judged_scales))
             score = np.where(scored, np.maximum(best, 0.0), np.nan)
         flagged = scored & (score >= thr)
         # -- learn: baseline from the newest point (winsorised), less from flagged points
@@ -301,6 +328,17 @@ class UnivariateDetector:
         state.slow_scale = np.where(learn, state.slow_scale + a_slow * w * (ar - state.slow_scale),
                                     state.slow_scale)
         state.ewm = ewm
+        if c.season_points:
+            # the seasonal change's scale: a running mean at first, then EW (baseline
+            # half-life), winsorised and gated like the baseline
+            sa = np.maximum(1.0 - 0.5 ** (1.0 / c.halflife_points),
+                            1.0 / (state.season_count + 1.0))
+            ad = np.abs(np.where(has, d, 0.0))
+            ad = np.where(state.season_count >= c.warmup_points, np.minimum(ad, c.clip * ss), ad)
+            state.season_scale = np.where(
+                has, state.season_scale + sa * w * (ad - state.season_scale), state.season_scale)
+            state.season_count = state.season_count + has
+            state.ring[ok, slot[ok]] = x[ok]
         # -- the tail statistics
         # (the histogram from every scored point that was not flagged and from the first
         # point of each flagged run: how often the series goes that far is a fact about the
@@ -316,12 +354,13 @@ class UnivariateDetector:
             zk = z[rows]
             b = np.clip(((np.log(np.maximum(zk, 1e-300)) - _LOG_LO) / _DLOG).astype(np.int64),
                         0, _BINS - 1)
+            aq = aq * zvalid[rows]  # (a scale with no value yet learns nothing)
             h = state.hist[rows] * (1.0 - aq)[..., None]
             np.put_along_axis(h, b[..., None],
                               np.take_along_axis(h, b[..., None], -1) + aq[..., None], -1)
             state.hist[rows] = h
             uk = u[rows]
-            over = (zk > uk) & ~flagged[rows, None]
+            over = (zk > uk) & ~flagged[rows, None] & zvalid[rows]
             # mean excess: EW over exceedances, weight 1/(1 - q) of a point's (they are rare)
             ab = np.minimum(1.0, aq / (1.0 - c.tail_quantile))
             state.beta[rows] = np.where(over, state.beta[rows] + ab * (zk - uk - state.beta[rows]),
@@ -330,12 +369,13 @@ class UnivariateDetector:
         state.run = np.where(flagged, state.run + 1, np.where(ok, 0, state.run))
         state.last = np.where(ok, x, state.last)
         win = np.argmax(ls, axis=1)
-        value = np.take_along_axis(ewm, win[:, None], 1)[:, 0]
+        judged = ewm if not c.season_points else np.concatenate([ewm, xf[:, None]], axis=1)
+        value = np.take_along_axis(judged, win[:, None], 1)[:, 0]
         return Judgement(score=score, threshold=np.array(thr), is_anomaly=flagged,
                          value=np.where(ok, value, np.nan), level=level_before,
                          sigma=sc * _SIGMA_PER_MAD, run_points=state.run,
                          scale_scores=np.where(scored[:, None], ls, np.nan),
-                         scales=tuple(c.scales))
+                         scales=c.judged_scales)
 
     def run(self, x: np.ndarray, threshold: np.ndarray | float | None = None
             ) -> tuple[np.ndarray, np.ndarray, Judgement | None]:
@@ -484,12 +524,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-_SCALE_NAMES = {0.0: "point"}
-
-
 def scale_name(h: float) -> str:
-    """``point`` for the newest point, ``ewm<h>`` for an EWM of half-life ``h`` points."""
-    return _SCALE_NAMES.get(float(h), f"ewm{h:g}")
+    """``point`` for the newest point, ``ewm<h>`` for an EWM of half-life ``h`` points,
+    ``season<P>`` for the change since ``P`` points ago (``h = -P``)."""
+    return "point" if h == 0 else f"season{-h:g}" if h < 0 else f"ewm{h:g}"
 
 
 def describe(metric: str, j: Judgement, i: int, *, step_s: float | None = None,
@@ -544,7 +582,7 @@ class StreamBank:
         self._last_t = np.zeros(0)
         self._judged = {k: np.zeros(0) for k in _JUDGED}
         self._flag = np.zeros(0, dtype=bool)
-        self._scale_scores = np.zeros((0, len(det.config.scales)))
+        self._scale_scores = np.zeros((0, len(det.config.judged_scales)))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -641,7 +679,7 @@ class StreamBank:
                          sigma=self._judged["sigma"][rows].copy(),
                          run_points=st.run[rows].copy(),
                          scale_scores=self._scale_scores[rows].copy(),
-                         scales=tuple(self.det.config.scales))
+                         scales=self.det.config.judged_scales)
 
     def state_floats(self) -> int:
         """Floats held per series (the state is bounded: this does not grow with time)."""

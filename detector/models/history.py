@@ -1,0 +1,212 @@
+"""Per-pod memory history beyond the window: the floors of past blocks of each memory channel.
+
+Called by :mod:`detector.pipeline` once per evaluated batch. A window holds a few hours; a
+load cycle can last a day. This keeps, per pod and memory channel, the *floor* (minimum) of
+every completed block of ``block_s`` seconds over the last ``keep_s``, for the pod's current
+container incarnation, and answers two questions the leak decision needs:
+
+* **has this pod been here before?** (:meth:`LevelHistory.prior_max`): a periodic load comes
+  back to levels it has already held - its floors of earlier cycles reach the current one -
+  while a leak keeps making new floors. A rise to a level already held is no leak.
+* **was the last incarnation killed at its limit?** (:attr:`LevelHistory.oom_kills`): a
+  container that restarted while its working set was near the limit was (almost certainly)
+  OOM-killed; in a crash loop the next incarnation's growth is judged with that evidence.
+
+Everything is vectorised over the batch; a pod's slot is freed by :meth:`forget`.
+State is bounded: ``keep_s / block_s`` floats per pod and channel.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from detector.windows import (
+    CHANNELS,
+    MEMORY_CHANNELS,
+    PodKey,
+    WindowBatch,
+    last_restart_index,
+)
+
+NEAR_LIMIT = 0.85
+"""A restart when the working set was at least this fraction of its limit counts as an OOM
+kill (the last scrape before a kill lags the kill by up to one scrape interval)."""
+
+
+REVISIT_TOLERANCE = 0.01
+"""A rise to within this fraction of the limit of a floor the pod already held, longer ago
+than the data that shows the rise, is a return to a known level (a load cycle), not a leak."""
+
+
+class LevelHistory:
+    """Block floors of each pod's memory channels over ``keep_s`` (see module docstring)."""
+
+    def __init__(self, *, block_s: float = 900.0, keep_s: float = 26 * 3600.0) -> None:
+        self.block_s = float(block_s)
+        self.n_blocks = max(4, round(keep_s / block_s))
+        self._slot: dict[PodKey, int] = {}
+        self._free: list[int] = []
+        cap = 16
+        nc = len(MEMORY_CHANNELS)
+        self._floor = np.full((cap, nc, self.n_blocks), np.nan, dtype=np.float32)
+        self._bid = np.full((cap, self.n_blocks), -1, dtype=np.int64)
+        self._inc_start = np.full(cap, -np.inf)  # ts of the current incarnation's start
+        self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
+        self.oom_kills_ = np.zeros(cap, dtype=np.int64)
+        self._prev_life = np.full(cap, np.nan)  # how long the last OOM-killed incarnation ran
+        self._mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
+        self._ws = MEMORY_CHANNELS.index("mem_working_set")
+
+    # -- slots --------------------------------------------------------------------------
+    def _slots(self, keys: list[PodKey]) -> np.ndarray:
+        out = np.empty(len(keys), dtype=np.int64)
+        for i, k in enumerate(keys):
+            s = self._slot.get(k)
+            if s is None:
+                if self._free:
+                    s = self._free.pop()
+                else:
+                    s = len(self._slot)
+                    if s >= self._bid.shape[0]:
+                        self._grow(2 * self._bid.shape[0])
+                self._slot[k] = s
+                self._reset(np.array([s]))
+                self.oom_kills_[s] = 0
+                self._prev_life[s] = np.nan
+                self._last_frac[s] = 0.0
+            out[i] = s
+        return out
+
+    def _grow(self, cap: int) -> None:
+        def grow(a: np.ndarray, fill: object) -> np.ndarray:
+            new = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
+            new[: a.shape[0]] = a
+            return new
+
+        self._floor = grow(self._floor, np.nan)
+        self._bid = grow(self._bid, -1)
+        self._inc_start = grow(self._inc_start, -np.inf)
+        self._last_frac = grow(self._last_frac, 0.0)
+        self.oom_kills_ = grow(self.oom_kills_, 0)
+        self._prev_life = grow(self._prev_life, np.nan)
+
+    def _reset(self, slots: np.ndarray) -> None:
+        self._floor[slots] = np.nan
+        self._bid[slots] = -1
+
+    def forget(self, key: PodKey) -> None:
+        s = self._slot.pop(key, None)
+        if s is not None:
+            self._free.append(s)
+
+    # -- update and queries ---------------------------------------------------------------
+    def update(self, batch: WindowBatch) -> np.ndarray:
+        """Takes in each window's last completed block; returns the pods' slots (n,).
+
+        A restart seen in a window starts a new incarnation (its history is dropped), and
+        counts as an OOM kill when the working set was near its limit just before."""
+        n = len(batch)
+        slots = self._slots(batch.keys)
+        if n == 0:
+            return slots
+        step = batch.step_s
+        v = batch.values[:, self._mem_idx, :]
+        L = v.shape[-1]
+        # incarnations: a restart newer than the incarnation start we hold
+        last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
+        r_ts = np.where(last_r >= 0, batch.ts + batch.grid[np.clip(last_r, 0, L - 1)], -np.inf)
+        new_inc = r_ts > self._inc_start[slots]
+        if new_inc.any():
+            s_new = slots[new_inc]
+            killed = self._last_frac[s_new] >= NEAR_LIMIT
+            self.oom_kills_[s_new[killed]] += 1
+            life = r_ts[new_inc] - self._inc_start[s_new]
+            self._prev_life[s_new[killed]] = np.where(np.isfinite(life), life, np.nan)[killed]
+            self._reset(s_new)
+            self._inc_start[s_new] = r_ts[new_inc]
+        # the working set's fraction of its limit now (for the next restart)
+        lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
+        ws = v[:, self._ws, :]
+        fin = np.isfinite(ws)
+        last = np.where(fin.any(axis=1), L - 1 - np.argmax(fin[:, ::-1], axis=1), 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = ws[np.arange(n), last].astype(np.float64) / lim
+        self._last_frac[slots] = np.where(np.isfinite(frac), frac, 0.0)
+        # the last completed block of each window
+        k = int(np.ceil(self.block_s / step)) + 1
+        t_abs = batch.ts[:, None] + batch.grid[None, L - k:]
+        blk = np.floor((t_abs - 1e-6) / self.block_s).astype(np.int64)
+        target = np.floor(batch.ts / self.block_s).astype(np.int64) - 1
+        sel = (blk == target[:, None])[:, None, :]
+        part = np.where(sel, v[:, :, L - k:], np.nan)
+        with _quiet():
+            mins = np.nanmin(part, axis=-1)  # (n, 3)
+        after_inc = target * self.block_s >= self._inc_start[slots]
+        ok = after_inc & np.isfinite(mins).any(axis=-1)
+        if ok.any():
+            pos = target[ok] % self.n_blocks
+            self._floor[slots[ok], :, pos] = mins[ok]
+            self._bid[slots[ok], pos] = target[ok]
+        return slots
+
+    def prior_max(self, slots: np.ndarray, ts: np.ndarray, exclude_s: np.ndarray) -> np.ndarray:
+        """(n, 3) highest block floor of the current incarnation older than ``exclude_s``
+        before ``ts`` (NaN where there is none)."""
+        if slots.size == 0:
+            return np.zeros((0, len(MEMORY_CHANNELS)))
+        bid = self._bid[slots]  # (n, NB)
+        hi = np.floor((ts - exclude_s) / self.block_s).astype(np.int64)
+        lo = np.ceil(self._inc_start[slots] / self.block_s)
+        lo = np.where(np.isfinite(lo), lo, -1).astype(np.int64)
+        valid = (bid >= 0) & (bid < hi[:, None]) & (bid >= lo[:, None])
+        fl = np.where(valid[:, None, :], self._floor[slots], np.nan)
+        with _quiet():
+            return np.nanmax(fl, axis=-1)
+
+    def revisits(self, batch: WindowBatch, slots: np.ndarray, channel: np.ndarray,
+                  view_s: np.ndarray | None, limit: np.ndarray) -> np.ndarray:
+        """(n,) bool: the growing channel's floor now (its last 15 min) is a level this
+        incarnation already held before the data that shows the rise (a load cycle coming
+        round again). ``channel`` names the growing channel per window ('' for none)."""
+        n = len(batch)
+        out = np.zeros(n, dtype=bool)
+        grows = np.flatnonzero(np.asarray(channel) != "")
+        if grows.size == 0:
+            return out
+        view = (np.asarray(view_s, dtype=np.float64)[grows] if view_s is not None
+                else np.full(grows.size, 3600.0))
+        exclude = np.maximum(np.nan_to_num(view, nan=3600.0), 1800.0)
+        prior = self.prior_max(slots[grows], batch.ts[grows], exclude)  # (g, 3)
+        ch = np.array([MEMORY_CHANNELS.index(str(c)) for c in np.asarray(channel)[grows]])
+        rows = np.arange(grows.size)
+        prior_c = prior[rows, ch]
+        tail = max(2, round(self.block_s / batch.step_s))
+        vals = batch.values[grows][:, self._mem_idx, :]
+        cur = vals[rows, ch, -tail:].astype(np.float64)
+        fin = np.isfinite(cur)
+        floor_now = np.where(fin.any(axis=1), np.where(fin, cur, np.inf).min(axis=1), np.nan)
+        lim = np.asarray(limit, dtype=np.float64)[grows]
+        tol = np.where(np.isfinite(lim), REVISIT_TOLERANCE * lim, 0.0)
+        with np.errstate(invalid="ignore"):
+            out[grows] = np.isfinite(prior_c) & (floor_now <= prior_c + tol)
+        return out
+
+    def oom_kills(self, slots: np.ndarray) -> np.ndarray:
+        return self.oom_kills_[slots]
+
+    def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(n,) seconds until the current incarnation has run as long as the last one the
+        kernel OOM-killed (NaN without one): a crash loop's time to its next kill."""
+        left = self._prev_life[slots] - (ts - self._inc_start[slots])
+        return np.where(np.isfinite(left), np.maximum(left, 0.0), np.nan)
+
+    def incarnation_start(self, slots: np.ndarray) -> np.ndarray:
+        return self._inc_start[slots]
+
+
+def _quiet() -> warnings.catch_warnings:
+    """Silences numpy's all-NaN slice warnings (an all-NaN row is a valid 'nothing')."""
+    return warnings.catch_warnings(action="ignore", category=RuntimeWarning)
+
