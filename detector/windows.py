@@ -484,6 +484,16 @@ _PAUSE_CONTAINER = "POD"
 _MAX_TIMESTAMP = 1e11  # year ~5138: larger values are milliseconds or garbage
 
 
+INFRASTRUCTURE_PREFIXES: tuple[str, ...] = ("container_", "kube_", "DCGM_", "node_", "machine_")
+"""Metric families of the node's own exporters (cAdvisor, kube-state-metrics, DCGM, node
+exporter): the ones in the channel table are read, the others ignored - a custom metric is an
+application's, judged by the univariate detector."""
+
+
+def _unused_infrastructure(metric: str) -> bool:
+    return metric not in _KNOWN and metric.startswith(INFRASTRUCTURE_PREFIXES)
+
+
 def _classify(metric: str) -> tuple[int, int, float]:
     known = _KNOWN.get(metric)
     if known is not None:
@@ -822,6 +832,11 @@ class WindowEngine:
         pause = np.array([False] + [u == _PAUSE_CONTAINER for u in con_u[1:]])
         rep.add("pause_container", int((ok & pause[con_c]).sum()))
         ok &= ~pause[con_c]
+        # the node's own series that no channel reads (cAdvisor's memory breakdown, other
+        # kube-state-metrics) are not an application's custom metrics
+        unused = np.array([_unused_infrastructure(u) for u in met_u] + [False])
+        rep.add("unused_metric", int((ok & unused[met_c]).sum()))
+        ok &= ~unused[met_c]
         nan_v = np.isnan(val)
         inf_v = np.isinf(val)
         rep.add("nan_value", int((ok & nan_v).sum()))

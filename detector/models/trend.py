@@ -240,7 +240,7 @@ class TrendDetector(ThresholdMixin):
         min_span_s: float = 5400.0,
         settle_s: float = 1800.0,
         fast_span_s: float = 1800.0,
-        fast_min_s: float = 600.0,
+        fast_min_s: float = 300.0,
         fast_horizon_s: float = 3 * 3600.0,
     ) -> None:
         problems = []
