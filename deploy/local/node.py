@@ -397,7 +397,9 @@ class RealNode:
         self.state.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            cport = cadvisor.start_instance("realnode-cadvisor", self.state)
+            # only this harness's cgroups: two harnesses at once must not see each other's pods
+            cport = cadvisor.start_instance("realnode-cadvisor", self.state,
+                                            prefixes=(f"/{self.parent}/",))
             spec = {"namespace": self.namespace, "parent": self.parent, "node": self.node,
                     "restart_backoff_s": self.restart_backoff_s,
                     "restart_backoff_max_s": self.restart_backoff_max_s, "python": self.python,
