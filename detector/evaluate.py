@@ -139,7 +139,8 @@ def episodes(flags: np.ndarray) -> int:
 
 
 FAULT_COLUMNS = ("detector", "set", "namespace", "pod", "kind", "shape", "onset_ts", "failure_ts",
-                 "detected", "lead_s", "captured", "top_feature_ok", "kind_ok")
+                 "detected", "lead_s", "captured", "top_feature_ok", "kind_ok", "tto_in_range",
+                 "tto_range_ratio")
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
                 "shape": str(row.get("shape", row["kind"])),
                 "onset_ts": onset, "failure_ts": failure, "detected": bool(hit.size),
                 "lead_s": math.nan, "captured": 0.0, "top_feature_ok": False,
-                "kind_ok": math.nan}
+                "kind_ok": math.nan, "tto_in_range": math.nan, "tto_range_ratio": math.nan}
             if hit.size:
                 top = g["top_feature"].iloc[hit[0]] if "top_feature" in g else None
                 lead = failure - ts[hit[0]]
@@ -206,6 +207,12 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
                 rec["top_feature_ok"] = names_fault(top, str(row["fault_metric"]))
                 if "verdict_kind" in g:
                     rec["kind_ok"] = float(g["verdict_kind"].iloc[hit[0]] == row["kind"])
+                if "tto_low" in g:  # the stated time-to-OOM range at the first alarm
+                    lo = float(g["tto_low"].iloc[hit[0]])
+                    hi = float(g["tto_high"].iloc[hit[0]])
+                    if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
+                        rec["tto_in_range"] = float(lo <= lead <= hi)
+                        rec["tto_range_ratio"] = hi / lo
             faults.append(rec)
     return StepScore(pd.DataFrame(faults, columns=list(FAULT_COLUMNS)), fa_episodes,
                      healthy_steps * step_s / 3600.0)
@@ -312,8 +319,26 @@ class Evaluation:
         if not by_duration.empty:
             parts += ["Memory leaks: median lead by time from onset to OOM "
                       "(podguard / predict_linear):", _md(by_duration)]
+        tto = self.tto_calibration
+        if not tto.empty:
+            parts += ["Leaks: the stated time-to-OOM range at the first alarm (share containing "
+                      "the real OOM, median high/low):", _md(tto)]
         parts += ["False-alarm episodes per 1,000 healthy pod-hours:", _md(self.healthy)]
         return "\n\n".join(parts) + "\n"
+
+    @property
+    def tto_calibration(self) -> pd.DataFrame:
+        """Per set: how often podguard's stated range contained the real OOM, and how wide."""
+        f = self.faults
+        if f.empty or "tto_in_range" not in f:
+            return pd.DataFrame()
+        f = f[(f["detector"] == "podguard") & f["tto_in_range"].notna()]
+        if f.empty:
+            return pd.DataFrame()
+        return pd.DataFrame([{"set": k, "leaks": len(g),
+                              "range_contains_oom": float(g["tto_in_range"].mean()),
+                              "median_high_over_low": float(g["tto_range_ratio"].median())}
+                             for k, g in f.groupby("set", sort=True)])
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -350,6 +375,10 @@ def run_detectors(trace: pd.DataFrame, pipeline: Pipeline, iforest: PlainIForest
         recs["podguard"].append(base.assign(
             alarm=[v.is_anomaly for v in verdicts],
             verdict_kind=[v.kind for v in verdicts],
+            tto_low=[v.time_to_oom_range_s[0] if v.time_to_oom_range_s else math.nan
+                     for v in verdicts],
+            tto_high=[v.time_to_oom_range_s[1] if v.time_to_oom_range_s else math.nan
+                      for v in verdicts],
             top_feature=pd.Series([v.explanation.top_feature() if v.explanation else None
                                    for v in verdicts], dtype=object)))
         recs["predict_linear"].append(base.assign(
@@ -399,6 +428,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     js = out / "evaluation.json"
     js.write_text(json.dumps({"by_kind": _records(ev.table), "by_shape": _records(ev.by_shape),
                               "memory_leak_lead_by_duration": _records(ev.by_duration),
+                              "time_to_oom_range": _records(ev.tto_calibration),
                               "false_alarms": _records(ev.healthy),
                               "faults": _records(ev.faults)},
                              indent=2, default=_json_default, allow_nan=False))

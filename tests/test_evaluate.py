@@ -179,4 +179,8 @@ def test_evaluate_cli_end_to_end_on_a_day_of_scenarios(tmp_path: Path) -> None:
     assert fa["podguard"]["fa_episodes"] == 0 and fa["podguard"]["healthy_pod_hours"] > 100
     slow = {r["detector"]: r for r in doc["by_shape"] if r["shape"] == "slow_leak"}
     assert slow["podguard"]["median_lead_min"] > 1.5 * slow["predict_linear"]["median_lead_min"]
+    # the stated time-to-OOM range is judged at each leak's first alarm
+    [cal] = doc["time_to_oom_range"]
+    assert cal["leaks"] >= 5 and cal["median_high_over_low"] <= 3.0
+    assert cal["range_contains_oom"] >= 0.5, cal
     assert (out / "evaluation.png").stat().st_size > 10_000
