@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.sinks.base import SynchronousSink
 from detector.sources.base import Delivery, SampleColumns, SourceStatus
 from detector.sources.kafka_codec import Decoder, encode_adapter, encode_batch
 
@@ -300,7 +301,7 @@ def _daemon(settings: Any, source: Any, sinks: list[Any]) -> Any:
                   engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log)
 
 
-class _TimingSink:
+class _TimingSink(SynchronousSink):
     name = "timing"
 
     def __init__(self) -> None:
@@ -311,14 +312,6 @@ class _TimingSink:
             self.got.append((verdicts[0].ts, time.perf_counter(),
                              any(v.is_anomaly for v in verdicts)))
 
-    def tick(self) -> None:
-        pass
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
 
 
 def bench_latency(pods: int = 110, step_s: float = 5.0, steps: int = 8) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from detector.runtime.build import make_engine, make_source
 from detector.runtime.daemon import Daemon
 from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.settings import Settings
+from detector.sinks.base import SynchronousSink
 from detector.verdicts import Verdict
 from tests.support.stack_fixtures import KafkaHandle
 from tests.test_sources_kafka import Runner, _committed, _pod_messages, _producer, _topics, _wait
@@ -28,7 +29,7 @@ LOG = logging.getLogger("podguard.test.kafka_restart")
 PODS = 4
 
 
-class Recorder:
+class Recorder(SynchronousSink):
     name = "recorder"
 
     def __init__(self) -> None:
@@ -37,14 +38,6 @@ class Recorder:
     def send(self, verdicts: Sequence[Verdict]) -> None:
         self.batches.append((time.monotonic(), list(verdicts)))
 
-    def tick(self) -> None:
-        pass
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
 
     def judged_at(self) -> float | None:
         """When a batch first judged every pod (no stale verdict)."""

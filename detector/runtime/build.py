@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from detector.errors import ServiceUnavailableError
 from detector.explain import format_duration
 from detector.settings import Settings, load_settings
-from detector.sinks.base import Sink
+from detector.sinks.base import Sink, SynchronousSink
 from detector.sinks.console import ConsoleSink
 from detector.sinks.jsonl import JsonLinesSink
 from detector.sources.base import Source
@@ -198,11 +198,11 @@ def real_clock_text(text: str, scale: float) -> str:
     return _RATE.sub(rate, _DURATION.sub(duration, text))
 
 
-class Progress:
+class Progress(SynchronousSink):
     """The embedded default's progress line until its first alarm (a console "sink").
 
     A leak is judged once a pod has ``judge_after_s`` of telemetry (the trend detector's
-    settling time plus its minimum span: 2 h, two real minutes at 60x), so for the first
+    fast path: 5 min, five real seconds at 60x; the slow path needs hours), so for the first
     minutes nothing is printed but the start-up lines; every ``every_s`` real seconds this
     says how many pods are being scored, how long the oldest has been watched and how long
     until it can be judged, in real seconds. Silent once anything was flagged.
@@ -242,14 +242,6 @@ class Progress:
             self.last = now
             print(self.line(now), file=self.stream, flush=True)
 
-    def tick(self) -> None:
-        pass
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
 
 
 def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
@@ -343,7 +335,7 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
         if settings.sources.kind == "local" and settings.runtime.console:
             trend = pipeline.trend
             daemon.sinks.append(Progress(out, scale=scale,
-                                         judge_after_s=trend.settle_s + trend.min_span_s))
+                                         judge_after_s=trend.fast_min_s))
         summary = daemon.run(duration_s=args.duration)
     except ServiceUnavailableError:
         daemon.shutdown()

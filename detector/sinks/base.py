@@ -32,3 +32,22 @@ class Sink(Protocol):
     def flush(self, timeout: float) -> bool: ...
 
     def close(self, timeout: float = 5.0) -> None: ...
+
+
+class SynchronousSink:
+    """A base for sinks that deliver within ``send`` (nothing queued): ``tick``, ``flush`` and
+    ``close`` have nothing to do. Subclasses set ``name`` and implement ``send``."""
+
+    name = "synchronous"
+
+    def send(self, verdicts: Sequence[Verdict]) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        """Nothing pending between steps."""
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Nothing to release."""
