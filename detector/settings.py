@@ -528,8 +528,10 @@ class LocalSourceSettings(_Section):
         20, ge=0, description="Real time before a leaky loop starts keeping its losses, "
                               "seconds.")
     leak_bytes_per_s: float = Field(
-        3 * 2**20, gt=0, description="Approximate real growth of a leaky loop, bytes per real "
-                                     "second.")
+        6 * 2**20, gt=0, description="Approximate real growth of a leaky loop, bytes per real "
+                                     "second (the default fills the limit about 3 real minutes "
+                                     "after the leak begins: an OOM about 3 model hours ahead, "
+                                     "which the fast path warns of within the 150 s demo).")
     memory_limit_bytes: int = Field(
         3 << 29, gt=0, description="Memory limit given to each pseudo-pod (a torch process "
                                    "starts near 550 MiB); a workload whose RSS passes it is "

@@ -31,10 +31,12 @@ def test_a_sentence_in_model_time_is_rewritten_in_real_time() -> None:
                                  "growth_bytes_per_s": 410 * 2**20 / 3600.0,
                                  "growth_duration_s": 3 * 3600.0,
                                  "time_to_oom_s": 2.1 * 3600.0,
+                                 "time_to_oom_low_s": 1.2 * 3600.0,
+                                 "time_to_oom_high_s": 2.3 * 3600.0,
                                  "limit_bytes": 1.5 * 2**30})
-    assert "OOM in ~2.1 h" in model_time and "+410 MiB/h for 3 h" in model_time
+    assert "OOM in ~2.1 h (72 min-2.3 h)" in model_time and "+410 MiB/h for 3 h" in model_time
     real = real_clock_text(model_time, 60.0)
-    assert "OOM in ~2 min" in real and "for 3 min" in real
+    assert "OOM in ~2 min (72 s-2 min)" in real and "for 3 min" in real, real
     assert f"+{format_bytes(410 * 2**20 * 60)}/h" in real  # 60x the rate per real hour
     assert "at the 1.5 GiB limit" in real  # sizes are not times
     assert real.endswith(model_time.split("; ", 1)[1])  # the contributors are unchanged

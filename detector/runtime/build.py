@@ -177,6 +177,7 @@ def _kube_api(logger: logging.Logger) -> Any:
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _RATE = re.compile(r"([+-])(\d+(?:\.\d+)?) (B|KiB|MiB|GiB|TiB)/h")
 _DURATION = re.compile(r"\b(for |in ~|after |over )(\d+(?:\.\d+)?) (s|min|h|d)\b")
+_RANGE = re.compile(r"\((\d+(?:\.\d+)?) (s|min|h|d)-(\d+(?:\.\d+)?) (s|min|h|d)\)")
 _UNIT_S = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -195,7 +196,12 @@ def real_clock_text(text: str, scale: float) -> str:
         per_h = float(m.group(2)) * 1024.0 ** _UNITS.index(m.group(3)) * scale
         return f"{m.group(1)}{format_bytes(per_h)}/h"
 
-    return _RATE.sub(rate, _DURATION.sub(duration, text))
+    def span(m: re.Match[str]) -> str:  # a time-to-OOM range "(25 min-50 min)"
+        lo = float(m.group(1)) * _UNIT_S[m.group(2)] / scale
+        hi = float(m.group(3)) * _UNIT_S[m.group(4)] / scale
+        return f"({format_duration(lo)}-{format_duration(hi)})"
+
+    return _RATE.sub(rate, _DURATION.sub(duration, _RANGE.sub(span, text)))
 
 
 class Progress(SynchronousSink):
