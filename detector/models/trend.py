@@ -35,8 +35,9 @@ The decision threshold is fitted on healthy windows with
 
 The leak rate reported is the Theil-Sen slope of the de-stepped block minima of the best
 view, or of its recent half when faster (a leak that began inside the view);
-the time to OOM is (limit - current peak) / rate, with low/high estimates from the 80th/20th
-percentiles of the pairwise slopes. :meth:`TrendDetector.explain_features` exposes the nine
+the time to OOM is (limit - current peak) / rate (projected geometrically while the growth
+slows down, :func:`projected_tto`), its stated range the calibrated band :data:`TTO_BAND`
+around it. :meth:`TrendDetector.explain_features` exposes the nine
 inputs of the score (``<channel>.slope``, ``.headroom``, ``.monotonicity``) and
 :meth:`TrendDetector.score_from_explain_features` recomputes the score from them exactly,
 so Shapley values over those inputs sum to the score.
@@ -181,21 +182,17 @@ class _ViewStats:
     headroom: np.ndarray  # (n, 3) free fraction of the limit
     mono: np.ndarray  # (n, 3)
     rate: np.ndarray  # (n, 3) plain Theil-Sen, bytes/s
-    rate_lo: np.ndarray
-    rate_hi: np.ndarray
     limit: np.ndarray  # (n, 3)
     room: np.ndarray  # (n, 3) limit - peak, bytes
     tto: np.ndarray  # (n, 3) time to OOM, s (inf: not reaching the limit), deceleration-aware
-    tto_lo: np.ndarray  # (n, 3) early estimate
-    tto_hi: np.ndarray  # (n, 3) late estimate
     q: np.ndarray  # (n, 3) growth of the recent half over the earlier half (1 = steady)
     half_s: np.ndarray  # (n, 3) length of a half, seconds
     valid: np.ndarray  # (n, 3) enough blocks to judge
 
 
 def _fields(st: _ViewStats) -> tuple[np.ndarray, ...]:
-    return (st.score, st.slope, st.headroom, st.mono, st.rate, st.rate_lo, st.rate_hi,
-            st.limit, st.room, st.tto, st.tto_lo, st.tto_hi, st.q, st.half_s, st.valid)
+    return (st.score, st.slope, st.headroom, st.mono, st.rate, st.limit, st.room, st.tto,
+            st.q, st.half_s, st.valid)
 
 
 LINEAR_Q = 0.9
@@ -348,8 +345,6 @@ class TrendDetector(ThresholdMixin):
         ss = np.sort(slopes, axis=-1)
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
-        rate_lo = _nanquantile_sorted(ss, cnt, 0.2).astype(np.float64)
-        rate_hi = _nanquantile_sorted(ss, cnt, 0.8).astype(np.float64)
         h = nb // 2
         rate_recent = _theil_sen(y[:, h:], blk_s).astype(np.float64)
         early = j < nb - h
@@ -381,10 +376,8 @@ class TrendDetector(ThresholdMixin):
             room = lim - peak
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
         # the reported rate: the faster of the whole view and its recent half (a leak that
-        # began inside the view), bracketed by the pairwise-slope spread
+        # began inside the view)
         rate_rep = np.fmax(rate, rate_recent)
-        rate_lo = np.fmin(rate_lo, rate_rep)
-        rate_hi = np.fmax(rate_hi, rate_rep)
         # time to OOM: linear while the growth keeps its pace, geometric while it slows down
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where(ref_rate > 0, rate_recent / ref_rate, 1.0)
@@ -401,15 +394,10 @@ class TrendDetector(ThresholdMixin):
         slope = np.where(np.isfinite(slope), slope, 0.0)
         mono = np.where(np.isfinite(mono), mono, 0.0)
         score = self._combine(slope, headroom, mono)
-        tto_lo = projected_tto(room, np.where(decel, rate_recent, rate_hi),
-                               np.minimum(q * 1.1, 1.0), half_s)
-        tto_hi = projected_tto(room, np.where(decel, rate_recent, rate_lo), q * 0.9, half_s)
-        tto_lo = np.fmin(tto_lo, tto)
-        tto_hi = np.fmax(tto_hi, tto)
         valid = n_valid >= math.ceil(0.75 * nb)
-        return _ViewStats(score, slope, headroom, mono, rate_rep, rate_lo, rate_hi, lim, room,
-                          tto, tto_lo, tto_hi, np.where(np.isfinite(q), q, 1.0),
-                          np.full(q.shape, float(half_s)), valid)
+        return _ViewStats(score, slope, headroom, mono, rate_rep, lim, room, tto,
+                          np.where(np.isfinite(q), q, 1.0), np.full(q.shape, float(half_s)),
+                          valid)
 
     def _fast(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats | None:
         """The fast path on rows ``v`` (R, L) of the current incarnation, no settling time:
@@ -451,8 +439,6 @@ class TrendDetector(ThresholdMixin):
         ss = np.sort(slopes, axis=-1)
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
-        rate_lo = _nanquantile_sorted(ss, cnt, 0.25).astype(np.float64)
-        rate_hi = _nanquantile_sorted(ss, cnt, 0.75).astype(np.float64)
         # halves of the valid span: early [first, mid), recent [mid, m)
         mid = first + (m - first) // 2
         early = (i[None, :] >= first[:, None]) & (j[None, :] < mid[:, None])
@@ -476,10 +462,6 @@ class TrendDetector(ThresholdMixin):
             decel = q < LINEAR_Q
             now = np.where(decel, r_recent, rate)
             tto = np.where(has_lim, projected_tto(room, now, q, half_s), np.inf)
-            tto_lo = np.where(has_lim, projected_tto(room, np.where(decel, r_recent, rate_hi),
-                                                     np.minimum(q * 1.1, 1.0), half_s), np.inf)
-            tto_hi = np.where(has_lim, projected_tto(room, np.where(decel, r_recent, rate_lo),
-                                                     q * 0.9, half_s), np.inf)
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
             # urgency as the slow path has it: the fraction of the headroom consumed per hour
             u = np.where(np.isfinite(tto) & (tto > 0), 3600.0 / tto, 0.0)
@@ -493,9 +475,8 @@ class TrendDetector(ThresholdMixin):
         # start-up grows as fast as a leak, but far below its limit
         used = np.where(has_lim, peak / lim, 0.0)
         score = np.where((tto <= self.fast_horizon_s) & (used >= FAST_MIN_USED), score, 0.0)
-        return _ViewStats(score, slope, headroom, mono, now, np.fmin(rate_lo, now),
-                          np.fmax(rate_hi, now), lim, room, tto, np.fmin(tto_lo, tto),
-                          np.fmax(tto_hi, tto), np.where(np.isfinite(q), q, 1.0),
+        return _ViewStats(score, slope, headroom, mono, now, lim, room, tto,
+                          np.where(np.isfinite(q), q, 1.0),
                           np.broadcast_to(half_s, q.shape).astype(np.float64), nv >= need)
 
     def _combine(self, slope: np.ndarray, headroom: np.ndarray, mono: np.ndarray) -> np.ndarray:
@@ -549,9 +530,8 @@ class TrendDetector(ThresholdMixin):
             # leaks are the fast path's, which has its own threshold
             mono = st.mono * min(1.0, view_span / EVIDENCE_SPAN_S)
             st = _ViewStats(self._combine(slope, st.headroom, mono), slope, st.headroom,
-                            mono, st.rate, st.rate_lo, st.rate_hi, st.limit, st.room,
-                            tto_eff, np.fmin(st.tto_lo, tto_eff), np.fmax(st.tto_hi, tto_eff),
-                            st.q, st.half_s, st.valid)
+                            mono, st.rate, st.limit, st.room, tto_eff, st.q, st.half_s,
+                            st.valid)
             n_views += 1
             if best is None:
                 best, span = st, np.full(R, view_span)
@@ -607,10 +587,9 @@ class TrendDetector(ThresholdMixin):
         nan = np.full(size, np.nan)
         inf = np.full(size, np.inf)
         return _ViewStats(score=np.zeros(size), slope=np.zeros(size), headroom=np.ones(size),
-                          mono=np.zeros(size), rate=nan.copy(), rate_lo=nan.copy(),
-                          rate_hi=nan.copy(), limit=lim.copy(), room=nan.copy(), tto=inf,
-                          tto_lo=inf.copy(), tto_hi=inf.copy(), q=np.ones(size),
-                          half_s=np.ones(size), valid=np.zeros(size, dtype=bool))
+                          mono=np.zeros(size), rate=nan, limit=lim.copy(), room=nan.copy(),
+                          tto=inf, q=np.ones(size), half_s=np.ones(size),
+                          valid=np.zeros(size, dtype=bool))
 
     def _fast_scale(self) -> float:
         """Fast-path scores in units of the slow path's threshold (1 before both are fitted)."""
