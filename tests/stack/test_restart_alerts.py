@@ -37,12 +37,12 @@ import pytest
 from deploy.local._proc import StackError
 from deploy.local.alertmanager import Alertmanager
 from detector.sources.kafka_codec import encode_batch
+from tests.stack.test_sources_kafka import _producer, _topics, _wait, scrape
 from tests.support.stack_fixtures import AlertmanagerHandle, KafkaHandle, ServiceHandle
-from tests.test_sources_kafka import _producer, _topics, _wait, scrape
 
 pytestmark = [pytest.mark.stack]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOG = logging.getLogger("podguard.test.restart_alerts")
 GIB = 2.0**30
 LIMIT = 4 * GIB
