@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from detector.channels import read_metrics
 from detector.errors import ConfigError, InputError
 
 MIN_DURATION_S = 1e-3
@@ -367,23 +368,10 @@ class RemediationSettings(_Section):
 # Owned by the daemon (``detector.sources``, ``detector.runtime``): sources, server, runtime,
 # model.
 
-CADVISOR_METRICS: tuple[str, ...] = (
-    "container_memory_working_set_bytes",
-    "container_memory_rss",
-    "container_cpu_usage_seconds_total",
-    "container_spec_memory_limit_bytes",
-    "container_fs_usage_bytes",
-    "container_fs_limit_bytes",
-    "container_network_receive_bytes_total",
-    "container_network_transmit_bytes_total",
-)
-KSM_METRICS: tuple[str, ...] = (
-    "kube_pod_container_status_restarts_total",
-    "kube_pod_container_resource_limits",
-)
-DCGM_METRICS: tuple[str, ...] = (
-    "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_UTIL",
-)
+# The series of each exporter the channel and limit tables read (detector.channels).
+CADVISOR_METRICS: tuple[str, ...] = read_metrics("cadvisor")
+KSM_METRICS: tuple[str, ...] = read_metrics("kube-state-metrics")
+DCGM_METRICS: tuple[str, ...] = read_metrics("dcgm")
 
 
 class PrometheusSourceSettings(_Section):
