@@ -75,7 +75,7 @@ from tests.support.stack_fixtures import AlertmanagerHandle, PrometheusHandle
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 SCENARIOS = ("happy", "restart", "pdb", "noack")
