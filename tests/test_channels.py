@@ -24,7 +24,7 @@ MIB = 2.0**20
 
 
 def test_every_reader_derives_from_the_table() -> None:
-    assert windows.CHANNELS == tuple(c.name for c in chan.CHANNEL_TABLE)
+    assert tuple(c.name for c in chan.CHANNEL_TABLE) == windows.CHANNELS
     assert windows.MEMORY_CHANNELS == ("mem_working_set", "mem_rss", "gpu_fb_used")
     assert set(windows.THROUGHPUT_CHANNELS) == {"cpu_rate", "gpu_util", "net_rx_rate",
                                                 "net_tx_rate"}
@@ -39,9 +39,10 @@ def test_every_reader_derives_from_the_table() -> None:
     # the series the daemon pulls and training reads are the table's
     assert set(PrometheusSourceSettings().metrics) == set(chan.read_metrics())
     assert set(HISTORY_METRICS) == set(chan.read_metrics()) - {traces.KSM_LIMITS}
-    assert traces.CACHE == "container_memory_cache" in HISTORY_METRICS
+    assert traces.CACHE == "container_memory_cache"
+    assert traces.CACHE in HISTORY_METRICS
     assert windows._SCALE_FLOOR.tolist() == [c.floor for c in chan.CHANNEL_TABLE]
-    assert evaluate.MEMORY_FAMILY == {"mem_working_set", "mem_rss", "mem_cache"}
+    assert {"mem_working_set", "mem_rss", "mem_cache"} == evaluate.MEMORY_FAMILY
 
 
 def test_feature_names_and_their_words_come_from_the_table() -> None:
