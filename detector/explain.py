@@ -41,6 +41,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
+from detector.channels import feature_words
 from detector.errors import InputError
 from detector.models.base import Attribution, Detector
 
@@ -365,48 +366,10 @@ def exact_shapley(
 
 # --------------------------------------------------------------------------- readable text
 
-_CHANNEL_WORDS: dict[str, str] = {
-    "mem_working_set": "working set",
-    "mem_rss": "RSS",
-    "gpu_fb_used": "GPU memory",
-    "cpu_rate": "CPU",
-    "gpu_util": "GPU utilisation",
-    "net_rx_rate": "network receive",
-    "net_tx_rate": "network transmit",
-    "fs_usage": "disk usage",
-    "restarts": "restarts",
-}
-
-_STAT_WORDS: dict[str, str] = {
-    "level_z": "level vs baseline",
-    "slope_30m": "trend (30 min)",
-    "slope_1h": "trend (1 h)",
-    "log_vol_ratio": "volatility change",
-    "vol_ratio": "volatility change",
-    "frac_limit": "fraction of limit",
-    "floor_slope": "floor growth",
-    "count_1h": "in the last hour",
-}
-
-#: Whole-name overrides, for names that read better than "<channel> <stat>".
-FEATURE_WORDS: dict[str, str] = {
-    "mem_working_set.slope_30m": "memory slope",
-    "mem_working_set.slope_1h": "memory slope",
-    "mem_rss.slope_30m": "RSS growth",
-    "mem_rss.slope_1h": "RSS growth",
-    "restarts.count_1h": "restarts in the last hour",
-}
-
-
 def human_name(feature: str) -> str:
-    """Words for a feature name like ``"cpu_rate.level_z"`` (-> "CPU level vs baseline")."""
-    if feature in FEATURE_WORDS:
-        return FEATURE_WORDS[feature]
-    channel, _, stat = feature.partition(".")
-    words = _CHANNEL_WORDS.get(channel, channel.replace("_", " "))
-    if stat:
-        words += " " + _STAT_WORDS.get(stat, stat.replace("_", " "))
-    return words
+    """Words for a feature name like ``"cpu_rate.level_z"`` (-> "CPU level vs baseline"); the
+    words of channels and statistics come from the channel table (``detector.channels``)."""
+    return feature_words(feature)
 
 
 def _trim(v: float, digits: int) -> str:
