@@ -478,6 +478,12 @@ class KafkaSourceSettings(_Section):
                                 "a half-filled window) until it has read back to where the "
                                 "partition ended; null (default): windows.horizon_s; 0: "
                                 "resume exactly at the commit; seconds.")
+    backfill_prometheus: bool = Field(
+        False, description="At start, before reading Kafka, fill each pod's window "
+                           "(windows.horizon_s) from the Prometheus of sources.prometheus (url, "
+                           "http, node scope, metrics), so the daemon judges at once; Kafka "
+                           "samples that overlap are dropped; a Prometheus that does not answer "
+                           "falls back to rewind_s.")
     max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
     max_message_bytes: int = Field(
         1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")
@@ -555,6 +561,10 @@ class SourcesSettings(_Section):
         if self.kind == "kafka" and not self.kafka.bootstrap_servers:
             raise ValueError("sources.kind is kafka but sources.kafka.bootstrap_servers is "
                              "empty: give at least one host:port")
+        if self.kind == "kafka" and self.kafka.backfill_prometheus and not self.prometheus.url:
+            raise ValueError("sources.kafka.backfill_prometheus is on but "
+                             "sources.prometheus.url is empty: give the Prometheus to "
+                             "backfill from, e.g. http://prometheus:9090")
         return self
 
 
