@@ -47,6 +47,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from detector.channels import read_metrics
 from detector.errors import ConfigError, InputError
 
 MIN_DURATION_S = 1e-3
@@ -375,23 +376,10 @@ class RemediationSettings(_Section):
 # Owned by the daemon (``detector.sources``, ``detector.runtime``): sources, server, runtime,
 # model.
 
-CADVISOR_METRICS: tuple[str, ...] = (
-    "container_memory_working_set_bytes",
-    "container_memory_rss",
-    "container_cpu_usage_seconds_total",
-    "container_spec_memory_limit_bytes",
-    "container_fs_usage_bytes",
-    "container_fs_limit_bytes",
-    "container_network_receive_bytes_total",
-    "container_network_transmit_bytes_total",
-)
-KSM_METRICS: tuple[str, ...] = (
-    "kube_pod_container_status_restarts_total",
-    "kube_pod_container_resource_limits",
-)
-DCGM_METRICS: tuple[str, ...] = (
-    "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_UTIL",
-)
+# The series of each exporter the channel and limit tables read (detector.channels).
+CADVISOR_METRICS: tuple[str, ...] = read_metrics("cadvisor")
+KSM_METRICS: tuple[str, ...] = read_metrics("kube-state-metrics")
+DCGM_METRICS: tuple[str, ...] = read_metrics("dcgm")
 
 
 class PrometheusSourceSettings(_Section):
@@ -490,6 +478,12 @@ class KafkaSourceSettings(_Section):
                                 "a half-filled window) until it has read back to where the "
                                 "partition ended; null (default): windows.horizon_s; 0: "
                                 "resume exactly at the commit; seconds.")
+    backfill_prometheus: bool = Field(
+        False, description="At start, before reading Kafka, fill each pod's window "
+                           "(windows.horizon_s) from the Prometheus of sources.prometheus (url, "
+                           "http, node scope, metrics), so the daemon judges at once; Kafka "
+                           "samples that overlap are dropped; a Prometheus that does not answer "
+                           "falls back to rewind_s.")
     max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
     max_message_bytes: int = Field(
         1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")
@@ -567,6 +561,10 @@ class SourcesSettings(_Section):
         if self.kind == "kafka" and not self.kafka.bootstrap_servers:
             raise ValueError("sources.kind is kafka but sources.kafka.bootstrap_servers is "
                              "empty: give at least one host:port")
+        if self.kind == "kafka" and self.kafka.backfill_prometheus and not self.prometheus.url:
+            raise ValueError("sources.kafka.backfill_prometheus is on but "
+                             "sources.prometheus.url is empty: give the Prometheus to "
+                             "backfill from, e.g. http://prometheus:9090")
         return self
 
 

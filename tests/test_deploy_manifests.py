@@ -431,6 +431,7 @@ HEALTHY: dict[str, list[tuple[str, str]]] = {
 }
 
 
+@pytest.mark.slow
 def test_every_meta_alert_fires_on_its_condition_only(tmp_path: Path) -> None:
     """``promtool test rules``: each alert fires with the expected labels on a synthetic
     series and not on a healthy one. Annotations are left out of the copy under test (their

@@ -11,7 +11,7 @@ mean (default) or the max of the tail scores; its threshold is fitted state, set
 
 ``explain`` returns the fused attribution: each member's SHAP values (TreeSHAP for the forest,
 expected gradients for the autoencoder) carried into tail-score space by the secant slope of
-the calibrator (:func:`detector.explain.rescale_attribution`), then summed with the fusion's
+the calibrator (:func:`.attribution.rescale_attribution`), then summed with the fusion's
 weights (for ``max``, the winning member's). The values sum to ``score - base_value``; the
 member mapping is an approximation documented there.
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import ConfigError, InputError, ModelIntegrityError
-from detector.explain import combine, rescale_attribution
+from detector.models.attribution import combine, rescale_attribution
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.base import (
     Attribution,

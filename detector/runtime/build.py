@@ -64,8 +64,14 @@ def make_source(settings: Settings, *, logger: logging.Logger,
     if kind == "kafka":
         from detector.sources.kafka import KafkaSource
 
+        backfill = None
+        if settings.sources.kafka.backfill_prometheus:
+            from detector.sources.backfill import PrometheusBackfill
+
+            backfill = PrometheusBackfill(settings.sources.prometheus, logger=log,
+                                          window_s=settings.windows.horizon_s)
         return KafkaSource(settings.sources.kafka, logger=log,
-                           window_s=settings.windows.horizon_s)
+                           window_s=settings.windows.horizon_s, backfill=backfill)
     from detector.sources.local import LocalSource
 
     return LocalSource(settings.sources.local, logger=log,
