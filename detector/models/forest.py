@@ -46,7 +46,7 @@ from detector.models.base import (
 )
 
 if TYPE_CHECKING:
-    from detector.explain import TreeArrays
+    from detector.models.attribution import TreeArrays
 
 __all__ = [
     "FOREST_JSON",
@@ -264,8 +264,8 @@ class ForestArrays:
         return int(self.node_count.shape[0])
 
     def trees(self) -> list[TreeArrays]:
-        """Each tree as :class:`detector.explain.TreeArrays` (what TreeSHAP reads)."""
-        from detector.explain import TreeArrays
+        """Each tree as :class:`.attribution.TreeArrays` (what TreeSHAP reads)."""
+        from detector.models.attribution import TreeArrays
 
         out = []
         bounds = np.concatenate([[0], np.cumsum(self.node_count)])
@@ -484,11 +484,11 @@ class IsolationForestDetector(ThresholdMixin):
         path-dependent TreeSHAP); note a *shorter* path means *more* anomalous.
 
         The values are those of ``shap.TreeExplainer(estimator)`` (path-dependent, no
-        background data), computed by :func:`detector.explain.path_dependent_tree_shap` from
+        background data), computed by :func:`.attribution.path_dependent_tree_shap` from
         the fitted trees' arrays: identical to shap's to 1e-9 (tested against it), without
         importing shap, numba and matplotlib into the daemon (~80 MB of its 400 MB budget).
         """
-        from detector.explain import LeafPaths, path_dependent_tree_shap
+        from detector.models.attribution import LeafPaths, path_dependent_tree_shap
 
         Z = self.transform(X)
         if self._tree_explainer is None:
@@ -508,7 +508,7 @@ class IsolationForestDetector(ThresholdMixin):
         attribution of a non-linear transform of an additive model is not unique). ``base`` is
         the score at the expected path length.
         """
-        from detector.explain import rescale_attribution
+        from detector.models.attribution import rescale_attribution
 
         self._check_fitted()
         phi_h, base_h, h = self.path_length_shap(X)

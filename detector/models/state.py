@@ -1,0 +1,181 @@
+"""Schemas of saved model state, checked when it is read back (pydantic models).
+
+A model bundle is untrusted input (it comes from a volume anyone with write access to it
+could have changed). Every JSON document a detector reloads is validated here before a
+number of it is used: strict types (no ``"0.5"`` for a number, no ``true`` for 1), finite
+numbers only, unknown keys refused (a misspelled key is an error, not ignored), missing keys
+refused. :func:`read_state` turns a failure into one :class:`ModelIntegrityError` naming what
+was read and every bad field (``invalid drift state: calibrators.forest.beta: Input should be
+greater than 0 (got -1.0)``).
+
+The detectors (``detector.models.base``, ``drift``, ``univariate``, ``trend``) and the store
+(``detector.models.store``) call :func:`read_state`; this module imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from itertools import pairwise
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from detector.errors import ModelIntegrityError, PodguardError
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class SavedState(BaseModel):
+    """Base of every saved-state schema: strict, finite, no unknown keys, read-only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _problems(e: ValidationError) -> str:
+    errors: list[ErrorDetails] = e.errors(include_url=False)
+    where = [".".join(str(p) for p in err["loc"]) for err in errors]
+    unknown = sorted(w for w, err in zip(where, errors, strict=True)
+                     if err["type"] == "extra_forbidden")
+    missing = sorted(w for w, err in zip(where, errors, strict=True) if err["type"] == "missing")
+    out = [f"{what} keys {keys}" for what, keys in (("unknown", unknown), ("missing", missing))
+           if keys]
+    for w, err in zip(where, errors, strict=True):
+        if err["type"] in ("extra_forbidden", "missing"):
+            continue
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        got = err.get("input")
+        if err["type"] != "value_error" and not isinstance(got, dict | list):
+            msg += f" (got {got!r})"
+        out.append(f"{w or '(top level)'}: {msg}")
+    return "; ".join(out)
+
+
+def read_state(model: type[S], data: object, what: str, *, fmt: str | None = None,
+               context: Mapping[str, Any] | None = None,
+               error: type[PodguardError] = ModelIntegrityError) -> S:
+    """``data`` (read from JSON) validated as ``model``; else ``error`` (a
+    :class:`ModelIntegrityError`) naming ``what`` (e.g. ``"drift state"``,
+    ``"model_card.json"``) and every bad field.
+
+    With ``fmt``, a document that is not an object with that ``format`` is refused first, in
+    one line (a foreign file is not a list of field errors)."""
+    if fmt is not None and (not isinstance(data, Mapping) or data.get("format") != fmt):
+        raise error(f"not a podguard {what} (format != {fmt})")
+    try:
+        return model.model_validate(data, context=dict(context or {}))
+    except ValidationError as e:
+        raise error(f"invalid {what}: {_problems(e)}") from e
+
+
+# ------------------------------------------------------------------------ the detectors
+
+
+class ArrayDetectorState(SavedState):
+    """The JSON half of an array detector (autoencoder, forest): ``base.array_state``."""
+
+    format: str
+    config: dict[str, Any]
+    scaler: dict[str, Any]
+    feature_names: list[str]
+    threshold: Finite | None
+
+
+class CalibratorState(SavedState):
+    """A :class:`~detector.models.drift.TailCalibrator`: a monotone map score -> healthy
+    quantile, with an exponential tail of rate ``beta`` beyond the last knot."""
+
+    knots: list[Finite] = Field(min_length=2)
+    probs: list[Finite]
+    beta: Positive
+
+    @model_validator(mode="after")
+    def _monotone(self) -> CalibratorState:
+        k, p = self.knots, self.probs
+        if len(p) != len(k):
+            raise ValueError(f"{len(k)} knots but {len(p)} probs")
+        if any(b <= a for a, b in pairwise(k)):
+            raise ValueError("knots must increase")
+        if any(b < a for a, b in pairwise(p)) or p[-1] >= 1.0:
+            raise ValueError("probs must be non-decreasing and below 1")
+        return self
+
+
+class Calibrators(SavedState):
+    autoencoder: CalibratorState
+    forest: CalibratorState
+
+
+class DriftState(SavedState):
+    """``drift.json``: the fused drift detector over its two members."""
+
+    format: str
+    config: dict[str, Any]
+    feature_names: list[str]
+    calibrators: Calibrators
+    threshold: Finite | None
+
+
+class UnivariateState(SavedState):
+    """The custom-metric detector: thresholds per metric family (> 0)."""
+
+    format: str
+    config: dict[str, Any]
+    thresholds: dict[str, Positive]
+    default_threshold: Positive
+    fit_info: dict[str, Any]
+
+
+# ------------------------------------------------------------------------ the bundle card
+
+
+class CardFile(BaseModel):
+    """One file a card lists (its checksum; ``bytes`` and later keys are informative)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _iso_time(v: object) -> object:
+    """An ISO-8601 text (strict mode reads no text as a datetime); the offset is required."""
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an ISO-8601 time") from None
+    return v
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
+
+
+class CardHead(BaseModel):
+    """What the store relies on in ``model_card.json``; the rest of the card (metrics,
+    data range, libraries, ``card_extra``) is information and kept as it is."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    format: str
+    version: str
+    created: IsoTime
+    features: list[str]
+    files: dict[str, CardFile]
+    card_sha256: str | None = None
+
+
+__all__ = ["ArrayDetectorState", "CalibratorState", "CardFile", "CardHead", "DriftState", "Finite",
+           "Positive", "SavedState", "UnivariateState", "read_state"]

@@ -1,0 +1,77 @@
+"""Saved model state is validated by the schemas of :mod:`detector.models.state`: a bad field
+is a ModelIntegrityError naming the document and the field (and what was found there)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from detector.errors import ConfigError, ModelIntegrityError
+from detector.models.drift import TailCalibrator
+from detector.models.state import CardHead, DriftState, UnivariateState, read_state
+
+_CAL: dict[str, Any] = {"knots": [0.0, 1.0, 2.0], "probs": [0.1, 0.5, 0.9], "beta": 1.0}
+_FMT = "podguard.drift/x"
+_DRIFT: dict[str, Any] = {"format": _FMT, "config": {}, "feature_names": ["a"],
+          "calibrators": {"autoencoder": _CAL, "forest": _CAL}, "threshold": 0.5}
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"threshold": "0.5"}, "threshold: Input should be a valid number (got '0.5')"),
+    ({"threshold": True}, "threshold: Input should be a valid number (got True)"),
+    ({"threshold": float("nan")}, "threshold: Input should be a finite number"),
+    ({"calibrators": {"autoencoder": _CAL}}, "missing keys ['calibrators.forest']"),
+    ({"calibrators": {"autoencoder": _CAL, "forest": {**_CAL, "beta": -1.0}}},
+     "calibrators.forest.beta: Input should be greater than 0 (got -1.0)"),
+    ({"calibrators": {"autoencoder": {**_CAL, "knots": [2.0, 1.0, 0.0]}, "forest": _CAL}},
+     "calibrators.autoencoder: knots must increase"),
+    ({"feature_names": ["a", 1], "thresold": 1}, "unknown keys ['thresold']"),
+])
+def test_a_bad_drift_state_names_the_field(change: dict[str, Any], words: str) -> None:
+    with pytest.raises(ModelIntegrityError) as e:
+        read_state(DriftState, {**_DRIFT, **change}, "drift state", fmt=_FMT)
+    assert str(e.value).startswith("invalid drift state: ") and words in str(e.value), e.value
+    if "thresold" in change:
+        assert "feature_names.1: Input should be a valid string (got 1)" in str(e.value)
+
+
+def test_a_foreign_document_is_refused_in_one_line() -> None:
+    for doc in ([_DRIFT], {**_DRIFT, "format": "somebody.else/1"}, None):
+        with pytest.raises(ModelIntegrityError, match=r"^not a podguard drift state \(format "
+                                                      r"!= podguard\.drift/x\)$"):
+            read_state(DriftState, doc, "drift state", fmt=_FMT)
+    good = read_state(DriftState, _DRIFT, "drift state", fmt=_FMT)
+    assert good.calibrators.forest.knots == [0.0, 1.0, 2.0] and good.threshold == 0.5
+
+
+def test_univariate_thresholds_must_be_positive_numbers() -> None:
+    doc = {"format": "u", "config": {}, "thresholds": {"http": 4.0}, "default_threshold": 5,
+           "fit_info": {}}
+    assert read_state(UnivariateState, doc, "univariate state").default_threshold == 5.0
+    with pytest.raises(ModelIntegrityError, match=r"thresholds\.http: Input should be greater "
+                                                  r"than 0 \(got 0\)"):
+        read_state(UnivariateState, {**doc, "thresholds": {"http": 0}}, "univariate state")
+
+
+def test_the_card_head_and_its_created_time() -> None:
+    card = {"format": "b", "version": "v1", "created": "2026-01-01T00:00:00+00:00",
+            "features": ["a"], "files": {"a.json": {"sha256": "0" * 64, "bytes": 3}},
+            "metrics": {"auc": 0.9}}
+    head = read_state(CardHead, card, "model_card.json")
+    assert head.created.timestamp() == 1767225600 and head.files["a.json"].sha256 == "0" * 64
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"created": "2026-01-01T00:00:00"}, "created: Input should have timezone info"),
+        ({"created": "yesterday"}, "'yesterday' is not an ISO-8601 time"),
+        ({"files": {"a.json": {"sha256": "zz"}}}, "files.a.json.sha256")]
+    for bad, words in cases:
+        with pytest.raises(ModelIntegrityError) as e:
+            read_state(CardHead, {**card, **bad}, "model_card.json")
+        assert str(e.value).startswith("invalid model_card.json: ") and words in str(e.value)
+
+
+def test_a_calibrator_read_by_itself_is_a_config_error() -> None:
+    cal = TailCalibrator.from_dict(_CAL)
+    assert list(cal.knots) == _CAL["knots"]
+    with pytest.raises(ConfigError, match=r"invalid calibrator: unknown keys \['u'\]"):
+        TailCalibrator.from_dict({**_CAL, "u": 0.9})
