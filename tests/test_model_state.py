@@ -9,7 +9,7 @@ import pytest
 
 from detector.errors import ConfigError, ModelIntegrityError
 from detector.models.drift import TailCalibrator
-from detector.models.state import CardHead, DriftState, UnivariateState, read_state
+from detector.models.state import CardHead, DriftState, UnivariateState, read_config, read_state
 
 _CAL: dict[str, Any] = {"knots": [0.0, 1.0, 2.0], "probs": [0.1, 0.5, 0.9], "beta": 1.0}
 _FMT = "podguard.drift/x"
@@ -75,3 +75,29 @@ def test_a_calibrator_read_by_itself_is_a_config_error() -> None:
     assert list(cal.knots) == _CAL["knots"]
     with pytest.raises(ConfigError, match=r"invalid calibrator: unknown keys \['u'\]"):
         TailCalibrator.from_dict({**_CAL, "u": 0.9})
+
+
+def test_a_saved_config_is_read_strictly_into_its_dataclass() -> None:
+    from detector.models.forest import ForestConfig, RobustScaler, config_from_dict
+    from detector.models.univariate import UnivariateConfig
+
+    assert read_config(ForestConfig, {"n_estimators": 20, "clip": 5}) == \
+        ForestConfig(n_estimators=20, clip=5.0)  # missing keys take the defaults
+    assert read_config(UnivariateConfig, {"scales": [0, 3.5]}).scales == (0.0, 3.5)
+    for data, words in [({"n_estimators": "200"}, "n_estimators: Input should be a valid "
+                                                  "integer (got '200')"),
+                        ({"seed": 1.5}, "seed: Input should be a valid integer"),
+                        ({"n_estimators": 0}, "n_estimators >= 1"),  # the dataclass's check
+                        ({"n_estimator": 20}, "unknown keys ['n_estimator']")]:
+        with pytest.raises(ModelIntegrityError) as e:
+            read_config(ForestConfig, data, "forest config")
+        assert str(e.value).startswith(("invalid forest config: ", "forest config: ")) \
+            and words in str(e.value), e.value
+    with pytest.raises(ConfigError, match=r"invalid ForestConfig: unknown keys \['x'\]"):
+        config_from_dict(ForestConfig, {"x": 1})
+    sc = RobustScaler.from_dict({"center": [0.0, 1.0], "scale": [1.0, 2.0], "clip": 50.0})
+    assert list(sc.scale) == [1.0, 2.0]
+    with pytest.raises(ConfigError, match=r"scale\.1: Input should be greater than 0"):
+        RobustScaler.from_dict({"center": [0.0, 1.0], "scale": [1.0, 0.0], "clip": 50.0})
+    with pytest.raises(ConfigError, match="2 centers but 1 scales"):
+        RobustScaler.from_dict({"center": [0.0, 1.0], "scale": [1.0], "clip": 50.0})

@@ -14,6 +14,8 @@ The detectors (``detector.models.base``, ``drift``, ``univariate``, ``trend``) a
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Mapping
 from datetime import datetime
 from itertools import pairwise
@@ -26,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -82,6 +85,53 @@ def read_state(model: type[S], data: object, what: str, *, fmt: str | None = Non
 
 
 # ------------------------------------------------------------------------ the detectors
+
+
+C = TypeVar("C")
+_CONFIG_MODELS: dict[type, type[SavedState]] = {}
+
+
+def read_config(cls: type[C], data: object, what: str | None = None, *,
+                error: type[PodguardError] = ModelIntegrityError) -> C:
+    """The config dataclass ``cls`` (e.g. ``ForestConfig``) from saved ``data``: each field
+    strictly of its annotated type (a ``tuple[float, ...]`` is a JSON list), unknown keys
+    refused, missing ones take the dataclass's default; then ``cls``'s own checks run."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    model = _CONFIG_MODELS.get(cls)
+    if model is None:
+        hints = typing.get_type_hints(cls)
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            ann = hints[f.name]
+            if typing.get_origin(ann) is tuple:  # JSON has lists
+                ann = list[typing.get_args(ann)[0]]  # type: ignore[misc]
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else ...)
+            fields[f.name] = (ann, default)
+        model = _CONFIG_MODELS[cls] = create_model(cls.__name__, __base__=SavedState, **fields)
+    st = read_state(model, data, what or cls.__name__, error=error)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in st.model_dump().items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what or cls.__name__}: {exc}") from exc
+
+
+class ScalerState(SavedState):
+    """A :class:`~detector.models.forest.RobustScaler`: per feature a center and a scale > 0."""
+
+    center: list[Finite]
+    scale: list[Positive]
+    clip: Positive
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ScalerState:
+        if len(self.center) != len(self.scale):
+            raise ValueError(f"{len(self.center)} centers but {len(self.scale)} scales")
+        return self
+
 
 
 class ArrayDetectorState(SavedState):
@@ -178,4 +228,5 @@ class CardHead(BaseModel):
 
 
 __all__ = ["ArrayDetectorState", "CalibratorState", "CardFile", "CardHead", "DriftState", "Finite",
-           "Positive", "SavedState", "UnivariateState", "read_state"]
+           "Positive", "SavedState", "ScalerState", "UnivariateState", "read_config",
+           "read_state"]
