@@ -19,7 +19,7 @@ import typing
 from collections.abc import Mapping
 from datetime import datetime
 from itertools import pairwise
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     model_validator,
 )
@@ -63,7 +64,7 @@ def _problems(e: ValidationError) -> str:
         got = err.get("input")
         if err["type"] != "value_error" and not isinstance(got, dict | list):
             msg += f" (got {got!r})"
-        out.append(f"{w or '(top level)'}: {msg}")
+        out.append(f"{w}: {msg}" if w else msg)
     return "; ".join(out)
 
 
@@ -189,6 +190,60 @@ class UnivariateState(SavedState):
     fit_info: dict[str, Any]
 
 
+def _json_tuple(v: object) -> object:
+    return tuple(v) if isinstance(v, list) else v  # JSON has no tuples
+
+
+_IMMINENT = ("imminent_min_s", "imminent_horizon_s", "imminent_threshold")
+
+
+class TrendState(SavedState):
+    """``trend.json``: the leak detector's configuration, thresholds and healthy reference.
+
+    Version 3 added the imminent path (its three keys); a version-2 state has none of them.
+    Each ``explain_background`` row has ``context["explain_width"]`` values when given."""
+
+    name: Literal["trend"]
+    version: Literal[2, 3]
+    views: list[Annotated[tuple[Finite, int], BeforeValidator(_json_tuple)]]
+    u0: Finite
+    min_span_s: Finite
+    settle_s: Finite
+    fast_span_s: Finite
+    fast_min_s: Finite
+    fast_horizon_s: Finite
+    threshold: Finite | None
+    fast_threshold: Finite | None
+    fitted: bool
+    healthy_quantiles: list[Finite]
+    explain_background: list[list[Finite]]
+    imminent_min_s: Finite | None = None
+    imminent_horizon_s: Finite | None = None
+    imminent_threshold: Finite | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_its_version(cls, data: object) -> object:
+        if isinstance(data, Mapping) and data.get("version") == 3:
+            missing = [k for k in _IMMINENT if k not in data]
+            if missing:
+                raise ValueError(f"a version-3 trend state needs {missing}")
+        elif isinstance(data, Mapping) and data.get("version") == 2:
+            extra = [k for k in _IMMINENT if k in data]
+            if extra:
+                raise ValueError(f"a version-2 trend state has no {extra}")
+        return data
+
+    @model_validator(mode="after")
+    def _rows(self, info: ValidationInfo) -> TrendState:
+        width = (info.context or {}).get("explain_width")
+        bad = [i for i, r in enumerate(self.explain_background) if width is not None
+               and len(r) != width]
+        if bad:
+            raise ValueError(f"explain_background rows {bad} do not have {width} values")
+        return self
+
+
 # ------------------------------------------------------------------------ the bundle card
 
 
@@ -221,12 +276,20 @@ class CardHead(BaseModel):
 
     format: str
     version: str
-    created: IsoTime
     features: list[str]
     files: dict[str, CardFile]
     card_sha256: str | None = None
 
 
-__all__ = ["ArrayDetectorState", "CalibratorState", "CardFile", "CardHead", "DriftState", "Finite",
-           "Positive", "SavedState", "ScalerState", "UnivariateState", "read_config",
-           "read_state"]
+class CardTime(BaseModel):
+    """When a bundle was made (a card without it still loads; its age is then unknown)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    version: str
+    created: IsoTime
+
+
+__all__ = ["ArrayDetectorState", "CalibratorState", "CardFile", "CardHead", "CardTime",
+           "DriftState", "Finite", "Positive", "SavedState", "ScalerState", "TrendState",
+           "UnivariateState", "read_config", "read_state"]
