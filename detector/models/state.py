@@ -14,10 +14,12 @@ The detectors (``detector.models.base``, ``drift``, ``univariate``, ``trend``) a
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Mapping
 from datetime import datetime
 from itertools import pairwise
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -26,6 +28,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    create_model,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -60,7 +64,7 @@ def _problems(e: ValidationError) -> str:
         got = err.get("input")
         if err["type"] != "value_error" and not isinstance(got, dict | list):
             msg += f" (got {got!r})"
-        out.append(f"{w or '(top level)'}: {msg}")
+        out.append(f"{w}: {msg}" if w else msg)
     return "; ".join(out)
 
 
@@ -82,6 +86,53 @@ def read_state(model: type[S], data: object, what: str, *, fmt: str | None = Non
 
 
 # ------------------------------------------------------------------------ the detectors
+
+
+C = TypeVar("C")
+_CONFIG_MODELS: dict[type, type[SavedState]] = {}
+
+
+def read_config(cls: type[C], data: object, what: str | None = None, *,
+                error: type[PodguardError] = ModelIntegrityError) -> C:
+    """The config dataclass ``cls`` (e.g. ``ForestConfig``) from saved ``data``: each field
+    strictly of its annotated type (a ``tuple[float, ...]`` is a JSON list), unknown keys
+    refused, missing ones take the dataclass's default; then ``cls``'s own checks run."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    model = _CONFIG_MODELS.get(cls)
+    if model is None:
+        hints = typing.get_type_hints(cls)
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            ann = hints[f.name]
+            if typing.get_origin(ann) is tuple:  # JSON has lists
+                ann = list[typing.get_args(ann)[0]]  # type: ignore[misc]
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else ...)
+            fields[f.name] = (ann, default)
+        model = _CONFIG_MODELS[cls] = create_model(cls.__name__, __base__=SavedState, **fields)
+    st = read_state(model, data, what or cls.__name__, error=error)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in st.model_dump().items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what or cls.__name__}: {exc}") from exc
+
+
+class ScalerState(SavedState):
+    """A :class:`~detector.models.forest.RobustScaler`: per feature a center and a scale > 0."""
+
+    center: list[Finite]
+    scale: list[Positive]
+    clip: Positive
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ScalerState:
+        if len(self.center) != len(self.scale):
+            raise ValueError(f"{len(self.center)} centers but {len(self.scale)} scales")
+        return self
+
 
 
 class ArrayDetectorState(SavedState):
@@ -139,6 +190,60 @@ class UnivariateState(SavedState):
     fit_info: dict[str, Any]
 
 
+def _json_tuple(v: object) -> object:
+    return tuple(v) if isinstance(v, list) else v  # JSON has no tuples
+
+
+_IMMINENT = ("imminent_min_s", "imminent_horizon_s", "imminent_threshold")
+
+
+class TrendState(SavedState):
+    """``trend.json``: the leak detector's configuration, thresholds and healthy reference.
+
+    Version 3 added the imminent path (its three keys); a version-2 state has none of them.
+    Each ``explain_background`` row has ``context["explain_width"]`` values when given."""
+
+    name: Literal["trend"]
+    version: Literal[2, 3]
+    views: list[Annotated[tuple[Finite, int], BeforeValidator(_json_tuple)]]
+    u0: Finite
+    min_span_s: Finite
+    settle_s: Finite
+    fast_span_s: Finite
+    fast_min_s: Finite
+    fast_horizon_s: Finite
+    threshold: Finite | None
+    fast_threshold: Finite | None
+    fitted: bool
+    healthy_quantiles: list[Finite]
+    explain_background: list[list[Finite]]
+    imminent_min_s: Finite | None = None
+    imminent_horizon_s: Finite | None = None
+    imminent_threshold: Finite | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_its_version(cls, data: object) -> object:
+        if isinstance(data, Mapping) and data.get("version") == 3:
+            missing = [k for k in _IMMINENT if k not in data]
+            if missing:
+                raise ValueError(f"a version-3 trend state needs {missing}")
+        elif isinstance(data, Mapping) and data.get("version") == 2:
+            extra = [k for k in _IMMINENT if k in data]
+            if extra:
+                raise ValueError(f"a version-2 trend state has no {extra}")
+        return data
+
+    @model_validator(mode="after")
+    def _rows(self, info: ValidationInfo) -> TrendState:
+        width = (info.context or {}).get("explain_width")
+        bad = [i for i, r in enumerate(self.explain_background) if width is not None
+               and len(r) != width]
+        if bad:
+            raise ValueError(f"explain_background rows {bad} do not have {width} values")
+        return self
+
+
 # ------------------------------------------------------------------------ the bundle card
 
 
@@ -171,11 +276,20 @@ class CardHead(BaseModel):
 
     format: str
     version: str
-    created: IsoTime
     features: list[str]
     files: dict[str, CardFile]
     card_sha256: str | None = None
 
 
-__all__ = ["ArrayDetectorState", "CalibratorState", "CardFile", "CardHead", "DriftState", "Finite",
-           "Positive", "SavedState", "UnivariateState", "read_state"]
+class CardTime(BaseModel):
+    """When a bundle was made (a card without it still loads; its age is then unknown)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    version: str
+    created: IsoTime
+
+
+__all__ = ["ArrayDetectorState", "CalibratorState", "CardFile", "CardHead", "CardTime",
+           "DriftState", "Finite", "Positive", "SavedState", "ScalerState", "TrendState",
+           "UnivariateState", "read_config", "read_state"]

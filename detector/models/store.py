@@ -62,7 +62,7 @@ from detector.models.forest import (
     IsolationForestDetector,
     read_tensors,
 )
-from detector.models.state import CardHead, read_state
+from detector.models.state import CardHead, CardTime, read_state
 
 __all__ = [
     "BUNDLE_FILES",
@@ -390,7 +390,7 @@ def card_created(root_or_bundle: str | Path, version: str) -> float:
         card = json.loads((p / CARD).read_text())
     except (OSError, ValueError) as exc:
         raise ModelIntegrityError(f"cannot read {p / CARD}: {exc}") from exc
-    head = read_state(CardHead, card, str(p / CARD))
+    head = read_state(CardTime, card, str(p / CARD))
     if head.version != version:
         raise ModelIntegrityError(f"{p / CARD} is not the card of version {version!r}")
     return head.created.timestamp()

@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import ModelIntegrityError, NotFittedError
-from detector.models.state import UnivariateState, read_state
+from detector.errors import NotFittedError
+from detector.models.state import UnivariateState, read_config, read_state
 
 FORMAT = "podguard.univariate/2"
 DEFAULT_THRESHOLD = 5.0
@@ -455,17 +455,7 @@ class UnivariateDetector:
     @classmethod
     def from_state(cls, state: object) -> UnivariateDetector:
         st = read_state(UnivariateState, state, "univariate state", fmt=FORMAT)
-        names = {f.name for f in fields(UnivariateConfig)}
-        if set(st.config) - names:
-            raise ModelIntegrityError(f"univariate config: unknown keys "
-                                      f"{sorted(set(st.config) - names)}")
-        try:
-            cfg = dict(st.config)
-            if isinstance(cfg.get("scales"), list):
-                cfg["scales"] = tuple(float(h) for h in cfg["scales"])
-            config = UnivariateConfig(**cfg)
-        except (TypeError, ValueError) as e:
-            raise ModelIntegrityError(f"univariate config: {e}") from e
+        config = read_config(UnivariateConfig, st.config, "univariate config")
         return cls(config=config, thresholds=dict(st.thresholds),
                    default_threshold=st.default_threshold, fit_info=dict(st.fit_info))
 
