@@ -10,7 +10,8 @@ The package is layered; lower layers never import higher ones (enforced by impor
   Kubernetes or HTTP clients, nor anything above);
 * ``detector.pipeline`` / ``detector.explain`` / ``detector.verdicts`` - verdicts with
   explanations;
-* ``detector.transport`` - HTTP, Prometheus and Kafka clients, retries;
+* ``detector.transport`` - HTTP, Prometheus and Kafka clients, retries; ``detector.podclient``
+  - the pod's end of the pod channel (standard library only, run inside training pods);
 * ``detector.sources`` / ``sinks`` / ``remediation`` / ``diagnosis`` - the cluster side;
 * ``detector.runtime`` - the daemon;
 * ``detector.cli`` and the entry points (``replay``, ``evaluate``, ``bench``, ``demo``...) with

@@ -364,12 +364,25 @@ class RemediationSettings(_Section):
     channel_port: int = Field(
         9847, ge=0, le=65535, description="Port of the pod channel (behind the node-local "
                                           "Service podguard-channel; 0: any free port).")
+    channel_tls_cert_file: str = Field(
+        "", description="Certificate (PEM) the pod channel is served with over HTTPS; it must "
+                        "name the Service the pods call (podguard-channel.<namespace>.svc); "
+                        "re-read when it changes; empty: plain HTTP (path).")
+    channel_tls_key_file: str = Field(
+        "", description="Private key (PEM) of channel_tls_cert_file (path).")
     channel_audience: str = Field(
         "podguard", min_length=1, description="Audience the pods' projected tokens must have.")
     api_backoff_s: list[float] = Field(
         [0.5, 1, 2, 5, 10], min_length=1,
         description="Waits between retries of a Kubernetes API call answered 429/5xx or not "
                     "answered, seconds (Retry-After is honoured).")
+
+    @model_validator(mode="after")
+    def _channel_tls_pair(self) -> RemediationSettings:
+        if self.channel_tls_key_file and not self.channel_tls_cert_file:
+            raise ValueError("channel_tls_key_file is set but channel_tls_cert_file is empty: "
+                             "give the certificate the pod channel is served with")
+        return self
 
 
 # ---------------------------------------------------------------- daemon sections

@@ -44,6 +44,7 @@ from detector.models.base import (
     read_array_state,
     threshold_at_fpr,
 )
+from detector.models.state import ScalerState, read_config, read_state
 
 if TYPE_CHECKING:
     from detector.models.attribution import TreeArrays
@@ -76,17 +77,9 @@ _C = TypeVar("_C")
 
 
 def config_from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-    """Build the dataclass ``cls`` from ``data``; unknown keys are a :class:`ConfigError`."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**dict(data))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+    """Build the dataclass ``cls`` from ``data`` (:func:`~detector.models.state.read_config`:
+    strict types, unknown keys refused); a :class:`ConfigError` names what is wrong."""
+    return read_config(cls, data, error=ConfigError)
 
 
 def check_features(X: np.ndarray, n_features: int | None = None) -> np.ndarray:
@@ -148,14 +141,11 @@ class RobustScaler:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RobustScaler:
-        if set(data) != {"center", "scale", "clip"}:
-            raise ConfigError(f"scaler state must have center, scale, clip; got {sorted(data)}")
-        center = np.asarray(data["center"], dtype=np.float64)
-        scale = np.asarray(data["scale"], dtype=np.float64)
-        if center.shape != scale.shape or center.ndim != 1 or not np.all(scale > 0):
-            raise ConfigError("scaler state: center/scale must be equal-length, scale > 0")
-        return cls(center=center, scale=scale, clip=float(data["clip"]))
+    def from_dict(cls, data: object) -> RobustScaler:
+        """From :meth:`to_dict`, checked (:class:`~detector.models.state.ScalerState`)."""
+        st = read_state(ScalerState, data, "scaler state", error=ConfigError)
+        return cls(center=np.asarray(st.center, dtype=np.float64),
+                   scale=np.asarray(st.scale, dtype=np.float64), clip=st.clip)
 
 
 # --------------------------------------------------------------------------- the forest

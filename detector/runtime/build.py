@@ -146,7 +146,9 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
         if diagnosis_channel is not None:  # the in-pod diagnosis rides the same channel
             kinds.append(diagnosis_channel.server_kind())
         ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), kinds,
-                      host=rs.channel_host, port=rs.channel_port, logger=logger).start()
+                      host=rs.channel_host, port=rs.channel_port,
+                      tls_cert_file=rs.channel_tls_cert_file,
+                      tls_key_file=rs.channel_tls_key_file, logger=logger).start()
         hook = controller
     return sinks, hook
 

@@ -38,7 +38,7 @@ from tests.support.pod_identity import pod_token
 from tests.support.stack_fixtures import AlertmanagerHandle
 from tests.test_diagnosis_request import Events, leak
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_answer(req: DiagnosisRequester, ns: str, pod: str, timeout: float = 90) -> dict[str, Any]:
