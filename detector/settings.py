@@ -377,6 +377,13 @@ class RemediationSettings(_Section):
         description="Waits between retries of a Kubernetes API call answered 429/5xx or not "
                     "answered, seconds (Retry-After is honoured).")
 
+    @model_validator(mode="after")
+    def _channel_tls_pair(self) -> RemediationSettings:
+        if self.channel_tls_key_file and not self.channel_tls_cert_file:
+            raise ValueError("channel_tls_key_file is set but channel_tls_cert_file is empty: "
+                             "give the certificate the pod channel is served with")
+        return self
+
 
 # ---------------------------------------------------------------- daemon sections
 # Owned by the daemon (``detector.sources``, ``detector.runtime``): sources, server, runtime,

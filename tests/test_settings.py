@@ -127,6 +127,8 @@ def _check(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes
     ("runtime:\n  grace_period_s: ten seconds\n", "runtime.grace_period_s", "not a duration"),
     ("sources:\n  kind: prometheus\n", "sources", "sources.prometheus.url is empty"),
     ("sources:\n  kind: kafka\n", "sources", "bootstrap_servers is empty"),
+    ("remediation:\n  channel_tls_key_file: /k.pem\n", "remediation",
+     "channel_tls_cert_file is empty"),
     ("sources:\n  kind: kafka\n  kafka:\n    bootstrap_servers: ['k:9092']\n"
      "    backfill_prometheus: true\n", "sources", "backfill_prometheus is on but"),
     ("windows:\n  horizn_s: 3600\n", "windows.horizn_s", "did you mean 'horizon_s'"),
