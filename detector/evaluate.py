@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from detector import channels as chan
+from detector.kinds import LEAK_KINDS
 from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
 from detector.windows import WindowBatch
@@ -520,7 +521,7 @@ def plot(ev: Evaluation, path: Path) -> None:
         axes[2].set_xscale("symlog")
     axes[2].set_title("False-alarm episodes / 1,000 healthy pod-hours")
     ax = axes[3]
-    f = ev.faults[ev.faults["kind"].isin(["memory_leak", "gpu_memory_leak"])] if len(
+    f = ev.faults[ev.faults["kind"].isin(list(LEAK_KINDS))] if len(
         ev.faults) else ev.faults
     for det, marker in (("podguard", "o"), ("predict_linear", "x"), ("iforest", ".")):
         g = f[(f["detector"] == det) & f["detected"]] if len(f) else f
