@@ -61,7 +61,7 @@ bench: $(STAMP)
 soak: prepare
 	$(PY) -m deploy.local.node_soak --minutes $(or $(SOAK_MINUTES),60)
 
-# The whole story once (~8 min, root): a leaking PyTorch trainer of a StatefulSet on the local
+# The whole story once (~10 min, root): a leaking PyTorch trainer of a StatefulSet on the local
 # control plane, in a real memory cgroup; podguard flags it, the trainer checkpoints, the pod is
 # evicted and recreated, the new process resumes; the kernel never OOM-kills it. A timeline.
 story: prepare
