@@ -41,7 +41,7 @@ test-pythons: $(STAMP)
 	$(if $(strip $(EXTRA_PYTHONS)),$(PY) -m tests.support.other_pythons $(EXTRA_PYTHONS))
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -m "not stack"
+	$(PY) -m pytest -q -m "not stack and not slow"
 
 # The main job on the embedded default: `podguard run` with no configuration (real training
 # loops, one leaking, sampled from /proc), for 150 s, then a summary.

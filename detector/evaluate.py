@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from detector import channels as chan
 from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
 from detector.windows import WindowBatch
@@ -38,18 +39,10 @@ PREDICT_LINEAR_RANGE_S = 3600.0
 PREDICT_LINEAR_AHEAD_S = 4 * 3600.0
 
 # Which window channel carries each raw metric (to check that an explanation names the
-# fault's metric).
-METRIC_CHANNEL = {
-    "container_memory_working_set_bytes": "mem_working_set",
-    "container_memory_rss": "mem_rss",
-    "DCGM_FI_DEV_FB_USED": "gpu_fb_used",
-    "container_cpu_usage_seconds_total": "cpu_rate",
-    "DCGM_FI_DEV_GPU_UTIL": "gpu_util",
-    "container_network_receive_bytes_total": "net_rx_rate",
-    "container_network_transmit_bytes_total": "net_tx_rate",
-    "container_fs_usage_bytes": "fs_usage",
-}
-MEMORY_FAMILY = {"mem_working_set", "mem_rss"}
+# fault's metric), and the channels that count as one family with the working set: those
+# bounded by the memory limit.
+METRIC_CHANNEL = dict(chan.METRIC_CHANNEL)
+MEMORY_FAMILY = {c.name for c in chan.CHANNEL_TABLE if c.limit == "memory"}
 
 
 def feature_channel(feature: str) -> str:

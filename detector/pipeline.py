@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from detector import explain as xp
+from detector.channels import LEAK_CHANNELS, channel_words
 from detector.errors import ModelIntegrityError
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
@@ -289,7 +290,7 @@ class Pipeline:
             yield i, xp.describe(attr, facts), attr.values
 
 
-_SUBJECT = {"mem_working_set": "working set", "mem_rss": "RSS", "gpu_fb_used": "GPU memory"}
+_SUBJECT = {c: channel_words(c) for c in LEAK_CHANNELS}
 
 
 @dataclass(frozen=True)

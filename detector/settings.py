@@ -2,8 +2,9 @@
 
 Every field has a default and a description that gives its unit. Loaded from one YAML
 file (``load_settings``) plus environment overrides ``PODGUARD__SECTION__FIELD=value``
-(double underscores separate levels). Callers receive the settings object explicitly;
-nothing reads globals.
+(double underscores separate levels, the variable's name in any case), both pydantic-settings
+sources; the environment wins. Callers receive the settings object explicitly; nothing reads
+globals (``Settings()`` is the defaults).
 
 Validation (what ``podguard config --check`` reports, every problem at once, each naming the
 file or the environment variable and the key): unknown keys (with "did you mean" when a known
@@ -38,7 +39,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from detector.channels import read_metrics
 from detector.errors import ConfigError, InputError
 
 MIN_DURATION_S = 1e-3
@@ -355,6 +364,12 @@ class RemediationSettings(_Section):
     channel_port: int = Field(
         9847, ge=0, le=65535, description="Port of the pod channel (behind the node-local "
                                           "Service podguard-channel; 0: any free port).")
+    channel_tls_cert_file: str = Field(
+        "", description="Certificate (PEM) the pod channel is served with over HTTPS; it must "
+                        "name the Service the pods call (podguard-channel.<namespace>.svc); "
+                        "re-read when it changes; empty: plain HTTP (path).")
+    channel_tls_key_file: str = Field(
+        "", description="Private key (PEM) of channel_tls_cert_file (path).")
     channel_audience: str = Field(
         "podguard", min_length=1, description="Audience the pods' projected tokens must have.")
     api_backoff_s: list[float] = Field(
@@ -362,28 +377,22 @@ class RemediationSettings(_Section):
         description="Waits between retries of a Kubernetes API call answered 429/5xx or not "
                     "answered, seconds (Retry-After is honoured).")
 
+    @model_validator(mode="after")
+    def _channel_tls_pair(self) -> RemediationSettings:
+        if self.channel_tls_key_file and not self.channel_tls_cert_file:
+            raise ValueError("channel_tls_key_file is set but channel_tls_cert_file is empty: "
+                             "give the certificate the pod channel is served with")
+        return self
+
 
 # ---------------------------------------------------------------- daemon sections
 # Owned by the daemon (``detector.sources``, ``detector.runtime``): sources, server, runtime,
 # model.
 
-CADVISOR_METRICS: tuple[str, ...] = (
-    "container_memory_working_set_bytes",
-    "container_memory_rss",
-    "container_cpu_usage_seconds_total",
-    "container_spec_memory_limit_bytes",
-    "container_fs_usage_bytes",
-    "container_fs_limit_bytes",
-    "container_network_receive_bytes_total",
-    "container_network_transmit_bytes_total",
-)
-KSM_METRICS: tuple[str, ...] = (
-    "kube_pod_container_status_restarts_total",
-    "kube_pod_container_resource_limits",
-)
-DCGM_METRICS: tuple[str, ...] = (
-    "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_UTIL",
-)
+# The series of each exporter the channel and limit tables read (detector.channels).
+CADVISOR_METRICS: tuple[str, ...] = read_metrics("cadvisor")
+KSM_METRICS: tuple[str, ...] = read_metrics("kube-state-metrics")
+DCGM_METRICS: tuple[str, ...] = read_metrics("dcgm")
 
 
 class PrometheusSourceSettings(_Section):
@@ -482,6 +491,12 @@ class KafkaSourceSettings(_Section):
                                 "a half-filled window) until it has read back to where the "
                                 "partition ended; null (default): windows.horizon_s; 0: "
                                 "resume exactly at the commit; seconds.")
+    backfill_prometheus: bool = Field(
+        False, description="At start, before reading Kafka, fill each pod's window "
+                           "(windows.horizon_s) from the Prometheus of sources.prometheus (url, "
+                           "http, node scope, metrics), so the daemon judges at once; Kafka "
+                           "samples that overlap are dropped; a Prometheus that does not answer "
+                           "falls back to rewind_s.")
     max_poll_records: int = Field(5000, ge=1, description="Records per poll (count).")
     max_message_bytes: int = Field(
         1 << 20, ge=1024, description="Larger messages are dead-lettered, bytes.")
@@ -559,6 +574,10 @@ class SourcesSettings(_Section):
         if self.kind == "kafka" and not self.kafka.bootstrap_servers:
             raise ValueError("sources.kind is kafka but sources.kafka.bootstrap_servers is "
                              "empty: give at least one host:port")
+        if self.kind == "kafka" and self.kafka.backfill_prometheus and not self.prometheus.url:
+            raise ValueError("sources.kafka.backfill_prometheus is on but "
+                             "sources.prometheus.url is empty: give the Prometheus to "
+                             "backfill from, e.g. http://prometheus:9090")
         return self
 
 
@@ -644,8 +663,18 @@ class DiagnosisSettings(_Section):
     repeat_s: float = Field(3600, gt=0, description="Ask the same pod again after, seconds.")
 
 
-class Settings(_Section):
-    """The whole tree. Sections are added by the components that own them."""
+ENV_PREFIX = "PODGUARD__"
+
+
+class Settings(BaseSettings):
+    """The whole tree. Sections are added by the components that own them.
+
+    ``Settings()`` is the defaults plus its arguments and reads nothing else;
+    :func:`load_settings` adds the YAML file and the environment."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True,
+                                      allow_inf_nan=False, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter="__", case_sensitive=False)
 
     windows: WindowSettings = Field(default_factory=WindowSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
@@ -657,39 +686,70 @@ class Settings(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     diagnosis: DiagnosisSettings = Field(default_factory=DiagnosisSettings)
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # no globals: load_settings passes the file and environment
 
-ENV_PREFIX = "PODGUARD__"
+
+class _NotYaml:
+    """An override whose text is not YAML: validation fails at its key, naming the variable."""
+
+    def __init__(self, text: str, problem: str) -> None:
+        self.text, self.problem = text, problem
+
+    def __repr__(self) -> str:
+        return repr(self.text)
 
 
-def _apply_env(tree: dict[str, Any], environ: Mapping[str, str]
-               ) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """``tree`` with the ``PODGUARD__SECTION__FIELD`` overrides applied, and which variable
-    set each key (so an error can name the variable rather than the file)."""
-    origin: dict[tuple[str, ...], str] = {}
-    for key, raw in sorted(environ.items()):
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        if not path:
-            raise ConfigError(f"environment variable {key} names no setting")
-        node = tree
-        for part in path[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"environment variable {key}: {part!r} is not a section")
-            node = nxt
-        model = _section_at(tuple(path[:-1]))
-        field = model.model_fields.get(path[-1]) if model is not None else None
+class _EnvSource(EnvSettingsSource):
+    """``PODGUARD__SECTION__FIELD`` overrides from ``environ``, split by pydantic-settings'
+    nested delimiter. A string setting takes the text as it is (``::``); any other value is
+    read as YAML (``9464``, ``[1s, 1m]``, ``true``); an empty value stays ``''``. ``origin``
+    records which variable set each key, so an error names the variable, not the file."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(Settings)
+        self.env_vars = {k.lower(): v for k, v in environ.items()}
+        n = len(ENV_PREFIX)
+        self.origin = {tuple(k[n:].lower().split("__")): k for k in sorted(environ)
+                       if k.upper().startswith(ENV_PREFIX)}
+
+    def field_is_complex(self, field: FieldInfo) -> bool:
+        return field.annotation is not str
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
         try:
-            if raw == "" or (field is not None and field.annotation is str):
-                node[path[-1]] = raw  # a string setting takes the text as it is ("::")
-            else:
-                node[path[-1]] = yaml.safe_load(raw)
+            return yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"environment variable {key}={raw!r} is not a valid YAML "
-                              f"value: {_one_line(e)}") from e
-        origin[tuple(path)] = key
-    return tree, origin
+            return _NotYaml(value, f"not a valid YAML value: {_one_line(e)}")
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for path, var in self.origin.items():
+            if not any(path):
+                raise ConfigError(f"environment variable {var} names no setting")
+            if path[0] not in Settings.model_fields:  # an unknown section: "did you mean"
+                data[path[0]] = self.env_vars[var.lower()]
+        return data
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """The YAML file, read by :func:`_read_yaml` (errors name the file, line and column)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(Settings)
+        self.tree = _read_yaml(path)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.tree.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.tree
 
 
 def _one_line(e: yaml.YAMLError) -> str:
@@ -748,11 +808,14 @@ def _problem(err: Any, origin: Mapping[tuple[str, ...], str], path: Path | None)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
         msg = "unknown key" + (f"; did you mean {close[0]!r}?" if close else
                                (f" (known here: {', '.join(known)})" if known else ""))
+    elif isinstance(err.get("input"), _NotYaml):
+        msg = f"{err['input'].problem} (got {err['input']!r})"
     elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(
             err["input"], dict | list):
         msg += f" (got {err['input']!r})"
-    var = next((v for k, v in origin.items() if tuple(str(p) for p in loc[:len(k)]) == k),
-               None)
+    # the variable that set this key or a section above it, or one that wrote below a value
+    var = next((v for k, v in origin.items() if loc[:len(k)] == k
+                or (k[:len(loc)] == loc and _section_at(loc) is None)), None)
     if var is not None:
         return f"environment variable {var}: {key}: {msg}"
     where = f"{path}: " if path is not None else ""
@@ -767,12 +830,13 @@ def load_settings(path: str | Path | None = None, *,
     (or the environment variable that set it) and the key.
     """
     p = Path(path) if path is not None else None
-    tree: dict[str, Any] = _read_yaml(p) if p is not None else {}
-    tree, origin = _apply_env(tree, os.environ if environ is None else environ)
+    env = _EnvSource(os.environ if environ is None else environ)
+    sources: tuple[PydanticBaseSettingsSource, ...] = (env,) + (
+        (_YamlFileSource(p),) if p is not None else ())  # the environment wins over the file
     try:
-        return Settings.model_validate(tree)
+        return Settings(_build_sources=(sources, {}))
     except ValidationError as e:
-        problems = [_problem(err, origin, p) for err in e.errors()]
+        problems = [_problem(err, env.origin, p) for err in e.errors()]
         if len(problems) == 1:
             raise ConfigError(f"invalid configuration: {problems[0]}") from e
         raise ConfigError(f"invalid configuration ({len(problems)} problems):\n  - "

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detector.channels import CHANNEL_METRICS, LIMITS
 from detector.errors import InputError
 
 TRACE_COLUMNS: tuple[str, ...] = (
@@ -46,22 +47,21 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", "namespace", "pod", "metric", 
 
 STRING_COLUMNS: tuple[str, ...] = ("namespace", "pod", "container", "node", "metric")
 
-# Metric names the project reads (cAdvisor, kube-state-metrics, DCGM).
-WORKING_SET = "container_memory_working_set_bytes"
-RSS = "container_memory_rss"
-CPU_SECONDS = "container_cpu_usage_seconds_total"
-MEMORY_LIMIT = "container_spec_memory_limit_bytes"
-KSM_LIMITS = "kube_pod_container_resource_limits"  # memory limit bytes in a trace
-FS_USAGE = "container_fs_usage_bytes"
-FS_LIMIT = "container_fs_limit_bytes"
-NET_RX = "container_network_receive_bytes_total"
-NET_TX = "container_network_transmit_bytes_total"
-RESTARTS = "kube_pod_container_status_restarts_total"
-GPU_FB_USED = "DCGM_FI_DEV_FB_USED"  # MiB
-GPU_FB_FREE = "DCGM_FI_DEV_FB_FREE"  # MiB
-GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent
-
-MIB = float(1 << 20)
+# Metric names the project reads (cAdvisor, kube-state-metrics, DCGM): the rows of the
+# channel and limit tables (detector.channels), named here for the code that writes traces.
+WORKING_SET = CHANNEL_METRICS["mem_working_set"]
+RSS = CHANNEL_METRICS["mem_rss"]
+CACHE = CHANNEL_METRICS["mem_cache"]
+CPU_SECONDS = CHANNEL_METRICS["cpu_rate"]
+FS_USAGE = CHANNEL_METRICS["fs_usage"]
+NET_RX = CHANNEL_METRICS["net_rx_rate"]
+NET_TX = CHANNEL_METRICS["net_tx_rate"]
+RESTARTS = CHANNEL_METRICS["restarts"]
+GPU_FB_USED = CHANNEL_METRICS["gpu_fb_used"]  # MiB
+GPU_UTIL = CHANNEL_METRICS["gpu_util"]  # percent
+MEMORY_LIMIT, KSM_LIMITS = (m.metric for m in LIMITS["memory"].metrics)  # KSM: bytes in a trace
+(GPU_FB_FREE,) = (m.metric for m in LIMITS["gpu_memory"].metrics)  # MiB
+(FS_LIMIT,) = (m.metric for m in LIMITS["filesystem"].metrics)
 
 MAX_TIMESTAMP = 1e11
 """Unix seconds must be below this (year ~5138); larger values are milliseconds or garbage."""

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detector import channels as chan
 from detector import traces as tr
 from detector.errors import InputError
 
@@ -76,49 +77,18 @@ class PodKey:
         return f"{self.namespace}/{self.pod}"
 
 
-CHANNELS: tuple[str, ...] = (
-    "mem_working_set",  # bytes, container_memory_working_set_bytes summed over containers
-    "mem_rss",  # bytes, container_memory_rss
-    "gpu_fb_used",  # bytes, DCGM_FI_DEV_FB_USED (MiB in the trace, converted)
-    "cpu_rate",  # cores, rate of container_cpu_usage_seconds_total
-    "gpu_util",  # 0..1, DCGM_FI_DEV_GPU_UTIL / 100
-    "net_rx_rate",  # bytes/s, rate of container_network_receive_bytes_total
-    "net_tx_rate",  # bytes/s, rate of container_network_transmit_bytes_total
-    "fs_usage",  # bytes, container_fs_usage_bytes
-    "restarts",  # restart count increments per grid step, kube_pod_container_status_restarts_total
-)
-"""The canonical channel order of :attr:`WindowBatch.values`."""
+CHANNELS: tuple[str, ...] = chan.CHANNELS
+"""The canonical channel order of :attr:`WindowBatch.values` (the rows of
+:data:`detector.channels.CHANNEL_TABLE`)."""
 
-CHANNEL_METRICS: dict[str, str] = {
-    "mem_working_set": "container_memory_working_set_bytes",
-    "mem_rss": "container_memory_rss",
-    "gpu_fb_used": "DCGM_FI_DEV_FB_USED",
-    "cpu_rate": "container_cpu_usage_seconds_total",
-    "gpu_util": "DCGM_FI_DEV_GPU_UTIL",
-    "net_rx_rate": "container_network_receive_bytes_total",
-    "net_tx_rate": "container_network_transmit_bytes_total",
-    "fs_usage": "container_fs_usage_bytes",
-    "restarts": "kube_pod_container_status_restarts_total",
-}
+CHANNEL_METRICS: Mapping[str, str] = chan.CHANNEL_METRICS
 """The trace metric each channel is computed from (to name it in explanations)."""
 
-MEMORY_CHANNELS: tuple[str, ...] = ("mem_working_set", "mem_rss", "gpu_fb_used")
-THROUGHPUT_CHANNELS: tuple[str, ...] = ("cpu_rate", "gpu_util", "net_rx_rate", "net_tx_rate")
+MEMORY_CHANNELS: tuple[str, ...] = chan.LEAK_CHANNELS
+"""The channels the leak detector watches."""
+THROUGHPUT_CHANNELS: tuple[str, ...] = chan.THROUGHPUT_CHANNELS
 
-
-def _feature_names() -> tuple[str, ...]:
-    names: list[str] = []
-    for ch in CHANNELS:
-        if ch == "restarts":
-            names.append("restarts.count_1h")
-            continue
-        names += [f"{ch}.level_z", f"{ch}.slope_30m", f"{ch}.log_vol_ratio"]
-    for ch in MEMORY_CHANNELS:
-        names += [f"{ch}.frac_limit", f"{ch}.floor_slope"]
-    return tuple(names)
-
-
-FEATURE_NAMES: tuple[str, ...] = _feature_names()
+FEATURE_NAMES: tuple[str, ...] = chan.feature_names()
 """Names of :attr:`WindowBatch.features` columns, ``"<channel>.<stat>"``; see
 :func:`extract_features` for the definition of each statistic."""
 
@@ -306,22 +276,12 @@ def nancount_last(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Features
 
-# Absolute scale floors per channel (unit of the channel): a flat healthy series has MAD 0,
-# so scales are floored by these and by 5 % of the baseline level.
-_SCALE_FLOOR = np.array(
-    [
-        16 * 2**20,  # mem_working_set: 16 MiB
-        16 * 2**20,  # mem_rss
-        16 * 2**20,  # gpu_fb_used
-        0.01,  # cpu_rate: 10 millicores
-        0.01,  # gpu_util: 1 %
-        1024.0,  # net_rx_rate: 1 KiB/s
-        1024.0,  # net_tx_rate
-        16 * 2**20,  # fs_usage
-        1.0,  # restarts
-    ],
-    dtype=np.float64,
-)
+# Absolute scale floors per channel (unit of the channel; the table's ``floor``): a flat
+# healthy series has MAD 0, so scales are floored by these and by 5 % of the baseline level.
+_SCALE_FLOOR = np.array([c.floor for c in chan.CHANNEL_TABLE], dtype=np.float64)
+_RESTART_IDX = CHANNELS.index(chan.RESTART_CHANNEL)
+_LEAK_IDX = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
+_INCREASE_IDX = [i for i, c in enumerate(chan.CHANNEL_TABLE) if c.kind == "increase"]
 _REL_FLOOR = 0.05
 _Z_CLIP = 50.0
 
@@ -337,7 +297,7 @@ def extract_features(
     """The ``(n, len(FEATURE_NAMES))`` float32 feature matrix of windows (vectorised).
 
     ``values`` is ``(n, C, L)`` in :data:`CHANNELS` order, ``limits`` ``(n, C)``, ``baseline``
-    ``(n, C, 2)`` (median, MAD). For each channel except ``restarts``, with
+    ``(n, C, 2)`` (median, MAD). For each gauge and rate channel, with
     ``scale = max(1.4826*MAD, 5 % of |median|, a per-channel floor)`` of the baseline:
 
     * ``<ch>.level_z`` - (median of the last 10 min - baseline median) / scale, clipped to
@@ -348,11 +308,12 @@ def extract_features(
     * ``<ch>.log_vol_ratio`` - log2 of (recent 30 min robust spread + floor) / (baseline
       spread + floor), clipped to +-10;
 
-    plus ``restarts.count_1h`` (restart increments over the last hour) and, for the memory
-    channels, ``<ch>.frac_limit`` (last-10-min median / limit; NaN without a limit) and
-    ``<ch>.floor_slope`` (Theil-Sen slope of 30-min block minima over the window - the rising
-    floor under a GC sawtooth - in fractions of the limit per hour, or of the baseline level
-    per hour when no limit is known). NaN wherever the inputs are missing.
+    for an increase channel (``restarts``) only ``<ch>.count_1h`` (increments over the last
+    hour); and, for the leak channels (``leak`` in the channel table), ``<ch>.frac_limit``
+    (last-10-min median / limit; NaN without a limit) and ``<ch>.floor_slope`` (Theil-Sen
+    slope of 30-min block minima over the window - the rising floor under a GC sawtooth - in
+    fractions of the limit per hour, or of the baseline level per hour when no limit is
+    known). NaN wherever the inputs are missing.
     """
     _n, n_ch, L = values.shape
     if n_ch != len(CHANNELS):
@@ -377,24 +338,25 @@ def extract_features(
         volr = np.clip(
             np.log2((1.4826 * mad_r + floor) / (1.4826 * mad_b + floor)), -10.0, 10.0
         )
-        restarts_1h = _tail(v[:, CHANNELS.index("restarts"), :], 3600, step_s)
-        count_1h = np.where(
-            nancount_last(restarts_1h) > 0, np.nansum(np.nan_to_num(restarts_1h), axis=-1), np.nan
+        inc_1h = _tail(v[:, _INCREASE_IDX, :], 3600, step_s)
+        count_1h = np.full(v.shape[:2], np.nan)
+        count_1h[:, _INCREASE_IDX] = np.where(
+            nancount_last(inc_1h) > 0, np.nansum(np.nan_to_num(inc_1h), axis=-1), np.nan
         )
-        mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
+        mem_idx = _LEAK_IDX
         lim = limits[:, mem_idx].astype(np.float64)
         frac = recent10[:, mem_idx] / lim
         floor_rate = theil_sen_block_minima(v[:, mem_idx, :], step_s, block_s=1800)  # unit/s
         denom = np.where(np.isfinite(lim), lim, np.fmax(med_b[:, mem_idx], floor[:, mem_idx]))
         floor_slope = floor_rate * 3600.0 / denom
+    by_stat = {"level_z": level_z, "slope_30m": slope, "log_vol_ratio": volr,
+               "count_1h": count_1h}
     cols: list[np.ndarray] = []
-    for ci, ch in enumerate(CHANNELS):
-        if ch == "restarts":
-            cols.append(count_1h)
-            continue
-        cols += [level_z[:, ci], slope[:, ci], volr[:, ci]]
+    for ci, row in enumerate(chan.CHANNEL_TABLE):
+        cols += [by_stat[stat][:, ci] for stat in row.stats()]
+    leak_stat = {"frac_limit": frac, "floor_slope": floor_slope}
     for j in range(len(MEMORY_CHANNELS)):
-        cols += [frac[:, j], floor_slope[:, j]]
+        cols += [leak_stat[stat][:, j] for stat in chan.LEAK_STATS]
     out = np.stack(cols, axis=1).astype(np.float32)
     out[~np.isfinite(out)] = np.nan
     return out
@@ -454,40 +416,27 @@ def theil_sen_block_minima(values: np.ndarray, step_s: float, block_s: float) ->
 # ---------------------------------------------------------------------------------------------
 # The engine
 
-# Targets a series feeds: the channels 0..8 in CHANNELS order, then limit-like series.
-_T_MEM_LIMIT = len(CHANNELS)  # container_spec_memory_limit_bytes
-_T_KSM_LIMIT = _T_MEM_LIMIT + 1  # kube_pod_container_resource_limits (fallback)
-_T_FB_FREE = _T_MEM_LIMIT + 2  # DCGM_FI_DEV_FB_FREE (card size = used + free)
-_T_FS_LIMIT = _T_MEM_LIMIT + 3  # container_fs_limit_bytes
-_T_EXTRA = _T_MEM_LIMIT + 4  # any other metric -> WindowBatch.extra
-_N_TARGETS = _T_EXTRA + 1
-
 _GAUGE, _RATE, _INCREASE = 0, 1, 2
+_KIND_CODE = {"gauge": _GAUGE, "rate": _RATE, "increase": _INCREASE}
 
+# Targets a series feeds: the channels in CHANNELS order, then each limit metric of the limit
+# table in order, then "any other metric" (-> WindowBatch.extra).
+_LIMIT_TARGETS: dict[tuple[str, int], int] = {}  # (limit name, metric position) -> target
 _KNOWN: dict[str, tuple[int, int, float]] = {  # metric -> (target, kind, unit scale)
-    tr.WORKING_SET: (CHANNELS.index("mem_working_set"), _GAUGE, 1.0),
-    tr.RSS: (CHANNELS.index("mem_rss"), _GAUGE, 1.0),
-    tr.GPU_FB_USED: (CHANNELS.index("gpu_fb_used"), _GAUGE, tr.MIB),
-    tr.CPU_SECONDS: (CHANNELS.index("cpu_rate"), _RATE, 1.0),
-    tr.GPU_UTIL: (CHANNELS.index("gpu_util"), _GAUGE, 0.01),
-    tr.NET_RX: (CHANNELS.index("net_rx_rate"), _RATE, 1.0),
-    tr.NET_TX: (CHANNELS.index("net_tx_rate"), _RATE, 1.0),
-    tr.FS_USAGE: (CHANNELS.index("fs_usage"), _GAUGE, 1.0),
-    tr.RESTARTS: (CHANNELS.index("restarts"), _INCREASE, 1.0),
-    tr.MEMORY_LIMIT: (_T_MEM_LIMIT, _GAUGE, 1.0),
-    tr.KSM_LIMITS: (_T_KSM_LIMIT, _GAUGE, 1.0),
-    tr.GPU_FB_FREE: (_T_FB_FREE, _GAUGE, tr.MIB),
-    tr.FS_LIMIT: (_T_FS_LIMIT, _GAUGE, 1.0),
+    c.metric: (i, _KIND_CODE[c.kind], c.scale) for i, c in enumerate(chan.CHANNEL_TABLE)
 }
+for _lim in chan.LIMIT_TABLE:
+    for _j, _m in enumerate(_lim.metrics):
+        _LIMIT_TARGETS[(_lim.name, _j)] = len(_KNOWN)
+        _KNOWN[_m.metric] = (len(_KNOWN), _GAUGE, _m.scale)
+_T_EXTRA = len(_KNOWN)
+_N_TARGETS = _T_EXTRA + 1
 
 _PAUSE_CONTAINER = "POD"
 _MAX_TIMESTAMP = 1e11  # year ~5138: larger values are milliseconds or garbage
 
 
-INFRASTRUCTURE_PREFIXES: tuple[str, ...] = ("container_", "kube_", "DCGM_", "node_", "machine_")
-"""Metric families of the node's own exporters (cAdvisor, kube-state-metrics, DCGM, node
-exporter): the ones in the channel table are read, the others ignored - a custom metric is an
-application's, judged by the univariate detector."""
+INFRASTRUCTURE_PREFIXES: tuple[str, ...] = chan.INFRASTRUCTURE_PREFIXES
 
 
 def _unused_infrastructure(metric: str) -> bool:
@@ -1081,18 +1030,21 @@ class WindowEngine:
             out[g_pod[m]] = a
             return out
 
-        mem_lim = per_pod(_T_MEM_LIMIT, g_last, lv_zero > 0)
-        ksm_lim = per_pod(_T_KSM_LIMIT, g_last, lv_zero > 0)
-        mem_lim = np.where(np.isfinite(mem_lim), mem_lim, ksm_lim)
-        fb_used_last = per_pod(CHANNELS.index("gpu_fb_used"), g_last)
-        fb_free_last = per_pod(_T_FB_FREE, g_last)
-        fs_lim = per_pod(_T_FS_LIMIT, g_last, lv_zero > 0)
         limits = np.full((n, C), np.nan, dtype=np.float32)
-        limits[:, CHANNELS.index("mem_working_set")] = mem_lim
-        limits[:, CHANNELS.index("mem_rss")] = mem_lim
-        card = fb_used_last + fb_free_last
-        limits[:, CHANNELS.index("gpu_fb_used")] = np.where(card > 0, card, np.nan)
-        limits[:, CHANNELS.index("fs_usage")] = fs_lim
+        for lim in chan.LIMIT_TABLE:
+            value = np.full(n, np.nan)
+            for j, m in enumerate(lim.metrics):  # the first known metric, then fallbacks
+                tgt = _LIMIT_TARGETS[(lim.name, j)]
+                got = per_pod(tgt, g_last, lv_zero > 0 if m.zero_unknown else None)
+                value = got if j == 0 else np.where(np.isfinite(value), value, got)
+            for ci, row in enumerate(chan.CHANNEL_TABLE):
+                if row.limit != lim.name:
+                    continue
+                if lim.plus_used:  # the metric is the free part: limit = used + free
+                    total = per_pod(ci, g_last) + value
+                    limits[:, ci] = np.where(total > 0, total, np.nan)
+                else:
+                    limits[:, ci] = value
 
         extra: dict[str, np.ndarray] = {}
         is_ex = g_tgt == _T_EXTRA
@@ -1134,7 +1086,7 @@ class WindowEngine:
         # after the last restart in the window (the counters, memory and throughput before it
         # belong to another process), so a restarted pod is judged against itself again once
         # ``min_baseline_s`` of post-restart history lies in the baseline part.
-        after = after_last_restart(values[:, CHANNELS.index("restarts"), :])
+        after = after_last_restart(values[:, _RESTART_IDX, :])
         if not after.all():
             part = np.where(after[:, None, : part.shape[-1]], part, np.nan)
         med, mad = nanmedian_mad_last(part)

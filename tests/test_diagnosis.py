@@ -81,6 +81,7 @@ def _top(res: dict[str, Any]) -> dict[str, Any]:
     return res["growing"][0]
 
 
+@pytest.mark.slow
 def test_kept_loss_with_graph_names_the_list_and_the_line(answers: dict[str, Any]) -> None:
     res = answers["kept-loss"]["result"]
     g = _top(res)
@@ -98,6 +99,7 @@ def test_kept_loss_with_graph_names_the_list_and_the_line(answers: dict[str, Any
     assert "grad_fn=MeanBackward0" in res["sentence"]
 
 
+@pytest.mark.slow
 def test_dataset_cache_names_the_allocation_site(answers: dict[str, Any]) -> None:
     res = answers["dataset-cache"]["result"]
     g = _top(res)
@@ -109,6 +111,7 @@ def test_dataset_cache_names_the_allocation_site(answers: dict[str, Any]) -> Non
         res["sentence"])
 
 
+@pytest.mark.slow
 def test_dataloader_worker_leak_is_named_as_one(answers: dict[str, Any]) -> None:
     res = answers["worker-cache"]["result"]
     g = _top(res)
@@ -120,6 +123,7 @@ def test_dataloader_worker_leak_is_named_as_one(answers: dict[str, Any]) -> None
     assert "inside the workers" in res["sentence"]
 
 
+@pytest.mark.slow
 def test_offloaded_tensors_name_the_attribute_and_the_line(answers: dict[str, Any]) -> None:
     res = answers["offload"]["result"]
     g = _top(res)
@@ -133,6 +137,7 @@ def test_offloaded_tensors_name_the_attribute_and_the_line(answers: dict[str, An
     assert f"leaks.py:{marker_line('offload')} in record" in res["sentence"]
 
 
+@pytest.mark.slow
 def test_healthy_trainer_has_no_growing_group(answers: dict[str, Any]) -> None:
     res = answers["healthy"]["result"]
     assert res["growing"] == [], res["growing"]
@@ -140,6 +145,7 @@ def test_healthy_trainer_has_no_growing_group(answers: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("sc", SCENARIOS)
+@pytest.mark.slow
 def test_cost_is_bounded_and_tracemalloc_stops(answers: dict[str, Any], sc: str) -> None:
     res, run = answers[sc]["result"], answers[sc]["run"]
     assert run["tracing_after"] is False  # tracemalloc only inside the window

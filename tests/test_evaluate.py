@@ -156,6 +156,7 @@ def test_report_files_are_strict_json_with_per_shape_rows(tmp_path: Path) -> Non
     assert paths["plot"].stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_evaluate_cli_end_to_end_on_a_day_of_scenarios(tmp_path: Path) -> None:
     """``podguard evaluate`` on one pod per shape over 24 h: the report exists, podguard
     catches every fault without a false alarm and out-leads the predict_linear rule on the

@@ -1,16 +1,12 @@
 """Scoring a real-node recording against the kernel's kills (deploy.local.node_report.score):
-one row per incarnation, alarms counted only inside it and before its kill."""
+one row per incarnation, alarms counted only inside it and before its kill. The rule
+evaluated by a real Prometheus is in tests/stack/test_node_report.py."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pandas as pd
-import pytest
 
-from deploy.local.node_report import rule_on_trace, score, table
-from detector import traces as tr
+from deploy.local.node_report import score, table
 
 
 def _labels() -> dict[str, object]:
@@ -53,19 +49,3 @@ def test_an_alarm_on_a_healthy_pod_is_counted() -> None:
     assert "podguard 1 of 1" in table(rows)
 
 
-@pytest.mark.stack
-def test_rule_on_a_recorded_trace_is_evaluated_by_a_real_prometheus(tmp_path: Path) -> None:
-    t0 = float(int(time.time()) - 3600)
-    rows = []
-    limit = 100 * 2**20
-    for i in range(0, 1800, 5):  # 30 min at 5 s
-        for pod, ws in (("leaky", 10 * 2**20 + i * 40_000.0), ("flat", 50 * 2**20)):
-            rows += [(t0 + i, "ns", pod, "main", "", tr.WORKING_SET, ws),
-                     (t0 + i, "ns", pod, "main", "", tr.KSM_LIMITS, float(limit))]
-    trace = tr.validate_trace(pd.DataFrame(rows, columns=list(tr.TRACE_COLUMNS)))
-    got = rule_on_trace(trace, tmp_path / "prom")
-    leaky = got["PredictLinearOOM"]["leaky"]
-    # 40 kB/s: the 4 h projection passes 100 MiB as soon as two points give the slope
-    assert leaky and leaky[0] <= t0 + 60
-    assert got["PredictLinearOOMFor10m"]["leaky"][0] >= leaky[0] + 600
-    assert "flat" not in got["PredictLinearOOM"]

@@ -91,6 +91,7 @@ def test_top_shap_feature_names_the_injected_fault(verdicts: pd.DataFrame,
     assert ok / total >= 0.9, f"top feature names the fault in only {ok}/{total}"
 
 
+@pytest.mark.slow
 def test_replay_is_causal(labelled: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     """Appending future samples never changes past verdicts."""
     trace, _ = labelled
@@ -124,6 +125,7 @@ def test_confirm_steps_debounce_single_positive_windows(
     assert t3 >= t1 + 2 * 60.0
 
 
+@pytest.mark.slow
 def test_leak_horizon_holds_back_distant_ooms(labelled: tuple[pd.DataFrame, pd.DataFrame]
                                               ) -> None:
     trace, labels = labelled

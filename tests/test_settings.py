@@ -127,6 +127,10 @@ def _check(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes
     ("runtime:\n  grace_period_s: ten seconds\n", "runtime.grace_period_s", "not a duration"),
     ("sources:\n  kind: prometheus\n", "sources", "sources.prometheus.url is empty"),
     ("sources:\n  kind: kafka\n", "sources", "bootstrap_servers is empty"),
+    ("remediation:\n  channel_tls_key_file: /k.pem\n", "remediation",
+     "channel_tls_cert_file is empty"),
+    ("sources:\n  kind: kafka\n  kafka:\n    bootstrap_servers: ['k:9092']\n"
+     "    backfill_prometheus: true\n", "sources", "backfill_prometheus is on but"),
     ("windows:\n  horizn_s: 3600\n", "windows.horizn_s", "did you mean 'horizon_s'"),
 ])
 def test_config_check_names_the_file_the_key_and_the_problem(
@@ -186,3 +190,39 @@ def test_the_shipped_and_usual_values_stay_valid() -> None:
     assert s.server.host == "::" and s.sources.kafka.bootstrap_servers[1] == "[::1]:9093"
     for host in ("0.0.0.0", "localhost", "podguard.monitoring.svc.cluster.local", "10.0.0.1"):
         assert load_settings(None, environ={"PODGUARD__SERVER__HOST": host}).server.host == host
+
+
+def test_overrides_come_only_through_load_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODGUARD__SERVER__PORT", "9464")
+    assert Settings().server.port == 0  # a Settings() built in code reads no globals
+    assert Settings.model_validate({}).server.port == 0
+    assert load_settings(None).server.port == 9464  # os.environ when no mapping is given
+
+
+def test_every_bad_override_is_reported_at_once_naming_its_variable(tmp_path: Path) -> None:
+    f = tmp_path / "podguard.yaml"
+    f.write_text("server:\n  port: 9464\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(f, environ={"PODGUARD__ALERTING__BACKOFF_S": "[1, 2",
+                                  "PODGUARD__MODLE__WATCH_S": "3",
+                                  "PODGUARD__SERVER__PORT__X": "1",
+                                  "PODGUARD__SOURCES__KIND": "carrier-pigeon"})
+    msg = str(e.value)
+    assert "(4 problems)" in msg and "podguard.yaml" not in msg, msg
+    assert ("environment variable PODGUARD__ALERTING__BACKOFF_S: alerting.backoff_s: not a "
+            "valid YAML value") in msg
+    assert "environment variable PODGUARD__MODLE__WATCH_S: modle: unknown key; did you mean " \
+           "'model'?" in msg
+    assert "environment variable PODGUARD__SERVER__PORT__X: server.port:" in msg
+    assert "environment variable PODGUARD__SOURCES__KIND: sources.kind:" in msg
+    with pytest.raises(ConfigError, match="environment variable PODGUARD__ names no setting"):
+        load_settings(None, environ={"PODGUARD__": "1"})
+    s = load_settings(None, environ={"PODGUARD__RUNTIME__VERDICTS_PATH": "a: b",
+                                     "PODGUARD__SERVER__HOST": "::",
+                                     "PODGUARD__MODEL__ROOT": "",
+                                     "PODGUARD__DETECTION__EXPLAIN": "no",
+                                     "PODGUARD__ALERTING__ALERTMANAGER_HTTP__HEADERS":
+                                         "{X-Scope-OrgID: tenant-1}"})
+    assert (s.runtime.verdicts_path, s.server.host, s.model.root) == ("a: b", "::", "")
+    assert s.detection.explain is False
+    assert s.alerting.alertmanager_http.headers == {"X-Scope-OrgID": "tenant-1"}

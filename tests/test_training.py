@@ -59,6 +59,7 @@ def test_train_from_traces_writes_a_promoted_loadable_bundle(trained: dict) -> N
     assert trend.threshold_ == pytest.approx(out["summary"]["trend_threshold"])
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(healthy_trace: Path, trained: dict, tmp_path: Path) -> None:
     again = job.run(_args(traces=[healthy_trace], out=tmp_path))
     a, b = trained["out"]["summary"], again["summary"]
@@ -92,6 +93,7 @@ def test_gate_refuses_a_deliberately_worse_candidate(trained: dict, healthy_trac
     assert job.gate_decision(good, None, margin=0.0) is True
 
 
+@pytest.mark.slow
 def test_second_run_compares_with_the_model_in_service(trained: dict, healthy_trace: Path
                                                        ) -> None:
     first = store.resolve_current(trained["root"])

@@ -73,6 +73,7 @@ def test_flagged_points_barely_teach_the_baseline() -> None:
     assert abs(st_g.level[0] - 0.41) < 0.05
 
 
+@pytest.mark.slow
 def test_threshold_is_fitted_at_the_false_alarm_rate_and_persisted() -> None:
     det = UnivariateDetector()
     healthy = [noise(s, 800) for s in range(10, 20)]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detector import channels as chan
 from detector.errors import InputError
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.drift import DriftConfig, DriftDetector
@@ -24,7 +25,7 @@ from detector.models.trend import TrendDetector
 from detector.pipeline import leak_decision_scores
 from detector.replay import make_engine
 from detector.settings import DetectionSettings, WindowSettings
-from detector.windows import THROUGHPUT_CHANNELS, WindowBatch
+from detector.windows import WindowBatch
 from detector.windows import collect_windows as collect_all_windows
 
 
@@ -42,15 +43,11 @@ def collect_windows(trace: pd.DataFrame, *, windows: WindowSettings, every: int 
 
 
 def drift_feature_names(all_names: Sequence[str]) -> tuple[str, ...]:
-    """The features the drift ensemble learns: throughput channels, restarts and memory
-    volatility. Memory *levels and trends* are left to the leak detector, so a legitimate
-    step up of memory or an epoch's ramp is not "drift" (they made most drift false alarms)."""
-    keep = []
-    for name in all_names:
-        channel, _, stat = name.partition(".")
-        if channel in THROUGHPUT_CHANNELS or channel == "restarts" or stat == "log_vol_ratio":
-            keep.append(name)
-    return tuple(keep)
+    """The features the drift ensemble learns (each channel's ``drift_stats`` in the channel
+    table): throughput channels, restarts and memory volatility. Memory *levels and trends*
+    are left to the leak detector, so a legitimate step up of memory or an epoch's ramp is not
+    "drift" (they made most drift false alarms)."""
+    return chan.drift_feature_names(list(all_names))
 
 
 def split_by_pod(batch: WindowBatch, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

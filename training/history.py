@@ -22,6 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from detector import traces as tr
+from detector.channels import read_metrics
 from detector.errors import InputError
 from detector.settings import HttpClientSettings
 from detector.transport.prometheus import MAX_POINTS, PrometheusClient
@@ -32,10 +33,9 @@ log = logging.getLogger(__name__)
 
 MAX_POINTS_PER_SERIES = MAX_POINTS
 #: The series training reads (the window engine's inputs), with the labels that name a pod.
-HISTORY_METRICS: tuple[str, ...] = (
-    tr.WORKING_SET, tr.RSS, tr.CPU_SECONDS, tr.MEMORY_LIMIT, tr.FS_USAGE, tr.NET_RX, tr.NET_TX,
-    tr.RESTARTS, tr.GPU_FB_USED, tr.GPU_FB_FREE, tr.GPU_UTIL,
-)
+#: Every series of the channel and limit tables but kube-state-metrics' limits, whose rows
+#: need ``resource="memory"`` (a caller that wants them pulls them with that matcher).
+HISTORY_METRICS: tuple[str, ...] = tuple(m for m in read_metrics() if m != tr.KSM_LIMITS)
 OOM_KILLED = "kube_pod_container_status_last_terminated_reason_oomkilled"
 ALERTS = "ALERTS"
 #: Incident series, pulled beside the metrics so training can leave those pods out:

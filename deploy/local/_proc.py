@@ -7,6 +7,7 @@ port chosen at start, with its state under one stack directory. PIDs are recorde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import psutil
 
 LOOPBACK = "127.0.0.1"
 
@@ -68,29 +71,20 @@ def pid_of(name: str, state: Path) -> int | None:
 
 
 def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+    """Whether ``pid`` runs (a zombie counts as dead; another user's process is alive)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    # a zombie child of ours counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def stop(name: str, state: Path, *, grace: float = 10.0) -> None:
     """SIGTERM the recorded PID (its process group), SIGKILL after ``grace`` seconds."""
     pid = pid_of(name, state)
-    if pid is None:
-        return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if not alive(pid):
+        if pid is None or not alive(pid):
             break
         try:
             os.killpg(pid, sig)
@@ -98,28 +92,17 @@ def stop(name: str, state: Path, *, grace: float = 10.0) -> None:
             break
         except PermissionError:
             os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        try:  # reap our own child (a zombie counts as dead for alive())
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        with contextlib.suppress(psutil.Error):  # reaps our own child; gone is fine
+            psutil.Process(pid).wait(timeout=wait)
     (state / f"{name}.pid").unlink(missing_ok=True)
 
 
 def rss_bytes(pid: int | None) -> int | None:
-    """Resident set size of a live process, from /proc."""
-    if not alive(pid):
-        return None
+    """Resident set size of a live process."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        return int(psutil.Process(pid).memory_info().rss) if alive(pid) else None
+    except psutil.Error:
         return None
-    return None
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, name: str,

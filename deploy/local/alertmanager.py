@@ -5,7 +5,8 @@ It listens on 127.0.0.1 on a port chosen at start (kept across restarts, recorde
 configuration and silences/notification log under ``<state>/alertmanager/``. Ready means the
 v2 API answers ``GET /api/v2/alerts`` with a JSON list.
 
-By default alerts are grouped and kept but sent nowhere; :meth:`Alertmanager.set_webhook`
+By default alerts are grouped by ``alertname`` (``group_by=("...",)``: each alert its own
+group) and kept but sent nowhere; :meth:`Alertmanager.set_webhook`
 points the default receiver at a webhook on 127.0.0.1 (e.g. a test's HTTP server).
 
 ``Alertmanager(web=WebSecurity(...))`` starts it with ``--web.config.file``: HTTPS with a
@@ -53,12 +54,14 @@ class Alertmanager:
 
     def __init__(self, *, ready_timeout: float = 60.0, group_wait: str = "1s",
                  group_interval: str = "1s", repeat_interval: str = "1h",
+                 group_by: tuple[str, ...] = ("alertname",),
                  web: WebSecurity | None = None) -> None:
         self.ready_timeout = ready_timeout
         self.web = web  # TLS / client certificates / basic auth; None: plain HTTP
         self.group_wait = group_wait
         self.group_interval = group_interval
         self.repeat_interval = repeat_interval
+        self.group_by = group_by  # ("...",): every alert its own group (own notifications)
 
     @staticmethod
     def home(state: Path) -> Path:
@@ -188,7 +191,7 @@ class Alertmanager:
         if webhook:
             receiver["webhook_configs"] = [{"url": webhook, "send_resolved": True}]
         config = {
-            "route": {"receiver": "default", "group_by": ["alertname"],
+            "route": {"receiver": "default", "group_by": list(self.group_by),
                       "group_wait": self.group_wait, "group_interval": self.group_interval,
                       "repeat_interval": self.repeat_interval},
             "receivers": [receiver],

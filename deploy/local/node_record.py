@@ -177,7 +177,8 @@ def pull_trace(url: str, *, start: float, end: float, step: float,
     matcher = f'namespace="{namespace}"'
     start, end = float(int(start)), float(int(end) + 1)  # whole seconds: the client's datetimes
     main = pull_history(url, start=start, end=end, step=step,
-                        metrics=(*HISTORY_METRICS, *BREAKDOWN), matcher=matcher)
+                        metrics=tuple(dict.fromkeys((*HISTORY_METRICS, *BREAKDOWN))),
+                        matcher=matcher)
     limits = pull_history(url, start=start, end=end, step=step, metrics=(tr.KSM_LIMITS,),
                           matcher=matcher + ',resource="memory"', incidents=False)
     df = pd.concat([main, limits], ignore_index=True)

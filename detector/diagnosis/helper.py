@@ -21,9 +21,10 @@ answer (``cost.pause_s``). ``step()`` never raises into the training loop.
 Channels:
 
 * :class:`DaemonChannel`: podguard's authenticated pod channel
-  (:mod:`detector.remediation.channel`, shared with the checkpoint helper): the node's daemon
-  over HTTP, the pod's projected service-account token (audience ``podguard``) checked with a
-  TokenReview; requests of kind ``diagnose``; the pod needs no RBAC of its own;
+  (:mod:`detector.remediation.channel`, through the in-pod client shared with the checkpoint
+  helper, :mod:`detector.podclient`): the node's daemon over HTTP or HTTPS, the pod's
+  projected service-account token (audience ``podguard``) checked with a TokenReview;
+  requests of kind ``diagnose``; the pod needs no RBAC of its own;
 * :class:`FileChannel`: ``request.json`` / ``result.json`` in a directory (the embedded
   default's training loops, tests).
 
@@ -39,14 +40,13 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from detector.diagnosis import report as rp
 from detector.diagnosis.inpod import Diagnoser
+from detector.podclient import DEFAULT_TOKEN_FILE, PodChannelClient
 
 log = logging.getLogger("podguard.diagnosis.helper")
 
@@ -90,56 +90,33 @@ class FileChannel:
 
 
 class DaemonChannel:
-    """podguard's authenticated pod channel (``detector.remediation.channel``): the node's
-    daemon at ``endpoint``, the pod's projected service-account token (audience
-    ``podguard``) re-read from ``token_file`` on every call. Requests of kind ``diagnose``
-    come from ``POST /v1/requests``; the answer goes to ``POST /v1/answers``."""
+    """podguard's authenticated pod channel (``detector.remediation.channel``) through the
+    one in-pod client, :class:`detector.podclient.PodChannelClient`: the node's daemon at
+    ``endpoint`` (``https://`` verified with ``ca_file``), the pod's projected
+    service-account token (audience ``podguard``) re-read from ``token_file`` on every
+    call. Requests of kind ``diagnose`` come from ``POST /v1/requests``; the answer goes to
+    ``POST /v1/answers``."""
 
     kind = "diagnose"
 
-    def __init__(self, endpoint: str, token_file: str | Path, *, timeout_s: float = 5.0) -> None:
-        if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"PODGUARD_ENDPOINT must be an http(s) URL, not {endpoint!r}")
-        self.endpoint = endpoint.rstrip("/")
-        self.token_file = Path(token_file)
-        self.timeout_s = timeout_s
+    def __init__(self, endpoint: str, token_file: str | Path, *,
+                 ca_file: str | Path | None = None, timeout_s: float = 5.0) -> None:
+        self.client = PodChannelClient(endpoint, token_file, ca_file=ca_file,
+                                       timeout_s=timeout_s)
+        self.endpoint = self.client.endpoint
         self.refused: list[str] = []  # reasons the daemon gave for refusing an answer
 
-    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        token = self.token_file.read_text().strip()
-        req = urllib.request.Request(
-            self.endpoint + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(req, timeout=self.timeout_s) as resp:
-                code, text = resp.status, resp.read(65536)
-        except urllib.error.HTTPError as e:
-            code, text = e.code, e.read(65536)
-        try:
-            doc = json.loads(text or b"{}")
-        except ValueError:
-            doc = {}
-        return code, doc if isinstance(doc, dict) else {}
-
     def read(self) -> tuple[str | None, str | None]:
-        code, doc = self._post("/v1/requests", {})
-        if code != 200:
-            raise RuntimeError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
-        for r in doc.get("requests") or []:
-            if isinstance(r, dict) and r.get("kind") == self.kind:
+        for r in self.client.requests():
+            if r.get("kind") == self.kind:
                 return rp.dumps({k: r.get(k) for k in ("id", "ts", "window_s", "reason")}), None
         return None, None
 
     def write_result(self, text: str) -> None:
         result = json.loads(text)
-        code, doc = self._post("/v1/answers", {"kind": self.kind, "id": result.get("id"),
-                                               "result": result})
-        if code == 200 and doc.get("accepted") is True:
-            return
-        if code in (401, 503) or code >= 500:
-            raise RuntimeError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
-        self.refused.append(str(doc.get("reason") or f"HTTP {code}"))  # stale: not retried
+        accepted, why = self.client.answer(self.kind, result.get("id"), result)
+        if not accepted:
+            self.refused.append(why)  # stale or unknown: not retried
 
 
 class DiagnosisHelper:
@@ -172,12 +149,13 @@ class DiagnosisHelper:
     @classmethod
     def from_env(cls, **kwargs: Any) -> DiagnosisHelper:
         """A helper on :class:`DaemonChannel` when ``PODGUARD_ENDPOINT`` is set (token from
-        ``PODGUARD_TOKEN_FILE``, as for the checkpoint helper), on :class:`FileChannel` when
-        ``PODGUARD_DIAGNOSIS_DIR`` is."""
+        ``PODGUARD_TOKEN_FILE``, CA from ``PODGUARD_CA_FILE``, as for the checkpoint helper),
+        on :class:`FileChannel` when ``PODGUARD_DIAGNOSIS_DIR`` is."""
         endpoint = os.environ.get("PODGUARD_ENDPOINT")
         if endpoint:
-            return cls(DaemonChannel(endpoint, os.environ.get(
-                "PODGUARD_TOKEN_FILE", "/var/run/secrets/podguard/token")), **kwargs)
+            return cls(DaemonChannel(
+                endpoint, os.environ.get("PODGUARD_TOKEN_FILE", DEFAULT_TOKEN_FILE),
+                ca_file=os.environ.get("PODGUARD_CA_FILE") or None), **kwargs)
         d = os.environ.get("PODGUARD_DIAGNOSIS_DIR")
         if not d:
             raise RuntimeError("set PODGUARD_ENDPOINT (podguard's pod channel, with "

@@ -19,7 +19,7 @@ Scoring is a pure-numpy forward pass: for this network size it beats
 ``torch.inference_mode()`` on one core for small batches and ties for large ones (measured, 31
 features: 1 row 0.03 vs 0.11 ms, 64 rows 0.05 vs 0.15 ms, 10,000 rows 3.2 vs 3.3 ms).
 Explanations are expected gradients of the reconstruction error
-(:func:`detector.explain.expected_gradients`) against a small stored healthy background, with
+(:func:`.attribution.expected_gradients`) against a small stored healthy background, with
 the gradient from a hand-written numpy backward pass (:meth:`AutoencoderDetector.error_and_grad`,
 checked against ``torch.autograd`` in the tests). Persistence: ``autoencoder.json`` (config,
 scaler, threshold, feature names) + ``autoencoder.safetensors`` (weights under the
@@ -463,7 +463,7 @@ class AutoencoderDetector(ThresholdMixin):
         equals ``score`` up to the quadrature error (tested below 1 %). Attributions of the
         missing-mask inputs are added to their feature's. numpy only (no torch).
         """
-        from detector.explain import expected_gradients
+        from detector.models.attribution import expected_gradients
 
         self._check_fitted()
         inputs = self._inputs(X)

@@ -14,14 +14,14 @@ missing feature and must be tolerated (imputed), not raised on.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from detector.errors import ModelIntegrityError, NotFittedError, ThresholdNotInferredError
+from detector.errors import NotFittedError, ThresholdNotInferredError
+from detector.models.state import ArrayDetectorState, read_state
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,7 @@ class ThresholdMixin:
 
 #: The keys of the JSON state of a scaled-array detector (autoencoder, forest); the arrays
 #: themselves (weights, trees) live in a sidecar file.
-ARRAY_STATE_KEYS: frozenset[str] = frozenset(
-    {"format", "config", "feature_names", "scaler", "threshold"}
-)
+ARRAY_STATE_KEYS: frozenset[str] = frozenset(ArrayDetectorState.model_fields)
 
 
 class _ToDict(Protocol):
@@ -149,22 +147,6 @@ def read_array_state(state: object, fmt: str, what: str) -> ArrayState:
     a list of string feature names and a finite or null threshold; anything else is a
     :class:`ModelIntegrityError` naming ``what`` (e.g. ``"forest"``).
     """
-    if not isinstance(state, Mapping) or state.get("format") != fmt:
-        raise ModelIntegrityError(f"not a podguard {what} state (format != {fmt})")
-    if set(state) != ARRAY_STATE_KEYS:
-        raise ModelIntegrityError(
-            f"{what} state keys {sorted(state)} != {sorted(ARRAY_STATE_KEYS)}"
-        )
-    config, scaler, names, thr = (
-        state["config"], state["scaler"], state["feature_names"], state["threshold"]
-    )
-    if not isinstance(config, Mapping) or not isinstance(scaler, Mapping):
-        raise ModelIntegrityError(f"invalid {what} state: config and scaler must be objects")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ModelIntegrityError(f"invalid {what} state: feature_names must be a list of str")
-    if thr is not None and (
-        isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr)
-    ):
-        raise ModelIntegrityError(f"invalid {what} state: threshold {thr!r} is not a number")
-    return ArrayState(config=config, scaler=scaler, feature_names=tuple(names),
-                      threshold=None if thr is None else float(thr))
+    st = read_state(ArrayDetectorState, state, f"{what} state", fmt=fmt)
+    return ArrayState(config=st.config, scaler=st.scaler, feature_names=tuple(st.feature_names),
+                      threshold=st.threshold)

@@ -11,7 +11,7 @@ mean (default) or the max of the tail scores; its threshold is fitted state, set
 
 ``explain`` returns the fused attribution: each member's SHAP values (TreeSHAP for the forest,
 expected gradients for the autoencoder) carried into tail-score space by the secant slope of
-the calibrator (:func:`detector.explain.rescale_attribution`), then summed with the fusion's
+the calibrator (:func:`.attribution.rescale_attribution`), then summed with the fusion's
 weights (for ``max``, the winning member's). The values sum to ``score - base_value``; the
 member mapping is an approximation documented there.
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import ConfigError, InputError, ModelIntegrityError
-from detector.explain import combine, rescale_attribution
+from detector.models.attribution import combine, rescale_attribution
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.base import (
     Attribution,
@@ -47,6 +47,7 @@ from detector.models.forest import (
     check_features,
     config_from_dict,
 )
+from detector.models.state import CalibratorState, DriftState, read_state
 
 __all__ = ["DRIFT_JSON", "DriftConfig", "DriftDetector", "TailCalibrator"]
 
@@ -151,17 +152,15 @@ class TailCalibrator:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TailCalibrator:
-        if set(data) != {"knots", "probs", "beta"}:
-            raise ConfigError(f"calibrator keys {sorted(data)} != ['beta', 'knots', 'probs']")
-        knots = np.asarray(data["knots"], dtype=np.float64)
-        probs = np.asarray(data["probs"], dtype=np.float64)
-        beta = float(data["beta"])
-        if knots.shape != probs.shape or knots.ndim != 1 or knots.size < 2 or not beta > 0:
-            raise ConfigError("calibrator: knots/probs must match (>= 2 points), beta > 0")
-        if np.any(np.diff(knots) <= 0) or np.any(np.diff(probs) < 0) or probs[-1] >= 1.0:
-            raise ConfigError("calibrator: knots must increase, probs be non-decreasing < 1")
-        return cls(knots=knots, probs=probs, beta=beta)
+    def from_dict(cls, data: object) -> TailCalibrator:
+        """From :meth:`to_dict`, checked (:class:`~detector.models.state.CalibratorState`);
+        :class:`ConfigError` naming the bad field otherwise."""
+        return cls.from_state(read_state(CalibratorState, data, "calibrator", error=ConfigError))
+
+    @classmethod
+    def from_state(cls, st: CalibratorState) -> TailCalibrator:
+        return cls(knots=np.asarray(st.knots, dtype=np.float64),
+                   probs=np.asarray(st.probs, dtype=np.float64), beta=st.beta)
 
 
 class DriftDetector(ThresholdMixin):
@@ -340,23 +339,16 @@ class DriftDetector(ThresholdMixin):
         forest: IsolationForestDetector,
     ) -> DriftDetector:
         """Rebuild from :meth:`state_dict` output and the loaded members (validated)."""
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            raise ModelIntegrityError(f"not a podguard drift state (format != {_FORMAT})")
-        known = {"format", "config", "feature_names", "calibrators", "threshold"}
-        if set(state) != known:
-            raise ModelIntegrityError(f"drift state keys {sorted(state)} != {sorted(known)}")
+        st = read_state(DriftState, state, "drift state", fmt=_FORMAT)
         try:
-            det = cls(config_from_dict(DriftConfig, state["config"]), autoencoder, forest)
-            cals = state["calibrators"]
-            if set(cals) != {"autoencoder", "forest"}:
-                raise ConfigError(f"calibrators for {sorted(cals)}")
-            det.calibrators = {k: TailCalibrator.from_dict(v) for k, v in cals.items()}
+            det = cls(config_from_dict(DriftConfig, st.config), autoencoder, forest)
         except ConfigError as exc:
             raise ModelIntegrityError(f"invalid drift state: {exc}") from exc
-        det.feature_names = tuple(str(n) for n in state["feature_names"])
+        det.calibrators = {k: TailCalibrator.from_state(getattr(st.calibrators, k))
+                           for k in ("autoencoder", "forest")}
+        det.feature_names = tuple(st.feature_names)
         if not det.feature_names == autoencoder.feature_names == forest.feature_names:
             raise ModelIntegrityError("drift: members were fitted on different feature lists")
-        thr = state["threshold"]
-        det.threshold_ = None if thr is None else float(thr)
+        det.threshold_ = st.threshold
         det.fitted_ = True
         return det

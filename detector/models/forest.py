@@ -44,9 +44,10 @@ from detector.models.base import (
     read_array_state,
     threshold_at_fpr,
 )
+from detector.models.state import ScalerState, read_config, read_state
 
 if TYPE_CHECKING:
-    from detector.explain import TreeArrays
+    from detector.models.attribution import TreeArrays
 
 __all__ = [
     "FOREST_JSON",
@@ -76,17 +77,9 @@ _C = TypeVar("_C")
 
 
 def config_from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-    """Build the dataclass ``cls`` from ``data``; unknown keys are a :class:`ConfigError`."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**dict(data))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+    """Build the dataclass ``cls`` from ``data`` (:func:`~detector.models.state.read_config`:
+    strict types, unknown keys refused); a :class:`ConfigError` names what is wrong."""
+    return read_config(cls, data, error=ConfigError)
 
 
 def check_features(X: np.ndarray, n_features: int | None = None) -> np.ndarray:
@@ -148,14 +141,11 @@ class RobustScaler:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RobustScaler:
-        if set(data) != {"center", "scale", "clip"}:
-            raise ConfigError(f"scaler state must have center, scale, clip; got {sorted(data)}")
-        center = np.asarray(data["center"], dtype=np.float64)
-        scale = np.asarray(data["scale"], dtype=np.float64)
-        if center.shape != scale.shape or center.ndim != 1 or not np.all(scale > 0):
-            raise ConfigError("scaler state: center/scale must be equal-length, scale > 0")
-        return cls(center=center, scale=scale, clip=float(data["clip"]))
+    def from_dict(cls, data: object) -> RobustScaler:
+        """From :meth:`to_dict`, checked (:class:`~detector.models.state.ScalerState`)."""
+        st = read_state(ScalerState, data, "scaler state", error=ConfigError)
+        return cls(center=np.asarray(st.center, dtype=np.float64),
+                   scale=np.asarray(st.scale, dtype=np.float64), clip=st.clip)
 
 
 # --------------------------------------------------------------------------- the forest
@@ -264,8 +254,8 @@ class ForestArrays:
         return int(self.node_count.shape[0])
 
     def trees(self) -> list[TreeArrays]:
-        """Each tree as :class:`detector.explain.TreeArrays` (what TreeSHAP reads)."""
-        from detector.explain import TreeArrays
+        """Each tree as :class:`.attribution.TreeArrays` (what TreeSHAP reads)."""
+        from detector.models.attribution import TreeArrays
 
         out = []
         bounds = np.concatenate([[0], np.cumsum(self.node_count)])
@@ -484,11 +474,11 @@ class IsolationForestDetector(ThresholdMixin):
         path-dependent TreeSHAP); note a *shorter* path means *more* anomalous.
 
         The values are those of ``shap.TreeExplainer(estimator)`` (path-dependent, no
-        background data), computed by :func:`detector.explain.path_dependent_tree_shap` from
+        background data), computed by :func:`.attribution.path_dependent_tree_shap` from
         the fitted trees' arrays: identical to shap's to 1e-9 (tested against it), without
         importing shap, numba and matplotlib into the daemon (~80 MB of its 400 MB budget).
         """
-        from detector.explain import LeafPaths, path_dependent_tree_shap
+        from detector.models.attribution import LeafPaths, path_dependent_tree_shap
 
         Z = self.transform(X)
         if self._tree_explainer is None:
@@ -508,7 +498,7 @@ class IsolationForestDetector(ThresholdMixin):
         attribution of a non-linear transform of an additive model is not unique). ``base`` is
         the score at the expected path length.
         """
-        from detector.explain import rescale_attribution
+        from detector.models.attribution import rescale_attribution
 
         self._check_fitted()
         phi_h, base_h, h = self.path_length_shap(X)

@@ -62,6 +62,7 @@ from detector.models.forest import (
     IsolationForestDetector,
     read_tensors,
 )
+from detector.models.state import CardHead, CardTime, read_state
 
 __all__ = [
     "BUNDLE_FILES",
@@ -346,14 +347,12 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         card = json.loads(contents.pop(CARD))
     except ValueError as exc:
         raise ModelIntegrityError(f"{CARD} is not valid JSON: {exc}") from exc
-    if not isinstance(card, dict) or card.get("format") != _FORMAT:
-        raise ModelIntegrityError(f"{CARD}: not a {_FORMAT} card")
-    listed = card.get("files")
-    if isinstance(listed, dict) and _OLD_FOREST in listed:
+    listed = read_state(CardHead, card, CARD, fmt=_FORMAT).files
+    if _OLD_FOREST in listed:
         raise ModelIntegrityError(f"{path}: a bundle of an older podguard (the forest as "
                                   f"{_OLD_FOREST}, which needs scikit-learn and skops); "
                                   f"retrain it with this version (podguard train)")
-    if not isinstance(listed, dict) or set(listed) != BUNDLE_FILES:
+    if set(listed) != BUNDLE_FILES:
         raise ModelIntegrityError(f"{CARD} must list exactly {sorted(BUNDLE_FILES)}")
     foreign = sorted(set(contents) - BUNDLE_FILES)
     if foreign:
@@ -362,9 +361,7 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     if missing:
         raise ModelIntegrityError(f"missing file(s) in the bundle: {missing}")
     for fname in sorted(BUNDLE_FILES):
-        entry = listed[fname]
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-        if _sha256(contents[fname]) != expected:
+        if _sha256(contents[fname]) != listed[fname].sha256:
             raise ModelIntegrityError(f"checksum mismatch for {fname}: tampered or corrupt")
     _check_card(path, card)
     return card, contents
@@ -393,17 +390,10 @@ def card_created(root_or_bundle: str | Path, version: str) -> float:
         card = json.loads((p / CARD).read_text())
     except (OSError, ValueError) as exc:
         raise ModelIntegrityError(f"cannot read {p / CARD}: {exc}") from exc
-    if not isinstance(card, dict) or card.get("version") != version:
+    head = read_state(CardTime, card, str(p / CARD))
+    if head.version != version:
         raise ModelIntegrityError(f"{p / CARD} is not the card of version {version!r}")
-    created = card.get("created")
-    try:
-        when = datetime.fromisoformat(created) if isinstance(created, str) else None
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise ModelIntegrityError(f"{p / CARD}: created {created!r} is not an ISO-8601 time "
-                                  f"with a UTC offset")
-    return when.timestamp()
+    return head.created.timestamp()
 
 
 def _json(contents: Mapping[str, bytes], fname: str) -> Any:

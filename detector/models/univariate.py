@@ -50,13 +50,14 @@ How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from detector.errors import ModelIntegrityError, NotFittedError
+from detector.errors import NotFittedError
+from detector.models.state import UnivariateState, read_config, read_state
 
 FORMAT = "podguard.univariate/2"
 DEFAULT_THRESHOLD = 5.0
@@ -453,42 +454,15 @@ class UnivariateDetector:
 
     @classmethod
     def from_state(cls, state: object) -> UnivariateDetector:
-        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
-            raise ModelIntegrityError(f"not a podguard univariate state (format != {FORMAT})")
-        keys = {"format", "config", "thresholds", "default_threshold", "fit_info"}
-        if set(state) != keys:
-            raise ModelIntegrityError(f"univariate state keys {sorted(state)} != {sorted(keys)}")
-        cfg, thr, dflt = state["config"], state["thresholds"], state["default_threshold"]
-        names = {f.name for f in fields(UnivariateConfig)}
-        if not isinstance(cfg, Mapping) or set(cfg) - names:
-            raise ModelIntegrityError(f"univariate config: unknown keys {sorted(set(cfg) - names)}"
-                                      if isinstance(cfg, Mapping) else
-                                      "univariate config must be an object")
-        if not isinstance(thr, Mapping) or not all(
-                isinstance(k, str) and _is_number(v) and v > 0 for k, v in thr.items()):
-            raise ModelIntegrityError("univariate thresholds must map family -> number > 0")
-        if not _is_number(dflt) or dflt <= 0:
-            raise ModelIntegrityError(f"univariate default_threshold {dflt!r} is not > 0")
-        try:
-            cfg = dict(cfg)
-            if isinstance(cfg.get("scales"), list):
-                cfg["scales"] = tuple(float(h) for h in cfg["scales"])
-            config = UnivariateConfig(**cfg)
-        except (TypeError, ValueError) as e:
-            raise ModelIntegrityError(f"univariate config: {e}") from e
-        info = state["fit_info"]
-        return cls(config=config, thresholds={k: float(v) for k, v in thr.items()},
-                   default_threshold=float(dflt),
-                   fit_info=dict(info) if isinstance(info, Mapping) else {})
+        st = read_state(UnivariateState, state, "univariate state", fmt=FORMAT)
+        config = read_config(UnivariateConfig, st.config, "univariate config")
+        return cls(config=config, thresholds=dict(st.thresholds),
+                   default_threshold=st.default_threshold, fit_info=dict(st.fit_info))
 
     def check_fitted(self, family: str) -> float:
         if family not in self.thresholds:
             raise NotFittedError(f"no threshold fitted for metric family {family!r}")
         return self.thresholds[family]
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def episode_starts(flagged: np.ndarray, gap: int) -> np.ndarray:

@@ -30,8 +30,15 @@ more branch in the pod's helper - the transport, authentication and validation a
 Bounded: sockets time out (``timeout_s``), bodies are at most 64 KiB, at most
 ``max_in_flight`` requests are served at once (then 503), TokenReview results are cached
 for ``cache_ttl_s`` (refusals for a few seconds) in a bounded map keyed by the token's hash.
+TLS (``remediation.channel_tls_cert_file`` / ``channel_tls_key_file``): the channel is served
+over HTTPS with that certificate (it must name the Service the pods call, e.g.
+``podguard-channel.podguard.svc``), so the pods' tokens never cross the node's network in
+clear text; the handshake runs in the connection's thread under the socket timeout, and a
+rotated pair is picked up for new connections. Without them, plain HTTP.
+
 Used by the daemon (:mod:`detector.runtime.build`) and the end-to-end tests; the pod side is
-:class:`detector.remediation.checkpoint.ChannelClient`.
+the one in-pod client, :class:`detector.podclient.PodChannelClient` (``PODGUARD_CA_FILE`` for
+the CA), used by the checkpoint and the diagnosis helpers.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import ssl
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -49,7 +58,7 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from detector.errors import PodguardError
+from detector.errors import ConfigError, PodguardError
 from detector.remediation.actuator import Actuator
 
 log = logging.getLogger("podguard.remediation.channel")
@@ -184,8 +193,10 @@ class ChannelServer:
 
     def __init__(self, reviewer: TokenReviewer, kinds: Iterable[RequestKind], *,
                  host: str = "0.0.0.0", port: int = 0, timeout_s: float = 5.0,
-                 max_in_flight: int = 16, logger: logging.Logger | None = None) -> None:
+                 max_in_flight: int = 16, tls_cert_file: str = "", tls_key_file: str = "",
+                 logger: logging.Logger | None = None) -> None:
         self.log = logger if logger is not None else log
+        self.tls = ServerTls(tls_cert_file, tls_key_file) if tls_cert_file else None
         self.reviewer = reviewer
         self.kinds: dict[str, RequestKind] = {k.kind: k for k in kinds}
         self.stats: Counter[str] = Counter()  # outcome -> count ("accepted", "refused:..")
@@ -249,13 +260,26 @@ class ChannelServer:
             def handle_error(self, request: Any, client_address: Any) -> None:
                 server.log.debug("channel: connection from %s failed", client_address)
 
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                if server.tls is None:
+                    super().finish_request(request, client_address)
+                    return
+                # the TLS handshake runs here, in the connection's own thread and under the
+                # socket timeout, so a client that stalls it holds only its own thread
+                request.settimeout(timeout_s)
+                tls = server.tls.context().wrap_socket(request, server_side=True)
+                try:
+                    super().finish_request(tls, client_address)
+                finally:
+                    tls.close()
+
         self.httpd = Server((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls is not None else 'http'}://{host!s}:{port}"
 
     def start(self) -> ChannelServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
@@ -304,6 +328,45 @@ class ChannelServer:
                           pod.namespace, pod.pod, answer.reason)
             return 409, {"accepted": False, "reason": answer.reason}
         return 200, {"accepted": True}
+
+
+class ServerTls:
+    """The channel's server certificate and key (PEM files, e.g. a cert-manager Secret): read
+    at start, and again for new connections when either file changes (rotation needs no
+    restart). A pair that does not load at start is a ConfigError naming the setting."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, float] | None = None
+        self._ctx = self._load()
+
+    def _mtimes(self) -> tuple[float, float]:
+        return os.stat(self.cert_file).st_mtime, os.stat(self.key_file or
+                                                         self.cert_file).st_mtime
+
+    def _load(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            stamp = self._mtimes()
+            ctx.load_cert_chain(self.cert_file, self.key_file or None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"remediation.channel_tls_cert_file / channel_tls_key_file "
+                              f"({self.cert_file}, {self.key_file}): cannot load the "
+                              f"channel's certificate and key: {e}") from e
+        self._stamp = stamp
+        return ctx
+
+    def context(self) -> ssl.SSLContext:
+        with self._lock:
+            try:
+                if self._mtimes() != self._stamp:
+                    self._ctx = self._load()
+                    log.info("channel: TLS certificate reloaded from %s", self.cert_file)
+            except (OSError, ConfigError) as e:  # mid-rotation: keep serving the old pair
+                log.warning("channel: TLS certificate not reloaded: %s", e)
+            return self._ctx
 
 
 class _BadRequest(Exception):

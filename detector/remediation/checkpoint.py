@@ -54,14 +54,13 @@ import math
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detector.podclient import PodChannelClient
 from detector.remediation import protocol as proto
 
 log = logging.getLogger("podguard.remediation.checkpoint")
@@ -123,58 +122,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class ChannelError(Exception):
-    """The daemon could not be reached or refused the call (the reason is in the text)."""
-
-
-class ChannelClient:
-    """The pod's end of podguard's channel: ``requests()`` and ``answer()`` over HTTP, with
-    the pod's projected token (re-read on every call: the kubelet rotates it)."""
-
-    def __init__(self, endpoint: str, token_file: str | Path, *, timeout_s: float = 5.0) -> None:
-        if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"PODGUARD_ENDPOINT must be an http(s) URL, not {endpoint!r}")
-        self.endpoint = endpoint.rstrip("/")
-        self.token_file = Path(token_file)
-        self.timeout_s = timeout_s
-
-    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        try:
-            token = self.token_file.read_text().strip()
-        except OSError as e:
-            raise ChannelError(f"cannot read the token {self.token_file}: {e}") from e
-        req = urllib.request.Request(
-            self.endpoint + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(req, timeout=self.timeout_s) as resp:
-                code, text = resp.status, resp.read(65536)
-        except urllib.error.HTTPError as e:
-            code, text = e.code, e.read(65536)
-        except (OSError, ValueError) as e:
-            raise ChannelError(f"podguard at {self.endpoint} did not answer: {e}") from e
-        try:
-            doc = json.loads(text or b"{}")
-        except ValueError:
-            doc = {}
-        return code, doc if isinstance(doc, dict) else {}
-
-    def requests(self) -> list[dict[str, Any]]:
-        code, doc = self._post("/v1/requests", {})
-        if code != 200:
-            raise ChannelError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
-        got = doc.get("requests")
-        return [r for r in got if isinstance(r, dict)] if isinstance(got, list) else []
-
-    def answer(self, kind: str, request_id: str, result: dict[str, Any]) -> tuple[bool, str]:
-        code, doc = self._post("/v1/answers", {"kind": kind, "id": request_id,
-                                                "result": result})
-        if code == 200 and doc.get("accepted") is True:
-            return True, ""
-        if code in (401, 503) or code >= 500:
-            raise ChannelError(f"podguard refused: HTTP {code} {doc.get('error', '')}")
-        return False, str(doc.get("reason") or doc.get("error") or f"HTTP {code}")
+ChannelClient = PodChannelClient
+"""The pod's end of podguard's channel: the one in-pod client, :mod:`detector.podclient`
+(shared with the diagnosis helper)."""
 
 
 class CheckpointResponder:
@@ -206,11 +156,10 @@ class CheckpointResponder:
 
     @classmethod
     def from_env(cls, directory: str | Path, **kwargs: Any) -> CheckpointResponder:
-        """For a pod: ``PODGUARD_ENDPOINT`` (the node's daemon) and ``PODGUARD_TOKEN_FILE``
-        (the projected token, audience podguard)."""
-        endpoint = os.environ.get("PODGUARD_ENDPOINT", "")
-        token = os.environ.get("PODGUARD_TOKEN_FILE", "/var/run/secrets/podguard/token")
-        return cls(directory=directory, channel=ChannelClient(endpoint, token), **kwargs)
+        """For a pod: ``PODGUARD_ENDPOINT`` (the node's daemon), ``PODGUARD_TOKEN_FILE``
+        (the projected token, audience podguard) and, for an ``https://`` endpoint,
+        ``PODGUARD_CA_FILE`` (:meth:`detector.podclient.PodChannelClient.from_env`)."""
+        return cls(directory=directory, channel=PodChannelClient.from_env(), **kwargs)
 
     # ------------------------------------------------------------------ requests
 

@@ -28,6 +28,8 @@ The phases (``Remediation.phase``)::
     checkpointing/blocked --time to OOM < evict_unacknowledged_below_s--> evicting (forced)
     blocked --late answer--> evicting
     evicting --PDB 429 / budget / cooldown--> evicting (retry after retry_s, never forced)
+    evicting --403 (RBAC, or the admission policy: not this daemon's node)--> evicting
+             (an EvictionRefused Event once, retried after retry_s)
     evicting --acknowledged checkpoint older than checkpoint_max_age_s--> checkpointing (new id)
     evicting --Eviction API accepted--> evicted --replacement running--> done
     checkpointing/blocked --the pod is gone--> abandoned
@@ -57,7 +59,14 @@ from kubernetes import client
 from detector.errors import PodguardError
 from detector.explain import format_duration
 from detector.remediation import protocol as proto
-from detector.remediation.actuator import Actuator, ObjectRef, Outcome, WorkloadRef, owner_of
+from detector.remediation.actuator import (
+    Actuator,
+    ForbiddenError,
+    ObjectRef,
+    Outcome,
+    WorkloadRef,
+    owner_of,
+)
 from detector.remediation.channel import Answer, PodIdentity, PodRequest
 from detector.remediation.store import RecordStore, Stored
 from detector.settings import RemediationSettings
@@ -436,9 +445,15 @@ class RemediationController:
                              else "NodeTainted", why, warning=True, pod=rec.pod,
                              remediation_id=rec.id)
         avoid = rec.cause == "pod" and s.avoid_node
-        if avoid:
-            self.actuator.hold_rescheduling_taint(node, rec.id)
-        result = self.actuator.evict(pod, remediation_id=rec.id)
+        try:
+            if avoid:
+                self.actuator.hold_rescheduling_taint(node, rec.id)
+            result = self.actuator.evict(pod, remediation_id=rec.id)
+        except ForbiddenError as e:
+            # refused by RBAC or by the admission policies confining each daemon to its own
+            # node: repeating it at once cannot help, so once an Event, then retry_s apart
+            self._refused(pod, rec, rv, e, release=avoid)
+            return
         now = self.clock()
         if result.outcome is Outcome.EVICTED:
             how = ("without a checkpoint (time to OOM below the floor)" if rec.forced
@@ -476,6 +491,25 @@ class RemediationController:
             self._decide(ref, "EvictionDeferred",
                          f"{result.detail}; retried every {_dur(delay)} "
                          f"(remediation {rec.id})", remediation_id=rec.id)
+
+    def _refused(self, pod: client.V1Pod, rec: proto.Remediation, rv: str, e: ForbiddenError,
+                 *, release: bool) -> None:
+        if release:
+            try:
+                self.actuator.release_rescheduling_taint(rec.node, rec.id)
+            except PodguardError as again:
+                self.log.warning("releasing the taint of node %s failed: %s", rec.node, again)
+        now = self.clock()
+        detail = str(e)[:500]
+        if not self._put(rec.replace(attempts=rec.attempts + 1,
+                                     next_try=now + self.settings.retry_s, at=now,
+                                     note=f"refused: {detail}"), rv):
+            return
+        self._decide(ObjectRef.pod(pod), "EvictionRefused",
+                     f"the API server refused podguard's eviction of this pod from node "
+                     f"{rec.node} ({detail}); retried every {_dur(self.settings.retry_s)} "
+                     f"(remediation {rec.id})", warning=True, remediation_id=rec.id,
+                     once=f"{rec.id}.refused")
 
     def _escalate(self, namespace: str, pod: str, why: str, latest: Verdict | None) -> None:
         if self.escalate is None:

@@ -64,8 +64,14 @@ def make_source(settings: Settings, *, logger: logging.Logger,
     if kind == "kafka":
         from detector.sources.kafka import KafkaSource
 
+        backfill = None
+        if settings.sources.kafka.backfill_prometheus:
+            from detector.sources.backfill import PrometheusBackfill
+
+            backfill = PrometheusBackfill(settings.sources.prometheus, logger=log,
+                                          window_s=settings.windows.horizon_s)
         return KafkaSource(settings.sources.kafka, logger=log,
-                           window_s=settings.windows.horizon_s)
+                           window_s=settings.windows.horizon_s, backfill=backfill)
     from detector.sources.local import LocalSource
 
     return LocalSource(settings.sources.local, logger=log,
@@ -140,7 +146,9 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
         if diagnosis_channel is not None:  # the in-pod diagnosis rides the same channel
             kinds.append(diagnosis_channel.server_kind())
         ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), kinds,
-                      host=rs.channel_host, port=rs.channel_port, logger=logger).start()
+                      host=rs.channel_host, port=rs.channel_port,
+                      tls_cert_file=rs.channel_tls_cert_file,
+                      tls_key_file=rs.channel_tls_key_file, logger=logger).start()
         hook = controller
     return sinks, hook
 

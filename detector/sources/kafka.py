@@ -24,6 +24,13 @@ takes to read them back, instead of staying stale for a whole window. Until the 
 read up to where each such partition ended at assignment, :meth:`KafkaSource.status` reports
 ``caught_up`` False, so the daemon marks windows stale meanwhile: a half-refilled window raises
 no alarm and resolves none. The re-read samples are duplicates the window engine absorbs.
+
+Backfill from Prometheus (``backfill_prometheus``, :mod:`detector.sources.backfill`): at start,
+before any record is consumed, the windows are filled from the Prometheus of
+``sources.prometheus`` over the window length, so the daemon judges at once; the assignment
+at start is then not rewound (resumed at the commit), and Kafka samples at or before the
+newest backfilled sample of their series are dropped as overlap. A Prometheus that does not
+answer is a logged warning, and the start falls back to the rewind above.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
 
@@ -42,6 +49,9 @@ from detector.sources.base import Delivery, SourceStatus, next_wait
 from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
 from detector.transport.kafka import classify, client_config, connection_failures, probe
 from detector.transport.retry import retrying
+
+if TYPE_CHECKING:
+    from detector.sources.backfill import PrometheusBackfill
 
 
 @dataclass
@@ -60,7 +70,8 @@ class KafkaSource:
 
     def __init__(self, settings: KafkaSourceSettings, *, logger: logging.Logger,
                  clock: Callable[[], float] = time.time,
-                 window_s: float | None = None) -> None:
+                 window_s: float | None = None,
+                 backfill: PrometheusBackfill | None = None) -> None:
         if not settings.bootstrap_servers:
             raise ConfigError("sources.kafka.bootstrap_servers is empty: name at least one "
                               "host:port of the Kafka cluster")
@@ -71,6 +82,8 @@ class KafkaSource:
         self._catch_up: dict[Any, int] = {}  # TopicPartition -> end offset at assignment
         self._floor: dict[Any, int] = {}  # TopicPartition -> committed offset when rewound
         self._to_rewind: set[Any] = set()  # assigned, not yet rewound (done in poll)
+        self.backfill = backfill  # windows from Prometheus at start, before Kafka is read
+        self._first_assignment = True
         self.decoder = Decoder(Limits(
             max_message_bytes=settings.max_message_bytes,
             max_samples_per_message=settings.max_samples_per_message,
@@ -141,6 +154,8 @@ class KafkaSource:
 
     def close(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
+        if self.backfill is not None:
+            self.backfill.close()
         if self._producer is not None:
             self._producer.close(timeout=max(0.1, deadline - time.monotonic()))
             self._producer = None
@@ -164,6 +179,8 @@ class KafkaSource:
         if self._consumer is None:
             time.sleep(timeout)
             return out
+        if self.backfill is not None and not self.backfill.finished:
+            return self.backfill.step()  # the windows first: no record is consumed meanwhile
         if self._to_rewind:
             self._rewind()
         if len(self._dlq) >= self.settings.max_pending_dead_letters:
@@ -200,6 +217,8 @@ class KafkaSource:
                 token[tp] = r.offset + 1
         if token:
             out.token = token
+        if self.backfill is not None and self.backfill.cutoff:
+            self.backfill.drop_overlap(cols)  # already in the windows from Prometheus
         newest = cols.newest()
         if newest is not None:
             self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
@@ -215,6 +234,11 @@ class KafkaSource:
         tps, self._to_rewind = set(self._to_rewind), set()
         tps &= set(self._consumer.assignment())
         if not tps:
+            return
+        first, self._first_assignment = self._first_assignment, False
+        if first and self.backfill is not None and self.backfill.succeeded:
+            # the windows came from Prometheus: resume at the commit, nothing to re-read
+            self._resume(tps)
             return
         since_ms = int((self.clock() - self.rewind_s) * 1000)
         rewound: dict[int, int] = {}
@@ -235,13 +259,17 @@ class KafkaSource:
             self.log.warning("kafka rewind failed; resuming at the committed offsets",
                              extra={"error": repr(e)})
         finally:
-            try:
-                self._consumer.resume(*tps)
-            except Exception as e:
-                self.log.warning("resuming kafka partitions failed", extra={"error": repr(e)})
+            self._resume(tps)
         if rewound:
             self.log.info("kafka partitions rewound to refill the windows",
                           extra={"rewind_s": self.rewind_s, "records": rewound})
+
+    def _resume(self, tps: set[Any]) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.resume(*tps)
+        except Exception as e:
+            self.log.warning("resuming kafka partitions failed", extra={"error": repr(e)})
 
     def _check_caught_up(self) -> None:
         """Drops the partitions whose position reached their end offset at assignment."""
@@ -322,9 +350,16 @@ class KafkaSource:
         catching_up = bool(self._catch_up or self._to_rewind)
         if catching_up:
             extra["rewind_partitions"] = float(len(self._catch_up))
+        backfilling = self.backfill is not None and not self.backfill.finished
+        if self.backfill is not None:
+            extra["backfill_samples"] = float(self.backfill.samples)
+            extra["backfill_overlap_samples"] = float(self.backfill.overlap)
         detail = "" if self._up else "broker unreachable or commit failing"
         if catching_up and self._up:
             detail = "re-reading the window after an assignment"
+        if backfilling:
+            catching_up = True
+            detail = "backfilling the windows from prometheus"
         if self._dlq_full:
             detail = "reading paused: dead-letter copies not acknowledged by the broker"
         return SourceStatus(up=self._up and not self._dlq_full, caught_up=not catching_up,

@@ -1,6 +1,6 @@
 """A real training process standing in for the container of a kwok pod (end-to-end tests).
 
-kwok pods run nothing, so ``tests/test_remediation_e2e.py`` starts one of these per pod it
+kwok pods run nothing, so ``tests/stack/test_remediation_e2e.py`` starts one of these per pod it
 sees Running, and stops it when the pod goes. It is a real PyTorch training loop (a small
 MLP on a fixed synthetic regression task, one thread) with a real leak: it keeps every
 step's hidden activations "for a debug histogram" (``--leak-bytes`` per step), so its

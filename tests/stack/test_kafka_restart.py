@@ -21,8 +21,15 @@ from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.settings import Settings
 from detector.sinks.base import SynchronousSink
 from detector.verdicts import Verdict
+from tests.stack.test_sources_kafka import (
+    Runner,
+    _committed,
+    _pod_messages,
+    _producer,
+    _topics,
+    _wait,
+)
 from tests.support.stack_fixtures import KafkaHandle
-from tests.test_sources_kafka import Runner, _committed, _pod_messages, _producer, _topics, _wait
 
 pytestmark = [pytest.mark.stack]
 LOG = logging.getLogger("podguard.test.kafka_restart")

@@ -6,7 +6,7 @@ PodDisruptionBudget 429), eviction budgets and cooldowns (also after a restart, 
 podguard's records), cordons and taints, dry-run, the pod channel (TokenReview of a
 pod-bound token) with the checkpoint helper. The controller's timeouts and the API backoff
 run on fake time (recorded waits, a clock the test moves); the cluster itself is real. The
-PyTorch end-to-end path is in ``tests/test_remediation_e2e.py``.
+PyTorch end-to-end path is in ``tests/stack/test_remediation_e2e.py``.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from tests.support.stack_fixtures import KafkaHandle
 
 pytestmark = [pytest.mark.stack]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOG = logging.getLogger("podguard.test.kafka")
 METRICS = ("container_memory_working_set_bytes", "container_memory_rss",
            "container_cpu_usage_seconds_total", "container_spec_memory_limit_bytes",

@@ -35,6 +35,14 @@ finishes once), ``pdb`` (a PodDisruptionBudget blocks: 429, retried, an Event, n
 forced; evicted once the PDB is gone), ``noack`` (the trainer never answers: no eviction,
 the alert escalates to critical). Measured figures are written to ``<tmp>/e2e-figures.json``
 and printed.
+
+The admission policies (:func:`detector.remediation.rbac.admission_policies`) are not
+installed here: this one daemon stands for all three kwok nodes (the trainers are scheduled
+on any of them and ``happy`` is rescheduled on another), while the policies let a daemon's
+token, bound to a pod on one node, evict pods and patch only that node; the scenarios would
+need one daemon process per node. tests/stack/test_remediation_admission.py runs the
+legitimate flow with the policies in force (own node admitted, another node's eviction
+refused).
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ from tests.support.stack_fixtures import AlertmanagerHandle, PrometheusHandle
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 SCENARIOS = ("happy", "restart", "pdb", "noack")

@@ -476,7 +476,7 @@ class _Webhook:
         self.server.server_close()
 
 
-ROUTE_EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "alertmanager" / \
+ROUTE_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "alertmanager" / \
     "route-example.yml"
 
 
