@@ -52,7 +52,8 @@ from typing import Any
 import numpy as np
 
 from detector.errors import InputError, ModelIntegrityError
-from detector.models.base import Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.attribution import exact_shapley
+from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
 from detector.windows import (
     CHANNELS,
     MEMORY_CHANNELS,
@@ -749,6 +750,17 @@ class TrendDetector(ThresholdMixin):
         for c in range(len(MEMORY_CHANNELS)):
             cols += [st.slope[:, c], st.headroom[:, c], st.mono[:, c]]
         return np.stack(cols, axis=1), EXPLAIN_NAMES
+
+    def explain(self, batch: WindowBatch) -> list[Attribution]:
+        """Why each window got its score (the contract's ``explain``): exact Shapley values
+        over :meth:`explain_features` against :meth:`explain_background`; each sums to
+        ``score - base_value``. (The pipeline computes the same per flagged window, from the
+        batch's one analysis.) Like :meth:`score` it needs no fit: before one, the
+        background is a window of no growth and full headroom."""
+        inputs, names = self.explain_features(batch)
+        background = self.explain_background(names)
+        return [exact_shapley(self.score_from_explain_features, row, background, names)
+                for row in inputs]
 
     def score_from_explain_features(self, X: np.ndarray) -> np.ndarray:
         """The score of rows of :meth:`explain_features` output: (m, 9) -> (m,)."""
