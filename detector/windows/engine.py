@@ -35,7 +35,8 @@ class WindowEngine:
       behind its series' newest sample (older ones are rejected as ``too_old``);
     * ``max_gap_s`` - gaps up to this long are forward-filled on the grid, longer ones are NaN;
     * ``stale_after_s`` - a window whose newest data is older than this is ``stale``;
-    * ``min_history_s`` - a pod seen for less than this is ``stale`` (new pod);
+    * ``min_history_s`` - a pod seen for less than this is ``stale`` (new pod; 2 min: the
+      leak decision judges an imminent OOM from then, drift waits 5 min, see the pipeline);
     * ``baseline_exclude_s`` - the most recent part of a window left out of its baseline
       (default: one hour, at most a quarter of the horizon);
     * ``min_baseline_s`` - data needed in the baseline part before a baseline is given;
@@ -51,7 +52,7 @@ class WindowEngine:
         max_late_s: float = 900,
         max_gap_s: float = 300,
         stale_after_s: float = 300,
-        min_history_s: float = 300,
+        min_history_s: float = 120,
         baseline_exclude_s: float | None = None,
         min_baseline_s: float = 1800,
         pod_ttl_s: float = 900,
