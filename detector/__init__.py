@@ -3,7 +3,8 @@
 The package is layered; lower layers never import higher ones (enforced by import-linter's
 ``layers`` contract in ``pyproject.toml``; modules of one layer may import each other):
 
-* ``detector.channels`` / ``detector.errors`` - the channel table, the error types;
+* ``detector.channels`` / ``detector.kinds`` / ``detector.errors`` - the channel table, the
+  verdict kinds, the error types;
 * ``detector.traces`` / ``detector.settings`` - the trace format, the settings tree;
 * ``detector.windows`` - samples in, per-pod windows out;
 * ``detector.models`` - detectors on windows and their attribution maths (never import

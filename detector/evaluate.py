@@ -22,13 +22,14 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from detector import channels as chan
+from detector.kinds import LEAK_KINDS
 from detector.pipeline import Pipeline
 from detector.settings import WindowSettings
 from detector.windows import WindowBatch
@@ -136,6 +137,15 @@ FAULT_COLUMNS = ("detector", "set", "namespace", "pod", "kind", "shape", "onset_
                  "tto_range_ratio")
 
 
+@dataclass
+class FamilyFA:
+    """False-alarm episodes on one healthy family's time, and the kinds that opened them."""
+
+    episodes: int = 0
+    hours: float = 0.0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class StepScore:
     """One detector's steps judged against the labels."""
@@ -143,6 +153,7 @@ class StepScore:
     faults: pd.DataFrame  # one row per labelled fault, :data:`FAULT_COLUMNS`
     fa_episodes: int  # false-alarm episodes on healthy pods and before onsets
     healthy_hours: float  # live healthy pod-hours judged
+    by_family: dict[str, FamilyFA] = field(default_factory=dict)  # per scenario shape
 
     @property
     def fa_per_1000h(self) -> float:
@@ -169,18 +180,37 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
     fa_episodes = 0
     healthy_steps = 0
     faults: list[dict[str, object]] = []
+    shape_of = ({(str(r["namespace"]), str(r["pod"])): str(r["shape"])
+                 for r in labels.to_dict("records")} if "shape" in labels else {})
+    by_family: dict[str, FamilyFA] = {}
+
+    def count(ns: object, pod: object, flags: np.ndarray, n_live: int, kinds: np.ndarray | None
+              ) -> int:
+        fam = by_family.setdefault(shape_of.get((str(ns), str(pod)), "unlabelled"), FamilyFA())
+        ep = episodes(flags)
+        fam.episodes += ep
+        fam.hours += n_live * step_s / 3600.0
+        if ep and kinds is not None:
+            f = np.asarray(flags, dtype=bool)
+            starts = f & ~np.concatenate([[False], f[:-1]])
+            for k in kinds[starts].tolist():
+                fam.kinds[str(k)] = fam.kinds.get(str(k), 0) + 1
+        return ep
+
     for (ns, pod), g in steps.groupby(["namespace", "pod"], sort=False, observed=True):
         g = g.sort_values("ts")
         ts = g["ts"].to_numpy(dtype=np.float64)
         alarm = g["alarm"].to_numpy(dtype=bool)
         live = ~g["stale"].to_numpy(dtype=bool)
+        kinds = g["verdict_kind"].to_numpy() if "verdict_kind" in g else None
         rows = by_pod.get((ns, pod))
         if rows is None:
-            fa_episodes += episodes(alarm & live)
+            fa_episodes += count(ns, pod, alarm & live, int(live.sum()), kinds)
             healthy_steps += int(live.sum())
             continue
         before = ts < float(rows["onset_ts"].min())
-        fa_episodes += episodes(alarm[before] & live[before])
+        fa_episodes += count(ns, pod, alarm[before] & live[before], int((live & before).sum()),
+                             None if kinds is None else kinds[before])
         healthy_steps += int((live & before).sum())
         for row in rows.to_dict("records"):
             onset, failure = float(row["onset_ts"]), float(row["failure_ts"])
@@ -208,7 +238,7 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
                         rec["tto_range_ratio"] = hi / lo
             faults.append(rec)
     return StepScore(pd.DataFrame(faults, columns=list(FAULT_COLUMNS)), fa_episodes,
-                     healthy_steps * step_s / 3600.0)
+                     healthy_steps * step_s / 3600.0, by_family)
 
 
 def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
@@ -286,6 +316,8 @@ class Evaluation:
     table: pd.DataFrame  # one row per detector x kind
     healthy: pd.DataFrame  # one row per detector x healthy set: episodes / 1000 pod-hours
     faults: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAULT_COLUMNS))
+    # one row per set x healthy family (podguard): episodes, pod-hours, first verdict kinds
+    healthy_by_family: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def from_faults(cls, faults: pd.DataFrame, healthy: pd.DataFrame) -> Evaluation:
@@ -317,6 +349,10 @@ class Evaluation:
             parts += ["Leaks: the stated time-to-OOM range at the first alarm (share containing "
                       "the real OOM, median high/low):", _md(tto)]
         parts += ["False-alarm episodes per 1,000 healthy pod-hours:", _md(self.healthy)]
+        if not self.healthy_by_family.empty:
+            parts += ["podguard's false-alarm episodes by family (healthy time of each "
+                      "scenario shape; kinds of the episodes' first verdicts):",
+                      _md(self.healthy_by_family)]
         return "\n\n".join(parts) + "\n"
 
     @property
@@ -390,6 +426,7 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
     separate recorded runs) are given as a list and replayed one by one."""
     fault_frames: list[pd.DataFrame] = []
     fa_rows: list[dict[str, object]] = []
+    fam_rows: list[dict[str, object]] = []
     for name, traces, labels in sets:
         parts: dict[str, list[pd.DataFrame]] = {}
         for trace in ([traces] if isinstance(traces, pd.DataFrame) else traces):
@@ -407,9 +444,15 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
             fa_rows.append({"set": name, "detector": det, "healthy_pod_hours": sc.healthy_hours,
                             "fa_episodes": sc.fa_episodes,
                             "fa_episodes_per_1000h": sc.fa_per_1000h})
+            if det == "podguard":
+                fam_rows += [{"set": name, "family": fam, "healthy_pod_hours": f.hours,
+                              "fa_episodes": f.episodes,
+                              "kinds": ", ".join(f"{k} {v}" for k, v in sorted(f.kinds.items()))}
+                             for fam, f in sorted(sc.by_family.items())]
     faults = (pd.concat(fault_frames, ignore_index=True) if fault_frames
               else pd.DataFrame(columns=list(FAULT_COLUMNS)))
-    return Evaluation.from_faults(faults, pd.DataFrame(fa_rows))
+    ev = Evaluation.from_faults(faults, pd.DataFrame(fa_rows))
+    return replace(ev, healthy_by_family=pd.DataFrame(fam_rows))
 
 
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
@@ -423,6 +466,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
                               "memory_leak_lead_by_duration": _records(ev.by_duration),
                               "time_to_oom_range": _records(ev.tto_calibration),
                               "false_alarms": _records(ev.healthy),
+                              "false_alarms_by_family": _records(ev.healthy_by_family),
                               "faults": _records(ev.faults)},
                              indent=2, default=_json_default, allow_nan=False))
     png = out / "evaluation.png"
@@ -477,7 +521,7 @@ def plot(ev: Evaluation, path: Path) -> None:
         axes[2].set_xscale("symlog")
     axes[2].set_title("False-alarm episodes / 1,000 healthy pod-hours")
     ax = axes[3]
-    f = ev.faults[ev.faults["kind"].isin(["memory_leak", "gpu_memory_leak"])] if len(
+    f = ev.faults[ev.faults["kind"].isin(list(LEAK_KINDS))] if len(
         ev.faults) else ev.faults
     for det, marker in (("podguard", "o"), ("predict_linear", "x"), ("iforest", ".")):
         g = f[(f["detector"] == det) & f["detected"]] if len(f) else f

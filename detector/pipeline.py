@@ -37,7 +37,7 @@ from detector.models.trend import TTO_BAND, LeakReport, TrendDetector
 from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
-from detector.windows import PodKey, WindowBatch
+from detector.windows import CHANNELS, PodKey, WindowBatch
 
 
 @dataclass
@@ -68,6 +68,23 @@ NEAR_LEAK_FRACTION = 0.25
 """When the drift detector fires on a pod whose memory grows towards its limit (projected
 OOM within the horizon, leak score above this fraction of its threshold), the verdict is the
 leak it is, with its time to OOM (GPU memory creep moves the drift features first)."""
+
+
+NEW_POD_S = 300.0
+"""A pod whose data in its window spans less than this (it started inside the window) is
+judged for leaks only; the window engine marks windows stale only for their first
+``min_history_s`` (2 min), so a crash loop's incarnations that the kernel kills within
+minutes can be warned of."""
+
+
+def pod_age_s(batch: WindowBatch) -> np.ndarray:
+    """(n,) seconds of data in each window since its pod's first working-set point (inf for
+    a pod older than the window or without memory data)."""
+    ws = batch.values[:, CHANNELS.index("mem_working_set"), :]  # a view, no copy
+    fin = np.isfinite(ws)
+    L = ws.shape[-1]
+    first = np.argmax(fin, axis=-1)
+    return np.where(fin.any(axis=-1) & (first > 0), (L - first) * batch.step_s, np.inf)
 
 
 @dataclass
@@ -147,11 +164,14 @@ class Pipeline:
         raw_leak = (leak_score > leak_thr) & ~stale & ~far & ~revisit
         held = (leak_score > LATCH_FRACTION * leak_thr) & ~stale & ~far
         near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
-        raw_drift = drift.is_anomaly & ~stale & ~raw_leak
+        # a pod seen for less than NEW_POD_S is judged only for a leak (its imminent OOM):
+        # its drift features and custom metrics have no baseline yet
+        new_pod = pod_age_s(batch) < NEW_POD_S
+        raw_drift = drift.is_anomaly & ~stale & ~new_pod & ~raw_leak
         inc_start = self._history.incarnation_start(slots)
         by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
         metric = _judge_extra(self.univariate, self._extra, batch,
-                              ~stale & ~raw_leak & ~raw_drift)
+                              ~stale & ~new_pod & ~raw_leak & ~raw_drift)
 
         verdicts: list[Verdict] = []
         explain_leak: list[int] = []
@@ -403,14 +423,25 @@ def _ratio(score: float, thr: float) -> float:
 
 def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
                          horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The two leak paths' scores on healthy windows as the decision sees them: replayed in
+    """The slow and fast leak paths' scores on healthy windows as the decision sees them
+    (:func:`decision_scores`)."""
+    slow, fast, _imminent = decision_scores(trend, healthy, horizon_s=horizon_s)
+    return slow, fast
+
+
+def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three leak paths' scores on healthy windows as the decision sees them: replayed in
     time order through a fresh :class:`LevelHistory`, with 0 where a verdict could not be a
-    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held).
-    Thresholds fitted on these give the target false-alarm rate of the verdicts themselves."""
+    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held);
+    the imminent path's NaN where it does not judge (no incarnation younger than the fast
+    path's minimum). Thresholds fitted on these give the target false-alarm rate of the
+    verdicts themselves."""
     slow_all = np.zeros(len(healthy))
     fast_all = np.zeros(len(healthy))
+    imm_all = np.full(len(healthy), np.nan)
     if len(healthy) == 0:
-        return slow_all, fast_all
+        return slow_all, fast_all, imm_all
     history = LevelHistory()
     order = np.argsort(healthy.ts, kind="stable")
     ts_sorted = healthy.ts[order]
@@ -420,10 +451,14 @@ def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
         slots = history.update(sub)
         rep = trend.leak_report(sub)
         slow, fast = trend.path_scores(sub)
+        imm = trend.imminent_scores(sub)
         tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
         far = ~(tto <= horizon_s) & ~np.isnan(tto)
         revisit = history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
         ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
         slow_all[idx] = np.where(ok, slow, 0.0)
         fast_all[idx] = np.where(ok, fast, 0.0)
-    return slow_all, fast_all
+        # the imminent path gates its own projection (within imminent_horizon_s)
+        live = ~np.asarray(sub.stale, dtype=bool) & ~revisit
+        imm_all[idx] = np.where(live | np.isnan(imm), imm, 0.0)
+    return slow_all, fast_all, imm_all

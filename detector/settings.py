@@ -49,6 +49,7 @@ from pydantic_settings import (
 
 from detector.channels import read_metrics
 from detector.errors import ConfigError, InputError
+from detector.kinds import ALERT_KINDS, LEAK_KINDS, AlertKind, LeakKind
 
 MIN_DURATION_S = 1e-3
 MAX_DURATION_S = 366 * 86400.0
@@ -319,8 +320,8 @@ class RemediationSettings(_Section):
     dry_run: bool = Field(False, description="Print the plan and change nothing in the cluster.")
     opt_in_label: str = Field(
         "podguard.io/remediate", description="Pods opt in with this label set to \"true\".")
-    kinds: list[Literal["memory_leak", "gpu_memory_leak", "drift"]] = Field(
-        ["memory_leak", "gpu_memory_leak", "drift"],
+    kinds: list[AlertKind] = Field(
+        list(ALERT_KINDS),
         description="Verdict kinds that start a remediation.")
     checkpoint_timeout_s: float = Field(
         300, gt=0, description="Wait for the checkpoint acknowledgement, seconds; then the pod "
@@ -653,8 +654,8 @@ class DiagnosisSettings(_Section):
     enabled: bool = Field(True, description="Ask flagged pods for an in-pod diagnosis (pods "
                                             "without the podguard helper answer nothing; the "
                                             "alert says so after the timeout).")
-    kinds: list[Literal["memory_leak", "gpu_memory_leak"]] = Field(
-        ["memory_leak", "gpu_memory_leak"], description="Verdict kinds that ask for one.")
+    kinds: list[LeakKind] = Field(
+        list(LEAK_KINDS), description="Verdict kinds that ask for one.")
     window_s: float = Field(60, ge=1, le=600, description="Time between the pod's two "
                                                           "snapshots, seconds.")
     timeout_s: float = Field(120, gt=0, description="Wait for the answer after the window; "

@@ -10,24 +10,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Kind = Literal["memory_leak", "gpu_memory_leak", "drift", "metric_anomaly", "none"]
-KINDS: tuple[Kind, ...] = ("memory_leak", "gpu_memory_leak", "drift", "metric_anomaly", "none")
-# metric_anomaly: a custom metric (outside the built-in channels) far from its own baseline,
-# judged by detector.models.univariate when no built-in detector fired
+from detector.kinds import DETECTOR_OF_KIND, KINDS, Kind
+
+__all__ = ["DETECTOR_OF_KIND", "KINDS", "VERDICT_SCHEMA", "Explanation", "Kind", "Verdict"]
 
 VERDICT_SCHEMA = "podguard.verdict/1"
 """The ``schema`` of every verdict line (bumped when a field changes meaning; new fields are
 added at the end and do not bump it)."""
-DETECTOR_OF_KIND: dict[str, str] = {
-    "memory_leak": "trend",
-    "gpu_memory_leak": "trend",
-    "drift": "drift (autoencoder + isolation forest)",
-    "metric_anomaly": "univariate",
-}
-"""The detector that decides each positive kind (``detector`` of a verdict line; None for
-``none``)."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from detector import evaluate, traces, windows
 from detector.explain import human_name
 from detector.settings import PrometheusSourceSettings
 from detector.windows import WindowEngine, iter_windows
+from detector.windows.features import _SCALE_FLOOR
+from detector.windows.series import KNOWN
 from training.fit import drift_feature_names
 from training.history import HISTORY_METRICS
 
@@ -29,19 +31,19 @@ def test_every_reader_derives_from_the_table() -> None:
     assert set(windows.THROUGHPUT_CHANNELS) == {"cpu_rate", "gpu_util", "net_rx_rate",
                                                 "net_tx_rate"}
     for row in chan.CHANNEL_TABLE:  # every channel metric is known to the engine
-        target, _kind, scale = windows._KNOWN[row.metric]
+        target, _kind, scale = KNOWN[row.metric]
         assert target == windows.CHANNELS.index(row.name) and scale == row.scale
         assert windows.CHANNEL_METRICS[row.name] == row.metric
         assert evaluate.METRIC_CHANNEL[row.metric] == row.name
     for lim in chan.LIMIT_TABLE:
         for m in lim.metrics:
-            assert m.metric in windows._KNOWN
+            assert m.metric in KNOWN
     # the series the daemon pulls and training reads are the table's
     assert set(PrometheusSourceSettings().metrics) == set(chan.read_metrics())
     assert set(HISTORY_METRICS) == set(chan.read_metrics()) - {traces.KSM_LIMITS}
     assert traces.CACHE == "container_memory_cache"
     assert traces.CACHE in HISTORY_METRICS
-    assert windows._SCALE_FLOOR.tolist() == [c.floor for c in chan.CHANNEL_TABLE]
+    assert _SCALE_FLOOR.tolist() == [c.floor for c in chan.CHANNEL_TABLE]
     assert {"mem_working_set", "mem_rss", "mem_cache"} == evaluate.MEMORY_FAMILY
 
 

@@ -2,9 +2,10 @@
 real memory cgroups, measured by cAdvisor, OOM-killed by a real kernel; see data/real/README).
 
 Replayed through the default model at the daemon's step for a 15 s scrape: every leaking
-workload is flagged as a memory leak before the kernel's first OOM kill of it (the crash
-loop, whose incarnations live under 4 min, before one of its later kills), with a time to OOM;
-the healthy trainer, the page-cache reader, the GC sawtooth and the warm-up raise nothing."""
+workload is flagged as a memory leak before the kernel's first OOM kill of it, with a time to
+OOM, and every one of the 11 kills is preceded by an alarm in the incarnation it ends (the
+crash loop's incarnations live 3.8 min: the imminent path judges them from 2 min); the healthy
+trainer, the page-cache reader, the GC sawtooth and the warm-up raise nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from detector.settings import WindowSettings
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 Replayed = tuple[dict[str, list[float]], dict[str, tuple[float, str, float | None]],
-                 dict[str, float]]
+                 dict[str, float], dict[str, list[float]], dict[str, list[float]]]
 HEALTHY = ("trainer-healthy", "pagecache-reader", "gc-sawtooth", "warmup-plateau")
 
 
@@ -33,16 +34,20 @@ def replayed() -> Replayed:
     pipe = Pipeline.load(None)
     first: dict[str, tuple[float, str, float | None]] = {}
     alarms: dict[str, float] = {}
+    leak_ts: dict[str, list[float]] = {}
     for _t, batch, _e in iter_batches(trace, step_s=15.0, windows=WindowSettings(step_s=15.0)):
         for v in pipe.evaluate(batch):
             if v.is_anomaly:
                 alarms[v.pod] = alarms.get(v.pod, 0) + 1
                 first.setdefault(v.pod, (v.ts, v.kind, v.time_to_oom_s))
-    return kills, first, alarms
+                if v.kind == "memory_leak":
+                    leak_ts.setdefault(v.pod, []).append(v.ts)
+    starts = {pod: [float(x) for x in info["starts"]] for pod, info in labels["pods"].items()}
+    return kills, first, alarms, leak_ts, starts
 
 
 def test_every_real_leak_is_flagged_before_the_kernel_kills_it(replayed: Replayed) -> None:
-    kills, first, _ = replayed
+    kills, first, _, _, _ = replayed
     leaking = [p for p, k in kills.items() if k]
     assert len(leaking) >= 5
     for pod in leaking:
@@ -50,13 +55,23 @@ def test_every_real_leak_is_flagged_before_the_kernel_kills_it(replayed: Replaye
         ts, kind, tto = first[pod]
         assert kind == "memory_leak", (pod, kind)
         assert tto is not None and tto > 0, pod
-        if pod == "crashloop-leak":  # incarnations of < 4 min: warned before a later kill
-            assert any(ts < k for k in kills[pod][1:]), (pod, ts, kills[pod])
-        else:
-            assert ts < kills[pod][0], (pod, ts - kills[pod][0])
+        assert ts < kills[pod][0], (pod, ts - kills[pod][0])
+
+
+def test_every_real_oom_kill_is_preceded_by_an_alarm_in_its_incarnation(
+        replayed: Replayed) -> None:
+    kills, _, _, leak_ts, starts = replayed
+    n = 0
+    for pod, ks in kills.items():
+        for k in ks:
+            began = max(s for s in starts[pod] if s < k)
+            n += 1
+            assert any(began < t < k for t in leak_ts.get(pod, [])), (
+                f"{pod}: OOM kill {k - began:.0f} s into its incarnation without an alarm")
+    assert n == 11
 
 
 def test_the_healthy_real_workloads_raise_nothing(replayed: Replayed) -> None:
-    _, _, alarms = replayed
+    _, _, alarms, _, _ = replayed
     for pod in HEALTHY:
         assert alarms.get(pod, 0) == 0, (pod, alarms.get(pod))

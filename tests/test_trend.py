@@ -264,6 +264,61 @@ def test_fast_path_judges_a_young_pod_and_leaves_warm_ups_alone() -> None:
     assert np.isinf(rep.time_to_oom_s[1]) or rep.time_to_oom_s[1] > 3 * 3600
 
 
+def _fine_batch(ws: np.ndarray, limit: float, step: float = 15.0) -> WindowBatch:
+    """Windows of 4 h at a ``step`` grid whose only data is the working set ``ws`` (n, L)."""
+    b = batch_of(np.zeros((ws.shape[0], L)), limit=limit)
+    n_pts = ws.shape[1]
+    values = np.full((ws.shape[0], len(CHANNELS), n_pts), np.nan, np.float32)
+    values[:, CHANNELS.index("mem_working_set")] = ws
+    object.__setattr__(b, "values", values)
+    object.__setattr__(b, "grid", np.arange(-(n_pts - 1), 1) * step)
+    return b
+
+
+def test_imminent_path_warns_a_crash_loop_incarnation_from_two_minutes() -> None:
+    """A real crash loop's incarnation (20 MiB + 60 MiB/min under 256 MiB, killed at 3.8 min)
+    2.5 min after its start, at a 15 s grid: too young for the fast path (5 min), judged by
+    the imminent path with a time to OOM near the truth; a warm-up at the same level that
+    decelerates (tau 3 min) and one growing as fast but far below its limit are not. Off
+    until its threshold is fitted; a version-2 state (before the path) loads with it off."""
+    step, n_pts = 15.0, 960  # 4 h at 15 s
+    mib = 2.0**20
+    t = np.arange(n_pts) * step
+    t0 = t - (t[-1] - 150.0)  # 2.5 min since the start
+    alive = t0 >= 0
+    rng = np.random.default_rng(3)
+    leak = np.where(alive, (20 + 60 * t0 / 60) * mib + rng.normal(0, 0.3 * mib, n_pts), np.nan)
+    warm = np.where(alive, (175 - 130 * np.exp(-t0 / 180)) * mib, np.nan)
+    low = np.where(alive, (20 + 60 * t0 / 60) * mib, np.nan)
+    b = _fine_batch(np.stack([leak, warm, low]), limit=256 * mib)
+    b_low = _fine_batch(low[None, :], limit=4096 * mib)
+    det = TrendDetector()
+    slow, fast = det.path_scores(b)
+    assert (slow == 0).all() and (fast == 0).all()  # neither path judges 2.5 min of data
+    imm = det.imminent_scores(b)
+    assert imm[0] > 1.0 and imm[1] == 0, imm
+    assert det.imminent_scores(b_low)[0] == 0  # most of the limit is free
+    assert np.isnan(det.imminent_scores(batch_of(SHAPES["flat"][0][None, :]))[0])  # old pod
+    # off until fitted: the report is the fast/slow paths' (no time to OOM from them)
+    det.threshold_, det.fast_threshold_, det.fitted_ = 1.0, 2.0, True
+    assert det.score(b)[0] == 0
+    assert det.imminent_threshold_from_scores(np.array([0.0, 0.3]), 0.01) == pytest.approx(
+        0.3, rel=0.05)
+    det.forget_analysis()
+    rep = det.leak_report(b)
+    assert det.score(b)[0] > det.threshold_ and det.score(b)[1] == 0
+    truth = (256 * mib - leak[-1]) / (mib * 60 / 60)
+    assert rep.fast is not None and rep.fast[0]
+    assert rep.time_to_oom_s[0] == pytest.approx(truth, rel=0.3)
+    state = json.loads(json.dumps(det.get_state()))
+    assert TrendDetector.from_state(state).imminent_threshold_ == det.imminent_threshold_
+    old = {k: v for k, v in state.items() if not k.startswith("imminent_")}
+    old["version"] = 2
+    assert TrendDetector.from_state(old).imminent_threshold_ is None
+    with pytest.raises(ModelIntegrityError):
+        TrendDetector.from_state({**old, "version": 3})  # v3 without its keys
+
+
 def test_no_limit_means_no_time_to_oom_and_empty_windows_score_zero(
     detector: TrendDetector,
 ) -> None:

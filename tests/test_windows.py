@@ -511,3 +511,35 @@ def test_counter_rates_are_never_negative_and_order_free(
     np.testing.assert_array_equal(wa.values, wb.values)
     rate = ch(wa, "net_rx_rate")
     assert (rate[np.isfinite(rate)] >= 0).all()
+
+
+def test_series_store_grows_resets_and_reuses_every_declared_field() -> None:
+    """The store's arrays are declared once (SERIES_FIELDS, BIN_FIELDS, POD_FIELDS): growing
+    past the initial capacity, dropping a pod and reusing its slots walk every one of them."""
+    import numpy as np
+
+    from detector.windows.series import BIN_FIELDS, POD_FIELDS, SERIES_FIELDS, SeriesStore
+
+    st = SeriesStore(ring=8)
+    names = [("ns", f"p{i % 3}", f"c{i}", "container_memory_rss") for i in range(100)]
+    sids = [st.series_slot(n) for n in names]
+    assert st.capacity >= 100 and len(set(sids)) == 100
+    assert all(getattr(st, "s_" + f).shape == (st.capacity,) for f in SERIES_FIELDS)
+    assert all(getattr(st, f).shape == (st.capacity, 8) for f in BIN_FIELDS)
+    st.bv[sids[0]] = 5.0
+    st.s_newest_t[sids[0]] = 123.0
+    dropped = [s for s, n in zip(sids, names) if n[1] == "p0"]
+    assert st.drop_pod(PodKey("ns", "p0")) and not st.drop_pod(PodKey("ns", "p0"))
+    for f, (_dtype, fill) in SERIES_FIELDS.items():
+        np.testing.assert_array_equal(getattr(st, "s_" + f)[dropped], fill, err_msg=f)
+    for f, (_dtype, fill) in BIN_FIELDS.items():
+        np.testing.assert_array_equal(getattr(st, f)[dropped], fill, err_msg=f)
+    assert PodKey("ns", "p0") not in st.pods() and len(st.pods()) == 2
+    again = st.series_slot(("ns", "p9", "c0", "my_queue_depth"))  # reuses a dropped slot
+    assert again in dropped and bool(st.s_alive[again]) and st.s_extra[again] == 0
+    assert st.extra_names == ["my_queue_depth"]
+    p = int(st.s_pod[again])
+    assert st.pod_keys[p] == PodKey("ns", "p9")
+    assert all(getattr(st, "p_" + f)[p] == fill for f, (_d, fill) in POD_FIELDS.items())
+    size = st.state_size()
+    assert size["series"] == 100 - len(dropped) + 1 and size["pods"] == 3

@@ -20,12 +20,13 @@ import pandas as pd
 
 from detector import scenarios
 from detector.models import store
+from detector.models.trend import TrendDetector
 from detector.models.univariate import UnivariateDetector
 from detector.settings import DetectionSettings, WindowSettings
-from training.fit import collect_windows, fit_detectors
+from training.fit import collect_windows, fit_detectors, young_windows
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "model"
-DEFAULT_VERSION = "default-4"
+DEFAULT_VERSION = "default-5"
 SEED = 20261126
 
 
@@ -42,7 +43,9 @@ def build(root: Path = DEFAULT_ROOT, *, seed: int = SEED, n_pods: int = 96, hour
     det = DetectionSettings()
     trace = healthy_training_trace(seed, n_pods, hours)
     healthy = collect_windows(trace, windows=ws, progress=progress, desc="training windows")
-    result = fit_detectors(healthy, detection=det, seed=seed, progress=progress)
+    # the imminent path's threshold: the pods' first minutes at a 15 s grid
+    young = young_windows(trace, span_s=TrendDetector().fast_min_s, progress=progress)
+    result = fit_detectors(healthy, detection=det, seed=seed, progress=progress, young=young)
     target = root / version
     if target.exists() and replace:
         shutil.rmtree(target)

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from detector import channels as chan
+from detector import traces as tr
 from detector.errors import InputError
 from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.drift import DriftConfig, DriftDetector
 from detector.models.forest import ForestConfig, IsolationForestDetector
 from detector.models.trend import TrendDetector
-from detector.pipeline import leak_decision_scores
+from detector.pipeline import NEW_POD_S, decision_scores, leak_decision_scores, pod_age_s
 from detector.replay import make_engine
 from detector.settings import DetectionSettings, WindowSettings
 from detector.windows import WindowBatch
@@ -40,6 +41,39 @@ def collect_windows(trace: pd.DataFrame, *, windows: WindowSettings, every: int 
     if len(batch) == 0:
         raise InputError("no usable windows in the training data (all pods stale or empty)")
     return batch
+
+
+YOUNG_STEP_S = 15.0
+"""The grid the imminent path's threshold is fitted at (it needs 6 points in a young
+incarnation's first minutes: a daemon scraping every 15 s)."""
+
+
+def young_windows(trace: pd.DataFrame, *, span_s: float, step_s: float = YOUNG_STEP_S,
+                  progress: bool = False) -> WindowBatch | None:
+    """The non-stale windows of every pod's first ``span_s`` and of every container
+    incarnation's (after a restart), at a ``step_s`` grid: what the imminent leak path judges.
+    Only the rows near those starts are replayed (10 min before a restart, so the window
+    sees it), so this costs minutes of data per pod, not the whole trace; None without any."""
+    if trace.empty:
+        return None
+    ts = trace["timestamp"].to_numpy(dtype=np.float64)
+    pod = (trace["namespace"].astype(str) + "/" + trace["pod"].astype(str)).to_numpy()
+    keep = np.zeros(len(trace), dtype=bool)
+    frame = pd.DataFrame({"pod": pod, "ts": ts, "metric": trace["metric"].astype(str).to_numpy(),
+                          "value": trace["value"].to_numpy(dtype=np.float64)})
+    first = frame.groupby("pod")["ts"].transform("min").to_numpy()
+    keep |= ts <= first + span_s + 2 * step_s
+    rs = frame[frame["metric"] == tr.RESTARTS].sort_values(["pod", "ts"], kind="stable")
+    rise = rs.groupby("pod")["value"].diff().to_numpy() > 0
+    for p_, t_ in zip(rs["pod"].to_numpy()[rise], rs["ts"].to_numpy()[rise], strict=True):
+        keep |= (pod == p_) & (ts >= t_ - 600.0) & (ts <= t_ + span_s + 2 * step_s)
+    sub = trace[keep]
+    if sub.empty:
+        return None
+    batch = collect_all_windows(sub, every_s=step_s,
+                               engine=make_engine(WindowSettings(step_s=step_s)),
+                               drop_stale=True, progress=progress, desc="young windows")
+    return batch if len(batch) else None
 
 
 def drift_feature_names(all_names: Sequence[str]) -> tuple[str, ...]:
@@ -71,8 +105,10 @@ class FitResult:
 
 def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: int = 0,
                   holdout: float = 0.3, drift_config: DriftConfig | None = None,
-                  progress: bool = False) -> FitResult:
-    """Fits both detectors on healthy windows and their thresholds on held-back pods."""
+                  progress: bool = False, young: WindowBatch | None = None) -> FitResult:
+    """Fits both detectors on healthy windows and their thresholds on held-back pods;
+    ``young`` (:func:`young_windows` of the same healthy data) fits the imminent leak path's
+    threshold (without it the path stays off)."""
     fit_idx, hold_idx = split_by_pod(healthy, holdout, seed)
     fit_b, hold_b = healthy.subset(fit_idx), healthy.subset(hold_idx)
     t0 = time.perf_counter()
@@ -84,6 +120,12 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
     # the leak horizon and returns to a level already held never page)
     slow, fast = leak_decision_scores(trend, healthy, horizon_s=detection.leak_horizon_s)
     trend_thr = trend.thresholds_from_scores(slow, fast, detection.leak_fpr, background=healthy)
+    n_young = 0
+    if young is not None and len(young):
+        _s, _f, imm = decision_scores(trend, young, horizon_s=detection.leak_horizon_s)
+        judged = imm[np.isfinite(imm)]
+        n_young = int(judged.size)
+        trend.imminent_threshold_from_scores(judged, detection.leak_fpr)
     t1 = time.perf_counter()
     drift = DriftDetector(
         config=drift_config or DriftConfig(seed=seed),
@@ -92,6 +134,8 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
     )
     names = drift_feature_names(healthy.feature_names)
     cols = [healthy.feature_names.index(n) for n in names]
+    # the drift ensemble does not judge pods younger than NEW_POD_S (nor learns from them)
+    fit_b, hold_b = (b.subset(np.flatnonzero(pod_age_s(b) >= NEW_POD_S)) for b in (fit_b, hold_b))
     drift.fit(fit_b.features[:, cols], names, groups=[str(k) for k in fit_b.keys])
     drift_thr = drift.infer_threshold(hold_b.features[:, cols], detection.drift_fpr)
     t2 = time.perf_counter()
@@ -99,7 +143,9 @@ def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: i
     summary: dict[str, Any] = {
         "windows": len(healthy), "windows_fit": len(fit_b), "windows_holdout": len(hold_b),
         "pods": len(pods), "trend_threshold": trend_thr,
-        "trend_fast_threshold": trend.fast_threshold_, "drift_threshold": drift_thr,
+        "trend_fast_threshold": trend.fast_threshold_,
+        "trend_imminent_threshold": trend.imminent_threshold_,
+        "windows_young": n_young, "drift_threshold": drift_thr,
         "trend_fit_s": round(t1 - t0, 2), "drift_fit_s": round(t2 - t1, 2),
         "data_start": float(np.min(healthy.ts)), "data_end": float(np.max(healthy.ts)),
         "feature_names": list(healthy.feature_names),

@@ -112,8 +112,7 @@ class LevelHistory:
         if n == 0:
             return slots
         step = batch.step_s
-        v = batch.values[:, self._mem_idx, :]
-        L = v.shape[-1]
+        L = batch.values.shape[-1]
         # incarnations: a restart newer than the incarnation start we hold
         last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
         r_ts = np.where(last_r >= 0, batch.ts + batch.grid[np.clip(last_r, 0, L - 1)], -np.inf)
@@ -128,7 +127,7 @@ class LevelHistory:
             self._inc_start[s_new] = r_ts[new_inc]
         # the working set's fraction of its limit now (for the next restart)
         lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
-        ws = v[:, self._ws, :]
+        ws = batch.values[:, self._mem_idx[self._ws], :]  # a view, no copy
         fin = np.isfinite(ws)
         last = np.where(fin.any(axis=1), L - 1 - np.argmax(fin[:, ::-1], axis=1), 0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -140,7 +139,9 @@ class LevelHistory:
         blk = np.floor((t_abs - 1e-6) / self.block_s).astype(np.int64)
         target = np.floor(batch.ts / self.block_s).astype(np.int64) - 1
         sel = (blk == target[:, None])[:, None, :]
-        part = np.where(sel, v[:, :, L - k:], np.nan)
+        # only the tail the last block can lie in is gathered (the trend detector gathers
+        # the whole memory series once per batch)
+        part = np.where(sel, batch.values[:, self._mem_idx, L - k:], np.nan)
         with _quiet():
             mins = np.nanmin(part, axis=-1)  # (n, 3)
         after_inc = target * self.block_s >= self._inc_start[slots]
@@ -183,8 +184,8 @@ class LevelHistory:
         rows = np.arange(grows.size)
         prior_c = prior[rows, ch]
         tail = max(2, round(self.block_s / batch.step_s))
-        vals = batch.values[grows][:, self._mem_idx, :]
-        cur = vals[rows, ch, -tail:].astype(np.float64)
+        # the growing channel's last points only: one (g, tail) gather
+        cur = batch.values[grows, np.asarray(self._mem_idx)[ch], -tail:].astype(np.float64)
         fin = np.isfinite(cur)
         floor_now = np.where(fin.any(axis=1), np.where(fin, cur, np.inf).min(axis=1), np.nan)
         lim = np.asarray(limit, dtype=np.float64)[grows]

@@ -35,8 +35,9 @@ The decision threshold is fitted on healthy windows with
 
 The leak rate reported is the Theil-Sen slope of the de-stepped block minima of the best
 view, or of its recent half when faster (a leak that began inside the view);
-the time to OOM is (limit - current peak) / rate, with low/high estimates from the 80th/20th
-percentiles of the pairwise slopes. :meth:`TrendDetector.explain_features` exposes the nine
+the time to OOM is (limit - current peak) / rate (projected geometrically while the growth
+slows down, :func:`projected_tto`), its stated range the calibrated band :data:`TTO_BAND`
+around it. :meth:`TrendDetector.explain_features` exposes the nine
 inputs of the score (``<channel>.slope``, ``.headroom``, ``.monotonicity``) and
 :meth:`TrendDetector.score_from_explain_features` recomputes the score from them exactly,
 so Shapley values over those inputs sum to the score.
@@ -52,7 +53,9 @@ from typing import Any
 import numpy as np
 
 from detector.errors import InputError, ModelIntegrityError
-from detector.models.base import Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.attribution import exact_shapley
+from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.state import TrendState, read_state
 from detector.windows import (
     CHANNELS,
     MEMORY_CHANNELS,
@@ -98,14 +101,8 @@ together is a step, not a trend: it is taken out before the trend is measured.""
 EXPLAIN_STATS: tuple[str, ...] = ("slope", "headroom", "monotonicity")
 EXPLAIN_NAMES: tuple[str, ...] = tuple(f"{c}.{s}" for c in MEMORY_CHANNELS for s in EXPLAIN_STATS)
 
-_STATE_KEYS = frozenset(
-    {
-        "name", "version", "views", "u0", "min_span_s", "settle_s", "threshold", "fitted",
-        "healthy_quantiles", "fast_span_s", "fast_min_s", "fast_horizon_s", "fast_threshold",
-        "explain_background",
-    }
-)
-STATE_VERSION = 2
+STATE_VERSION = 3
+"""3 added the imminent path (its keys); a version-2 state loads with that path off."""
 
 
 def _nanquantile_sorted(xs: np.ndarray, cnt: np.ndarray, q: float) -> np.ndarray:
@@ -172,6 +169,8 @@ class Analysis:
     slow_span: np.ndarray
     fast: _ViewStats
     fast_span: np.ndarray
+    imminent: _ViewStats  # raw; score 0 where it does not judge (incarnations >= fast_min_s)
+    imminent_span: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -181,21 +180,17 @@ class _ViewStats:
     headroom: np.ndarray  # (n, 3) free fraction of the limit
     mono: np.ndarray  # (n, 3)
     rate: np.ndarray  # (n, 3) plain Theil-Sen, bytes/s
-    rate_lo: np.ndarray
-    rate_hi: np.ndarray
     limit: np.ndarray  # (n, 3)
     room: np.ndarray  # (n, 3) limit - peak, bytes
     tto: np.ndarray  # (n, 3) time to OOM, s (inf: not reaching the limit), deceleration-aware
-    tto_lo: np.ndarray  # (n, 3) early estimate
-    tto_hi: np.ndarray  # (n, 3) late estimate
     q: np.ndarray  # (n, 3) growth of the recent half over the earlier half (1 = steady)
     half_s: np.ndarray  # (n, 3) length of a half, seconds
     valid: np.ndarray  # (n, 3) enough blocks to judge
 
 
 def _fields(st: _ViewStats) -> tuple[np.ndarray, ...]:
-    return (st.score, st.slope, st.headroom, st.mono, st.rate, st.rate_lo, st.rate_hi,
-            st.limit, st.room, st.tto, st.tto_lo, st.tto_hi, st.q, st.half_s, st.valid)
+    return (st.score, st.slope, st.headroom, st.mono, st.rate, st.limit, st.room, st.tto,
+            st.q, st.half_s, st.valid)
 
 
 LINEAR_Q = 0.9
@@ -246,6 +241,8 @@ class TrendDetector(ThresholdMixin):
         fast_span_s: float = 1800.0,
         fast_min_s: float = 300.0,
         fast_horizon_s: float = 3 * 3600.0,
+        imminent_min_s: float = 120.0,
+        imminent_horizon_s: float = 300.0,
     ) -> None:
         problems = []
         if not views:
@@ -260,17 +257,24 @@ class TrendDetector(ThresholdMixin):
         if not (math.isfinite(settle_s) and settle_s >= 0):
             problems.append(f"settle_s must be >= 0, got {settle_s!r}")
         for name, val in (("fast_span_s", fast_span_s), ("fast_min_s", fast_min_s),
-                          ("fast_horizon_s", fast_horizon_s)):
+                          ("fast_horizon_s", fast_horizon_s), ("imminent_min_s", imminent_min_s),
+                          ("imminent_horizon_s", imminent_horizon_s)):
             if not (math.isfinite(val) and val > 0):
                 problems.append(f"{name} must be > 0, got {val!r}")
         if math.isfinite(fast_min_s) and math.isfinite(fast_span_s) and fast_min_s > fast_span_s:
             problems.append("fast_min_s must not exceed fast_span_s")
+        if math.isfinite(imminent_min_s) and math.isfinite(fast_min_s) and \
+                imminent_min_s > fast_min_s:
+            problems.append("imminent_min_s must not exceed fast_min_s")
         if problems:
             raise InputError("TrendDetector: " + "; ".join(problems))
         self.fast_span_s = float(fast_span_s)
         self.fast_min_s = float(fast_min_s)
         self.fast_horizon_s = float(fast_horizon_s)
         self.fast_threshold_: float | None = None
+        self.imminent_min_s = float(imminent_min_s)
+        self.imminent_horizon_s = float(imminent_horizon_s)
+        self.imminent_threshold_: float | None = None
         self.explain_background_: list[list[float]] = []
         self._cache: tuple[WindowBatch, Analysis] | None = None
         self.views = tuple((float(b), int(k)) for b, k in views)
@@ -348,8 +352,6 @@ class TrendDetector(ThresholdMixin):
         ss = np.sort(slopes, axis=-1)
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
-        rate_lo = _nanquantile_sorted(ss, cnt, 0.2).astype(np.float64)
-        rate_hi = _nanquantile_sorted(ss, cnt, 0.8).astype(np.float64)
         h = nb // 2
         rate_recent = _theil_sen(y[:, h:], blk_s).astype(np.float64)
         early = j < nb - h
@@ -381,10 +383,8 @@ class TrendDetector(ThresholdMixin):
             room = lim - peak
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
         # the reported rate: the faster of the whole view and its recent half (a leak that
-        # began inside the view), bracketed by the pairwise-slope spread
+        # began inside the view)
         rate_rep = np.fmax(rate, rate_recent)
-        rate_lo = np.fmin(rate_lo, rate_rep)
-        rate_hi = np.fmax(rate_hi, rate_rep)
         # time to OOM: linear while the growth keeps its pace, geometric while it slows down
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where(ref_rate > 0, rate_recent / ref_rate, 1.0)
@@ -401,19 +401,30 @@ class TrendDetector(ThresholdMixin):
         slope = np.where(np.isfinite(slope), slope, 0.0)
         mono = np.where(np.isfinite(mono), mono, 0.0)
         score = self._combine(slope, headroom, mono)
-        tto_lo = projected_tto(room, np.where(decel, rate_recent, rate_hi),
-                               np.minimum(q * 1.1, 1.0), half_s)
-        tto_hi = projected_tto(room, np.where(decel, rate_recent, rate_lo), q * 0.9, half_s)
-        tto_lo = np.fmin(tto_lo, tto)
-        tto_hi = np.fmax(tto_hi, tto)
         valid = n_valid >= math.ceil(0.75 * nb)
-        return _ViewStats(score, slope, headroom, mono, rate_rep, rate_lo, rate_hi, lim, room,
-                          tto, tto_lo, tto_hi, np.where(np.isfinite(q), q, 1.0),
-                          np.full(q.shape, float(half_s)), valid)
+        return _ViewStats(score, slope, headroom, mono, rate_rep, lim, room, tto,
+                          np.where(np.isfinite(q), q, 1.0), np.full(q.shape, float(half_s)),
+                          valid)
 
-    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats | None:
+    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats:
         """The fast path on rows ``v`` (R, L) of the current incarnation, no settling time:
-        the last ``fast_span_s`` at the grid step, judged from ``fast_min_s`` of data.
+        the last ``fast_span_s`` at the grid step, judged from ``fast_min_s`` of data."""
+        return self._short(v, lim, step, span_s=self.fast_span_s, min_s=self.fast_min_s,
+                           horizon_s=self.fast_horizon_s, steady_only=False)
+
+    def _imminent(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats:
+        """The imminent-OOM judgement of incarnations younger than ``fast_min_s``: their
+        last ``fast_min_s`` at the grid step, judged from ``imminent_min_s`` of data, only
+        where the growth keeps its pace (a warm-up decelerates from its first minutes) and
+        the projected OOM is within ``imminent_horizon_s``."""
+        return self._short(v, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
+                           horizon_s=self.imminent_horizon_s, steady_only=True)
+
+    def _short(self, v: np.ndarray, lim: np.ndarray, step: float, *, span_s: float,
+               min_s: float, horizon_s: float, steady_only: bool) -> _ViewStats:
+        """A short-horizon judgement of rows ``v`` (R, L): the last ``span_s`` at the grid
+        step, judged from ``min_s`` of data (and at least 6 points), scoring only a projected
+        OOM within ``horizon_s`` (``steady_only``: and growth that does not slow down).
 
         Growth must be significant (Mann-Kendall), calm (no drawdown of the incarnation's
         series larger than a small part of the rise: a GC sawtooth or a periodic load has
@@ -421,7 +432,7 @@ class TrendDetector(ThresholdMixin):
         plateau under the limit gives no time to OOM). Urgency is one over the projected
         time to OOM, so only growth that fills the headroom soon scores."""
         L = v.shape[-1]
-        m = min(L, max(6, round(self.fast_span_s / step)))
+        m = min(L, max(6, round(span_s / step)))
         # at most FAST_POINTS points: a finer grid is cut into block minima (the pairwise
         # statistics cost the square of the points)
         k = max(1, math.ceil(m / FAST_POINTS))
@@ -438,7 +449,7 @@ class TrendDetector(ThresholdMixin):
         y = destep(y)
         ok = np.isfinite(y)
         nv = ok.sum(axis=-1)
-        need = max(6 if k == 1 else 5, math.ceil(self.fast_min_s / step))
+        need = max(6 if k == 1 else 5, math.ceil(min_s / step))
         first = np.where(ok.any(axis=-1), np.argmax(ok, axis=-1), m)  # first valid position
         i, j = _pairs(m)
         dy = y[:, j] - y[:, i]
@@ -451,8 +462,6 @@ class TrendDetector(ThresholdMixin):
         ss = np.sort(slopes, axis=-1)
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
-        rate_lo = _nanquantile_sorted(ss, cnt, 0.25).astype(np.float64)
-        rate_hi = _nanquantile_sorted(ss, cnt, 0.75).astype(np.float64)
         # halves of the valid span: early [first, mid), recent [mid, m)
         mid = first + (m - first) // 2
         early = (i[None, :] >= first[:, None]) & (j[None, :] < mid[:, None])
@@ -476,10 +485,6 @@ class TrendDetector(ThresholdMixin):
             decel = q < LINEAR_Q
             now = np.where(decel, r_recent, rate)
             tto = np.where(has_lim, projected_tto(room, now, q, half_s), np.inf)
-            tto_lo = np.where(has_lim, projected_tto(room, np.where(decel, r_recent, rate_hi),
-                                                     np.minimum(q * 1.1, 1.0), half_s), np.inf)
-            tto_hi = np.where(has_lim, projected_tto(room, np.where(decel, r_recent, rate_lo),
-                                                     q * 0.9, half_s), np.inf)
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
             # urgency as the slow path has it: the fraction of the headroom consumed per hour
             u = np.where(np.isfinite(tto) & (tto > 0), 3600.0 / tto, 0.0)
@@ -492,10 +497,12 @@ class TrendDetector(ThresholdMixin):
         # nothing (the slow path judges): a JVM committing its heap or a cache filling at
         # start-up grows as fast as a leak, but far below its limit
         used = np.where(has_lim, peak / lim, 0.0)
-        score = np.where((tto <= self.fast_horizon_s) & (used >= FAST_MIN_USED), score, 0.0)
-        return _ViewStats(score, slope, headroom, mono, now, np.fmin(rate_lo, now),
-                          np.fmax(rate_hi, now), lim, room, tto, np.fmin(tto_lo, tto),
-                          np.fmax(tto_hi, tto), np.where(np.isfinite(q), q, 1.0),
+        judged = (tto <= horizon_s) & (used >= FAST_MIN_USED)
+        if steady_only:
+            judged &= q >= LINEAR_Q
+        score = np.where(judged, score, 0.0)
+        return _ViewStats(score, slope, headroom, mono, now, lim, room, tto,
+                          np.where(np.isfinite(q), q, 1.0),
                           np.broadcast_to(half_s, q.shape).astype(np.float64), nv >= need)
 
     def _combine(self, slope: np.ndarray, headroom: np.ndarray, mono: np.ndarray) -> np.ndarray:
@@ -549,9 +556,8 @@ class TrendDetector(ThresholdMixin):
             # leaks are the fast path's, which has its own threshold
             mono = st.mono * min(1.0, view_span / EVIDENCE_SPAN_S)
             st = _ViewStats(self._combine(slope, st.headroom, mono), slope, st.headroom,
-                            mono, st.rate, st.rate_lo, st.rate_hi, st.limit, st.room,
-                            tto_eff, np.fmin(st.tto_lo, tto_eff), np.fmax(st.tto_hi, tto_eff),
-                            st.q, st.half_s, st.valid)
+                            mono, st.rate, st.limit, st.room, tto_eff, st.q, st.half_s,
+                            st.valid)
             n_views += 1
             if best is None:
                 best, span = st, np.full(R, view_span)
@@ -580,21 +586,33 @@ class TrendDetector(ThresholdMixin):
         # the fast path: the current incarnation from its first minutes
         fast = self._blank(n * nc, lim_all)
         fast_span = np.full(n * nc, np.nan)
-        act_inc = np.flatnonzero(np.isfinite(vinc_all).any(axis=-1))
+        fin_all = np.isfinite(vinc_all)
+        has_inc = fin_all.any(axis=-1)
+        act_inc = np.flatnonzero(has_inc)
         if act_inc.size:
             fs = self._fast(vinc_all[act_inc], lim_all[act_inc], step)
-            if fs is not None:
-                for f_full, f_fast in zip(_fields(fast), _fields(fs), strict=True):
-                    f_full[act_inc] = f_fast
-                fin_inc = np.isfinite(vinc_all[act_inc][:, -max(6, round(
-                    self.fast_span_s / step)):])
-                fast_span[act_inc] = fin_inc.sum(axis=-1) * step
+            for f_full, f_fast in zip(_fields(fast), _fields(fs), strict=True):
+                f_full[act_inc] = f_fast
+            fin_inc = fin_all[act_inc][:, -max(6, round(self.fast_span_s / step)):]
+            fast_span[act_inc] = fin_inc.sum(axis=-1) * step
+        # the imminent path: incarnations younger than the fast path's minimum
+        imminent = self._blank(n * nc, lim_all)
+        imminent_span = np.full(n * nc, np.nan)
+        inc_age = np.where(has_inc, (L - np.argmax(fin_all, axis=-1)) * step, np.inf)
+        young_inc = np.flatnonzero(inc_age < self.fast_min_s)
+        if young_inc.size:
+            im = self._imminent(vinc_all[young_inc], lim_all[young_inc], step)
+            for f_full, f_imm in zip(_fields(imminent), _fields(im), strict=True):
+                f_full[young_inc] = f_imm
+            imminent_span[young_inc] = inc_age[young_inc]
 
         def shaped(st: _ViewStats) -> _ViewStats:
             return _ViewStats(*(a.reshape(n, nc) for a in _fields(st)))
 
         an = Analysis(slow=shaped(slow), slow_span=span_full.reshape(n, nc),
-                      fast=shaped(fast), fast_span=fast_span.reshape(n, nc))
+                      fast=shaped(fast), fast_span=fast_span.reshape(n, nc),
+                      imminent=shaped(imminent),
+                      imminent_span=imminent_span.reshape(n, nc))
         self._cache = (batch, an)
         return an
 
@@ -607,10 +625,16 @@ class TrendDetector(ThresholdMixin):
         nan = np.full(size, np.nan)
         inf = np.full(size, np.inf)
         return _ViewStats(score=np.zeros(size), slope=np.zeros(size), headroom=np.ones(size),
-                          mono=np.zeros(size), rate=nan.copy(), rate_lo=nan.copy(),
-                          rate_hi=nan.copy(), limit=lim.copy(), room=nan.copy(), tto=inf,
-                          tto_lo=inf.copy(), tto_hi=inf.copy(), q=np.ones(size),
-                          half_s=np.ones(size), valid=np.zeros(size, dtype=bool))
+                          mono=np.zeros(size), rate=nan, limit=lim.copy(), room=nan.copy(),
+                          tto=inf, q=np.ones(size), half_s=np.ones(size),
+                          valid=np.zeros(size, dtype=bool))
+
+    def _imminent_scale(self) -> float:
+        """Imminent-path scores in units of the fast path's threshold; 0 (the path is off)
+        until both are fitted."""
+        if self.fast_threshold_ and self.imminent_threshold_ and self.imminent_threshold_ > 0:
+            return float(self.fast_threshold_) / float(self.imminent_threshold_)
+        return 0.0
 
     def _fast_scale(self) -> float:
         """Fast-path scores in units of the slow path's threshold (1 before both are fitted)."""
@@ -622,13 +646,25 @@ class TrendDetector(ThresholdMixin):
         """Per window and channel the path that scores higher (fast scores scaled to the slow
         threshold): its stats, the span of data it judged, and whether it was the fast one."""
         k = self._fast_scale()
-        fast_score = an.fast.score * k
+        fast, fast_span = an.fast, an.fast_span
+        k_imm = self._imminent_scale()
+        if k_imm > 0 and an.imminent.score.any():
+            # a young incarnation's imminent OOM, in the fast path's units
+            imm = an.imminent.score * k_imm
+            use_imm = imm > fast.score
+            fast = _ViewStats(*(np.where(use_imm, a, b) for a, b in zip(
+                _fields(an.imminent), _fields(fast), strict=True)))
+            fast = _ViewStats(np.where(use_imm, imm, fast.score), fast.slope, fast.headroom,
+                              np.where(use_imm, an.imminent.mono * k_imm, fast.mono),
+                              *_fields(fast)[4:])
+            fast_span = np.where(use_imm, an.imminent_span, fast_span)
+        fast_score = fast.score * k
         use_fast = fast_score > an.slow.score
         st = _ViewStats(*(np.where(use_fast, f, s_) for f, s_ in zip(
-            _fields(an.fast), _fields(an.slow), strict=True)))
+            _fields(fast), _fields(an.slow), strict=True)))
         st = _ViewStats(np.where(use_fast, fast_score, an.slow.score), st.slope, st.headroom,
-                        np.where(use_fast, an.fast.mono * k, an.slow.mono), *_fields(st)[4:])
-        return st, np.where(use_fast, an.fast_span, an.slow_span), use_fast
+                        np.where(use_fast, fast.mono * k, an.slow.mono), *_fields(st)[4:])
+        return st, np.where(use_fast, fast_span, an.slow_span), use_fast
 
     # ------------------------------------------------------------------ the contract
 
@@ -646,6 +682,15 @@ class TrendDetector(ThresholdMixin):
             return np.zeros(0), np.zeros(0)
         an = self._analyse(batch)
         return an.slow.score.max(axis=1), an.fast.score.max(axis=1)
+
+    def imminent_scores(self, batch: WindowBatch) -> np.ndarray:
+        """(n,) raw scores of the imminent path (against its own threshold); NaN for windows
+        it does not judge (every memory incarnation has ``fast_min_s`` of data or more)."""
+        if len(batch) == 0:
+            return np.zeros(0)
+        an = self._analyse(batch)
+        judged = np.isfinite(an.imminent_span).any(axis=1)
+        return np.where(judged, an.imminent.score.max(axis=1), np.nan)
 
     def fit(self, batch: WindowBatch, fpr: float | None = None) -> TrendDetector:
         """Records the healthy score distribution and the explanation's healthy reference;
@@ -686,10 +731,25 @@ class TrendDetector(ThresholdMixin):
         self.threshold_ = max(threshold_at_fpr(np.asarray(slow), fpr), MIN_THRESHOLD)
         self.fast_threshold_ = max(threshold_at_fpr(np.asarray(fast), fpr), MIN_THRESHOLD)
         self.fitted_ = True
+        self.forget_analysis()
         if background is not None:
             self.forget_analysis()
             self._fit_background(background)
         return self.threshold_
+
+    def imminent_threshold_from_scores(self, imminent: np.ndarray, fpr: float) -> float | None:
+        """Sets the imminent path's threshold from healthy scores of young incarnations (as
+        the decision sees them, at the grid the daemon runs: the path needs at least 6 points
+        in ``imminent_min_s``..``fast_min_s``, a grid of 20 s or finer). Without any such
+        window the path stays off (``None``): a threshold that no healthy data set is none."""
+        sc = np.asarray(imminent, dtype=np.float64)
+        judged = sc[np.isfinite(sc)]
+        if judged.size == 0:
+            self.imminent_threshold_ = None
+        else:
+            self.imminent_threshold_ = max(threshold_at_fpr(judged, fpr), MIN_THRESHOLD)
+        self.forget_analysis()
+        return self.imminent_threshold_
 
     def predict(self, batch: WindowBatch) -> Prediction:
         thr = self._check_threshold()
@@ -750,6 +810,17 @@ class TrendDetector(ThresholdMixin):
             cols += [st.slope[:, c], st.headroom[:, c], st.mono[:, c]]
         return np.stack(cols, axis=1), EXPLAIN_NAMES
 
+    def explain(self, batch: WindowBatch) -> list[Attribution]:
+        """Why each window got its score (the contract's ``explain``): exact Shapley values
+        over :meth:`explain_features` against :meth:`explain_background`; each sums to
+        ``score - base_value``. (The pipeline computes the same per flagged window, from the
+        batch's one analysis.) Like :meth:`score` it needs no fit: before one, the
+        background is a window of no growth and full headroom."""
+        inputs, names = self.explain_features(batch)
+        background = self.explain_background(names)
+        return [exact_shapley(self.score_from_explain_features, row, background, names)
+                for row in inputs]
+
     def score_from_explain_features(self, X: np.ndarray) -> np.ndarray:
         """The score of rows of :meth:`explain_features` output: (m, 9) -> (m,)."""
         A = np.asarray(X, dtype=np.float64)
@@ -798,48 +869,30 @@ class TrendDetector(ThresholdMixin):
             "fast_horizon_s": self.fast_horizon_s,
             "fast_threshold": self.fast_threshold_,
             "explain_background": [list(r) for r in self.explain_background_],
+            "imminent_min_s": self.imminent_min_s,
+            "imminent_horizon_s": self.imminent_horizon_s,
+            "imminent_threshold": self.imminent_threshold_,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TrendDetector:
-        """Rebuilds a detector from :meth:`get_state`; unknown or missing keys are errors."""
-        if not isinstance(state, dict):
-            raise ModelIntegrityError("trend state must be a mapping")
-        unknown = set(state) - _STATE_KEYS
-        missing = _STATE_KEYS - set(state)
-        if unknown or missing:
-            raise ModelIntegrityError(
-                f"trend state: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
-            )
-        if state["name"] != cls.name or state["version"] != STATE_VERSION:
-            raise ModelIntegrityError(
-                f"trend state is for {state['name']!r} version {state['version']!r}"
-            )
+        """Rebuilds a detector from :meth:`get_state`, checked by
+        :class:`~detector.models.state.TrendState` (a new key goes there too); a version-2
+        state loads with the imminent path off."""
+        st = read_state(TrendState, state, "trend state",
+                        context={"explain_width": len(EXPLAIN_NAMES)})
+        imminent = {k: v for k, v in (("imminent_min_s", st.imminent_min_s),
+                                      ("imminent_horizon_s", st.imminent_horizon_s))
+                    if v is not None}  # version 2: the constructor's defaults
         try:
-            det = cls(
-                views=tuple((float(b), int(k)) for b, k in state["views"]),
-                u0=float(state["u0"]),
-                min_span_s=float(state["min_span_s"]),
-                settle_s=float(state["settle_s"]),
-                fast_span_s=float(state["fast_span_s"]),
-                fast_min_s=float(state["fast_min_s"]),
-                fast_horizon_s=float(state["fast_horizon_s"]),
-            )
-            thr = state["threshold"]
-            det.threshold_ = None if thr is None else float(thr)
-            fthr = state["fast_threshold"]
-            det.fast_threshold_ = None if fthr is None else float(fthr)
-            bg = [[float(x) for x in r] for r in state["explain_background"]]
-            if any(len(r) != len(EXPLAIN_NAMES) for r in bg):
-                raise ValueError(f"explain_background rows must have {len(EXPLAIN_NAMES)} values")
-            det.explain_background_ = bg
-            det.fitted_ = bool(state["fitted"])
-            det.healthy_quantiles_ = [float(x) for x in state["healthy_quantiles"]]
+            det = cls(views=tuple(st.views), u0=st.u0, min_span_s=st.min_span_s,
+                      settle_s=st.settle_s, fast_span_s=st.fast_span_s,
+                      fast_min_s=st.fast_min_s, fast_horizon_s=st.fast_horizon_s, **imminent)
         except (TypeError, ValueError, InputError) as e:
             raise ModelIntegrityError(f"trend state is invalid: {e}") from e
-        for t in (det.threshold_, det.fast_threshold_):
-            if t is not None and not math.isfinite(t):
-                raise ModelIntegrityError("trend state: thresholds must be finite")
-        if any(not math.isfinite(x) for r in det.explain_background_ for x in r):
-            raise ModelIntegrityError("trend state: explain_background must be finite")
+        det.threshold_, det.fast_threshold_ = st.threshold, st.fast_threshold
+        det.imminent_threshold_ = st.imminent_threshold
+        det.explain_background_ = [list(r) for r in st.explain_background]
+        det.fitted_ = st.fitted
+        det.healthy_quantiles_ = list(st.healthy_quantiles)
         return det

@@ -72,6 +72,8 @@ from detector.errors import (
     TlsError,
 )
 from detector.explain import format_duration
+from detector.kinds import ALERT_NAMES as ALERT_NAMES  # re-exported: the sink's alerts
+from detector.kinds import KIND_WORDS
 from detector.settings import AlertingSettings
 from detector.transport.http import LOOPBACK_HOSTS, HttpClient, build_session
 from detector.transport.retry import retrying
@@ -79,13 +81,7 @@ from detector.verdicts import Verdict
 
 log = logging.getLogger("podguard.sinks.alertmanager")
 
-ALERT_NAMES: dict[str, str] = {
-    "memory_leak": "PodMemoryLeak",
-    "gpu_memory_leak": "PodGpuMemoryLeak",
-    "drift": "PodPreFailureDrift",
-}
-_WHAT = {"memory_leak": "Memory leak", "gpu_memory_leak": "GPU memory leak",
-         "drift": "Pre-failure drift"}
+_WHAT = KIND_WORDS
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 """Severities in rising order; a higher one inhibits the lower ones of the same pod."""

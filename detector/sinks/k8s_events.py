@@ -30,17 +30,13 @@ from kubernetes import client
 from detector.diagnosis.report import describe
 from detector.errors import PermanentError, PodguardError
 from detector.explain import format_duration
+from detector.kinds import EVENT_REASONS as EVENT_REASONS  # re-exported
 from detector.remediation.actuator import Actuator, ObjectRef
 from detector.settings import AlertingSettings
 from detector.verdicts import Verdict
 
 log = logging.getLogger("podguard.sinks.k8s_events")
 
-EVENT_REASONS: dict[str, str] = {
-    "memory_leak": "MemoryLeakDetected",
-    "gpu_memory_leak": "GpuMemoryLeakDetected",
-    "drift": "PreFailureDriftDetected",
-}
 
 
 def event_message(v: Verdict) -> str:

@@ -1,0 +1,363 @@
+"""The window assembler: the series store's bins out as per-pod windows on a regular grid.
+
+A window ends at the last bin boundary ``<= at`` and uses only samples with timestamps at or
+before it (causal). Assembling goes in stages, each a method of :class:`WindowAssembler`:
+
+1. :meth:`~WindowAssembler._series_grid` gathers the window's bins of every series of the
+   candidate pods (plus ``lead`` bins before it for rates and forward fill) and turns them
+   into grid values (:func:`series_to_grid`: gauges as is, counters as rates or increments,
+   gaps up to ``gap_bins`` forward-filled);
+2. :meth:`~WindowAssembler._live` leaves out pods without data in the window or silent for
+   ``pod_ttl_s`` before its end;
+3. :meth:`~WindowAssembler._groups` sums the containers of each pod per target (a pod-level
+   series with an empty ``container`` counts only where the pod has no named one) and takes
+   each group's newest value (limits are read as of the newest sample);
+4. the channels, their limits (from the limit table), the extra (custom) metrics, the
+   baselines and features are laid out in a :class:`~detector.windows.batch.WindowBatch`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector import channels as chan
+from detector.windows.batch import PodKey, WindowBatch
+from detector.windows.features import (
+    CHANNELS,
+    FEATURE_NAMES,
+    extract_features,
+    robust_baseline,
+)
+from detector.windows.series import (
+    GAUGE,
+    INCREASE,
+    LIMIT_TARGETS,
+    N_TARGETS,
+    RATE,
+    T_EXTRA,
+    SeriesStore,
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The engine's grid and timing, in seconds unless named otherwise (see WindowEngine)."""
+
+    n_bins: int  # L: grid points of a window
+    step_s: float
+    origin_s: float
+    lead: int  # bins gathered before the window (rates, forward fill)
+    gap_bins: int  # gaps up to this many bins are forward-filled
+    stale_after_s: float
+    min_history_s: float
+    baseline_exclude_s: float
+    min_baseline_s: float
+    pod_ttl_s: float
+
+    @property
+    def grid(self) -> np.ndarray:
+        return np.arange(-(self.n_bins - 1), 1, dtype=np.float64) * self.step_s
+
+
+@dataclass
+class _Series:
+    """The window of each selected series: slot, pod position, grid values, data mask."""
+
+    sel: np.ndarray  # (S,) series slots
+    p_of: np.ndarray  # (S,) position of the series' pod among the candidates
+    vals: np.ndarray  # (S, L) grid values
+    has_data: np.ndarray  # (S, L) bins holding a sample
+    idx_last: np.ndarray  # (S,) newest bin with data, -1 for none
+
+    def take(self, m: np.ndarray) -> _Series:
+        return _Series(self.sel[m], self.p_of[m], self.vals[m], self.has_data[m],
+                       self.idx_last[m])
+
+
+@dataclass
+class _Groups:
+    """One group per (pod, target) or (pod, extra metric): containers summed."""
+
+    pod: np.ndarray  # (g,) pod position
+    target: np.ndarray  # (g,) channel index, limit target or T_EXTRA
+    extra: np.ndarray  # (g,) extra metric index (-1 for none)
+    values: np.ndarray  # (g, L) sum over containers, NaN where none has data
+    last: np.ndarray  # (g,) sum of the containers' newest values
+    zero: np.ndarray  # (g,) containers whose newest value is <= 0
+
+    def per_pod(self, n: int, tgt: int, arr: np.ndarray,
+                bad: np.ndarray | None = None) -> np.ndarray:
+        """``(n,)``: ``arr`` of each pod's ``tgt`` group (NaN where it has none, or ``bad``)."""
+        out = np.full(n, np.nan)
+        m = self.target == tgt
+        a = arr[m]
+        if bad is not None:
+            a = np.where(bad[m], np.nan, a)
+        out[self.pod[m]] = a
+        return out
+
+
+class WindowAssembler:
+    """Reads ``store`` into :class:`WindowBatch` es on the grid of ``geometry``."""
+
+    def __init__(self, store: SeriesStore, geometry: Geometry) -> None:
+        self.store = store
+        self.geo = geometry
+        self.grid = geometry.grid
+
+    def windows(self, at: float | None = None,
+                pods: Iterable[PodKey] | None = None) -> WindowBatch:
+        """The windows of all held pods (or of ``pods``) ending at the last bin boundary <= at
+        (default: the store's clock); see :meth:`detector.windows.WindowEngine.windows`."""
+        st, geo = self.store, self.geo
+        L, C = geo.n_bins, len(CHANNELS)
+        if at is None:
+            at = st.clock
+        if at is None or not np.isfinite(at):
+            return self.empty_batch()
+        B = math.floor((float(at) - geo.origin_s) / geo.step_s)
+        t_end = geo.origin_s + B * geo.step_s
+        if pods is None:
+            cand = sorted(st.pod_index.values())
+        else:
+            cand = sorted({st.pod_index[k] for k in pods if k in st.pod_index})
+        if not cand:
+            return self.empty_batch()
+        cand_arr = np.asarray(cand, dtype=np.int64)
+        cand_arr = cand_arr[st.p_first[cand_arr] <= t_end]
+        if cand_arr.size == 0:
+            return self.empty_batch()
+
+        series = self._series_grid(B, cand_arr)
+        live = self._live(series, cand_arr.size)
+        if live is None:
+            return self.empty_batch()
+        series, keep_pod, last_bin = live
+        cand_arr, last_bin = cand_arr[keep_pod], last_bin[keep_pod]
+        n = cand_arr.size
+        g = self._groups(series, n)
+
+        values = np.full((n, C, L), np.nan, dtype=np.float32)
+        is_ch = g.target < C
+        values[g.pod[is_ch], g.target[is_ch]] = g.values[is_ch]
+        limits = self._limits(g, n)
+        extra: dict[str, np.ndarray] = {}
+        is_ex = g.target == T_EXTRA
+        for e in np.unique(g.extra[is_ex]).tolist():
+            m = is_ex & (g.extra == e)
+            arr = np.full((n, L), np.nan, dtype=np.float32)
+            arr[g.pod[m]] = g.values[m]
+            extra[st.extra_names[e]] = arr
+
+        baseline = robust_baseline(values, geo.step_s, geo.baseline_exclude_s,
+                                   geo.min_baseline_s)
+        features = extract_features(values, limits, baseline, geo.step_s)
+        newest_age = (L - 1 - last_bin) * geo.step_s
+        first = st.p_first[cand_arr]
+        stale = (newest_age > geo.stale_after_s) | (first > t_end - geo.min_history_s)
+        keys = [st.pod_keys[p] for p in cand_arr.tolist()]
+        return WindowBatch(
+            keys=[k for k in keys if k is not None],
+            nodes=[st.pod_node[p] for p in cand_arr.tolist()],
+            ts=np.full(n, t_end, dtype=np.float64),
+            grid=self.grid.copy(),
+            channels=CHANNELS,
+            values=values,
+            limits=limits,
+            baseline=baseline,
+            features=features,
+            feature_names=FEATURE_NAMES,
+            stale=stale,
+            extra=extra,
+        )
+
+    def _series_grid(self, B: int, cand_arr: np.ndarray) -> _Series:
+        """The grid values of every live series of the candidate pods, window ending at bin B."""
+        st, geo = self.store, self.geo
+        L = geo.n_bins
+        pod_pos = np.full(len(st.pod_keys), -1, dtype=np.int64)
+        pod_pos[cand_arr] = np.arange(cand_arr.size)
+        n_cap = st.capacity
+        s_pod = st.s_pod[:n_cap]
+        sel = np.flatnonzero(st.s_alive & (s_pod >= 0))
+        sel = sel[pod_pos[s_pod[sel]] >= 0]
+
+        G = L + geo.lead
+        bins = np.arange(B - G + 1, B + 1, dtype=np.int64)
+        ring = st.ring
+        s0 = int(bins[0] % ring)
+
+        def gather(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            sub = arr[rows]  # the slots of the window are contiguous modulo the ring
+            if s0 + G <= ring:
+                return sub[:, s0 : s0 + G]
+            return np.concatenate([sub[:, s0:], sub[:, : s0 + G - ring]], axis=1)
+
+        kind = st.s_kind[sel]
+        valid = gather(st.bid, sel) == bins[None, :]
+        bv = np.where(valid, gather(st.bv, sel), np.nan)
+        c_rows = np.flatnonzero(kind != GAUGE)  # times and maxima matter for counters only
+        bt = np.full_like(bv, np.nan)
+        bm = np.full_like(bv, np.nan)
+        if c_rows.size:
+            cv = valid[c_rows]
+            bt[c_rows] = np.where(cv, gather(st.bt, sel[c_rows]), np.nan)
+            bm[c_rows] = np.where(cv, gather(st.bm, sel[c_rows]), np.nan)
+        vals = series_to_grid(bt, bv, bm, valid, kind, geo.gap_bins)[:, -L:]
+        has_data = valid[:, -L:]
+        idx_last = np.where(has_data, np.arange(L)[None, :], -1).max(axis=1)
+        return _Series(sel, pod_pos[s_pod[sel]], vals, has_data, idx_last)
+
+    def _live(self, series: _Series, n_cand: int
+              ) -> tuple[_Series, np.ndarray, np.ndarray] | None:
+        """Series of the pods with data in the window, not silent for ``pod_ttl_s`` (their
+        pod positions renumbered), the kept-pod mask and each candidate's newest data bin;
+        None when no pod is left."""
+        L = self.geo.n_bins
+        last_bin = np.full(n_cand, -1, dtype=np.int64)
+        np.maximum.at(last_bin, series.p_of, series.idx_last)
+        age = (L - 1 - last_bin) * self.geo.step_s
+        keep_pod = (last_bin >= 0) & (age <= self.geo.pod_ttl_s)
+        if not keep_pod.any():
+            return None
+        new_pos = np.cumsum(keep_pod) - 1
+        kept = series.take(keep_pod[series.p_of])
+        kept.p_of = new_pos[kept.p_of]
+        return kept, keep_pod, last_bin
+
+    def _groups(self, series: _Series, n: int) -> _Groups:
+        """The containers of each pod summed per target (pod-level series only where the pod
+        has no named one) and each group's newest value."""
+        st = self.store
+        target = st.s_target[series.sel]
+        agg = st.s_agg[series.sel]
+        # a pod-level ("" container) series only counts where the pod has no named one
+        gid = series.p_of * N_TARGETS + target
+        extra_id = st.s_extra[series.sel]
+        n_ex = max(1, len(st.extra_names))
+        gid = np.where(target == T_EXTRA, n * N_TARGETS + series.p_of * n_ex + extra_id, gid)
+        named = np.zeros(gid.max() + 1 if gid.size else 1, dtype=bool)
+        named[gid[~agg]] = True
+        use = ~agg | ~named[gid]
+        p_of, target, gid, extra_id = series.p_of[use], target[use], gid[use], extra_id[use]
+        series_vals, idx_last = series.vals[use], series.idx_last[use]
+
+        # sum containers: sort by group and reduce
+        order = np.argsort(gid, kind="stable")
+        gid_s = gid[order]
+        starts = np.flatnonzero(np.r_[True, gid_s[1:] != gid_s[:-1]])
+        vals_s = series_vals[order]
+        fin = np.isfinite(vals_s)
+        sums = np.add.reduceat(np.where(fin, vals_s, 0.0), starts, axis=0)
+        cnts = np.add.reduceat(fin.astype(np.int32), starts, axis=0)
+        # the last valid value of each series (limits are taken as of the newest sample)
+        last_val = np.where(
+            idx_last >= 0,
+            series_vals[np.arange(series_vals.shape[0]), np.maximum(idx_last, 0)],
+            np.nan,
+        )
+        lv_s = last_val[order]
+        lv_fin = np.isfinite(lv_s)
+        lv_sum = np.add.reduceat(np.where(lv_fin, lv_s, 0.0), starts)
+        lv_cnt = np.add.reduceat(lv_fin.astype(np.int32), starts)
+        lv_zero = np.add.reduceat((lv_fin & (lv_s <= 0)).astype(np.int32), starts)
+        return _Groups(
+            pod=p_of[order][starts],
+            target=target[order][starts],
+            extra=extra_id[order][starts],
+            values=np.where(cnts > 0, sums, np.nan),
+            last=np.where(lv_cnt > 0, lv_sum, np.nan),
+            zero=lv_zero,
+        )
+
+    def _limits(self, g: _Groups, n: int) -> np.ndarray:
+        """``(n, C)`` float32: each channel's limit from the limit table, NaN where unknown."""
+        limits = np.full((n, len(CHANNELS)), np.nan, dtype=np.float32)
+        for lim in chan.LIMIT_TABLE:
+            value = np.full(n, np.nan)
+            for j, m in enumerate(lim.metrics):  # the first known metric, then fallbacks
+                tgt = LIMIT_TARGETS[(lim.name, j)]
+                got = g.per_pod(n, tgt, g.last, g.zero > 0 if m.zero_unknown else None)
+                value = got if j == 0 else np.where(np.isfinite(value), value, got)
+            for ci, row in enumerate(chan.CHANNEL_TABLE):
+                if row.limit != lim.name:
+                    continue
+                if lim.plus_used:  # the metric is the free part: limit = used + free
+                    total = g.per_pod(n, ci, g.last) + value
+                    limits[:, ci] = np.where(total > 0, total, np.nan)
+                else:
+                    limits[:, ci] = value
+        return limits
+
+    def empty_batch(self) -> WindowBatch:
+        """A batch of zero windows with this grid, channels and features."""
+        C, L = len(CHANNELS), self.geo.n_bins
+        return WindowBatch(
+            keys=[],
+            nodes=[],
+            ts=np.zeros(0),
+            grid=self.grid.copy(),
+            channels=CHANNELS,
+            values=np.zeros((0, C, L), np.float32),
+            limits=np.zeros((0, C), np.float32),
+            baseline=np.zeros((0, C, 2), np.float32),
+            features=np.zeros((0, len(FEATURE_NAMES)), np.float32),
+            feature_names=FEATURE_NAMES,
+            stale=np.zeros(0, bool),
+            extra={},
+        )
+
+
+def _ffill_index(valid: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each column, the index of the last valid column at or before it and whether it is
+    within ``max_gap`` columns."""
+    G = valid.shape[1]
+    idx = np.where(valid, np.arange(G)[None, :], -1)
+    last = np.maximum.accumulate(idx, axis=1)
+    ok = (last >= 0) & (np.arange(G)[None, :] - last <= max_gap)
+    return last, ok
+
+
+def series_to_grid(
+    bt: np.ndarray, bv: np.ndarray, bm: np.ndarray, valid: np.ndarray, kind: np.ndarray,
+    gap_bins: int,
+) -> np.ndarray:
+    """Per-series grid values: gauges as is, counters as rates/increments; then forward fill."""
+    S, G = bv.shape
+    out = bv.copy()
+    counter = kind != GAUGE
+    if counter.any():
+        c = np.flatnonzero(counter)
+        cv, cm, ct, cval = bv[c], bm[c], bt[c], valid[c]
+        last, _ = _ffill_index(cval, G)
+        prev = np.full_like(last, -1)
+        prev[:, 1:] = last[:, :-1]
+        has_prev = cval & (prev >= 0) & (np.arange(G)[None, :] - prev <= gap_bins + 1)
+        pidx = np.maximum(prev, 0)
+        rows = np.arange(c.size)[:, None]
+        pv = cv[rows, pidx]
+        pt = ct[rows, pidx]
+        reset_inside = cm > cv  # the bin's maximum exceeds its newest value
+        inc = np.where(
+            reset_inside,
+            np.maximum(cm - pv, 0.0) + cv,
+            np.where(cv < pv, cv, cv - pv),
+        )
+        dt = ct - pt
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(kind[c][:, None] == RATE, inc / dt, inc)
+        rate = np.where(has_prev & (dt > 0), rate, np.nan)
+        out[c] = rate
+    fin = np.isfinite(out)
+    last, ok = _ffill_index(fin, gap_bins)
+    filled = out[np.arange(S)[:, None], np.maximum(last, 0)]
+    res = np.where(ok, filled, np.nan)
+    # increments (restarts) are counts per step: never forward-filled
+    inc_rows = kind == INCREASE
+    if inc_rows.any():
+        res[inc_rows] = out[inc_rows]
+    return res
