@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from detector.errors import NotFittedError, ThresholdNotInferredError
 from detector.models.state import ArrayDetectorState, read_state
+from detector.windows.batch import WindowBatch
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,42 @@ class Attribution:
         return ranked[:k]
 
 
+In = TypeVar("In", contravariant=True)
+
+
 @runtime_checkable
-class Detector(Protocol):
-    """fit / score / infer_threshold / predict / explain."""
+class ScoringDetector(Protocol[In]):
+    """What every detector does with its input ``In`` once fitted: score / infer_threshold /
+    predict / explain (higher = more anomalous; ``explain`` gives one :class:`Attribution`
+    per row, summing to its score minus ``base_value``). How it is fitted depends on its
+    input: :class:`Detector` (feature arrays) or :class:`WindowDetector` (window batches).
+    The contract suite (``tests/test_detector_contract.py``) runs over every detector."""
 
     name: str
 
+    def score(self, data: In, /) -> np.ndarray: ...
+
+    def infer_threshold(self, data: In, fpr: float, /) -> float: ...
+
+    def predict(self, data: In, /) -> Prediction: ...
+
+    def explain(self, data: In, /) -> list[Attribution]: ...
+
+
+@runtime_checkable
+class Detector(ScoringDetector[np.ndarray], Protocol):
+    """A detector on feature arrays ``X`` ``(n, d)``: fit / score / infer_threshold /
+    predict / explain (the autoencoder, the isolation forest, the drift fusion)."""
+
     def fit(self, X: np.ndarray, feature_names: tuple[str, ...]) -> Detector: ...
 
-    def score(self, X: np.ndarray) -> np.ndarray: ...
 
-    def infer_threshold(self, X: np.ndarray, fpr: float) -> float: ...
+@runtime_checkable
+class WindowDetector(ScoringDetector[WindowBatch], Protocol):
+    """A detector on window batches (:class:`detector.windows.WindowBatch`): the leak
+    detector (``detector.models.trend``). ``fit`` learns from healthy windows."""
 
-    def predict(self, X: np.ndarray) -> Prediction: ...
-
-    def explain(self, X: np.ndarray) -> list[Attribution]: ...
+    def fit(self, batch: WindowBatch, /) -> WindowDetector: ...
 
 
 def attributions(phi: np.ndarray, base: float | np.ndarray,
