@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.podguard-installed
 
-.PHONY: demo demo-replay test test-pythons venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak realnode-check
+.PHONY: demo demo-replay test test-pythons venv prepare lint unit stack-up stack-down stack-status bench evaluate model clean soak realnode-check story
 
 # The virtual environment is built once from the exact lock and reused: torch is a
 # multi-GB download, so it is only reinstalled when requirements.lock changes.
@@ -60,6 +60,12 @@ bench: $(STAMP)
 # the kernel; podguard's first verdicts and the predict_linear rule side by side per workload.
 soak: prepare
 	$(PY) -m deploy.local.node_soak --minutes $(or $(SOAK_MINUTES),60)
+
+# The whole story once (~10 min, root): a leaking PyTorch trainer of a StatefulSet on the local
+# control plane, in a real memory cgroup; podguard flags it, the trainer checkpoints, the pod is
+# evicted and recreated, the new process resumes; the kernel never OOM-kills it. A timeline.
+story: prepare
+	$(PY) -m deploy.local.story
 
 # podguard on the shipped real recording (no root needed): exit 1 unless every kernel OOM kill
 # was preceded by a memory_leak verdict with a time to OOM and the healthy pods raised nothing.

@@ -21,6 +21,12 @@ Three processes, all on 127.0.0.1, all started and stopped by PID by :class:`Rea
    path) is relabelled into ``namespace``/``pod``/``container``, as a kubelet's cAdvisor
    labels its series, and cgroups that are not a container incarnation are dropped.
 
+With a ``kubernetes`` section in its spec the supervisor also plays the kubelet of kwok nodes
+(:mod:`deploy.local.story_kubelet`): each pod the API server shows Running on one of them gets
+its containers started as above, in ``/<parent>/<namespace>/<pod>/pod<uid>/<container>/<n>``
+(a recreated pod of the same name is a new series, as under a kubelet), and stopped when the
+pod is deleted or evicted.
+
 On stop the supervisor kills its workloads and removes its parent cgroup; :meth:`RealNode.stop`
 checks and removes what is left of that tree (its own, never anything else).
 
@@ -95,6 +101,11 @@ class Workload:
 @dataclass
 class _Container:
     w: Workload
+    namespace: str = ""  # the supervisor's namespace when empty
+    uid: str = ""  # a Kubernetes pod's uid (pods of deploy.local.story_kubelet), else ""
+    node: str = ""  # the node it is reported on (kube-state-metrics); the host when empty
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's own
+    stop: threading.Event = field(default_factory=threading.Event)  # its pod is gone
     restarts: int = 0
     running: bool = False
     last_reason: str = ""
@@ -130,6 +141,10 @@ class Supervisor:
         self.workdir = workdir
         self.cg: Cgroups = detect()
         self.containers = [_Container(Workload.from_json(w)) for w in spec["workloads"]]
+        # the parent cgroup's limit (the node's allocatable memory); default: the sum of the
+        # workloads' limits + 256 MiB
+        self.spec_memory = spec.get("memory_limit_bytes")
+        self.kubernetes: dict[str, Any] | None = spec.get("kubernetes")
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.events = open(workdir / EVENTS, "a", buffering=1)  # noqa: SIM115 - held
@@ -142,7 +157,40 @@ class Supervisor:
             self.events.write(json.dumps(rec, sort_keys=True) + "\n")
 
     def cgroup_name(self, c: _Container) -> str:
-        return f"/{self.parent}/{self.namespace}/{c.w.pod}/{c.w.container}/{c.restarts}"
+        ns = c.namespace or self.namespace
+        if c.uid:  # as the kubelet's /kubepods/pod<uid>/<container>: a new pod, a new series
+            return f"/{self.parent}/{ns}/{c.w.pod}/pod{c.uid}/{c.w.container}/{c.restarts}"
+        return f"/{self.parent}/{ns}/{c.w.pod}/{c.w.container}/{c.restarts}"
+
+    def add(self, c: _Container) -> None:
+        """Starts one more container (a pod the API server bound to a node this plays)."""
+        with self.lock:
+            self.containers.append(c)
+        t = threading.Thread(target=self.run_container, args=(c,), daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def kill(self, c: _Container, grace_s: float) -> None:
+        """Stops a container as the kubelet does for a deleted pod: SIGTERM to its process
+        group, SIGKILL after ``grace_s``; it is not restarted."""
+        c.stop.set()
+        pid = c.pid
+        if pid is None or not c.running:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+
+        def _kill() -> None:
+            if c.running and c.pid == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+        timer = threading.Timer(grace_s, _kill)
+        timer.daemon = True
+        timer.start()
+
+    def _ids(self, c: _Container) -> dict[str, Any]:
+        return {"namespace": c.namespace, "uid": c.uid} if c.uid else {}
 
     def _argv(self, c: _Container) -> list[str]:
         # The shell joins each hierarchy itself before exec: the process is charged to its
@@ -162,19 +210,22 @@ class Supervisor:
                                      if os.environ.get("PYTHONPATH") else "")}
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not c.stop.is_set():
             c.cgroup = self.cgroup_name(c)
             self.cg.create(c.cgroup, memory_limit=c.w.memory_limit_bytes,
                            cpu_millicores=c.w.cpu_millicores)
             with open(logs / f"{c.w.pod}.{c.restarts}.log", "ab") as log:
                 proc = subprocess.Popen(self._argv(c), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, cwd=root,
-                                        start_new_session=True)
+                                        stdin=subprocess.DEVNULL, env={**env, **c.env},
+                                        cwd=root, start_new_session=True)
             c.pid, c.running, c.started_at, c.oom_kills_seen = proc.pid, True, time.time(), 0
-            self.procs[c.w.pod] = proc
+            self.procs[c.uid or c.w.pod] = proc
+            if c.stop.is_set():  # its pod went while it was starting
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
             self.event(event="start", pod=c.w.pod, container=c.w.container, pid=proc.pid,
                        restart=c.restarts, cgroup=c.cgroup, kind=c.w.kind,
-                       memory_limit_bytes=c.w.memory_limit_bytes)
+                       memory_limit_bytes=c.w.memory_limit_bytes, **self._ids(c))
             code = proc.wait()
             ended = time.time()
             self.poll_oom(c)
@@ -183,7 +234,7 @@ class Supervisor:
                 kills, failcnt, peak = mem.oom_kills, mem.failcnt, mem.peak_bytes
             except CgroupError:
                 kills, failcnt, peak = c.oom_kills_seen, None, None
-            if self.stopping.is_set():
+            if self.stopping.is_set() or c.stop.is_set():
                 reason = "Stopped"
             elif kills > 0:
                 reason = "OOMKilled"
@@ -193,11 +244,11 @@ class Supervisor:
             self.event(event="exit", pod=c.w.pod, container=c.w.container, restart=c.restarts,
                        returncode=code, signal=(-code if code < 0 else None), oom_kills=kills,
                        failcnt=failcnt, peak_bytes=peak, reason=reason,
-                       ran_s=round(ended - c.started_at, 3), ts=ended)
+                       ran_s=round(ended - c.started_at, 3), ts=ended, **self._ids(c))
             # the incarnation's cgroup goes with it (its processes are ours)
             with contextlib.suppress(CgroupError):
                 self.cg.remove_tree(c.cgroup)
-            if self.stopping.is_set():
+            if self.stopping.is_set() or c.stop.is_set():
                 return
             c.last_reason = reason
             c.restarts += 1
@@ -214,12 +265,12 @@ class Supervisor:
             return
         if kills > c.oom_kills_seen:
             self.event(event="oom_kill", pod=c.w.pod, container=c.w.container,
-                       restart=c.restarts, oom_kills=kills, cgroup=c.cgroup)
+                       restart=c.restarts, oom_kills=kills, cgroup=c.cgroup, **self._ids(c))
             c.oom_kills_seen = kills
 
     def watch_ooms(self) -> None:
         while not self.stopping.wait(0.25):
-            for c in self.containers:
+            for c in list(self.containers):
                 if c.running:
                     self.poll_oom(c)
 
@@ -243,14 +294,18 @@ class Supervisor:
         running = GaugeMetricFamily(
             "kube_pod_container_status_running",
             "Describes whether the container is currently in running state.", labels=base)
-        for c in self.containers:
-            lv = [self.namespace, c.w.pod, c.w.container, f"{self.parent}-{c.w.pod}"]
+        for c in list(self.containers):
+            if c.uid and c.stop.is_set() and not c.running:
+                continue  # a deleted pod's series go with it
+            lv = [c.namespace or self.namespace, c.w.pod, c.w.container,
+                  c.uid or f"{self.parent}-{c.w.pod}"]
             restarts.add_metric(lv, float(c.restarts))
             if c.last_reason:
                 last.add_metric([*lv, c.last_reason], 1.0)
-            limits.add_metric([*lv, self.node, "memory", "byte"], float(c.w.memory_limit_bytes))
+            node = c.node or self.node
+            limits.add_metric([*lv, node, "memory", "byte"], float(c.w.memory_limit_bytes))
             if c.w.cpu_millicores is not None:
-                limits.add_metric([*lv, self.node, "cpu", "core"], c.w.cpu_millicores / 1000)
+                limits.add_metric([*lv, node, "cpu", "core"], c.w.cpu_millicores / 1000)
             running.add_metric(lv, 1.0 if c.running else 0.0)
         yield from (restarts, last, limits, running)
 
@@ -270,8 +325,8 @@ class Supervisor:
 
     def run(self, port_file: Path) -> int:
         parent = f"/{self.parent}"
-        self.cg.create(parent, memory_limit=sum(c.w.memory_limit_bytes
-                                                for c in self.containers) + 256 * MIB)
+        self.cg.create(parent, memory_limit=int(self.spec_memory) if self.spec_memory else
+                       sum(c.w.memory_limit_bytes for c in self.containers) + 256 * MIB)
         self.event(event="supervisor_start", parent=parent, cgroup_version=self.cg.version,
                    pid=os.getpid(), node=self.node)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -284,6 +339,10 @@ class Supervisor:
                 t = threading.Thread(target=self.run_container, args=(c,), daemon=True)
                 t.start()
                 self.threads.append(t)
+            if self.kubernetes:  # play the kubelet of kwok nodes for the API server's pods
+                from deploy.local.story_kubelet import PodSync
+
+                PodSync(self, self.kubernetes).start()
             while not self.stopping.wait(0.5):
                 pass
         finally:
@@ -316,8 +375,10 @@ def supervise(argv: Sequence[str] | None = None) -> int:
 
 
 def relabel_configs() -> list[dict[str, Any]]:
-    """cAdvisor's ``id`` (``/<parent>/<ns>/<pod>/<container>/<restart>``) -> kubelet labels."""
-    rx = r"/podguard-node-[^/]+/([^/]+)/([^/]+)/([^/]+)/[0-9]+"
+    """cAdvisor's ``id`` (``/<parent>/<ns>/<pod>/[pod<uid>/]<container>/<restart>``) ->
+    kubelet labels."""
+    # (a pod of the API server has its uid as a level: /<parent>/<ns>/<pod>/pod<uid>/...)
+    rx = r"/podguard-node-[^/]+/([^/]+)/([^/]+)/(?:pod[0-9a-f-]+/)?([^/]+)/[0-9]+"
     return [
         {"source_labels": ["id"], "regex": rx, "action": "keep"},
         {"source_labels": ["id"], "regex": rx, "target_label": "namespace",
@@ -366,7 +427,9 @@ class RealNode:
                  namespace: str = "realnode", scrape_interval: str = "5s",
                  restart_backoff_s: float = 2.0, restart_backoff_max_s: float | None = None,
                  tag: str | None = None,
-                 python: str | None = None) -> None:
+                 python: str | None = None,
+                 kubernetes: dict[str, Any] | None = None,
+                 memory_limit_bytes: int | None = None) -> None:
         self.state = Path(state)
         self.workloads = list(workloads)
         self.namespace = namespace
@@ -377,6 +440,8 @@ class RealNode:
         self.parent = owned_parent_name(tag)
         self.python = python or sys.executable
         self.node = socket.gethostname()
+        self.kubernetes = kubernetes  # deploy.local.story_kubelet.PodSync's settings
+        self.memory_limit_bytes = memory_limit_bytes
         self.prometheus: NodePrometheus | None = None
         self.cg: Cgroups | None = None
 
@@ -404,6 +469,10 @@ class RealNode:
                     "restart_backoff_s": self.restart_backoff_s,
                     "restart_backoff_max_s": self.restart_backoff_max_s, "python": self.python,
                     "workloads": [w.to_json() for w in self.workloads]}
+            if self.kubernetes is not None:
+                spec["kubernetes"] = self.kubernetes
+            if self.memory_limit_bytes is not None:
+                spec["memory_limit_bytes"] = self.memory_limit_bytes
             spec_file = self.workdir / "spec.json"
             atomic_write(spec_file, json.dumps(spec, indent=2))
             port_file = self.workdir / "supervisor.port"

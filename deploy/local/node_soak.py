@@ -50,8 +50,19 @@ def _rules(node: RealNode, start: float, end: float) -> dict[str, Any]:
 LIVE = "podguard-live"
 
 
-def start_live(node: RealNode, *, poll_s: float = 5.0) -> Path:
-    """``podguard run`` reading the harness's Prometheus (PID in the state dir); its verdicts."""
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                        dict) else v
+    return out
+
+
+def start_live(node: RealNode, *, poll_s: float = 5.0, settings: dict[str, Any] | None = None,
+               env: dict[str, str] | None = None) -> Path:
+    """``podguard run`` reading the harness's Prometheus (PID in the state dir); its verdicts.
+    ``settings`` are merged into its configuration; ``env`` (e.g. KUBECONFIG) is added to its
+    environment."""
     import yaml
 
     from deploy.local import _proc
@@ -67,10 +78,12 @@ def start_live(node: RealNode, *, poll_s: float = 5.0) -> Path:
         "alerting": {"kubernetes_events": False},
         "runtime": {"console": False, "verdicts_path": str(verdicts), "log_format": "text"},
     }
+    if settings:
+        config = _merge(config, settings)
     cfg = out / "podguard.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     _proc.start(LIVE, [sys.executable, "-m", "detector", "run", "--config", str(cfg),
-                       "--port", "0", "--out", str(out)], node.state)
+                       "--port", "0", "--out", str(out)], node.state, env=env)
     return verdicts
 
 

@@ -25,7 +25,16 @@ PyTorch training loops (torch's own baseline is ~300 MiB anonymous memory; limit
                        sample it produced: the leak lives in the worker process (the OOM
                        killer kills the worker; the main process then fails);
 ``trainer-dataset-cache`` a Dataset that caches each augmented sample under (index, epoch):
-                       a cache that never hits, growing every epoch, in the main process.
+                       a cache that never hits, growing every epoch, in the main process;
+``trainer-checkpointed`` the kept-loss leak in a loop that uses podguard's checkpoint helper
+                       (:class:`detector.remediation.checkpoint.CheckpointResponder`, from the
+                       pod's environment: ``PODGUARD_ENDPOINT``, ``PODGUARD_TOKEN_FILE``):
+                       it resumes from the newest checkpoint in ``--checkpoint-dir``, answers
+                       podguard's checkpoint request with model, optimizer and step, then
+                       holds until it is stopped; every completed step is appended to
+                       ``<checkpoint-dir>/../steps.log`` as ``<POD_UID> <step>``, its
+                       lifecycle (started, resumed, leak_onset, acknowledged, stopped) to
+                       ``trainer.jsonl`` beside it (the story of :mod:`deploy.local.story`).
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from typing import Any, cast
 
 MIB = 1 << 20
 KINDS = ("leak", "sawtooth", "warmup", "pagecache", "trainer", "trainer-kept-loss",
-         "trainer-loader-leak", "trainer-dataset-cache")
+         "trainer-loader-leak", "trainer-dataset-cache", "trainer-checkpointed")
 TORCH_KINDS = frozenset(k for k in KINDS if k.startswith("trainer"))
 
 
@@ -229,6 +238,87 @@ def run_dataset_cache(a: argparse.Namespace) -> int:
         ds.epoch += 1
 
 
+KEPT_BYTES_PER_ROW = 2900
+"""What one kept monitoring loss holds per batch row in :func:`run_checkpointed`'s model (its
+graph keeps the input and the hidden activations: (64 + 512) float32, plus allocator slack;
+measured)."""
+
+
+def run_checkpointed(a: argparse.Namespace) -> int:
+    """The kept-loss leak with podguard's checkpoint helper (see the module docstring)."""
+    import json
+    import signal
+    import threading
+
+    import torch
+
+    from detector.remediation.checkpoint import (
+        CheckpointResponder,
+        latest_checkpoint,
+        torch_saver,
+    )
+
+    ckpt = Path(a.checkpoint_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    uid = os.environ.get("POD_UID", "")
+    log_path = ckpt.parent / "trainer.jsonl"
+
+    def record(event: str, **kw: Any) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"event": event, "uid": uid, "pid": os.getpid(),
+                                 "ts": time.time(), **kw}) + "\n")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    model, opt = _torch_model()
+    start = 0
+    found = latest_checkpoint(ckpt)
+    if found is not None:
+        state = torch.load(found.path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"]) + 1
+        record("resumed", from_step=int(state["step"]), path=str(found.path))
+    responder = CheckpointResponder.from_env(directory=ckpt, poll_interval_s=1.0,
+                                             hold_s=600.0)
+    rows = max(1, round(a.rate_mib_min * MIB / 60.0 / a.steps_per_s / KEPT_BYTES_PER_ROW))
+    record("started", start_step=start, rows=rows)
+    kept: list[Any] = []  # the bug: every monitoring loss, with its graph
+    t0, leaking = time.monotonic(), False
+    tick = _ticker(1.0 / a.steps_per_s)
+    w_true = torch.randn(64, 1, generator=torch.Generator().manual_seed(1))
+    with open(ckpt.parent / "steps.log", "a", buffering=1) as steps:
+        step = start
+        while not stop.is_set():
+            x = torch.randn(32, 64)
+            loss = torch.nn.functional.mse_loss(model(x), x @ w_true)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            xv = torch.randn(rows, 64)
+            monitor = torch.nn.functional.mse_loss(model(xv), xv @ w_true)  # has a graph
+            if time.monotonic() - t0 >= a.onset_s:
+                if not leaking:
+                    leaking = True
+                    record("leak_onset", step=step)
+                kept.append(monitor)
+            steps.write(f"{uid} {step}\n")
+            snapshot: dict[str, Any] = {"model": model.state_dict(),
+                                        "optimizer": opt.state_dict(), "step": step}
+            if responder.maybe_checkpoint(torch_saver(snapshot.copy), step=step):
+                ack = responder.last_ack or {}
+                record("acknowledged", step=step, path=ack.get("path"),
+                       request=ack.get("id"))
+                responder.hold(stop=stop.is_set)
+                record("hold_ended", stopping=stop.is_set())
+            if stop.is_set():
+                break
+            step += 1
+            next(tick)
+    record("stopped", last_step=step, kept=len(kept))
+    return 0
+
+
 def run_trainer(a: argparse.Namespace, leaky: bool) -> int:
     from detector.sources.local import _ROW_BYTES, workload_main
 
@@ -257,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-s", type=float, default=4.0, help="trainers: step rate")
     p.add_argument("--batch", type=int, default=32, help="trainers: batch size (loader kinds)")
     p.add_argument("--tick-s", type=float, default=0.5, help="allocation tick (seconds)")
+    p.add_argument("--checkpoint-dir", default="checkpoints",
+                   help="trainer-checkpointed: where checkpoints are saved and resumed from")
     return p
 
 
@@ -272,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_trainer(a, leaky=True)
     if a.kind == "trainer-loader-leak":
         return run_loader_leak(a)
+    if a.kind == "trainer-checkpointed":
+        return run_checkpointed(a)
     return run_dataset_cache(a)
 
 

@@ -55,6 +55,7 @@ import numpy as np
 from detector.errors import InputError, ModelIntegrityError
 from detector.models.attribution import exact_shapley
 from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.state import TrendState, read_state
 from detector.windows import (
     CHANNELS,
     MEMORY_CHANNELS,
@@ -100,14 +101,6 @@ together is a step, not a trend: it is taken out before the trend is measured.""
 EXPLAIN_STATS: tuple[str, ...] = ("slope", "headroom", "monotonicity")
 EXPLAIN_NAMES: tuple[str, ...] = tuple(f"{c}.{s}" for c in MEMORY_CHANNELS for s in EXPLAIN_STATS)
 
-_STATE_KEYS = frozenset(
-    {
-        "name", "version", "views", "u0", "min_span_s", "settle_s", "threshold", "fitted",
-        "healthy_quantiles", "fast_span_s", "fast_min_s", "fast_horizon_s", "fast_threshold",
-        "explain_background", "imminent_min_s", "imminent_horizon_s", "imminent_threshold",
-    }
-)
-_IMMINENT_KEYS = frozenset({"imminent_min_s", "imminent_horizon_s", "imminent_threshold"})
 STATE_VERSION = 3
 """3 added the imminent path (its keys); a version-2 state loads with that path off."""
 
@@ -883,49 +876,23 @@ class TrendDetector(ThresholdMixin):
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TrendDetector:
-        """Rebuilds a detector from :meth:`get_state`; unknown or missing keys are errors."""
-        if not isinstance(state, dict):
-            raise ModelIntegrityError("trend state must be a mapping")
-        v2 = state.get("version") == 2  # before the imminent path: loads with it off
-        unknown = set(state) - _STATE_KEYS
-        missing = _STATE_KEYS - set(state) - (_IMMINENT_KEYS if v2 else frozenset())
-        if unknown or missing:
-            raise ModelIntegrityError(
-                f"trend state: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
-            )
-        if state["name"] != cls.name or state["version"] not in (2, STATE_VERSION):
-            raise ModelIntegrityError(
-                f"trend state is for {state['name']!r} version {state['version']!r}"
-            )
+        """Rebuilds a detector from :meth:`get_state`, checked by
+        :class:`~detector.models.state.TrendState` (a new key goes there too); a version-2
+        state loads with the imminent path off."""
+        st = read_state(TrendState, state, "trend state",
+                        context={"explain_width": len(EXPLAIN_NAMES)})
+        imminent = {k: v for k, v in (("imminent_min_s", st.imminent_min_s),
+                                      ("imminent_horizon_s", st.imminent_horizon_s))
+                    if v is not None}  # version 2: the constructor's defaults
         try:
-            det = cls(
-                views=tuple((float(b), int(k)) for b, k in state["views"]),
-                u0=float(state["u0"]),
-                min_span_s=float(state["min_span_s"]),
-                settle_s=float(state["settle_s"]),
-                fast_span_s=float(state["fast_span_s"]),
-                fast_min_s=float(state["fast_min_s"]),
-                fast_horizon_s=float(state["fast_horizon_s"]),
-                imminent_min_s=float(state.get("imminent_min_s", 120.0)),
-                imminent_horizon_s=float(state.get("imminent_horizon_s", 300.0)),
-            )
-            ithr = state.get("imminent_threshold")
-            det.imminent_threshold_ = None if ithr is None else float(ithr)
-            thr = state["threshold"]
-            det.threshold_ = None if thr is None else float(thr)
-            fthr = state["fast_threshold"]
-            det.fast_threshold_ = None if fthr is None else float(fthr)
-            bg = [[float(x) for x in r] for r in state["explain_background"]]
-            if any(len(r) != len(EXPLAIN_NAMES) for r in bg):
-                raise ValueError(f"explain_background rows must have {len(EXPLAIN_NAMES)} values")
-            det.explain_background_ = bg
-            det.fitted_ = bool(state["fitted"])
-            det.healthy_quantiles_ = [float(x) for x in state["healthy_quantiles"]]
+            det = cls(views=tuple(st.views), u0=st.u0, min_span_s=st.min_span_s,
+                      settle_s=st.settle_s, fast_span_s=st.fast_span_s,
+                      fast_min_s=st.fast_min_s, fast_horizon_s=st.fast_horizon_s, **imminent)
         except (TypeError, ValueError, InputError) as e:
             raise ModelIntegrityError(f"trend state is invalid: {e}") from e
-        for t in (det.threshold_, det.fast_threshold_, det.imminent_threshold_):
-            if t is not None and not math.isfinite(t):
-                raise ModelIntegrityError("trend state: thresholds must be finite")
-        if any(not math.isfinite(x) for r in det.explain_background_ for x in r):
-            raise ModelIntegrityError("trend state: explain_background must be finite")
+        det.threshold_, det.fast_threshold_ = st.threshold, st.fast_threshold
+        det.imminent_threshold_ = st.imminent_threshold
+        det.explain_background_ = [list(r) for r in st.explain_background]
+        det.fitted_ = st.fitted
+        det.healthy_quantiles_ = list(st.healthy_quantiles)
         return det

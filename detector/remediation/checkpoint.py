@@ -27,6 +27,8 @@ The pod spec gives the helper its endpoint and token (``from_env``)::
     env:  # the Service podguard-channel keeps the traffic on the pod's node
       - {name: PODGUARD_ENDPOINT, value: "http://podguard-channel.podguard.svc:9847"}
       - {name: PODGUARD_TOKEN_FILE, value: /var/run/secrets/podguard/token}
+      # with the channel over TLS (components/channel-tls): https:// in PODGUARD_ENDPOINT and
+      # - {name: PODGUARD_CA_FILE, value: /etc/podguard-ca/ca.crt}   (the CA that signs it)
     volumes:
       - name: podguard-token
         projected: {sources: [{serviceAccountToken: {audience: podguard,

@@ -124,8 +124,13 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
 
             container_of = PodContainers(actuator)
         node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        # Alerts of a previous run are adopted only where this daemon judges a node's pods
+        # (the Prometheus source). Members of a Kafka group own partitions, not nodes: one
+        # adopting its node's alerts would resolve those another member judges (a flap).
+        # Without adoption Alertmanager still keeps an alert's startsAt when it is re-sent.
+        scoped = settings.sources.kind == "prometheus" and node
         am = AlertmanagerSink(settings=settings.alerting, container_of=container_of,
-                              adopt_matchers=[f'node="{node}"'] if node else None)
+                              adopt_matchers=[f'node="{node}"'] if scoped else None)
         sinks.append(am)
     hook = None
     if actuator is not None and settings.alerting.kubernetes_events:

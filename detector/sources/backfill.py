@@ -14,7 +14,7 @@ the scrapes), but Prometheus answers on its query grid, not at the scrape times,
 copies of one sample do not share a timestamp. Per series (namespace, pod, container, metric)
 the newest backfilled timestamp is the cut-off: a Kafka sample at or before it is dropped
 (counted, ``backfill_overlap_samples``), later ones are folded. The cut-offs are forgotten
-once Kafka delivers only newer samples.
+once every backfilled sample has left the window.
 
 A Prometheus that does not answer (or refuses) is a temporary problem of the start, not of
 the daemon: it is logged once as a warning and the Kafka source falls back to re-reading the
@@ -113,9 +113,11 @@ class PrometheusBackfill:
         how many."""
         if not self.cutoff or not len(cols):
             return 0
-        if min(cols.timestamp) > self._newest_cutoff:
-            self.cutoff.clear()  # Kafka is past every backfilled sample: nothing to check
+        if self.clock() > self._newest_cutoff + self.window_s:
+            self.cutoff.clear()  # every backfilled sample has left the window
             return 0
+        if min(cols.timestamp) > self._newest_cutoff:
+            return 0  # (partitions are not ordered among themselves: keep the cut-offs)
         cut = self.cutoff
         keep = [i for i, key in enumerate(zip(cols.namespace, cols.pod, cols.container,
                                               cols.metric, strict=True))

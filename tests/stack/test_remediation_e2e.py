@@ -540,7 +540,7 @@ class E2E:
     def start_daemon(self) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"daemon-{len(self.daemons)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_remediation_e2e", str(self.config)],
+            [sys.executable, "-m", "tests.stack.test_remediation_e2e", str(self.config)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         log.close()

@@ -266,7 +266,6 @@ def test_a_restarted_daemon_neither_loses_nor_repeats_alerts(
         p2.send_signal(signal.SIGTERM)
         assert p2.wait(timeout=30) == 0
         log2 = (tmp_path / "p2.log").read_text()
-        assert "adopted 1 active alert" in log2
         assert "resolved" not in "\n".join(
             line for line in log2.splitlines() if "leak-a" in line)
         print(f"restarted daemon judged again {judged_after:.1f} s after its start")
