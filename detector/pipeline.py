@@ -34,7 +34,7 @@ from detector.errors import ModelIntegrityError
 from detector.models.attribution import exact_shapley_rows
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
-from detector.models.trend import TTO_BAND, LeakReport, TrendDetector
+from detector.models.trend import EXPLAIN_NAMES, TTO_BAND, LeakReport, TrendDetector
 from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
@@ -287,7 +287,9 @@ class Pipeline:
             batch.keys[i], self._pods[batch.keys[i]].kind, float(batch.ts[i])) is None]
         if stale_rows:  # the rows whose attribution is due, in one pass
             fresh = exact_shapley_rows(self.trend.score_from_explain_features,
-                                       inputs[np.asarray(stale_rows)], background, names)
+                                       inputs[np.asarray(stale_rows)], background, names,
+                                       coalition_fn=(self.trend.coalition_scores
+                                                     if names == EXPLAIN_NAMES else None))
             for i, a in zip(stale_rows, fresh, strict=True):
                 self._remember(batch.keys[i], self._pods[batch.keys[i]].kind,
                                float(batch.ts[i]), a)

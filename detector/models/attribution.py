@@ -332,9 +332,15 @@ def exact_shapley_rows(
     X: np.ndarray,
     background: np.ndarray,
     names: Sequence[str],
+    *,
+    coalition_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> list[Attribution]:
     """:func:`exact_shapley` of each row of ``X`` (r, k), ``fn`` called once per up to 32
-    rows (the same values, bit for bit, as row by row: each row is reduced alone)."""
+    rows (the same values, bit for bit, as row by row: each row is reduced alone).
+
+    ``coalition_fn(xs, background, bits)`` -> (r, 2^k, b), if given, stands for ``fn`` on
+    every coalition row (``bits`` (2^k, k): the features taken from ``xs``); a model whose
+    score separates into parts can compute that far faster, with the same values."""
     xa = np.atleast_2d(np.asarray(X, dtype=np.float64))
     bg = np.atleast_2d(np.asarray(background, dtype=np.float64))
     k = xa.shape[1]
@@ -354,9 +360,12 @@ def exact_shapley_rows(
     for start in range(0, xa.shape[0], _ROWS_PER_CALL):
         xs = xa[start:start + _ROWS_PER_CALL]
         r = xs.shape[0]
-        rows = np.where(bits[None, :, None, :], xs[:, None, None, :], bg[None, None, :, :])
-        out = np.asarray(fn(rows.reshape(-1, k)), dtype=np.float64).reshape(
-            r, n_coal, bg.shape[0])
+        if coalition_fn is not None:
+            out = np.asarray(coalition_fn(xs, bg, bits), dtype=np.float64)
+        else:
+            rows = np.where(bits[None, :, None, :], xs[:, None, None, :], bg[None, None, :, :])
+            out = np.asarray(fn(rows.reshape(-1, k)), dtype=np.float64).reshape(
+                r, n_coal, bg.shape[0])
         for j in range(r):  # reduced row by row: bit for bit what one row alone gives
             value = out[j].mean(axis=1)
             phi = np.empty(k, dtype=np.float64)
