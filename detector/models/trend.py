@@ -464,10 +464,22 @@ class TrendDetector(ThresholdMixin):
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
         # halves of the valid span: early [first, mid), recent [mid, m)
         mid = first + (m - first) // 2
-        early = (i[None, :] >= first[:, None]) & (j[None, :] < mid[:, None])
-        recent = i[None, :] >= mid[:, None]
-        r_early = nanmedian_last(np.where(early, slopes, np.nan)).astype(np.float64)
-        r_recent = nanmedian_last(np.where(recent, slopes, np.nan)).astype(np.float64)
+        # rows whose data fills the span (most) take their halves' pairs as fixed columns;
+        # the others (young incarnations) by mask: the same finite values, the same medians
+        r_early = np.empty(y.shape[0])
+        r_recent = np.empty(y.shape[0])
+        full = first == 0
+        if full.any():
+            sl = slopes[full]
+            r_early[full] = nanmedian_last(sl[:, j < m // 2])
+            r_recent[full] = nanmedian_last(sl[:, i >= m // 2])
+        if not full.all():
+            part = ~full
+            sl, f_, md = slopes[part], first[part], mid[part]
+            early = (i[None, :] >= f_[:, None]) & (j[None, :] < md[:, None])
+            recent = i[None, :] >= md[:, None]
+            r_early[part] = nanmedian_last(np.where(early, sl, np.nan))
+            r_recent[part] = nanmedian_last(np.where(recent, sl, np.nan))
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where((r_early > 0) & np.isfinite(r_recent), r_recent / r_early, 1.0)
             half_s = np.maximum((m - mid) * step, step)
