@@ -89,8 +89,7 @@ class Channel:
 
     def stats(self) -> tuple[str, ...]:
         """The window-feature statistics of this channel, in feature order."""
-        own = INCREASE_STATS if self.kind == "increase" else PER_CHANNEL_STATS
-        return own
+        return INCREASE_STATS if self.kind == "increase" else PER_CHANNEL_STATS
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,11 @@ def _wait_for(path: Path) -> int:
 
 
 def test_start_alive_rss_and_stop(tmp_path: Path) -> None:
-    pid = _proc.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path)
+    ready = tmp_path / "ready"
+    pid = _proc.start("sleeper", [sys.executable, "-c", "import sys, time; open(sys.argv[1], "
+                                  "'w').write('1'); time.sleep(60)", str(ready)], tmp_path)
     assert _proc.pid_of("sleeper", tmp_path) == pid and _proc.alive(pid)
+    _wait_for(ready)  # the interpreter is up (right after the fork, RSS is the forking one's)
     rss = _proc.rss_bytes(pid)
     assert rss is not None and rss > 1 << 20  # a Python interpreter: more than 1 MiB
     _proc.stop("sleeper", tmp_path)

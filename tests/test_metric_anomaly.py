@@ -97,7 +97,7 @@ def test_a_saved_bundle_carries_the_univariate_thresholds(tmp_path: Path) -> Non
 
     shipped = store.load_bundle(default_model_dir())
     det = UnivariateDetector(thresholds={"train_step_seconds": 2.5})
-    path = store.save_bundle(tmp_path, shipped.drift, shipped.trend_state,
+    path = store.save_bundle(tmp_path, shipped.detectors,
                              {"univariate": det.get_state()}, version="t1")
     assert Pipeline.load(path).univariate.threshold_for("train_step_seconds") == 2.5
     card = json.loads((path / "model_card.json").read_text())

@@ -33,11 +33,17 @@ from detector.models.store import (
     save_bundle,
     verify_bundle,
 )
+from detector.models.trend import TrendDetector
 from tests.support.drift_data import NAMES, drifted, healthy
 
 torch.set_num_threads(1)
 
-TREND = {"format": "podguard.trend/1", "slope_window_s": 3600, "min_r2": 0.8, "names": ["a"]}
+TREND = TrendDetector(u0=0.02)
+
+
+def _dets(drift: DriftDetector, trend: TrendDetector = TREND) -> dict[str, object]:
+    """The detectors of a bundle (store.MEMBERS)."""
+    return {"drift": drift, "trend": trend}
 
 
 class Smuggled:
@@ -60,8 +66,7 @@ def drift() -> DriftDetector:
 def bundle(tmp_path: Path, drift: DriftDetector) -> Path:
     return save_bundle(
         tmp_path / "models",
-        drift,
-        TREND,
+        _dets(drift),
         {
             "data_range": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-08T00:00:00Z"},
             "metrics": {"roc_auc": 0.97},
@@ -90,7 +95,7 @@ def test_round_trip_scores_identically(bundle: Path, drift: DriftDetector) -> No
     x = np.vstack([healthy(200, seed=3), drifted(20, seed=4)])
     np.testing.assert_array_equal(loaded.drift.score(x), drift.score(x))
     assert loaded.drift.threshold_ == drift.threshold_
-    assert loaded.trend_state == TREND
+    assert loaded.trend_state == TREND.get_state() and loaded.trend.u0 == 0.02
     assert loaded.path == bundle
 
 
@@ -148,8 +153,8 @@ def test_no_pickle_is_written(bundle: Path) -> None:
 
 
 def test_default_version_names_sort_by_time(tmp_path: Path, drift: DriftDetector) -> None:
-    a = save_bundle(tmp_path, drift, TREND)
-    b = save_bundle(tmp_path, drift, TREND)
+    a = save_bundle(tmp_path, _dets(drift))
+    b = save_bundle(tmp_path, _dets(drift))
     assert a != b
     assert a.name[:16] <= b.name[:16]  # YYYYmmddTHHMMSSZ prefix
     assert {p.name for p in tmp_path.iterdir()} == {a.name, b.name}  # no temporaries left
@@ -166,39 +171,48 @@ def test_failed_save_leaves_nothing_behind(
 
     monkeypatch.setattr(IsolationForestDetector, "save", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_bundle(tmp_path, drift, TREND, version="v9")
+        save_bundle(tmp_path, _dets(drift), version="v9")
     assert list(tmp_path.iterdir()) == []
+
+
+def _nan_trend() -> TrendDetector:
+    det = TrendDetector()
+    det.threshold_ = float("nan")
+    return det
 
 
 def test_invalid_inputs_are_refused(tmp_path: Path, drift: DriftDetector) -> None:
     with pytest.raises(InputError, match="may not set"):
-        save_bundle(tmp_path, drift, TREND, {"files": {}})
+        save_bundle(tmp_path, _dets(drift), {"files": {}})
     with pytest.raises(InputError, match="strict JSON"):
-        save_bundle(tmp_path, drift, {"x": float("nan")})
+        save_bundle(tmp_path, _dets(drift, _nan_trend()))
+    with pytest.raises(InputError, match="holds the detectors"):
+        save_bundle(tmp_path, {"drift": drift})
     with pytest.raises(InputError, match="version"):
-        save_bundle(tmp_path, drift, TREND, version="../escape")
-    save_bundle(tmp_path, drift, TREND, version="v1")
+        save_bundle(tmp_path, _dets(drift), version="../escape")
+    save_bundle(tmp_path, _dets(drift), version="v1")
     with pytest.raises(InputError, match="exists"):
-        save_bundle(tmp_path, drift, TREND, version="v1")
+        save_bundle(tmp_path, _dets(drift), version="v1")
 
 
 def test_promote_and_resolve_current(tmp_path: Path, drift: DriftDetector) -> None:
     with pytest.raises(ModelIntegrityError, match="no current"):
         resolve_current(tmp_path)
-    v1 = save_bundle(tmp_path, drift, {"n": 1}, version="v1", promote_now=True)
+    v1 = save_bundle(tmp_path, _dets(drift, TrendDetector(u0=0.01)), version="v1",
+                     promote_now=True)
     assert resolve_current(tmp_path) == v1
-    v2 = save_bundle(tmp_path, drift, {"n": 2}, version="v2")
+    v2 = save_bundle(tmp_path, _dets(drift, TrendDetector(u0=0.03)), version="v2")
     assert resolve_current(tmp_path) == v1  # saving does not promote by default
     promote(tmp_path, "v2")
     assert resolve_current(tmp_path) == v2
-    assert load_bundle(tmp_path).trend_state == {"n": 2}  # the root resolves to current
+    assert load_bundle(tmp_path).trend.u0 == 0.03  # the root resolves to current
     assert (tmp_path / CURRENT).read_text() == "v2\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_promote_refuses_a_tampered_bundle(tmp_path: Path, drift: DriftDetector) -> None:
-    save_bundle(tmp_path, drift, TREND, version="good", promote_now=True)
-    bad = save_bundle(tmp_path, drift, TREND, version="bad")
+    save_bundle(tmp_path, _dets(drift), version="good", promote_now=True)
+    bad = save_bundle(tmp_path, _dets(drift), version="bad")
     (bad / "drift.json").write_text((bad / "drift.json").read_text() + " ")
     with pytest.raises(ModelIntegrityError, match="checksum"):
         promote(tmp_path, "bad")
@@ -363,3 +377,29 @@ def test_artifact_sizes(bundle: Path) -> None:
     print("bundle file sizes (bytes, 50-tree test forest):", sizes)
     assert sizes["autoencoder.safetensors"] < 100_000
     assert sum(sizes.values()) < 5_000_000
+
+
+class _Const:
+    """A toy detector for the registration test."""
+
+    def __init__(self, c: int) -> None:
+        self.c = c
+
+
+def test_a_new_detector_is_one_member_line(tmp_path: Path, drift: DriftDetector,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store is generic over its detectors: registering one more Member is all a new
+    detector needs to be written, checksummed, verified and read back."""
+    from detector.models import store
+
+    const = store.Member("const", frozenset({"const.json"}),
+                         lambda contents, card: _Const(json.loads(contents["const.json"])["c"]),
+                         encode=lambda det: {"const.json": json.dumps({"c": det.c}).encode()})
+    monkeypatch.setattr(store, "MEMBERS", (*store.MEMBERS, const))
+    path = save_bundle(tmp_path, {**_dets(drift), "const": _Const(7)}, version="v1")
+    assert "const.json" in json.loads((path / CARD).read_text())["files"]
+    loaded = load_bundle(path)
+    assert loaded.detectors["const"].c == 7 and loaded.trend.u0 == TREND.u0
+    (path / "const.json").write_text('{"c": 8}')
+    with pytest.raises(ModelIntegrityError, match="checksum"):
+        load_bundle(path)

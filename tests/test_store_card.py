@@ -45,7 +45,7 @@ def test_a_card_claiming_another_version_is_refused(tmp_path: Path) -> None:
 
 def test_a_saved_card_is_sealed_and_a_changed_card_is_refused(tmp_path: Path) -> None:
     shipped = load_bundle(_shipped())
-    bundle = save_bundle(tmp_path, shipped.drift, shipped.trend_state, version="v2")
+    bundle = save_bundle(tmp_path, shipped.detectors, version="v2")
     card = json.loads((bundle / CARD).read_text())
     assert card["card_sha256"] == card_digest(card)
     assert load_bundle(bundle).card["version"] == "v2"

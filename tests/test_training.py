@@ -57,6 +57,9 @@ def test_train_from_traces_writes_a_promoted_loadable_bundle(trained: dict) -> N
     # the round trip scores like the fitted model
     trend = TrendDetector.from_state(bundle.trend_state)
     assert trend.threshold_ == pytest.approx(out["summary"]["trend_threshold"])
+    # the imminent path's threshold, fitted on the healthy pods' first minutes at 15 s
+    assert out["summary"]["windows_young"] > 0
+    assert trend.imminent_threshold_ == out["summary"]["trend_imminent_threshold"] is not None
 
 
 @pytest.mark.slow

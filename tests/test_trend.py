@@ -346,6 +346,27 @@ def test_explain_inputs_reproduce_the_score_exactly(
         detector.score_from_explain_features(X[:, :4])
 
 
+def test_coalition_scores_give_the_same_shapley_values_bit_for_bit(
+    detector: TrendDetector, held_out: tuple[WindowBatch, pd.DataFrame]
+) -> None:
+    """The pipeline's fast form of the leak attributions (each channel's 8 input
+    combinations computed once) against the score evaluated on every coalition row."""
+    from detector.models.attribution import exact_shapley_rows
+
+    batch, _ = held_out
+    X, names = detector.explain_features(batch)
+    top = np.argsort(-detector.score(batch), kind="stable")[:40]
+    bg = detector.explain_background(names)
+    slow = exact_shapley_rows(detector.score_from_explain_features, X[top], bg, names)
+    fast = exact_shapley_rows(detector.score_from_explain_features, X[top], bg, names,
+                              coalition_fn=detector.coalition_scores)
+    assert any(max(a.values.values()) > 0 for a in slow)
+    for a, b in zip(slow, fast, strict=True):
+        assert a.values == b.values and a.base_value == b.base_value
+    with pytest.raises(InputError):
+        detector.coalition_scores(X[:2, :4], bg, np.zeros((16, 4), bool))
+
+
 # ----------------------------------------------------------------------------- contract, state
 
 

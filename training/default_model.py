@@ -59,7 +59,7 @@ def build(root: Path = DEFAULT_ROOT, *, seed: int = SEED, n_pods: int = 96, hour
         # custom metrics: no family in the healthy scenarios, so the documented defaults
         "univariate": UnivariateDetector().get_state(),
     }
-    path = store.save_bundle(root, result.drift, result.trend.get_state(), card,
+    path = store.save_bundle(root, {"drift": result.drift, "trend": result.trend}, card,
                              version=version, promote_now=True)
     print(json.dumps({"model": str(path), "seconds": round(time.perf_counter() - started, 1),
                       **{k: v for k, v in result.summary.items() if k != "feature_names"}},

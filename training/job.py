@@ -38,7 +38,7 @@ from detector.pipeline import select_features
 from detector.settings import DetectionSettings, WindowSettings, load_settings
 from detector.traces import load_trace
 from detector.windows import WindowBatch
-from training.fit import collect_windows, fit_detectors, split_by_pod
+from training.fit import collect_windows, fit_detectors, split_by_pod, young_windows
 from training.history import incident_pods, parse_duration, pull_history, without_pods
 
 VALIDATION_SEED = 424242
@@ -115,8 +115,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"every pod's history holds an incident ({len(bad)} pods); "
                          "nothing healthy to learn from")
     windows = collect_windows(clean, windows=ws, progress=not args.no_progress)
+    # the imminent leak path's threshold: the healthy pods' first minutes at a 15 s grid
+    young = young_windows(clean, span_s=TrendDetector().fast_min_s,
+                          progress=not args.no_progress)
     result = fit_detectors(windows, detection=det, seed=args.seed,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, young=young)
     _fit_idx, hold_idx = split_by_pod(windows, 0.3, args.seed)
     vs = validation_set(windows.subset(hold_idx))
     cand = validation_score(result.trend, result.drift, vs)
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               f"{ns}/{p}" for ns, p in bad), "seed": args.seed},
         "settings": {"windows": ws.model_dump(), "detection": det.model_dump()},
     }
-    path = store.save_bundle(args.out, result.drift, result.trend.get_state(), card,
+    path = store.save_bundle(args.out, {"drift": result.drift, "trend": result.trend}, card,
                              promote_now=promote)
     out = {"model": str(path), "promoted": promote, "gate": gate, "summary": s,
            "excluded_pods": len(bad), "seconds": round(time.perf_counter() - started, 1)}

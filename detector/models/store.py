@@ -4,9 +4,15 @@ A bundle is one directory ``<root>/<version>/`` holding exactly:
 
 * ``model_card.json`` - version, creation time, data range, features and scaling, thresholds,
   metrics, library versions and the sha256 of every other file;
-* ``autoencoder.json`` + ``autoencoder.safetensors``, ``forest.json`` + ``forest.safetensors``,
-  ``drift.json`` - the :class:`~detector.models.drift.DriftDetector` (config + state);
-* ``trend.json`` - the leak detector's JSON state, handed over by the caller as a dict.
+* the files of each detector of :data:`MEMBERS`: ``autoencoder.json`` +
+  ``autoencoder.safetensors``, ``forest.json`` + ``forest.safetensors``, ``drift.json`` - the
+  :class:`~detector.models.drift.DriftDetector` (config + state); ``trend.json`` - the
+  :class:`~detector.models.trend.TrendDetector`'s JSON state.
+
+The store is generic over its detectors: each is a :class:`Member` (its files, how it is
+written and read back, the card entries it owns), and :func:`save_bundle` /
+:func:`load_bundle` take and give them by name (``{"drift": ..., "trend": ...}``); a new
+detector in the bundle is one more :data:`MEMBERS` line.
 
 :func:`save_bundle` writes everything into a temporary directory under ``root`` (removed again
 if anything fails), fsyncs it and renames it into place, so a reader never sees half a bundle.
@@ -46,8 +52,8 @@ import secrets
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -63,13 +69,16 @@ from detector.models.forest import (
     read_tensors,
 )
 from detector.models.state import CardHead, CardTime, read_state
+from detector.models.trend import TrendDetector
 
 __all__ = [
     "BUNDLE_FILES",
     "CARD",
     "CURRENT",
+    "MEMBERS",
     "TREND_JSON",
     "Bundle",
+    "Member",
     "card_created",
     "load_bundle",
     "promote",
@@ -81,10 +90,6 @@ __all__ = [
 CARD = "model_card.json"
 TREND_JSON = "trend.json"
 CURRENT = "current"
-BUNDLE_FILES: frozenset[str] = frozenset(
-    {AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_WEIGHTS, DRIFT_JSON, TREND_JSON}
-)
-"""Every file of a bundle except the card, which lists their checksums."""
 _FORMAT = "podguard.model-bundle/1"
 _OLD_FOREST = "forest.skops"  # the forest's file before 0.2 (a pickled sklearn estimator)
 _FILE_MODE = 0o644  # a daemon running as another user must be able to read the model
@@ -108,12 +113,26 @@ _LIBRARIES = (
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified bundle."""
+    """A loaded, verified bundle: its detectors by member name (:data:`MEMBERS`)."""
 
-    drift: DriftDetector
-    trend_state: dict[str, Any]
+    detectors: Mapping[str, Any]
     card: dict[str, Any]
     path: Path
+
+    @property
+    def drift(self) -> DriftDetector:
+        det: DriftDetector = self.detectors["drift"]
+        return det
+
+    @property
+    def trend(self) -> TrendDetector:
+        det: TrendDetector = self.detectors["trend"]
+        return det
+
+    @property
+    def trend_state(self) -> dict[str, Any]:
+        """The leak detector's JSON state (what ``trend.json`` holds)."""
+        return self.trend.get_state()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -192,14 +211,14 @@ def _pickle_reason(name: str, data: bytes) -> str | None:
 
 def save_bundle(
     root: str | Path,
-    drift: DriftDetector,
-    trend_state: Mapping[str, Any],
+    detectors: Mapping[str, Any],
     card_extra: Mapping[str, Any] | None = None,
     *,
     version: str | None = None,
     promote_now: bool = False,
 ) -> Path:
-    """Write a new bundle under ``root`` and return its directory.
+    """Write a new bundle of ``detectors`` (member name -> detector, one per member of
+    :data:`MEMBERS`) under ``root`` and return its directory.
 
     ``card_extra`` goes into the model card; by convention ``data_range`` (e.g. ``{"start":
     iso, "end": iso}``) and ``metrics`` (a dict of numbers); it may not override the keys the
@@ -211,10 +230,10 @@ def save_bundle(
     clash = sorted(_RESERVED_CARD_KEYS & set(extra))
     if clash:
         raise InputError(f"card_extra may not set {clash}: the store writes them")
-    try:
-        trend_bytes = json.dumps(dict(trend_state), indent=2, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"trend_state is not strict JSON: {exc}") from exc
+    names = [m.name for m in MEMBERS]
+    if sorted(detectors) != sorted(names):
+        raise InputError(f"a bundle holds the detectors {names}, got {sorted(detectors)}")
+    files_of = {m.name: m.encode(detectors[m.name]) for m in MEMBERS}  # strict JSON checked
     now = datetime.now(UTC)
     name = _check_version_name(version or f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}")
     final = root_p / name
@@ -223,10 +242,10 @@ def save_bundle(
     root_p.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root_p))
     try:
-        drift.save(tmp)
-        _write_file(tmp / TREND_JSON, trend_bytes.encode())
+        for m in MEMBERS:
+            m.write(detectors[m.name], tmp, files_of[m.name])
         written = sorted(p.name for p in tmp.iterdir())
-        if set(written) != BUNDLE_FILES:
+        if set(written) != _bundle_files():
             raise ModelIntegrityError(f"bundle writer produced {written}, expected the format's")
         files = {}
         for fname in written:
@@ -234,19 +253,20 @@ def save_bundle(
             with open(tmp / fname, "rb+") as fh:
                 os.fsync(fh.fileno())
             files[fname] = {"sha256": _sha256(data), "bytes": len(data)}
-        ae = drift.autoencoder
+        entries: dict[str, Any] = {"thresholds": {}}
+        for m in MEMBERS:
+            for key, value in m.card(detectors[m.name]).items():
+                if key == "thresholds":
+                    entries["thresholds"].update(value)
+                else:
+                    entries[key] = value
         card: dict[str, Any] = {
             "format": _FORMAT,
             "version": name,
             "created": now.isoformat(timespec="seconds"),
             "data_range": extra.pop("data_range", None),
-            "features": list(drift.feature_names),
-            "scaling": {"method": "median/IQR (robust)", **ae.scaler.to_dict()},
-            "thresholds": {
-                "drift": drift.threshold_,
-                "autoencoder": ae.threshold_,
-                "forest": drift.forest.threshold_,
-            },
+            **{k: entries[k] for k in ("features", "scaling") if k in entries},
+            "thresholds": entries["thresholds"],
             "metrics": extra.pop("metrics", {}),
             "libraries": _library_versions(),
             "files": files,
@@ -352,15 +372,15 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise ModelIntegrityError(f"{path}: a bundle of an older podguard (the forest as "
                                   f"{_OLD_FOREST}, which needs scikit-learn and skops); "
                                   f"retrain it with this version (podguard train)")
-    if set(listed) != BUNDLE_FILES:
-        raise ModelIntegrityError(f"{CARD} must list exactly {sorted(BUNDLE_FILES)}")
-    foreign = sorted(set(contents) - BUNDLE_FILES)
+    if set(listed) != _bundle_files():
+        raise ModelIntegrityError(f"{CARD} must list exactly {sorted(_bundle_files())}")
+    foreign = sorted(set(contents) - _bundle_files())
     if foreign:
         raise ModelIntegrityError(f"foreign file(s) in the bundle: {foreign}")
-    missing = sorted(BUNDLE_FILES - set(contents))
+    missing = sorted(_bundle_files() - set(contents))
     if missing:
         raise ModelIntegrityError(f"missing file(s) in the bundle: {missing}")
-    for fname in sorted(BUNDLE_FILES):
+    for fname in sorted(_bundle_files()):
         if _sha256(contents[fname]) != listed[fname].sha256:
             raise ModelIntegrityError(f"checksum mismatch for {fname}: tampered or corrupt")
     _check_card(path, card)
@@ -403,23 +423,100 @@ def _json(contents: Mapping[str, bytes], fname: str) -> Any:
         raise ModelIntegrityError(f"{fname} is not valid JSON: {exc}") from exc
 
 
+# --------------------------------------------------------------------------- members
+
+
+@dataclass(frozen=True)
+class Member:
+    """How one detector lives in a bundle: one registration in :data:`MEMBERS`.
+
+    ``encode`` gives the files the detector is written as (name -> bytes; a detector that
+    saves itself into a directory gives none and writes in ``write``), ``write`` puts them
+    into the bundle's temporary directory, ``read`` builds the detector from the bundle's
+    verified bytes (and its card), ``card`` gives the card entries it owns (``features``,
+    ``scaling``, ``thresholds``)."""
+
+    name: str
+    files: frozenset[str]
+    read: Callable[[Mapping[str, bytes], Mapping[str, Any]], Any]
+    encode: Callable[[Any], dict[str, bytes]] = field(default=lambda det: {})
+    write: Callable[[Any, Path, dict[str, bytes]], None] = field(
+        default=lambda det, directory, files: _write_files(directory, files))
+    card: Callable[[Any], Mapping[str, Any]] = field(default=lambda det: {})
+
+
+def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    for fname, data in files.items():
+        _write_file(directory / fname, data)
+
+
+def _save_drift(drift: DriftDetector, directory: Path, files: Mapping[str, bytes]) -> None:
+    drift.save(directory)  # its JSON states and safetensors files
+
+
+def _read_drift(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> DriftDetector:
+    tensors = read_tensors(contents[AE_WEIGHTS], AE_WEIGHTS)
+    trees = read_tensors(contents[FOREST_WEIGHTS], FOREST_WEIGHTS)
+    autoencoder = AutoencoderDetector.from_state(_json(contents, AE_JSON), tensors)
+    forest = IsolationForestDetector.from_state(_json(contents, FOREST_JSON), trees)
+    drift = DriftDetector.from_state(_json(contents, DRIFT_JSON), autoencoder, forest)
+    if list(drift.feature_names) != card.get("features"):
+        raise ModelIntegrityError(f"{CARD}: feature list disagrees with the model")
+    return drift
+
+
+def _drift_card(drift: DriftDetector) -> dict[str, Any]:
+    ae = drift.autoencoder
+    return {
+        "features": list(drift.feature_names),
+        "scaling": {"method": "median/IQR (robust)", **ae.scaler.to_dict()},
+        "thresholds": {"drift": drift.threshold_, "autoencoder": ae.threshold_,
+                       "forest": drift.forest.threshold_},
+    }
+
+
+def _encode_trend(trend: TrendDetector) -> dict[str, bytes]:
+    try:
+        text = json.dumps(trend.get_state(), indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the trend detector's state is not strict JSON: {exc}") from exc
+    return {TREND_JSON: text.encode()}
+
+
+def _read_trend(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> TrendDetector:
+    state = _json(contents, TREND_JSON)
+    if not isinstance(state, dict):
+        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
+    return TrendDetector.from_state(state)
+
+
+MEMBERS: tuple[Member, ...] = (
+    Member("drift", frozenset({AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_WEIGHTS, DRIFT_JSON}),
+           _read_drift, write=_save_drift, card=_drift_card),
+    Member("trend", frozenset({TREND_JSON}), _read_trend, encode=_encode_trend),
+)
+"""The detectors of a bundle; a new detector is one line here (and its module)."""
+
+
+
+def _bundle_files() -> frozenset[str]:
+    return frozenset().union(*(m.files for m in MEMBERS))
+
+
+BUNDLE_FILES: frozenset[str] = _bundle_files()
+"""Every file of a bundle except the card, which lists their checksums."""
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load and verify a bundle directory, or ``root``'s current one if given the root."""
     p = Path(path)
     if not (p / CARD).exists() and (p / CURRENT).exists():
         p = resolve_current(p)
     card, contents = _read_verified(p)
-    tensors = read_tensors(contents[AE_WEIGHTS], AE_WEIGHTS)
-    trees = read_tensors(contents[FOREST_WEIGHTS], FOREST_WEIGHTS)
-    try:
-        autoencoder = AutoencoderDetector.from_state(_json(contents, AE_JSON), tensors)
-        forest = IsolationForestDetector.from_state(_json(contents, FOREST_JSON), trees)
-        drift = DriftDetector.from_state(_json(contents, DRIFT_JSON), autoencoder, forest)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelIntegrityError(f"malformed model state in {p}: {exc!r}") from exc
-    if list(drift.feature_names) != card.get("features"):
-        raise ModelIntegrityError(f"{CARD}: feature list disagrees with the model")
-    trend_state = _json(contents, TREND_JSON)
-    if not isinstance(trend_state, dict):
-        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
-    return Bundle(drift=drift, trend_state=trend_state, card=card, path=p)
+    detectors = {}
+    for m in MEMBERS:
+        try:
+            detectors[m.name] = m.read(contents, card)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelIntegrityError(f"malformed {m.name} state in {p}: {exc!r}") from exc
+    return Bundle(detectors=detectors, card=card, path=p)

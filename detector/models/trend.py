@@ -464,10 +464,22 @@ class TrendDetector(ThresholdMixin):
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
         # halves of the valid span: early [first, mid), recent [mid, m)
         mid = first + (m - first) // 2
-        early = (i[None, :] >= first[:, None]) & (j[None, :] < mid[:, None])
-        recent = i[None, :] >= mid[:, None]
-        r_early = nanmedian_last(np.where(early, slopes, np.nan)).astype(np.float64)
-        r_recent = nanmedian_last(np.where(recent, slopes, np.nan)).astype(np.float64)
+        # rows whose data fills the span (most) take their halves' pairs as fixed columns;
+        # the others (young incarnations) by mask: the same finite values, the same medians
+        r_early = np.empty(y.shape[0])
+        r_recent = np.empty(y.shape[0])
+        full = first == 0
+        if full.any():
+            sl = slopes[full]
+            r_early[full] = nanmedian_last(sl[:, j < m // 2])
+            r_recent[full] = nanmedian_last(sl[:, i >= m // 2])
+        if not full.all():
+            part = ~full
+            sl, f_, md = slopes[part], first[part], mid[part]
+            early = (i[None, :] >= f_[:, None]) & (j[None, :] < md[:, None])
+            recent = i[None, :] >= md[:, None]
+            r_early[part] = nanmedian_last(np.where(early, sl, np.nan))
+            r_recent[part] = nanmedian_last(np.where(recent, sl, np.nan))
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where((r_early > 0) & np.isfinite(r_recent), r_recent / r_early, 1.0)
             half_s = np.maximum((m - mid) * step, step)
@@ -829,6 +841,33 @@ class TrendDetector(ThresholdMixin):
         A = A.reshape(A.shape[0], len(MEMORY_CHANNELS), len(EXPLAIN_STATS))
         s = self._combine(A[..., 0], A[..., 1], A[..., 2])
         return s.max(axis=1)
+
+    def coalition_scores(self, X: np.ndarray, background: np.ndarray, bits: np.ndarray
+                         ) -> np.ndarray:
+        """:meth:`score_from_explain_features` of every coalition row of exact Shapley values
+        (``bits`` (2^9, 9): the inputs taken from the row of ``X`` (r, 9), the others from a
+        ``background`` row (b, 9)) -> (r, 2^9, b), with the same values: the score is a max
+        over channels of a function of each channel's three inputs, so each channel's 8
+        combinations are computed once and gathered."""
+        A = np.asarray(X, dtype=np.float64)
+        B = np.atleast_2d(np.asarray(background, dtype=np.float64))
+        nc, ns = len(MEMORY_CHANNELS), len(EXPLAIN_STATS)
+        if A.ndim != 2 or A.shape[1] != nc * ns or B.shape[1] != nc * ns:
+            raise InputError(f"expected (m, {nc * ns}) inputs, got {A.shape} and {B.shape}")
+        bits = np.asarray(bits, dtype=bool)
+        combos = np.arange(1 << ns)
+        take = ((combos[:, None] >> np.arange(ns)[None, :]) & 1).astype(bool)  # (8, 3)
+        out: np.ndarray | None = None
+        for c in range(nc):
+            a = A[:, c * ns:(c + 1) * ns]  # (r, 3)
+            bb = B[:, c * ns:(c + 1) * ns]  # (b, 3)
+            x = np.where(take[None, :, None, :], a[:, None, None, :], bb[None, None, :, :])
+            t = self._combine(x[..., 0], x[..., 1], x[..., 2])  # (r, 8, b)
+            idx = (bits[:, c * ns:(c + 1) * ns] * (1 << np.arange(ns))[None, :]).sum(axis=1)
+            g = t[:, idx, :]  # (r, 2^9, b)
+            out = g if out is None else np.maximum(out, g)
+        assert out is not None
+        return out
 
     def explain_background(self, names: tuple[str, ...] = EXPLAIN_NAMES) -> np.ndarray:
         """Reference inputs for Shapley values: the most leak-like healthy windows seen at fit

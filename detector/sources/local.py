@@ -42,8 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from detector.channels import CHANNEL_METRICS, LIMITS
 from detector.settings import LocalSourceSettings
 from detector.sources.base import Delivery, SourceStatus
+
+# the series it delivers, named by the channel table (detector.channels: no pandas in the
+# training-loop children that import this module)
+_WORKING_SET, _RSS, _CPU_SECONDS, _RESTARTS = (
+    CHANNEL_METRICS[c] for c in ("mem_working_set", "mem_rss", "cpu_rate", "restarts"))
+_MEMORY_LIMIT = LIMITS["memory"].metrics[0].metric
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _ROW_BYTES = 16 * 1024  # kept per batch row and step, as measured in the daemon (~16 KiB)
@@ -209,13 +216,11 @@ class LocalSource:
                 self._spawn(w)
                 continue
             pod, ns, node = w.pod, s.namespace, self.node
-            cols.append(ts, ns, pod, "main", node, "container_memory_working_set_bytes", rss)
-            cols.append(ts, ns, pod, "main", node, "container_memory_rss", anon)
-            cols.append(ts, ns, pod, "main", node, "container_cpu_usage_seconds_total",
-                        cpu * s.time_scale)
-            cols.append(ts, ns, pod, "main", node, "container_spec_memory_limit_bytes", limit)
-            cols.append(ts, ns, pod, "main", node, "kube_pod_container_status_restarts_total",
-                        float(w.restarts))
+            cols.append(ts, ns, pod, "main", node, _WORKING_SET, rss)
+            cols.append(ts, ns, pod, "main", node, _RSS, anon)
+            cols.append(ts, ns, pod, "main", node, _CPU_SECONDS, cpu * s.time_scale)
+            cols.append(ts, ns, pod, "main", node, _MEMORY_LIMIT, limit)
+            cols.append(ts, ns, pod, "main", node, _RESTARTS, float(w.restarts))
         out.messages = 1
         if len(cols):
             self._newest = ts

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from detector import traces as tr
 from detector.errors import ConfigError, PermanentError
 from detector.settings import PrometheusSourceSettings
 from detector.sources.base import Delivery, SampleColumns, SourceStatus, next_wait
@@ -50,7 +51,7 @@ from detector.transport.prometheus import PrometheusClient, chunks
 from detector.transport.retry import retry_delay
 
 KSM_PREFIX = "kube_"
-KSM_LIMITS = "kube_pod_container_resource_limits"
+KSM_LIMITS = tr.KSM_LIMITS  # the channel table's fallback memory limit
 
 
 class PrometheusSource:
