@@ -2,8 +2,8 @@
 
 One run of :func:`deploy.local.story.run` (module fixture, ~8-10 minutes): a StatefulSet's pod
 on a kwok node runs as a real PyTorch trainer with the kept-loss leak in a real memory cgroup of
-the real-node harness (limit 768 MiB; the leak would fill it ~12 minutes after the start; the
-shipped fast path judges a new incarnation from its first ~6-9 minutes on);
+the real-node harness (limit 896 MiB; the leak would fill it 12-20 minutes after the start;
+the shipped fast path judges a new incarnation from its first ~6-9 minutes on);
 ``podguard run`` with remediation on reads the harness's Prometheus, flags the leak, asks the
 trainer for a checkpoint over the pod channel (the trainer's projected token, checked with a
 TokenReview), evicts the pod once it is acknowledged; the StatefulSet recreates the pod, the
