@@ -11,9 +11,10 @@ Each pod has one *shape*:
   legitimate step, e.g. a bigger dataset shard) and ``diurnal`` (serving load);
 * faults: ``slow_leak``, ``fast_leak``, ``step_leak`` (staircase), ``leak_under_gc`` (a rising
   floor under a GC sawtooth), ``gpu_creep`` (``DCGM_FI_DEV_FB_USED`` creeping to the card size)
-  and ``throughput_drift`` (cpu rate, GPU utilisation and network collapse over 30-60 min
-  before a crash). Growing faults take :data:`FAULT_HOURS` from onset to OOM (a slow leak
-  8-36 h, a fast one 0.5-1.5 h), shortened where the trace is too short to hold them.
+  ``throughput_drift`` (cpu rate, GPU utilisation and network collapse over 30-60 min
+  before a crash) and ``late_leak`` (flat for 20-60 min, then an OOM within 5-20 min).
+  Growing faults take :data:`FAULT_HOURS` from onset to OOM (a slow leak 8-36 h, a fast one
+  0.5-1.5 h), shortened where the trace is too short to hold them.
 
 Every pod carries realistic companion series: working set and RSS, the cumulative CPU
 counter, network counters, the memory limit (``container_spec_memory_limit_bytes`` on most
@@ -56,9 +57,11 @@ HEALTHY_SHAPES: tuple[str, ...] = (
     "periodic_load",
     "slow_warmup",
 )
-LEAK_SHAPES: tuple[str, ...] = ("slow_leak", "fast_leak", "step_leak", "leak_under_gc",
-                                "early_leak", "periodic_leak")
-FAULT_SHAPES: tuple[str, ...] = (*LEAK_SHAPES, "crashloop_leak", "gpu_creep", "throughput_drift")
+_FIRST_LEAKS: tuple[str, ...] = ("slow_leak", "fast_leak", "step_leak", "leak_under_gc",
+                                 "early_leak", "periodic_leak")
+LEAK_SHAPES: tuple[str, ...] = (*_FIRST_LEAKS, "late_leak")
+FAULT_SHAPES: tuple[str, ...] = (*_FIRST_LEAKS, "crashloop_leak", "gpu_creep", "throughput_drift",
+                                 "late_leak")  # late_leak last: the other pods keep their seeds
 ALL_SHAPES: tuple[str, ...] = (*HEALTHY_SHAPES, *FAULT_SHAPES)
 
 KIND_OF_SHAPE: dict[str, str] = {
@@ -221,6 +224,7 @@ FAULT_HOURS: dict[str, tuple[float, float]] = {
     "early_leak": (0.4, 2.0),
     "periodic_leak": (6.0, 24.0),
     "crashloop_leak": (0.3, 1.2),
+    "late_leak": (5 / 60, 20 / 60),
 }
 """Range of the time from onset to OOM of each growing fault, hours (drawn log-uniformly), in
 the train split (:data:`SPLITS` holds the test split's own ranges).
@@ -233,7 +237,9 @@ evaluation boundaries; a leak under a GC sawtooth raises the floor slowly; CUDA 
 accumulated on every step) fills memory within an hour or so; an early leak starts in the
 pod's first minutes (a leak in the first epoch) and OOMs within two hours of the pod's start;
 a crash-looping leak comes back in every incarnation after its OOM kill (one fault per
-incarnation); a periodic leak rides on a multi-hour load cycle."""
+incarnation); a periodic leak rides on a multi-hour load cycle; a late leak starts after a
+long flat stretch (20-60 min from the pod's start) and OOMs within minutes, often against a
+limit many times the flat level (a small sidecar-sized process that starts leaking fast)."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,8 @@ class Ranges:
     epoch_s: tuple[float, float] = (900.0, 2700.0)
     step_up: tuple[float, float] = (1.2, 1.5)
     late_start: float = 0.4  # fraction of pods that start after the trace begins
+    late_leak_limit_ratio: tuple[float, float] = (1.8, 9.0)  # late_leak: limit / base
+    late_leak_onset_s: tuple[float, float] = (1200.0, 3600.0)  # late_leak: flat stretch
     fault_hours: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(FAULT_HOURS))
 
 
@@ -274,6 +282,8 @@ SPLITS: dict[str, Ranges] = {
         epoch_s=(600.0, 3600.0),
         step_up=(1.1, 1.7),
         late_start=0.5,
+        late_leak_limit_ratio=(1.5, 10.0),
+        late_leak_onset_s=(900.0, 5400.0),
         fault_hours={
             "slow_leak": (6.0, 48.0),
             "fast_leak": (0.3, 2.0),
@@ -283,6 +293,7 @@ SPLITS: dict[str, Ranges] = {
             "early_leak": (0.3, 2.0),
             "periodic_leak": (5.0, 30.0),
             "crashloop_leak": (0.25, 1.5),
+            "late_leak": (4 / 60, 25 / 60),
         },
     ),
 }
@@ -417,7 +428,14 @@ def _make_pod(
     peak_rel = float(np.max(ws_rel[t >= 0])) if (t >= 0).any() else 1.0
     if shape in LEAK_SHAPES:
         # an early leak starts in the pod's first minutes
-        onset = rng.uniform(0.0, 600.0) if shape == "early_leak" else rng.uniform(0.1, 0.3) * T
+        if shape == "early_leak":
+            onset = rng.uniform(0.0, 600.0)
+        elif shape == "late_leak":
+            onset = min(rng.uniform(*rg.late_leak_onset_s), 0.5 * T)
+            limit = np.ceil(base * rng.uniform(*rg.late_leak_limit_ratio) / (64 * 2**20)) \
+                * (64 * 2**20)
+        else:
+            onset = rng.uniform(0.1, 0.3) * T
         duration = _fault_duration(rng, shape, onset, T, rg)
         headroom_rel = limit / base - peak_rel
         rate_rel = headroom_rel / duration  # of base per second

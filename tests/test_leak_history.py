@@ -154,3 +154,38 @@ def test_a_multi_hour_load_cycle_is_not_paged_as_a_leak(
     # after its first full cycle (3 h) the pod is never flagged again
     assert not cyc[(cyc["ts"] > t0 + 3 * 3600) & cyc["alarm"]].any().any(), \
         cyc[cyc["alarm"]].head()
+
+
+def _late_leak_trace(step: float) -> tuple[pd.DataFrame, float, float]:
+    """Flat at ~30 MiB for the pod's first 30 min, then +20 MiB/min under a 256 MiB limit
+    (the OOM ~11 min after the onset); returns (trace, onset, OOM)."""
+    mib = 2.0**20
+    t0 = scenarios.DEFAULT_START_TS
+    t = t0 + np.arange(0.0, 3600.0, step)
+    onset, lim = t0 + 1800.0, 256 * mib
+    rng = np.random.default_rng(0)
+    ws = 30 * mib * (1 + 0.004 * rng.normal(size=t.size)) + np.clip(t - onset, 0, None) * mib / 3
+    t, ws = t[ws < lim], ws[ws < lim]
+    rows = [pd.DataFrame({"timestamp": t, "namespace": "ml", "pod": "late", "container": "main",
+                          "node": "n", "metric": m, "value": v})
+            for m, v in ((tr.WORKING_SET, ws), (tr.RSS, 0.8 * ws),
+                         (tr.MEMORY_LIMIT, np.full(t.size, lim)),
+                         (tr.CPU_SECONDS, np.cumsum(np.full(t.size, step))),
+                         (tr.RESTARTS, np.zeros(t.size)))]
+    return pd.concat(rows, ignore_index=True), onset, float(t[-1] + step)
+
+
+@pytest.mark.parametrize("step", [15.0, 60.0])
+def test_a_leak_after_a_long_flat_stretch_is_warned_minutes_before_its_oom(step: float) -> None:
+    """The fast path judges the recent minutes on their own (the 30-min span's robust slope is
+    diluted by the flat stretch) and the floor the revisit check compares is the rise's own,
+    not the flat level the last 15 min still hold: warned >= 5 min before the OOM, as a leak."""
+    trace, onset, oom = _late_leak_trace(step)
+    pl = Pipeline.load(None)
+    alarms = []
+    for _t, batch, _e in iter_batches(trace, step_s=step, windows=WindowSettings(step_s=step)):
+        alarms += [(v.ts, v.kind) for v in pl.evaluate(batch) if v.is_anomaly]
+    assert alarms, "never warned before the OOM"
+    first, kind = alarms[0]
+    assert first >= onset and kind == "memory_leak", (first - onset, kind)
+    assert oom - first >= 5 * 60, (first - onset, oom - onset)

@@ -200,3 +200,21 @@ def test_shipped_scenario_set_matches_the_script() -> None:
     _, expected = generate(n_pods_per_kind=2, hours=8, seed=7)
     assert labels["pod"].tolist() == expected["pod"].tolist()
     assert labels["shape"].tolist() == expected["shape"].tolist()
+
+
+def test_a_late_leak_starts_after_a_long_flat_stretch_and_kills_within_minutes() -> None:
+    """``late_leak``: flat for 20-60 min from the pod's start, then an OOM 5-20 min after the
+    onset (the train split's ranges), the limit up to 9x the flat level."""
+    trace, labels = generate(n_pods_per_kind=6, hours=6, seed=8, shapes=("late_leak",),
+                             imperfections=Imperfections.none())
+    start = trace.groupby("pod", observed=True)["timestamp"].min()
+    lab = labels.set_index("pod")
+    flat_min = (lab["onset_ts"] - start.reindex(lab.index)) / 60.0
+    assert ((flat_min >= 20 - 0.5) & (flat_min <= 60 + 0.5)).all(), flat_min.tolist()
+    dur_min = (lab["failure_ts"] - lab["onset_ts"]) / 60.0
+    assert ((dur_min > 0.9 * 5) & (dur_min <= 20 * 1.001)).all(), dur_min.tolist()
+    ws = trace[trace["metric"] == tr.WORKING_SET]
+    for pod, row in lab.iterrows():
+        s = ws[(ws["pod"] == pod) & (ws["container"] != "sidecar")]
+        before = s[s["timestamp"] < row["onset_ts"]]["value"]
+        assert before.max() < 1.05 * before.min()  # flat until the onset

@@ -184,8 +184,14 @@ class LevelHistory:
         rows = np.arange(grows.size)
         prior_c = prior[rows, ch]
         tail = max(2, round(self.block_s / batch.step_s))
-        # the growing channel's last points only: one (g, tail) gather
+        # the growing channel's last points only: one (g, tail) gather; the floor "now" is
+        # that of the last block_s, or of the recent half of the data that shows the rise
+        # where that is shorter (a leak minutes old after a long flat stretch, seen by a short
+        # view: its last 15 min, and the view's start, still hold the flat level)
         cur = batch.values[grows, np.asarray(self._mem_idx)[ch], -tail:].astype(np.float64)
+        half = 0.5 * np.nan_to_num(view, nan=2 * self.block_s)
+        own = np.clip(np.round(half / batch.step_s), 2, tail)
+        cur = np.where(np.arange(tail)[None, :] >= tail - own[:, None], cur, np.nan)
         fin = np.isfinite(cur)
         floor_now = np.where(fin.any(axis=1), np.where(fin, cur, np.inf).min(axis=1), np.nan)
         lim = np.asarray(limit, dtype=np.float64)[grows]

@@ -33,6 +33,11 @@ more anomalous, 0 for no growth. Windows with less than ``min_span_s`` of data s
 The decision threshold is fitted on healthy windows with
 :func:`detector.models.base.threshold_at_fpr` and kept as state.
 
+The fast path (a young incarnation, no settling time) judges the last 5, 10 and 30 min
+(:data:`FAST_SUBSPANS`, ``fast_span_s``) and keeps the one that scores highest: a leak that
+began after a long flat stretch fills only the recent part of the 30-min span, whose robust
+slope it dilutes. Its one threshold is fitted on that maximum.
+
 The leak rate reported is the Theil-Sen slope of the de-stepped block minima of the best
 view, or of its recent half when faster (a leak that began inside the view);
 the time to OOM is (limit - current peak) / rate (projected geometrically while the growth
@@ -89,6 +94,10 @@ EVIDENCE_SPAN_S = 4 * 3600.0
 
 FAST_POINTS = 30
 """The fast path judges at most this many points (block minima on a finer grid)."""
+
+FAST_SUBSPANS: tuple[float, ...] = (300.0, 600.0)
+"""The recent sub-spans (s) the fast path judges besides ``fast_span_s`` (it keeps the one
+that scores highest; its one threshold is fitted on that maximum)."""
 
 MIN_THRESHOLD = 0.05
 """The lowest threshold either path is given (a path that scores 0 on every healthy window
@@ -406,11 +415,37 @@ class TrendDetector(ThresholdMixin):
                           np.where(np.isfinite(q), q, 1.0), np.full(q.shape, float(half_s)),
                           valid)
 
-    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats:
+    def fast_spans(self) -> tuple[float, ...]:
+        """The spans the fast path judges: :data:`FAST_SUBSPANS` shorter than ``fast_span_s``,
+        then ``fast_span_s`` itself."""
+        return (*(s for s in FAST_SUBSPANS if s < self.fast_span_s), self.fast_span_s)
+
+    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float
+              ) -> tuple[_ViewStats, np.ndarray]:
         """The fast path on rows ``v`` (R, L) of the current incarnation, no settling time:
-        the last ``fast_span_s`` at the grid step, judged from ``fast_min_s`` of data."""
-        return self._short(v, lim, step, span_s=self.fast_span_s, min_s=self.fast_min_s,
-                           horizon_s=self.fast_horizon_s, steady_only=False)
+        each of :meth:`fast_spans` (the last 5, 10 and 30 min at the grid step, each judged
+        from ``min(fast_min_s, span)`` of data and its own minimum of points), the one that
+        scores highest per row (a leak that began after a long flat stretch fills only the
+        recent part of the long span, whose robust slope it dilutes). Also returns the
+        span (s) of data the chosen one judged."""
+        L = v.shape[-1]
+        fin = np.isfinite(v)
+        best: _ViewStats | None = None
+        span = np.zeros(v.shape[0])
+        for span_s in self.fast_spans():
+            st = self._short(v, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
+                             horizon_s=self.fast_horizon_s, steady_only=False)
+            m = min(L, max(6, round(span_s / step)))
+            judged = fin[:, L - m:].sum(axis=-1) * step
+            if best is None:
+                best, span = st, judged
+                continue
+            better = st.score > best.score
+            best = _ViewStats(*(np.where(better, a, b) for a, b in zip(
+                _fields(st), _fields(best), strict=True)))
+            span = np.where(better, judged, span)
+        assert best is not None
+        return best, span
 
     def _imminent(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats:
         """The imminent-OOM judgement of incarnations younger than ``fast_min_s``: their
@@ -602,11 +637,10 @@ class TrendDetector(ThresholdMixin):
         has_inc = fin_all.any(axis=-1)
         act_inc = np.flatnonzero(has_inc)
         if act_inc.size:
-            fs = self._fast(vinc_all[act_inc], lim_all[act_inc], step)
+            fs, fspan = self._fast(vinc_all[act_inc], lim_all[act_inc], step)
             for f_full, f_fast in zip(_fields(fast), _fields(fs), strict=True):
                 f_full[act_inc] = f_fast
-            fin_inc = fin_all[act_inc][:, -max(6, round(self.fast_span_s / step)):]
-            fast_span[act_inc] = fin_inc.sum(axis=-1) * step
+            fast_span[act_inc] = fspan
         # the imminent path: incarnations younger than the fast path's minimum
         imminent = self._blank(n * nc, lim_all)
         imminent_span = np.full(n * nc, np.nan)
