@@ -65,6 +65,12 @@ leak riding on a load cycle dips under it in every falling half; no resolve and 
 
 
 
+CRASHLOOP_KILLS = 2
+"""OOM kills of a pod after which its next incarnations are warned from their start, until
+one outlives the last killed one (a crash-looping leak: the kernel kills each incarnation
+at about the same age; the verdict names the kills so far)."""
+
+
 NEAR_LEAK_FRACTION = 0.25
 """When the drift detector fires on a pod whose memory grows towards its limit (projected
 OOM within the horizon, leak score above this fraction of its threshold), the verdict is the
@@ -162,7 +168,12 @@ class Pipeline:
         revisit = self._history.revisits(batch, slots, report.channel, report.view_s,
                                          report.limit_bytes)
         leak_score = np.asarray(leak.score, dtype=np.float64)
-        raw_leak = (leak_score > leak_thr) & ~stale & ~far & ~revisit
+        by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
+        # a crash loop named as one: after CRASHLOOP_KILLS OOM kills, an incarnation younger
+        # than the last killed one is warned from its start (its time to OOM: that life's)
+        crash_loop = ((kills >= CRASHLOOP_KILLS) & ~stale
+                      & (np.nan_to_num(by_life, nan=0.0) > 0))
+        raw_leak = ((leak_score > leak_thr) & ~stale & ~far & ~revisit) | crash_loop
         held = (leak_score > LATCH_FRACTION * leak_thr) & ~stale & ~far
         near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
         # a pod seen for less than NEW_POD_S is judged only for a leak (its imminent OOM):
@@ -170,7 +181,6 @@ class Pipeline:
         new_pod = pod_age_s(batch) < NEW_POD_S
         raw_drift = drift.is_anomaly & ~stale & ~new_pod & ~raw_leak
         inc_start = self._history.incarnation_start(slots)
-        by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
         metric = _judge_extra(self.univariate, self._extra, batch,
                               ~stale & ~new_pod & ~raw_leak & ~raw_drift)
 

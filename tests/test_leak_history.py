@@ -125,6 +125,24 @@ def test_every_incarnation_of_a_crash_loop_after_the_first_kill_is_warned_as_one
             assert "crash-looping leak" in hit["text"].iloc[0], hit["text"].iloc[0]
 
 
+def test_after_two_oom_kills_an_incarnation_is_warned_from_its_start(
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+) -> None:
+    """A crash loop named as one: from its third incarnation on, the kernel's two kills are the
+    evidence, so the alarm comes within the first minutes (confirmation and the restart's
+    scrape), not once the new growth is measurable again."""
+    trace, labels, out = loop_and_cycle
+    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    loop = v[v["pod"] == labels["pod"].iloc[0]]
+    rs = trace[(trace["metric"] == tr.RESTARTS) & (trace["pod"] == labels["pod"].iloc[0])]
+    rise = rs.sort_values("timestamp")["value"].diff() > 0
+    restarts = rs.sort_values("timestamp")["timestamp"][rise].to_numpy()
+    assert len(restarts) >= 2
+    for r_ts in restarts[1:]:
+        first = loop[(loop["ts"] >= r_ts) & loop["alarm"]]["ts"].min()
+        assert first - r_ts <= 5 * 60, (r_ts, first - r_ts)
+
+
 def test_a_multi_hour_load_cycle_is_not_paged_as_a_leak(
         loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
 ) -> None:
