@@ -25,7 +25,7 @@ from deploy.local import cgroups, story
 from tests.support.k8s_fixtures import Kube
 
 pytestmark = [pytest.mark.stack, pytest.mark.realnode, pytest.mark.slow,
-              pytest.mark.timeout(900)]
+              pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
