@@ -492,3 +492,26 @@ def test_exathlon_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no readable Exathlon run"):
         exathlon.load_runs(tmp_path)
     assert exathlon.list_runs(tmp_path / "absent") == []
+
+
+def test_short_paths_take_the_level_from_the_usage_after_a_start_up_step() -> None:
+    """A trainer scraped once before its framework import (40 MiB, then 430 MiB 15 s later),
+    then leaking 30 MiB/min under 655 MiB, 4.5 min after its start at a 15 s grid: the
+    imminent path takes the step out of the trend, not out of the level, so it judges the pod
+    at its real usage (86 % of the limit, OOM in ~3 min). On the code before, the level was a
+    whole step (390 MiB) too low: the pod looked 27 % full and was not judged (the story on
+    the real kernel: first verdicts late, times to OOM up to 3.5x too long)."""
+    step, n_pts = 15.0, 960
+    mib = 2.0**20
+    t = np.arange(n_pts) * step
+    t0 = t - (t[-1] - 270.0)
+    rng = np.random.default_rng(5)
+    ws = np.where(t0 < 0, np.nan, (430 + 30 * t0 / 60) * mib + rng.normal(0, 0.3 * mib, n_pts))
+    ws[np.flatnonzero(t0 >= 0)[0]] = 40 * mib  # the one sample before the import
+    det = TrendDetector()
+    b = _fine_batch(ws[None, :], limit=655 * mib)
+    assert det.imminent_scores(b)[0] > 1.0
+    no_step = ws.copy()
+    no_step[np.flatnonzero(t0 >= 0)[0]] = 430 * mib
+    det.forget_analysis()
+    assert det.imminent_scores(_fine_batch(no_step[None, :], limit=655 * mib))[0] > 1.0

@@ -481,6 +481,7 @@ class TrendDetector(ThresholdMixin):
                 v = np.nanmin(v, axis=-1)
             step, m = step * k, m // k
             L = v.shape[-1]
+        level = y  # the usage itself: de-stepping is for the trend, not for the headroom
         y = destep(y)
         ok = np.isfinite(y)
         nv = ok.sum(axis=-1)
@@ -525,7 +526,10 @@ class TrendDetector(ThresholdMixin):
             dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
             rise = np.maximum(rate, 0.0) * np.maximum(nv - 1, 0) * step
             calm = np.where(rise > 0, np.clip(1.0 - 2.0 * dd / rise, 0.0, 1.0), 0.0)
-            last = y[:, m - min(m, 3):]
+            # the level from the usage itself: with a start-up step taken out (a process
+            # scraped once before its framework import), the de-stepped series would sit a
+            # whole step below the real usage and overstate the room to the limit
+            last = level[:, m - min(m, 3):]
             peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
             has_lim = np.isfinite(lim) & (lim > 0)
             room = np.where(has_lim, lim - peak, np.nan)
