@@ -17,9 +17,9 @@ if str(ROOT) not in sys.path:  # `deploy` and `tests.support` are not installed 
 
 pytest_plugins = ["tests.support.stack_fixtures", "tests.support.k8s_fixtures"]
 
-#: Folders of the tests that run against real services (``make prepare``): everything in them
-#: carries the ``stack`` marker, and no test outside them may use a real service.
-STACK_DIRS = ("stack", "real")
+#: The folder of the tests that run against real services (``make prepare``): everything in it
+#: carries the ``stack`` marker, and no test outside it may use a real service.
+STACK_DIRS = ("stack",)
 #: The fixture modules that start real services.
 STACK_FIXTURE_MODULES = ("tests.support.stack_fixtures", "tests.support.k8s_fixtures")
 
@@ -49,5 +49,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             misplaced.append(f"{item.nodeid} ({', '.join(uses) or 'marked stack'})")
     if misplaced:
         raise pytest.UsageError(
-            "tests against the real stack belong under tests/stack/ (or tests/real/ for the "
-            "real-kernel ones); move: " + "; ".join(misplaced))
+            "tests against the real stack belong under tests/stack/ (the real-kernel ones in "
+            "tests/stack/real/); move: " + "; ".join(misplaced))

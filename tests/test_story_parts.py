@@ -1,6 +1,6 @@
 """The story's pure parts, without a server: quantities, mount-path rewriting, the relabelling of
 both cgroup layouts, and the story's own check, which must fail on a story that went wrong
-(tests/real/test_story.py runs the real thing)."""
+(tests/stack/real/test_story.py runs the real thing)."""
 
 from __future__ import annotations
 

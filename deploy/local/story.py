@@ -27,7 +27,7 @@ at the end (namespaces, PersistentVolume, ClusterRole, cgroups, processes by PID
 
     .venv/bin/python -m deploy.local.story [--limit-mib 896] [--rate-mib-min 30] [--json F]
 
-:func:`run` is what ``tests/real/test_story.py`` calls, with the session's control plane.
+:func:`run` is what ``tests/stack/real/test_story.py`` calls, with the session's control plane.
 """
 
 from __future__ import annotations
