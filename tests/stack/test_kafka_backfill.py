@@ -19,13 +19,8 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from deploy.local.prometheus import Series, to_openmetrics
-from detector.pipeline import Pipeline
-from detector.runtime.build import make_engine, make_source
-from detector.runtime.daemon import Daemon
-from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.settings import Settings
 from detector.sinks.base import SynchronousSink
 from detector.sources.backfill import PrometheusBackfill
@@ -33,6 +28,7 @@ from detector.sources.kafka import KafkaSource
 from detector.sources.kafka_codec import encode_batch
 from detector.verdicts import Verdict
 from tests.stack.test_sources_kafka import Runner, _committed, _producer, _topics, _wait
+from tests.support.daemons import in_process_daemon
 from tests.support.stack_fixtures import KafkaHandle, PrometheusHandle
 
 pytestmark = [pytest.mark.stack]
@@ -94,14 +90,6 @@ def _settings(kafka: KafkaHandle, topic: str, dead: str, group: str, prometheus_
         "server": {"enabled": False}})
 
 
-def _daemon(settings: Settings, sink: Recorder) -> Daemon:
-    source = make_source(settings, logger=LOG)  # as `podguard run` builds it
-    return Daemon(settings=settings, source=source, pipeline=Pipeline.load(None),
-                  engine=make_engine(settings), sinks=[sink],
-                  metrics=DaemonMetrics(CollectorRegistry(), StateView(), process=False),
-                  logger=LOG, poll_timeout_s=0.2)
-
-
 def test_kafka_start_backfills_from_prometheus_and_judges_at_once(
         local_kafka: KafkaHandle, local_prometheus: PrometheusHandle) -> None:
     job = f"kafka_backfill_{uuid.uuid4().hex[:8]}"
@@ -121,7 +109,7 @@ def test_kafka_start_backfills_from_prometheus_and_judges_at_once(
     settings = _settings(local_kafka, topic, dead, f"pg-{uuid.uuid4().hex[:8]}",
                          local_prometheus.url, job)
     sink = Recorder()
-    daemon = _daemon(settings, sink)
+    daemon = in_process_daemon(settings, [sink], LOG)
     source = daemon.source
     assert isinstance(source, KafkaSource) and isinstance(source.backfill, PrometheusBackfill)
     stop = threading.Event()
@@ -187,13 +175,13 @@ def test_a_prometheus_that_is_down_falls_back_to_the_kafka_rewind(
     plain = _settings(local_kafka, topic, dead, group, "http://127.0.0.1:9", job)
     plain = plain.model_copy(update={"sources": plain.sources.model_copy(update={
         "kafka": plain.sources.kafka.model_copy(update={"backfill_prometheus": False})})})
-    with Runner(_daemon(plain, Recorder())):  # a first daemon commits the hour
+    with Runner(in_process_daemon(plain, [Recorder()], LOG)):  # a first daemon commits the hour
         _wait(lambda: sum(_committed(local_kafka, group).values()) == len(history) * 2,
               "the first daemon to commit the history", 90)
     settings = _settings(local_kafka, topic, dead, group,
                          f"http://127.0.0.1:{_closed_port()}", job)
     sink = Recorder()
-    daemon = _daemon(settings, sink)
+    daemon = in_process_daemon(settings, [sink], LOG)
     with caplog.at_level(logging.WARNING, logger=LOG.name), Runner(daemon):
         _wait(lambda: sink.first("leaky", "memory_leak") is not None,
               "the leak to be flagged from the re-read Kafka window", 60)

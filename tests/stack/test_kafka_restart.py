@@ -12,12 +12,8 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from detector.pipeline import Pipeline
-from detector.runtime.build import make_engine, make_source
-from detector.runtime.daemon import Daemon
-from detector.runtime.metrics import DaemonMetrics, StateView
+from detector.runtime.build import make_source
 from detector.settings import Settings
 from detector.sinks.base import SynchronousSink
 from detector.verdicts import Verdict
@@ -29,6 +25,7 @@ from tests.stack.test_sources_kafka import (
     _topics,
     _wait,
 )
+from tests.support.daemons import in_process_daemon
 from tests.support.stack_fixtures import KafkaHandle
 
 pytestmark = [pytest.mark.stack]
@@ -54,14 +51,6 @@ class Recorder(SynchronousSink):
         return None
 
 
-def _daemon(settings: Settings, sink: Recorder) -> Daemon:
-    source = make_source(settings, logger=LOG)  # as `podguard run` builds it
-    return Daemon(settings=settings, source=source, pipeline=Pipeline.load(None),
-                  engine=make_engine(settings), sinks=[sink],
-                  metrics=DaemonMetrics(CollectorRegistry(), StateView(), process=False),
-                  logger=LOG, poll_timeout_s=0.2)
-
-
 def test_a_restarted_daemon_refills_its_windows_and_judges_within_a_minute(
         local_kafka: KafkaHandle) -> None:
     topic, dead = _topics(local_kafka, 1)
@@ -83,14 +72,14 @@ def test_a_restarted_daemon_refills_its_windows_and_judges_within_a_minute(
     producer.flush(timeout=60)
 
     first = Recorder()
-    with Runner(_daemon(settings, first)):
+    with Runner(in_process_daemon(settings, [first], LOG)):
         _wait(lambda: sum(_committed(local_kafka, group).values()) == len(history),
               "the first daemon to commit the history", 120)
     assert first.judged_at() is not None  # it had judged the pods before the "update"
 
     second = Recorder()
     started = time.monotonic()
-    daemon = _daemon(settings, second)
+    daemon = in_process_daemon(settings, [second], LOG)
     with Runner(daemon):
         _wait(lambda: second.judged_at() is not None,
               "the restarted daemon to judge every pod again", 60)

@@ -23,7 +23,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,11 +37,11 @@ from deploy.local._proc import StackError
 from deploy.local.alertmanager import Alertmanager
 from detector.sources.kafka_codec import encode_batch
 from tests.stack.test_sources_kafka import _producer, _topics, _wait, scrape
+from tests.support.daemons import start_podguard_run
 from tests.support.stack_fixtures import AlertmanagerHandle, KafkaHandle, ServiceHandle
 
 pytestmark = [pytest.mark.stack]
 
-ROOT = Path(__file__).resolve().parents[2]
 LOG = logging.getLogger("podguard.test.restart_alerts")
 GIB = 2.0**30
 LIMIT = 4 * GIB
@@ -163,23 +162,9 @@ class Feed:
         self.producer.close(timeout=10)
 
 
-def _start(cfg: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``podguard run --config cfg`` as a child process; its /metrics URL once served."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NODE_NAME": NODE,
-           "KUBECONFIG": str(cfg.parent / "no-kubeconfig")}  # no cluster: alerts only
-    fh = open(log, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "detector", "run", "--config", str(cfg)],
-                            stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if '"serving /metrics' in line:
-                return proc, json.loads(line)["url"]
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}: {log.read_text()}")
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"daemon did not serve /metrics in 90 s: {log.read_text()[-3000:]}")
+def _env(cfg: Path) -> dict[str, str]:
+    """``podguard run``'s node, and no cluster (alerts only)."""
+    return {"NODE_NAME": NODE, "KUBECONFIG": str(cfg.parent / "no-kubeconfig")}
 
 
 def _judged(url: str) -> float:
@@ -221,7 +206,7 @@ def test_a_restarted_daemon_neither_loses_nor_repeats_alerts(
     feed.thread.start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        p1, _ = _start(cfg, tmp_path / "p1.log")
+        p1, _ = start_podguard_run(cfg, tmp_path / "p1.log", env=_env(cfg))
         procs.append(p1)
         _wait(lambda: bool(_active(am, "leak-a")) and bool(hook.about("leak-a")),
               "the first daemon's alert in Alertmanager and at the webhook", 60)
@@ -237,7 +222,7 @@ def test_a_restarted_daemon_neither_loses_nor_repeats_alerts(
         feed.add("late-b", history_s=2400, rate=2.0)
 
         started = time.monotonic()
-        p2, url2 = _start(cfg, tmp_path / "p2.log")
+        p2, url2 = start_podguard_run(cfg, tmp_path / "p2.log", env=_env(cfg))
         procs.append(p2)
         _wait(lambda: _judged(url2) > 0, "the restarted daemon to judge again", 60)
         judged_after = time.monotonic() - started

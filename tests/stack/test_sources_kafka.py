@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -35,11 +32,11 @@ from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.settings import Settings
 from detector.sources.kafka import KafkaSource
 from detector.sources.kafka_codec import encode_adapter, encode_batch
+from tests.support.daemons import start_podguard_run
 from tests.support.stack_fixtures import KafkaHandle
 
 pytestmark = [pytest.mark.stack]
 
-ROOT = Path(__file__).resolve().parents[2]
 LOG = logging.getLogger("podguard.test.kafka")
 METRICS = ("container_memory_working_set_bytes", "container_memory_rss",
            "container_cpu_usage_seconds_total", "container_spec_memory_limit_bytes",
@@ -257,23 +254,6 @@ def test_100k_samples_through_a_broker_restart_every_sample_accounted_for(
     assert source.committed_total > 0
 
 
-def _start_daemon(cfg: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    fh = open(log, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "detector", "run", "--config", str(cfg)],
-                            stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if '"serving /metrics' in line:
-                return proc, json.loads(line)["url"]
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}: {log.read_text()}")
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError(f"daemon did not serve /metrics in 120 s: {log.read_text()[-3000:]}")
-
-
 def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -307,7 +287,7 @@ def test_sigkilled_daemon_restarts_at_the_last_commit(local_kafka: KafkaHandle,
         producer.send(topic, key=key, value=value)
     producer.flush(timeout=60)
 
-    p1, url1 = _start_daemon(cfg, tmp_path / "p1.log")
+    p1, url1 = start_podguard_run(cfg, tmp_path / "p1.log")
     try:
         _wait(lambda: sum(_committed(local_kafka, group).values()) == len(first),
               "the first daemon to commit the first batch", 120)
@@ -324,7 +304,7 @@ def test_sigkilled_daemon_restarts_at_the_last_commit(local_kafka: KafkaHandle,
     committed = sum(_committed(local_kafka, group).values())
     assert len(first) <= committed <= len(first) + len(more)
 
-    p2, url2 = _start_daemon(cfg, tmp_path / "p2.log")
+    p2, url2 = start_podguard_run(cfg, tmp_path / "p2.log")
     try:
         _wait(lambda: sum(_committed(local_kafka, group).values()) == len(first) + len(more),
               "the second daemon to commit everything", 120)
