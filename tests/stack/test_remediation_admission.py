@@ -44,6 +44,7 @@ from detector.remediation.store import RecordStore
 from detector.settings import RemediationSettings
 from tests.stack.test_remediation_e2e import _model
 from tests.stack.test_remediation_trust import _status, leak, wait_for
+from tests.support.admission import install_policies, remove_policies
 from tests.support.k8s_fixtures import Kube
 from tests.support.pod_identity import api_for, pod_token
 
@@ -103,11 +104,7 @@ def setup(kube: Kube) -> Iterator[Setup]:
                                       name=store_role["metadata"]["name"]),
             subjects=[client.RbacV1Subject(kind="ServiceAccount", name="podguard",
                                            namespace=system)]))
-        for doc in policies:
-            if doc["kind"] == "ValidatingAdmissionPolicy":
-                adm.create_validating_admission_policy(doc)  # type: ignore[arg-type]
-            else:
-                adm.create_validating_admission_policy_binding(doc)  # type: ignore[arg-type]
+        install_policies(adm, policies)
         core.create_namespaced_pod(system, client.V1Pod(
             metadata=client.V1ObjectMeta(name="podguard-own"),
             spec=client.V1PodSpec(node_name=OWN, service_account_name="podguard",
@@ -126,14 +123,7 @@ def setup(kube: Kube) -> Iterator[Setup]:
     finally:
         if api is not None:
             api.close()
-        for doc in policies:
-            try:
-                if doc["kind"] == "ValidatingAdmissionPolicy":
-                    adm.delete_validating_admission_policy(doc["metadata"]["name"])
-                else:
-                    adm.delete_validating_admission_policy_binding(doc["metadata"]["name"])
-            except ApiException:
-                pass
+        remove_policies(adm, policies)
         for call in (rbac_api.delete_cluster_role_binding, rbac_api.delete_cluster_role):
             try:
                 call(role)

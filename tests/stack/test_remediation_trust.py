@@ -40,6 +40,7 @@ from detector.remediation.controller import RemediationController
 from detector.remediation.store import RecordStore
 from detector.settings import RemediationSettings
 from detector.verdicts import Explanation, Verdict
+from tests.support.admission import install_policies, remove_policies
 from tests.support.k8s_fixtures import Kube
 from tests.support.pod_identity import account_token, api_for, pod_token
 
@@ -331,11 +332,7 @@ def test_admission_policy_confines_the_daemon_to_its_own_node(kube: Kube) -> Non
                                       kind="ClusterRole", name=role),
             subjects=[client.RbacV1Subject(kind="ServiceAccount", name="podguard",
                                            namespace=ns)]))
-        for doc in policies:
-            if doc["kind"] == "ValidatingAdmissionPolicy":
-                adm.create_validating_admission_policy(doc)  # type: ignore[arg-type]
-            else:
-                adm.create_validating_admission_policy_binding(doc)  # type: ignore[arg-type]
+        install_policies(adm, policies)
 
         def pod(name: str, node: str, account: str = "default") -> client.V1Pod:
             core.create_namespaced_pod(ns, client.V1Pod(
@@ -374,15 +371,7 @@ def test_admission_policy_confines_the_daemon_to_its_own_node(kube: Kube) -> Non
         node = _node(kube, "kwok-node-0")
         assert "podguard.io/vap-test" not in (node.metadata.annotations or {})  # type: ignore[union-attr]
     finally:
-        for doc in policies:
-            name = doc["metadata"]["name"]
-            try:
-                if doc["kind"] == "ValidatingAdmissionPolicy":
-                    adm.delete_validating_admission_policy(name)
-                else:
-                    adm.delete_validating_admission_policy_binding(name)
-            except ApiException:
-                pass
+        remove_policies(adm, policies)
         for call in (rbac_api.delete_cluster_role_binding, rbac_api.delete_cluster_role):
             try:
                 call(role)
