@@ -4,10 +4,10 @@ exports it, and tells page cache from anonymous growth (``trend.page_cache_growt
 
 On real recorded rows (``data/real/mixed``, a real kernel): the page-cache reader's working
 set ramps (19 -> 39 MiB) with a flat RSS (8 MiB) and 248 MiB of cache: page cache. The real
-leaks at the same age grow their RSS with the working set and are not excused. On a generated pod the whole decision
-(``Pipeline.evaluate``, the default model) pages the same ramp as a memory leak when the
-breakdown is absent, and raises nothing once the cache series is there; an anonymous leak
-with a cache series beside it is still paged."""
+leaks at the same age grow their RSS with the working set and are not excused. On a
+generated pod the whole decision (``Pipeline.evaluate``, the default model) pages the same
+ramp as a memory leak when the breakdown is absent, and raises nothing once the cache series
+is there; an anonymous leak with a cache series beside it is still paged."""
 
 from __future__ import annotations
 
