@@ -31,16 +31,9 @@ import numpy as np
 from detector import explain as xp
 from detector.channels import LEAK_CHANNELS, channel_words
 from detector.errors import ModelIntegrityError
-from detector.models.attribution import exact_shapley_rows
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
-from detector.models.trend import (
-    EXPLAIN_NAMES,
-    TTO_BAND,
-    LeakReport,
-    TrendDetector,
-    page_cache_growth,
-)
+from detector.models.trend import TTO_BAND, LeakReport, TrendDetector, page_cache_growth
 from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
@@ -300,15 +293,10 @@ class Pipeline:
     def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport,
                       kills: np.ndarray) -> Iterator[tuple[int, str, dict[str, float]]]:
         """Exact Shapley values over the leak score's inputs, plus the leak's facts."""
-        inputs, names = self.trend.explain_features(batch)  # the batch's one analysis
-        background = self.trend.explain_background(names)
         stale_rows = [i for i in rows if self._cached(
             batch.keys[i], self._pods[batch.keys[i]].kind, float(batch.ts[i])) is None]
-        if stale_rows:  # the rows whose attribution is due, in one pass
-            fresh = exact_shapley_rows(self.trend.score_from_explain_features,
-                                       inputs[np.asarray(stale_rows)], background, names,
-                                       coalition_fn=(self.trend.coalition_scores
-                                                     if names == EXPLAIN_NAMES else None))
+        if stale_rows:  # the rows whose attribution is due, in one pass, from the batch's one
+            fresh = self.trend.explain(batch, stale_rows)  # analysis
             for i, a in zip(stale_rows, fresh, strict=True):
                 self._remember(batch.keys[i], self._pods[batch.keys[i]].kind,
                                float(batch.ts[i]), a)
