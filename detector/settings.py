@@ -193,8 +193,10 @@ class DetectionSettings(_Section):
         description="Target false-alarm rate per healthy window of the leak detector (fraction).",
     )
     drift_fpr: float = Field(
-        1e-4, gt=0, lt=1,
-        description="Target false-alarm rate per healthy window of the drift detector (fraction).",
+        1e-5, gt=0, lt=1,
+        description="Target false-alarm rate per healthy window of the drift detector "
+                    "(fraction; 1e-4 would page ~6 windows per 1,000 healthy pod-h at a 60 s "
+                    "step, above a target of 1 episode).",
     )
     confirm_steps: int = Field(
         2, ge=1,
