@@ -147,10 +147,60 @@ def destep(y: np.ndarray) -> np.ndarray:
     return y - after_step * dmax[:, None]
 
 
+def _mann_kendall_s(dy: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Mann-Kendall S of pairwise differences ``dy`` (R, P) over the pairs ``ok`` (finite):
+    rises minus falls, float64."""
+    rises = np.count_nonzero((dy > 0) & ok, axis=-1)
+    return (rises - np.count_nonzero((dy < 0) & ok, axis=-1)).astype(np.float64)
+
+
 def _theil_sen(y: np.ndarray, dt_s: float) -> np.ndarray:
     """Median pairwise slope of the last axis (unit/s), NaN with < 2 finite points."""
     i, j = _pairs(y.shape[-1])
     return nanmedian_last((y[..., j] - y[..., i]) / ((j - i) * dt_s).astype(y.dtype))
+
+
+def max_drawdown(x: np.ndarray) -> np.ndarray:
+    """(R,) float64: the largest fall of each row of ``x`` (R, L) below its running maximum
+    over its finite points (0 for none, NaN points skipped)."""
+    fin = np.isfinite(x)
+    filled = np.where(fin, x, -np.inf)
+    dd = np.maximum.accumulate(filled, axis=-1)
+    np.subtract(dd, x, out=dd, where=fin)
+    dd[~fin] = 0.0
+    dd[~np.isfinite(dd)] = 0.0
+    return dd.max(axis=-1, initial=0.0).astype(np.float64)
+
+
+class _Coarse:
+    """Rows ``v`` (R, L) of the incarnations the short-horizon paths judge, at coarser grids
+    (the minimum of each ``k`` points, aligned to the window end), with the largest drawdown
+    of each: the same for every span judged at that grid, so computed once per ``k``."""
+
+    def __init__(self, v: np.ndarray) -> None:
+        self.v = v
+        self._mins: dict[int, np.ndarray] = {1: v}
+        self._dd: dict[int, np.ndarray] = {}
+
+    def mins(self, k: int) -> np.ndarray:
+        if k not in self._mins:
+            v = self.v
+            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+                self._mins[k] = np.nanmin(v[:, v.shape[-1] % k:].reshape(v.shape[0], -1, k),
+                                          axis=-1)
+        return self._mins[k]
+
+    def drawdown(self, k: int) -> np.ndarray:
+        if k not in self._dd:
+            self._dd[k] = max_drawdown(self.mins(k))
+        return self._dd[k]
+
+    def rows(self, idx: np.ndarray) -> _Coarse:
+        """The same for the rows ``idx`` (what is computed already is kept)."""
+        sub = _Coarse(self.v[idx])
+        sub._mins.update({k: m[idx] for k, m in self._mins.items() if k != 1})
+        sub._dd = {k: d[idx] for k, d in self._dd.items()}
+        return sub
 
 
 @dataclass(frozen=True)
@@ -328,16 +378,21 @@ class TrendDetector(ThresholdMixin):
         return v, v_inc, lim, step
 
     def _view(self, v: np.ndarray, lim: np.ndarray, step: float, block_s: float, nb: int,
-              cache: dict[int, np.ndarray]) -> _ViewStats | None:
-        """Stats of one view for rows ``v`` (R, L) with limits ``lim`` (R,)."""
+              cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> _ViewStats | None:
+        """Stats of one view for rows ``v`` (R, L) with limits ``lim`` (R,). ``cache`` keeps
+        what depends on the block size only, for the views that share it: the block minima
+        over the window, their largest drawdown and the peak of the last block."""
         L = v.shape[-1]
         k = max(1, round(block_s / step))
         if nb * k > L:
             return None
         blk_s = k * step
         if k not in cache:
-            cache[k] = block_reduce(v, step, blk_s, "min")[0]  # (R, NB) over the window
-        mins = cache[k]
+            mins = block_reduce(v, step, blk_s, "min")[0]  # (R, NB) over the window
+            last = v[:, L - k :]
+            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+            cache[k] = (mins, max_drawdown(mins), peak)
+        mins, dd, peak = cache[k]
         y = mins[:, -nb:]
         n_valid = np.count_nonzero(np.isfinite(y), axis=-1)
         i, j = _pairs(nb)
@@ -351,7 +406,7 @@ class TrendDetector(ThresholdMixin):
         dy = y[:, j] - y[:, i]
         pair_ok = np.isfinite(dy)
         # Mann-Kendall on the trailing blocks
-        S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
+        S = _mann_kendall_s(dy, pair_ok)
         m = n_valid.astype(np.float64)
         tau = S / np.maximum(m * (m - 1) / 2, 1.0)
         Z = S / np.sqrt(np.maximum(m * (m - 1) * (2 * m + 5) / 18.0, 1e-9))
@@ -374,18 +429,14 @@ class TrendDetector(ThresholdMixin):
                 np.clip(rate_recent / ref_rate, 0.0, 1.0),
                 0.0,
             )
-            # earlier drawdown of the floor over the whole window vs the rise of this view
-            filled = np.where(np.isfinite(mins), mins, -np.inf)
-            cummax = np.maximum.accumulate(filled, axis=-1)
-            dd = np.where(np.isfinite(mins), cummax - mins, 0.0)
-            dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
+            # earlier drawdown of the floor over the whole window (dd) vs the rise of this view
             rise = np.maximum(rate, 0.0) * nb * blk_s
             calm = np.where(rise > 0, np.clip(1.0 - dd / rise, 0.0, 1.0), 0.0)
             mono = np.maximum(tau, 0.0) * sig * persist * calm
             mono = np.where(n_valid >= math.ceil(0.75 * nb), mono, 0.0)
-            last = v[:, L - k :]
-            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
-            peak = np.where(np.isfinite(peak), peak, nanmedian_last(y))
+            # the peak of the last block (else the median floor of the view)
+            if not np.isfinite(peak).all():
+                peak = np.where(np.isfinite(peak), peak, nanmedian_last(y))
             has_lim = np.isfinite(lim) & (lim > 0)
             ref = np.where(has_lim, lim, peak)
             slope = np.maximum(rate, 0.0) * 3600.0 / ref
@@ -420,7 +471,7 @@ class TrendDetector(ThresholdMixin):
         then ``fast_span_s`` itself."""
         return (*(s for s in FAST_SUBSPANS if s < self.fast_span_s), self.fast_span_s)
 
-    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float
+    def _fast(self, inc: _Coarse, lim: np.ndarray, step: float
               ) -> tuple[_ViewStats, np.ndarray]:
         """The fast path on rows ``v`` (R, L) of the current incarnation, no settling time:
         each of :meth:`fast_spans` (the last 5, 10 and 30 min at the grid step, each judged
@@ -428,12 +479,12 @@ class TrendDetector(ThresholdMixin):
         scores highest per row (a leak that began after a long flat stretch fills only the
         recent part of the long span, whose robust slope it dilutes). Also returns the
         span (s) of data the chosen one judged."""
-        L = v.shape[-1]
-        fin = np.isfinite(v)
+        L = inc.v.shape[-1]
+        fin = np.isfinite(inc.v)
         best: _ViewStats | None = None
-        span = np.zeros(v.shape[0])
+        span = np.zeros(inc.v.shape[0])
         for span_s in self.fast_spans():
-            st = self._short(v, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
+            st = self._short(inc, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
                              horizon_s=self.fast_horizon_s, steady_only=False)
             m = min(L, max(6, round(span_s / step)))
             judged = fin[:, L - m:].sum(axis=-1) * step
@@ -447,17 +498,17 @@ class TrendDetector(ThresholdMixin):
         assert best is not None
         return best, span
 
-    def _imminent(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats:
+    def _imminent(self, inc: _Coarse, lim: np.ndarray, step: float) -> _ViewStats:
         """The imminent-OOM judgement of incarnations younger than ``fast_min_s``: their
         last ``fast_min_s`` at the grid step, judged from ``imminent_min_s`` of data, only
         where the growth keeps its pace (a warm-up decelerates from its first minutes) and
         the projected OOM is within ``imminent_horizon_s``."""
-        return self._short(v, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
+        return self._short(inc, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
                            horizon_s=self.imminent_horizon_s, steady_only=True)
 
-    def _short(self, v: np.ndarray, lim: np.ndarray, step: float, *, span_s: float,
+    def _short(self, inc: _Coarse, lim: np.ndarray, step: float, *, span_s: float,
                min_s: float, horizon_s: float, steady_only: bool) -> _ViewStats:
-        """A short-horizon judgement of rows ``v`` (R, L): the last ``span_s`` at the grid
+        """A short-horizon judgement of rows ``inc.v`` (R, L): the last ``span_s`` at the grid
         step, judged from ``min_s`` of data (and at least 6 points), scoring only a projected
         OOM within ``horizon_s`` (``steady_only``: and growth that does not slow down).
 
@@ -466,21 +517,14 @@ class TrendDetector(ThresholdMixin):
         them, a leak does not) and not decelerating (a warm-up slows down; its projected
         plateau under the limit gives no time to OOM). Urgency is one over the projected
         time to OOM, so only growth that fills the headroom soon scores."""
-        L = v.shape[-1]
+        L = inc.v.shape[-1]
         m = min(L, max(6, round(span_s / step)))
         # at most FAST_POINTS points: a finer grid is cut into block minima (the pairwise
         # statistics cost the square of the points)
         k = max(1, math.ceil(m / FAST_POINTS))
-        m = (m // k) * k
-        y = v[:, L - m:]
-        if k > 1:
-            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
-                y = np.nanmin(y.reshape(y.shape[0], m // k, k), axis=-1)
-            v = v[:, L % k:].reshape(v.shape[0], -1, k)
-            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
-                v = np.nanmin(v, axis=-1)
-            step, m = step * k, m // k
-            L = v.shape[-1]
+        m = m // k
+        y = inc.mins(k)[:, -m:]  # the last m blocks of k points
+        step = step * k
         level = y  # the usage itself: de-stepping is for the trend, not for the headroom
         y = destep(y)
         ok = np.isfinite(y)
@@ -491,7 +535,7 @@ class TrendDetector(ThresholdMixin):
         dy = y[:, j] - y[:, i]
         pair_ok = np.isfinite(dy)
         slopes = dy / ((j - i) * step).astype(np.float32)
-        S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
+        S = _mann_kendall_s(dy, pair_ok)
         mf = nv.astype(np.float64)
         Z = S / np.sqrt(np.maximum(mf * (mf - 1) * (2 * mf + 5) / 18.0, 1e-9))
         sig = np.clip((Z - 2.0) / 1.5, 0.0, 1.0)
@@ -520,10 +564,7 @@ class TrendDetector(ThresholdMixin):
             q = np.where((r_early > 0) & np.isfinite(r_recent), r_recent / r_early, 1.0)
             half_s = np.maximum((m - mid) * step, step)
             # the largest drawdown of the incarnation's series (whole window) vs the rise
-            filled = np.where(np.isfinite(v), v, -np.inf)
-            cummax = np.maximum.accumulate(filled, axis=-1)
-            dd = np.where(np.isfinite(v), cummax - v, 0.0)
-            dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
+            dd = inc.drawdown(k)
             rise = np.maximum(rate, 0.0) * np.maximum(nv - 1, 0) * step
             calm = np.where(rise > 0, np.clip(1.0 - 2.0 * dd / rise, 0.0, 1.0), 0.0)
             # the level from the usage itself: with a start-up step taken out (a process
@@ -578,7 +619,7 @@ class TrendDetector(ThresholdMixin):
         R = active.size
         best: _ViewStats | None = None
         span = np.full(R, np.nan)
-        cache: dict[int, np.ndarray] = {}
+        cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         n_views = 0
         computed: list[tuple[_ViewStats, float]] = []
         for block_s, nb in self.views:
@@ -640,8 +681,9 @@ class TrendDetector(ThresholdMixin):
         fin_all = np.isfinite(vinc_all)
         has_inc = fin_all.any(axis=-1)
         act_inc = np.flatnonzero(has_inc)
+        inc = _Coarse(vinc_all[act_inc])
         if act_inc.size:
-            fs, fspan = self._fast(vinc_all[act_inc], lim_all[act_inc], step)
+            fs, fspan = self._fast(inc, lim_all[act_inc], step)
             for f_full, f_fast in zip(_fields(fast), _fields(fs), strict=True):
                 f_full[act_inc] = f_fast
             fast_span[act_inc] = fspan
@@ -651,7 +693,9 @@ class TrendDetector(ThresholdMixin):
         inc_age = np.where(has_inc, (L - np.argmax(fin_all, axis=-1)) * step, np.inf)
         young_inc = np.flatnonzero(inc_age < self.fast_min_s)
         if young_inc.size:
-            im = self._imminent(vinc_all[young_inc], lim_all[young_inc], step)
+            # young incarnations are among those the fast path judged: reuse its drawdowns
+            pos = np.searchsorted(act_inc, young_inc)
+            im = self._imminent(inc.rows(pos), lim_all[young_inc], step)
             for f_full, f_imm in zip(_fields(imminent), _fields(im), strict=True):
                 f_full[young_inc] = f_imm
             imminent_span[young_inc] = inc_age[young_inc]
