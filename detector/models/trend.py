@@ -139,12 +139,34 @@ def destep(y: np.ndarray) -> np.ndarray:
     d = np.diff(y, axis=-1)
     d_f = np.where(np.isfinite(d), d, -np.inf)
     kmax = np.argmax(d_f, axis=-1)
-    dmax = d_f[np.arange(d_f.shape[0]), kmax]
-    dmax = np.where(np.isfinite(dmax), np.maximum(dmax, 0.0), 0.0)
-    others = np.where(np.isfinite(d) & (d > 0), d, 0.0).sum(axis=-1) - dmax
-    dmax = np.where(dmax > STEP_DOMINANCE * others, dmax, 0.0).astype(y.dtype)
-    after_step = np.arange(y.shape[-1])[None, :] > kmax[:, None]
-    return y - after_step * dmax[:, None]
+    dmax = np.maximum(d_f.max(axis=-1), 0.0)  # the largest rise (0 for none)
+    others = np.maximum(d_f, 0.0).sum(axis=-1) - dmax  # the sum of the other rises
+    stepped = np.flatnonzero(dmax > STEP_DOMINANCE * others)
+    if stepped.size == 0:
+        return y
+    out = y.copy()
+    after_step = np.arange(y.shape[-1])[None, :] > kmax[stepped, None]
+    out[stepped] -= after_step * dmax[stepped, None].astype(y.dtype)
+    return out
+
+
+_HALVES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _half_medians(slopes: np.ndarray, m: int, early_end: int, recent_start: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Medians (NaN-skipping) of the pairwise ``slopes`` (R, pairs of ``m`` points, in
+    :func:`_pairs` order) between points before ``early_end`` and between points from
+    ``recent_start`` on; one sort for both when the halves hold as many pairs."""
+    key = (m, early_end, recent_start)
+    if key not in _HALVES:
+        i, j = _pairs(m)
+        _HALVES[key] = (np.flatnonzero(j < early_end), np.flatnonzero(i >= recent_start))
+    early, recent = _HALVES[key]
+    if early.size == recent.size:
+        both = nanmedian_last(np.take(slopes, np.stack([early, recent]), axis=1))
+        return both[:, 0], both[:, 1]
+    return nanmedian_last(slopes[:, early]), nanmedian_last(slopes[:, recent])
 
 
 def _mann_kendall_s(dy: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -152,12 +174,6 @@ def _mann_kendall_s(dy: np.ndarray, ok: np.ndarray) -> np.ndarray:
     rises minus falls, float64."""
     rises = np.count_nonzero((dy > 0) & ok, axis=-1)
     return (rises - np.count_nonzero((dy < 0) & ok, axis=-1)).astype(np.float64)
-
-
-def _theil_sen(y: np.ndarray, dt_s: float) -> np.ndarray:
-    """Median pairwise slope of the last axis (unit/s), NaN with < 2 finite points."""
-    i, j = _pairs(y.shape[-1])
-    return nanmedian_last((y[..., j] - y[..., i]) / ((j - i) * dt_s).astype(y.dtype))
 
 
 def max_drawdown(x: np.ndarray) -> np.ndarray:
@@ -268,7 +284,8 @@ def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.
     ``log(1 - room (1 - q) / (g q)) / log(q)`` intervals. inf where nothing grows."""
     room = np.maximum(np.asarray(room, dtype=np.float64), 0.0)
     rate = np.asarray(rate, dtype=np.float64)
-    q = np.clip(np.nan_to_num(np.asarray(q, dtype=np.float64), nan=1.0), 1e-6, 1.0)
+    q = np.asarray(q, dtype=np.float64)
+    q = np.clip(np.where(np.isnan(q), 1.0, q), 1e-6, 1.0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         linear = np.where(rate > 0, room / rate, np.inf)
         g = rate * half_s
@@ -417,9 +434,9 @@ class TrendDetector(ThresholdMixin):
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
         h = nb // 2
-        rate_recent = _theil_sen(y[:, h:], blk_s).astype(np.float64)
-        early = j < nb - h
-        rate_early = nanmedian_last(slopes[:, early]).astype(np.float64)
+        # the medians of the pairwise slopes within the early and within the recent half
+        rate_early, rate_recent = (r.astype(np.float64) for r in _half_medians(
+            slopes, nb, nb - h, h))
         with np.errstate(invalid="ignore", divide="ignore"):
             # growth must not decelerate: recent-half slope vs early-half slope of the floor
             # (a warm-up approaching its plateau has a ratio near 0, a steady leak near 1)
@@ -551,15 +568,15 @@ class TrendDetector(ThresholdMixin):
         full = first == 0
         if full.any():
             sl = slopes[full]
-            r_early[full] = nanmedian_last(sl[:, j < m // 2])
-            r_recent[full] = nanmedian_last(sl[:, i >= m // 2])
+            r_early[full], r_recent[full] = _half_medians(sl, m, m // 2, m // 2)
         if not full.all():
             part = ~full
             sl, f_, md = slopes[part], first[part], mid[part]
             early = (i[None, :] >= f_[:, None]) & (j[None, :] < md[:, None])
             recent = i[None, :] >= md[:, None]
-            r_early[part] = nanmedian_last(np.where(early, sl, np.nan))
-            r_recent[part] = nanmedian_last(np.where(recent, sl, np.nan))
+            both = nanmedian_last(np.stack([np.where(early, sl, np.nan),
+                                            np.where(recent, sl, np.nan)], axis=1))
+            r_early[part], r_recent[part] = both[:, 0], both[:, 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where((r_early > 0) & np.isfinite(r_recent), r_recent / r_early, 1.0)
             half_s = np.maximum((m - mid) * step, step)
