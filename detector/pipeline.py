@@ -45,6 +45,7 @@ from detector.models.trend import (
     TrendDetector,
     decision_scores,
     leak_decision_scores,
+    page_cache_growth,
 )
 from detector.models.univariate import UnivariateDetector
 from detector.settings import DetectionSettings
@@ -191,8 +192,11 @@ class Pipeline:
         # a crash loop: after each OOM kill the next incarnation is judged with that evidence
         kills = self._history.oom_kills(slots)
         leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
-        revisit = self._history.revisits(batch, slots, report.channel, report.view_s,
-                                         report.limit_bytes)
+        # a return to a level already held, or working-set growth that is page cache (flat
+        # RSS; the file pages of a reader), is no leak
+        revisit = (self._history.revisits(batch, slots, report.channel, report.view_s,
+                                          report.limit_bytes)
+                   | page_cache_growth(batch, report))
         leak_score = np.asarray(leak.score, dtype=np.float64)
         by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
         # a crash loop named as one: after CRASHLOOP_KILLS OOM kills, an incarnation younger
