@@ -50,16 +50,30 @@ so Shapley values over those inputs sum to the score.
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
+import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from detector.errors import InputError, ModelIntegrityError
-from detector.models.attribution import exact_shapley
+from detector.models.attribution import exact_shapley_rows
 from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.history import LevelHistory
+from detector.models.spec import (
+    NEW_POD_S,
+    DetectorSpec,
+    FitContext,
+    Fitted,
+    Member,
+    json_file,
+    pod_age_s,
+)
 from detector.models.state import TrendState, read_state
 from detector.windows import (
     CHANNELS,
@@ -112,6 +126,10 @@ EXPLAIN_NAMES: tuple[str, ...] = tuple(f"{c}.{s}" for c in MEMORY_CHANNELS for s
 
 STATE_VERSION = 3
 """3 added the imminent path (its keys); a version-2 state loads with that path off."""
+
+PAGE_CACHE_RSS_SHARE = 0.25
+"""Working-set growth is page cache (:func:`page_cache_growth`) when the RSS grew by at most
+this share of it over the same span."""
 
 
 def _nanquantile_sorted(xs: np.ndarray, cnt: np.ndarray, q: float) -> np.ndarray:
@@ -838,7 +856,7 @@ class TrendDetector(ThresholdMixin):
     def thresholds_from_scores(self, slow: np.ndarray, fast: np.ndarray, fpr: float,
                                background: WindowBatch | None = None) -> float:
         """Sets both thresholds from healthy scores of each path (e.g. as the decision sees
-        them, :func:`detector.pipeline.leak_decision_scores`) and returns the slow one."""
+        them, :func:`leak_decision_scores`) and returns the slow one."""
         self.threshold_ = max(threshold_at_fpr(np.asarray(slow), fpr), MIN_THRESHOLD)
         self.fast_threshold_ = max(threshold_at_fpr(np.asarray(fast), fpr), MIN_THRESHOLD)
         self.fitted_ = True
@@ -921,16 +939,23 @@ class TrendDetector(ThresholdMixin):
             cols += [st.slope[:, c], st.headroom[:, c], st.mono[:, c]]
         return np.stack(cols, axis=1), EXPLAIN_NAMES
 
-    def explain(self, batch: WindowBatch) -> list[Attribution]:
+    def explain(self, batch: WindowBatch, rows: Sequence[int] | None = None
+                ) -> list[Attribution]:
         """Why each window got its score (the contract's ``explain``): exact Shapley values
         over :meth:`explain_features` against :meth:`explain_background`; each sums to
-        ``score - base_value``. (The pipeline computes the same per flagged window, from the
-        batch's one analysis.) Like :meth:`score` it needs no fit: before one, the
-        background is a window of no growth and full headroom."""
+        ``score - base_value``. ``rows``: only those windows of ``batch`` (in that order),
+        still from the batch's one analysis (the pipeline explains its flagged windows so).
+        Like :meth:`score` it needs no fit: before one, the background is a window of no
+        growth and full headroom."""
         inputs, names = self.explain_features(batch)
-        background = self.explain_background(names)
-        return [exact_shapley(self.score_from_explain_features, row, background, names)
-                for row in inputs]
+        if rows is not None:
+            inputs = inputs[np.asarray(rows, dtype=np.intp)]
+        if len(inputs) == 0:
+            return []
+        return exact_shapley_rows(self.score_from_explain_features, inputs,
+                                  self.explain_background(names), names,
+                                  coalition_fn=(self.coalition_scores if names == EXPLAIN_NAMES
+                                                else None))
 
     def score_from_explain_features(self, X: np.ndarray) -> np.ndarray:
         """The score of rows of :meth:`explain_features` output: (m, 9) -> (m,)."""
@@ -991,46 +1016,206 @@ class TrendDetector(ThresholdMixin):
     # ------------------------------------------------------------------ state
 
     def get_state(self) -> dict[str, Any]:
-        """Plain JSON-able state: configuration, fitted threshold and healthy quantiles."""
-        return {
-            "name": self.name,
-            "version": STATE_VERSION,
-            "views": [[b, k] for b, k in self.views],
-            "u0": self.u0,
-            "min_span_s": self.min_span_s,
-            "settle_s": self.settle_s,
-            "threshold": self.threshold_,
-            "fitted": self.fitted_,
-            "healthy_quantiles": list(self.healthy_quantiles_),
-            "fast_span_s": self.fast_span_s,
-            "fast_min_s": self.fast_min_s,
-            "fast_horizon_s": self.fast_horizon_s,
-            "fast_threshold": self.fast_threshold_,
-            "explain_background": [list(r) for r in self.explain_background_],
-            "imminent_min_s": self.imminent_min_s,
-            "imminent_horizon_s": self.imminent_horizon_s,
-            "imminent_threshold": self.imminent_threshold_,
-        }
+        """Plain JSON-able state: configuration, fitted threshold and healthy quantiles; its
+        keys are the fields of :class:`~detector.models.state.TrendState` (declared there
+        only): ``name``, ``version``, each constructor parameter, and each fitted attribute
+        (``<key>_``)."""
+        state: dict[str, Any] = {"name": self.name, "version": STATE_VERSION}
+        state.update({k: _plain(getattr(self, k)) for k in _CONFIG_KEYS})
+        state.update({k: _plain(getattr(self, f"{k}_")) for k in _FITTED_KEYS})
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TrendDetector:
         """Rebuilds a detector from :meth:`get_state`, checked by
-        :class:`~detector.models.state.TrendState` (a new key goes there too); a version-2
-        state loads with the imminent path off."""
+        :class:`~detector.models.state.TrendState` (a new key is a field there, plus the
+        constructor parameter or fitted attribute it names); a version-2 state loads with
+        the imminent path off (the constructor's defaults)."""
         st = read_state(TrendState, state, "trend state",
                         context={"explain_width": len(EXPLAIN_NAMES)})
-        imminent = {k: v for k, v in (("imminent_min_s", st.imminent_min_s),
-                                      ("imminent_horizon_s", st.imminent_horizon_s))
-                    if v is not None}  # version 2: the constructor's defaults
+        config = {k: getattr(st, k) for k in _CONFIG_KEYS if getattr(st, k) is not None}
+        config["views"] = tuple(config["views"])
         try:
-            det = cls(views=tuple(st.views), u0=st.u0, min_span_s=st.min_span_s,
-                      settle_s=st.settle_s, fast_span_s=st.fast_span_s,
-                      fast_min_s=st.fast_min_s, fast_horizon_s=st.fast_horizon_s, **imminent)
+            det = cls(**config)
         except (TypeError, ValueError, InputError) as e:
             raise ModelIntegrityError(f"trend state is invalid: {e}") from e
-        det.threshold_, det.fast_threshold_ = st.threshold, st.fast_threshold
-        det.imminent_threshold_ = st.imminent_threshold
-        det.explain_background_ = [list(r) for r in st.explain_background]
-        det.fitted_ = st.fitted
-        det.healthy_quantiles_ = list(st.healthy_quantiles)
+        for k in _FITTED_KEYS:
+            setattr(det, f"{k}_", _plain(getattr(st, k)))
         return det
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON-able data: tuples and lists as (new) lists, recursively."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _state_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(constructor keys, fitted keys) of the trend state, from :class:`TrendState`'s fields:
+    a field that is a constructor parameter is configuration, any other (but ``name`` and
+    ``version``) a fitted attribute ``<key>_``. Every constructor parameter must be a field."""
+    fields = [k for k in TrendState.model_fields if k not in ("name", "version")]
+    params = [k for k in inspect.signature(TrendDetector.__init__).parameters if k != "self"]
+    missing = [k for k in params if k not in fields]
+    if missing:  # pragma: no cover - a broken schema fails at import, in every test
+        raise TypeError(f"TrendState lacks the constructor parameters {missing}")
+    return tuple(params), tuple(k for k in fields if k not in params)
+
+
+_CONFIG_KEYS, _FITTED_KEYS = _state_keys()
+
+
+def page_cache_growth(batch: WindowBatch, report: LeakReport) -> np.ndarray:
+    """(n,) bool: the working-set growth that a window's leak report judges is page cache, not
+    a leak, by the memory breakdown real nodes export (``container_memory_rss``,
+    ``container_memory_cache``).
+
+    The working set counts the page cache's active file pages: a pod that re-reads files
+    under a tight limit sees its working set ramp while its RSS (anonymous memory) stays
+    flat - reclaimable memory the kernel never OOM-kills for (seen on a real kernel: the
+    page-cache reader of ``data/real``, working set 19 -> 39 MiB, RSS 8 MiB, cache 248 MiB).
+    True where the report's channel is the working set and, over the span it judged
+    (``view_s``, the last quarter against the first), the RSS grew by at most
+    :data:`PAGE_CACHE_RSS_SHARE` of the working set's growth while the non-anonymous part of
+    the working set (working set - RSS) stays within the page cache. False wherever the
+    breakdown is missing (generated traces, exporters without it): the decision is then the
+    trend's alone. A leak of anonymous memory (tensors, Python objects) grows the RSS with
+    the working set and is never excused; a leak into tmpfs or shared memory is counted as
+    cache by the kernel and would be (cAdvisor does not export shmem apart)."""
+    n = len(batch)
+    out = np.zeros(n, dtype=bool)
+    if n == 0 or report.view_s is None:
+        return out
+    view = np.asarray(report.view_s, dtype=np.float64)
+    rows = np.flatnonzero((np.asarray(report.channel) == "mem_working_set") & np.isfinite(view))
+    if rows.size == 0:
+        return out
+    ix = [CHANNELS.index(c) for c in ("mem_working_set", "mem_rss", "mem_cache")]
+    vals = batch.values[rows][:, ix, :].astype(np.float64)
+    if not np.isfinite(vals[:, 2, :]).any():
+        return out
+    L = vals.shape[-1]
+    k = np.clip(np.round(view[rows] / batch.step_s).astype(np.int64), 4, L)
+    for kk in np.unique(k).tolist():
+        sel = np.flatnonzero(k == kk)
+        seg = vals[sel][:, :, L - kk:]
+        q = max(1, kk // 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN quarters: no verdict
+            early = nanmedian_last(seg[..., :q])
+            late = nanmedian_last(seg[..., -q:])
+        grow_ws = late[:, 0] - early[:, 0]
+        grow_rss = late[:, 1] - early[:, 1]
+        file_part = late[:, 0] - late[:, 1]
+        with np.errstate(invalid="ignore"):
+            cached = (np.isfinite(grow_rss) & (grow_ws > 0)
+                      & (grow_rss <= PAGE_CACHE_RSS_SHARE * grow_ws)
+                      & (file_part <= late[:, 2]) & (late[:, 2] > 0))
+        out[rows[sel]] = cached
+    return out
+
+
+# ------------------------------------------------------------------ the scores the decision acts on
+
+
+def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
+                         horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The slow and fast leak paths' scores on healthy windows as the decision sees them
+    (:func:`decision_scores`)."""
+    slow, fast, _imminent = decision_scores(trend, healthy, horizon_s=horizon_s)
+    return slow, fast
+
+
+def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three leak paths' scores on healthy windows as the decision sees them: replayed in
+    time order through a fresh :class:`LevelHistory`, with 0 where a verdict could not be a
+    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held);
+    the imminent path's NaN where it does not judge (no incarnation younger than the fast
+    path's minimum). Thresholds fitted on these give the target false-alarm rate of the
+    verdicts themselves."""
+    slow_all = np.zeros(len(healthy))
+    fast_all = np.zeros(len(healthy))
+    imm_all = np.full(len(healthy), np.nan)
+    if len(healthy) == 0:
+        return slow_all, fast_all, imm_all
+    history = LevelHistory()
+    order = np.argsort(healthy.ts, kind="stable")
+    ts_sorted = healthy.ts[order]
+    cuts = np.flatnonzero(np.diff(ts_sorted)) + 1
+    for idx in np.split(order, cuts):
+        sub = healthy.subset(idx)
+        slots = history.update(sub)
+        rep = trend.leak_report(sub)
+        slow, fast = trend.path_scores(sub)
+        imm = trend.imminent_scores(sub)
+        tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        far = ~(tto <= horizon_s) & ~np.isnan(tto)
+        revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
+                   | page_cache_growth(sub, rep))
+        ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
+        slow_all[idx] = np.where(ok, slow, 0.0)
+        fast_all[idx] = np.where(ok, fast, 0.0)
+        # the imminent path gates its own projection (within imminent_horizon_s)
+        live = ~np.asarray(sub.stale, dtype=bool) & ~revisit
+        imm_all[idx] = np.where(live | np.isnan(imm), imm, 0.0)
+    return slow_all, fast_all, imm_all
+
+
+# ------------------------------------------------------------------ registration (models.registry)
+
+TREND_JSON = "trend.json"
+
+
+def _encode(trend: TrendDetector) -> dict[str, bytes]:
+    try:
+        text = json.dumps(trend.get_state(), indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the trend detector's state is not strict JSON: {exc}") from exc
+    return {TREND_JSON: text.encode()}
+
+
+def _read_member(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> TrendDetector:
+    state = json_file(contents, TREND_JSON)
+    if not isinstance(state, dict):
+        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
+    return TrendDetector.from_state(state)
+
+
+def _fit(ctx: FitContext) -> Fitted:
+    """Healthy quantiles from the fitting pods; thresholds as fitted state on every healthy
+    window (few parameters; the held-back part alone is too small for a 1e-4 tail), then
+    refitted on the scores the decision acts on (:func:`decision_scores`: stale windows,
+    projections beyond the leak horizon and returns to a level already held never page);
+    the imminent path's on ``ctx.young`` (without it the path stays off)."""
+    det, t0 = ctx.detection, time.perf_counter()
+    trend = TrendDetector().fit(ctx.fit)
+    trend.infer_threshold(ctx.healthy, det.leak_fpr)
+    slow, fast = leak_decision_scores(trend, ctx.healthy, horizon_s=det.leak_horizon_s)
+    threshold = trend.thresholds_from_scores(slow, fast, det.leak_fpr, background=ctx.healthy)
+    n_young = 0
+    if ctx.young is not None and len(ctx.young):
+        _s, _f, imm = decision_scores(trend, ctx.young, horizon_s=det.leak_horizon_s)
+        judged = imm[np.isfinite(imm)]
+        n_young = int(judged.size)
+        trend.imminent_threshold_from_scores(judged, det.leak_fpr)
+    fit_s = round(time.perf_counter() - t0, 2)
+    # the held-back windows the drift ensemble is judged on too (pods old enough)
+    hold = ctx.holdout.subset(np.flatnonzero(pod_age_s(ctx.holdout) >= NEW_POD_S))
+    return Fitted(trend, {
+        "trend_threshold": threshold, "trend_fast_threshold": trend.fast_threshold_,
+        "trend_imminent_threshold": trend.imminent_threshold_, "windows_young": n_young,
+        "trend_fit_s": fit_s,
+        "holdout_false_alarm_rate": {"trend": float(np.mean(trend.predict(hold).is_anomaly))},
+    })
+
+
+SPEC = DetectorSpec(
+    name="trend", cls=TrendDetector, input="window", example=TrendDetector,
+    kinds=("memory_leak", "gpu_memory_leak"),
+    member=Member("trend", frozenset({TREND_JSON}), _read_member, encode=_encode),
+    fit=_fit,
+)
+"""The leak detector: ``trend.json``, the leak verdicts (decided by the pipeline,
+:data:`detector.pipeline.BUILT_IN`), fitted on every healthy window."""
