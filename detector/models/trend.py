@@ -286,6 +286,24 @@ def _fields(st: _ViewStats) -> tuple[np.ndarray, ...]:
             st.q, st.half_s, st.valid)
 
 
+def _concat(parts: list[Analysis]) -> Analysis:
+    """The analyses of consecutive blocks of windows as one."""
+
+    def cat(stats: list[_ViewStats]) -> _ViewStats:
+        return _ViewStats(*(np.concatenate(f) for f in zip(*map(_fields, stats), strict=True)))
+
+    return Analysis(slow=cat([p.slow for p in parts]),
+                    slow_span=np.concatenate([p.slow_span for p in parts]),
+                    fast=cat([p.fast for p in parts]),
+                    fast_span=np.concatenate([p.fast_span for p in parts]),
+                    imminent=cat([p.imminent for p in parts]),
+                    imminent_span=np.concatenate([p.imminent_span for p in parts]))
+
+
+ANALYSIS_BLOCK = 1024
+"""Windows analysed together (a larger batch is analysed in blocks of this many)."""
+
+
 LINEAR_Q = 0.9
 """A growth ratio between the recent and the earlier half of a view above this is taken as
 linear (a leak); below it the growth is decelerating and projected geometrically."""
@@ -381,22 +399,18 @@ class TrendDetector(ThresholdMixin):
 
     # ------------------------------------------------------------------ core
 
-    def _inputs(self, batch: WindowBatch
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    def _inputs(self, values: np.ndarray, limits: np.ndarray, step: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Memory values (n, 3, L) of the current incarnation after its settling time, the
-        same without the settling time (for the fast path), limits (n, 3), step."""
-        if tuple(batch.channels) != CHANNELS:
-            raise InputError(f"TrendDetector needs channels {CHANNELS}, got {batch.channels}")
-        step = batch.step_s
-        if not step > 0:
-            raise InputError("TrendDetector needs a window grid of at least two points")
+        same without the settling time (for the fast path), limits (n, 3), of windows'
+        ``values`` (n, channels, L) and ``limits`` (n, channels) on a grid of ``step``."""
         mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
-        v = batch.values[:, mem_idx, :].astype(np.float32, copy=False)
+        v = values[:, mem_idx, :].astype(np.float32, copy=False)
         L = v.shape[-1]
         # a (re)start is followed by a warm-up: judge only what comes after the last restart
         # in the window, and after a pod that starts inside the window, plus a settling time
         idx = np.arange(L)[None, :]
-        last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
+        last_r = last_restart_index(values[:, CHANNELS.index("restarts"), :])
         fin = np.asarray(np.isfinite(v).any(axis=1))  # (n, L): any memory channel has data
         first = np.where(np.asarray(fin.any(axis=1)), np.argmax(fin, axis=1), 0)
         start = np.where(first > 0, first, -1)
@@ -409,8 +423,8 @@ class TrendDetector(ThresholdMixin):
         cut = np.where(begin >= 0, begin + settle, 0)
         if (cut > 0).any():
             v = np.where((idx < cut[:, None])[:, None, :], np.float32(np.nan), v)
-        lim = batch.limits[:, mem_idx].astype(np.float64)
-        return v, v_inc, lim, step
+        lim = limits[:, mem_idx].astype(np.float64)
+        return v, v_inc, lim
 
     def _view(self, v: np.ndarray, lim: np.ndarray, step: float, block_s: float, nb: int,
               cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> _ViewStats | None:
@@ -643,7 +657,25 @@ class TrendDetector(ThresholdMixin):
         score, the leak report and the explanation all read this one analysis)."""
         if self._cache is not None and self._cache[0] is batch:
             return self._cache[1]
-        v3, vinc3, lim3, step = self._inputs(batch)
+        if tuple(batch.channels) != CHANNELS:
+            raise InputError(f"TrendDetector needs channels {CHANNELS}, got {batch.channels}")
+        step = batch.step_s
+        if not step > 0:
+            raise InputError("TrendDetector needs a window grid of at least two points")
+        # every window is analysed alone: blocks of windows keep the working arrays (pairwise
+        # slopes, R x 435 at the fast path's 30 points) small enough to stay in the cache
+        n = len(batch)
+        parts = [self._analyse_block(batch.values[s:s + ANALYSIS_BLOCK],
+                                     batch.limits[s:s + ANALYSIS_BLOCK], step)
+                 for s in range(0, max(n, 1), ANALYSIS_BLOCK)]
+        an = parts[0] if len(parts) == 1 else _concat(parts)
+        self._cache = (batch, an)
+        return an
+
+    def _analyse_block(self, values: np.ndarray, limits: np.ndarray, step: float
+                       ) -> Analysis:
+        """:meth:`_analyse` of windows' ``values`` (n, channels, L), ``limits`` (n, channels)."""
+        v3, vinc3, lim3 = self._inputs(values, limits, step)
         n, nc, L = v3.shape
         v_all = v3.reshape(n * nc, L)
         vinc_all = vinc3.reshape(n * nc, L)
@@ -742,7 +774,6 @@ class TrendDetector(ThresholdMixin):
                       fast=shaped(fast), fast_span=fast_span.reshape(n, nc),
                       imminent=shaped(imminent),
                       imminent_span=imminent_span.reshape(n, nc))
-        self._cache = (batch, an)
         return an
 
     def forget_analysis(self) -> None:
