@@ -43,15 +43,16 @@ from typing import Any
 
 import numpy as np
 
+from detector import channels as chan
 from detector.sinks.base import SynchronousSink
 from detector.sources.base import Delivery, SampleColumns, SourceStatus
 from detector.sources.kafka_codec import Decoder, encode_adapter, encode_batch
 
-METRICS = ("container_memory_working_set_bytes", "container_memory_rss",
-           "container_cpu_usage_seconds_total", "container_spec_memory_limit_bytes",
-           "container_fs_usage_bytes", "container_network_receive_bytes_total",
-           "container_network_transmit_bytes_total",
-           "kube_pod_container_status_restarts_total", "container_fs_limit_bytes")
+METRICS: tuple[str, ...] = (*chan.read_metrics("cadvisor"),
+                            *chan.read_metrics("kube-state-metrics")[:1])
+"""The series each synthetic pod exports: every cAdvisor metric of the channel table
+(``detector.channels``: channels, then limits) and its restart counter (kube-state-metrics'
+first; its limit metric is a fallback the engine does not need here)."""
 GIB = float(1 << 30)
 
 
@@ -80,17 +81,19 @@ def _reset_peak_rss() -> bool:
 
 
 def _value(metric: str, pod: int, t: float, leaky: bool = False) -> float:
-    if metric == "container_memory_working_set_bytes" or metric == "container_memory_rss":
+    """A synthetic sample of ``metric``, by its row of the channel table: leak channels at
+    1 GiB (plus 400 MiB/h for the leaky pod), limits at 4 GiB, other byte gauges at 200 MB,
+    counters rising steadily (restarts stay 0)."""
+    row = chan.BY_NAME.get(chan.METRIC_CHANNEL.get(metric, ""))
+    if row is None:  # a limit
+        return 4 * GIB
+    if row.leak:
         base = 1.0 * GIB + 1e6 * pod
         return base + ((t - LEAK_T0) * 400 * 2**20 / 3600 if leaky else 0.0)
-    if metric == "container_cpu_usage_seconds_total":
-        return 0.5 * t % 1e7
-    if metric in ("container_spec_memory_limit_bytes", "container_fs_limit_bytes"):
-        return 4 * GIB
-    if metric == "container_fs_usage_bytes":
+    if row.kind == "rate":
+        return 0.5 * t % 1e7 if row.unit == "cores" else 1e5 * t % 1e12
+    if row.kind == "gauge" and row.unit == "bytes":
         return 2e8
-    if metric.startswith("container_network"):
-        return 1e5 * t % 1e12
     return 0.0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detector import channels as chan
 from detector import scenarios
 from detector import traces as tr
 from detector.explain import format_duration
@@ -89,18 +90,32 @@ def _records(labels: pd.DataFrame) -> list[Any]:
             for r in labels.to_dict("records")]
 
 
-#: How each metric is drawn: (row label, unit, scale of the plotted value, is a counter (its
-#: rate is drawn), the metric(s) whose sum is the row's limit line).
-_PLOTTED: dict[str, tuple[str, str, float, bool, tuple[str, ...]]] = {
-    tr.WORKING_SET: ("working set", "GiB", 2.0**-30, False, (tr.MEMORY_LIMIT,)),
-    tr.RSS: ("RSS", "GiB", 2.0**-30, False, (tr.MEMORY_LIMIT,)),
-    tr.GPU_FB_USED: ("GPU memory", "GiB", 2.0**-10, False, (tr.GPU_FB_USED, tr.GPU_FB_FREE)),
-    tr.GPU_UTIL: ("GPU utilisation", "%", 1.0, False, ()),
-    tr.CPU_SECONDS: ("CPU", "cores", 1.0, True, ()),
-    tr.NET_RX: ("network receive", "MiB/s", 2.0**-20, True, ()),
-    tr.NET_TX: ("network transmit", "MiB/s", 2.0**-20, True, ()),
-    tr.FS_USAGE: ("filesystem", "GiB", 2.0**-30, False, (tr.FS_LIMIT,)),
-}
+_DISPLAY: dict[str, tuple[str, float]] = {
+    "bytes": ("GiB", 2.0**-30), "bytes/s": ("MiB/s", 2.0**-20), "fraction": ("%", 100.0),
+    "cores": ("cores", 1.0)}
+"""A channel unit (``detector.channels``) -> the unit it is plotted in and the factor."""
+
+
+def _plotted() -> dict[str, tuple[str, str, float, bool, tuple[str, ...]]]:
+    """How each metric of the channel table is drawn: (row label, unit, scale of the
+    plotted trace value, is a counter (its rate is drawn), the metric(s) whose sum is the
+    row's limit line: the limit's first metric, plus the channel's own for a limit given as
+    free capacity). Increase channels (restarts) are drawn as a rate by the fallback."""
+    out = {}
+    for c in chan.CHANNEL_TABLE:
+        if c.kind == "increase" or c.unit not in _DISPLAY:
+            continue
+        unit, factor = _DISPLAY[c.unit]
+        limit: tuple[str, ...] = ()
+        if c.limit is not None:
+            lim = chan.LIMITS[c.limit]
+            first = lim.metrics[0].metric
+            limit = (c.metric, first) if lim.plus_used else (first,)
+        out[c.metric] = (c.words, unit, c.scale * factor, c.kind == "rate", limit)
+    return out
+
+
+_PLOTTED = _plotted()
 
 
 def _series(trace: pd.DataFrame, pod: str, metric: str) -> pd.Series:

@@ -31,10 +31,9 @@ import numpy as np
 from detector import explain as xp
 from detector.channels import LEAK_CHANNELS, channel_words
 from detector.errors import ModelIntegrityError
-from detector.models.attribution import exact_shapley_rows
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
-from detector.models.trend import EXPLAIN_NAMES, TTO_BAND, LeakReport, TrendDetector
+from detector.models.trend import TTO_BAND, LeakReport, TrendDetector, page_cache_growth
 from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
@@ -165,8 +164,11 @@ class Pipeline:
         # a crash loop: after each OOM kill the next incarnation is judged with that evidence
         kills = self._history.oom_kills(slots)
         leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
-        revisit = self._history.revisits(batch, slots, report.channel, report.view_s,
-                                         report.limit_bytes)
+        # a return to a level already held, or working-set growth that is page cache (flat
+        # RSS; the file pages of a reader), is no leak
+        revisit = (self._history.revisits(batch, slots, report.channel, report.view_s,
+                                          report.limit_bytes)
+                   | page_cache_growth(batch, report))
         leak_score = np.asarray(leak.score, dtype=np.float64)
         by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
         # a crash loop named as one: after CRASHLOOP_KILLS OOM kills, an incarnation younger
@@ -291,15 +293,10 @@ class Pipeline:
     def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport,
                       kills: np.ndarray) -> Iterator[tuple[int, str, dict[str, float]]]:
         """Exact Shapley values over the leak score's inputs, plus the leak's facts."""
-        inputs, names = self.trend.explain_features(batch)  # the batch's one analysis
-        background = self.trend.explain_background(names)
         stale_rows = [i for i in rows if self._cached(
             batch.keys[i], self._pods[batch.keys[i]].kind, float(batch.ts[i])) is None]
-        if stale_rows:  # the rows whose attribution is due, in one pass
-            fresh = exact_shapley_rows(self.trend.score_from_explain_features,
-                                       inputs[np.asarray(stale_rows)], background, names,
-                                       coalition_fn=(self.trend.coalition_scores
-                                                     if names == EXPLAIN_NAMES else None))
+        if stale_rows:  # the rows whose attribution is due, in one pass, from the batch's one
+            fresh = self.trend.explain(batch, stale_rows)  # analysis
             for i, a in zip(stale_rows, fresh, strict=True):
                 self._remember(batch.keys[i], self._pods[batch.keys[i]].kind,
                                float(batch.ts[i]), a)
@@ -471,7 +468,8 @@ def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: fl
         imm = trend.imminent_scores(sub)
         tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
         far = ~(tto <= horizon_s) & ~np.isnan(tto)
-        revisit = history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
+        revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
+                   | page_cache_growth(sub, rep))
         ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
         slow_all[idx] = np.where(ok, slow, 0.0)
         fast_all[idx] = np.where(ok, fast, 0.0)

@@ -134,3 +134,27 @@ def test_the_shipped_trend_state_fits_its_schema_and_a_bad_one_is_named() -> Non
             read_state(TrendState, {**doc, **bad}, "trend state",
                        context={"explain_width": width})
         assert words in str(e.value), e.value
+
+
+def test_the_trend_state_keys_are_the_schema_fields_and_the_shipped_bytes_are_kept() -> None:
+    """TrendDetector.get_state writes exactly TrendState's fields (declared once, there), a
+    constructor parameter or a fitted ``<key>_`` attribute each; the shipped trend.json is
+    written back byte for byte after a load."""
+    import inspect
+    import json
+    from pathlib import Path
+
+    from detector.models.state import TrendState
+    from detector.models.trend import TrendDetector
+
+    path = Path(__file__).resolve().parent.parent / "data" / "model" / "default-6" / "trend.json"
+    raw = path.read_bytes()
+    det = TrendDetector.from_state(json.loads(raw))
+    state = det.get_state()
+    assert set(state) == set(TrendState.model_fields)
+    params = set(inspect.signature(TrendDetector.__init__).parameters) - {"self"}
+    for key in set(state) - params - {"name", "version"}:
+        assert hasattr(det, f"{key}_"), key
+    assert json.dumps(state, indent=2, sort_keys=True, allow_nan=False).encode() == raw
+    back = TrendDetector.from_state(json.loads(json.dumps(state)))
+    assert back.get_state() == state
