@@ -51,9 +51,11 @@ so Shapley values over those inputs sum to the score.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,16 @@ import numpy as np
 from detector.errors import InputError, ModelIntegrityError
 from detector.models.attribution import exact_shapley_rows
 from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.history import LevelHistory
+from detector.models.spec import (
+    NEW_POD_S,
+    DetectorSpec,
+    FitContext,
+    Fitted,
+    Member,
+    json_file,
+    pod_age_s,
+)
 from detector.models.state import TrendState, read_state
 from detector.windows import (
     CHANNELS,
@@ -783,7 +795,7 @@ class TrendDetector(ThresholdMixin):
     def thresholds_from_scores(self, slow: np.ndarray, fast: np.ndarray, fpr: float,
                                background: WindowBatch | None = None) -> float:
         """Sets both thresholds from healthy scores of each path (e.g. as the decision sees
-        them, :func:`detector.pipeline.leak_decision_scores`) and returns the slow one."""
+        them, :func:`leak_decision_scores`) and returns the slow one."""
         self.threshold_ = max(threshold_at_fpr(np.asarray(slow), fpr), MIN_THRESHOLD)
         self.fast_threshold_ = max(threshold_at_fpr(np.asarray(fast), fpr), MIN_THRESHOLD)
         self.fitted_ = True
@@ -1041,3 +1053,108 @@ def page_cache_growth(batch: WindowBatch, report: LeakReport) -> np.ndarray:
                       & (file_part <= late[:, 2]) & (late[:, 2] > 0))
         out[rows[sel]] = cached
     return out
+
+
+# ------------------------------------------------------------------ the scores the decision acts on
+
+
+def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
+                         horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The slow and fast leak paths' scores on healthy windows as the decision sees them
+    (:func:`decision_scores`)."""
+    slow, fast, _imminent = decision_scores(trend, healthy, horizon_s=horizon_s)
+    return slow, fast
+
+
+def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three leak paths' scores on healthy windows as the decision sees them: replayed in
+    time order through a fresh :class:`LevelHistory`, with 0 where a verdict could not be a
+    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held);
+    the imminent path's NaN where it does not judge (no incarnation younger than the fast
+    path's minimum). Thresholds fitted on these give the target false-alarm rate of the
+    verdicts themselves."""
+    slow_all = np.zeros(len(healthy))
+    fast_all = np.zeros(len(healthy))
+    imm_all = np.full(len(healthy), np.nan)
+    if len(healthy) == 0:
+        return slow_all, fast_all, imm_all
+    history = LevelHistory()
+    order = np.argsort(healthy.ts, kind="stable")
+    ts_sorted = healthy.ts[order]
+    cuts = np.flatnonzero(np.diff(ts_sorted)) + 1
+    for idx in np.split(order, cuts):
+        sub = healthy.subset(idx)
+        slots = history.update(sub)
+        rep = trend.leak_report(sub)
+        slow, fast = trend.path_scores(sub)
+        imm = trend.imminent_scores(sub)
+        tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        far = ~(tto <= horizon_s) & ~np.isnan(tto)
+        revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
+                   | page_cache_growth(sub, rep))
+        ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
+        slow_all[idx] = np.where(ok, slow, 0.0)
+        fast_all[idx] = np.where(ok, fast, 0.0)
+        # the imminent path gates its own projection (within imminent_horizon_s)
+        live = ~np.asarray(sub.stale, dtype=bool) & ~revisit
+        imm_all[idx] = np.where(live | np.isnan(imm), imm, 0.0)
+    return slow_all, fast_all, imm_all
+
+
+# ------------------------------------------------------------------ registration (models.registry)
+
+TREND_JSON = "trend.json"
+
+
+def _encode(trend: TrendDetector) -> dict[str, bytes]:
+    try:
+        text = json.dumps(trend.get_state(), indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the trend detector's state is not strict JSON: {exc}") from exc
+    return {TREND_JSON: text.encode()}
+
+
+def _read_member(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> TrendDetector:
+    state = json_file(contents, TREND_JSON)
+    if not isinstance(state, dict):
+        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
+    return TrendDetector.from_state(state)
+
+
+def _fit(ctx: FitContext) -> Fitted:
+    """Healthy quantiles from the fitting pods; thresholds as fitted state on every healthy
+    window (few parameters; the held-back part alone is too small for a 1e-4 tail), then
+    refitted on the scores the decision acts on (:func:`decision_scores`: stale windows,
+    projections beyond the leak horizon and returns to a level already held never page);
+    the imminent path's on ``ctx.young`` (without it the path stays off)."""
+    det, t0 = ctx.detection, time.perf_counter()
+    trend = TrendDetector().fit(ctx.fit)
+    trend.infer_threshold(ctx.healthy, det.leak_fpr)
+    slow, fast = leak_decision_scores(trend, ctx.healthy, horizon_s=det.leak_horizon_s)
+    threshold = trend.thresholds_from_scores(slow, fast, det.leak_fpr, background=ctx.healthy)
+    n_young = 0
+    if ctx.young is not None and len(ctx.young):
+        _s, _f, imm = decision_scores(trend, ctx.young, horizon_s=det.leak_horizon_s)
+        judged = imm[np.isfinite(imm)]
+        n_young = int(judged.size)
+        trend.imminent_threshold_from_scores(judged, det.leak_fpr)
+    fit_s = round(time.perf_counter() - t0, 2)
+    # the held-back windows the drift ensemble is judged on too (pods old enough)
+    hold = ctx.holdout.subset(np.flatnonzero(pod_age_s(ctx.holdout) >= NEW_POD_S))
+    return Fitted(trend, {
+        "trend_threshold": threshold, "trend_fast_threshold": trend.fast_threshold_,
+        "trend_imminent_threshold": trend.imminent_threshold_, "windows_young": n_young,
+        "trend_fit_s": fit_s,
+        "holdout_false_alarm_rate": {"trend": float(np.mean(trend.predict(hold).is_anomaly))},
+    })
+
+
+SPEC = DetectorSpec(
+    name="trend", cls=TrendDetector, input="window", example=TrendDetector,
+    kinds=("memory_leak", "gpu_memory_leak"),
+    member=Member("trend", frozenset({TREND_JSON}), _read_member, encode=_encode),
+    fit=_fit,
+)
+"""The leak detector: ``trend.json``, the leak verdicts (decided by the pipeline,
+:data:`detector.pipeline.BUILT_IN`), fitted on every healthy window."""
