@@ -1,6 +1,7 @@
 """A source is one module plus one settings class (issue 12): the runtime finds a source's
 builder through its settings section (``module`` -> that module's ``SOURCE``) and names no
-source itself; a source that is not complete is refused naming the setting."""
+source itself; a source that is not complete is refused naming the setting. Sinks likewise:
+each sink module's ``SINK``, listed once in ``detector.sinks.base.SINK_MODULES``."""
 
 from __future__ import annotations
 
@@ -109,3 +110,44 @@ def test_a_new_source_needs_no_runtime_edit(tmp_path: Path) -> None:
     assert isinstance(source, ScratchSource) and source.greeting == "hi"
     assert ScratchSourceSettings(greeting="").incomplete(None) == (
         "sources.scratch.greeting is empty")
+
+
+# Sinks: each sink module's SINK, in SINK_MODULES order; the runtime names none.
+
+
+def test_every_sink_module_has_its_spec_and_the_runtime_names_no_sink() -> None:
+    from detector.sinks.base import SINK_MODULES, SinkSpec, sink_specs
+
+    specs = sink_specs()
+    assert len(specs) == len(SINK_MODULES) and all(isinstance(s, SinkSpec) for s in specs)
+    assert [s.name for s in specs] == ["jsonl", "console", "alertmanager", "kubernetes-events"]
+    text = (ROOT / "detector" / "runtime" / "build.py").read_text()
+    for name in ("ConsoleSink", "JsonLinesSink", "AlertmanagerSink", "KubernetesEventSink",
+                 "alertmanager_urls", "verdicts_path"):
+        assert name not in text, name
+
+
+def test_the_outputs_are_what_the_sink_specs_build(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector.runtime.hooks import DryRunPlan, OnChange
+    from detector.sinks.alertmanager import AlertmanagerSink
+    from detector.sinks.console import ConsoleSink
+    from detector.sinks.jsonl import JsonLinesSink
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # no cluster
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    sinks, hook = build.make_outputs(Settings(), logger=LOG, out_dir=tmp_path)
+    assert [type(s) for s in sinks] == [JsonLinesSink, OnChange]  # the embedded default
+    assert isinstance(sinks[1], OnChange) and isinstance(sinks[1].sink, ConsoleSink)
+    assert isinstance(hook, DryRunPlan)
+    assert isinstance(sinks[0], JsonLinesSink) and sinks[0].path.parent == tmp_path
+    cluster = Settings.model_validate({
+        "sources": {"kind": "prometheus", "prometheus": {"url": "http://127.0.0.1:9"}},
+        "runtime": {"verdicts_path": ""},
+        "alerting": {"alertmanager_urls": ["http://127.0.0.1:9"], "kubernetes_events": True}})
+    sinks, hook = build.make_outputs(cluster, logger=LOG, out_dir=tmp_path)
+    try:  # no cluster configuration: no Events sink, no remediation
+        assert [type(s) for s in sinks] == [ConsoleSink, AlertmanagerSink] and hook is None
+    finally:
+        for s in sinks:
+            s.close(1.0)

@@ -34,9 +34,7 @@ from prometheus_client import CollectorRegistry
 from detector.errors import ServiceUnavailableError
 from detector.explain import format_duration
 from detector.settings import Settings, SourcesSettings, load_settings
-from detector.sinks.base import Sink, SynchronousSink
-from detector.sinks.console import ConsoleSink
-from detector.sinks.jsonl import JsonLinesSink
+from detector.sinks.base import Escalates, Sink, SinkContext, SynchronousSink, sink_specs
 from detector.sources.base import Source, source_spec
 from detector.verdicts import Explanation, Verdict
 from detector.windows import WindowEngine
@@ -65,62 +63,47 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
                  stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
                  lambda s: s, diagnosis_channel: Any = None,
                  ) -> tuple[list[Sink], RemediationHook | None]:
-    """The sinks and the remediation hook the settings ask for (``diagnosis_channel``: a
-    :class:`detector.diagnosis.requester.ChannelRequests` served on the pod channel too)."""
-    rt = settings.runtime
-    sinks: list[Sink] = []
-    path: Path | None = None
-    if rt.verdicts_path:
-        path = Path(rt.verdicts_path)
-        if out_dir is not None and not path.is_absolute():
-            path = out_dir / path
+    """The sinks the settings ask for (each sink module's ``SINK``, in
+    :data:`detector.sinks.base.SINK_MODULES` order) and the remediation hook
+    (``diagnosis_channel``: a :class:`detector.diagnosis.requester.ChannelRequests` served on
+    the pod channel too). The embedded default gets no cluster sink, its console thinned to
+    one line per unchanged alert a real minute, and a printed dry-run plan."""
     spec = source_spec(settings)
-    local = spec.embedded
-    if path is not None:  # every positive verdict, as JSON lines
-        sinks.append(JsonLinesSink(path))
-    if rt.console:  # readable lines; the embedded default repeats an alert once a real minute
-        console: Sink = ConsoleSink(stream=stream)
-        if local:
-            console = OnChange(console, every_s=60.0 * real_seconds_inverse(real_seconds))
-        sinks.append(console)
+    made: list[Any] = []
+
+    def get_actuator() -> Any:  # the cluster's one Actuator, built when first needed
+        if not made:
+            api = _kube_api(logger)
+            if api is None:
+                made.append(None)
+            else:
+                from detector.remediation.actuator import Actuator
+
+                made.append(Actuator(api, settings=settings.remediation,
+                                     event_interval_s=settings.alerting.event_interval_s))
+        return made[0]
+
+    ctx = SinkContext(settings=settings, logger=logger, out_dir=out_dir, stream=stream,
+                      adopts_node_alerts=spec.adopts_node_alerts, actuator=get_actuator)
+    sinks: list[Sink] = []
+    for sink_spec in sink_specs():
+        if spec.embedded and sink_spec.cluster:
+            continue
+        sink = sink_spec.build(ctx)
+        if sink is None:
+            continue
+        if spec.embedded and sink_spec.thinned:
+            sink = OnChange(sink, every_s=60.0 * real_seconds_inverse(real_seconds))
+        sinks.append(sink)
     hook: RemediationHook | None
-    if local:
+    if spec.embedded:
         hook = DryRunPlan(settings.remediation, stream=stream,
-                          real_seconds=real_seconds) if rt.remediation_dry_run else None
+                          real_seconds=real_seconds) if settings.runtime.remediation_dry_run \
+            else None
         return sinks, hook
-    am: Any = None
-    api: Any = None
-    actuator: Any = None
-    if settings.alerting.kubernetes_events or settings.remediation.enabled or \
-            settings.alerting.alertmanager_urls:
-        api = _kube_api(logger)
-        if api is not None:
-            from detector.remediation.actuator import Actuator
-
-            actuator = Actuator(api, settings=settings.remediation,
-                                event_interval_s=settings.alerting.event_interval_s)
-    if settings.alerting.alertmanager_urls:
-        from detector.sinks.alertmanager import AlertmanagerSink
-
-        container_of = None
-        if actuator is not None:
-            from detector.sinks.k8s_events import PodContainers
-
-            container_of = PodContainers(actuator)
-        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
-        # Alerts of a previous run are adopted only where this daemon judges a node's pods
-        # (the Prometheus source). Members of a Kafka group own partitions, not nodes: one
-        # adopting its node's alerts would resolve those another member judges (a flap).
-        # Without adoption Alertmanager still keeps an alert's startsAt when it is re-sent.
-        scoped = spec.adopts_node_alerts and node
-        am = AlertmanagerSink(settings=settings.alerting, container_of=container_of,
-                              adopt_matchers=[f'node="{node}"'] if scoped else None)
-        sinks.append(am)
     hook = None
-    if actuator is not None and settings.alerting.kubernetes_events:
-        from detector.sinks.k8s_events import KubernetesEventSink
-
-        sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
+    actuator = get_actuator() if settings.remediation.enabled else None
+    am = next((s for s in sinks if isinstance(s, Escalates)), None)
     if actuator is not None and settings.remediation.enabled:
         from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
