@@ -63,7 +63,9 @@ def test_the_store_and_the_pipeline_pick_it_up(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path, trace: object) -> None:
     shipped = store.load_bundle(default_model_dir())  # (a bundle without it: refused after)
     scratch.register(monkeypatch)
-    with pytest.raises(ModelIntegrityError, match="must list exactly"):
+    with pytest.raises(ModelIntegrityError, match=r"no files of detector\(s\) \['scratch'\] "
+                                                  r"\(registered after it was trained\); "
+                                                  r"retrain"):
         store.load_bundle(default_model_dir())
     det = scratch.ScratchDetector()
     det.fitted_, det.threshold_ = True, -1.0  # every window with a memory limit "grew"
