@@ -248,7 +248,7 @@ def run_nab(root: Path, *, out: Path | None = None, published_only: bool = False
     if tuning:
         print(f"a priori: the default threshold; tuned: {tuning['tuned_threshold']:g} (best of "
               f"{tuning['grid'][0]:g}..{tuning['grid'][-1]:g} on the labels it is scored on); "
-              "held out: each subset at the threshold best on the others "
+              "held out: each subset at the threshold best on the others: "
               + ", ".join(f"{k} {v:g}" for k, v in tuning["held_out_thresholds"].items()))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
