@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from detector import scenarios
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def trace() -> object:
+def trace() -> pd.DataFrame:
     trace, _ = scenarios.generate_healthy(n_pods=4, hours=3.0, seed=7)
     return trace
 
@@ -42,6 +43,15 @@ def test_the_registry_checks_what_a_registration_must_say(monkeypatch: pytest.Mo
     monkeypatch.undo()
     scratch.register(monkeypatch)  # the line and the kind's row
     assert registry.check() == []
+    from dataclasses import replace
+
+    from detector import kinds
+
+    leak = replace(kinds.BY_NAME["memory_leak"], detector="drift")  # a row naming another
+    monkeypatch.setitem(kinds.BY_NAME, "memory_leak", leak)
+    assert "kind 'memory_leak' names detector 'drift', but 'trend' decides it" in (
+        registry.check())
+    monkeypatch.setitem(kinds.BY_NAME, "memory_leak", replace(leak, detector="trend"))
     assert registry.check((*registry.REGISTRY, scratch.SPEC)) == [
         "detector 'scratch' registered twice", "kind 'scratch_growth' is decided twice"]
 
@@ -60,10 +70,12 @@ def test_the_contract_suite_runs_over_a_newly_registered_detector() -> None:
 
 
 def test_the_store_and_the_pipeline_pick_it_up(monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path, trace: object) -> None:
+                                              tmp_path: Path, trace: pd.DataFrame) -> None:
     shipped = store.load_bundle(default_model_dir())  # (a bundle without it: refused after)
     scratch.register(monkeypatch)
-    with pytest.raises(ModelIntegrityError, match="must list exactly"):
+    with pytest.raises(ModelIntegrityError, match=r"no files of detector\(s\) \['scratch'\] "
+                                                  r"\(registered after it was trained\); "
+                                                  r"retrain"):
         store.load_bundle(default_model_dir())
     det = scratch.ScratchDetector()
     det.fitted_, det.threshold_ = True, -1.0  # every window with a memory limit "grew"
@@ -80,7 +92,7 @@ def test_the_store_and_the_pipeline_pick_it_up(monkeypatch: pytest.MonkeyPatch,
     pipe = Pipeline.load(path)
     assert set(pipe.others) == {"scratch"} and [n for n, _ in pipe.deciders()] == [
         "univariate", "scratch"]
-    raised = [v for _, batch, _ in iter_batches(trace, step_s=300.0)  # type: ignore[arg-type]
+    raised = [v for _, batch, _ in iter_batches(trace, step_s=300.0)
               for v in pipe.evaluate(batch) if v.is_anomaly]
     assert raised and {v.kind for v in raised} == {"scratch_growth"}
     assert all(v.explanation is not None and "working set" in v.explanation.text
@@ -97,12 +109,12 @@ def test_the_store_and_the_pipeline_pick_it_up(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_training_fits_every_registered_detector(monkeypatch: pytest.MonkeyPatch,
-                                                 trace: object) -> None:
+                                                 trace: pd.DataFrame) -> None:
     """``fit_detectors`` fits what the registry lists (here the custom-metric detector and
     the scratch one only, so the test trains no autoencoder)."""
     scratch.register(monkeypatch)
     monkeypatch.setattr(registry, "REGISTRY", (UNIVARIATE, scratch.SPEC))
-    healthy = collect_windows(trace, windows=WindowSettings())  # type: ignore[arg-type]
+    healthy = collect_windows(trace, windows=WindowSettings())
     result = fit_detectors(healthy, detection=DetectionSettings(), seed=0)
     assert set(result.detectors) == {"univariate", "scratch"}
     fitted = result.detectors["scratch"]

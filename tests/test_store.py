@@ -43,7 +43,7 @@ TREND = TrendDetector(u0=0.02)
 
 
 def _dets(drift: DriftDetector, trend: TrendDetector = TREND) -> dict[str, object]:
-    """The detectors of a bundle (store.MEMBERS: the registered detectors' members)."""
+    """The detectors of a bundle (the registered detectors with a bundle member)."""
     return {"drift": drift, "trend": trend, "univariate": UnivariateDetector()}
 
 

@@ -41,8 +41,8 @@ def fitted() -> tuple[DetectorSpec, ...]:
 def check(registry: tuple[DetectorSpec, ...] | None = None) -> list[str]:
     """What is wrong with ``registry`` (default :data:`REGISTRY`; empty: nothing): duplicate
     names, a part of an unknown detector, a kind outside ``detector.kinds`` or decided twice,
-    a kind of the kinds table no detector decides, a top-level detector without a member or
-    fit hook."""
+    a kind of the kinds table no detector decides or that names another detector than the
+    one deciding it, a top-level detector without a member or fit hook."""
     if registry is None:
         registry = REGISTRY
     names = [s.name for s in registry]
@@ -57,6 +57,10 @@ def check(registry: tuple[DetectorSpec, ...] | None = None) -> list[str]:
                  for s in registry for k in s.kinds if k not in kinds_table.BY_NAME]
     problems += [f"no registered detector decides kind {k!r}" for k in kinds_table.BY_NAME
                  if k not in decided]
+    problems += [f"kind {k!r} names detector {kinds_table.BY_NAME[k].detector!r}, but "
+                 f"{s.name!r} decides it" for s in registry for k in s.kinds
+                 if k in kinds_table.BY_NAME
+                 and kinds_table.BY_NAME[k].detector.split(" ")[0] != s.name]
     problems += [f"{s.name!r} needs a bundle member and a fit hook" for s in registry
                  if s.part_of is None and (s.member is None or s.fit is None)]
     return problems

@@ -382,6 +382,11 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise ModelIntegrityError(f"{path}: a bundle of an older podguard (the forest as "
                                   f"{_OLD_FOREST}, which needs scikit-learn and skops); "
                                   f"retrain it with this version (podguard train)")
+    absent = [m.name for m in _members() if m.files and not m.files & set(listed)]
+    if absent:  # a detector registered after the bundle was trained
+        raise ModelIntegrityError(f"{path}: the bundle has no files of detector(s) {absent} "
+                                  "(registered after it was trained); retrain it with this "
+                                  "version (podguard train)")
     if set(listed) != _bundle_files():
         raise ModelIntegrityError(f"{CARD} must list exactly {sorted(_bundle_files())}")
     foreign = sorted(set(contents) - _bundle_files())
