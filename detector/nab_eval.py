@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,49 @@ class Row:
     detector: str
     scores: dict[str, nab.SetScore]  # subset or "total" -> score
     no_anomaly_alarms: int  # detections on artificialNoAnomaly (after the probationary period)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # per file: file_detail
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "detector": self.detector,
             "no_anomaly_alarms": self.no_anomaly_alarms,
             "scores": {k: {"score": round(v.score, 4), "raw": round(v.raw, 4),
                            "windows": v.windows, "detected": v.detected,
                            "false_positives": v.false_positives} for k, v in self.scores.items()},
         }
+        if self.files:
+            out["files"] = self.files
+        return out
 
 
-def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarray]) -> Row:
+def file_detail(files: Sequence[nab.NabFile], detections: dict[str, np.ndarray]
+                ) -> dict[str, dict[str, Any]]:
+    """Per file, what the score is made of: each scored window (``rows``, first and last)
+    with its first detection's row and position in the window (0 = its first row, 0.5 its
+    labelled centre; both None when missed), and the rows of the false positives (all after
+    the probationary period)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        d = np.asarray(detections[f.name], dtype=bool)
+        probation = nab.probationary_length(d.size)
+        inside = np.zeros(d.size, dtype=bool)
+        wins = []
+        for a, b in f.windows:
+            inside[a:b + 1] = True
+            if b < probation:
+                continue
+            hits = np.flatnonzero(d[max(a, probation):b + 1])
+            first = max(a, probation) + int(hits[0]) if hits.size else None
+            at = None if first is None else round((first - a) / (b - a + 1), 3)
+            wins.append({"rows": [a, b], "first_detection": first, "position": at})
+        fps = np.flatnonzero(d & ~inside)
+        out[f.name] = {"windows": wins,
+                       "false_positive_rows": [int(i) for i in fps[fps >= probation]]}
+    return out
+
+
+def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarray], *,
+         detail: bool = False) -> Row:
     scores = nab.score_detections(files, detections)
     labelled = [f for f in files if f.subset != nab.NO_ANOMALY_SUBSET]
     quiet = [f for f in files if f.subset == nab.NO_ANOMALY_SUBSET]
@@ -67,7 +98,8 @@ def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarr
     present = {f.subset for f in labelled}
     subsets = [s for s in nab.LABELLED_SUBSETS if s in present] + sorted(
         present - set(nab.LABELLED_SUBSETS))  # nab-dev's order first, then any other
-    return Row(name, nab.by_subset(labelled, scores, subsets), alarms)
+    return Row(name, nab.by_subset(labelled, scores, subsets), alarms,
+               file_detail(files, detections) if detail else {})
 
 
 def published_rows(root: Path, files: Sequence[nab.NabFile]) -> list[Row]:
@@ -95,8 +127,6 @@ def podguard_detections(files: Sequence[nab.NabFile], threshold: float | None = 
     """The alarms (bool per row) of podguard's univariate detector with its default settings
     and a seasonal time scale of one day (in each file's own points), causal, one run per
     file (``threshold``: another threshold than the default)."""
-    from dataclasses import replace
-
     from detector.models.univariate import UnivariateDetector
 
     base = UnivariateDetector()
@@ -122,7 +152,7 @@ def podguard_row(files: Sequence[nab.NabFile], threshold: float | None = None) -
     """:func:`podguard_detections` scored (``threshold``: another threshold than the
     default, for a sweep)."""
     return _row("podguard univariate" + ("" if threshold is None else f" @ {threshold:g}"),
-                files, podguard_detections(files, threshold))
+                files, podguard_detections(files, threshold), detail=True)
 
 
 TUNING_GRID: tuple[float, ...] = tuple(round(2.0 + 0.25 * k, 2) for k in range(13))
@@ -148,9 +178,11 @@ def tuned_rows(files: Sequence[nab.NabFile], grid: Sequence[float] = TUNING_GRID
                ) -> tuple[list[Row], dict[str, Any]]:
     """NAB's threshold optimisation over ``grid`` (one run of the detector per threshold),
     done twice (:func:`tuning_from_runs`)."""
-    runs = {float(t): nab.score_detections(files, podguard_detections(files, t))
-            for t in grid}
-    return tuning_from_runs(files, runs)
+    dets = {float(t): podguard_detections(files, t) for t in grid}
+    runs = {t: nab.score_detections(files, d) for t, d in dets.items()}
+    rows, info = tuning_from_runs(files, runs)
+    rows[0] = replace(rows[0], files=file_detail(files, dets[info["tuned_threshold"]]))
+    return rows, info
 
 
 def tuning_from_runs(files: Sequence[nab.NabFile],

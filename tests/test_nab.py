@@ -170,6 +170,8 @@ def test_evaluate_nab_command_on_a_tiny_corpus(tmp_path: Path,
     written = json.loads((tmp_path / "out" / "nab.json").read_text())
     assert written["rows"][3]["detector"] == "ARTime"
     assert written["tuning"]["grid"] == list(nab_eval.TUNING_GRID)
+    assert set(written["rows"][0]["files"]) == {"sub/a.csv"}  # podguard's rows say why
+    assert "files" in written["rows"][1] and "files" not in written["rows"][3]
     assert main(["evaluate", "--nab", str(tmp_path / "missing")]) == 2
 
 
@@ -205,3 +207,19 @@ def test_threshold_tuning_and_leave_one_subset_out() -> None:
     assert held.scores["total"].detected == 0 and held.scores["total"].windows == 2
     with pytest.raises(InputError, match="no threshold"):
         nab_eval.tuning_from_runs(files, {})
+
+
+def test_file_detail_names_each_window_and_false_positive() -> None:
+    from detector import nab_eval
+
+    f = _nab_file("realTweets/f.csv", ((100, 120), (500, 599), (800, 899)))
+    d = det(N, 130, 160, 550, 610, 950)  # 130: in the probationary period (150 rows)
+    detail = nab_eval.file_detail([f], {f.name: d})[f.name]
+    # the window wholly inside the probationary period is not scored, so not listed
+    assert detail["windows"] == [
+        {"rows": [500, 599], "first_detection": 550, "position": 0.5},
+        {"rows": [800, 899], "first_detection": None, "position": None}]
+    assert detail["false_positive_rows"] == [160, 610, 950]
+    row = nab_eval._row("x", [f], {f.name: d}, detail=True)
+    assert row.to_json_dict()["files"][f.name] == detail
+    assert "files" not in nab_eval._row("x", [f], {f.name: d}).to_json_dict()
