@@ -430,6 +430,12 @@ class PrometheusSourceSettings(_SourceSection):
     node_name: str = Field(
         "", description="Node whose pods are watched; empty: the NODE_NAME environment variable "
                         "(downward API); neither: every pod Prometheus has.")
+
+    def node(self, environ: Mapping[str, str] | None = None) -> str:
+        """The node this daemon judges: ``node_name``, else ``NODE_NAME`` of ``environ``
+        (default: the process environment); "" if neither is set."""
+        env = os.environ if environ is None else environ
+        return self.node_name or env.get("NODE_NAME", "")
     node_matcher: str = Field(
         'node="{node}"', description="PromQL label matcher scoping series to the node; "
                                      "{node} is replaced by the node name.")
