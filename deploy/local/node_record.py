@@ -97,12 +97,16 @@ MIXES: dict[str, list[Workload]] = {
     ],
     # A longer recording: the soak's dozen workloads (data/real/soak.csv.gz, 35 minutes).
     "soak": soak_mix(),
-    # The real-kernel tests: ~2.5 minutes.
+    # The real-kernel tests (~7 minutes): two leaks that OOM 4-6 minutes after their start (a
+    # real PyTorch trainer keeping its loss with the graph, and a plain allocation leak), a
+    # crash-looping leak that OOMs every ~65 s, and three healthy shapes.
     "quick": [
         _w("fast-leak", "leak", 200, "--onset-s", "20", "--rate-mib-min", "240",
            "--base-mib", "20", leaky=True),
-        _w("trainer-kept-loss", "trainer-kept-loss", 560, "--onset-s", "20",
-           "--rate-mib-min", "150", leaky=True),
+        _w("leak", "leak", 256, "--onset-s", "20", "--rate-mib-min", "45",
+           "--base-mib", "20", leaky=True),
+        _w("trainer-kept-loss", "trainer-kept-loss", 600, "--onset-s", "20",
+           "--rate-mib-min", "60", leaky=True),
         _w("pagecache-reader", "pagecache", 128, "--file-mib", "200", "--read-mib-s", "40"),
         _w("gc-sawtooth", "sawtooth", 200, "--base-mib", "30", "--peak-mib", "100",
            "--period-s", "20"),

@@ -38,15 +38,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from detector import traces as tr
 from detector.errors import ConfigError, PermanentError
-from detector.settings import PrometheusSourceSettings
-from detector.sources.base import Delivery, SampleColumns, SourceStatus, next_wait
+from detector.settings import PrometheusSourceSettings, Settings
+from detector.sources.base import Delivery, SampleColumns, SourceSpec, SourceStatus, next_wait
 from detector.transport.prometheus import PrometheusClient, chunks
 from detector.transport.retry import retry_delay
 
@@ -68,8 +68,7 @@ class PrometheusSource:
         self.log = logger
         self.clock = clock
         self.sleep = sleep
-        env = os.environ if environ is None else environ
-        self.node = settings.node_name or env.get("NODE_NAME", "")
+        self.node = settings.node(environ)
         self.queries = build_queries(settings, self.node)
         self._client: Any = None
         self._next_from: float | None = None  # start of the next range to fetch
@@ -255,3 +254,12 @@ def _escape(value: str) -> str:
 def _short(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}"
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def _build(settings: Settings, logger: logging.Logger, out_dir: Path | None) -> PrometheusSource:
+    return PrometheusSource(settings.sources.prometheus, logger=logger)
+
+
+SOURCE = SourceSpec("prometheus", _build, adopts_node_alerts=True)
+"""``sources.kind: prometheus``: this daemon alone judges its node's pods (after a restart it
+takes over the node's open alerts)."""
