@@ -67,14 +67,13 @@ from detector.models import registry
 from detector.models.drift import DriftDetector
 from detector.models.spec import CARD, Member, write_files
 from detector.models.state import CardHead, CardTime, read_state
-from detector.models.trend import TREND_JSON, TrendDetector
+from detector.models.trend import TrendDetector
 from detector.models.univariate import UnivariateDetector
 
 __all__ = [
     "BUNDLE_FILES",
     "CARD",
     "CURRENT",
-    "TREND_JSON",
     "Bundle",
     "Member",
     "card_created",
