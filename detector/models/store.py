@@ -459,4 +459,6 @@ def load_bundle(path: str | Path) -> Bundle:
             detectors[m.name] = m.read(contents, card)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelIntegrityError(f"malformed {m.name} state in {p}: {exc!r}") from exc
+        except ModelIntegrityError as exc:  # the member's own check: say which bundle
+            raise ModelIntegrityError(f"{p}: {m.name}: {exc}") from exc
     return Bundle(detectors=detectors, card=card, path=p)
