@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from detector.runtime import build
 from detector.settings import Settings, SourcesSettings, _SourceSection
 from detector.sources.base import Delivery, SourceSpec, SourceStatus, source_spec
+from tests.support.kube import use_kubeconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = logging.getLogger("test")
@@ -134,8 +135,7 @@ def test_the_outputs_are_what_the_sink_specs_build(tmp_path: Path,
     from detector.sinks.console import ConsoleSink
     from detector.sinks.jsonl import JsonLinesSink
 
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # no cluster
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    use_kubeconfig(monkeypatch, tmp_path / "none")  # no cluster
     sinks, hook = build.make_outputs(Settings(), logger=LOG, out_dir=tmp_path)
     assert [type(s) for s in sinks] == [JsonLinesSink, OnChange]  # the embedded default
     assert isinstance(sinks[1], OnChange) and isinstance(sinks[1].sink, ConsoleSink)
@@ -167,17 +167,10 @@ def test_the_sinks_and_the_diagnosis_share_one_actuator(tmp_path: Path,
     """One Actuator for every Event of the daemon (its event dedupe in one place): the Event
     sink's and the in-pod diagnosis' Events go through the same one (a dry run: planned, not
     posted; the kubeconfig only read, nothing is contacted)."""
-    from kubernetes import client
-    from kubernetes.config import kube_config
-
     from detector.sinks.k8s_events import KubernetesEventSink
 
-    monkeypatch.setattr(client.Configuration, "_default", None)  # restored after the test
     (tmp_path / "kubeconfig").write_text(_KUBECONFIG)
-    # (the client reads KUBECONFIG when it is imported)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(tmp_path / "kubeconfig"))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    use_kubeconfig(monkeypatch, tmp_path / "kubeconfig")
     cluster = Settings.model_validate({
         "sources": {"kind": "prometheus", "prometheus": {"url": "http://127.0.0.1:9",
                                                          "node_name": "n1"}},
