@@ -135,7 +135,8 @@ this share of it over the same span."""
 def _nanquantile_sorted(xs: np.ndarray, cnt: np.ndarray, q: float) -> np.ndarray:
     """Quantile ``q`` of rows already sorted along the last axis (NaN last), ``cnt`` finite."""
     pos = np.clip(np.floor(q * (cnt - 1)).astype(np.int64), 0, max(xs.shape[-1] - 1, 0))
-    out = np.take_along_axis(xs, pos[..., None], axis=-1)[..., 0]
+    rows = xs.reshape(-1, xs.shape[-1])
+    out = rows[np.arange(rows.shape[0]), pos.reshape(-1)].reshape(pos.shape)
     return np.where(cnt > 0, out, np.nan)
 
 
@@ -197,13 +198,11 @@ def _mann_kendall_s(dy: np.ndarray, ok: np.ndarray) -> np.ndarray:
 def max_drawdown(x: np.ndarray) -> np.ndarray:
     """(R,) float64: the largest fall of each row of ``x`` (R, L) below its running maximum
     over its finite points (0 for none, NaN points skipped)."""
-    fin = np.isfinite(x)
-    filled = np.where(fin, x, -np.inf)
-    dd = np.maximum.accumulate(filled, axis=-1)
-    np.subtract(dd, x, out=dd, where=fin)
-    dd[~fin] = 0.0
-    dd[~np.isfinite(dd)] = 0.0
-    return dd.max(axis=-1, initial=0.0).astype(np.float64)
+    filled = np.where(np.isfinite(x), x, -np.inf)
+    d = np.maximum.accumulate(filled, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d -= filled  # the fall below the running maximum; not finite where x is not
+    return np.where(np.isfinite(d), d, 0.0).max(axis=-1, initial=0.0).astype(np.float64)
 
 
 class _Coarse:
