@@ -290,9 +290,9 @@ def path_dependent_tree_shap(
         o = ((xg > paths.lower) & (xg <= paths.upper)).astype(np.float64)
         poly = np.zeros((m, n_leaves, depth + 1))
         poly[..., 0] = 1.0
-        for k in range(depth):  # times (z_k + o_k t)
+        for k in range(depth):  # times (z_k + o_k t); the coefficients above t^(k+1) stay 0
             ok, zk = o[..., k, None], z[None, :, k, None]
-            poly[..., 1:] = zk * poly[..., 1:] + ok * poly[..., :-1]
+            poly[..., 1:k + 2] = zk * poly[..., 1:k + 2] + ok * poly[..., :k + 1]
             poly[..., 0] *= zk[..., 0]
         # o_i = 0: q = poly / z_i
         s_zero = np.einsum("mls,ls->ml", poly, weights)[..., None] / z[None]
