@@ -633,7 +633,12 @@ class TrendDetector(ThresholdMixin):
             has_lim = np.isfinite(lim) & (lim > 0)
             room = np.where(has_lim, lim - peak, np.nan)
             decel = q < LINEAR_Q
-            now = np.where(decel, r_recent, rate)
+            # the pace now: for an incarnation that started inside the span, the faster of
+            # its whole life and the recent half of it (a leak that began, or sped up, after
+            # the start: the median slope, diluted by the flat start, told a kept-loss
+            # trainer on a real kernel 9.9 min to OOM at 6.3); a span full of data keeps its
+            # median (a short recent half is noisy); the recent half's while it slows down
+            now = np.where(decel, r_recent, np.where(full, rate, np.fmax(rate, r_recent)))
             tto = np.where(has_lim, projected_tto(room, now, q, half_s), np.inf)
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
             # urgency as the slow path has it: the fraction of the headroom consumed per hour
