@@ -85,6 +85,13 @@ leak riding on a load cycle dips under it in every falling half; no resolve and 
 
 
 
+LATCH_HORIZON = 2.0
+"""A raised leak stays raised while its projected time to OOM is within this many times
+``detection.leak_horizon_s`` (it is raised only within the horizon). Without it a slow
+growth whose best channel switched between the working set (OOM in 17 h) and the RSS (25 h,
+beyond the 24 h horizon) resolved and fired again four times in an hour."""
+
+
 CRASHLOOP_KILLS = 2
 """OOM kills of a pod after which its next incarnations are warned from their start, until
 one outlives the last killed one (a crash-looping leak: the kernel kills each incarnation
@@ -204,7 +211,11 @@ class Pipeline:
         crash_loop = ((kills >= CRASHLOOP_KILLS) & ~stale
                       & (np.nan_to_num(by_life, nan=0.0) > 0))
         raw_leak = ((leak_score > leak_thr) & ~stale & ~far & ~revisit) | crash_loop
-        held = (leak_score > LATCH_FRACTION * leak_thr) & ~stale & ~far
+        # hysteresis: a raised leak stays raised while its OOM is projected within
+        # LATCH_HORIZON times the horizon (the window's best channel can switch to one whose
+        # projection lies just beyond it)
+        near_enough = ~(tto_all > LATCH_HORIZON * self.settings.leak_horizon_s)
+        held = (leak_score > LATCH_FRACTION * leak_thr) & ~stale & near_enough
         near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
         # a pod seen for less than NEW_POD_S is judged only for a leak (its imminent OOM):
         # its drift features and custom metrics have no baseline yet
