@@ -8,8 +8,11 @@ Decision order for a window that is not stale:
 1. the leak detector (robust trend on memory) flags it -> ``memory_leak`` or
    ``gpu_memory_leak`` (by the channel that leaks), with the leak rate and time to OOM;
 2. else the drift detector (autoencoder + isolation forest) flags it -> ``drift``;
-3. else a custom metric of the pod (``batch.extra``, outside the built-in channels) is far
-   from its own baseline (:mod:`detector.models.univariate`) -> ``metric_anomaly``;
+3. else each registered detector with a decider (``detector.models.registry``, in its
+   order; the leak and drift detectors are :data:`BUILT_IN`, decided above), each judging the
+   windows no earlier one flagged: today the custom-metric detector (a custom metric of the
+   pod, ``batch.extra``, outside the built-in channels, far from its own baseline,
+   :mod:`detector.models.univariate`) -> ``metric_anomaly``;
 4. else ``none``.
 
 A pod must be flagged on ``confirm_steps`` consecutive evaluations before ``is_anomaly``
@@ -25,19 +28,37 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from detector import explain as xp
 from detector.channels import LEAK_CHANNELS, channel_words
 from detector.errors import ModelIntegrityError
+from detector.models import registry
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
-from detector.models.trend import TTO_BAND, LeakReport, TrendDetector, page_cache_growth
-from detector.models.univariate import Judgement, StreamBank, UnivariateDetector
+from detector.models.spec import NEW_POD_S, Decider, Judged, pod_age_s
+from detector.models.trend import (
+    TTO_BAND,
+    LeakReport,
+    TrendDetector,
+    decision_scores,
+    leak_decision_scores,
+    page_cache_growth,
+)
+from detector.models.univariate import UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
-from detector.windows import CHANNELS, PodKey, WindowBatch
+from detector.windows import PodKey, WindowBatch
+
+__all__ = ["BUILT_IN", "NEW_POD_S", "Pipeline", "decision_scores", "default_model_dir",
+           "leak_decision_scores", "pod_age_s", "select_features"]
+
+BUILT_IN: tuple[str, ...] = ("trend", "drift")
+"""The registered detectors this module decides itself (a leak latches, a crash loop is
+warned from its start, drift on growing memory is the leak it is); every other registered
+detector with kinds is decided by its spec's decider."""
 
 
 @dataclass
@@ -76,23 +97,6 @@ OOM within the horizon, leak score above this fraction of its threshold), the ve
 leak it is, with its time to OOM (GPU memory creep moves the drift features first)."""
 
 
-NEW_POD_S = 300.0
-"""A pod whose data in its window spans less than this (it started inside the window) is
-judged for leaks only; the window engine marks windows stale only for their first
-``min_history_s`` (2 min), so a crash loop's incarnations that the kernel kills within
-minutes can be warned of."""
-
-
-def pod_age_s(batch: WindowBatch) -> np.ndarray:
-    """(n,) seconds of data in each window since its pod's first working-set point (inf for
-    a pod older than the window or without memory data)."""
-    ws = batch.values[:, CHANNELS.index("mem_working_set"), :]  # a view, no copy
-    fin = np.isfinite(ws)
-    L = ws.shape[-1]
-    first = np.argmax(fin, axis=-1)
-    return np.where(fin.any(axis=-1) & (first > 0), (L - first) * batch.step_s, np.inf)
-
-
 @dataclass
 class Pipeline:
     trend: TrendDetector
@@ -100,9 +104,11 @@ class Pipeline:
     settings: DetectionSettings = field(default_factory=DetectionSettings)
     version: str = "unversioned"
     univariate: UnivariateDetector = field(default_factory=UnivariateDetector)
+    others: dict[str, Any] = field(default_factory=dict)
+    """Any other registered detector (by name), as a bundle gives it."""
     _pods: dict[PodKey, _PodState] = field(default_factory=dict, repr=False)
     _history: LevelHistory = field(default_factory=LevelHistory, repr=False)
-    _extra: dict[str, StreamBank] = field(default_factory=dict, repr=False)  # custom metrics
+    _deciders: dict[str, tuple[Any, Decider]] = field(default_factory=dict, repr=False)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -117,8 +123,32 @@ class Pipeline:
             drift=bundle.drift,
             settings=settings or DetectionSettings(),
             version=str(bundle.card.get("version", "unknown")),
-            univariate=_univariate_of(bundle.card),
+            univariate=bundle.univariate,
+            others={n: d for n, d in bundle.detectors.items()
+                    if n not in ("trend", "drift", "univariate")},
         )
+
+    def detector(self, name: str) -> Any:
+        """The registered detector ``name`` of this pipeline."""
+        own = {"trend": self.trend, "drift": self.drift, "univariate": self.univariate}
+        return own[name] if name in own else self.others[name]
+
+    def deciders(self) -> list[tuple[str, Decider]]:
+        """The deciders of the registered detectors that have one, in registry order (each
+        built from this pipeline's detector, again when the detector was replaced)."""
+        out = []
+        for spec in registry.REGISTRY:
+            if spec.decider is None or spec.name in BUILT_IN:
+                continue
+            det = self.detector(spec.name)
+            held = self._deciders.get(spec.name)
+            if held is None or held[0] is not det:
+                dec = spec.decider(det)
+                if held is not None:
+                    dec.adopt(held[1])
+                held = self._deciders[spec.name] = (det, dec)
+            out.append((spec.name, held[1]))
+        return out
 
     def drift_features(self, batch: WindowBatch) -> np.ndarray:
         """The columns of ``batch.features`` the drift ensemble was fitted on, in its order."""
@@ -128,10 +158,8 @@ class Pipeline:
         """Drops the debouncing state and the history of a pod that vanished."""
         self._pods.pop(key, None)
         self._history.forget(key)
-        for name, bank in list(self._extra.items()):
-            bank.forget(key)
-            if not len(bank):  # no pod left with this custom metric
-                del self._extra[name]
+        for _name, dec in self.deciders():
+            dec.forget(key)
 
     def adopt_state(self, previous: Pipeline) -> None:
         """Carries ``previous``'s per-pod debouncing state over (a hot-reloaded model keeps
@@ -139,10 +167,10 @@ class Pipeline:
         verdict)."""
         self._pods = previous._pods
         self._history = previous._history
-        if previous.univariate.config == self.univariate.config:  # same streams, same meaning
-            self._extra = previous._extra
-            for bank in self._extra.values():
-                bank.det = self.univariate
+        before = dict(previous.deciders())
+        for name, dec in self.deciders():  # each keeps its state where it means the same
+            if name in before:
+                dec.adopt(before[name])
 
     def known_pods(self) -> list[PodKey]:
         return list(self._pods)
@@ -183,8 +211,13 @@ class Pipeline:
         new_pod = pod_age_s(batch) < NEW_POD_S
         raw_drift = drift.is_anomaly & ~stale & ~new_pod & ~raw_leak
         inc_start = self._history.incarnation_start(slots)
-        metric = _judge_extra(self.univariate, self._extra, batch,
-                              ~stale & ~new_pod & ~raw_leak & ~raw_drift)
+        eligible = ~stale & ~new_pod & ~raw_leak & ~raw_drift
+        judged: list[Judged] = []
+        for _name, dec in self.deciders():  # each judges what no earlier one flagged
+            j = dec.judge(batch, eligible)
+            if j is not None:
+                judged.append(j)
+                eligible = eligible & ~j.flagged
 
         verdicts: list[Verdict] = []
         explain_leak: list[int] = []
@@ -197,14 +230,17 @@ class Pipeline:
             leak_kind: Kind = ("gpu_memory_leak" if report.channel[i] == "gpu_fb_used"
                                else "memory_leak")
             kind: Kind = "none"
+            owner: Judged | None = None
             if raw_leak[i] or (st.latched and held[i]):
                 kind = leak_kind
             elif raw_drift[i]:
                 # growing memory that also moves the drift features is the leak it is, and so
                 # is the restart storm of a pod its kernel OOM-killed (a crash-looping leak)
                 kind = leak_kind if (near_leak[i] or kills[i] > 0) else "drift"
-            elif metric is not None and metric.flagged[i]:
-                kind = "metric_anomaly"
+            else:
+                owner = next((j for j in judged if j.flagged[i]), None)
+                if owner is not None:
+                    kind = cast(Kind, owner.kind)
             if kind in ("memory_leak", "gpu_memory_leak"):
                 if math.isnan(st.leak_since):
                     view = report.view_s[i] if report.view_s is not None else math.nan
@@ -227,16 +263,18 @@ class Pipeline:
                 score, thr = float(leak.score[i]), float(leak_thr[i])
             elif kind == "drift":
                 score, thr = float(drift.score[i]), drift.threshold
-            elif kind == "metric_anomaly" and metric is not None:
-                score, thr = float(metric.score[i]), float(metric.threshold[i])
+            elif owner is not None:
+                score, thr = float(owner.score[i]), float(owner.threshold[i])
             else:  # report whichever detector is closest to its threshold
                 lr = _ratio(float(leak.score[i]), float(leak_thr[i]))
                 dr = _ratio(float(drift.score[i]), drift.threshold)
                 score, thr = ((float(leak.score[i]), float(leak_thr[i])) if lr >= dr
                               else (float(drift.score[i]), drift.threshold))
-                if metric is not None and _ratio(float(metric.score[i]), float(
-                        metric.threshold[i])) > max(lr, dr):
-                    score, thr = float(metric.score[i]), float(metric.threshold[i])
+                best = max(lr, dr)
+                for j in judged:
+                    r = _ratio(float(j.score[i]), float(j.threshold[i]))
+                    if r > best:
+                        score, thr, best = float(j.score[i]), float(j.threshold[i]), r
             tto = rng = rate = None
             if kind in ("memory_leak", "gpu_memory_leak"):
                 tto = _finite(report.time_to_oom_s[i])
@@ -255,8 +293,8 @@ class Pipeline:
                 leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
                 model_version=self.version,
             ))
-            if positive and self.settings.explain and kind == "metric_anomaly" and metric:
-                text, values = metric.explain(self.univariate, i, batch.step_s)
+            if positive and self.settings.explain and owner is not None:
+                text, values = owner.explain(i, batch.step_s)
                 verdicts[i] = _with_explanation(verdicts[i], text, values)
             elif positive and self.settings.explain:
                 (explain_leak if kind != "drift" else explain_drift).append(i)
@@ -327,78 +365,6 @@ class Pipeline:
 _SUBJECT = {c: channel_words(c) for c in LEAK_CHANNELS}
 
 
-@dataclass(frozen=True)
-class _ExtraVerdicts:
-    """The custom metrics' judgement of each window: the most anomalous metric of each."""
-
-    flagged: np.ndarray  # (n,) bool
-    score: np.ndarray  # (n,) of the chosen metric (NaN: none judged)
-    threshold: np.ndarray  # (n,)
-    metric: list[str | None]  # the chosen metric of each window
-    judgements: dict[str, Judgement]
-
-    def explain(self, det: UnivariateDetector, i: int, step_s: float
-                ) -> tuple[str, dict[str, float]]:
-        name = self.metric[i]
-        assert name is not None
-        text, values = det.explain(name, self.judgements[name], i, step_s=step_s)
-        return "custom metric anomaly: " + text, values
-
-
-def _judge_extra(det: UnivariateDetector, banks: dict[str, StreamBank], batch: WindowBatch,
-                 eligible: np.ndarray) -> _ExtraVerdicts | None:
-    """Each custom metric of ``batch.extra`` through ``det``, streaming: one state per pod
-    and metric (``banks``, kept across evaluations) advanced by the window's points that are
-    new since the last evaluation, so a step costs O(new points) and the verdict is the one a
-    causal replay of the pod's whole series gives. Every window with data advances its
-    state; per ``eligible`` window the metric furthest above its family's threshold is
-    reported. ``None`` without custom metrics."""
-    if not batch.extra:
-        return None
-    n = len(batch)
-    best = np.full(n, -np.inf)
-    out = _ExtraVerdicts(flagged=np.zeros(n, bool), score=np.full(n, np.nan),
-                         threshold=np.full(n, det.default_threshold), metric=[None] * n,
-                         judgements={})
-    times = np.asarray(batch.ts, dtype=np.float64)[:, None] + np.asarray(batch.grid)[None, :]
-    for name in sorted(batch.extra):
-        x = np.asarray(batch.extra[name], dtype=np.float64)
-        rows = np.flatnonzero(np.isfinite(x).any(axis=1))
-        if rows.size == 0:
-            continue
-        thr = det.threshold_for(name)
-        bank = banks.setdefault(name, StreamBank(det))
-        j = bank.advance([batch.keys[i] for i in rows.tolist()], times[rows], x[rows], thr)
-        spread: dict[str, np.ndarray] = {f: _scatter(getattr(j, f), rows, n)
-                                         for f in j.__dataclass_fields__ if f != "scales"}
-        full = replace(j, **spread)  # type: ignore[arg-type]
-        out.judgements[name] = full
-        ratio = np.where(np.isfinite(full.score) & eligible, full.score / thr, -np.inf)
-        better = ratio > best
-        best = np.where(better, ratio, best)
-        out.score[better] = full.score[better]
-        out.threshold[better] = thr
-        out.flagged[:] = np.where(better, full.is_anomaly, out.flagged)
-        for i in np.flatnonzero(better).tolist():
-            out.metric[i] = name
-    return out
-
-
-def _scatter(a: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    out = np.full((n, *a.shape[1:]), False if a.dtype == bool else np.nan,
-                  dtype=a.dtype if a.dtype == bool else np.float64)
-    out[rows] = a
-    return out
-
-
-def _univariate_of(card: dict) -> UnivariateDetector:
-    """The custom-metric detector a bundle's card carries (key ``univariate``, the JSON state
-    of :class:`UnivariateDetector`); a bundle without one gets the defaults (every family
-    at :data:`detector.models.univariate.DEFAULT_THRESHOLD`)."""
-    state = card.get("univariate")
-    return UnivariateDetector() if state is None else UnivariateDetector.from_state(state)
-
-
 def select_features(batch: WindowBatch, names: tuple[str, ...]) -> np.ndarray:
     """The columns ``names`` of ``batch.features`` (ModelIntegrityError if one is missing)."""
     if tuple(batch.feature_names) == tuple(names):
@@ -433,47 +399,3 @@ def _ratio(score: float, thr: float) -> float:
     if not math.isfinite(score):
         return -math.inf
     return score / thr if thr > 0 else score - thr
-
-
-def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
-                         horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The slow and fast leak paths' scores on healthy windows as the decision sees them
-    (:func:`decision_scores`)."""
-    slow, fast, _imminent = decision_scores(trend, healthy, horizon_s=horizon_s)
-    return slow, fast
-
-
-def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: float
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three leak paths' scores on healthy windows as the decision sees them: replayed in
-    time order through a fresh :class:`LevelHistory`, with 0 where a verdict could not be a
-    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held);
-    the imminent path's NaN where it does not judge (no incarnation younger than the fast
-    path's minimum). Thresholds fitted on these give the target false-alarm rate of the
-    verdicts themselves."""
-    slow_all = np.zeros(len(healthy))
-    fast_all = np.zeros(len(healthy))
-    imm_all = np.full(len(healthy), np.nan)
-    if len(healthy) == 0:
-        return slow_all, fast_all, imm_all
-    history = LevelHistory()
-    order = np.argsort(healthy.ts, kind="stable")
-    ts_sorted = healthy.ts[order]
-    cuts = np.flatnonzero(np.diff(ts_sorted)) + 1
-    for idx in np.split(order, cuts):
-        sub = healthy.subset(idx)
-        slots = history.update(sub)
-        rep = trend.leak_report(sub)
-        slow, fast = trend.path_scores(sub)
-        imm = trend.imminent_scores(sub)
-        tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
-        far = ~(tto <= horizon_s) & ~np.isnan(tto)
-        revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
-                   | page_cache_growth(sub, rep))
-        ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
-        slow_all[idx] = np.where(ok, slow, 0.0)
-        fast_all[idx] = np.where(ok, fast, 0.0)
-        # the imminent path gates its own projection (within imminent_horizon_s)
-        live = ~np.asarray(sub.stale, dtype=bool) & ~revisit
-        imm_all[idx] = np.where(live | np.isnan(imm), imm, 0.0)
-    return slow_all, fast_all, imm_all

@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -396,8 +396,28 @@ KSM_METRICS: tuple[str, ...] = read_metrics("kube-state-metrics")
 DCGM_METRICS: tuple[str, ...] = read_metrics("dcgm")
 
 
-class PrometheusSourceSettings(_Section):
+class _SourceSection(_Section):
+    """A source's settings (a section of ``sources``): ``module`` is the module that builds
+    the source (its ``SOURCE``, a :class:`detector.sources.base.SourceSpec`); a new source is
+    its module, its section class here and its field (and kind) in :class:`SourcesSettings`."""
+
+    module: ClassVar[str]
+
+    def incomplete(self, sources: SourcesSettings) -> str | None:
+        """What this source lacks when it is the chosen one (None: nothing)."""
+        return None
+
+
+class PrometheusSourceSettings(_SourceSection):
     """Pull from Prometheus (``detector.sources.prometheus``)."""
+
+    module: ClassVar[str] = "detector.sources.prometheus"
+
+    def incomplete(self, sources: SourcesSettings) -> str | None:
+        if not self.url:
+            return ("sources.kind is prometheus but sources.prometheus.url is empty: give the "
+                    "Prometheus base URL, e.g. http://prometheus:9090")
+        return None
 
     url: str = Field("", description="Prometheus base URL, e.g. http://prometheus:9090 "
                                      "(required when sources.kind is prometheus).")
@@ -453,9 +473,20 @@ class PrometheusSourceSettings(_Section):
                     "the last the last wait repeats (the daemon never exits for it).")
 
 
-class KafkaSourceSettings(_Section):
+class KafkaSourceSettings(_SourceSection):
     """Consume samples from Kafka (``detector.sources.kafka``, formats in
     ``detector.sources.kafka_codec``)."""
+
+    module: ClassVar[str] = "detector.sources.kafka"
+
+    def incomplete(self, sources: SourcesSettings) -> str | None:
+        if not self.bootstrap_servers:
+            return ("sources.kind is kafka but sources.kafka.bootstrap_servers is empty: give "
+                    "at least one host:port")
+        if self.backfill_prometheus and not sources.prometheus.url:
+            return ("sources.kafka.backfill_prometheus is on but sources.prometheus.url is "
+                    "empty: give the Prometheus to backfill from, e.g. http://prometheus:9090")
+        return None
 
     bootstrap_servers: list[str] = Field(
         [], description="Kafka bootstrap host:port list (required when sources.kind is kafka).")
@@ -525,9 +556,11 @@ class KafkaSourceSettings(_Section):
                     "unreachable, seconds; the last wait repeats.")
 
 
-class LocalSourceSettings(_Section):
+class LocalSourceSettings(_SourceSection):
     """The embedded default (``detector.sources.local``): real workloads as child processes,
     sampled from /proc, in compressed time."""
+
+    module: ClassVar[str] = "detector.sources.local"
 
     time_scale: float = Field(
         60, gt=0, description="Model seconds per real second: at 60 a real minute is an hour "
@@ -569,16 +602,10 @@ class SourcesSettings(_Section):
 
     @model_validator(mode="after")
     def _chosen_source_is_complete(self) -> SourcesSettings:
-        if self.kind == "prometheus" and not self.prometheus.url:
-            raise ValueError("sources.kind is prometheus but sources.prometheus.url is empty: "
-                             "give the Prometheus base URL, e.g. http://prometheus:9090")
-        if self.kind == "kafka" and not self.kafka.bootstrap_servers:
-            raise ValueError("sources.kind is kafka but sources.kafka.bootstrap_servers is "
-                             "empty: give at least one host:port")
-        if self.kind == "kafka" and self.kafka.backfill_prometheus and not self.prometheus.url:
-            raise ValueError("sources.kafka.backfill_prometheus is on but "
-                             "sources.prometheus.url is empty: give the Prometheus to "
-                             "backfill from, e.g. http://prometheus:9090")
+        section = getattr(self, self.kind)
+        problem = section.incomplete(self) if isinstance(section, _SourceSection) else None
+        if problem:
+            raise ValueError(problem)
         return self
 
 

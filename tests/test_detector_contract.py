@@ -1,14 +1,20 @@
-"""One contract suite run over every detector (river's test_estimators, for podguard).
+"""One contract suite run over every registered detector (river's test_estimators, for podguard).
 
-Each detector in :data:`FACTORIES` must: return itself from ``fit``; give one finite score per
+The suite iterates ``detector.models.registry.REGISTRY``: a detector is picked up by its
+registration line, and :func:`test_every_detector_is_under_the_contract` fails when a detector
+class of a ``detector.models`` module is not registered. Each spec's ``input`` says which
+variant of the contract it meets, and its ``example`` builds a small unfitted instance.
+
+Each array detector (:data:`FACTORIES`) must: return itself from ``fit``; give one finite score per
 row; score an obvious outlier above every healthy row; raise NotFittedError before ``fit`` and
 ThresholdNotInferredError before ``infer_threshold``; hit the target false-alarm rate on fresh
 healthy data; beat chance (ROC-AUC > 0.8) on the collapse fixture; tolerate NaN; explain with
 attributions that sum to score - base; and score identically after a save/load round trip.
 The detectors on window batches (:data:`WINDOW_FACTORIES`: the leak detector) go through the
-same properties on windows (a steady climb to the limit for the anomaly), and
-:func:`test_every_detector_is_under_the_contract` fails when a detector of ``detector.models``
-is in neither table (nor in :data:`STREAMING`, with its reason).
+same properties on windows (a steady climb to the limit for the anomaly); the streaming
+detectors (:data:`STREAM_FACTORIES`: the custom-metric detector) through their variant on
+series judged point by point (a level step for the anomaly). Every registered detector with a
+bundle member round-trips through the store (the shipped bundle, saved again).
 """
 
 from __future__ import annotations
@@ -26,34 +32,25 @@ from sklearn.metrics import roc_auc_score
 
 from detector import scenarios
 from detector.errors import InputError, NotFittedError, ThresholdNotInferredError
-from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
 from detector.models.base import (
     Attribution,
     Detector,
     Prediction,
     ScoringDetector,
+    StreamingDetector,
     WindowDetector,
 )
-from detector.models.drift import DriftConfig, DriftDetector
-from detector.models.forest import ForestConfig, IsolationForestDetector
+from detector.models.registry import REGISTRY
 from detector.models.trend import TrendDetector
+from detector.models.univariate import UnivariateDetector
 from detector.windows import WindowBatch, collect_windows
 from tests.support.drift_data import NAMES, drifted, healthy, healthy_std
 
 torch.set_num_threads(1)
 
-_AE = AutoencoderConfig(max_epochs=60, patience=6)
-
-
-def _drift() -> DriftDetector:
-    return DriftDetector(DriftConfig(), AutoencoderDetector(_AE), IsolationForestDetector())
-
-
-FACTORIES: dict[str, Callable[[], Any]] = {
-    "autoencoder": lambda: AutoencoderDetector(_AE),
-    "forest": lambda: IsolationForestDetector(ForestConfig(n_estimators=100)),
-    "drift": _drift,
-}
+FACTORIES: dict[str, Callable[[], Any]] = {s.name: s.example for s in REGISTRY
+                                           if s.input == "array"}
+"""The registered detectors on feature arrays (autoencoder, isolation forest, drift fusion)."""
 
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
@@ -174,14 +171,13 @@ def test_save_load_round_trip_scores_identically(trained: Any, tmp_path: Path) -
 # The same contract over the detectors on window batches (the leak detector), and a check that
 # the suite covers every detector in detector.models.
 
-WINDOW_FACTORIES: dict[str, Callable[[], Any]] = {"trend": TrendDetector}
+WINDOW_FACTORIES: dict[str, Callable[[], Any]] = {s.name: s.example for s in REGISTRY
+                                                  if s.input == "window"}
+STREAM_FACTORIES: dict[str, Callable[[], Any]] = {s.name: s.example for s in REGISTRY
+                                                  if s.input == "stream"}
 
-STREAMING = {"UnivariateDetector": "a streaming detector over one custom metric at a time "
-                                   "(judge/explain per point); its own suite is "
-                                   "tests/test_univariate.py"}
-"""Detectors of detector.models outside this contract, and why."""
-
-_static_check: WindowDetector = TrendDetector()  # mypy checks the protocol is met
+_static_check: WindowDetector = TrendDetector()  # mypy checks the protocols are met
+_static_stream: StreamingDetector = UnivariateDetector()
 
 
 def _healthy_windows(seed: int) -> WindowBatch:
@@ -213,24 +209,79 @@ def window_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_every_detector_is_under_the_contract() -> None:
-    import importlib
+def detector_classes(modules: list[Any]) -> dict[str, type]:
+    """The detector classes the modules define: classes of their own with a string ``name``
+    and a ``score`` method."""
     import inspect
+
+    found = {}
+    for mod in modules:
+        for cls_name, cls in inspect.getmembers(mod, inspect.isclass):
+            if (cls.__module__ == mod.__name__ and isinstance(getattr(cls, "name", None), str)
+                    and callable(getattr(cls, "score", None))):
+                found[f"{mod.__name__}.{cls_name}"] = cls
+    return found
+
+
+def unregistered(modules: list[Any]) -> list[str]:
+    """The detector classes of ``modules`` no registered spec names."""
+    from detector.models import registry
+
+    registered = {s.cls for s in registry.REGISTRY}
+    return sorted(n for n, cls in detector_classes(modules).items() if cls not in registered)
+
+
+def _model_modules() -> list[Any]:
+    import importlib
     import pkgutil
 
     import detector.models as models
 
-    found = set()
-    for info in pkgutil.iter_modules(models.__path__):
-        mod = importlib.import_module(f"detector.models.{info.name}")
-        for cls_name, cls in inspect.getmembers(mod, inspect.isclass):
-            if (cls.__module__ == mod.__name__ and isinstance(getattr(cls, "name", None), str)
-                    and callable(getattr(cls, "score", None))):
-                found.add(cls_name)
-    covered = {type(f()).__name__ for f in (*FACTORIES.values(), *WINDOW_FACTORIES.values())}
-    assert found - covered == set(STREAMING), (found, covered)
-    for f in (*FACTORIES.values(), *WINDOW_FACTORIES.values()):
-        assert isinstance(f(), ScoringDetector)
+    return [importlib.import_module(f"detector.models.{info.name}")
+            for info in pkgutil.iter_modules(models.__path__)]
+
+
+def test_every_detector_is_under_the_contract() -> None:
+    from detector.models import registry
+
+    assert registry.check() == []
+    assert unregistered(_model_modules()) == []
+    assert len(detector_classes(_model_modules())) >= 5
+    for spec in REGISTRY:
+        det: Any = spec.example()
+        assert det.name == spec.name and type(det) is spec.cls
+        assert spec.input in ("array", "window", "stream")
+        if spec.input != "stream":
+            assert isinstance(det, ScoringDetector)
+    # and the check can fail: a module with a detector class nobody registered
+    import types
+
+    mod = types.ModuleType("detector.models.scratch")
+    exec("class Scratch:\n    name = 'scratch'\n    def score(self, x): return x\n",
+         mod.__dict__)
+    assert unregistered([mod]) == ["detector.models.scratch.Scratch"]
+
+
+def test_every_member_round_trips_through_the_store(tmp_path: Path) -> None:
+    """The shipped bundle saved again and reloaded: every registered member's files are the
+    same bytes, its card entries the same, and its detector rebuilt from them."""
+    import json
+
+    from detector.models import store
+    from detector.pipeline import default_model_dir
+
+    shipped = store.load_bundle(default_model_dir())
+    assert set(shipped.detectors) == {s.name for s in REGISTRY if s.member is not None}
+    again = store.load_bundle(store.save_bundle(tmp_path, shipped.detectors, version="again"))
+    for spec in REGISTRY:
+        if spec.member is None:
+            continue
+        for fname in spec.member.files:
+            assert (again.path / fname).read_bytes() == (shipped.path / fname).read_bytes()
+        own = spec.member.card(again.detectors[spec.name])
+        assert json.loads(json.dumps(own)) == json.loads(json.dumps(
+            spec.member.card(shipped.detectors[spec.name])))
+        assert type(again.detectors[spec.name]) is spec.cls
 
 
 def test_window_detector_implements_the_protocol(window_kind: str) -> None:
@@ -277,10 +328,64 @@ def test_window_detector_state_round_trip_scores_identically(
         window_kind: str, window_data: dict[str, WindowBatch]) -> None:
     import json
 
-    det = WINDOW_FACTORIES[window_kind]().fit(window_data["fit"], 0.05)
+    det = WINDOW_FACTORIES[window_kind]().fit(window_data["fit"])
+    det.infer_threshold(window_data["fit"], 0.05)
     state = json.loads(json.dumps(det.get_state(), allow_nan=False))
     back = type(det).from_state(state)
     batch = WindowBatch.concat([window_data["leak"], window_data["fresh"]])
     np.testing.assert_array_equal(back.score(batch), det.score(batch))
     assert back.threshold_ == det.threshold_
     np.testing.assert_array_equal(back.predict(batch).is_anomaly, det.predict(batch).is_anomaly)
+
+
+# --------------------------------------------------------------------------------------------
+# The streaming variant (the custom-metric detector): one series per row, point by point.
+
+
+def _series(seed: int, n: int = 6, T: int = 400) -> np.ndarray:
+    return 0.41 + 0.03 * np.random.default_rng(seed).standard_normal((n, T))
+
+
+@pytest.fixture(scope="module", params=sorted(STREAM_FACTORIES))
+def stream_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_stream_detector_implements_the_protocol(stream_kind: str) -> None:
+    assert isinstance(STREAM_FACTORIES[stream_kind](), StreamingDetector)
+
+
+def test_stream_detector_scores_a_step_above_healthy_and_is_fitted_per_family(
+        stream_kind: str) -> None:
+    det = STREAM_FACTORIES[stream_kind]()
+    with pytest.raises(NotFittedError):
+        det.check_fitted("step_seconds")
+    healthy = _series(1)
+    s = det.score(healthy)
+    assert s.shape == healthy.shape and s.dtype == np.float64
+    assert np.isnan(s[:, 0]).all() and np.isfinite(s[:, 50:]).all()  # warms up, then scores
+    stepped = _series(2)
+    stepped[:, 300:] *= 2.3
+    hit = det.score(stepped)
+    assert (hit[:, 300:305].max(axis=1) > np.nanmax(s[:, 50:])).all()
+    thr = det.infer_threshold("step_seconds", [_series(3)], 0.05)
+    assert det.check_fitted("step_seconds") == thr == det.threshold_for("step_seconds")
+    fresh = det.score(_series(4))[:, 50:]
+    assert np.mean(fresh > thr) <= 0.1
+
+
+def test_stream_detector_explains_a_judged_row_and_round_trips(stream_kind: str) -> None:
+    import json
+
+    det = STREAM_FACTORIES[stream_kind]()
+    x = _series(5)
+    x[:, 300:] *= 2.3
+    _score, _flagged, last = det.run(x[:, :305])
+    assert last is not None and last.is_anomaly.all()
+    text, values = det.explain("step_seconds", last, 0, step_s=15.0)
+    assert "step seconds" in text and values
+    assert max(values.values()) == pytest.approx(float(np.nanmax(last.scale_scores[0])))
+    det.infer_threshold("step_seconds", [_series(6)], 0.05)
+    back = type(det).from_state(json.loads(json.dumps(det.get_state(), allow_nan=False)))
+    np.testing.assert_array_equal(back.score(x), det.score(x))
+    assert back.threshold_for("step_seconds") == det.threshold_for("step_seconds")

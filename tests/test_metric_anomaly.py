@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 
 from detector.cli import main
 from detector.models.univariate import DEFAULT_THRESHOLD, UnivariateDetector
-from detector.pipeline import _univariate_of
+from detector.models.univariate import from_card as _univariate_of
 
 T0 = 1_767_000_000.0
 FAULT_AT = T0 + 4 * 3600  # step time 2.3x on pod "trainer-bad" from hour 4
@@ -97,8 +98,7 @@ def test_a_saved_bundle_carries_the_univariate_thresholds(tmp_path: Path) -> Non
 
     shipped = store.load_bundle(default_model_dir())
     det = UnivariateDetector(thresholds={"train_step_seconds": 2.5})
-    path = store.save_bundle(tmp_path, shipped.detectors,
-                             {"univariate": det.get_state()}, version="t1")
+    path = store.save_bundle(tmp_path, {**shipped.detectors, "univariate": det}, version="t1")
     assert Pipeline.load(path).univariate.threshold_for("train_step_seconds") == 2.5
     card = json.loads((path / "model_card.json").read_text())
     card["univariate"]["thresholds"]["train_step_seconds"] = -1
@@ -111,6 +111,15 @@ def test_a_saved_bundle_carries_the_univariate_thresholds(tmp_path: Path) -> Non
     (path / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelIntegrityError, match="univariate"):
         Pipeline.load(path)
+
+
+def _banks(pipe: Any) -> dict[str, Any]:
+    """The custom-metric streams of a pipeline (its univariate decider's banks)."""
+    from detector.models.univariate import MetricDecider
+
+    dec = dict(pipe.deciders())["univariate"]
+    assert isinstance(dec, MetricDecider)
+    return dec.banks
 
 
 def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
@@ -126,7 +135,8 @@ def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
         pipe.evaluate(batch)
         last, steps = batch, steps + 1
     assert last is not None and steps > 30
-    bank = pipe._extra["train_step_seconds"]
+    banks = _banks(pipe)
+    bank = banks["train_step_seconds"]
     assert sorted(k.pod for k in bank.tracked()) == ["trainer-a", "trainer-b", "trainer-bad"]
     rows = [bank._rows[k] for k in last.keys]
     seen = bank._state.count[rows]
@@ -138,4 +148,4 @@ def test_pipeline_streams_custom_metrics_and_forgets_a_pod() -> None:
     assert key not in bank.tracked() and len(bank) == 2
     for k in last.keys[1:]:
         pipe.forget(k)
-    assert pipe._extra == {}  # the last pod gone: no custom-metric state left at all
+    assert banks == {}  # the last pod gone: no custom-metric state left at all

@@ -165,6 +165,61 @@ def test_evaluate_nab_command_on_a_tiny_corpus(tmp_path: Path,
     assert main(["evaluate", "--nab", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
     assert "| podguard univariate |" in out and "NOT reproduced" in out
+    assert "| podguard univariate, tuned on these labels @ " in out
+    assert "| podguard univariate, held out (threshold tuned on the other subsets) |" in out
     written = json.loads((tmp_path / "out" / "nab.json").read_text())
-    assert written["rows"][1]["detector"] == "ARTime"
+    assert written["rows"][3]["detector"] == "ARTime"
+    assert written["tuning"]["grid"] == list(nab_eval.TUNING_GRID)
+    assert set(written["rows"][0]["files"]) == {"sub/a.csv"}  # podguard's rows say why
+    assert "files" in written["rows"][1] and "files" not in written["rows"][3]
     assert main(["evaluate", "--nab", str(tmp_path / "missing")]) == 2
+
+
+def _nab_file(name: str, windows: tuple[tuple[int, int], ...]) -> nab.NabFile:
+    ts = np.datetime64("2020-01-01T00:00:00") + np.arange(N) * np.timedelta64(300, "s")
+    return nab.NabFile(name=name, timestamps=ts, values=np.zeros(N), windows=windows)
+
+
+def test_threshold_tuning_and_leave_one_subset_out() -> None:
+    from detector import nab_eval
+
+    a = _nab_file("artificialWithAnomaly/a.csv", ((500, 599),))
+    b = _nab_file("realTweets/b.csv", ((500, 599),))
+    q = _nab_file("artificialNoAnomaly/q.csv", ())
+    files = [a, b, q]
+
+    def run(da: tuple[int, ...], db: tuple[int, ...], dq: tuple[int, ...]
+            ) -> dict[str, nab.FileScore]:
+        return nab.score_detections(files, {a.name: det(N, *da), b.name: det(N, *db),
+                                            q.name: det(N, *dq)})
+
+    runs = {2.0: run((500,), (500,), (700,)),  # perfect, but alarms on the quiet series
+            3.0: run((550,), (), ()),  # catches a's window late, misses b's
+            4.0: run((), (500,), ())}  # misses a's, catches b's at its start
+    (tuned, held), info = nab_eval.tuning_from_runs(files, runs)
+    # the quiet series rules 2.0 out; of 3.0 (0.848 - 1) and 4.0 (-1 + 0.987), 4.0 is best
+    assert info["tuned_threshold"] == 4.0 and tuned.no_anomaly_alarms == 0
+    assert tuned.scores["total"].score == pytest.approx(
+        100 * (SIG_M1 - 1 + 2) / (2 * SIG_M1 + 2))
+    # held out: a at the best threshold for b (4.0: missed), b at the best for a (3.0: missed)
+    assert info["held_out_thresholds"] == {"artificialWithAnomaly": 4.0, "realTweets": 3.0}
+    assert held.scores["total"].score == pytest.approx(0.0)
+    assert held.scores["total"].detected == 0 and held.scores["total"].windows == 2
+    with pytest.raises(InputError, match="no threshold"):
+        nab_eval.tuning_from_runs(files, {})
+
+
+def test_file_detail_names_each_window_and_false_positive() -> None:
+    from detector import nab_eval
+
+    f = _nab_file("realTweets/f.csv", ((100, 120), (500, 599), (800, 899)))
+    d = det(N, 130, 160, 550, 610, 950)  # 130: in the probationary period (150 rows)
+    detail = nab_eval.file_detail([f], {f.name: d})[f.name]
+    # the window wholly inside the probationary period is not scored, so not listed
+    assert detail["windows"] == [
+        {"rows": [500, 599], "first_detection": 550, "position": 0.5},
+        {"rows": [800, 899], "first_detection": None, "position": None}]
+    assert detail["false_positive_rows"] == [160, 610, 950]
+    row = nab_eval._row("x", [f], {f.name: d}, detail=True)
+    assert row.to_json_dict()["files"][f.name] == detail
+    assert "files" not in nab_eval._row("x", [f], {f.name: d}).to_json_dict()

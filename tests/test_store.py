@@ -34,6 +34,7 @@ from detector.models.store import (
     verify_bundle,
 )
 from detector.models.trend import TrendDetector
+from detector.models.univariate import UnivariateDetector
 from tests.support.drift_data import NAMES, drifted, healthy
 
 torch.set_num_threads(1)
@@ -42,8 +43,8 @@ TREND = TrendDetector(u0=0.02)
 
 
 def _dets(drift: DriftDetector, trend: TrendDetector = TREND) -> dict[str, object]:
-    """The detectors of a bundle (store.MEMBERS)."""
-    return {"drift": drift, "trend": trend}
+    """The detectors of a bundle (the registered detectors with a bundle member)."""
+    return {"drift": drift, "trend": trend, "univariate": UnivariateDetector()}
 
 
 class Smuggled:
@@ -377,29 +378,3 @@ def test_artifact_sizes(bundle: Path) -> None:
     print("bundle file sizes (bytes, 50-tree test forest):", sizes)
     assert sizes["autoencoder.safetensors"] < 100_000
     assert sum(sizes.values()) < 5_000_000
-
-
-class _Const:
-    """A toy detector for the registration test."""
-
-    def __init__(self, c: int) -> None:
-        self.c = c
-
-
-def test_a_new_detector_is_one_member_line(tmp_path: Path, drift: DriftDetector,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The store is generic over its detectors: registering one more Member is all a new
-    detector needs to be written, checksummed, verified and read back."""
-    from detector.models import store
-
-    const = store.Member("const", frozenset({"const.json"}),
-                         lambda contents, card: _Const(json.loads(contents["const.json"])["c"]),
-                         encode=lambda det: {"const.json": json.dumps({"c": det.c}).encode()})
-    monkeypatch.setattr(store, "MEMBERS", (*store.MEMBERS, const))
-    path = save_bundle(tmp_path, {**_dets(drift), "const": _Const(7)}, version="v1")
-    assert "const.json" in json.loads((path / CARD).read_text())["files"]
-    loaded = load_bundle(path)
-    assert loaded.detectors["const"].c == 7 and loaded.trend.u0 == TREND.u0
-    (path / "const.json").write_text('{"c": 8}')
-    with pytest.raises(ModelIntegrityError, match="checksum"):
-        load_bundle(path)

@@ -21,7 +21,6 @@ import pandas as pd
 from detector import scenarios
 from detector.models import store
 from detector.models.trend import TrendDetector
-from detector.models.univariate import UnivariateDetector
 from detector.settings import DetectionSettings, WindowSettings
 from training.fit import collect_windows, fit_detectors, young_windows
 
@@ -56,10 +55,8 @@ def build(root: Path = DEFAULT_ROOT, *, seed: int = SEED, n_pods: int = 96, hour
         "training_data": {"source": "detector.scenarios.generate_healthy", "seed": seed,
                           "pods": n_pods, "hours": hours},
         "settings": {"windows": ws.model_dump(), "detection": det.model_dump()},
-        # custom metrics: no family in the healthy scenarios, so the documented defaults
-        "univariate": UnivariateDetector().get_state(),
     }
-    path = store.save_bundle(root, {"drift": result.drift, "trend": result.trend}, card,
+    path = store.save_bundle(root, result.detectors, card,
                              version=version, promote_now=True)
     print(json.dumps({"model": str(path), "seconds": round(time.perf_counter() - started, 1),
                       **{k: v for k, v in result.summary.items() if k != "feature_names"}},

@@ -8,7 +8,6 @@ fitted at the configured false-alarm rates on the second (fitted state, never ha
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +18,10 @@ import pandas as pd
 from detector import channels as chan
 from detector import traces as tr
 from detector.errors import InputError
-from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
+from detector.models import registry
 from detector.models.drift import DriftConfig, DriftDetector
-from detector.models.forest import ForestConfig, IsolationForestDetector
+from detector.models.spec import FitContext
 from detector.models.trend import TrendDetector
-from detector.pipeline import NEW_POD_S, decision_scores, leak_decision_scores, pod_age_s
 from detector.replay import make_engine
 from detector.settings import DetectionSettings, WindowSettings
 from detector.windows import WindowBatch
@@ -98,71 +96,50 @@ def split_by_pod(batch: WindowBatch, holdout: float, seed: int) -> tuple[np.ndar
 
 @dataclass
 class FitResult:
-    trend: TrendDetector
-    drift: DriftDetector
+    """The fitted detectors by registered name (a bundle's ``detectors``) and the summary."""
+
+    detectors: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trend(self) -> TrendDetector:
+        det: TrendDetector = self.detectors["trend"]
+        return det
+
+    @property
+    def drift(self) -> DriftDetector:
+        det: DriftDetector = self.detectors["drift"]
+        return det
 
 
 def fit_detectors(healthy: WindowBatch, *, detection: DetectionSettings, seed: int = 0,
                   holdout: float = 0.3, drift_config: DriftConfig | None = None,
                   progress: bool = False, young: WindowBatch | None = None) -> FitResult:
-    """Fits both detectors on healthy windows and their thresholds on held-back pods;
-    ``young`` (:func:`young_windows` of the same healthy data) fits the imminent leak path's
-    threshold (without it the path stays off)."""
+    """Fits every registered detector (``detector.models.registry``, each by its fit hook)
+    on healthy windows, split by pod into a fitting part and a held-back part (thresholds
+    as fitted state, at the configured false-alarm rates); ``young`` (:func:`young_windows`
+    of the same healthy data) fits the leak detector's imminent path (without it the path
+    stays off); ``drift_config`` is the drift fusion's option ``config``."""
     fit_idx, hold_idx = split_by_pod(healthy, holdout, seed)
-    fit_b, hold_b = healthy.subset(fit_idx), healthy.subset(hold_idx)
-    t0 = time.perf_counter()
-    trend = TrendDetector().fit(fit_b)
-    # thresholds as fitted state: on every healthy window (the trend detector has few
-    # parameters; the held-back part alone is too small for a 1e-4 tail)
-    trend.infer_threshold(healthy, detection.leak_fpr)
-    # then refitted on the scores the decision acts on (stale windows, projections beyond
-    # the leak horizon and returns to a level already held never page)
-    slow, fast = leak_decision_scores(trend, healthy, horizon_s=detection.leak_horizon_s)
-    trend_thr = trend.thresholds_from_scores(slow, fast, detection.leak_fpr, background=healthy)
-    n_young = 0
-    if young is not None and len(young):
-        _s, _f, imm = decision_scores(trend, young, horizon_s=detection.leak_horizon_s)
-        judged = imm[np.isfinite(imm)]
-        n_young = int(judged.size)
-        trend.imminent_threshold_from_scores(judged, detection.leak_fpr)
-    t1 = time.perf_counter()
-    drift = DriftDetector(
-        config=drift_config or DriftConfig(seed=seed),
-        autoencoder=AutoencoderDetector(AutoencoderConfig(seed=seed), progress=progress),
-        forest=IsolationForestDetector(ForestConfig(seed=seed)),
-    )
-    names = drift_feature_names(healthy.feature_names)
-    cols = [healthy.feature_names.index(n) for n in names]
-    # the drift ensemble does not judge pods younger than NEW_POD_S (nor learns from them)
-    fit_b, hold_b = (b.subset(np.flatnonzero(pod_age_s(b) >= NEW_POD_S)) for b in (fit_b, hold_b))
-    drift.fit(fit_b.features[:, cols], names, groups=[str(k) for k in fit_b.keys])
-    drift_thr = drift.infer_threshold(hold_b.features[:, cols], detection.drift_fpr)
-    t2 = time.perf_counter()
-    pods = {str(k) for k in healthy.keys}
-    summary: dict[str, Any] = {
-        "windows": len(healthy), "windows_fit": len(fit_b), "windows_holdout": len(hold_b),
-        "pods": len(pods), "trend_threshold": trend_thr,
-        "trend_fast_threshold": trend.fast_threshold_,
-        "trend_imminent_threshold": trend.imminent_threshold_,
-        "windows_young": n_young, "drift_threshold": drift_thr,
-        "trend_fit_s": round(t1 - t0, 2), "drift_fit_s": round(t2 - t1, 2),
-        "data_start": float(np.min(healthy.ts)), "data_end": float(np.max(healthy.ts)),
-        "feature_names": list(healthy.feature_names),
-        "holdout_false_alarm_rate": {
-            "trend": float(np.mean(trend.predict(hold_b).is_anomaly)),
-            "drift": float(np.mean(drift.predict(hold_b.features[:, cols]).is_anomaly)),
-        },
-    }
-    hist = drift.autoencoder.history_
-    if hist is not None:
-        summary["autoencoder"] = {
-            "epochs": hist.epochs, "train_loss": hist.train_loss[-1] if hist.train_loss else None,
-            "val_loss": hist.val_loss[-1] if hist.val_loss else None,
-            "samples_per_s": round(hist.samples_per_s, 1), "seconds": round(hist.seconds, 2),
-            "device": hist.device,
-        }
-    return FitResult(trend=trend, drift=drift, summary=summary)
+    ctx = FitContext(healthy=healthy, fit=healthy.subset(fit_idx),
+                     holdout=healthy.subset(hold_idx), detection=detection, seed=seed,
+                     progress=progress, young=young,
+                     options={"drift": {"config": drift_config}} if drift_config else {})
+    detectors: dict[str, Any] = {}
+    summary: dict[str, Any] = {"windows": len(healthy), "pods": len({str(k) for k in healthy.keys}),
+                               "data_start": float(np.min(healthy.ts)),
+                               "data_end": float(np.max(healthy.ts)),
+                               "feature_names": list(healthy.feature_names)}
+    for spec in registry.fitted():
+        assert spec.fit is not None
+        out = spec.fit(ctx)
+        detectors[spec.name] = out.detector
+        for key, value in out.summary.items():  # nested dicts (false-alarm rates) are merged
+            if isinstance(value, dict) and isinstance(summary.get(key), dict):
+                summary[key] = {**summary[key], **value}
+            else:
+                summary[key] = value
+    return FitResult(detectors=detectors, summary=summary)
 
 
 def describe_pods(keys: Sequence[object]) -> int:

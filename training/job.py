@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               f"{ns}/{p}" for ns, p in bad), "seed": args.seed},
         "settings": {"windows": ws.model_dump(), "detection": det.model_dump()},
     }
-    path = store.save_bundle(args.out, {"drift": result.drift, "trend": result.trend}, card,
+    path = store.save_bundle(args.out, result.detectors, card,
                              promote_now=promote)
     out = {"model": str(path), "promoted": promote, "gate": gate, "summary": s,
            "excluded_pods": len(bad), "seconds": round(time.perf_counter() - started, 1)}

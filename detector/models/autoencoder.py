@@ -52,6 +52,7 @@ from detector.models.base import (
     threshold_at_fpr,
 )
 from detector.models.forest import RobustScaler, check_features, config_from_dict
+from detector.models.spec import DetectorSpec
 
 if TYPE_CHECKING:  # torch is imported at run time only by the functions that train
     import torch
@@ -556,3 +557,9 @@ class AutoencoderDetector(ThresholdMixin):
         det.threshold_ = checked.threshold
         det.fitted_ = True
         return det
+
+
+SPEC = DetectorSpec(
+    name="autoencoder", cls=AutoencoderDetector, input="array", part_of="drift",
+    example=lambda: AutoencoderDetector(AutoencoderConfig(max_epochs=60, patience=6)))
+"""A part of the drift fusion (fitted, saved and judged by it; ``detector.models.registry``)."""

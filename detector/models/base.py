@@ -14,7 +14,7 @@ missing feature and must be tolerated (imputed), not raised on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -56,7 +56,9 @@ class ScoringDetector(Protocol[In]):
     predict / explain (higher = more anomalous; ``explain`` gives one :class:`Attribution`
     per row, summing to its score minus ``base_value``). How it is fitted depends on its
     input: :class:`Detector` (feature arrays) or :class:`WindowDetector` (window batches).
-    The contract suite (``tests/test_detector_contract.py``) runs over every detector."""
+    The contract suite (``tests/test_detector_contract.py``) runs over every registered
+    detector (``detector.models.registry``); :class:`StreamingDetector` is the variant for
+    series judged point by point."""
 
     name: str
 
@@ -83,6 +85,30 @@ class WindowDetector(ScoringDetector[WindowBatch], Protocol):
     detector (``detector.models.trend``). ``fit`` learns from healthy windows."""
 
     def fit(self, batch: WindowBatch, /) -> WindowDetector: ...
+
+
+@runtime_checkable
+class StreamingDetector(Protocol):
+    """A detector of one series per row, judged point by point (the custom-metric detector,
+    ``detector.models.univariate``): ``score`` of ``x`` (n, T) is (n, T), higher = more
+    anomalous, NaN while a series warms up; thresholds are fitted state per metric family
+    (``infer_threshold`` on healthy series at a false-alarm rate, ``check_fitted`` raises
+    NotFittedError before; ``threshold_for`` falls back to a default); ``explain`` gives the
+    sentence and evidence of one judged row."""
+
+    name: str
+
+    def score(self, x: np.ndarray, /) -> np.ndarray: ...
+
+    def infer_threshold(self, family: str, healthy: Sequence[np.ndarray], fpr: float
+                        ) -> float: ...
+
+    def threshold_for(self, family: str | None) -> float: ...
+
+    def check_fitted(self, family: str) -> float: ...
+
+    def explain(self, metric: str, j: Any, i: int, *, step_s: float | None = None,
+                unit: str = "") -> tuple[str, dict[str, float]]: ...
 
 
 def attributions(phi: np.ndarray, base: float | np.ndarray,

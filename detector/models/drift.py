@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from detector.channels import drift_feature_names
 from detector.errors import ConfigError, InputError, ModelIntegrityError
 from detector.models.attribution import combine, rescale_attribution
-from detector.models.autoencoder import AutoencoderConfig, AutoencoderDetector
+from detector.models.autoencoder import AE_JSON, AE_WEIGHTS, AutoencoderConfig, AutoencoderDetector
 from detector.models.base import (
     Attribution,
     Prediction,
@@ -42,10 +44,23 @@ from detector.models.base import (
     threshold_at_fpr,
 )
 from detector.models.forest import (
+    FOREST_JSON,
+    FOREST_WEIGHTS,
     ForestConfig,
     IsolationForestDetector,
     check_features,
     config_from_dict,
+    read_tensors,
+)
+from detector.models.spec import (
+    CARD,
+    NEW_POD_S,
+    DetectorSpec,
+    FitContext,
+    Fitted,
+    Member,
+    json_file,
+    pod_age_s,
 )
 from detector.models.state import CalibratorState, DriftState, read_state
 
@@ -352,3 +367,79 @@ class DriftDetector(ThresholdMixin):
         det.threshold_ = st.threshold
         det.fitted_ = True
         return det
+
+
+# ------------------------------------------------------------------ registration (models.registry)
+
+
+def _read_member(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> DriftDetector:
+    tensors = read_tensors(contents[AE_WEIGHTS], AE_WEIGHTS)
+    trees = read_tensors(contents[FOREST_WEIGHTS], FOREST_WEIGHTS)
+    autoencoder = AutoencoderDetector.from_state(json_file(contents, AE_JSON), tensors)
+    forest = IsolationForestDetector.from_state(json_file(contents, FOREST_JSON), trees)
+    drift = DriftDetector.from_state(json_file(contents, DRIFT_JSON), autoencoder, forest)
+    if list(drift.feature_names) != card.get("features"):
+        raise ModelIntegrityError(f"{CARD}: feature list disagrees with the model")
+    return drift
+
+
+def _card(drift: DriftDetector) -> dict[str, Any]:
+    ae = drift.autoencoder
+    return {
+        "features": list(drift.feature_names),
+        "scaling": {"method": "median/IQR (robust)", **ae.scaler.to_dict()},
+        "thresholds": {"drift": drift.threshold_, "autoencoder": ae.threshold_,
+                       "forest": drift.forest.threshold_},
+    }
+
+
+def _fit(ctx: FitContext) -> Fitted:
+    """The ensemble on the fitting pods' drift features (each channel's ``drift_stats``),
+    its threshold at ``drift_fpr`` on the held-back pods; pods younger than
+    :data:`~detector.models.spec.NEW_POD_S` are neither learnt from nor judged. Option
+    ``config``: a :class:`DriftConfig` (default: the defaults with the context's seed)."""
+    t0 = time.perf_counter()
+    seed = ctx.seed
+    drift = DriftDetector(
+        config=ctx.options.get("drift", {}).get("config") or DriftConfig(seed=seed),
+        autoencoder=AutoencoderDetector(AutoencoderConfig(seed=seed), progress=ctx.progress),
+        forest=IsolationForestDetector(ForestConfig(seed=seed)),
+    )
+    names = drift_feature_names(list(ctx.healthy.feature_names))
+    cols = [ctx.healthy.feature_names.index(n) for n in names]
+    fit_b, hold_b = (b.subset(np.flatnonzero(pod_age_s(b) >= NEW_POD_S))
+                     for b in (ctx.fit, ctx.holdout))
+    drift.fit(fit_b.features[:, cols], names, groups=[str(k) for k in fit_b.keys])
+    threshold = drift.infer_threshold(hold_b.features[:, cols], ctx.detection.drift_fpr)
+    summary: dict[str, Any] = {
+        "windows_fit": len(fit_b), "windows_holdout": len(hold_b),
+        "drift_threshold": threshold, "drift_fit_s": round(time.perf_counter() - t0, 2),
+        "holdout_false_alarm_rate": {
+            "drift": float(np.mean(drift.predict(hold_b.features[:, cols]).is_anomaly))},
+    }
+    hist = drift.autoencoder.history_
+    if hist is not None:
+        summary["autoencoder"] = {
+            "epochs": hist.epochs, "train_loss": hist.train_loss[-1] if hist.train_loss else None,
+            "val_loss": hist.val_loss[-1] if hist.val_loss else None,
+            "samples_per_s": round(hist.samples_per_s, 1), "seconds": round(hist.seconds, 2),
+            "device": hist.device,
+        }
+    return Fitted(drift, summary)
+
+
+def _example() -> DriftDetector:
+    return DriftDetector(DriftConfig(), AutoencoderDetector(AutoencoderConfig(
+        max_epochs=60, patience=6)), IsolationForestDetector())
+
+
+SPEC = DetectorSpec(
+    name="drift", cls=DriftDetector, input="array", example=_example, kinds=("drift",),
+    member=Member("drift", frozenset({AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_WEIGHTS,
+                                      DRIFT_JSON}),
+                  _read_member, write=lambda det, directory, files: det.save(directory),
+                  card=_card),
+    fit=_fit,
+)
+"""The drift fusion: its five bundle files, ``drift`` verdicts (decided by the pipeline,
+:data:`detector.pipeline.BUILT_IN`), fitted on the held-back split."""

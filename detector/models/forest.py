@@ -44,6 +44,7 @@ from detector.models.base import (
     read_array_state,
     threshold_at_fpr,
 )
+from detector.models.spec import DetectorSpec
 from detector.models.state import ScalerState, read_config, read_state
 
 if TYPE_CHECKING:
@@ -590,3 +591,9 @@ def iforest_tree_arrays(est: Any) -> list[TreeArrays]:
     does): leaf value = depth + c(n_samples), cover = the weighted node sizes, features
     remapped through ``estimators_features_``. (What :class:`ForestArrays` stores.)"""
     return ForestArrays.from_estimator(est).trees()
+
+
+SPEC = DetectorSpec(
+    name="iforest", cls=IsolationForestDetector, input="array", part_of="drift",
+    example=lambda: IsolationForestDetector(ForestConfig(n_estimators=100)))
+"""A part of the drift fusion (fitted, saved and judged by it; ``detector.models.registry``)."""

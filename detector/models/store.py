@@ -4,15 +4,18 @@ A bundle is one directory ``<root>/<version>/`` holding exactly:
 
 * ``model_card.json`` - version, creation time, data range, features and scaling, thresholds,
   metrics, library versions and the sha256 of every other file;
-* the files of each detector of :data:`MEMBERS`: ``autoencoder.json`` +
-  ``autoencoder.safetensors``, ``forest.json`` + ``forest.safetensors``, ``drift.json`` - the
+* the files of each registered detector (:func:`detector.models.registry.members`):
+  ``autoencoder.json`` + ``autoencoder.safetensors``, ``forest.json`` +
+  ``forest.safetensors``, ``drift.json`` - the
   :class:`~detector.models.drift.DriftDetector` (config + state); ``trend.json`` - the
-  :class:`~detector.models.trend.TrendDetector`'s JSON state.
+  :class:`~detector.models.trend.TrendDetector`'s JSON state; the custom-metric detector
+  (:mod:`detector.models.univariate`) has no file: its state is the card's ``univariate``.
 
-The store is generic over its detectors: each is a :class:`Member` (its files, how it is
-written and read back, the card entries it owns), and :func:`save_bundle` /
-:func:`load_bundle` take and give them by name (``{"drift": ..., "trend": ...}``); a new
-detector in the bundle is one more :data:`MEMBERS` line.
+The store is generic over its detectors: each is a :class:`~detector.models.spec.Member`
+(its files, how it is written and read back, the card entries it owns) of a registered
+detector (:data:`detector.models.registry.REGISTRY`), and :func:`save_bundle` /
+:func:`load_bundle` take and give them by name (``{"drift": ..., "trend": ...,
+"univariate": ...}``); a new detector in the bundle is its module and one registry line.
 
 :func:`save_bundle` writes everything into a temporary directory under ``root`` (removed again
 if anything fails), fsyncs it and renames it into place, so a reader never sees half a bundle.
@@ -52,30 +55,25 @@ import secrets
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from detector.errors import InputError, ModelIntegrityError
-from detector.models.autoencoder import AE_JSON, AE_WEIGHTS, AutoencoderDetector
-from detector.models.drift import DRIFT_JSON, DriftDetector
-from detector.models.forest import (
-    FOREST_JSON,
-    FOREST_WEIGHTS,
-    IsolationForestDetector,
-    read_tensors,
-)
+from detector.models import registry
+from detector.models.drift import DriftDetector
+from detector.models.spec import CARD, Member, write_files
 from detector.models.state import CardHead, CardTime, read_state
-from detector.models.trend import TrendDetector
+from detector.models.trend import TREND_JSON, TrendDetector
+from detector.models.univariate import UnivariateDetector
 
 __all__ = [
     "BUNDLE_FILES",
     "CARD",
     "CURRENT",
-    "MEMBERS",
     "TREND_JSON",
     "Bundle",
     "Member",
@@ -87,8 +85,6 @@ __all__ = [
     "verify_bundle",
 ]
 
-CARD = "model_card.json"
-TREND_JSON = "trend.json"
 CURRENT = "current"
 _FORMAT = "podguard.model-bundle/1"
 _OLD_FOREST = "forest.skops"  # the forest's file before 0.2 (a pickled sklearn estimator)
@@ -97,6 +93,9 @@ _DIR_MODE = 0o755
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+_MEMBER_CARD_KEYS = frozenset({"features", "scaling", "thresholds"})
+"""The card keys members share (``thresholds`` merged over them); any other key a member's
+``card`` gives is its own (e.g. ``univariate``) and goes after ``card_extra``."""
 _RESERVED_CARD_KEYS = frozenset(
     {"format", "version", "created", "features", "scaling", "thresholds", "libraries", "files",
      "card_sha256"}
@@ -113,7 +112,7 @@ _LIBRARIES = (
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified bundle: its detectors by member name (:data:`MEMBERS`)."""
+    """A loaded, verified bundle: its detectors by member name (the registered ones)."""
 
     detectors: Mapping[str, Any]
     card: dict[str, Any]
@@ -127,6 +126,11 @@ class Bundle:
     @property
     def trend(self) -> TrendDetector:
         det: TrendDetector = self.detectors["trend"]
+        return det
+
+    @property
+    def univariate(self) -> UnivariateDetector:
+        det: UnivariateDetector = self.detectors["univariate"]
         return det
 
     @property
@@ -151,10 +155,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_files(path.parent, {path.name: data})
 
 
 def _check_version_name(version: str) -> str:
@@ -218,7 +219,7 @@ def save_bundle(
     promote_now: bool = False,
 ) -> Path:
     """Write a new bundle of ``detectors`` (member name -> detector, one per member of
-    :data:`MEMBERS`) under ``root`` and return its directory.
+    :func:`detector.models.registry.members`) under ``root`` and return its directory.
 
     ``card_extra`` goes into the model card; by convention ``data_range`` (e.g. ``{"start":
     iso, "end": iso}``) and ``metrics`` (a dict of numbers); it may not override the keys the
@@ -230,10 +231,11 @@ def save_bundle(
     clash = sorted(_RESERVED_CARD_KEYS & set(extra))
     if clash:
         raise InputError(f"card_extra may not set {clash}: the store writes them")
-    names = [m.name for m in MEMBERS]
+    members = _members()
+    names = [m.name for m in members]
     if sorted(detectors) != sorted(names):
         raise InputError(f"a bundle holds the detectors {names}, got {sorted(detectors)}")
-    files_of = {m.name: m.encode(detectors[m.name]) for m in MEMBERS}  # strict JSON checked
+    files_of = {m.name: m.encode(detectors[m.name]) for m in members}  # strict JSON checked
     now = datetime.now(UTC)
     name = _check_version_name(version or f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}")
     final = root_p / name
@@ -242,7 +244,7 @@ def save_bundle(
     root_p.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root_p))
     try:
-        for m in MEMBERS:
+        for m in members:
             m.write(detectors[m.name], tmp, files_of[m.name])
         written = sorted(p.name for p in tmp.iterdir())
         if set(written) != _bundle_files():
@@ -254,12 +256,19 @@ def save_bundle(
                 os.fsync(fh.fileno())
             files[fname] = {"sha256": _sha256(data), "bytes": len(data)}
         entries: dict[str, Any] = {"thresholds": {}}
-        for m in MEMBERS:
+        for m in members:
             for key, value in m.card(detectors[m.name]).items():
                 if key == "thresholds":
                     entries["thresholds"].update(value)
+                elif key in entries or key in _RESERVED_CARD_KEYS - _MEMBER_CARD_KEYS:
+                    raise InputError(f"detector {m.name!r} writes card key {key!r}, which "
+                                     "another member or the store writes")
                 else:
                     entries[key] = value
+        clash = sorted(set(extra) & set(entries))
+        if clash:
+            raise InputError(f"card_extra may not set {clash}: the detectors write them")
+        own = {k: v for k, v in entries.items() if k not in _MEMBER_CARD_KEYS}
         card: dict[str, Any] = {
             "format": _FORMAT,
             "version": name,
@@ -271,6 +280,7 @@ def save_bundle(
             "libraries": _library_versions(),
             "files": files,
             **extra,
+            **own,
         }
         card["card_sha256"] = card_digest(card)
         _write_file(tmp / CARD, json.dumps(card, indent=2, allow_nan=False).encode())
@@ -372,6 +382,11 @@ def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise ModelIntegrityError(f"{path}: a bundle of an older podguard (the forest as "
                                   f"{_OLD_FOREST}, which needs scikit-learn and skops); "
                                   f"retrain it with this version (podguard train)")
+    absent = [m.name for m in _members() if m.files and not m.files & set(listed)]
+    if absent:  # a detector registered after the bundle was trained
+        raise ModelIntegrityError(f"{path}: the bundle has no files of detector(s) {absent} "
+                                  "(registered after it was trained); retrain it with this "
+                                  "version (podguard train)")
     if set(listed) != _bundle_files():
         raise ModelIntegrityError(f"{CARD} must list exactly {sorted(_bundle_files())}")
     foreign = sorted(set(contents) - _bundle_files())
@@ -416,91 +431,17 @@ def card_created(root_or_bundle: str | Path, version: str) -> float:
     return head.created.timestamp()
 
 
-def _json(contents: Mapping[str, bytes], fname: str) -> Any:
-    try:
-        return json.loads(contents[fname])
-    except ValueError as exc:
-        raise ModelIntegrityError(f"{fname} is not valid JSON: {exc}") from exc
-
-
 # --------------------------------------------------------------------------- members
 
-
-@dataclass(frozen=True)
-class Member:
-    """How one detector lives in a bundle: one registration in :data:`MEMBERS`.
-
-    ``encode`` gives the files the detector is written as (name -> bytes; a detector that
-    saves itself into a directory gives none and writes in ``write``), ``write`` puts them
-    into the bundle's temporary directory, ``read`` builds the detector from the bundle's
-    verified bytes (and its card), ``card`` gives the card entries it owns (``features``,
-    ``scaling``, ``thresholds``)."""
-
-    name: str
-    files: frozenset[str]
-    read: Callable[[Mapping[str, bytes], Mapping[str, Any]], Any]
-    encode: Callable[[Any], dict[str, bytes]] = field(default=lambda det: {})
-    write: Callable[[Any, Path, dict[str, bytes]], None] = field(
-        default=lambda det, directory, files: _write_files(directory, files))
-    card: Callable[[Any], Mapping[str, Any]] = field(default=lambda det: {})
-
-
-def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
-    for fname, data in files.items():
-        _write_file(directory / fname, data)
-
-
-def _save_drift(drift: DriftDetector, directory: Path, files: Mapping[str, bytes]) -> None:
-    drift.save(directory)  # its JSON states and safetensors files
-
-
-def _read_drift(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> DriftDetector:
-    tensors = read_tensors(contents[AE_WEIGHTS], AE_WEIGHTS)
-    trees = read_tensors(contents[FOREST_WEIGHTS], FOREST_WEIGHTS)
-    autoencoder = AutoencoderDetector.from_state(_json(contents, AE_JSON), tensors)
-    forest = IsolationForestDetector.from_state(_json(contents, FOREST_JSON), trees)
-    drift = DriftDetector.from_state(_json(contents, DRIFT_JSON), autoencoder, forest)
-    if list(drift.feature_names) != card.get("features"):
-        raise ModelIntegrityError(f"{CARD}: feature list disagrees with the model")
-    return drift
-
-
-def _drift_card(drift: DriftDetector) -> dict[str, Any]:
-    ae = drift.autoencoder
-    return {
-        "features": list(drift.feature_names),
-        "scaling": {"method": "median/IQR (robust)", **ae.scaler.to_dict()},
-        "thresholds": {"drift": drift.threshold_, "autoencoder": ae.threshold_,
-                       "forest": drift.forest.threshold_},
-    }
-
-
-def _encode_trend(trend: TrendDetector) -> dict[str, bytes]:
-    try:
-        text = json.dumps(trend.get_state(), indent=2, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"the trend detector's state is not strict JSON: {exc}") from exc
-    return {TREND_JSON: text.encode()}
-
-
-def _read_trend(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> TrendDetector:
-    state = _json(contents, TREND_JSON)
-    if not isinstance(state, dict):
-        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
-    return TrendDetector.from_state(state)
-
-
-MEMBERS: tuple[Member, ...] = (
-    Member("drift", frozenset({AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_WEIGHTS, DRIFT_JSON}),
-           _read_drift, write=_save_drift, card=_drift_card),
-    Member("trend", frozenset({TREND_JSON}), _read_trend, encode=_encode_trend),
-)
-"""The detectors of a bundle; a new detector is one line here (and its module)."""
-
+def _members() -> tuple[Member, ...]:
+    """The detectors of a bundle: the registered detectors' members, read from
+    :data:`detector.models.registry.REGISTRY` at each call (a new detector is its module and
+    one line there)."""
+    return registry.members()
 
 
 def _bundle_files() -> frozenset[str]:
-    return frozenset().union(*(m.files for m in MEMBERS))
+    return frozenset().union(*(m.files for m in _members()))
 
 
 BUNDLE_FILES: frozenset[str] = _bundle_files()
@@ -514,7 +455,7 @@ def load_bundle(path: str | Path) -> Bundle:
         p = resolve_current(p)
     card, contents = _read_verified(p)
     detectors = {}
-    for m in MEMBERS:
+    for m in _members():
         try:
             detectors[m.name] = m.read(contents, card)
         except (KeyError, TypeError, ValueError) as exc:

@@ -51,9 +51,11 @@ so Shapley values over those inputs sum to the score.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,16 @@ import numpy as np
 from detector.errors import InputError, ModelIntegrityError
 from detector.models.attribution import exact_shapley_rows
 from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
+from detector.models.history import LevelHistory
+from detector.models.spec import (
+    NEW_POD_S,
+    DetectorSpec,
+    FitContext,
+    Fitted,
+    Member,
+    json_file,
+    pod_age_s,
+)
 from detector.models.state import TrendState, read_state
 from detector.windows import (
     CHANNELS,
@@ -145,18 +157,84 @@ def destep(y: np.ndarray) -> np.ndarray:
     d = np.diff(y, axis=-1)
     d_f = np.where(np.isfinite(d), d, -np.inf)
     kmax = np.argmax(d_f, axis=-1)
-    dmax = d_f[np.arange(d_f.shape[0]), kmax]
-    dmax = np.where(np.isfinite(dmax), np.maximum(dmax, 0.0), 0.0)
-    others = np.where(np.isfinite(d) & (d > 0), d, 0.0).sum(axis=-1) - dmax
-    dmax = np.where(dmax > STEP_DOMINANCE * others, dmax, 0.0).astype(y.dtype)
-    after_step = np.arange(y.shape[-1])[None, :] > kmax[:, None]
-    return y - after_step * dmax[:, None]
+    dmax = np.maximum(d_f.max(axis=-1), 0.0)  # the largest rise (0 for none)
+    others = np.maximum(d_f, 0.0).sum(axis=-1) - dmax  # the sum of the other rises
+    stepped = np.flatnonzero(dmax > STEP_DOMINANCE * others)
+    if stepped.size == 0:
+        return y
+    out = y.copy()
+    after_step = np.arange(y.shape[-1])[None, :] > kmax[stepped, None]
+    out[stepped] -= after_step * dmax[stepped, None].astype(y.dtype)
+    return out
 
 
-def _theil_sen(y: np.ndarray, dt_s: float) -> np.ndarray:
-    """Median pairwise slope of the last axis (unit/s), NaN with < 2 finite points."""
-    i, j = _pairs(y.shape[-1])
-    return nanmedian_last((y[..., j] - y[..., i]) / ((j - i) * dt_s).astype(y.dtype))
+_HALVES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _half_medians(slopes: np.ndarray, m: int, early_end: int, recent_start: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Medians (NaN-skipping) of the pairwise ``slopes`` (R, pairs of ``m`` points, in
+    :func:`_pairs` order) between points before ``early_end`` and between points from
+    ``recent_start`` on; one sort for both when the halves hold as many pairs."""
+    key = (m, early_end, recent_start)
+    if key not in _HALVES:
+        i, j = _pairs(m)
+        _HALVES[key] = (np.flatnonzero(j < early_end), np.flatnonzero(i >= recent_start))
+    early, recent = _HALVES[key]
+    if early.size == recent.size:
+        both = nanmedian_last(np.take(slopes, np.stack([early, recent]), axis=1))
+        return both[:, 0], both[:, 1]
+    return nanmedian_last(slopes[:, early]), nanmedian_last(slopes[:, recent])
+
+
+def _mann_kendall_s(dy: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Mann-Kendall S of pairwise differences ``dy`` (R, P) over the pairs ``ok`` (finite):
+    rises minus falls, float64."""
+    rises = np.count_nonzero((dy > 0) & ok, axis=-1)
+    return (rises - np.count_nonzero((dy < 0) & ok, axis=-1)).astype(np.float64)
+
+
+def max_drawdown(x: np.ndarray) -> np.ndarray:
+    """(R,) float64: the largest fall of each row of ``x`` (R, L) below its running maximum
+    over its finite points (0 for none, NaN points skipped)."""
+    fin = np.isfinite(x)
+    filled = np.where(fin, x, -np.inf)
+    dd = np.maximum.accumulate(filled, axis=-1)
+    np.subtract(dd, x, out=dd, where=fin)
+    dd[~fin] = 0.0
+    dd[~np.isfinite(dd)] = 0.0
+    return dd.max(axis=-1, initial=0.0).astype(np.float64)
+
+
+class _Coarse:
+    """Rows ``v`` (R, L) of the incarnations the short-horizon paths judge, at coarser grids
+    (the minimum of each ``k`` points, aligned to the window end), with the largest drawdown
+    of each: the same for every span judged at that grid, so computed once per ``k``."""
+
+    def __init__(self, v: np.ndarray) -> None:
+        self.v = v
+        self._mins: dict[int, np.ndarray] = {1: v}
+        self._dd: dict[int, np.ndarray] = {}
+
+    def mins(self, k: int) -> np.ndarray:
+        if k not in self._mins:
+            v = self.v
+            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+                self._mins[k] = np.nanmin(v[:, v.shape[-1] % k:].reshape(v.shape[0], -1, k),
+                                          axis=-1)
+        return self._mins[k]
+
+    def drawdown(self, k: int) -> np.ndarray:
+        if k not in self._dd:
+            self._dd[k] = max_drawdown(self.mins(k))
+        return self._dd[k]
+
+    def rows(self, idx: np.ndarray) -> _Coarse:
+        """The same for the rows ``idx`` (what is computed already is kept)."""
+        sub = _Coarse(self.v[idx])
+        sub._mins.update({k: m[idx] for k, m in self._mins.items() if k != 1})
+        sub._dd = {k: d[idx] for k, d in self._dd.items()}
+        return sub
 
 
 @dataclass(frozen=True)
@@ -208,6 +286,24 @@ def _fields(st: _ViewStats) -> tuple[np.ndarray, ...]:
             st.q, st.half_s, st.valid)
 
 
+def _concat(parts: list[Analysis]) -> Analysis:
+    """The analyses of consecutive blocks of windows as one."""
+
+    def cat(stats: list[_ViewStats]) -> _ViewStats:
+        return _ViewStats(*(np.concatenate(f) for f in zip(*map(_fields, stats), strict=True)))
+
+    return Analysis(slow=cat([p.slow for p in parts]),
+                    slow_span=np.concatenate([p.slow_span for p in parts]),
+                    fast=cat([p.fast for p in parts]),
+                    fast_span=np.concatenate([p.fast_span for p in parts]),
+                    imminent=cat([p.imminent for p in parts]),
+                    imminent_span=np.concatenate([p.imminent_span for p in parts]))
+
+
+ANALYSIS_BLOCK = 1024
+"""Windows analysed together (a larger batch is analysed in blocks of this many)."""
+
+
 LINEAR_Q = 0.9
 """A growth ratio between the recent and the earlier half of a view above this is taken as
 linear (a leak); below it the growth is decelerating and projected geometrically."""
@@ -224,7 +320,8 @@ def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.
     ``log(1 - room (1 - q) / (g q)) / log(q)`` intervals. inf where nothing grows."""
     room = np.maximum(np.asarray(room, dtype=np.float64), 0.0)
     rate = np.asarray(rate, dtype=np.float64)
-    q = np.clip(np.nan_to_num(np.asarray(q, dtype=np.float64), nan=1.0), 1e-6, 1.0)
+    q = np.asarray(q, dtype=np.float64)
+    q = np.clip(np.where(np.isnan(q), 1.0, q), 1e-6, 1.0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         linear = np.where(rate > 0, room / rate, np.inf)
         g = rate * half_s
@@ -324,22 +421,18 @@ class TrendDetector(ThresholdMixin):
 
     # ------------------------------------------------------------------ core
 
-    def _inputs(self, batch: WindowBatch
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    def _inputs(self, values: np.ndarray, limits: np.ndarray, step: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Memory values (n, 3, L) of the current incarnation after its settling time, the
-        same without the settling time (for the fast path), limits (n, 3), step."""
-        if tuple(batch.channels) != CHANNELS:
-            raise InputError(f"TrendDetector needs channels {CHANNELS}, got {batch.channels}")
-        step = batch.step_s
-        if not step > 0:
-            raise InputError("TrendDetector needs a window grid of at least two points")
+        same without the settling time (for the fast path), limits (n, 3), of windows'
+        ``values`` (n, channels, L) and ``limits`` (n, channels) on a grid of ``step``."""
         mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
-        v = batch.values[:, mem_idx, :].astype(np.float32, copy=False)
+        v = values[:, mem_idx, :].astype(np.float32, copy=False)
         L = v.shape[-1]
         # a (re)start is followed by a warm-up: judge only what comes after the last restart
         # in the window, and after a pod that starts inside the window, plus a settling time
         idx = np.arange(L)[None, :]
-        last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
+        last_r = last_restart_index(values[:, CHANNELS.index("restarts"), :])
         fin = np.asarray(np.isfinite(v).any(axis=1))  # (n, L): any memory channel has data
         first = np.where(np.asarray(fin.any(axis=1)), np.argmax(fin, axis=1), 0)
         start = np.where(first > 0, first, -1)
@@ -352,20 +445,25 @@ class TrendDetector(ThresholdMixin):
         cut = np.where(begin >= 0, begin + settle, 0)
         if (cut > 0).any():
             v = np.where((idx < cut[:, None])[:, None, :], np.float32(np.nan), v)
-        lim = batch.limits[:, mem_idx].astype(np.float64)
-        return v, v_inc, lim, step
+        lim = limits[:, mem_idx].astype(np.float64)
+        return v, v_inc, lim
 
     def _view(self, v: np.ndarray, lim: np.ndarray, step: float, block_s: float, nb: int,
-              cache: dict[int, np.ndarray]) -> _ViewStats | None:
-        """Stats of one view for rows ``v`` (R, L) with limits ``lim`` (R,)."""
+              cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> _ViewStats | None:
+        """Stats of one view for rows ``v`` (R, L) with limits ``lim`` (R,). ``cache`` keeps
+        what depends on the block size only, for the views that share it: the block minima
+        over the window, their largest drawdown and the peak of the last block."""
         L = v.shape[-1]
         k = max(1, round(block_s / step))
         if nb * k > L:
             return None
         blk_s = k * step
         if k not in cache:
-            cache[k] = block_reduce(v, step, blk_s, "min")[0]  # (R, NB) over the window
-        mins = cache[k]
+            mins = block_reduce(v, step, blk_s, "min")[0]  # (R, NB) over the window
+            last = v[:, L - k :]
+            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+            cache[k] = (mins, max_drawdown(mins), peak)
+        mins, dd, peak = cache[k]
         y = mins[:, -nb:]
         n_valid = np.count_nonzero(np.isfinite(y), axis=-1)
         i, j = _pairs(nb)
@@ -379,7 +477,7 @@ class TrendDetector(ThresholdMixin):
         dy = y[:, j] - y[:, i]
         pair_ok = np.isfinite(dy)
         # Mann-Kendall on the trailing blocks
-        S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
+        S = _mann_kendall_s(dy, pair_ok)
         m = n_valid.astype(np.float64)
         tau = S / np.maximum(m * (m - 1) / 2, 1.0)
         Z = S / np.sqrt(np.maximum(m * (m - 1) * (2 * m + 5) / 18.0, 1e-9))
@@ -390,9 +488,9 @@ class TrendDetector(ThresholdMixin):
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
         h = nb // 2
-        rate_recent = _theil_sen(y[:, h:], blk_s).astype(np.float64)
-        early = j < nb - h
-        rate_early = nanmedian_last(slopes[:, early]).astype(np.float64)
+        # the medians of the pairwise slopes within the early and within the recent half
+        rate_early, rate_recent = (r.astype(np.float64) for r in _half_medians(
+            slopes, nb, nb - h, h))
         with np.errstate(invalid="ignore", divide="ignore"):
             # growth must not decelerate: recent-half slope vs early-half slope of the floor
             # (a warm-up approaching its plateau has a ratio near 0, a steady leak near 1)
@@ -402,18 +500,14 @@ class TrendDetector(ThresholdMixin):
                 np.clip(rate_recent / ref_rate, 0.0, 1.0),
                 0.0,
             )
-            # earlier drawdown of the floor over the whole window vs the rise of this view
-            filled = np.where(np.isfinite(mins), mins, -np.inf)
-            cummax = np.maximum.accumulate(filled, axis=-1)
-            dd = np.where(np.isfinite(mins), cummax - mins, 0.0)
-            dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
+            # earlier drawdown of the floor over the whole window (dd) vs the rise of this view
             rise = np.maximum(rate, 0.0) * nb * blk_s
             calm = np.where(rise > 0, np.clip(1.0 - dd / rise, 0.0, 1.0), 0.0)
             mono = np.maximum(tau, 0.0) * sig * persist * calm
             mono = np.where(n_valid >= math.ceil(0.75 * nb), mono, 0.0)
-            last = v[:, L - k :]
-            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
-            peak = np.where(np.isfinite(peak), peak, nanmedian_last(y))
+            # the peak of the last block (else the median floor of the view)
+            if not np.isfinite(peak).all():
+                peak = np.where(np.isfinite(peak), peak, nanmedian_last(y))
             has_lim = np.isfinite(lim) & (lim > 0)
             ref = np.where(has_lim, lim, peak)
             slope = np.maximum(rate, 0.0) * 3600.0 / ref
@@ -448,7 +542,7 @@ class TrendDetector(ThresholdMixin):
         then ``fast_span_s`` itself."""
         return (*(s for s in FAST_SUBSPANS if s < self.fast_span_s), self.fast_span_s)
 
-    def _fast(self, v: np.ndarray, lim: np.ndarray, step: float
+    def _fast(self, inc: _Coarse, lim: np.ndarray, step: float
               ) -> tuple[_ViewStats, np.ndarray]:
         """The fast path on rows ``v`` (R, L) of the current incarnation, no settling time:
         each of :meth:`fast_spans` (the last 5, 10 and 30 min at the grid step, each judged
@@ -456,12 +550,12 @@ class TrendDetector(ThresholdMixin):
         scores highest per row (a leak that began after a long flat stretch fills only the
         recent part of the long span, whose robust slope it dilutes). Also returns the
         span (s) of data the chosen one judged."""
-        L = v.shape[-1]
-        fin = np.isfinite(v)
+        L = inc.v.shape[-1]
+        fin = np.isfinite(inc.v)
         best: _ViewStats | None = None
-        span = np.zeros(v.shape[0])
+        span = np.zeros(inc.v.shape[0])
         for span_s in self.fast_spans():
-            st = self._short(v, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
+            st = self._short(inc, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
                              horizon_s=self.fast_horizon_s, steady_only=False)
             m = min(L, max(6, round(span_s / step)))
             judged = fin[:, L - m:].sum(axis=-1) * step
@@ -475,17 +569,17 @@ class TrendDetector(ThresholdMixin):
         assert best is not None
         return best, span
 
-    def _imminent(self, v: np.ndarray, lim: np.ndarray, step: float) -> _ViewStats:
+    def _imminent(self, inc: _Coarse, lim: np.ndarray, step: float) -> _ViewStats:
         """The imminent-OOM judgement of incarnations younger than ``fast_min_s``: their
         last ``fast_min_s`` at the grid step, judged from ``imminent_min_s`` of data, only
         where the growth keeps its pace (a warm-up decelerates from its first minutes) and
         the projected OOM is within ``imminent_horizon_s``."""
-        return self._short(v, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
+        return self._short(inc, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
                            horizon_s=self.imminent_horizon_s, steady_only=True)
 
-    def _short(self, v: np.ndarray, lim: np.ndarray, step: float, *, span_s: float,
+    def _short(self, inc: _Coarse, lim: np.ndarray, step: float, *, span_s: float,
                min_s: float, horizon_s: float, steady_only: bool) -> _ViewStats:
-        """A short-horizon judgement of rows ``v`` (R, L): the last ``span_s`` at the grid
+        """A short-horizon judgement of rows ``inc.v`` (R, L): the last ``span_s`` at the grid
         step, judged from ``min_s`` of data (and at least 6 points), scoring only a projected
         OOM within ``horizon_s`` (``steady_only``: and growth that does not slow down).
 
@@ -494,21 +588,14 @@ class TrendDetector(ThresholdMixin):
         them, a leak does not) and not decelerating (a warm-up slows down; its projected
         plateau under the limit gives no time to OOM). Urgency is one over the projected
         time to OOM, so only growth that fills the headroom soon scores."""
-        L = v.shape[-1]
+        L = inc.v.shape[-1]
         m = min(L, max(6, round(span_s / step)))
         # at most FAST_POINTS points: a finer grid is cut into block minima (the pairwise
         # statistics cost the square of the points)
         k = max(1, math.ceil(m / FAST_POINTS))
-        m = (m // k) * k
-        y = v[:, L - m:]
-        if k > 1:
-            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
-                y = np.nanmin(y.reshape(y.shape[0], m // k, k), axis=-1)
-            v = v[:, L % k:].reshape(v.shape[0], -1, k)
-            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
-                v = np.nanmin(v, axis=-1)
-            step, m = step * k, m // k
-            L = v.shape[-1]
+        m = m // k
+        y = inc.mins(k)[:, -m:]  # the last m blocks of k points
+        step = step * k
         level = y  # the usage itself: de-stepping is for the trend, not for the headroom
         y = destep(y)
         ok = np.isfinite(y)
@@ -519,7 +606,7 @@ class TrendDetector(ThresholdMixin):
         dy = y[:, j] - y[:, i]
         pair_ok = np.isfinite(dy)
         slopes = dy / ((j - i) * step).astype(np.float32)
-        S = np.sign(np.where(pair_ok, dy, 0.0)).sum(axis=-1, dtype=np.float64)
+        S = _mann_kendall_s(dy, pair_ok)
         mf = nv.astype(np.float64)
         Z = S / np.sqrt(np.maximum(mf * (mf - 1) * (2 * mf + 5) / 18.0, 1e-9))
         sig = np.clip((Z - 2.0) / 1.5, 0.0, 1.0)
@@ -535,23 +622,20 @@ class TrendDetector(ThresholdMixin):
         full = first == 0
         if full.any():
             sl = slopes[full]
-            r_early[full] = nanmedian_last(sl[:, j < m // 2])
-            r_recent[full] = nanmedian_last(sl[:, i >= m // 2])
+            r_early[full], r_recent[full] = _half_medians(sl, m, m // 2, m // 2)
         if not full.all():
             part = ~full
             sl, f_, md = slopes[part], first[part], mid[part]
             early = (i[None, :] >= f_[:, None]) & (j[None, :] < md[:, None])
             recent = i[None, :] >= md[:, None]
-            r_early[part] = nanmedian_last(np.where(early, sl, np.nan))
-            r_recent[part] = nanmedian_last(np.where(recent, sl, np.nan))
+            both = nanmedian_last(np.stack([np.where(early, sl, np.nan),
+                                            np.where(recent, sl, np.nan)], axis=1))
+            r_early[part], r_recent[part] = both[:, 0], both[:, 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             q = np.where((r_early > 0) & np.isfinite(r_recent), r_recent / r_early, 1.0)
             half_s = np.maximum((m - mid) * step, step)
             # the largest drawdown of the incarnation's series (whole window) vs the rise
-            filled = np.where(np.isfinite(v), v, -np.inf)
-            cummax = np.maximum.accumulate(filled, axis=-1)
-            dd = np.where(np.isfinite(v), cummax - v, 0.0)
-            dd = np.where(np.isfinite(dd), dd, 0.0).max(axis=-1).astype(np.float64)
+            dd = inc.drawdown(k)
             rise = np.maximum(rate, 0.0) * np.maximum(nv - 1, 0) * step
             calm = np.where(rise > 0, np.clip(1.0 - 2.0 * dd / rise, 0.0, 1.0), 0.0)
             # the level from the usage itself: with a start-up step taken out (a process
@@ -595,7 +679,25 @@ class TrendDetector(ThresholdMixin):
         score, the leak report and the explanation all read this one analysis)."""
         if self._cache is not None and self._cache[0] is batch:
             return self._cache[1]
-        v3, vinc3, lim3, step = self._inputs(batch)
+        if tuple(batch.channels) != CHANNELS:
+            raise InputError(f"TrendDetector needs channels {CHANNELS}, got {batch.channels}")
+        step = batch.step_s
+        if not step > 0:
+            raise InputError("TrendDetector needs a window grid of at least two points")
+        # every window is analysed alone: blocks of windows keep the working arrays (pairwise
+        # slopes, R x 435 at the fast path's 30 points) small enough to stay in the cache
+        n = len(batch)
+        parts = [self._analyse_block(batch.values[s:s + ANALYSIS_BLOCK],
+                                     batch.limits[s:s + ANALYSIS_BLOCK], step)
+                 for s in range(0, max(n, 1), ANALYSIS_BLOCK)]
+        an = parts[0] if len(parts) == 1 else _concat(parts)
+        self._cache = (batch, an)
+        return an
+
+    def _analyse_block(self, values: np.ndarray, limits: np.ndarray, step: float
+                       ) -> Analysis:
+        """:meth:`_analyse` of windows' ``values`` (n, channels, L), ``limits`` (n, channels)."""
+        v3, vinc3, lim3 = self._inputs(values, limits, step)
         n, nc, L = v3.shape
         v_all = v3.reshape(n * nc, L)
         vinc_all = vinc3.reshape(n * nc, L)
@@ -606,7 +708,7 @@ class TrendDetector(ThresholdMixin):
         R = active.size
         best: _ViewStats | None = None
         span = np.full(R, np.nan)
-        cache: dict[int, np.ndarray] = {}
+        cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         n_views = 0
         computed: list[tuple[_ViewStats, float]] = []
         for block_s, nb in self.views:
@@ -668,8 +770,9 @@ class TrendDetector(ThresholdMixin):
         fin_all = np.isfinite(vinc_all)
         has_inc = fin_all.any(axis=-1)
         act_inc = np.flatnonzero(has_inc)
+        inc = _Coarse(vinc_all[act_inc])
         if act_inc.size:
-            fs, fspan = self._fast(vinc_all[act_inc], lim_all[act_inc], step)
+            fs, fspan = self._fast(inc, lim_all[act_inc], step)
             for f_full, f_fast in zip(_fields(fast), _fields(fs), strict=True):
                 f_full[act_inc] = f_fast
             fast_span[act_inc] = fspan
@@ -679,7 +782,9 @@ class TrendDetector(ThresholdMixin):
         inc_age = np.where(has_inc, (L - np.argmax(fin_all, axis=-1)) * step, np.inf)
         young_inc = np.flatnonzero(inc_age < self.fast_min_s)
         if young_inc.size:
-            im = self._imminent(vinc_all[young_inc], lim_all[young_inc], step)
+            # young incarnations are among those the fast path judged: reuse its drawdowns
+            pos = np.searchsorted(act_inc, young_inc)
+            im = self._imminent(inc.rows(pos), lim_all[young_inc], step)
             for f_full, f_imm in zip(_fields(imminent), _fields(im), strict=True):
                 f_full[young_inc] = f_imm
             imminent_span[young_inc] = inc_age[young_inc]
@@ -691,7 +796,6 @@ class TrendDetector(ThresholdMixin):
                       fast=shaped(fast), fast_span=fast_span.reshape(n, nc),
                       imminent=shaped(imminent),
                       imminent_span=imminent_span.reshape(n, nc))
-        self._cache = (batch, an)
         return an
 
     def forget_analysis(self) -> None:
@@ -805,7 +909,7 @@ class TrendDetector(ThresholdMixin):
     def thresholds_from_scores(self, slow: np.ndarray, fast: np.ndarray, fpr: float,
                                background: WindowBatch | None = None) -> float:
         """Sets both thresholds from healthy scores of each path (e.g. as the decision sees
-        them, :func:`detector.pipeline.leak_decision_scores`) and returns the slow one."""
+        them, :func:`leak_decision_scores`) and returns the slow one."""
         self.threshold_ = max(threshold_at_fpr(np.asarray(slow), fpr), MIN_THRESHOLD)
         self.fast_threshold_ = max(threshold_at_fpr(np.asarray(fast), fpr), MIN_THRESHOLD)
         self.fitted_ = True
@@ -1065,3 +1169,108 @@ def page_cache_growth(batch: WindowBatch, report: LeakReport) -> np.ndarray:
                       & (file_part <= late[:, 2]) & (late[:, 2] > 0))
         out[rows[sel]] = cached
     return out
+
+
+# ------------------------------------------------------------------ the scores the decision acts on
+
+
+def leak_decision_scores(trend: TrendDetector, healthy: WindowBatch, *,
+                         horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The slow and fast leak paths' scores on healthy windows as the decision sees them
+    (:func:`decision_scores`)."""
+    slow, fast, _imminent = decision_scores(trend, healthy, horizon_s=horizon_s)
+    return slow, fast
+
+
+def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three leak paths' scores on healthy windows as the decision sees them: replayed in
+    time order through a fresh :class:`LevelHistory`, with 0 where a verdict could not be a
+    leak anyway (stale, projected OOM beyond ``horizon_s``, a return to a level already held);
+    the imminent path's NaN where it does not judge (no incarnation younger than the fast
+    path's minimum). Thresholds fitted on these give the target false-alarm rate of the
+    verdicts themselves."""
+    slow_all = np.zeros(len(healthy))
+    fast_all = np.zeros(len(healthy))
+    imm_all = np.full(len(healthy), np.nan)
+    if len(healthy) == 0:
+        return slow_all, fast_all, imm_all
+    history = LevelHistory()
+    order = np.argsort(healthy.ts, kind="stable")
+    ts_sorted = healthy.ts[order]
+    cuts = np.flatnonzero(np.diff(ts_sorted)) + 1
+    for idx in np.split(order, cuts):
+        sub = healthy.subset(idx)
+        slots = history.update(sub)
+        rep = trend.leak_report(sub)
+        slow, fast = trend.path_scores(sub)
+        imm = trend.imminent_scores(sub)
+        tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        far = ~(tto <= horizon_s) & ~np.isnan(tto)
+        revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
+                   | page_cache_growth(sub, rep))
+        ok = ~np.asarray(sub.stale, dtype=bool) & ~far & ~revisit
+        slow_all[idx] = np.where(ok, slow, 0.0)
+        fast_all[idx] = np.where(ok, fast, 0.0)
+        # the imminent path gates its own projection (within imminent_horizon_s)
+        live = ~np.asarray(sub.stale, dtype=bool) & ~revisit
+        imm_all[idx] = np.where(live | np.isnan(imm), imm, 0.0)
+    return slow_all, fast_all, imm_all
+
+
+# ------------------------------------------------------------------ registration (models.registry)
+
+TREND_JSON = "trend.json"
+
+
+def _encode(trend: TrendDetector) -> dict[str, bytes]:
+    try:
+        text = json.dumps(trend.get_state(), indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the trend detector's state is not strict JSON: {exc}") from exc
+    return {TREND_JSON: text.encode()}
+
+
+def _read_member(contents: Mapping[str, bytes], card: Mapping[str, Any]) -> TrendDetector:
+    state = json_file(contents, TREND_JSON)
+    if not isinstance(state, dict):
+        raise ModelIntegrityError(f"{TREND_JSON} must hold a JSON object")
+    return TrendDetector.from_state(state)
+
+
+def _fit(ctx: FitContext) -> Fitted:
+    """Healthy quantiles from the fitting pods; thresholds as fitted state on every healthy
+    window (few parameters; the held-back part alone is too small for a 1e-4 tail), then
+    refitted on the scores the decision acts on (:func:`decision_scores`: stale windows,
+    projections beyond the leak horizon and returns to a level already held never page);
+    the imminent path's on ``ctx.young`` (without it the path stays off)."""
+    det, t0 = ctx.detection, time.perf_counter()
+    trend = TrendDetector().fit(ctx.fit)
+    trend.infer_threshold(ctx.healthy, det.leak_fpr)
+    slow, fast = leak_decision_scores(trend, ctx.healthy, horizon_s=det.leak_horizon_s)
+    threshold = trend.thresholds_from_scores(slow, fast, det.leak_fpr, background=ctx.healthy)
+    n_young = 0
+    if ctx.young is not None and len(ctx.young):
+        _s, _f, imm = decision_scores(trend, ctx.young, horizon_s=det.leak_horizon_s)
+        judged = imm[np.isfinite(imm)]
+        n_young = int(judged.size)
+        trend.imminent_threshold_from_scores(judged, det.leak_fpr)
+    fit_s = round(time.perf_counter() - t0, 2)
+    # the held-back windows the drift ensemble is judged on too (pods old enough)
+    hold = ctx.holdout.subset(np.flatnonzero(pod_age_s(ctx.holdout) >= NEW_POD_S))
+    return Fitted(trend, {
+        "trend_threshold": threshold, "trend_fast_threshold": trend.fast_threshold_,
+        "trend_imminent_threshold": trend.imminent_threshold_, "windows_young": n_young,
+        "trend_fit_s": fit_s,
+        "holdout_false_alarm_rate": {"trend": float(np.mean(trend.predict(hold).is_anomaly))},
+    })
+
+
+SPEC = DetectorSpec(
+    name="trend", cls=TrendDetector, input="window", example=TrendDetector,
+    kinds=("memory_leak", "gpu_memory_leak"),
+    member=Member("trend", frozenset({TREND_JSON}), _read_member, encode=_encode),
+    fit=_fit,
+)
+"""The leak detector: ``trend.json``, the leak verdicts (decided by the pipeline,
+:data:`detector.pipeline.BUILT_IN`), fitted on every healthy window."""

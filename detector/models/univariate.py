@@ -50,14 +50,16 @@ How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from detector.errors import NotFittedError
+from detector.models.spec import Decider, DetectorSpec, Fitted, Judged, Member
 from detector.models.state import UnivariateState, read_config, read_state
+from detector.windows import WindowBatch
 
 FORMAT = "podguard.univariate/2"
 DEFAULT_THRESHOLD = 5.0
@@ -660,3 +662,104 @@ class StreamBank:
         st = self._state
         return sum(int(np.prod(getattr(st, f.name).shape[1:])) for f in fields(st)) + 1 + \
             len(self._judged) + 1 + self._scale_scores.shape[1]
+
+
+# ------------------------------------------------------------------ registration (models.registry)
+
+
+def from_card(card: Mapping[str, Any]) -> UnivariateDetector:
+    """The custom-metric detector a bundle's card carries (key ``univariate``, the JSON state
+    of :class:`UnivariateDetector`); a bundle without one gets the defaults (every family
+    at :data:`DEFAULT_THRESHOLD`)."""
+    state = card.get("univariate")
+    return UnivariateDetector() if state is None else UnivariateDetector.from_state(state)
+
+
+class MetricDecider:
+    """The pipeline's ``metric_anomaly`` decision: each custom metric of ``batch.extra`` (an
+    application's, outside the built-in channels) through the detector, streaming: one state
+    per pod and metric (a :class:`StreamBank` each, kept across evaluations) advanced by the
+    window's points that are new since the last evaluation, so a step costs O(new points)
+    and the verdict is the one a causal replay of the pod's whole series gives. Every window
+    with data advances its state; per eligible window the metric furthest above its family's
+    threshold is reported."""
+
+    def __init__(self, det: UnivariateDetector) -> None:
+        self.det = det
+        self.banks: dict[str, StreamBank] = {}
+
+    def judge(self, batch: WindowBatch, eligible: np.ndarray, /) -> Judged | None:
+        """None without custom metrics."""
+        if not batch.extra:
+            return None
+        det, n = self.det, len(batch)
+        best = np.full(n, -np.inf)
+        flagged, score = np.zeros(n, bool), np.full(n, np.nan)
+        threshold = np.full(n, det.default_threshold)
+        metric: list[str | None] = [None] * n
+        judgements: dict[str, Judgement] = {}
+        times = (np.asarray(batch.ts, dtype=np.float64)[:, None]
+                 + np.asarray(batch.grid)[None, :])
+        for name in sorted(batch.extra):
+            x = np.asarray(batch.extra[name], dtype=np.float64)
+            rows = np.flatnonzero(np.isfinite(x).any(axis=1))
+            if rows.size == 0:
+                continue
+            thr = det.threshold_for(name)
+            bank = self.banks.setdefault(name, StreamBank(det))
+            j = bank.advance([batch.keys[i] for i in rows.tolist()], times[rows], x[rows], thr)
+            spread: dict[str, np.ndarray] = {f: _scatter(getattr(j, f), rows, n)
+                                             for f in j.__dataclass_fields__ if f != "scales"}
+            full = replace(j, **spread)  # type: ignore[arg-type]
+            judgements[name] = full
+            ratio = np.where(np.isfinite(full.score) & eligible, full.score / thr, -np.inf)
+            better = ratio > best
+            best = np.where(better, ratio, best)
+            score[better] = full.score[better]
+            threshold[better] = thr
+            flagged[:] = np.where(better, full.is_anomaly, flagged)
+            for i in np.flatnonzero(better).tolist():
+                metric[i] = name
+
+        def explain(i: int, step_s: float) -> tuple[str, dict[str, float]]:
+            name = metric[i]
+            assert name is not None
+            text, values = det.explain(name, judgements[name], i, step_s=step_s)
+            return "custom metric anomaly: " + text, values
+
+        return Judged("metric_anomaly", flagged, score, threshold, explain)
+
+    def forget(self, key: Hashable, /) -> None:
+        for name, bank in list(self.banks.items()):
+            bank.forget(key)
+            if not len(bank):  # no pod left with this custom metric
+                del self.banks[name]
+
+    def adopt(self, previous: Decider, /) -> None:
+        """Takes over ``previous``'s streams when its detector has the same configuration
+        (same streams, same meaning)."""
+        if isinstance(previous, MetricDecider) and previous.det.config == self.det.config:
+            self.banks = previous.banks
+            for bank in self.banks.values():
+                bank.det = self.det
+
+
+def _scatter(a: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.full((n, *a.shape[1:]), False if a.dtype == bool else np.nan,
+                  dtype=a.dtype if a.dtype == bool else np.float64)
+    out[rows] = a
+    return out
+
+
+SPEC = DetectorSpec(
+    name="univariate", cls=UnivariateDetector, input="stream", example=UnivariateDetector,
+    kinds=("metric_anomaly",),
+    member=Member("univariate", frozenset(), lambda contents, card: from_card(card),
+                  card=lambda det: {"univariate": det.get_state()}),
+    # custom metrics: the healthy training windows carry no family, so the documented
+    # defaults (a family is fitted by infer_threshold where its healthy series exist)
+    fit=lambda ctx: Fitted(UnivariateDetector()),
+    decider=MetricDecider,
+)
+"""The custom-metric detector: its state in the card (key ``univariate``), ``metric_anomaly``
+verdicts after the built-in decisions."""

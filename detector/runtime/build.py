@@ -1,12 +1,13 @@
 """``podguard run``: builds the daemon from the settings and runs it.
 
-Called by :mod:`detector.cli` (``run`` sub-command, imported lazily). With no configuration
-the source is the embedded default (:mod:`detector.sources.local`): real training loops,
-one leaking, sampled in compressed time; verdicts go to the console and a JSON-lines file and
-remediation is a printed dry-run plan. With ``sources.kind: prometheus`` or ``kafka`` the
-daemon watches a node; alerts go to the Alertmanager sink and Kubernetes Events when
-configured, and remediation to the controller (its own ``dry_run`` honoured) when
-``remediation.enabled``.
+Called by :mod:`detector.cli` (``run`` sub-command, imported lazily). The source is the one
+``sources.kind`` names, built by its module's ``SOURCE`` (a
+:class:`detector.sources.base.SourceSpec`, found through its settings section): this module
+names no source. With no configuration it is the embedded default: real training loops, one
+leaking, sampled in compressed time; verdicts go to the console and a JSON-lines file and
+remediation is a printed dry-run plan. A source watching a cluster sends alerts to the
+Alertmanager sink and Kubernetes Events when configured, and remediation to the controller
+(its own ``dry_run`` honoured) when ``remediation.enabled``.
 
 SIGTERM and SIGINT stop the loop; sinks are flushed and the source closed within
 ``runtime.grace_period_s``. ``--duration`` stops it after so many seconds and prints a summary:
@@ -32,11 +33,9 @@ from prometheus_client import CollectorRegistry
 
 from detector.errors import ServiceUnavailableError
 from detector.explain import format_duration
-from detector.settings import Settings, load_settings
-from detector.sinks.base import Sink, SynchronousSink
-from detector.sinks.console import ConsoleSink
-from detector.sinks.jsonl import JsonLinesSink
-from detector.sources.base import Source
+from detector.settings import Settings, SourcesSettings, load_settings
+from detector.sinks.base import Escalates, Sink, SinkContext, SynchronousSink, sink_specs
+from detector.sources.base import Source, source_spec
 from detector.verdicts import Explanation, Verdict
 from detector.windows import WindowEngine
 
@@ -55,88 +54,56 @@ def make_engine(settings: Settings) -> WindowEngine:
 
 def make_source(settings: Settings, *, logger: logging.Logger,
                 out_dir: Path | None = None) -> Source:
-    kind = settings.sources.kind
-    log = logger.getChild("source")
-    if kind == "prometheus":
-        from detector.sources.prometheus import PrometheusSource
-
-        return PrometheusSource(settings.sources.prometheus, logger=log)
-    if kind == "kafka":
-        from detector.sources.kafka import KafkaSource
-
-        backfill = None
-        if settings.sources.kafka.backfill_prometheus:
-            from detector.sources.backfill import PrometheusBackfill
-
-            backfill = PrometheusBackfill(settings.sources.prometheus, logger=log,
-                                          window_s=settings.windows.horizon_s)
-        return KafkaSource(settings.sources.kafka, logger=log,
-                           window_s=settings.windows.horizon_s, backfill=backfill)
-    from detector.sources.local import LocalSource
-
-    return LocalSource(settings.sources.local, logger=log,
-                       log_dir=(out_dir / "workloads") if out_dir else None)
+    """The source ``sources.kind`` names, built by its module's ``SOURCE``
+    (:func:`detector.sources.base.source_spec`)."""
+    return source_spec(settings).build(settings, logger.getChild("source"), out_dir)
 
 
 def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
                  stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
                  lambda s: s, diagnosis_channel: Any = None,
                  ) -> tuple[list[Sink], RemediationHook | None]:
-    """The sinks and the remediation hook the settings ask for (``diagnosis_channel``: a
-    :class:`detector.diagnosis.requester.ChannelRequests` served on the pod channel too)."""
-    rt = settings.runtime
+    """The sinks the settings ask for (each sink module's ``SINK``, in
+    :data:`detector.sinks.base.SINK_MODULES` order) and the remediation hook
+    (``diagnosis_channel``: a :class:`detector.diagnosis.requester.ChannelRequests` served on
+    the pod channel too). The embedded default gets no cluster sink, its console thinned to
+    one line per unchanged alert a real minute, and a printed dry-run plan."""
+    spec = source_spec(settings)
+    made: list[Any] = []
+
+    def get_actuator() -> Any:  # the cluster's one Actuator, built when first needed
+        if not made:
+            api = _kube_api(logger)
+            if api is None:
+                made.append(None)
+            else:
+                from detector.remediation.actuator import Actuator
+
+                made.append(Actuator(api, settings=settings.remediation,
+                                     event_interval_s=settings.alerting.event_interval_s))
+        return made[0]
+
+    ctx = SinkContext(settings=settings, logger=logger, out_dir=out_dir, stream=stream,
+                      adopts_node_alerts=spec.adopts_node_alerts, actuator=get_actuator)
     sinks: list[Sink] = []
-    path: Path | None = None
-    if rt.verdicts_path:
-        path = Path(rt.verdicts_path)
-        if out_dir is not None and not path.is_absolute():
-            path = out_dir / path
-    local = settings.sources.kind == "local"
-    if path is not None:  # every positive verdict, as JSON lines
-        sinks.append(JsonLinesSink(path))
-    if rt.console:  # readable lines; the embedded default repeats an alert once a real minute
-        console: Sink = ConsoleSink(stream=stream)
-        if local:
-            console = OnChange(console, every_s=60.0 * real_seconds_inverse(real_seconds))
-        sinks.append(console)
+    for sink_spec in sink_specs():
+        if spec.embedded and sink_spec.cluster:
+            continue
+        sink = sink_spec.build(ctx)
+        if sink is None:
+            continue
+        if spec.embedded and sink_spec.thinned:
+            sink = OnChange(sink, every_s=60.0 * real_seconds_inverse(real_seconds))
+        sinks.append(sink)
     hook: RemediationHook | None
-    if local:
+    if spec.embedded:
         hook = DryRunPlan(settings.remediation, stream=stream,
-                          real_seconds=real_seconds) if rt.remediation_dry_run else None
+                          real_seconds=real_seconds) if settings.runtime.remediation_dry_run \
+            else None
         return sinks, hook
-    am: Any = None
-    api: Any = None
-    actuator: Any = None
-    if settings.alerting.kubernetes_events or settings.remediation.enabled or \
-            settings.alerting.alertmanager_urls:
-        api = _kube_api(logger)
-        if api is not None:
-            from detector.remediation.actuator import Actuator
-
-            actuator = Actuator(api, settings=settings.remediation,
-                                event_interval_s=settings.alerting.event_interval_s)
-    if settings.alerting.alertmanager_urls:
-        from detector.sinks.alertmanager import AlertmanagerSink
-
-        container_of = None
-        if actuator is not None:
-            from detector.sinks.k8s_events import PodContainers
-
-            container_of = PodContainers(actuator)
-        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
-        # Alerts of a previous run are adopted only where this daemon judges a node's pods
-        # (the Prometheus source). Members of a Kafka group own partitions, not nodes: one
-        # adopting its node's alerts would resolve those another member judges (a flap).
-        # Without adoption Alertmanager still keeps an alert's startsAt when it is re-sent.
-        scoped = settings.sources.kind == "prometheus" and node
-        am = AlertmanagerSink(settings=settings.alerting, container_of=container_of,
-                              adopt_matchers=[f'node="{node}"'] if scoped else None)
-        sinks.append(am)
     hook = None
-    if actuator is not None and settings.alerting.kubernetes_events:
-        from detector.sinks.k8s_events import KubernetesEventSink
-
-        sinks.append(KubernetesEventSink(actuator, settings=settings.alerting))
+    actuator = get_actuator() if settings.remediation.enabled else None
+    am = next((s for s in sinks if isinstance(s, Escalates)), None)
     if actuator is not None and settings.remediation.enabled:
         from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
@@ -292,15 +259,15 @@ def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
 def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> int:
     out = stream if stream is not None else sys.stdout
     settings = load_settings(args.config)
-    if args.embedded and settings.sources.kind != "local":
+    embedded_kind = SourcesSettings.model_fields["kind"].default  # the embedded default
+    if args.embedded and settings.sources.kind != embedded_kind:
         settings = settings.model_copy(update={
-            "sources": settings.sources.model_copy(update={"kind": "local"})})
+            "sources": settings.sources.model_copy(update={"kind": embedded_kind})})
     if args.port is not None:
         settings = settings.model_copy(update={
             "server": settings.server.model_copy(update={"port": args.port})})
-    out_dir = args.out
-    if out_dir is None and settings.sources.kind == "local":
-        out_dir = Path("out/run")
+    spec = source_spec(settings)
+    out_dir = args.out if args.out is not None else spec.default_out_dir
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     log = setup_logging(fmt=settings.runtime.log_format, level=settings.runtime.log_level)
@@ -314,8 +281,7 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     source = make_source(settings, logger=log, out_dir=out_dir)
     scale = clock_rate(source)
     diag_channel = None
-    if settings.diagnosis.enabled and settings.sources.kind != "local" and \
-            settings.remediation.enabled:
+    if settings.diagnosis.enabled and not spec.embedded and settings.remediation.enabled:
         from detector.diagnosis.requester import ChannelRequests
 
         diag_channel = ChannelRequests()
@@ -341,17 +307,11 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if settings.sources.kind == "local":
-            from detector.sources.local import LocalSource
-
-            n_loops = len(source.workloads) if isinstance(source, LocalSource) else 0
-            print(f"podguard run: embedded default - {n_loops} "
-                  f"real training loops (one leaking), sampled from /proc; model "
-                  f"{pipeline.version}; time runs {scale:g}x (a real second is "
-                  f"{format_duration(scale)} of telemetry)", file=out, flush=True)
+        if spec.banner is not None:
+            print(spec.banner(source, pipeline.version, scale), file=out, flush=True)
         source.start()
         daemon.present = time_presenter(source)
-        if settings.sources.kind == "local" and settings.runtime.console:
+        if spec.embedded and settings.runtime.console:
             trend = pipeline.trend
             daemon.sinks.append(Progress(out, scale=scale,
                                          judge_after_s=trend.fast_min_s))
@@ -367,7 +327,8 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
     if daemon.diagnosis is not None:
         daemon.diagnosis.poll()  # an answer that came during the last seconds
     print_summary(summary, source, out=out, started_monotonic=None,
-                  diagnosis=daemon.diagnosis.state if daemon.diagnosis is not None else None)
+                  diagnosis=daemon.diagnosis.state if daemon.diagnosis is not None else None,
+                  describe=spec.describe)
     return 0
 
 
@@ -384,7 +345,7 @@ def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path 
     from detector.diagnosis.requester import DiagnosisRequester, FileRequests
 
     log = logger.getChild("diagnosis")
-    if settings.sources.kind == "local":
+    if source_spec(settings).embedded:
         if out_dir is None:
             return None
         local = d.model_copy(update={"window_s": min(d.window_s, 8.0),
@@ -407,46 +368,19 @@ def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path 
 
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
                   started_monotonic: float | None,
-                  diagnosis: Callable[[str, str], dict[str, Any] | None] | None = None) -> None:
+                  diagnosis: Callable[[str, str], dict[str, Any] | None] | None = None,
+                  describe: Callable[[Any, Any, float, Any], list[str]] | None = None) -> None:
+    """What was detected, when and why; ``describe``: the source's own lines (its spec's,
+    e.g. the embedded default's per workload) instead of one line per flagged pod."""
     scale = clock_rate(source)
     lines = ["", f"podguard run summary ({summary.stop_reason}): "
                  f"{summary.evaluations} steps scored, {summary.samples:,} samples folded, "
                  f"{sum(summary.rejected.values()):,} refused, "
                  f"{summary.dead_lettered:,} dead-lettered; model "
                  f"{' -> '.join(summary.model_versions)}"]
-    from detector.sources.local import LocalSource
-
     t_start = summary.started
-    if isinstance(source, LocalSource):
-        onsets = source.leak_onsets()
-        for w in source.workloads:
-            key = (source.settings.namespace, w.pod)
-            det = summary.first.get(key)
-            role = "leaks" if w.leaky else "healthy"
-            onset = onsets.get(w.pod)
-            onset_txt = ""
-            if onset is not None:
-                onset_real = (onset - source.now()) / scale + time.time()
-                onset_txt = f", leak began at +{onset_real - t_start:.0f} s"
-            if det is None:
-                verdict = "no alarm" + (" (correct)" if not w.leaky else " (MISSED)")
-                lines.append(f"  {w.pod:<18} {role}{onset_txt}: {verdict}")
-                continue
-            v = det.verdict
-            when = det.wall_time - t_start
-            after = ""
-            if onset is not None:
-                onset_real = (onset - source.now()) / scale + time.time()
-                after = f" ({det.wall_time - onset_real:.0f} s after the onset)"
-            tto = (f", OOM expected in ~{format_duration(v.time_to_oom_s)}"
-                   if v.time_to_oom_s is not None else "")
-            ooms = f", OOM-killed {len(w.oom_kills)}x" if w.oom_kills else ""
-            lines.append(f"  {w.pod:<18} {role}{onset_txt}: {v.kind} at +{when:.0f} s"
-                         f"{after}{tto}{ooms}")
-            if v.explanation is not None:
-                lines.append(f"      why: {v.explanation.text}")
-            if diagnosis is not None and (d := diagnosis(*key)) is not None:
-                lines.append(f"      what grows: {_diagnosis_line(d)}")
+    if describe is not None:
+        lines += describe(source, summary, scale, diagnosis)
     else:
         for (ns, pod), det in sorted(summary.first.items()):
             v = det.verdict

@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -75,6 +76,7 @@ from detector.explain import format_duration
 from detector.kinds import ALERT_NAMES as ALERT_NAMES  # re-exported: the sink's alerts
 from detector.kinds import KIND_WORDS
 from detector.settings import AlertingSettings
+from detector.sinks.base import SinkContext, SinkSpec
 from detector.transport.http import LOOPBACK_HOSTS, HttpClient, build_session
 from detector.transport.retry import retrying
 from detector.verdicts import Verdict
@@ -582,3 +584,27 @@ class AlertmanagerSink:
                     t.idle.set()
                 else:
                     t.wake.set()
+
+
+def _build(ctx: SinkContext) -> AlertmanagerSink | None:
+    """Alerts when ``alerting.alertmanager_urls`` are given. Alerts of a previous run are
+    adopted only where this daemon judges a node's pods (a source that ``adopts_node_alerts``,
+    the Prometheus one): members of a Kafka group own partitions, not nodes, and one adopting
+    its node's alerts would resolve those another member judges (a flap). Without adoption
+    Alertmanager still keeps an alert's startsAt when it is re-sent."""
+    settings = ctx.settings
+    if not settings.alerting.alertmanager_urls:
+        return None
+    container_of = None
+    actuator = ctx.actuator()
+    if actuator is not None:
+        from detector.sinks.k8s_events import PodContainers
+
+        container_of = PodContainers(actuator)
+    node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+    scoped = ctx.adopts_node_alerts and node
+    return AlertmanagerSink(settings=settings.alerting, container_of=container_of,
+                            adopt_matchers=[f'node="{node}"'] if scoped else None)
+
+
+SINK = SinkSpec("alertmanager", _build, cluster=True)

@@ -15,9 +15,14 @@ one verdict it cannot encode cost the others of the batch (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
 
+from detector.settings import Settings
 from detector.verdicts import Verdict
 
 
@@ -51,3 +56,59 @@ class SynchronousSink:
 
     def close(self, timeout: float = 5.0) -> None:
         """Nothing to release."""
+
+
+# ------------------------------------------------------------------ registration
+
+SINK_MODULES: tuple[str, ...] = (
+    "detector.sinks.jsonl",
+    "detector.sinks.console",
+    "detector.sinks.alertmanager",
+    "detector.sinks.k8s_events",
+)
+"""Every sink module (each ends with ``SINK = SinkSpec(...)``), in the order verdicts are
+handed to them; a new sink is its module and one line here (and the settings it reads)."""
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink's builder is given by the runtime (``detector.runtime.build``)."""
+
+    settings: Settings
+    logger: logging.Logger
+    out_dir: Path | None
+    """Where relative output paths go (None: the working directory)."""
+    stream: IO[str] | None
+    """The console's stream (None: standard output)."""
+    adopts_node_alerts: bool
+    """The source judges its node's pods alone (its spec's ``adopts_node_alerts``)."""
+    actuator: Callable[[], Any]
+    """The cluster's :class:`detector.remediation.actuator.Actuator`, built on the first
+    call and shared (None: no Kubernetes configuration)."""
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """How the runtime builds one sink: ``build`` gives the sink the settings ask for, or
+    None where they do not; ``cluster``: it talks to the cluster (never built for the
+    embedded default); ``thinned``: on the embedded default (which scores every real second)
+    a pod's unchanged alert is passed on once a real minute only."""
+
+    name: str
+    build: Callable[[SinkContext], Sink | None]
+    cluster: bool = False
+    thinned: bool = False
+
+
+def sink_specs() -> list[SinkSpec]:
+    """The spec of every sink of :data:`SINK_MODULES`, in order."""
+    return [importlib.import_module(m).SINK for m in SINK_MODULES]
+
+
+@runtime_checkable
+class Escalates(Protocol):
+    """A sink that can raise a pod's incident (the Alertmanager sink's ``critical`` alert);
+    the remediation controller escalates through it."""
+
+    def escalate(self, namespace: str, pod: str, reason: str,
+                 verdict: Verdict | None = None) -> None: ...

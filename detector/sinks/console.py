@@ -20,6 +20,7 @@ from typing import IO
 
 from detector.diagnosis.report import describe
 from detector.explain import format_duration
+from detector.sinks.base import SinkSpec
 from detector.sinks.jsonl import JsonLinesSink
 from detector.verdicts import Verdict
 
@@ -85,3 +86,9 @@ def format_line(v: Verdict) -> str:
     why = f" - {v.explanation.text}" if v.explanation else ""
     diag = f"\n      {describe(v.diagnosis)}" if v.diagnosis is not None else ""
     return f"ALERT {v.kind} {v.namespace}/{v.pod} (node {v.node or '?'}){tto}{why}{diag}"
+
+
+SINK = SinkSpec("console", lambda ctx: ConsoleSink(stream=ctx.stream)
+                if ctx.settings.runtime.console else None, thinned=True)
+"""Readable lines when ``runtime.console`` (the embedded default repeats an alert once a real
+minute)."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from detector.sinks.base import SinkContext, SinkSpec
 from detector.verdicts import Verdict
 
 LOG = logging.getLogger("podguard.sinks.jsonl")
@@ -65,3 +66,17 @@ class JsonLinesSink:
             self._fh.flush()
             self._fh.close()
             self._fh = None
+
+
+def _build(ctx: SinkContext) -> JsonLinesSink | None:
+    """Every positive verdict as JSON lines at ``runtime.verdicts_path`` (relative to the
+    output directory); none when it is empty."""
+    if not ctx.settings.runtime.verdicts_path:
+        return None
+    path = Path(ctx.settings.runtime.verdicts_path)
+    if ctx.out_dir is not None and not path.is_absolute():
+        path = ctx.out_dir / path
+    return JsonLinesSink(path)
+
+
+SINK = SinkSpec("jsonl", _build)

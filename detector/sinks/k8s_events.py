@@ -33,6 +33,7 @@ from detector.explain import format_duration
 from detector.kinds import EVENT_REASONS as EVENT_REASONS  # re-exported
 from detector.remediation.actuator import Actuator, ObjectRef
 from detector.settings import AlertingSettings
+from detector.sinks.base import SinkContext, SinkSpec
 from detector.verdicts import Verdict
 
 log = logging.getLogger("podguard.sinks.k8s_events")
@@ -238,3 +239,15 @@ def _quantity(text: str) -> float:
         return float(text)
     except ValueError:
         return -1.0
+
+
+def _build(ctx: SinkContext) -> KubernetesEventSink | None:
+    """Events when ``alerting.kubernetes_events`` and a cluster is configured."""
+    if not ctx.settings.alerting.kubernetes_events:
+        return None
+    actuator = ctx.actuator()
+    return None if actuator is None else KubernetesEventSink(actuator,
+                                                             settings=ctx.settings.alerting)
+
+
+SINK = SinkSpec("kubernetes-events", _build, cluster=True)

@@ -30,10 +30,15 @@ The daemon (:mod:`detector.runtime.daemon`) drives every source the same way::
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from detector.settings import Settings
 
 
 class SampleColumns:
@@ -147,3 +152,44 @@ def next_wait(backoff: Sequence[float], attempt: int) -> float:
     if not backoff:
         return 1.0
     return float(backoff[min(attempt, len(backoff) - 1)])
+
+
+# ------------------------------------------------------------------ registration
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How the runtime builds and presents one source (``SOURCE`` at the end of its module).
+
+    A source is its module and its settings class (``detector.settings``: a section of
+    ``sources``, whose ``module`` names the source's module and whose ``incomplete`` says
+    what the chosen source lacks); :func:`source_spec` finds the spec from the settings, so
+    ``detector.runtime.build`` names no source.
+
+    ``build(settings, logger, out_dir)`` makes the source. ``adopts_node_alerts``: this
+    daemon alone judges the pods of its node (the Prometheus source), so after a restart it
+    takes over the node's open alerts. ``embedded``: the embedded default (real loops on this
+    host, in compressed time): console lines repeat an alert once a real minute, remediation
+    is a printed dry-run plan, a progress line until the first alarm, no cluster clients, the
+    in-pod diagnosis over files in ``out_dir``. ``default_out_dir``: where its files go when
+    ``--out`` is not given. ``banner(source, model_version, scale)``: the line printed at
+    start; ``describe(source, summary, t_start, diagnosis)``: the run summary's lines."""
+
+    kind: str
+    build: Callable[[Settings, logging.Logger, Path | None], Source]
+    adopts_node_alerts: bool = False
+    embedded: bool = False
+    default_out_dir: Path | None = None
+    banner: Callable[[Any, str, float], str] | None = None
+    describe: Callable[[Any, Any, float, Any], list[str]] | None = None
+
+
+def source_spec(settings: Settings) -> SourceSpec:
+    """The spec of the source ``settings.sources.kind`` names (its settings class's
+    ``module``, imported only now: a source's client libraries load only when it is used)."""
+    section = getattr(settings.sources, settings.sources.kind)
+    spec: SourceSpec = importlib.import_module(type(section).module).SOURCE
+    if spec.kind != settings.sources.kind:  # pragma: no cover - a wrong module name
+        raise TypeError(f"{type(section).module}.SOURCE is the {spec.kind!r} source, not "
+                        f"{settings.sources.kind!r}")
+    return spec

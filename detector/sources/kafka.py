@@ -39,13 +39,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener
 
 from detector.errors import ConfigError
-from detector.settings import KafkaSourceSettings
-from detector.sources.base import Delivery, SourceStatus, next_wait
+from detector.settings import KafkaSourceSettings, Settings
+from detector.sources.base import Delivery, SourceSpec, SourceStatus, next_wait
 from detector.sources.kafka_codec import Decoder, Limits, dead_letter_record
 from detector.transport.kafka import classify, client_config, connection_failures, probe
 from detector.transport.retry import retrying
@@ -452,3 +453,19 @@ class _Rebalance(ConsumerRebalanceListener):
         except Exception as e:  # records read meanwhile are re-read: duplicates, absorbed
             src.log.debug("pausing for the rewind failed", extra={"error": repr(e)})
 
+
+
+def _build(settings: Settings, logger: logging.Logger, out_dir: Path | None) -> KafkaSource:
+    backfill = None
+    if settings.sources.kafka.backfill_prometheus:
+        from detector.sources.backfill import PrometheusBackfill
+
+        backfill = PrometheusBackfill(settings.sources.prometheus, logger=logger,
+                                      window_s=settings.windows.horizon_s)
+    return KafkaSource(settings.sources.kafka, logger=logger,
+                       window_s=settings.windows.horizon_s, backfill=backfill)
+
+
+SOURCE = SourceSpec("kafka", _build)
+"""``sources.kind: kafka``: a member of a consumer group owns partitions, not a node (it
+adopts no node's alerts); ``backfill_prometheus`` fills each pod's window at start."""

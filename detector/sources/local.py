@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from detector.channels import CHANNEL_METRICS, LIMITS
-from detector.settings import LocalSourceSettings
-from detector.sources.base import Delivery, SourceStatus
+from detector.settings import LocalSourceSettings, Settings
+from detector.sources.base import Delivery, SourceSpec, SourceStatus
 
 # the series it delivers, named by the channel table (detector.channels: no pandas in the
 # training-loop children that import this module)
@@ -325,3 +325,66 @@ def _alive(pid: int) -> bool:
 
 if __name__ == "__main__":
     sys.exit(workload_main())
+
+
+# ------------------------------------------------------------------ registration
+
+
+def _build(settings: Settings, logger: logging.Logger, out_dir: Path | None) -> LocalSource:
+    return LocalSource(settings.sources.local, logger=logger,
+                       log_dir=(out_dir / "workloads") if out_dir else None)
+
+
+def _banner(source: LocalSource, model_version: str, scale: float) -> str:
+    from detector.explain import format_duration
+
+    return (f"podguard run: embedded default - {len(source.workloads)} real training loops "
+            f"(one leaking), sampled from /proc; model {model_version}; time runs {scale:g}x "
+            f"(a real second is {format_duration(scale)} of telemetry)")
+
+
+def _describe(source: LocalSource, summary: Any, scale: float,
+              diagnosis: Callable[[str, str], dict[str, Any] | None] | None) -> list[str]:
+    """The run summary's line per workload: its role, the leak's onset, the first alarm
+    (``summary``: the daemon's ``RunSummary``) and why, and what the in-pod diagnosis saw."""
+    from detector.diagnosis.report import describe
+    from detector.explain import format_duration
+
+    lines = []
+    t_start = summary.started
+    onsets = source.leak_onsets()
+    for w in source.workloads:
+        key = (source.settings.namespace, w.pod)
+        det = summary.first.get(key)
+        role = "leaks" if w.leaky else "healthy"
+        onset = onsets.get(w.pod)
+        onset_txt = ""
+        if onset is not None:
+            onset_real = (onset - source.now()) / scale + time.time()
+            onset_txt = f", leak began at +{onset_real - t_start:.0f} s"
+        if det is None:
+            verdict = "no alarm" + (" (correct)" if not w.leaky else " (MISSED)")
+            lines.append(f"  {w.pod:<18} {role}{onset_txt}: {verdict}")
+            continue
+        v = det.verdict
+        when = det.wall_time - t_start
+        after = ""
+        if onset is not None:
+            onset_real = (onset - source.now()) / scale + time.time()
+            after = f" ({det.wall_time - onset_real:.0f} s after the onset)"
+        tto = (f", OOM expected in ~{format_duration(v.time_to_oom_s)}"
+               if v.time_to_oom_s is not None else "")
+        ooms = f", OOM-killed {len(w.oom_kills)}x" if w.oom_kills else ""
+        lines.append(f"  {w.pod:<18} {role}{onset_txt}: {v.kind} at +{when:.0f} s"
+                     f"{after}{tto}{ooms}")
+        if v.explanation is not None:
+            lines.append(f"      why: {v.explanation.text}")
+        if diagnosis is not None and (d := diagnosis(*key)) is not None:
+            lines.append(f"      what grows: {describe(d, limit=1000)}")
+    return lines
+
+
+SOURCE = SourceSpec("local", _build, embedded=True, default_out_dir=Path("out/run"),
+                    banner=_banner, describe=_describe)
+"""``sources.kind: local``, the embedded default: real loops on this host in compressed time,
+the demo's outputs (see :class:`~detector.sources.base.SourceSpec`)."""

@@ -41,12 +41,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from detector import traces as tr
 from detector.errors import ConfigError, PermanentError
-from detector.settings import PrometheusSourceSettings
-from detector.sources.base import Delivery, SampleColumns, SourceStatus, next_wait
+from detector.settings import PrometheusSourceSettings, Settings
+from detector.sources.base import Delivery, SampleColumns, SourceSpec, SourceStatus, next_wait
 from detector.transport.prometheus import PrometheusClient, chunks
 from detector.transport.retry import retry_delay
 
@@ -255,3 +256,12 @@ def _escape(value: str) -> str:
 def _short(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}"
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def _build(settings: Settings, logger: logging.Logger, out_dir: Path | None) -> PrometheusSource:
+    return PrometheusSource(settings.sources.prometheus, logger=logger)
+
+
+SOURCE = SourceSpec("prometheus", _build, adopts_node_alerts=True)
+"""``sources.kind: prometheus``: this daemon alone judges its node's pods (after a restart it
+takes over the node's open alerts)."""
