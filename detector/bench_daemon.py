@@ -49,10 +49,11 @@ from detector.sources.base import Delivery, SampleColumns, SourceStatus
 from detector.sources.kafka_codec import Decoder, encode_adapter, encode_batch
 
 METRICS: tuple[str, ...] = (*chan.read_metrics("cadvisor"),
-                            *chan.read_metrics("kube-state-metrics")[:1])
+                            *(c.metric for c in chan.CHANNEL_TABLE
+                              if c.exporter == "kube-state-metrics"))
 """The series each synthetic pod exports: every cAdvisor metric of the channel table
-(``detector.channels``: channels, then limits) and its restart counter (kube-state-metrics'
-first; its limit metric is a fallback the engine does not need here)."""
+(``detector.channels``: channels, then limits) and kube-state-metrics' channels (the restart
+counter; not its limit metric, a fallback the engine does not need here)."""
 GIB = float(1 << 30)
 
 

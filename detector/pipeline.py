@@ -209,7 +209,11 @@ class Pipeline:
         # a pod seen for less than NEW_POD_S is judged only for a leak (its imminent OOM):
         # its drift features and custom metrics have no baseline yet
         new_pod = pod_age_s(batch) < NEW_POD_S
-        raw_drift = drift.is_anomaly & ~stale & ~new_pod & ~raw_leak
+        # throughput back at levels this incarnation already held (a periodic or daily load
+        # coming round again) is no drift, unless the memory grows towards its limit (the
+        # leak the drift features saw first) or the kernel OOM-killed the pod before
+        cycle = self._history.throughput_revisits(batch, slots) & ~near_leak & (kills == 0)
+        raw_drift = drift.is_anomaly & ~stale & ~new_pod & ~raw_leak & ~cycle
         inc_start = self._history.incarnation_start(slots)
         eligible = ~stale & ~new_pod & ~raw_leak & ~raw_drift
         judged: list[Judged] = []

@@ -14,6 +14,7 @@ import pytest
 from detector.runtime.build import make_outputs
 from detector.settings import Settings
 from detector.sinks.alertmanager import AlertmanagerSink
+from tests.support.kube import use_kubeconfig
 
 LOG = logging.getLogger("podguard.test.adoption")
 
@@ -30,8 +31,7 @@ def _sink(source: dict[str, object], tmp_path: Path) -> AlertmanagerSink:
 @pytest.fixture(autouse=True)
 def _node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NODE_NAME", "node-a")  # as the DaemonSet's downward API sets it
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # no cluster: alerts only
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    use_kubeconfig(monkeypatch, tmp_path / "none")  # no cluster: alerts only
 
 
 def test_a_prometheus_daemon_adopts_its_nodes_alerts(tmp_path: Path) -> None:

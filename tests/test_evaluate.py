@@ -177,11 +177,9 @@ def test_evaluate_cli_end_to_end_on_a_day_of_scenarios(tmp_path: Path) -> None:
     # with the restart storm's drift verdict) and the throughput collapse must be named right
     assert right["memory_leak"] >= 0.9 and right["drift"] == 1.0, right
     fa = {r["detector"]: r for r in doc["false_alarms"]}
-    # no leak page on any healthy shape; the drift detector pages ~4 per 1,000 healthy pod-h
-    # on the train split (podguard evaluate, README), so one drift episode in these ~300 h
-    # can be the draw's (this draw, since the late_leak shape re-seeded the pods: one on
-    # epoch_periodic); a second one, or any leak page, is a regression
-    assert fa["podguard"]["fa_episodes"] <= 1 and fa["podguard"]["healthy_pod_hours"] > 100
+    # no page on any healthy shape (this draw had one drift episode on epoch_periodic before
+    # the drift decision left a load cycle coming round again alone)
+    assert fa["podguard"]["fa_episodes"] == 0 and fa["podguard"]["healthy_pod_hours"] > 100
     kinds = " ".join(r["kinds"] for r in doc["false_alarms_by_family"] if r["fa_episodes"])
     assert "memory_leak" not in kinds, doc["false_alarms_by_family"]
     slow = {r["detector"]: r for r in doc["by_shape"] if r["shape"] == "slow_leak"}

@@ -189,3 +189,35 @@ def test_a_leak_after_a_long_flat_stretch_is_warned_minutes_before_its_oom(step:
     first, kind = alarms[0]
     assert first >= onset and kind == "memory_leak", (first - onset, kind)
     assert oom - first >= 5 * 60, (first - onset, oom - onset)
+
+
+def _tp_batch(ts: float, cpu: np.ndarray) -> WindowBatch:
+    b = _batch(ts, np.full(L, 1e9))
+    b.values[0, CHANNELS.index("cpu_rate")] = cpu
+    return b
+
+
+def test_throughput_back_at_a_level_held_before_is_a_cycle_a_collapse_is_not() -> None:
+    """A 2 h load cycle of 1 to 2 cores: after its first cycle the pod's CPU is always at a
+    level it held over an hour before (the drift decision does not page it); a collapse to
+    0.1 core goes where it has never been, and so does a surge to 4; a pod with under an
+    hour of history has nothing to compare with."""
+    def cpu(t: np.ndarray) -> np.ndarray:
+        return 1.5 - 0.5 * np.cos(2 * np.pi * t / 7200)
+
+    h = LevelHistory()
+    b = None
+    for ts in np.arange(14400.0, 14400.0 + 5 * 3600, 300.0):
+        b = _tp_batch(ts, cpu(ts + np.arange(-(L - 1), 1) * STEP))
+        slots = h.update(b)
+    assert b is not None
+    assert h.throughput_revisits(b, slots)[0]
+    ts = float(b.ts[0])
+    t = ts + np.arange(-(L - 1), 1) * STEP
+    for level, held in ((0.1, False), (4.0, False), (1.2, True)):
+        x = np.where(t > ts - 1200, level, cpu(t))
+        bb = _tp_batch(ts, x)
+        assert h.throughput_revisits(bb, h.update(bb))[0] == held, level
+    fresh = LevelHistory()
+    b0 = _tp_batch(14400.0, cpu(14400.0 + np.arange(-(L - 1), 1) * STEP))
+    assert not fresh.throughput_revisits(b0, fresh.update(b0))[0]

@@ -147,7 +147,8 @@ def test_the_trend_state_keys_are_the_schema_fields_and_the_shipped_bytes_are_ke
     from detector.models.state import TrendState
     from detector.models.trend import TrendDetector
 
-    path = Path(__file__).resolve().parent.parent / "data" / "model" / "default-6" / "trend.json"
+    root = Path(__file__).resolve().parent.parent / "data" / "model"
+    path = root / (root / "current").read_text().strip() / "trend.json"
     raw = path.read_bytes()
     det = TrendDetector.from_state(json.loads(raw))
     state = det.get_state()

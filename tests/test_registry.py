@@ -54,6 +54,10 @@ def test_the_registry_checks_what_a_registration_must_say(monkeypatch: pytest.Mo
     monkeypatch.setitem(kinds.BY_NAME, "memory_leak", replace(leak, detector="trend"))
     assert registry.check((*registry.REGISTRY, scratch.SPEC)) == [
         "detector 'scratch' registered twice", "kind 'scratch_growth' is decided twice"]
+    # a decider must say which kinds it decides (its verdicts' kinds are read from the table)
+    registered = tuple(s for s in registry.REGISTRY if s is not scratch.SPEC)
+    assert "'scratch' has a pipeline decider but decides no kind" in registry.check(
+        (*registered, replace(scratch.SPEC, kinds=())))
 
 
 def test_the_contract_suite_runs_over_a_newly_registered_detector() -> None:

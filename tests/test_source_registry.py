@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from detector.runtime import build
 from detector.settings import Settings, SourcesSettings, _SourceSection
 from detector.sources.base import Delivery, SourceSpec, SourceStatus, source_spec
+from tests.support.kube import use_kubeconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = logging.getLogger("test")
@@ -134,8 +135,7 @@ def test_the_outputs_are_what_the_sink_specs_build(tmp_path: Path,
     from detector.sinks.console import ConsoleSink
     from detector.sinks.jsonl import JsonLinesSink
 
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # no cluster
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    use_kubeconfig(monkeypatch, tmp_path / "none")  # no cluster
     sinks, hook = build.make_outputs(Settings(), logger=LOG, out_dir=tmp_path)
     assert [type(s) for s in sinks] == [JsonLinesSink, OnChange]  # the embedded default
     assert isinstance(sinks[1], OnChange) and isinstance(sinks[1].sink, ConsoleSink)
@@ -151,3 +151,51 @@ def test_the_outputs_are_what_the_sink_specs_build(tmp_path: Path,
     finally:
         for s in sinks:
             s.close(1.0)
+
+
+_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_the_sinks_and_the_diagnosis_share_one_actuator(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Actuator for every Event of the daemon (its event dedupe in one place): the Event
+    sink's and the in-pod diagnosis' Events go through the same one (a dry run: planned, not
+    posted; the kubeconfig only read, nothing is contacted)."""
+    from detector.sinks.k8s_events import KubernetesEventSink
+
+    (tmp_path / "kubeconfig").write_text(_KUBECONFIG)
+    use_kubeconfig(monkeypatch, tmp_path / "kubeconfig")
+    cluster = Settings.model_validate({
+        "sources": {"kind": "prometheus", "prometheus": {"url": "http://127.0.0.1:9",
+                                                         "node_name": "n1"}},
+        "runtime": {"verdicts_path": "", "console": False},
+        "remediation": {"dry_run": True},
+        "alerting": {"kubernetes_events": True}})
+    actuator = build.cluster_actuator(cluster, LOG)
+    sinks, hook = build.make_outputs(cluster, logger=LOG, out_dir=tmp_path, actuator=actuator)
+    try:
+        assert hook is None and [type(s) for s in sinks] == [KubernetesEventSink]
+        shared = actuator()
+        assert shared is not None and actuator() is shared
+        assert isinstance(sinks[0], KubernetesEventSink) and sinks[0].actuator is shared
+        requester = build.make_diagnosis(cluster, logger=LOG, out_dir=tmp_path,
+                                         actuator=actuator)
+        requester.event("ns", "p", "DiagnosisTest", "asked", False)
+        assert [k[1] for k in shared._events] == ["DiagnosisTest"]
+    finally:
+        for s in sinks:
+            s.close(1.0)
+
+
+def test_the_node_is_node_name_else_the_environment() -> None:
+    from detector.settings import PrometheusSourceSettings
+
+    assert PrometheusSourceSettings(node_name="a").node({"NODE_NAME": "b"}) == "a"
+    assert PrometheusSourceSettings().node({"NODE_NAME": "b"}) == "b"
+    assert PrometheusSourceSettings().node({}) == ""

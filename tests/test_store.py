@@ -378,3 +378,19 @@ def test_artifact_sizes(bundle: Path) -> None:
     print("bundle file sizes (bytes, 50-tree test forest):", sizes)
     assert sizes["autoencoder.safetensors"] < 100_000
     assert sum(sizes.values()) < 5_000_000
+
+
+def test_a_members_own_refusal_names_the_bundle(tmp_path: Path) -> None:
+    """A member's state refused by its own check (here the custom-metric detector's, in the
+    re-sealed card) names the bundle and the member, not only what was wrong."""
+    from detector.models.store import card_digest
+    from detector.pipeline import default_model_dir
+
+    path = save_bundle(tmp_path, load_bundle(default_model_dir()).detectors, version="v1")
+    card = json.loads((path / CARD).read_text())
+    card["univariate"] = {"format": "somebody.else/1"}
+    card["card_sha256"] = card_digest(card)
+    (path / CARD).write_text(json.dumps(card))
+    with pytest.raises(ModelIntegrityError, match=f"^{re.escape(str(path))}: univariate: not a "
+                                                  "podguard univariate state"):
+        load_bundle(tmp_path / "v1")

@@ -331,6 +331,26 @@ def test_imminent_path_warns_a_crash_loop_incarnation_from_two_minutes() -> None
         TrendDetector.from_state({**old, "version": 3})  # v3 without its keys
 
 
+def test_fast_path_projects_at_the_pace_now_when_a_young_leak_began_after_its_start() -> None:
+    """A trainer like the real kept-loss one (``data/real/mixed``): flat at 390 MiB of a
+    768 MiB limit for 2.5 min after its start, then leaking 42 MiB/min; 5.5 min after the
+    start, at a 15 s grid, the fast path's time to OOM is the one of the pace now (room / 42
+    MiB/min, within 15 %), not of the median slope over its life diluted by the flat start
+    (1.3x the truth here; 1.6x on the real kernel)."""
+    step, n_pts = 15.0, 960
+    mib = 2.0**20
+    t = np.arange(n_pts) * step
+    t0 = t - (t[-1] - 330.0)
+    alive = t0 >= 0
+    ws = np.where(alive, (390 + 42 * np.clip(t0 - 150, 0, None) / 60) * mib
+                  + np.random.default_rng(5).normal(0, 0.3 * mib, n_pts), np.nan)
+    det = TrendDetector()
+    rep = det.leak_report(_fine_batch(ws[None, :], limit=768 * mib))
+    truth = (768 * mib - ws[-1]) / (42 * mib / 60)
+    assert rep.fast is not None and rep.fast[0]
+    assert rep.time_to_oom_s[0] == pytest.approx(truth, rel=0.15), (rep.time_to_oom_s, truth)
+
+
 def test_no_limit_means_no_time_to_oom_and_empty_windows_score_zero(
     detector: TrendDetector,
 ) -> None:

@@ -25,7 +25,7 @@ from detector.settings import DetectionSettings, WindowSettings
 from training.fit import collect_windows, fit_detectors, young_windows
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "model"
-DEFAULT_VERSION = "default-6"
+DEFAULT_VERSION = "default-7"
 SEED = 20261126
 
 

@@ -104,7 +104,8 @@ def load_history(args: argparse.Namespace) -> pd.DataFrame:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    det = DetectionSettings(leak_fpr=args.fpr, drift_fpr=args.fpr)
+    det = (DetectionSettings() if args.fpr is None
+           else DetectionSettings(leak_fpr=args.fpr, drift_fpr=args.fpr))
     ws = WindowSettings()
     history = load_history(args)
     if history.empty:
@@ -203,8 +204,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "as X-Scope-OrgID); PODGUARD__ environment overrides apply too")
     p.add_argument("--matcher", default="", help='extra label matchers, e.g. node="gpu-1"')
     p.add_argument("--out", type=Path, required=True, help="model root (versions + current)")
-    p.add_argument("--fpr", type=float, default=1e-4,
-                   help="target false-alarm rate per healthy window (1e-4)")
+    p.add_argument("--fpr", type=float, default=None,
+                   help="target false-alarm rate per healthy window of both detectors "
+                        "(default: the settings' detection.leak_fpr 1e-4, drift_fpr 1e-5)")
     p.add_argument("--margin", type=float, default=0.01,
                    help="promote unless the candidate's validation score is worse than the "
                         "current model's by more than this (0.01)")

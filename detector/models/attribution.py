@@ -24,6 +24,7 @@ turns attributions into sentences and re-exports these names. It never imports t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,9 +90,15 @@ def combine(
     return np.asarray(phi), np.asarray(base)
 
 
+@functools.lru_cache(maxsize=8)
 def _gauss_legendre_01(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` Gauss-Legendre nodes and weights on [0, 1] (computed once per ``k``: the
+    root finding cost more than the drift explanation's gradients; read-only)."""
     nodes, weights = np.polynomial.legendre.leggauss(k)
-    return 0.5 * (nodes + 1.0), 0.5 * weights
+    out = 0.5 * (nodes + 1.0), 0.5 * weights
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def expected_gradients(
@@ -283,9 +290,9 @@ def path_dependent_tree_shap(
         o = ((xg > paths.lower) & (xg <= paths.upper)).astype(np.float64)
         poly = np.zeros((m, n_leaves, depth + 1))
         poly[..., 0] = 1.0
-        for k in range(depth):  # times (z_k + o_k t)
+        for k in range(depth):  # times (z_k + o_k t); the coefficients above t^(k+1) stay 0
             ok, zk = o[..., k, None], z[None, :, k, None]
-            poly[..., 1:] = zk * poly[..., 1:] + ok * poly[..., :-1]
+            poly[..., 1:k + 2] = zk * poly[..., 1:k + 2] + ok * poly[..., :k + 1]
             poly[..., 0] *= zk[..., 0]
         # o_i = 0: q = poly / z_i
         s_zero = np.einsum("mls,ls->ml", poly, weights)[..., None] / z[None]
@@ -354,8 +361,9 @@ def exact_shapley_rows(
     size = bits.sum(axis=1)
     fact = [math.factorial(i) for i in range(k + 1)]
     weight = np.array([fact[s] * fact[k - s - 1] / fact[k] for s in range(k)])
-    without_of = [coalitions[~bits[:, i]] for i in range(k)]
-    w_of = [weight[size[w]] for w in without_of]
+    without = np.stack([coalitions[~bits[:, i]] for i in range(k)])  # (k, 2^(k-1))
+    with_i = without | (1 << np.arange(k))[:, None]  # the same coalitions plus feature i
+    w_of = weight[size[without]]  # (k, 2^(k-1))
     out_attr: list[Attribution] = []
     for start in range(0, xa.shape[0], _ROWS_PER_CALL):
         xs = xa[start:start + _ROWS_PER_CALL]
@@ -366,14 +374,14 @@ def exact_shapley_rows(
             rows = np.where(bits[None, :, None, :], xs[:, None, None, :], bg[None, None, :, :])
             out = np.asarray(fn(rows.reshape(-1, k)), dtype=np.float64).reshape(
                 r, n_coal, bg.shape[0])
-        for j in range(r):  # reduced row by row: bit for bit what one row alone gives
-            value = out[j].mean(axis=1)
-            phi = np.empty(k, dtype=np.float64)
-            for i in range(k):
-                without = without_of[i]
-                phi[i] = np.sum(w_of[i] * (value[without | (1 << i)] - value[without]))
-            out_attr.append(Attribution(base_value=float(value[0]), values={
-                str(n): float(v) for n, v in zip(names, phi)}))
+        # each row and feature reduced alone along the last axis: bit for bit what one row
+        # alone gives
+        value = np.ascontiguousarray(out).mean(axis=2)  # (r, 2^k)
+        terms = np.ascontiguousarray(w_of * (value[:, with_i] - value[:, without]))
+        phi = terms.sum(axis=-1)  # (r, k), each a contiguous row's pairwise sum
+        for j in range(r):
+            out_attr.append(Attribution(base_value=float(value[j, 0]), values={
+                str(n): float(v) for n, v in zip(names, phi[j])}))
     return out_attr
 
 

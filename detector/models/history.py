@@ -8,6 +8,11 @@ container incarnation, and answers two questions the leak decision needs:
 * **has this pod been here before?** (:meth:`LevelHistory.prior_max`): a periodic load comes
   back to levels it has already held - its floors of earlier cycles reach the current one -
   while a leak keeps making new floors. A rise to a level already held is no leak.
+* **is the pod's throughput at a level it already held?**
+  (:meth:`LevelHistory.throughput_revisits`): a periodic or daily load swings its CPU, GPU
+  utilisation and network far from the few hours a window's baseline holds, and comes back
+  to levels of earlier cycles; a collapse before a crash goes where the pod has not been.
+  The drift decision does not page a return.
 * **was the last incarnation killed at its limit?** (:attr:`LevelHistory.oom_kills`): a
   container that restarted while its working set was near the limit was (almost certainly)
   OOM-killed; in a crash loop the next incarnation's growth is judged with that evidence.
@@ -25,6 +30,7 @@ import numpy as np
 from detector.windows import (
     CHANNELS,
     MEMORY_CHANNELS,
+    THROUGHPUT_CHANNELS,
     PodKey,
     WindowBatch,
     last_restart_index,
@@ -40,6 +46,11 @@ REVISIT_TOLERANCE = 0.01
 than the data that shows the rise, is a return to a known level (a load cycle), not a leak."""
 
 
+THROUGHPUT_TOLERANCE = 0.02
+"""A throughput level within this fraction of the range held before (and of its top) still
+counts as held."""
+
+
 class LevelHistory:
     """Block floors of each pod's memory channels over ``keep_s`` (see module docstring)."""
 
@@ -51,6 +62,11 @@ class LevelHistory:
         cap = 16
         nc = len(MEMORY_CHANNELS)
         self._floor = np.full((cap, nc, self.n_blocks), np.nan, dtype=np.float32)
+        self._tp_idx = [CHANNELS.index(c) for c in THROUGHPUT_CHANNELS]
+        ntp = len(self._tp_idx)
+        # each completed block's lowest and highest throughput (CPU, GPU utilisation, network)
+        self._tp_lo = np.full((cap, ntp, self.n_blocks), np.nan, dtype=np.float32)
+        self._tp_hi = np.full((cap, ntp, self.n_blocks), np.nan, dtype=np.float32)
         self._bid = np.full((cap, self.n_blocks), -1, dtype=np.int64)
         self._inc_start = np.full(cap, -np.inf)  # ts of the current incarnation's start
         self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
@@ -86,6 +102,8 @@ class LevelHistory:
             return new
 
         self._floor = grow(self._floor, np.nan)
+        self._tp_lo = grow(self._tp_lo, np.nan)
+        self._tp_hi = grow(self._tp_hi, np.nan)
         self._bid = grow(self._bid, -1)
         self._inc_start = grow(self._inc_start, -np.inf)
         self._last_frac = grow(self._last_frac, 0.0)
@@ -94,6 +112,8 @@ class LevelHistory:
 
     def _reset(self, slots: np.ndarray) -> None:
         self._floor[slots] = np.nan
+        self._tp_lo[slots] = np.nan
+        self._tp_hi[slots] = np.nan
         self._bid[slots] = -1
 
     def forget(self, key: PodKey) -> None:
@@ -142,15 +162,45 @@ class LevelHistory:
         # only the tail the last block can lie in is gathered (the trend detector gathers
         # the whole memory series once per batch)
         part = np.where(sel, batch.values[:, self._mem_idx, L - k:], np.nan)
+        tp = np.where(sel, batch.values[:, self._tp_idx, L - k:], np.nan)
         with _quiet():
             mins = np.nanmin(part, axis=-1)  # (n, 3)
+            tp_lo, tp_hi = np.nanmin(tp, axis=-1), np.nanmax(tp, axis=-1)  # (n, 4)
         after_inc = target * self.block_s >= self._inc_start[slots]
         ok = after_inc & np.isfinite(mins).any(axis=-1)
         if ok.any():
             pos = target[ok] % self.n_blocks
             self._floor[slots[ok], :, pos] = mins[ok]
+            self._tp_lo[slots[ok], :, pos] = tp_lo[ok]
+            self._tp_hi[slots[ok], :, pos] = tp_hi[ok]
             self._bid[slots[ok], pos] = target[ok]
         return slots
+
+    def throughput_revisits(self, batch: WindowBatch, slots: np.ndarray,
+                            exclude_s: float = 3600.0) -> np.ndarray:
+        """(n,) bool: every throughput channel of the window with data is now (median of
+        its last 10 min) within the range of levels this incarnation held in its blocks
+        older than ``exclude_s`` (the part of the window the drift features compare with),
+        within :data:`THROUGHPUT_TOLERANCE`: a load cycle coming round again, not a drift.
+        False without such history (a pod in its first cycle is judged as before)."""
+        n = len(batch)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        bid = self._bid[slots]
+        hi_b = np.floor((batch.ts - exclude_s) / self.block_s).astype(np.int64)
+        lo_b = np.ceil(self._inc_start[slots] / self.block_s)
+        lo_b = np.where(np.isfinite(lo_b), lo_b, -1).astype(np.int64)
+        valid = (bid >= 0) & (bid < hi_b[:, None]) & (bid >= lo_b[:, None])
+        with _quiet():
+            lo = np.nanmin(np.where(valid[:, None, :], self._tp_lo[slots], np.nan), axis=-1)
+            hi = np.nanmax(np.where(valid[:, None, :], self._tp_hi[slots], np.nan), axis=-1)
+            k = max(1, round(600.0 / batch.step_s))
+            now = np.nanmedian(batch.values[:, self._tp_idx, -k:].astype(np.float64), axis=-1)
+        tol = THROUGHPUT_TOLERANCE * np.fmax(hi - lo, 0.0) + THROUGHPUT_TOLERANCE * np.abs(hi)
+        judged = np.isfinite(now)
+        with np.errstate(invalid="ignore"):
+            inside = (now >= lo - tol) & (now <= hi + tol)
+        return judged.any(axis=1) & np.all(~judged | inside, axis=1)
 
     def prior_max(self, slots: np.ndarray, ts: np.ndarray, exclude_s: np.ndarray) -> np.ndarray:
         """(n, 3) highest block floor of the current incarnation older than ``exclude_s``

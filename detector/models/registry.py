@@ -10,8 +10,6 @@ detector is its module (ending in ``SPEC = DetectorSpec(...)``, see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from detector import kinds as kinds_table
 from detector.models import autoencoder, drift, forest, trend, univariate
 from detector.models.spec import DetectorSpec, Member
@@ -24,8 +22,6 @@ REGISTRY: tuple[DetectorSpec, ...] = (
     univariate.SPEC,
 )
 """Every registered detector; detectors that decide are judged in this order."""
-
-BY_NAME: Mapping[str, DetectorSpec] = {s.name: s for s in REGISTRY}
 
 
 def members() -> tuple[Member, ...]:
@@ -42,7 +38,8 @@ def check(registry: tuple[DetectorSpec, ...] | None = None) -> list[str]:
     """What is wrong with ``registry`` (default :data:`REGISTRY`; empty: nothing): duplicate
     names, a part of an unknown detector, a kind outside ``detector.kinds`` or decided twice,
     a kind of the kinds table no detector decides or that names another detector than the
-    one deciding it, a top-level detector without a member or fit hook."""
+    one deciding it, a decider that decides no kind, a top-level detector without a member or
+    fit hook."""
     if registry is None:
         registry = REGISTRY
     names = [s.name for s in registry]
@@ -61,6 +58,8 @@ def check(registry: tuple[DetectorSpec, ...] | None = None) -> list[str]:
                  f"{s.name!r} decides it" for s in registry for k in s.kinds
                  if k in kinds_table.BY_NAME
                  and kinds_table.BY_NAME[k].detector.split(" ")[0] != s.name]
+    problems += [f"{s.name!r} has a pipeline decider but decides no kind" for s in registry
+                 if s.decider is not None and not s.kinds]
     problems += [f"{s.name!r} needs a bundle member and a fit hook" for s in registry
                  if s.part_of is None and (s.member is None or s.fit is None)]
     return problems

@@ -67,14 +67,13 @@ from detector.models import registry
 from detector.models.drift import DriftDetector
 from detector.models.spec import CARD, Member, write_files
 from detector.models.state import CardHead, CardTime, read_state
-from detector.models.trend import TREND_JSON, TrendDetector
+from detector.models.trend import TrendDetector
 from detector.models.univariate import UnivariateDetector
 
 __all__ = [
     "BUNDLE_FILES",
     "CARD",
     "CURRENT",
-    "TREND_JSON",
     "Bundle",
     "Member",
     "card_created",
@@ -460,4 +459,6 @@ def load_bundle(path: str | Path) -> Bundle:
             detectors[m.name] = m.read(contents, card)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelIntegrityError(f"malformed {m.name} state in {p}: {exc!r}") from exc
+        except ModelIntegrityError as exc:  # the member's own check: say which bundle
+            raise ModelIntegrityError(f"{p}: {m.name}: {exc}") from exc
     return Bundle(detectors=detectors, card=card, path=p)

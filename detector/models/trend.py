@@ -135,7 +135,8 @@ this share of it over the same span."""
 def _nanquantile_sorted(xs: np.ndarray, cnt: np.ndarray, q: float) -> np.ndarray:
     """Quantile ``q`` of rows already sorted along the last axis (NaN last), ``cnt`` finite."""
     pos = np.clip(np.floor(q * (cnt - 1)).astype(np.int64), 0, max(xs.shape[-1] - 1, 0))
-    out = np.take_along_axis(xs, pos[..., None], axis=-1)[..., 0]
+    rows = xs.reshape(-1, xs.shape[-1])
+    out = rows[np.arange(rows.shape[0]), pos.reshape(-1)].reshape(pos.shape)
     return np.where(cnt > 0, out, np.nan)
 
 
@@ -197,13 +198,11 @@ def _mann_kendall_s(dy: np.ndarray, ok: np.ndarray) -> np.ndarray:
 def max_drawdown(x: np.ndarray) -> np.ndarray:
     """(R,) float64: the largest fall of each row of ``x`` (R, L) below its running maximum
     over its finite points (0 for none, NaN points skipped)."""
-    fin = np.isfinite(x)
-    filled = np.where(fin, x, -np.inf)
-    dd = np.maximum.accumulate(filled, axis=-1)
-    np.subtract(dd, x, out=dd, where=fin)
-    dd[~fin] = 0.0
-    dd[~np.isfinite(dd)] = 0.0
-    return dd.max(axis=-1, initial=0.0).astype(np.float64)
+    filled = np.where(np.isfinite(x), x, -np.inf)
+    d = np.maximum.accumulate(filled, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d -= filled  # the fall below the running maximum; not finite where x is not
+    return np.where(np.isfinite(d), d, 0.0).max(axis=-1, initial=0.0).astype(np.float64)
 
 
 class _Coarse:
@@ -448,26 +447,36 @@ class TrendDetector(ThresholdMixin):
         lim = limits[:, mem_idx].astype(np.float64)
         return v, v_inc, lim
 
-    def _view(self, v: np.ndarray, lim: np.ndarray, step: float, block_s: float, nb: int,
-              cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> _ViewStats | None:
-        """Stats of one view for rows ``v`` (R, L) with limits ``lim`` (R,). ``cache`` keeps
-        what depends on the block size only, for the views that share it: the block minima
-        over the window, their largest drawdown and the peak of the last block."""
-        L = v.shape[-1]
-        k = max(1, round(block_s / step))
-        if nb * k > L:
-            return None
-        blk_s = k * step
-        if k not in cache:
-            mins = block_reduce(v, step, blk_s, "min")[0]  # (R, NB) over the window
-            last = v[:, L - k :]
-            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
-            cache[k] = (mins, max_drawdown(mins), peak)
-        mins, dd, peak = cache[k]
-        y = mins[:, -nb:]
+    def _views(self, v: np.ndarray, lim: np.ndarray, step: float,
+               views: list[tuple[float, int]],
+               cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[_ViewStats]:
+        """Stats of each of ``views`` (of one number of blocks, each within the window) for
+        rows ``v`` (R, L) with limits ``lim`` (R,), computed together: the views' rows are
+        stacked (view by view; every statistic is per row). ``cache`` keeps what depends on
+        the block size only, for the views that share it: the block minima over the window,
+        their largest drawdown and the peak of the last block."""
+        L, R, G = v.shape[-1], v.shape[0], len(views)
+        nb = views[0][1]
+        ks = [max(1, round(block_s / step)) for block_s, _ in views]
+        for k in ks:
+            if k not in cache:
+                mins = block_reduce(v, step, k * step, "min")[0]  # (R, NB) over the window
+                last = v[:, L - k :]
+                top = np.where(np.isfinite(last), last, -np.inf).max(axis=-1)
+                cache[k] = (mins, max_drawdown(mins), top.astype(np.float64))
+
+        def stacked(a: list[np.ndarray]) -> np.ndarray:
+            return a[0] if G == 1 else np.concatenate(a)
+
+        y = stacked([cache[k][0][:, -nb:] for k in ks])  # (G * R, nb)
+        dd = stacked([cache[k][1] for k in ks])
+        peak = stacked([cache[k][2] for k in ks])
+        lim = np.tile(lim, G)
+        blk = np.array([k * step for k in ks])  # block seconds of each view
+        blk_s = np.repeat(blk, R)  # of each row
         n_valid = np.count_nonzero(np.isfinite(y), axis=-1)
         i, j = _pairs(nb)
-        gap = ((j - i) * blk_s).astype(np.float32)
+        gap = ((j - i)[None, :] * blk[:, None]).astype(np.float32)  # (G, pairs)
         # De-stepping: the largest rise between consecutive blocks is taken out of the series
         # when it dominates the view's growth (more than STEP_DOMINANCE times all the other
         # rises together): one legitimate step up is then no trend - not in the Mann-Kendall
@@ -483,7 +492,7 @@ class TrendDetector(ThresholdMixin):
         Z = S / np.sqrt(np.maximum(m * (m - 1) * (2 * m + 5) / 18.0, 1e-9))
         sig = np.clip((Z - 1.0) / 1.5, 0.0, 1.0)
         # Theil-Sen and the spread of pairwise slopes
-        slopes = dy / gap
+        slopes = (dy.reshape(G, R, -1) / gap[:, None, :]).reshape(G * R, -1)
         ss = np.sort(slopes, axis=-1)
         cnt = np.count_nonzero(pair_ok, axis=-1)
         rate = _nanquantile_sorted(ss, cnt, 0.5).astype(np.float64)
@@ -533,9 +542,9 @@ class TrendDetector(ThresholdMixin):
         mono = np.where(np.isfinite(mono), mono, 0.0)
         score = self._combine(slope, headroom, mono)
         valid = n_valid >= math.ceil(0.75 * nb)
-        return _ViewStats(score, slope, headroom, mono, rate_rep, lim, room, tto,
-                          np.where(np.isfinite(q), q, 1.0), np.full(q.shape, float(half_s)),
-                          valid)
+        every = _ViewStats(score, slope, headroom, mono, rate_rep, lim, room, tto,
+                           np.where(np.isfinite(q), q, 1.0), half_s, valid)
+        return [_ViewStats(*(a[g * R:(g + 1) * R] for a in _fields(every))) for g in range(G)]
 
     def fast_spans(self) -> tuple[float, ...]:
         """The spans the fast path judges: :data:`FAST_SUBSPANS` shorter than ``fast_span_s``,
@@ -646,7 +655,12 @@ class TrendDetector(ThresholdMixin):
             has_lim = np.isfinite(lim) & (lim > 0)
             room = np.where(has_lim, lim - peak, np.nan)
             decel = q < LINEAR_Q
-            now = np.where(decel, r_recent, rate)
+            # the pace now: for an incarnation that started inside the span, the faster of
+            # its whole life and the recent half of it (a leak that began, or sped up, after
+            # the start: the median slope, diluted by the flat start, told a kept-loss
+            # trainer on a real kernel 9.9 min to OOM at 6.3); a span full of data keeps its
+            # median (a short recent half is noisy); the recent half's while it slows down
+            now = np.where(decel, r_recent, np.where(full, rate, np.fmax(rate, r_recent)))
             tto = np.where(has_lim, projected_tto(room, now, q, half_s), np.inf)
             headroom = np.where(has_lim, np.clip(room / lim, 0.005, 1.0), 1.0)
             # urgency as the slow path has it: the fraction of the headroom consumed per hour
@@ -710,13 +724,17 @@ class TrendDetector(ThresholdMixin):
         span = np.full(R, np.nan)
         cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         n_views = 0
-        computed: list[tuple[_ViewStats, float]] = []
-        for block_s, nb in self.views:
-            if R == 0:
-                break
-            st = self._view(v, lim, step, block_s, nb, cache)
-            if st is not None:
-                computed.append((st, nb * max(1, round(block_s / step)) * step))
+        # the views the window is long enough for, computed together by number of blocks
+        by_nb: dict[int, list[int]] = {}
+        for idx, (block_s, nb) in enumerate(self.views):
+            if R and nb * max(1, round(block_s / step)) <= L:
+                by_nb.setdefault(nb, []).append(idx)
+        stats: dict[int, _ViewStats] = {}
+        for idxs in by_nb.values():
+            group = self._views(v, lim, step, [self.views[i] for i in idxs], cache)
+            stats.update(zip(idxs, group, strict=True))
+        computed = [(stats[i], nb * max(1, round(block_s / step)) * step)
+                    for i, (block_s, nb) in enumerate(self.views) if i in stats]
         # a short view cannot see a slow warm-up level off: the longest view that can judge
         # the row says whether its growth slows down, and every view's projection uses that
         q_long = np.ones(R)

@@ -35,7 +35,7 @@ from detector.errors import ServiceUnavailableError
 from detector.explain import format_duration
 from detector.settings import Settings, SourcesSettings, load_settings
 from detector.sinks.base import Escalates, Sink, SinkContext, SynchronousSink, sink_specs
-from detector.sources.base import Source, source_spec
+from detector.sources.base import Describe, Source, source_spec
 from detector.verdicts import Explanation, Verdict
 from detector.windows import WindowEngine
 
@@ -59,19 +59,14 @@ def make_source(settings: Settings, *, logger: logging.Logger,
     return source_spec(settings).build(settings, logger.getChild("source"), out_dir)
 
 
-def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
-                 stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
-                 lambda s: s, diagnosis_channel: Any = None,
-                 ) -> tuple[list[Sink], RemediationHook | None]:
-    """The sinks the settings ask for (each sink module's ``SINK``, in
-    :data:`detector.sinks.base.SINK_MODULES` order) and the remediation hook
-    (``diagnosis_channel``: a :class:`detector.diagnosis.requester.ChannelRequests` served on
-    the pod channel too). The embedded default gets no cluster sink, its console thinned to
-    one line per unchanged alert a real minute, and a printed dry-run plan."""
-    spec = source_spec(settings)
+def cluster_actuator(settings: Settings, logger: logging.Logger) -> Callable[[], Any]:
+    """The cluster's one :class:`detector.remediation.actuator.Actuator` (every Event and
+    mutation of this daemon: the sinks', the remediation controller's, the in-pod diagnosis'),
+    built on the first call and shared by the later ones; None without a Kubernetes
+    configuration."""
     made: list[Any] = []
 
-    def get_actuator() -> Any:  # the cluster's one Actuator, built when first needed
+    def get_actuator() -> Any:
         if not made:
             api = _kube_api(logger)
             if api is None:
@@ -83,6 +78,22 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
                                      event_interval_s=settings.alerting.event_interval_s))
         return made[0]
 
+    return get_actuator
+
+
+def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
+                 stream: IO[str] | None = None, real_seconds: Callable[[float], float] =
+                 lambda s: s, diagnosis_channel: Any = None,
+                 actuator: Callable[[], Any] | None = None,
+                 ) -> tuple[list[Sink], RemediationHook | None]:
+    """The sinks the settings ask for (each sink module's ``SINK``, in
+    :data:`detector.sinks.base.SINK_MODULES` order) and the remediation hook
+    (``diagnosis_channel``: a :class:`detector.diagnosis.requester.ChannelRequests` served on
+    the pod channel too; ``actuator``: a :func:`cluster_actuator`, a new one if not given).
+    The embedded default gets no cluster sink, its console thinned to one line per
+    unchanged alert a real minute, and a printed dry-run plan."""
+    spec = source_spec(settings)
+    get_actuator = actuator if actuator is not None else cluster_actuator(settings, logger)
     ctx = SinkContext(settings=settings, logger=logger, out_dir=out_dir, stream=stream,
                       adopts_node_alerts=spec.adopts_node_alerts, actuator=get_actuator)
     sinks: list[Sink] = []
@@ -102,22 +113,22 @@ def make_outputs(settings: Settings, *, logger: logging.Logger, out_dir: Path | 
             else None
         return sinks, hook
     hook = None
-    actuator = get_actuator() if settings.remediation.enabled else None
+    act = get_actuator() if settings.remediation.enabled else None
     am = next((s for s in sinks if isinstance(s, Escalates)), None)
-    if actuator is not None and settings.remediation.enabled:
+    if act is not None:
         from detector.remediation.channel import ChannelServer, TokenReviewer
         from detector.remediation.controller import RemediationController
 
         rs = settings.remediation
-        node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+        node = settings.sources.prometheus.node()
         controller = RemediationController(
-            actuator, settings=rs, node=node, escalate=am.escalate if am is not None else None,
-            store=None if rs.namespace else _store(actuator, logger))
+            act, settings=rs, node=node, escalate=am.escalate if am is not None else None,
+            store=None if rs.namespace else _store(act, logger))
         # the pod channel (checkpoint requests and answers), a daemon thread of this process
         kinds: list[Any] = [controller]
         if diagnosis_channel is not None:  # the in-pod diagnosis rides the same channel
             kinds.append(diagnosis_channel.server_kind())
-        ChannelServer(TokenReviewer(actuator, audience=rs.channel_audience), kinds,
+        ChannelServer(TokenReviewer(act, audience=rs.channel_audience), kinds,
                       host=rs.channel_host, port=rs.channel_port,
                       tls_cert_file=rs.channel_tls_cert_file,
                       tls_key_file=rs.channel_tls_key_file, logger=logger).start()
@@ -229,7 +240,6 @@ class Progress(SynchronousSink):
             print(self.line(now), file=self.stream, flush=True)
 
 
-
 def time_presenter(source: Source) -> Callable[[Verdict], Verdict] | None:
     """For a compressed clock: verdict times, rates and times to OOM in real units."""
     scale = clock_rate(source)
@@ -285,14 +295,15 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
         from detector.diagnosis.requester import ChannelRequests
 
         diag_channel = ChannelRequests()
+    actuator = cluster_actuator(settings, log)  # the sinks', remediation's and diagnosis'
     sinks, hook = make_outputs(settings, logger=log, out_dir=out_dir, stream=out,
                                real_seconds=lambda s: s / scale,
-                               diagnosis_channel=diag_channel)
+                               diagnosis_channel=diag_channel, actuator=actuator)
     daemon = Daemon(settings=settings, source=source, pipeline=pipeline,
                     engine=make_engine(settings), sinks=sinks, metrics=metrics, logger=log,
                     remediation=hook, models=watcher)
     daemon.diagnosis = make_diagnosis(settings, logger=log, out_dir=out_dir,
-                                      channel=diag_channel)
+                                      channel=diag_channel, actuator=actuator)
     server = None
     if settings.server.enabled:
         server = MetricsServer(host=settings.server.host, port=settings.server.port,
@@ -326,19 +337,20 @@ def run_command(args: argparse.Namespace, *, stream: IO[str] | None = None) -> i
             server.close()
     if daemon.diagnosis is not None:
         daemon.diagnosis.poll()  # an answer that came during the last seconds
-    print_summary(summary, source, out=out, started_monotonic=None,
+    print_summary(summary, source, out=out,
                   diagnosis=daemon.diagnosis.state if daemon.diagnosis is not None else None,
                   describe=spec.describe)
     return 0
 
 
 def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path | None,
-                   channel: Any = None) -> Any:
+                   channel: Any = None, actuator: Callable[[], Any] | None = None) -> Any:
     """The in-pod diagnosis requester (:mod:`detector.diagnosis.requester`), or None: for the
     embedded default over files next to its training loops (its window shortened to 8 s, the
     wait to 30 s: time runs compressed there); in a cluster over podguard's pod channel
     (``channel``, served with the checkpoint protocol in the remediate mode). Alert-only runs
-    no pod channel: leak verdicts then say that no diagnosis can be asked for."""
+    no pod channel: leak verdicts then say that no diagnosis can be asked for. Its Events
+    go through ``actuator`` (a :func:`cluster_actuator`, a new one if not given)."""
     d = settings.diagnosis
     if not d.enabled:
         return None
@@ -353,23 +365,22 @@ def make_diagnosis(settings: Settings, *, logger: logging.Logger, out_dir: Path 
         return DiagnosisRequester(FileRequests(out_dir / "workloads" / "diagnosis"), local,
                                   logger=log)
     event = None
-    api = _kube_api(logger) if settings.alerting.kubernetes_events else None
-    if api is not None:
-        from detector.remediation.actuator import Actuator, ObjectRef
-
-        actuator = Actuator(api, settings=settings.remediation,
-                            event_interval_s=settings.alerting.event_interval_s)
+    if settings.alerting.kubernetes_events:
+        act = (actuator if actuator is not None else cluster_actuator(settings, logger))()
+    else:
+        act = None
+    if act is not None:
+        from detector.remediation.actuator import ObjectRef
 
         def event(ns: str, pod: str, reason: str, message: str, warning: bool) -> None:
-            actuator.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
+            act.event(ObjectRef("Pod", pod, ns), reason, message, warning=warning)
 
     return DiagnosisRequester(channel, d, event=event, logger=log)
 
 
 def print_summary(summary: RunSummary, source: Source, *, out: IO[str],
-                  started_monotonic: float | None,
                   diagnosis: Callable[[str, str], dict[str, Any] | None] | None = None,
-                  describe: Callable[[Any, Any, float, Any], list[str]] | None = None) -> None:
+                  describe: Describe | None = None) -> None:
     """What was detected, when and why; ``describe``: the source's own lines (its spec's,
     e.g. the embedded default's per workload) instead of one line per flagged pod."""
     scale = clock_rate(source)

@@ -51,7 +51,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -601,7 +600,7 @@ def _build(ctx: SinkContext) -> AlertmanagerSink | None:
         from detector.sinks.k8s_events import PodContainers
 
         container_of = PodContainers(actuator)
-    node = settings.sources.prometheus.node_name or os.environ.get("NODE_NAME", "")
+    node = settings.sources.prometheus.node()
     scoped = ctx.adopts_node_alerts and node
     return AlertmanagerSink(settings=settings.alerting, container_of=container_of,
                             adopt_matchers=[f'node="{node}"'] if scoped else None)

@@ -157,6 +157,12 @@ def next_wait(backoff: Sequence[float], attempt: int) -> float:
 # ------------------------------------------------------------------ registration
 
 
+Describe = Callable[[Any, Any, float, Any], list[str]]
+"""``describe(source, summary, scale, diagnosis)``: a source's lines of the run summary
+(``summary``: the daemon's ``RunSummary``; ``scale``: its clock rate, source seconds per real
+second; ``diagnosis(namespace, pod)``: the in-pod diagnosis' answer or None, or itself None)."""
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """How the runtime builds and presents one source (``SOURCE`` at the end of its module).
@@ -173,7 +179,7 @@ class SourceSpec:
     is a printed dry-run plan, a progress line until the first alarm, no cluster clients, the
     in-pod diagnosis over files in ``out_dir``. ``default_out_dir``: where its files go when
     ``--out`` is not given. ``banner(source, model_version, scale)``: the line printed at
-    start; ``describe(source, summary, t_start, diagnosis)``: the run summary's lines."""
+    start; ``describe`` (a :data:`Describe`): the run summary's lines."""
 
     kind: str
     build: Callable[[Settings, logging.Logger, Path | None], Source]
@@ -181,7 +187,7 @@ class SourceSpec:
     embedded: bool = False
     default_out_dir: Path | None = None
     banner: Callable[[Any, str, float], str] | None = None
-    describe: Callable[[Any, Any, float, Any], list[str]] | None = None
+    describe: Describe | None = None
 
 
 def source_spec(settings: Settings) -> SourceSpec:

@@ -454,7 +454,6 @@ class _Rebalance(ConsumerRebalanceListener):
             src.log.debug("pausing for the rewind failed", extra={"error": repr(e)})
 
 
-
 def _build(settings: Settings, logger: logging.Logger, out_dir: Path | None) -> KafkaSource:
     backfill = None
     if settings.sources.kafka.backfill_prometheus:

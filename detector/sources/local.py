@@ -359,6 +359,7 @@ def _describe(source: LocalSource, summary: Any, scale: float,
         role = "leaks" if w.leaky else "healthy"
         onset = onsets.get(w.pod)
         onset_txt = ""
+        onset_real: float | None = None
         if onset is not None:
             onset_real = (onset - source.now()) / scale + time.time()
             onset_txt = f", leak began at +{onset_real - t_start:.0f} s"
@@ -368,10 +369,8 @@ def _describe(source: LocalSource, summary: Any, scale: float,
             continue
         v = det.verdict
         when = det.wall_time - t_start
-        after = ""
-        if onset is not None:
-            onset_real = (onset - source.now()) / scale + time.time()
-            after = f" ({det.wall_time - onset_real:.0f} s after the onset)"
+        after = "" if onset_real is None else (
+            f" ({det.wall_time - onset_real:.0f} s after the onset)")
         tto = (f", OOM expected in ~{format_duration(v.time_to_oom_s)}"
                if v.time_to_oom_s is not None else "")
         ooms = f", OOM-killed {len(w.oom_kills)}x" if w.oom_kills else ""

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,8 +68,7 @@ class PrometheusSource:
         self.log = logger
         self.clock = clock
         self.sleep = sleep
-        env = os.environ if environ is None else environ
-        self.node = settings.node_name or env.get("NODE_NAME", "")
+        self.node = settings.node(environ)
         self.queries = build_queries(settings, self.node)
         self._client: Any = None
         self._next_from: float | None = None  # start of the next range to fetch

@@ -14,14 +14,16 @@ import numpy as np
 def nanmedian_last(x: np.ndarray) -> np.ndarray:
     """Median over the last axis ignoring NaN; NaN where a row has no finite value."""
     xs = np.sort(x, axis=-1)  # NaN sorts last
-    cnt = np.count_nonzero(np.isfinite(xs), axis=-1)
-    lo = np.maximum((cnt - 1) // 2, 0)[..., None]
-    hi = np.maximum(cnt // 2, 0)[..., None]
-    hi = np.minimum(hi, max(xs.shape[-1] - 1, 0))
-    med = 0.5 * (
-        np.take_along_axis(xs, lo, axis=-1)[..., 0] + np.take_along_axis(xs, hi, axis=-1)[..., 0]
-    )
-    return np.where(cnt > 0, med, np.nan).astype(x.dtype, copy=False)
+    width = xs.shape[-1]
+    if xs.size == 0:
+        return np.full(xs.shape[:-1], np.nan, dtype=x.dtype)
+    rows = xs.reshape(-1, width)
+    cnt = np.count_nonzero(np.isfinite(rows), axis=-1)
+    lo = np.maximum((cnt - 1) // 2, 0)
+    hi = np.minimum(np.maximum(cnt // 2, 0), max(width - 1, 0))
+    at = np.arange(rows.shape[0])
+    med = 0.5 * (rows[at, lo] + rows[at, hi])
+    return np.where(cnt > 0, med, np.nan).astype(x.dtype, copy=False).reshape(x.shape[:-1])
 
 
 def nanmedian_mad_last(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

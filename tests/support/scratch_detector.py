@@ -134,7 +134,6 @@ def register(mp: pytest.MonkeyPatch) -> None:
     """The registration line (``REGISTRY`` + ``SPEC``) and the new kind's row, undone with
     ``mp``."""
     mp.setattr(registry, "REGISTRY", (*registry.REGISTRY, SPEC))
-    mp.setattr(registry, "BY_NAME", {**registry.BY_NAME, SPEC.name: SPEC})
     mp.setattr(kinds, "BY_NAME", {**kinds.BY_NAME, KIND: kinds.VerdictKind(
         KIND, "scratch", "Working set grew")})
 
