@@ -20,7 +20,12 @@ from detector.errors import (
     NotFittedError,
     ThresholdNotInferredError,
 )
-from detector.models.trend import EXPLAIN_NAMES, MIN_THRESHOLD, TrendDetector
+from detector.models.trend import (
+    EXPLAIN_NAMES,
+    MIN_THRESHOLD,
+    TrendDetector,
+    _borrow_healthy_growth,
+)
 from detector.pipeline import leak_decision_scores
 from detector.scenarios import (
     HEALTHY_SHAPES,
@@ -29,7 +34,14 @@ from detector.scenarios import (
     generate,
     generate_healthy,
 )
-from detector.windows import CHANNELS, FEATURE_NAMES, PodKey, WindowBatch, collect_windows
+from detector.windows import (
+    CHANNELS,
+    FEATURE_NAMES,
+    MEMORY_CHANNELS,
+    PodKey,
+    WindowBatch,
+    collect_windows,
+)
 
 FPR = 0.001
 STEP = 60.0
@@ -385,6 +397,39 @@ def test_coalition_scores_give_the_same_shapley_values_bit_for_bit(
         assert a.values == b.values and a.base_value == b.base_value
     with pytest.raises(InputError):
         detector.coalition_scores(X[:2, :4], bg, np.zeros((16, 4), bool))
+
+
+
+def test_attributions_of_a_channel_are_not_tied_by_construction(
+    detector: TrendDetector, held_out: tuple[WindowBatch, pd.DataFrame]
+) -> None:
+    """A leak's slope and monotonicity on a channel get different Shapley values: a channel
+    whose fitted background shows no healthy growth (RSS, GPU memory) is referenced against
+    the working set's healthy growth, not against zero (against zero both are needed for
+    any score, so their values would be equal whatever the window)."""
+    batch, _ = held_out
+    names = EXPLAIN_NAMES
+    bg = detector.explain_background(names)
+    by = {n: bg[:, i] for i, n in enumerate(names)}
+    for c in MEMORY_CHANNELS:
+        assert (by[f"{c}.slope"] > 0).any() and (by[f"{c}.monotonicity"] > 0).any(), c
+    # still the most leak-like healthy windows: all below the threshold
+    assert (detector.score_from_explain_features(bg) <= detector._check_threshold()).all()
+    top = np.argsort(-detector.score(batch), kind="stable")[:20]
+    attributions = detector.explain(batch, rows=top.tolist())
+    X, _ = detector.explain_features(batch)
+    compared = 0
+    for a, x in zip(attributions, X[top], strict=True):
+        for c in MEMORY_CHANNELS:
+            i, j = names.index(f"{c}.slope"), names.index(f"{c}.monotonicity")
+            if x[i] > 0 and x[j] > 0:  # the window grows on c (no growth: both equally absent)
+                compared += 1
+                s, m = a.values[f"{c}.slope"], a.values[f"{c}.monotonicity"]
+                assert s != pytest.approx(m, rel=1e-6, abs=1e-12), (c, s, m)
+    assert compared >= 20
+    # a channel that no window grows on keeps the zero reference (nothing to borrow from)
+    flat = np.tile(np.array([[0.0, 1.0, 0.0]]), (2, len(MEMORY_CHANNELS)))
+    np.testing.assert_array_equal(_borrow_healthy_growth(flat), flat)
 
 
 # ----------------------------------------------------------------------------- contract, state

@@ -331,6 +331,28 @@ def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.
     return np.where(q >= LINEAR_Q, linear, geo)
 
 
+
+def _borrow_healthy_growth(bg: np.ndarray) -> np.ndarray:
+    """``bg`` (k, channels x stats) with every channel that shows no healthy growth (slope or
+    monotonicity zero in all k rows) given the working set's triples instead.
+
+    A leak's score on a channel is ``f(slope / headroom) * monotonicity``: against a reference
+    of zero slope and zero monotonicity, every coalition that lacks either input scores 0, so
+    the two get identical Shapley values whatever the window -- tied by construction, and the
+    explanation cannot say whether the growth was steep or steady. All channels share the
+    units (fraction of the limit per hour, free fraction, leak-likeness), so the working
+    set's healthy growth is a fair reference for the others."""
+    nc, ns = len(MEMORY_CHANNELS), len(EXPLAIN_STATS)
+    out = np.array(bg, dtype=np.float64, copy=True).reshape(len(bg), nc, ns)
+    ws = MEMORY_CHANNELS.index("mem_working_set")
+    slope, mono = EXPLAIN_STATS.index("slope"), EXPLAIN_STATS.index("monotonicity")
+    grows = np.asarray((out[:, :, slope] > 0).any(axis=0) & (out[:, :, mono] > 0).any(axis=0))
+    if bool(grows[ws]):
+        for c in np.flatnonzero(~grows):
+            out[:, c] = out[:, ws]
+    return out.reshape(len(bg), nc * ns)
+
+
 class TrendDetector(ThresholdMixin):
     """Robust memory-growth detector with leak rate and time to OOM (see module docstring).
 
@@ -1045,10 +1067,12 @@ class TrendDetector(ThresholdMixin):
     def explain_background(self, names: tuple[str, ...] = EXPLAIN_NAMES) -> np.ndarray:
         """Reference inputs for Shapley values: the most leak-like healthy windows seen at fit
         time (so attributions say what sets this window apart from healthy growth, and the
-        slope and monotonicity of a channel are not tied by construction); before fitting,
-        one row of no growth and full headroom (score 0)."""
+        slope and monotonicity of a channel are not tied by construction); a channel those
+        windows never grew on (RSS or GPU memory, when the working set led) takes the working
+        set's rows (:func:`_borrow_healthy_growth`). Before fitting, one row of no growth and
+        full headroom (score 0)."""
         if self.explain_background_:
-            bg = np.asarray(self.explain_background_, dtype=np.float64)
+            bg = _borrow_healthy_growth(np.asarray(self.explain_background_, dtype=np.float64))
             idx = [EXPLAIN_NAMES.index(n) for n in names]
             return bg[:, idx]
         ref = {"slope": 0.0, "headroom": 1.0, "monotonicity": 0.0}
