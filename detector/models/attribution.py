@@ -280,6 +280,7 @@ def path_dependent_tree_shap(
     weights = _shapley_weights(depth)[paths.size]  # (L, D+1)
     valid = np.arange(depth)[None, :] < paths.size[:, None]  # (L, D)
     z = paths.zero
+    z_t = np.ascontiguousarray(z.T)  # (D, L)
     flat_feature = paths.feature.ravel()
     phi = np.zeros((n, paths.n_features), dtype=np.float64)
     rows = max(1, max_cells // (n_leaves * depth))
@@ -288,12 +289,15 @@ def path_dependent_tree_shap(
         m = xs.shape[0]
         xg = xs[:, paths.feature]  # (m, L, D)
         o = ((xg > paths.lower) & (xg <= paths.upper)).astype(np.float64)
-        poly = np.zeros((m, n_leaves, depth + 1))
-        poly[..., 0] = 1.0
+        # the coefficients built one (m, L) plane per power of t (contiguous), then laid out
+        # (m, L, D + 1) for the sums below
+        coef = np.zeros((depth + 1, m, n_leaves))
+        coef[0] = 1.0
+        o_t = np.ascontiguousarray(np.moveaxis(o, -1, 0))  # (D, m, L)
         for k in range(depth):  # times (z_k + o_k t); the coefficients above t^(k+1) stay 0
-            ok, zk = o[..., k, None], z[None, :, k, None]
-            poly[..., 1:k + 2] = zk * poly[..., 1:k + 2] + ok * poly[..., :k + 1]
-            poly[..., 0] *= zk[..., 0]
+            coef[1:k + 2] = z_t[k] * coef[1:k + 2] + o_t[k] * coef[:k + 1]
+            coef[0] *= z_t[k]
+        poly = np.ascontiguousarray(np.moveaxis(coef, 0, -1))  # (m, L, D + 1)
         # o_i = 0: q = poly / z_i
         s_zero = np.einsum("mls,ls->ml", poly, weights)[..., None] / z[None]
         # o_i = 1: q = poly / (t + z_i), top-down: q_{D-1} = p_D, q_{k-1} = p_k - z_i q_k
