@@ -34,6 +34,7 @@ from detector.windows import (
     PodKey,
     WindowBatch,
     last_restart_index,
+    nanmedian_last,
 )
 
 NEAR_LIMIT = 0.85
@@ -195,7 +196,7 @@ class LevelHistory:
             lo = np.nanmin(np.where(valid[:, None, :], self._tp_lo[slots], np.nan), axis=-1)
             hi = np.nanmax(np.where(valid[:, None, :], self._tp_hi[slots], np.nan), axis=-1)
             k = max(1, round(600.0 / batch.step_s))
-            now = np.nanmedian(batch.values[:, self._tp_idx, -k:].astype(np.float64), axis=-1)
+            now = nanmedian_last(batch.values[:, self._tp_idx, -k:].astype(np.float64))
         tol = THROUGHPUT_TOLERANCE * np.fmax(hi - lo, 0.0) + THROUGHPUT_TOLERANCE * np.abs(hi)
         judged = np.isfinite(now)
         with np.errstate(invalid="ignore"):

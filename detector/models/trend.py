@@ -334,14 +334,17 @@ def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.
 
 def _borrow_healthy_growth(bg: np.ndarray) -> np.ndarray:
     """``bg`` (k, channels x stats) with every channel that shows no healthy growth (slope or
-    monotonicity zero in all k rows) given the working set's triples instead.
+    monotonicity zero in all k rows) given the working set's healthy monotonicity, its slope
+    left at zero.
 
     A leak's score on a channel is ``f(slope / headroom) * monotonicity``: against a reference
     of zero slope and zero monotonicity, every coalition that lacks either input scores 0, so
     the two get identical Shapley values whatever the window -- tied by construction, and the
-    explanation cannot say whether the growth was steep or steady. All channels share the
-    units (fraction of the limit per hour, free fraction, leak-likeness), so the working
-    set's healthy growth is a fair reference for the others."""
+    explanation cannot say whether the growth was steep or steady. A reference as steady as
+    healthy growth but not growing still scores 0 on that channel (the base value does not
+    move, and a GPU or RSS leak's own channel keeps all of its credit), while slope and
+    monotonicity get different shares: slope ``f(s) (m + m0) / 2``, monotonicity
+    ``f(s) (m - m0) / 2`` against a reference monotonicity ``m0``."""
     nc, ns = len(MEMORY_CHANNELS), len(EXPLAIN_STATS)
     out = np.array(bg, dtype=np.float64, copy=True).reshape(len(bg), nc, ns)
     ws = MEMORY_CHANNELS.index("mem_working_set")
@@ -349,7 +352,8 @@ def _borrow_healthy_growth(bg: np.ndarray) -> np.ndarray:
     grows = np.asarray((out[:, :, slope] > 0).any(axis=0) & (out[:, :, mono] > 0).any(axis=0))
     if bool(grows[ws]):
         for c in np.flatnonzero(~grows):
-            out[:, c] = out[:, ws]
+            out[:, c, slope] = 0.0
+            out[:, c, mono] = out[:, ws, mono]
     return out.reshape(len(bg), nc * ns)
 
 
@@ -1068,9 +1072,9 @@ class TrendDetector(ThresholdMixin):
         """Reference inputs for Shapley values: the most leak-like healthy windows seen at fit
         time (so attributions say what sets this window apart from healthy growth, and the
         slope and monotonicity of a channel are not tied by construction); a channel those
-        windows never grew on (RSS or GPU memory, when the working set led) takes the working
-        set's rows (:func:`_borrow_healthy_growth`). Before fitting, one row of no growth and
-        full headroom (score 0)."""
+        windows never grew on (RSS or GPU memory, when the working set led) is referenced as
+        steady as the working set's healthy growth, but flat (:func:`_borrow_healthy_growth`).
+        Before fitting, one row of no growth and full headroom (score 0)."""
         if self.explain_background_:
             bg = _borrow_healthy_growth(np.asarray(self.explain_background_, dtype=np.float64))
             idx = [EXPLAIN_NAMES.index(n) for n in names]
