@@ -11,7 +11,8 @@ from deploy.local.node_report import score, table
 
 def _labels() -> dict[str, object]:
     return {"end": 1000.0, "pods": {
-        "leaky": {"meant_to_leak": True, "starts": [0.0, 400.0], "oom_kills": [390.0]},
+        "leaky": {"meant_to_leak": True, "starts": [0.0, 400.0], "oom_kills": [390.0],
+                  "leak_onset_after_start_s": 10.0},
         "ok": {"meant_to_leak": False, "starts": [0.0], "oom_kills": []}}}
 
 
@@ -41,6 +42,14 @@ def test_rows_per_incarnation_with_lead_kind_and_time_to_oom() -> None:
     text = table(rows)
     assert "OOM kills: 1; warned before the kill by podguard (memory_leak): 1" in text
     assert "false alarms on healthy pods: podguard 0 of 1" in text
+    # warning captured: (390 - 200) / (390 - 10); the rule's (390 - 250) / 380; within ±30 %:
+    # the stated 150 s against the real 190 s (-21 %)
+    assert first.onset == 10.0 and first.captured(first.first_alarm) == 190 / 380
+    assert second.captured(second.first_alarm) is None  # not killed
+    assert first.captured(None) == 0.0 and first.captured(395.0) == 0.0  # missed / too late
+    assert ("mean over the kills: podguard 0.50, the rule without for: 0.37, with for: 10m "
+            "0.00; podguard's time to OOM at its first alarm within ±30 % of the real one: "
+            "1 of 1") in text
 
 
 def test_an_alarm_on_a_healthy_pod_is_counted() -> None:

@@ -98,6 +98,17 @@ class Row:
     rule_first: float | None = None
     rule10m_first: float | None = None
     alarms: int = 0  # anomalous verdicts in this incarnation
+    onset: float | None = None  # when the leak began, as the workload was told
+
+    def captured(self, alarm: float | None) -> float | None:
+        """Share of the warning time an alarm at ``alarm`` captured, (kill - alarm) / (kill -
+        onset), at most 1; 0 for no alarm before the kill; None when not killed."""
+        if self.killed is None:
+            return None
+        if alarm is None or alarm > self.killed:
+            return 0.0
+        onset = self.started if self.onset is None else min(self.onset, self.killed - 1e-9)
+        return min(1.0, (self.killed - alarm) / (self.killed - onset))
 
     @property
     def lead_s(self) -> float | None:
@@ -141,6 +152,8 @@ def score(labels: Mapping[str, Any], verdicts: pd.DataFrame,
             nxt = starts[i + 1] if i + 1 < len(starts) else end
             killed = _first_in(kills, s, nxt)
             row = Row(pod, i, bool(info["meant_to_leak"]), s, killed)
+            if row.meant_to_leak:
+                row.onset = s + float(info.get("leak_onset_after_start_s") or 0.0)
             hi = killed if killed is not None else nxt
             mine = v[(v["pod"] == pod) & (v["ts"] >= s) & (v["ts"] <= hi)] if len(v) else v
             row.alarms = len(mine)
@@ -185,11 +198,29 @@ def table(rows: Sequence[Row]) -> str:
               "estimate at its first alarm vs the real one)",
               f"OOM kills: {len(killed)}; warned before the kill by podguard (memory_leak): "
               f"{len(warned)}; by the rule (no for:): {len(ruled)}",
+              _captured_line(killed, warned),
               f"false alarms on healthy pods: podguard {sum(r.alarms > 0 for r in healthy)} "
               f"of {len(healthy)} incarnations, the rule "
               f"{sum(r.rule_first is not None for r in healthy)}, the rule with for: 10m "
               f"{sum(r.rule10m_first is not None for r in healthy)}"]
     return "\n".join(lines)
+
+
+def _captured_line(killed: Sequence[Row], warned: Sequence[Row]) -> str:
+    if not killed:
+        return "no OOM kill"
+    pg = [r.captured(r.first_alarm if r in warned else None) or 0.0 for r in killed]
+    rule = [r.captured(r.rule_first) or 0.0 for r in killed]
+    close = sum(1 for r in warned if r.tto_estimate_s is not None and r.tto_real_s
+                and abs(r.tto_estimate_s - r.tto_real_s) <= 0.3 * r.tto_real_s)
+    text = (f"warning time captured, (kill - first alarm) / (kill - leak onset), a miss 0, mean "
+            f"over the kills: podguard {sum(pg) / len(pg):.2f}")
+    rule10m = [r.captured(r.rule10m_first) or 0.0 for r in killed]
+    if any(r.rule_first is not None for r in killed):  # (it fires on every start-up ramp too)
+        text += (f", the rule without for: {sum(rule) / len(rule):.2f}, with for: 10m "
+                 f"{sum(rule10m) / len(rule10m):.2f}")
+    return (text + f"; podguard's time to OOM at its first alarm within ±30 % of the real one: "
+            f"{close} of {len(warned)}")
 
 
 def rule_on_trace(trace: pd.DataFrame, state: Path, *, step: float = 5.0
