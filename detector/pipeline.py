@@ -1,24 +1,30 @@
-"""From windows to verdicts: the leak detector, the drift detector, debouncing, explanations.
+"""From windows to verdicts: the registered detectors' decisions, debouncing, explanations.
 
 Called by the replay (``detector.replay``), the evaluation harness and the daemon. It owns
 no I/O: a :class:`WindowBatch` goes in, one :class:`Verdict` per window comes out.
 
-Decision order for a window that is not stale:
+Each registered detector with a decider (``detector.models.registry``, in its order) judges
+the windows that are not stale and that no earlier one flagged, given the batch's shared
+:class:`~detector.models.spec.Evidence` (the pods' level history, pod ages, incarnations,
+and what earlier deciders found). Today:
 
-1. the leak detector (robust trend on memory) flags it -> ``memory_leak`` or
-   ``gpu_memory_leak`` (by the channel that leaks), with the leak rate and time to OOM;
-2. else the drift detector (autoencoder + isolation forest) flags it -> ``drift``;
-3. else each registered detector with a decider (``detector.models.registry``, in its
-   order; the leak and drift detectors are :data:`BUILT_IN`, decided above), each judging the
-   windows no earlier one flagged: today the custom-metric detector (a custom metric of the
-   pod, ``batch.extra``, outside the built-in channels, far from its own baseline,
-   :mod:`detector.models.univariate`) -> ``metric_anomaly``;
+1. the leak detector (robust trend on memory, :class:`detector.models.trend.LeakDecider`)
+   -> ``memory_leak`` or ``gpu_memory_leak`` (by the channel that leaks), with the leak rate
+   and time to OOM; a raised leak latches, a crash loop is warned from its start;
+2. the drift detector (autoencoder + isolation forest,
+   :class:`detector.models.drift.DriftDecider`) -> ``drift``; it holds podguard's only
+   rules across detectors (drift on growing memory is the leak it is; a throughput revisit
+   is no drift unless the memory grows);
+3. the custom-metric detector (a custom metric of the pod, ``batch.extra``, outside the
+   built-in channels, far from its own baseline, :mod:`detector.models.univariate`) ->
+   ``metric_anomaly``;
 4. else ``none``.
 
-A pod must be flagged on ``confirm_steps`` consecutive evaluations before ``is_anomaly``
-turns true (one noisy window does not page anybody). Positive verdicts carry SHAP
-attributions (exact Shapley values over the leak score's inputs, TreeExplainer +
-GradientExplainer for the drift score) and one readable sentence.
+A verdict is reported (score, threshold, time to OOM, explanation) by the judgement of the
+detector that decides its kind. A pod must be flagged on ``confirm_steps`` consecutive
+evaluations before ``is_anomaly`` turns true (one noisy window does not page anybody).
+Positive verdicts carry SHAP attributions (exact Shapley values over the leak score's
+inputs, TreeExplainer + GradientExplainer for the drift score) and one readable sentence.
 """
 
 from __future__ import annotations
@@ -33,75 +39,42 @@ from typing import Any, cast
 import numpy as np
 
 from detector import explain as xp
-from detector.channels import LEAK_CHANNELS, channel_words
-from detector.errors import ModelIntegrityError
 from detector.models import registry
 from detector.models.drift import DriftDetector
 from detector.models.history import LevelHistory
-from detector.models.spec import NEW_POD_S, Decider, Judged, pod_age_s
-from detector.models.trend import (
-    TTO_BAND,
-    LeakReport,
-    TrendDetector,
-    decision_scores,
-    leak_decision_scores,
-    page_cache_growth,
+from detector.models.spec import (
+    NEW_POD_S,
+    Decider,
+    Evidence,
+    Judged,
+    pod_age_s,
+    select_features,
 )
+from detector.models.trend import TrendDetector, decision_scores, leak_decision_scores
 from detector.models.univariate import UnivariateDetector
 from detector.settings import DetectionSettings
 from detector.verdicts import Explanation, Kind, Verdict
 from detector.windows import PodKey, WindowBatch
 
-__all__ = ["BUILT_IN", "NEW_POD_S", "Pipeline", "decision_scores", "default_model_dir",
+__all__ = ["NEW_POD_S", "Pipeline", "decision_scores", "default_model_dir",
            "leak_decision_scores", "pod_age_s", "select_features"]
-
-BUILT_IN: tuple[str, ...] = ("trend", "drift")
-"""The registered detectors this module decides itself (a leak latches, a crash loop is
-warned from its start, drift on growing memory is the leak it is); every other registered
-detector with kinds is decided by its spec's decider."""
 
 
 @dataclass
 class _PodState:
     streak: int = 0
     kind: Kind = "none"
-    latched: bool = False  # a raised leak stays raised while its score stays above half
-    leak_since: float = math.nan  # estimated start of the growth now judged a leak
-    incarnation: float = -math.inf  # start of the container incarnation those refer to
+    incarnation: float = -math.inf  # start of the container incarnation the attribution is of
     attribution: xp.Attribution | None = None  # the last explanation's attribution, its kind
     attribution_kind: Kind = "none"  # and when it was computed (reused for EXPLAIN_EVERY_S)
     attribution_ts: float = -math.inf
 
 
 EXPLAIN_EVERY_S = 300.0
-"""A raised verdict's attributions are recomputed at most this often (and whenever its kind
+"""A raised verdict's attributions (of a detector whose judgement attributes in one costly
+pass, ``Judged.attribute``) are recomputed at most this often (and whenever its kind
 changes); in between, the sentence is rewritten with the current figures over the last
 attribution. Explaining every positive pod at every step cost more than scoring them."""
-
-
-LATCH_FRACTION = 0.5
-"""A raised leak stays raised while its score is above this fraction of the threshold (a
-leak riding on a load cycle dips under it in every falling half; no resolve and re-fire)."""
-
-
-
-LATCH_HORIZON = 2.0
-"""A raised leak stays raised while its projected time to OOM is within this many times
-``detection.leak_horizon_s`` (it is raised only within the horizon). Without it a slow
-growth whose best channel switched between the working set (OOM in 17 h) and the RSS (25 h,
-beyond the 24 h horizon) resolved and fired again four times in an hour."""
-
-
-CRASHLOOP_KILLS = 2
-"""OOM kills of a pod after which its next incarnations are warned from their start, until
-one outlives the last killed one (a crash-looping leak: the kernel kills each incarnation
-at about the same age; the verdict names the kills so far)."""
-
-
-NEAR_LEAK_FRACTION = 0.25
-"""When the drift detector fires on a pod whose memory grows towards its limit (projected
-OOM within the horizon, leak score above this fraction of its threshold), the verdict is the
-leak it is, with its time to OOM (GPU memory creep moves the drift features first)."""
 
 
 @dataclass
@@ -145,7 +118,7 @@ class Pipeline:
         built from this pipeline's detector, again when the detector was replaced)."""
         out = []
         for spec in registry.REGISTRY:
-            if spec.decider is None or spec.name in BUILT_IN:
+            if spec.decider is None:
                 continue
             det = self.detector(spec.name)
             held = self._deciders.get(spec.name)
@@ -188,83 +161,35 @@ class Pipeline:
         if n == 0:
             return []
         slots = self._history.update(batch)
-        leak = self.trend.predict(batch)  # the trend analysis runs once per batch
-        report = self.trend.leak_report(batch)
-        drift_x = self.drift_features(batch)
-        drift = self.drift.predict(drift_x)
         stale = np.asarray(batch.stale, dtype=bool)
-
-        tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
-        far = ~(tto_all <= self.settings.leak_horizon_s) & ~np.isnan(tto_all)
-        # a crash loop: after each OOM kill the next incarnation is judged with that evidence
-        kills = self._history.oom_kills(slots)
-        leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
-        # a return to a level already held, or working-set growth that is page cache (flat
-        # RSS; the file pages of a reader), is no leak
-        revisit = (self._history.revisits(batch, slots, report.channel, report.view_s,
-                                          report.limit_bytes)
-                   | page_cache_growth(batch, report))
-        leak_score = np.asarray(leak.score, dtype=np.float64)
-        by_life = self._history.time_to_oom_by_last_life(slots, batch.ts)
-        # a crash loop named as one: after CRASHLOOP_KILLS OOM kills, an incarnation younger
-        # than the last killed one is warned from its start (its time to OOM: that life's)
-        crash_loop = ((kills >= CRASHLOOP_KILLS) & ~stale
-                      & (np.nan_to_num(by_life, nan=0.0) > 0))
-        raw_leak = ((leak_score > leak_thr) & ~stale & ~far & ~revisit) | crash_loop
-        # hysteresis: a raised leak stays raised while its OOM is projected within
-        # LATCH_HORIZON times the horizon (the window's best channel can switch to one whose
-        # projection lies just beyond it)
-        near_enough = ~(tto_all > LATCH_HORIZON * self.settings.leak_horizon_s)
-        held = (leak_score > LATCH_FRACTION * leak_thr) & ~stale & near_enough
-        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
-        # a pod seen for less than NEW_POD_S is judged only for a leak (its imminent OOM):
-        # its drift features and custom metrics have no baseline yet
-        new_pod = pod_age_s(batch) < NEW_POD_S
-        # throughput back at levels this incarnation already held (a periodic or daily load
-        # coming round again) is no drift, unless the memory grows towards its limit (the
-        # leak the drift features saw first) or the kernel OOM-killed the pod before
-        cycle = self._history.throughput_revisits(batch, slots) & ~near_leak & (kills == 0)
-        raw_drift = drift.is_anomaly & ~stale & ~new_pod & ~raw_leak & ~cycle
         inc_start = self._history.incarnation_start(slots)
-        eligible = ~stale & ~new_pod & ~raw_leak & ~raw_drift
+        evidence = Evidence(settings=self.settings, history=self._history, slots=slots,
+                            stale=stale, new_pod=pod_age_s(batch) < NEW_POD_S,
+                            incarnation=inc_start)
+        deciders = self.deciders()
+        kinds_of = {s.name: s.kinds for s in registry.REGISTRY}
+        eligible = ~stale
         judged: list[Judged] = []
-        for _name, dec in self.deciders():  # each judges what no earlier one flagged
-            j = dec.judge(batch, eligible)
+        reporter: dict[str, Judged] = {}  # kind -> the judgement of the detector deciding it
+        for name, dec in deciders:  # each judges what no earlier one flagged
+            j = dec.judge(batch, eligible, evidence)
             if j is not None:
                 judged.append(j)
                 eligible = eligible & ~j.flagged
+                reporter.update(dict.fromkeys(kinds_of[name], j))
 
         verdicts: list[Verdict] = []
-        explain_leak: list[int] = []
-        explain_drift: list[int] = []
+        kinds: list[str] = []
+        raised = np.zeros(n, dtype=bool)
+        attribute: dict[int, tuple[Judged, list[int]]] = {}  # rows explained in one pass
         for i, key in enumerate(batch.keys):
             st = self._pods.setdefault(key, _PodState())
             if inc_start[i] != st.incarnation:  # a new container incarnation starts afresh
-                st.incarnation, st.latched, st.leak_since = float(inc_start[i]), False, math.nan
-                st.attribution = None
-            leak_kind: Kind = ("gpu_memory_leak" if report.channel[i] == "gpu_fb_used"
-                               else "memory_leak")
-            kind: Kind = "none"
-            owner: Judged | None = None
-            if raw_leak[i] or (st.latched and held[i]):
-                kind = leak_kind
-            elif raw_drift[i]:
-                # growing memory that also moves the drift features is the leak it is, and so
-                # is the restart storm of a pod its kernel OOM-killed (a crash-looping leak)
-                kind = leak_kind if (near_leak[i] or kills[i] > 0) else "drift"
-            else:
-                owner = next((j for j in judged if j.flagged[i]), None)
-                if owner is not None:
-                    kind = cast(Kind, owner.kind)
-            if kind in ("memory_leak", "gpu_memory_leak"):
-                if math.isnan(st.leak_since):
-                    view = report.view_s[i] if report.view_s is not None else math.nan
-                    st.leak_since = float(batch.ts[i]) - (float(view) if math.isfinite(
-                        float(view)) else 0.0)
-            else:
-                st.latched = False
-                if not near_leak[i]:
-                    st.leak_since = math.nan
+                st.incarnation, st.attribution = float(inc_start[i]), None
+            owner = next((j for j in judged if j.flagged[i]), None)
+            kind = cast(Kind, owner.kind_at(i)) if owner is not None else "none"
+            rep = reporter.get(kind, owner) if owner is not None else None
+            kinds.append(kind)
             if kind == "none":
                 st.streak, st.kind = 0, "none"
             elif kind == st.kind:
@@ -272,64 +197,38 @@ class Pipeline:
             else:
                 st.streak, st.kind = 1, kind
             positive = kind != "none" and st.streak >= self.settings.confirm_steps
-            if positive and kind in ("memory_leak", "gpu_memory_leak"):
-                st.latched = True
-            if kind in ("memory_leak", "gpu_memory_leak"):
-                score, thr = float(leak.score[i]), float(leak_thr[i])
-            elif kind == "drift":
-                score, thr = float(drift.score[i]), drift.threshold
-            elif owner is not None:
-                score, thr = float(owner.score[i]), float(owner.threshold[i])
+            raised[i] = positive
+            if rep is not None:
+                score, thr = float(rep.score[i]), float(rep.threshold[i])
             else:  # report whichever detector is closest to its threshold
-                lr = _ratio(float(leak.score[i]), float(leak_thr[i]))
-                dr = _ratio(float(drift.score[i]), drift.threshold)
-                score, thr = ((float(leak.score[i]), float(leak_thr[i])) if lr >= dr
-                              else (float(drift.score[i]), drift.threshold))
-                best = max(lr, dr)
-                for j in judged:
+                score, thr, best = math.nan, math.nan, -math.inf
+                for k, j in enumerate(judged):
                     r = _ratio(float(j.score[i]), float(j.threshold[i]))
-                    if r > best:
+                    if k == 0 or r > best:
                         score, thr, best = float(j.score[i]), float(j.threshold[i]), r
-            tto = rng = rate = None
-            if kind in ("memory_leak", "gpu_memory_leak"):
-                tto = _finite(report.time_to_oom_s[i])
-                lo, hi = _finite(report.time_to_oom_low_s[i]), _finite(report.time_to_oom_high_s[i])
-                rng = (lo, hi) if lo is not None and hi is not None else None
-                rate = _finite(report.rate_bytes_per_s[i])
-                if tto is None and kills[i] > 0:  # no growth measured yet: the last life's
-                    tto = _finite(by_life[i])
-                    if tto is not None:
-                        rng = (tto * TTO_BAND[0], tto * TTO_BAND[1])
+            extra: dict[str, Any] = (rep.verdict_fields(i) if positive and rep is not None
+                                     and rep.verdict_fields is not None else {})
             verdicts.append(Verdict(
                 ts=float(batch.ts[i]), namespace=key.namespace, pod=key.pod,
                 node=batch.nodes[i], is_anomaly=bool(positive), kind=kind if positive else "none",
-                score=score, threshold=float(thr), time_to_oom_s=tto if positive else None,
-                time_to_oom_range_s=rng if positive else None,
-                leak_rate_bytes_per_s=rate if positive else None, stale=bool(stale[i]),
+                score=score, threshold=float(thr), time_to_oom_s=extra.get("time_to_oom_s"),
+                time_to_oom_range_s=extra.get("time_to_oom_range_s"),
+                leak_rate_bytes_per_s=extra.get("leak_rate_bytes_per_s"), stale=bool(stale[i]),
                 model_version=self.version,
             ))
-            if positive and self.settings.explain and owner is not None:
-                text, values = owner.explain(i, batch.step_s)
-                verdicts[i] = _with_explanation(verdicts[i], text, values)
-            elif positive and self.settings.explain:
-                (explain_leak if kind != "drift" else explain_drift).append(i)
+            if positive and self.settings.explain and rep is not None:
+                if rep.attribute is not None:
+                    attribute.setdefault(id(rep), (rep, []))[1].append(i)
+                else:
+                    assert rep.explain is not None
+                    text, values = rep.explain(i, batch.step_s)
+                    verdicts[i] = _with_explanation(verdicts[i], text, values)
 
-        if explain_leak:
-            for i, text, values in self._explain_leak(batch, explain_leak, report, kills):
+        for _name, dec in deciders:  # the final kinds, before the explanations state facts
+            dec.settle(batch, kinds, raised)
+        for rep, rows in attribute.values():
+            for i, text, values in self._explain(batch, rep, rows):
                 verdicts[i] = _with_explanation(verdicts[i], text, values)
-        if explain_drift:
-            stale_rows = [i for i in explain_drift
-                          if self._cached(batch.keys[i], "drift", float(batch.ts[i])) is None]
-            if stale_rows:
-                fresh = self.drift.explain(drift_x[np.asarray(stale_rows)])
-                for i, a in zip(stale_rows, fresh, strict=True):
-                    self._remember(batch.keys[i], "drift", float(batch.ts[i]), a)
-            for i in explain_drift:
-                attr = self._pods[batch.keys[i]].attribution
-                assert attr is not None
-                facts: xp.Facts = {"score": float(drift.score[i]), "threshold": drift.threshold}
-                text = "pre-failure drift, " + xp.describe(attr, facts)
-                verdicts[i] = _with_explanation(verdicts[i], text, attr.values)
         return verdicts
 
     def _cached(self, key: PodKey, kind: Kind, ts: float) -> xp.Attribution | None:
@@ -343,54 +242,22 @@ class Pipeline:
         st = self._pods[key]
         st.attribution, st.attribution_kind, st.attribution_ts = attr, kind, ts
 
-    def _explain_leak(self, batch: WindowBatch, rows: list[int], report: LeakReport,
-                      kills: np.ndarray) -> Iterator[tuple[int, str, dict[str, float]]]:
-        """Exact Shapley values over the leak score's inputs, plus the leak's facts."""
-        stale_rows = [i for i in rows if self._cached(
+    def _explain(self, batch: WindowBatch, rep: Judged, rows: list[int]
+                 ) -> Iterator[tuple[int, str, dict[str, float]]]:
+        """The sentences of ``rows`` raised by ``rep``: its attributions (recomputed in one
+        pass for the rows whose last one is due) and the facts it states."""
+        assert rep.attribute is not None and rep.facts is not None
+        due = [i for i in rows if self._cached(
             batch.keys[i], self._pods[batch.keys[i]].kind, float(batch.ts[i])) is None]
-        if stale_rows:  # the rows whose attribution is due, in one pass, from the batch's one
-            fresh = self.trend.explain(batch, stale_rows)  # analysis
-            for i, a in zip(stale_rows, fresh, strict=True):
+        if due:
+            for i, a in zip(due, rep.attribute(due), strict=True):
                 self._remember(batch.keys[i], self._pods[batch.keys[i]].kind,
                                float(batch.ts[i]), a)
         for i in rows:
             attr = self._pods[batch.keys[i]].attribution
             assert attr is not None
-            facts: xp.Facts = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
-            rate = float(report.rate_bytes_per_s[i])
-            if math.isfinite(rate):
-                facts["growth_bytes_per_s"] = rate
-            since = self._pods[batch.keys[i]].leak_since
-            if math.isfinite(since):
-                facts["growth_duration_s"] = max(float(batch.ts[i]) - since, 0.0)
-            if int(kills[i]) > 0:
-                facts["oom_kills"] = int(kills[i])
-            tto = float(report.time_to_oom_s[i])
-            if math.isfinite(tto):
-                facts["time_to_oom_s"] = tto
-                lo, hi = float(report.time_to_oom_low_s[i]), float(report.time_to_oom_high_s[i])
-                if math.isfinite(lo) and math.isfinite(hi):
-                    facts["time_to_oom_low_s"], facts["time_to_oom_high_s"] = lo, hi
-            limit = float(report.limit_bytes[i])
-            if math.isfinite(limit):
-                facts["limit_bytes"] = limit
-            yield i, xp.describe(attr, facts), attr.values
-
-
-_SUBJECT = {c: channel_words(c) for c in LEAK_CHANNELS}
-
-
-def select_features(batch: WindowBatch, names: tuple[str, ...]) -> np.ndarray:
-    """The columns ``names`` of ``batch.features`` (ModelIntegrityError if one is missing)."""
-    if tuple(batch.feature_names) == tuple(names):
-        return batch.features
-    try:
-        cols = [batch.feature_names.index(n) for n in names]
-    except ValueError as e:
-        raise ModelIntegrityError(
-            f"the model needs a feature the window engine does not produce ({e}): "
-            "retrain the model for this version of podguard") from e
-    return batch.features[:, cols]
+            opening, facts = rep.facts(i)
+            yield i, opening + xp.describe(attr, cast(xp.Facts, facts)), attr.values
 
 
 def default_model_dir() -> Path:
@@ -403,11 +270,6 @@ def default_model_dir() -> Path:
 
 def _with_explanation(v: Verdict, text: str, values: dict[str, float]) -> Verdict:
     return replace(v, explanation=Explanation(text=text, features=dict(values)))
-
-
-def _finite(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _ratio(score: float, thr: float) -> float:

@@ -55,14 +55,19 @@ from detector.models.forest import (
 from detector.models.spec import (
     CARD,
     NEW_POD_S,
+    Decider,
     DetectorSpec,
+    Evidence,
     FitContext,
     Fitted,
+    Judged,
     Member,
     json_file,
     pod_age_s,
+    select_features,
 )
 from detector.models.state import CalibratorState, DriftState, read_state
+from detector.windows import WindowBatch
 
 __all__ = ["DRIFT_JSON", "DriftConfig", "DriftDetector", "TailCalibrator"]
 
@@ -433,6 +438,56 @@ def _example() -> DriftDetector:
         max_epochs=60, patience=6)), IsolationForestDetector())
 
 
+class DriftDecider:
+    """The pipeline's ``drift`` decision: the fused score above its threshold, for a pod old
+    enough to have a baseline (:data:`NEW_POD_S`), with the two decision rules of podguard
+    that need another detector's judgement, both reading the leak decider's findings
+    (``evidence.found["trend"]``, :class:`detector.models.trend.LeakFindings`), here and
+    nowhere else:
+
+    * throughput back at levels this incarnation already held (a periodic or daily load coming
+      round again) is no drift, unless the memory grows towards its limit (the leak the drift
+      features saw first) or the kernel OOM-killed the pod before;
+    * drift on memory growing towards its limit is the leak it is (GPU memory creep moves the
+      drift features first), and so is the restart storm of a pod its kernel OOM-killed (a
+      crash-looping leak): such a row's kind is the leak's, and the leak decider's judgement
+      reports and explains it (with its time to OOM).
+
+    Without a leak decider, neither rule applies."""
+
+    def __init__(self, det: DriftDetector) -> None:
+        self.det = det
+
+    def judge(self, batch: WindowBatch, eligible: np.ndarray, evidence: Evidence, /
+              ) -> Judged:
+        det, ev, n = self.det, evidence, len(batch)
+        x = select_features(batch, det.feature_names)
+        pred = det.predict(x)
+        leak = ev.found.get("trend")
+        near_leak = leak.near_leak if leak is not None else np.zeros(n, dtype=bool)
+        kills = leak.kills if leak is not None else np.zeros(n, dtype=np.int64)
+        cycle = ev.history.throughput_revisits(batch, ev.slots) & ~near_leak & (kills == 0)
+        flagged = pred.is_anomaly & eligible & ~ev.new_pod & ~cycle
+        kinds = (np.where(near_leak | (kills > 0), leak.kinds, "drift").astype(object)
+                 if leak is not None else None)
+        score = np.asarray(pred.score, dtype=np.float64)
+
+        def facts(i: int) -> tuple[str, dict[str, Any]]:
+            return "pre-failure drift, ", {"score": float(score[i]), "threshold": pred.threshold}
+
+        return Judged("drift", flagged, score, np.full(n, pred.threshold), kinds=kinds,
+                      attribute=lambda rows: det.explain(x[np.asarray(rows)]), facts=facts)
+
+    def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None:
+        pass
+
+    def forget(self, key: Hashable, /) -> None:
+        pass
+
+    def adopt(self, previous: Decider, /) -> None:
+        pass
+
+
 SPEC = DetectorSpec(
     name="drift", cls=DriftDetector, input="array", example=_example, kinds=("drift",),
     member=Member("drift", frozenset({AE_JSON, AE_WEIGHTS, FOREST_JSON, FOREST_WEIGHTS,
@@ -440,6 +495,7 @@ SPEC = DetectorSpec(
                   _read_member, write=lambda det, directory, files: det.save(directory),
                   card=_card),
     fit=_fit,
+    decider=DriftDecider,
 )
-"""The drift fusion: its five bundle files, ``drift`` verdicts (decided by the pipeline,
-:data:`detector.pipeline.BUILT_IN`), fitted on the held-back split."""
+"""The drift fusion: its five bundle files, ``drift`` verdicts (:class:`DriftDecider`, after
+the leak decider), fitted on the held-back split."""

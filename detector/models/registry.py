@@ -1,9 +1,10 @@
 """Every detector of podguard, registered once: one line per detector module's ``SPEC``.
 
 The model store (its bundle members), training (``training.fit``: each detector's fit hook),
-the pipeline (each detector's decider, in this order, after its built-in leak and drift
-decisions) and the contract suite (``tests/test_detector_contract.py``: every spec, and a
-failure for a detector module left out of this list) iterate :data:`REGISTRY`. Adding a
+the pipeline (each detector's decider, in this order: leak, drift, custom metrics, each
+judging the windows no earlier one flagged) and the contract suite
+(``tests/test_detector_contract.py``: every spec, and a failure for a detector module left
+out of this list) iterate :data:`REGISTRY`. Adding a
 detector is its module (ending in ``SPEC = DetectorSpec(...)``, see
 :mod:`detector.models.spec`) and one line here.
 """

@@ -9,8 +9,8 @@ says everything the rest of podguard needs to know about the detector:
 * ``kinds``: the verdict kinds (``detector.kinds``) it decides;
 * ``fit``: how it is fitted from the training batch (a :class:`FitContext`) - training
   (``training.fit``) iterates the registry;
-* ``decider``: how its score becomes a decision in the pipeline (a :class:`Decider`, judged
-  after the pipeline's built-in leak and drift decisions, in registry order);
+* ``decider``: how its score becomes a decision in the pipeline (a :class:`Decider`; the
+  deciders judge in registry order, each the windows no earlier one flagged);
 * ``input`` and ``example``: which variant of the detector contract it meets (``array``,
   ``window`` or ``stream``) and a small unfitted instance for the contract suite
   (``tests/test_detector_contract.py``, which runs over every registered spec and fails if a
@@ -33,6 +33,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from detector.errors import ModelIntegrityError
+from detector.models.base import Attribution
+from detector.models.history import LevelHistory
 from detector.settings import DetectionSettings
 from detector.windows import CHANNELS, WindowBatch
 
@@ -128,32 +130,87 @@ class Fitted:
     summary: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Evidence:
+    """What the pipeline knows of a batch before its detectors judge it, the same for every
+    decider, and what earlier deciders found (``found``, by detector name: the one way a
+    decider's judgement can depend on another's, e.g. the drift decider reads the leak
+    decider's findings, see :class:`detector.models.drift.DriftDecider`)."""
+
+    settings: DetectionSettings
+    history: LevelHistory
+    """The pods' level history, already updated with the batch."""
+    slots: np.ndarray
+    """(n,) each window's slot in ``history``."""
+    stale: np.ndarray
+    """(n,) bool, windows too short to judge."""
+    new_pod: np.ndarray
+    """(n,) bool, a pod seen for less than :data:`NEW_POD_S`."""
+    incarnation: np.ndarray
+    """(n,) start of each window's container incarnation."""
+    found: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Judged:
-    """A decider's judgement of a batch: per window whether it is flagged as ``kind``, the
-    score and threshold a verdict reports, and how a flagged row is explained."""
+    """A decider's judgement of a batch: per window whether it is flagged as ``kind`` (or the
+    row's ``kinds``, for a detector deciding several), the score and threshold a verdict
+    reports, and how a flagged row is explained.
+
+    A verdict is reported (its score, threshold, ``verdict_fields`` and explanation) by the
+    judgement of the detector that decides its kind, whichever decider flagged the row."""
 
     kind: str
     flagged: np.ndarray  # (n,) bool, only where eligible
     score: np.ndarray  # (n,) float (NaN: not judged)
     threshold: np.ndarray  # (n,) float
-    explain: Callable[[int, float], tuple[str, dict[str, float]]]
+    explain: Callable[[int, float], tuple[str, dict[str, float]]] | None = None
     """``explain(row, step_s)`` -> (sentence, attribution values) of a flagged row."""
+    kinds: np.ndarray | None = None
+    """(n,) each row's kind where it is not ``kind`` (e.g. ``gpu_memory_leak``)."""
+    attribute: Callable[[list[int]], list[Attribution]] | None = None
+    """Instead of ``explain``: the attributions of rows, in one pass (costly: the pipeline
+    keeps each pod's for ``EXPLAIN_EVERY_S`` while its kind stays), and ``facts(row)`` ->
+    (the sentence's opening, the facts the pipeline's sentence states)."""
+    facts: Callable[[int], tuple[str, dict[str, Any]]] | None = None
+    verdict_fields: Callable[[int], dict[str, Any]] | None = None
+    """Extra fields of a raised verdict of row (e.g. ``time_to_oom_s``)."""
+
+    def kind_at(self, i: int) -> str:
+        return self.kind if self.kinds is None else str(self.kinds[i])
 
 
 class Decider(Protocol):
     """A detector's decision in the pipeline, with any per-pod state it keeps.
 
     ``judge`` sees every window and flags only ``eligible`` ones (not stale, pod old enough,
-    not flagged by an earlier detector); None: nothing to judge in this batch. ``forget``
-    drops a vanished pod's state; ``adopt`` carries a previous decider's state over a hot
-    reload (when it means the same)."""
+    not flagged by an earlier detector; the first decider, the leak detector's, judges young
+    pods too); None: nothing to judge in this batch. ``settle`` is told every window's final
+    kind and whether its verdict is raised (after debouncing), before explanations.
+    ``forget`` drops a vanished pod's state; ``adopt`` carries a previous decider's state over
+    a hot reload (when it means the same)."""
 
-    def judge(self, batch: WindowBatch, eligible: np.ndarray, /) -> Judged | None: ...
+    def judge(self, batch: WindowBatch, eligible: np.ndarray, evidence: Evidence, /
+              ) -> Judged | None: ...
+
+    def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None: ...
 
     def forget(self, key: Hashable, /) -> None: ...
 
     def adopt(self, previous: Decider, /) -> None: ...
+
+
+def select_features(batch: WindowBatch, names: tuple[str, ...]) -> np.ndarray:
+    """The columns ``names`` of ``batch.features`` (ModelIntegrityError if one is missing)."""
+    if tuple(batch.feature_names) == tuple(names):
+        return batch.features
+    try:
+        cols = [batch.feature_names.index(n) for n in names]
+    except ValueError as e:
+        raise ModelIntegrityError(
+            f"the model needs a feature the window engine does not produce ({e}): "
+            "retrain the model for this version of podguard") from e
+    return batch.features[:, cols]
 
 
 @dataclass(frozen=True)
@@ -170,8 +227,7 @@ class DetectorSpec:
     member: Member | None = None
     fit: Callable[[FitContext], Fitted] | None = None
     decider: Callable[[Any], Decider] | None = None
-    """Builds its pipeline decision from the loaded detector; None for a part, or for a
-    detector the pipeline decides itself (:data:`detector.pipeline.BUILT_IN`)."""
+    """Builds its pipeline decision from the loaded detector; None for a part."""
     part_of: str | None = None
 
     def __post_init__(self) -> None:

@@ -55,21 +55,25 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from detector.channels import LEAK_CHANNELS, channel_words
 from detector.errors import InputError, ModelIntegrityError
 from detector.models.attribution import exact_shapley_rows
 from detector.models.base import Attribution, Prediction, ThresholdMixin, threshold_at_fpr
 from detector.models.history import LevelHistory
 from detector.models.spec import (
     NEW_POD_S,
+    Decider,
     DetectorSpec,
+    Evidence,
     FitContext,
     Fitted,
+    Judged,
     Member,
     json_file,
     pod_age_s,
@@ -1288,11 +1292,189 @@ def _fit(ctx: FitContext) -> Fitted:
     })
 
 
+# ------------------------------------------------------- the pipeline's decision (models.registry)
+
+
+LATCH_FRACTION = 0.5
+"""A raised leak stays raised while its score is above this fraction of the threshold (a
+leak riding on a load cycle dips under it in every falling half; no resolve and re-fire)."""
+
+
+LATCH_HORIZON = 2.0
+"""A raised leak stays raised while its projected time to OOM is within this many times
+``detection.leak_horizon_s`` (it is raised only within the horizon). Without it a slow
+growth whose best channel switched between the working set (OOM in 17 h) and the RSS (25 h,
+beyond the 24 h horizon) resolved and fired again four times in an hour."""
+
+
+CRASHLOOP_KILLS = 2
+"""OOM kills of a pod after which its next incarnations are warned from their start, until
+one outlives the last killed one (a crash-looping leak: the kernel kills each incarnation
+at about the same age; the verdict names the kills so far)."""
+
+
+NEAR_LEAK_FRACTION = 0.25
+"""A window whose memory grows towards its limit (projected OOM within the horizon, no
+revisit) with a leak score above this fraction of its threshold is near a leak
+(:attr:`LeakFindings.near_leak`: what the drift decider's rules read)."""
+
+
+LEAK_KINDS = ("memory_leak", "gpu_memory_leak")
+
+_SUBJECT = {c: channel_words(c) for c in LEAK_CHANNELS}
+
+
+@dataclass
+class _LeakState:
+    latched: bool = False  # a raised leak stays raised while its score stays above half
+    leak_since: float = math.nan  # estimated start of the growth now judged a leak
+    incarnation: float = -math.inf  # start of the container incarnation those refer to
+
+
+@dataclass(frozen=True)
+class LeakFindings:
+    """What the leak decider found in a batch, for later deciders (``Evidence.found``)."""
+
+    kinds: np.ndarray
+    """(n,) object: the leak kind of each window, by the channel that leaks."""
+    near_leak: np.ndarray
+    """(n,) bool: memory growing towards its limit (see :data:`NEAR_LEAK_FRACTION`)."""
+    kills: np.ndarray
+    """(n,) the pod's OOM kills so far."""
+
+
+@dataclass
+class LeakDecider:
+    """The pipeline's ``memory_leak`` / ``gpu_memory_leak`` decision (by the channel that
+    leaks), with its time to OOM. A window is a leak when its score is above the threshold
+    (lowered after each OOM kill, a crash loop judged with that evidence), its OOM is
+    projected within ``detection.leak_horizon_s`` and its growth is no return to a level
+    already held nor page cache (flat RSS); after :data:`CRASHLOOP_KILLS` kills a young
+    incarnation is warned from its start. A raised leak latches (:data:`LATCH_FRACTION`,
+    :data:`LATCH_HORIZON`) until its container incarnation ends. Young pods are judged too
+    (an imminent OOM). Publishes :class:`LeakFindings` as ``evidence.found["trend"]``."""
+
+    det: TrendDetector
+    pods: dict[Hashable, _LeakState] = field(default_factory=dict)
+    _near: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    _view: np.ndarray | None = None
+
+    def judge(self, batch: WindowBatch, eligible: np.ndarray, evidence: Evidence, /
+              ) -> Judged:
+        trend, ev, horizon = self.det, evidence, evidence.settings.leak_horizon_s
+        leak = trend.predict(batch)  # the trend analysis runs once per batch
+        report = trend.leak_report(batch)
+        tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
+        far = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        # a crash loop: after each OOM kill the next incarnation is judged with that evidence
+        kills = ev.history.oom_kills(ev.slots)
+        leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
+        # a return to a level already held, or working-set growth that is page cache (flat
+        # RSS; the file pages of a reader), is no leak
+        revisit = (ev.history.revisits(batch, ev.slots, report.channel, report.view_s,
+                                       report.limit_bytes)
+                   | page_cache_growth(batch, report))
+        leak_score = np.asarray(leak.score, dtype=np.float64)
+        by_life = ev.history.time_to_oom_by_last_life(ev.slots, batch.ts)
+        # a crash loop named as one: after CRASHLOOP_KILLS OOM kills, an incarnation younger
+        # than the last killed one is warned from its start (its time to OOM: that life's)
+        crash_loop = ((kills >= CRASHLOOP_KILLS) & eligible
+                      & (np.nan_to_num(by_life, nan=0.0) > 0))
+        raw_leak = ((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
+        # hysteresis: a raised leak stays raised while its OOM is projected within
+        # LATCH_HORIZON times the horizon (the window's best channel can switch to one whose
+        # projection lies just beyond it)
+        near_enough = ~(tto_all > LATCH_HORIZON * horizon)
+        held = (leak_score > LATCH_FRACTION * leak_thr) & eligible & near_enough
+        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
+        latched = np.zeros(len(batch), dtype=bool)
+        for i, key in enumerate(batch.keys):
+            st = self.pods.setdefault(key, _LeakState())
+            if ev.incarnation[i] != st.incarnation:  # a new incarnation starts afresh
+                st.incarnation, st.latched, st.leak_since = (float(ev.incarnation[i]), False,
+                                                             math.nan)
+            latched[i] = st.latched
+        kinds = np.array(["gpu_memory_leak" if c == "gpu_fb_used" else "memory_leak"
+                          for c in report.channel], dtype=object)
+        ev.found["trend"] = LeakFindings(kinds, near_leak, kills)
+        self._near, self._view = near_leak, report.view_s
+
+        def facts(i: int) -> tuple[str, dict[str, Any]]:
+            out: dict[str, Any] = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
+            rate = float(report.rate_bytes_per_s[i])
+            if math.isfinite(rate):
+                out["growth_bytes_per_s"] = rate
+            since = self.pods[batch.keys[i]].leak_since
+            if math.isfinite(since):
+                out["growth_duration_s"] = max(float(batch.ts[i]) - since, 0.0)
+            if int(kills[i]) > 0:
+                out["oom_kills"] = int(kills[i])
+            tto = float(report.time_to_oom_s[i])
+            if math.isfinite(tto):
+                out["time_to_oom_s"] = tto
+                lo, hi = float(report.time_to_oom_low_s[i]), float(report.time_to_oom_high_s[i])
+                if math.isfinite(lo) and math.isfinite(hi):
+                    out["time_to_oom_low_s"], out["time_to_oom_high_s"] = lo, hi
+            limit = float(report.limit_bytes[i])
+            if math.isfinite(limit):
+                out["limit_bytes"] = limit
+            return "", out
+
+        def verdict_fields(i: int) -> dict[str, Any]:
+            tto = _finite(report.time_to_oom_s[i])
+            lo, hi = _finite(report.time_to_oom_low_s[i]), _finite(report.time_to_oom_high_s[i])
+            rng = (lo, hi) if lo is not None and hi is not None else None
+            rate = _finite(report.rate_bytes_per_s[i])
+            if tto is None and kills[i] > 0:  # no growth measured yet: the last life's
+                tto = _finite(by_life[i])
+                if tto is not None:
+                    rng = (tto * TTO_BAND[0], tto * TTO_BAND[1])
+            return {"time_to_oom_s": tto, "time_to_oom_range_s": rng,
+                    "leak_rate_bytes_per_s": rate}
+
+        # the rows whose attribution is due, in one pass, from the batch's one analysis
+        return Judged("memory_leak", raw_leak | (latched & held), leak_score, leak_thr,
+                      kinds=kinds, attribute=lambda rows: trend.explain(batch, rows),
+                      facts=facts, verdict_fields=verdict_fields)
+
+    def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None:
+        """A leak verdict dates its growth's start (once) and latches once raised; any other
+        drops the latch, and the start unless the memory is still near a leak."""
+        for i, key in enumerate(batch.keys):
+            st = self.pods[key]
+            if kinds[i] in LEAK_KINDS:
+                if math.isnan(st.leak_since):
+                    view = self._view[i] if self._view is not None else math.nan
+                    st.leak_since = float(batch.ts[i]) - (float(view) if math.isfinite(
+                        float(view)) else 0.0)
+                if raised[i]:
+                    st.latched = True
+            else:
+                st.latched = False
+                if not self._near[i]:
+                    st.leak_since = math.nan
+
+    def forget(self, key: Hashable, /) -> None:
+        self.pods.pop(key, None)
+
+    def adopt(self, previous: Decider, /) -> None:
+        """Takes over ``previous``'s latches and growth starts (a hot reload neither drops
+        nor repeats a raised leak)."""
+        if isinstance(previous, LeakDecider):
+            self.pods = previous.pods
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 SPEC = DetectorSpec(
     name="trend", cls=TrendDetector, input="window", example=TrendDetector,
     kinds=("memory_leak", "gpu_memory_leak"),
     member=Member("trend", frozenset({TREND_JSON}), _read_member, encode=_encode),
     fit=_fit,
+    decider=LeakDecider,
 )
-"""The leak detector: ``trend.json``, the leak verdicts (decided by the pipeline,
-:data:`detector.pipeline.BUILT_IN`), fitted on every healthy window."""
+"""The leak detector: ``trend.json``, the leak verdicts (:class:`LeakDecider`, judged first),
+fitted on every healthy window."""

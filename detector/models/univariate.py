@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import NotFittedError
-from detector.models.spec import Decider, DetectorSpec, Fitted, Judged, Member
+from detector.models.spec import Decider, DetectorSpec, Evidence, Fitted, Judged, Member
 from detector.models.state import UnivariateState, read_config, read_state
 from detector.windows import WindowBatch
 
@@ -688,10 +688,12 @@ class MetricDecider:
         self.det = det
         self.banks: dict[str, StreamBank] = {}
 
-    def judge(self, batch: WindowBatch, eligible: np.ndarray, /) -> Judged | None:
-        """None without custom metrics."""
+    def judge(self, batch: WindowBatch, eligible: np.ndarray, evidence: Evidence, /
+              ) -> Judged | None:
+        """None without custom metrics; a pod younger than ``NEW_POD_S`` has no baseline."""
         if not batch.extra:
             return None
+        eligible = eligible & ~evidence.new_pod
         det, n = self.det, len(batch)
         best = np.full(n, -np.inf)
         flagged, score = np.zeros(n, bool), np.full(n, np.nan)
@@ -729,6 +731,9 @@ class MetricDecider:
 
         return Judged("metric_anomaly", flagged, score, threshold, explain)
 
+    def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None:
+        pass
+
     def forget(self, key: Hashable, /) -> None:
         for name, bank in list(self.banks.items()):
             bank.forget(key)
@@ -762,4 +767,4 @@ SPEC = DetectorSpec(
     decider=MetricDecider,
 )
 """The custom-metric detector: its state in the card (key ``univariate``), ``metric_anomaly``
-verdicts after the built-in decisions."""
+verdicts after the leak and drift decisions."""

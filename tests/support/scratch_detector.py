@@ -23,7 +23,15 @@ from detector import kinds
 from detector.errors import NotFittedError, ThresholdNotInferredError
 from detector.models import registry
 from detector.models.base import Attribution, Prediction, attributions, threshold_at_fpr
-from detector.models.spec import Decider, DetectorSpec, FitContext, Fitted, Judged, Member
+from detector.models.spec import (
+    Decider,
+    DetectorSpec,
+    Evidence,
+    FitContext,
+    Fitted,
+    Judged,
+    Member,
+)
 from detector.windows import CHANNELS, WindowBatch
 
 KIND = "scratch_growth"
@@ -99,12 +107,16 @@ class ScratchDecider:
         self.det = det
         self.forgotten: list[Hashable] = []
 
-    def judge(self, batch: WindowBatch, eligible: np.ndarray, /) -> Judged | None:
-        pred = self.det.predict(batch)
-        return Judged(KIND, pred.is_anomaly & eligible, pred.score,
+    def judge(self, batch: WindowBatch, eligible: np.ndarray, evidence: Evidence, /
+              ) -> Judged | None:
+        pred = self.det.predict(batch)  # a young pod has no baseline: not judged
+        return Judged(KIND, pred.is_anomaly & eligible & ~evidence.new_pod, pred.score,
                       np.full(len(batch), pred.threshold),
                       lambda i, step_s: (f"working set grew by {pred.score[i]:.0%} of its limit",
                                          {_NAMES[0]: float(pred.score[i])}))
+
+    def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None:
+        pass
 
     def forget(self, key: Hashable, /) -> None:
         self.forgotten.append(key)
