@@ -183,10 +183,11 @@ class Judged:
 class Decider(Protocol):
     """A detector's decision in the pipeline, with any per-pod state it keeps.
 
-    ``judge`` sees every window and flags only ``eligible`` ones (not stale, pod old enough,
-    not flagged by an earlier detector; the first decider, the leak detector's, judges young
-    pods too); None: nothing to judge in this batch. ``settle`` is told every window's final
-    kind and whether its verdict is raised (after debouncing), before explanations.
+    ``judge`` sees every window and flags only ``eligible`` ones (not stale, not flagged by an
+    earlier detector; a decider that needs a baseline also leaves out ``evidence.new_pod``,
+    the leak decider judges young pods too); None: nothing to judge in this batch.
+    ``settle`` is told every window's final kind and whether its verdict is raised (after
+    debouncing), before explanations.
     ``forget`` drops a vanished pod's state; ``adopt`` carries a previous decider's state over
     a hot reload (when it means the same)."""
 
