@@ -95,7 +95,7 @@ def test_the_store_and_the_pipeline_pick_it_up(monkeypatch: pytest.MonkeyPatch,
 
     pipe = Pipeline.load(path)
     assert set(pipe.others) == {"scratch"} and [n for n, _ in pipe.deciders()] == [
-        "univariate", "scratch"]
+        "trend", "drift", "univariate", "scratch"]
     raised = [v for _, batch, _ in iter_batches(trace, step_s=300.0)
               for v in pipe.evaluate(batch) if v.is_anomaly]
     assert raised and {v.kind for v in raised} == {"scratch_growth"}
