@@ -21,13 +21,10 @@ them the fixture fails saying so (nothing is skipped).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +38,7 @@ from deploy.local.node import RealNode
 from deploy.local.node_record import MIXES, labels_from_events, pull_trace
 from deploy.local.node_report import Row, install_rule, rule_firings, score, table
 from deploy.local.node_soak import LIVE, start_live, stop_live
+from deploy.local.stack import StackError
 from detector import traces as tr
 from tests.support.stack_fixtures import AlertmanagerHandle
 
@@ -72,9 +70,8 @@ class Run:
 class AlertWatch:
     """Polls the real Alertmanager every second: when each pod's alert was first active."""
 
-    def __init__(self, url: str, namespace: str) -> None:
-        q = urllib.parse.quote(f'namespace="{namespace}"')
-        self.url = f"{url}/api/v2/alerts?active=true&filter={q}"
+    def __init__(self, am: AlertmanagerHandle, namespace: str) -> None:
+        self.am, self.namespace = am, namespace
         self.first: dict[str, float] = {}
         self.errors: list[str] = []
         self.done = threading.Event()
@@ -84,9 +81,8 @@ class AlertWatch:
     def _run(self) -> None:
         while not self.done.wait(1.0):
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
-                    alerts = json.loads(r.read())
-            except (OSError, ValueError) as e:
+                alerts = self.am.alerts(namespace=self.namespace)
+            except (OSError, ValueError, StackError) as e:
                 self.errors.append(repr(e))
                 continue
             now = time.time()
@@ -113,7 +109,7 @@ def run(tmp_path_factory: pytest.TempPathFactory,
         pytest.fail(f"the real-node harness could not start: {e}\n(needs root, a writable "
                     "memory cgroup hierarchy, and `make prepare` for cAdvisor and Prometheus)",
                     pytrace=False)
-    watch = AlertWatch(local_alertmanager.url, node.namespace)
+    watch = AlertWatch(local_alertmanager, node.namespace)
     try:
         assert node.prometheus is not None
         install_rule(node.prometheus, state)
