@@ -117,6 +117,11 @@ class Row:
         return self.killed - self.first_alarm
 
     @property
+    def warned(self) -> bool:
+        """Killed, and warned before the kill by a ``memory_leak`` alarm."""
+        return self.lead_s is not None and self.first_kind == "memory_leak"
+
+    @property
     def rule_lead_s(self) -> float | None:
         if self.killed is None or self.rule_first is None or self.rule_first > self.killed:
             return None
@@ -191,7 +196,7 @@ def table(rows: Sequence[Row]) -> str:
             f"{_m(r.tto_estimate_s):>7} {_m(r.tto_real_s):>8} {_m(rel(r.rule_first)):>6} "
             f"{_m(rel(r.rule10m_first)):>7} {r.alarms:>6}")
     killed = [r for r in rows if r.killed is not None]
-    warned = [r for r in killed if r.lead_s is not None and r.first_kind == "memory_leak"]
+    warned = [r for r in killed if r.warned]
     ruled = [r for r in killed if r.rule_lead_s is not None]
     healthy = [r for r in rows if not r.meant_to_leak]
     lines += ["", "(minutes after the incarnation's start; TTO: time to OOM, podguard's "
@@ -209,7 +214,7 @@ def table(rows: Sequence[Row]) -> str:
 def _captured_line(killed: Sequence[Row], warned: Sequence[Row]) -> str:
     if not killed:
         return "no OOM kill"
-    pg = [r.captured(r.first_alarm if r in warned else None) or 0.0 for r in killed]
+    pg = [r.captured(r.first_alarm if r.warned else None) or 0.0 for r in killed]
     rule = [r.captured(r.rule_first) or 0.0 for r in killed]
     close = sum(1 for r in warned if r.tto_estimate_s is not None and r.tto_real_s
                 and abs(r.tto_estimate_s - r.tto_real_s) <= 0.3 * r.tto_real_s)

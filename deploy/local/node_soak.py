@@ -191,8 +191,7 @@ def check(rows: list[Row]) -> list[str]:
     """What keeps podguard from "warns before every kill, quiet on the healthy ones"."""
     out = []
     for r in rows:
-        if r.killed is not None and (r.lead_s is None or r.first_kind != "memory_leak"
-                                     or r.tto_estimate_s is None):
+        if r.killed is not None and (not r.warned or r.tto_estimate_s is None):
             first = ("none" if r.first_alarm is None else
                      f"{r.first_kind} at {(r.first_alarm - r.started) / 60:.1f} min"
                      f" (time to OOM {r.tto_estimate_s})")
