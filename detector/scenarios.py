@@ -112,6 +112,9 @@ class _PodSeries:
     node: str
     t: np.ndarray
     series: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # container, metric
+    # facts: (container, metric, values on t, NaN = no sample), written without imperfections
+    # and after the series, so adding one draws nothing and changes no other row
+    facts: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
 
 
 def _shape_list(n_pods_per_kind: int, shapes: Sequence[str], n_pods: int | None) -> list[str]:
@@ -555,6 +558,10 @@ def _make_pod(
         (main, tr.RESTARTS, restarts[k]),
         (main, tr.FS_USAGE, fs[k] if np.ndim(fs) else np.full(int(k.sum()), fs)),
     ]
+    if shape == "crashloop_leak" and restart_at:
+        # kube-state-metrics' last terminated reason: OOMKilled from the first kill's restart
+        # on (no series before a first termination)
+        ps.facts.append((main, tr.OOM_KILLED, np.where(restarts[k] > 0, 1.0, np.nan)))
     if gpu:
         ps.series += [
             (main, tr.GPU_FB_USED, fb_mib[k]),
@@ -600,6 +607,7 @@ def _to_long(
     val_parts: list[np.ndarray] = []
     code_parts: dict[str, list[np.ndarray]] = {c: [] for c in tr.STRING_COLUMNS}
     cats: dict[str, dict[str, int]] = {c: {} for c in tr.STRING_COLUMNS}
+    facts: list[tuple[np.ndarray, np.ndarray, tuple[str, str, str, str, str]]] = []
 
     def code(col: str, s: str) -> int:
         d = cats[col]
@@ -622,6 +630,10 @@ def _to_long(
                 ("metric", metric),
             ):
                 code_parts[col].append(np.full(n, code(col, s), dtype=np.int32))
+        for container, metric, vals in ps.facts:
+            has = np.isfinite(vals)
+            facts.append((t[has], vals[has],
+                          (ps.namespace, ps.pod, container, ps.node, metric)))
     if not ts_parts:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in tr.TRACE_COLUMNS})
     ts = np.concatenate(ts_parts)
@@ -635,6 +647,11 @@ def _to_long(
     ts, val = ts[idx], val[idx].copy()
     codes = {c: a[idx] for c, a in codes.items()}
     val[rng.random(idx.size) < imp.nan_rate] = np.nan
+    for f_ts, f_val, names in facts:  # after every draw: the other rows are as without them
+        ts, val = np.concatenate([ts, f_ts]), np.concatenate([val, f_val])
+        for col, name in zip(tr.STRING_COLUMNS, names, strict=True):
+            codes[col] = np.concatenate([codes[col],
+                                         np.full(f_ts.size, code(col, name), dtype=np.int32)])
     order = np.argsort(ts, kind="stable")
     data: dict[str, object] = {"timestamp": ts[order]}
     for col in tr.STRING_COLUMNS:
