@@ -647,9 +647,9 @@ def _to_long(
     ts, val = ts[idx], val[idx].copy()
     codes = {c: a[idx] for c, a in codes.items()}
     val[rng.random(idx.size) < imp.nan_rate] = np.nan
-    for f_ts, f_val, names in facts:  # after every draw: the other rows are as without them
+    for f_ts, f_val, labels in facts:  # after every draw: the other rows are as without them
         ts, val = np.concatenate([ts, f_ts]), np.concatenate([val, f_val])
-        for col, name in zip(tr.STRING_COLUMNS, names, strict=True):
+        for col, name in zip(tr.STRING_COLUMNS, labels, strict=True):
             codes[col] = np.concatenate([codes[col],
                                          np.full(f_ts.size, code(col, name), dtype=np.int32)])
     order = np.argsort(ts, kind="stable")
