@@ -44,6 +44,7 @@ STAT_WORDS: Mapping[str, str] = {
     "frac_limit": "fraction of limit",
     "floor_slope": "floor growth",
     "count_1h": "in the last hour",
+    "oom_kills": "OOM kills of the earlier lives",
 }
 """The window features' statistics (see :func:`detector.windows.extract_features`) and the
 words a person reads for each."""

@@ -140,8 +140,11 @@ def test_oom_reason_since_takes_the_newest_value_at_or_after_the_restart() -> No
     assert got[0] == 0.0 and np.isnan(got[1]) and np.isnan(got[2]) and np.isnan(got[3])
 
 
+COLUMNS = ["ts", "pod", "alarm", "text", "top"]
+
+
 @pytest.fixture(scope="module")
-def loop_and_cycle() -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]:
+def loop_and_cycle() -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]:
     trace, labels = scenarios.generate(n_pods_per_kind=1, hours=6, seed=3,
                                        shapes=("crashloop_leak",))
     # plus a healthy 3 h load cycle between 45 and 75 % of its limit, 14 h
@@ -160,16 +163,17 @@ def loop_and_cycle() -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str,
         pl = Pipeline.load(None)
         for _t, batch, _e in iter_batches(tr_, step_s=60.0, windows=WindowSettings(step_s=60.0)):
             for v in pl.evaluate(batch):
-                out.append((v.ts, v.pod, v.is_anomaly, v.explanation.text if v.explanation
-                            else ""))
+                out.append((v.ts, v.pod, v.is_anomaly,
+                            v.explanation.text if v.explanation else "",
+                            (v.explanation.top_feature() or "") if v.explanation else ""))
     return trace, labels, out
 
 
 def test_every_incarnation_of_a_crash_loop_after_the_first_kill_is_warned_as_one(
-        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]
 ) -> None:
     _, labels, out = loop_and_cycle
-    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    v = pd.DataFrame(out, columns=COLUMNS)
     loop = v[v["pod"] == labels["pod"].iloc[0]]
     assert len(labels) >= 2
     for k, lab in enumerate(labels.to_dict("records")):
@@ -178,16 +182,21 @@ def test_every_incarnation_of_a_crash_loop_after_the_first_kill_is_warned_as_one
         assert len(hit), f"incarnation {k} not warned before its OOM kill"
         if k:
             assert "crash-looping leak" in hit["text"].iloc[0], hit["text"].iloc[0]
+        # every first alarm names the working set, in words and as its top feature (a life
+        # warned on the kills alone, before its growth is measured, included)
+        first = hit.iloc[0]
+        assert "working set" in first["text"], first["text"]
+        assert first["top"].startswith("mem_working_set."), (k, first["top"], first["text"])
 
 
 def test_after_two_oom_kills_an_incarnation_is_warned_from_its_start(
-        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]
 ) -> None:
     """A crash loop named as one: from its third incarnation on, the kernel's two kills are the
     evidence, so the alarm comes within the first minutes (confirmation and the restart's
     scrape), not once the new growth is measurable again."""
     trace, labels, out = loop_and_cycle
-    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    v = pd.DataFrame(out, columns=COLUMNS)
     loop = v[v["pod"] == labels["pod"].iloc[0]]
     rs = trace[(trace["metric"] == tr.RESTARTS) & (trace["pod"] == labels["pod"].iloc[0])]
     rise = rs.sort_values("timestamp")["value"].diff() > 0
@@ -199,10 +208,10 @@ def test_after_two_oom_kills_an_incarnation_is_warned_from_its_start(
 
 
 def test_a_multi_hour_load_cycle_is_not_paged_as_a_leak(
-        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]
 ) -> None:
     *_, out = loop_and_cycle
-    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    v = pd.DataFrame(out, columns=COLUMNS)
     cyc = v[v["pod"] == "cycle"]
     assert len(cyc) > 700
     t0 = cyc["ts"].min()
