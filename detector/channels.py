@@ -44,7 +44,6 @@ STAT_WORDS: Mapping[str, str] = {
     "frac_limit": "fraction of limit",
     "floor_slope": "floor growth",
     "count_1h": "in the last hour",
-    "oom_kills": "OOM kills of the earlier lives",
 }
 """The window features' statistics (see :func:`detector.windows.extract_features`) and the
 words a person reads for each."""
@@ -125,7 +124,9 @@ CHANNEL_TABLE: tuple[Channel, ...] = (
     Channel("mem_working_set", "container_memory_working_set_bytes", "cadvisor", "gauge",
             "bytes", 16 * MIB, "working set", leak=True, limit="memory",
             drift_stats=("log_vol_ratio",),
-            feature_words=(("slope_30m", "memory slope"),)),
+            feature_words=(("slope_30m", "memory slope"),
+                           # a crash loop's kill evidence (detector.models.trend)
+                           ("oom_kills", "working set OOM kills of the earlier lives"))),
     Channel("mem_rss", "container_memory_rss", "cadvisor", "gauge",
             "bytes", 16 * MIB, "RSS", leak=True, limit="memory",
             drift_stats=("log_vol_ratio",),
