@@ -259,7 +259,9 @@ class LeakReport:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Both paths' per-channel stats of one batch ((n, 3) arrays), computed once."""
+    """Both paths' per-channel stats of one batch ((n, 3) arrays), computed once. The fast
+    and imminent stats are blank (score 0) where the path cannot score: no limit, or under
+    :data:`FAST_MIN_USED` of it (they are read only where the path scores higher)."""
 
     slow: _ViewStats
     slow_span: np.ndarray
@@ -651,33 +653,81 @@ class TrendDetector(ThresholdMixin):
         from ``min(fast_min_s, span)`` of data and its own minimum of points), the one that
         scores highest per row (a leak that began after a long flat stretch fills only the
         recent part of the long span, whose robust slope it dilutes). Also returns the
-        span (s) of data the chosen one judged."""
-        L = inc.v.shape[-1]
-        fin = np.isfinite(inc.v)
+        span (s) of data the chosen one judged.
+
+        Only the rows that can score in some span are computed (:meth:`_can_score`); the
+        others get blank stats (score 0: the combination never picks them) and span NaN."""
+        spans = self.fast_spans()
+        rows = np.flatnonzero(np.logical_or.reduce(
+            [self._can_score(inc, lim, step, s) for s in spans]))
+        out = self._blank(lim.shape[0], lim)
+        span = np.full(lim.shape[0], np.nan)
+        if rows.size == 0:
+            return out, span
+        sub, lim_s = inc.rows(rows), lim[rows]
+        L = sub.v.shape[-1]
+        fin = np.isfinite(sub.v)
         best: _ViewStats | None = None
-        span = np.zeros(inc.v.shape[0])
-        for span_s in self.fast_spans():
-            st = self._short(inc, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
+        judged_best = np.zeros(rows.size)
+        for span_s in spans:
+            st = self._short(sub, lim_s, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
                              horizon_s=self.fast_horizon_s, steady_only=False)
             m = min(L, max(6, round(span_s / step)))
             judged = fin[:, L - m:].sum(axis=-1) * step
             if best is None:
-                best, span = st, judged
+                best, judged_best = st, judged
                 continue
             better = st.score > best.score
             best = _ViewStats(*(np.where(better, a, b) for a, b in zip(
                 _fields(st), _fields(best), strict=True)))
-            span = np.where(better, judged, span)
+            judged_best = np.where(better, judged, judged_best)
         assert best is not None
-        return best, span
+        for f_out, f_best in zip(_fields(out), _fields(best), strict=True):
+            f_out[rows] = f_best
+        span[rows] = judged_best
+        return out, span
 
     def _imminent(self, inc: _Coarse, lim: np.ndarray, step: float) -> _ViewStats:
         """The imminent-OOM judgement of incarnations younger than ``fast_min_s``: their
         last ``fast_min_s`` at the grid step, judged from ``imminent_min_s`` of data, only
         where the growth keeps its pace (a warm-up decelerates from its first minutes) and
-        the projected OOM is within ``imminent_horizon_s``."""
-        return self._short(inc, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
-                           horizon_s=self.imminent_horizon_s, steady_only=True)
+        the projected OOM is within ``imminent_horizon_s``. Rows that cannot score
+        (:meth:`_can_score`) get blank stats."""
+        out = self._blank(lim.shape[0], lim)
+        rows = np.flatnonzero(self._can_score(inc, lim, step, self.fast_min_s))
+        if rows.size:
+            st = self._short(inc.rows(rows), lim[rows], step, span_s=self.fast_min_s,
+                             min_s=self.imminent_min_s, horizon_s=self.imminent_horizon_s,
+                             steady_only=True)
+            for f_out, f_st in zip(_fields(out), _fields(st), strict=True):
+                f_out[rows] = f_st
+        return out
+
+    @staticmethod
+    def _short_grid(L: int, step: float, span_s: float) -> tuple[int, int]:
+        """(points, grid points per point) of a short-horizon judgement of the last
+        ``span_s``: at most :data:`FAST_POINTS` points (a finer grid is cut into block
+        minima: the pairwise statistics cost the square of the points)."""
+        m = min(L, max(6, round(span_s / step)))
+        k = max(1, math.ceil(m / FAST_POINTS))
+        return m // k, k
+
+    @staticmethod
+    def _recent_peak(level: np.ndarray) -> np.ndarray:
+        """(R,) float64: the highest of the last 3 points of ``level`` (R, m); -inf for none."""
+        last = level[:, level.shape[-1] - min(level.shape[-1], 3):]
+        return np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+
+    def _can_score(self, inc: _Coarse, lim: np.ndarray, step: float, span_s: float
+                   ) -> np.ndarray:
+        """(R,) bool: rows that :meth:`_short` over ``span_s`` does not score 0 from the
+        start, having a limit and using at least :data:`FAST_MIN_USED` of it (the same
+        ``peak`` and ``used`` as there)."""
+        m, k = self._short_grid(inc.v.shape[-1], step, span_s)
+        peak = self._recent_peak(inc.mins(k)[:, -m:])
+        has_lim = np.isfinite(lim) & (lim > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return has_lim & (peak / np.where(has_lim, lim, 1.0) >= FAST_MIN_USED)
 
     def _short(self, inc: _Coarse, lim: np.ndarray, step: float, *, span_s: float,
                min_s: float, horizon_s: float, steady_only: bool) -> _ViewStats:
@@ -690,12 +740,7 @@ class TrendDetector(ThresholdMixin):
         them, a leak does not) and not decelerating (a warm-up slows down; its projected
         plateau under the limit gives no time to OOM). Urgency is one over the projected
         time to OOM, so only growth that fills the headroom soon scores."""
-        L = inc.v.shape[-1]
-        m = min(L, max(6, round(span_s / step)))
-        # at most FAST_POINTS points: a finer grid is cut into block minima (the pairwise
-        # statistics cost the square of the points)
-        k = max(1, math.ceil(m / FAST_POINTS))
-        m = m // k
+        m, k = self._short_grid(inc.v.shape[-1], step, span_s)
         y = inc.mins(k)[:, -m:]  # the last m blocks of k points
         step = step * k
         level = y  # the usage itself: de-stepping is for the trend, not for the headroom
@@ -743,8 +788,7 @@ class TrendDetector(ThresholdMixin):
             # the level from the usage itself: with a start-up step taken out (a process
             # scraped once before its framework import), the de-stepped series would sit a
             # whole step below the real usage and overstate the room to the limit
-            last = level[:, m - min(m, 3):]
-            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+            peak = self._recent_peak(level)
             has_lim = np.isfinite(lim) & (lim > 0)
             room = np.where(has_lim, lim - peak, np.nan)
             decel = q < LINEAR_Q
