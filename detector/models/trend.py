@@ -337,6 +337,91 @@ def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.
     return np.where(q >= LINEAR_Q, linear, geo)
 
 
+ACCELERATING_Q = 1.5
+"""A span whose recent half grows more than this many times faster than its earlier half (or
+grows after a flat start) is accelerating: a leak that began inside it. Its pace now is that
+of its most recent linear stretch (:func:`recent_linear_rate`)."""
+
+RECENT_FRACTIONS: tuple[float, ...] = (0.75, 0.5, 1 / 3, 0.25)
+"""The trailing stretches of an accelerating span that :func:`recent_linear_rate` tries, as
+fractions of its valid points, longest first (each at least :data:`RECENT_MIN_POINTS`)."""
+
+RECENT_MIN_POINTS = 6
+"""The fewest points a recent stretch is measured on."""
+
+ANON_RATE_SHARE = 0.9
+"""Working-set growth is anonymous memory when the RSS grows at least this share as fast
+(:meth:`TrendDetector._pace_now`)."""
+
+
+def recent_linear_rate(y: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pace now of rows ``y`` (R, m) on a grid of ``step`` seconds (NaN: no data; a young
+    incarnation's leading points are NaN): ``(rate, accelerating)``, (R,) each.
+
+    A span is *accelerating* when the median step-to-step rise of its recent half exceeds
+    :data:`ACCELERATING_Q` times that of its earlier half, or when it grows after a flat or
+    falling start (a leak that began inside the span: the flat part dilutes the whole span's
+    robust slope - on a real kernel a trainer whose leak began 5 min into its life was given
+    18.7 min to OOM at 7.3 min, 11.3 real). Its rate is then that of its longest trailing
+    stretch (:data:`RECENT_FRACTIONS` of the valid points, at least
+    :data:`RECENT_MIN_POINTS`) that is itself not accelerating, else of the shortest: the
+    lower of the stretch's Theil-Sen slope and its median step-to-step rise (one allocation
+    step inside a short stretch lifts most of its pairwise slopes, not the median rise),
+    where robustly higher than the whole span's: the lower quartile of the stretch's
+    pairwise slopes above the whole span's median (noise around a slow leak lifts a short
+    stretch's median, rarely three in four of its slopes). Elsewhere ``rate`` is the span's
+    Theil-Sen slope (units/s; NaN for
+    fewer than :data:`RECENT_MIN_POINTS` points)."""
+    y = np.asarray(y, dtype=np.float64)
+    R, m = y.shape
+    rate = np.full(R, np.nan)
+    accel = np.zeros(R, dtype=bool)
+    if R == 0 or m < RECENT_MIN_POINTS:
+        return rate, accel
+    ok = np.isfinite(y)
+    first = np.where(ok.any(axis=-1), np.argmax(ok, axis=-1), m)
+    n_valid = m - first
+    i, j = _pairs(m)
+    with np.errstate(invalid="ignore"):
+        slopes = (y[:, j] - y[:, i]) / ((j - i) * step)
+        rises = np.diff(y, axis=-1) / step  # (R, m - 1): rise d[t] from point t to t + 1
+    t = np.arange(m - 1)[None, :]
+
+    def stretch(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """From point ``c`` on: Theil-Sen, the lower quartile of the pairwise slopes, the
+        median rise, and whether it is linear (its recent half's median rise at most
+        ACCELERATING_Q times its earlier half's, that positive)."""
+        mid = (c + (m - c) // 2)[:, None]
+        cc = c[:, None]
+        own = np.sort(np.where(i[None, :] >= cc, slopes, np.nan), axis=-1)
+        cnt = np.count_nonzero(np.isfinite(own), axis=-1)
+        ts = _nanquantile_sorted(own, cnt, 0.5)
+        low = _nanquantile_sorted(own, cnt, 0.25)
+        med = nanmedian_last(np.where(t >= cc, rises, np.nan))
+        early = nanmedian_last(np.where((t >= cc) & (t + 1 < mid), rises, np.nan))
+        recent = nanmedian_last(np.where(t >= mid, rises, np.nan))
+        return ts, low, med, (early > 0) & ~(recent > ACCELERATING_Q * early)
+
+    rate, _low, _med, linear_whole = stretch(first)
+    accel = ~linear_whole & (rate > 0) & (n_valid >= 2 * RECENT_MIN_POINTS)
+    chosen = np.full(R, np.nan)
+    robust = np.zeros(R, dtype=bool)
+    open_ = accel.copy()  # rows still looking for their longest linear stretch
+    for f in RECENT_FRACTIONS:
+        n_f = np.maximum(RECENT_MIN_POINTS, np.ceil(f * n_valid)).astype(np.int64)
+        c = np.clip(m - n_f, first, m)
+        ts_f, low_f, med_f, lin_f = stretch(c)
+        take = open_ & (lin_f | (f == RECENT_FRACTIONS[-1]))
+        chosen = np.where(take, np.fmin(ts_f, med_f), chosen)
+        # robustly higher: three in four of the stretch's pairwise slopes above the whole
+        # span's median (noise around a slow leak lifts a short stretch's median, not that)
+        robust = np.where(take, low_f > rate, robust)
+        open_ &= ~lin_f
+    accel &= robust
+    rate = np.where(accel & (chosen > rate), chosen, rate)
+    rate = np.where(n_valid >= RECENT_MIN_POINTS, rate, np.nan)
+    return rate, accel & (n_valid >= RECENT_MIN_POINTS)
+
 
 def _borrow_healthy_growth(bg: np.ndarray) -> np.ndarray:
     """``bg`` (k, channels x stats) with every channel that shows no healthy growth (slope or
@@ -1030,18 +1115,84 @@ class TrendDetector(ThresholdMixin):
         def known(t: np.ndarray) -> np.ndarray:
             return np.where(np.isfinite(lim) & (lim > 0), t, np.nan)
 
+        rate, tto = st.rate[rows, best], st.tto[rows, best]
+        young = np.flatnonzero(use_fast[rows, best] & any_growth & np.isfinite(lim) & (lim > 0))
+        if young.size:
+            rate, tto = rate.copy(), tto.copy()
+            rate[young], tto[young] = self._pace_now(
+                batch, young, best[young], rate[young], tto[young], st.q[young, best[young]],
+                span[young, best[young]])
         return LeakReport(
             channel=channel,
-            rate_bytes_per_s=st.rate[rows, best],
-            time_to_oom_s=known(st.tto[rows, best]),
-            time_to_oom_low_s=known(st.tto[rows, best] * TTO_BAND[0]),
-            time_to_oom_high_s=known(st.tto[rows, best] * TTO_BAND[1]),
+            rate_bytes_per_s=rate,
+            time_to_oom_s=known(tto),
+            time_to_oom_low_s=known(tto * TTO_BAND[0]),
+            time_to_oom_high_s=known(tto * TTO_BAND[1]),
             limit_bytes=lim,
             headroom_bytes=st.room[rows, best],
             channel_scores=st.score,
             view_s=span[rows, best],
             fast=use_fast[rows, best],
         )
+
+    def _pace_now(self, batch: WindowBatch, idx: np.ndarray, ch: np.ndarray, rate: np.ndarray,
+                  tto: np.ndarray, q: np.ndarray, span_s: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The stated leak rate and time to OOM of windows ``idx`` that the fast path judged
+        on channel ``ch`` (their score's ``rate``, ``tto``, growth ratio ``q`` and judged
+        ``span_s`` given), as true now:
+
+        - the level is the usage of the last three points of the grid (the fast path's
+          coarse grids take block minima, a block behind a steep leak);
+        - the rate of a span that accelerates (a leak that began inside it) is that of its
+          most recent linear stretch, where faster (:func:`recent_linear_rate`);
+        - working-set growth that is all anonymous memory (the RSS grows at least
+          :data:`ANON_RATE_SHARE` as fast) while the rest of the working set is page cache
+          (working set - RSS within ``container_memory_cache``) is killed when the RSS fills
+          the limit: the kernel reclaims those file pages first (a real PyTorch trainer's
+          working set held 140 MiB of them over its RSS at the first alarm, 6 MiB at the
+          kill). Without the cache series (generated traces) the working set's own figures
+          stand; a leak into tmpfs or shared memory, cache to the kernel but not reclaimable,
+          is the blind spot.
+
+        Growth that slows down keeps its geometric projection (only its level is the
+        score's)."""
+        step = batch.step_s
+        _v, vinc, lim3 = self._inputs(batch.values[idx], batch.limits[idx], step)
+        ws, rss = MEMORY_CHANNELS.index("mem_working_set"), MEMORY_CHANNELS.index("mem_rss")
+        n, L = len(idx), vinc.shape[-1]
+        at = np.arange(n)
+        lim = lim3[at, ch].astype(np.float64)
+        cache_all = batch.values[idx, CHANNELS.index("mem_cache"), :].astype(np.float64)
+        cache = np.where(np.isfinite(vinc[:, ws, :]), cache_all, np.nan)
+        with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+            peak = np.nanmax(vinc[:, :, L - 3:], axis=-1).astype(np.float64)  # (n, 3)
+            cache_now = np.nanmax(cache[:, L - 3:], axis=-1)
+        pts = np.clip(np.round(np.nan_to_num(span_s, nan=0.0) / step).astype(np.int64),
+                      RECENT_MIN_POINTS, L)
+        est = np.full((n, 2), np.nan)  # the pace now of the working set and the RSS
+        accel = np.zeros((n, 2), dtype=bool)
+        for p in np.unique(pts).tolist():
+            sel = np.flatnonzero(pts == p)
+            k = max(1, math.ceil(p / FAST_POINTS))
+            m = p // k
+            for col, c in enumerate((ws, rss)):
+                y = destep(_Coarse(vinc[sel, c, :]).mins(k)[:, -m:])
+                est[sel, col], accel[sel, col] = recent_linear_rate(y, step * k)
+        own = np.where(ch == rss, 1, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            now = np.where(accel[at, own], np.fmax(rate, est[at, own]), rate)
+            room = lim - peak[at, ch]
+            out_tto = np.where(q < LINEAR_Q, tto, np.where(now > 0, room / now, np.inf))
+            # anonymous growth under reclaimable page cache: the RSS's time to fill the limit
+            rss_now = np.where(accel[:, 1], est[:, 1], est[:, 1])
+            anon = ((ch == ws) & (q >= LINEAR_Q) & (rss_now > 0)
+                    & (rss_now >= ANON_RATE_SHARE * np.where(accel[:, 0], est[:, 0], now))
+                    & (peak[:, ws] - peak[:, rss] <= cache_now) & (cache_now > 0))
+            anon_tto = (lim - peak[:, rss]) / rss_now
+        out_rate = np.where(anon, rss_now, now)
+        out_tto = np.where(anon & np.isfinite(anon_tto), np.maximum(anon_tto, 0.0), out_tto)
+        return out_rate, out_tto
 
     # ------------------------------------------------------------------ explanation
 
