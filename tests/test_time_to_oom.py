@@ -81,7 +81,7 @@ def test_noise_around_a_slow_leak_is_not_taken_for_an_acceleration() -> None:
 
 
 def test_too_few_points_say_nothing() -> None:
-    got, accel = recent_linear_rate(np.full((2, 5), 1.0), STEP)
+    got, accel = recent_linear_rate(np.full((2, 3), 1.0), STEP)
     assert np.isnan(got).all() and not accel.any()
     got, accel = recent_linear_rate(np.full((1, 20), np.nan), STEP)
     assert np.isnan(got).all() and not accel.any()
