@@ -122,6 +122,9 @@ class _PodSeries:
     node: str
     t: np.ndarray
     series: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # container, metric
+    # facts: (container, metric, values on t, NaN = no sample), written without imperfections
+    # and after the series, so adding one draws nothing and changes no other row
+    facts: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
 
 
 def _shape_list(n_pods_per_kind: int, shapes: Sequence[str], n_pods: int | None) -> list[str]:
@@ -603,6 +606,10 @@ def _make_pod(
     ]
     if cache is not None:
         ps.series.append((main, tr.CACHE, cache[k]))
+    if shape == "crashloop_leak" and restart_at:
+        # kube-state-metrics' last terminated reason: OOMKilled from the first kill's restart
+        # on (no series before a first termination)
+        ps.facts.append((main, tr.OOM_KILLED, np.where(restarts[k] > 0, 1.0, np.nan)))
     if gpu:
         ps.series += [
             (main, tr.GPU_FB_USED, fb_mib[k]),
@@ -649,6 +656,7 @@ def _to_long(groups: list[tuple[list[_PodSeries], np.random.Generator]], imp: Im
     val_parts: list[np.ndarray] = []
     code_parts: dict[str, list[np.ndarray]] = {c: [] for c in tr.STRING_COLUMNS}
     cats: dict[str, dict[str, int]] = {c: {} for c in tr.STRING_COLUMNS}
+    facts: list[tuple[np.ndarray, np.ndarray, tuple[str, str, str, str, str]]] = []
 
     def code(col: str, s: str) -> int:
         d = cats[col]
@@ -675,6 +683,10 @@ def _to_long(groups: list[tuple[list[_PodSeries], np.random.Generator]], imp: Im
                     ("metric", metric),
                 ):
                     g_codes[col].append(np.full(n, code(col, s), dtype=np.int32))
+            for container, metric, vals in ps.facts:
+                has = np.isfinite(vals)
+                facts.append((t[has], vals[has],
+                              (ps.namespace, ps.pod, container, ps.node, metric)))
         if not g_ts:
             continue
         ts = np.concatenate(g_ts)
@@ -691,6 +703,11 @@ def _to_long(groups: list[tuple[list[_PodSeries], np.random.Generator]], imp: Im
         val_parts.append(val)
         for c in tr.STRING_COLUMNS:
             code_parts[c].append(codes[c][idx])
+    for f_ts, f_val, labels in facts:  # after every draw: the other rows are as without them
+        ts_parts.append(f_ts)
+        val_parts.append(f_val)
+        for col, name in zip(tr.STRING_COLUMNS, labels, strict=True):
+            code_parts[col].append(np.full(f_ts.size, code(col, name), dtype=np.int32))
     if not ts_parts:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in tr.TRACE_COLUMNS})
     ts = np.concatenate(ts_parts)

@@ -1580,6 +1580,8 @@ class LeakDecider:
         crash_loop = ((kills >= CRASHLOOP_KILLS) & eligible
                       & (np.nan_to_num(by_life, nan=0.0) > 0))
         raw_leak = ((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
+        # raised on the kills alone (this life's growth not yet measured): those name them
+        by_kills = crash_loop & ~(leak_score > leak_thr)
         # hysteresis: a raised leak stays raised while its OOM is projected within
         # LATCH_HORIZON times the horizon (the window's best channel can switch to one whose
         # projection lies just beyond it)
@@ -1599,7 +1601,10 @@ class LeakDecider:
         self._near, self._view = near_leak, report.view_s
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:
-            out: dict[str, Any] = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
+            # the kernel's kills are at the memory limit: a crash loop without a growing
+            # channel yet is the working set's
+            default = "working set" if kills[i] > 0 else "memory"
+            out: dict[str, Any] = {"subject": _SUBJECT.get(str(report.channel[i]), default)}
             rate = float(report.rate_bytes_per_s[i])
             if math.isfinite(rate):
                 out["growth_bytes_per_s"] = rate
@@ -1614,6 +1619,10 @@ class LeakDecider:
                 lo, hi = float(report.time_to_oom_low_s[i]), float(report.time_to_oom_high_s[i])
                 if math.isfinite(lo) and math.isfinite(hi):
                     out["time_to_oom_low_s"], out["time_to_oom_high_s"] = lo, hi
+            elif kills[i] > 0 and math.isfinite(float(by_life[i])):  # as verdict_fields
+                out["time_to_oom_s"] = float(by_life[i])
+                out["time_to_oom_low_s"] = float(by_life[i]) * TTO_BAND[0]
+                out["time_to_oom_high_s"] = float(by_life[i]) * TTO_BAND[1]
             limit = float(report.limit_bytes[i])
             if math.isfinite(limit):
                 out["limit_bytes"] = limit
@@ -1632,9 +1641,13 @@ class LeakDecider:
                     "leak_rate_bytes_per_s": rate}
 
         # the rows whose attribution is due, in one pass, from the batch's one analysis
+        def attribute(rows: list[int]) -> list[Attribution]:
+            return [crash_loop_attribution() if by_kills[i] else a
+                    for i, a in zip(rows, trend.explain(batch, rows), strict=True)]
+
         return Judged("memory_leak", raw_leak | (latched & held), leak_score, leak_thr,
-                      kinds=kinds, attribute=lambda rows: trend.explain(batch, rows),
-                      facts=facts, verdict_fields=verdict_fields)
+                      kinds=kinds, attribute=attribute, facts=facts,
+                      verdict_fields=verdict_fields)
 
     def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None:
         """A leak verdict dates its growth's start (once) and latches once raised; any other
@@ -1661,6 +1674,18 @@ class LeakDecider:
         nor repeats a raised leak)."""
         if isinstance(previous, LeakDecider):
             self.pods = previous.pods
+
+
+def crash_loop_attribution() -> Attribution:
+    """The attribution of a verdict raised on the kills alone (a crash loop's new life, its
+    growth not yet measured): the decision, 0 -> 1, is the earlier lives' OOM kills at the
+    working set's limit (``mem_working_set.oom_kills``). The trend score's Shapley values
+    explain a score that did not decide (all of them <= 0 in such a young life)."""
+    return Attribution(base_value=0.0, values={CRASH_LOOP_FEATURE: 1.0})
+
+
+CRASH_LOOP_FEATURE = "mem_working_set.oom_kills"
+"""The feature a crash loop's kill-evidence verdict is attributed to (words: channels.py)."""
 
 
 def _finite(x: float) -> float | None:
