@@ -50,10 +50,11 @@ from detector.sources.kafka_codec import Decoder, encode_adapter, encode_batch
 
 METRICS: tuple[str, ...] = (*chan.read_metrics("cadvisor"),
                             *(c.metric for c in chan.CHANNEL_TABLE
-                              if c.exporter == "kube-state-metrics"))
+                              if c.exporter == "kube-state-metrics" and not c.fact))
 """The series each synthetic pod exports: every cAdvisor metric of the channel table
 (``detector.channels``: channels, then limits) and kube-state-metrics' channels (the restart
-counter; not its limit metric, a fallback the engine does not need here)."""
+counter; not its limit metric, a fallback the engine does not need here, nor the last
+terminated reason, which kube-state-metrics exports only for a container that has ended)."""
 GIB = float(1 << 30)
 
 

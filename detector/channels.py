@@ -86,9 +86,14 @@ class Channel:
     """The :data:`LIMIT_TABLE` row bounding it (``limits`` in the batch), or None."""
     feature_words: tuple[tuple[str, str], ...] = ()
     """(stat, words) for features whose whole name reads better than "<words> <stat words>"."""
+    fact: bool = False
+    """A fact the decisions read (a 0/1 flag), not a feature: no window statistics, so the
+    feature names, and the models fitted on them, do not change with it."""
 
     def stats(self) -> tuple[str, ...]:
         """The window-feature statistics of this channel, in feature order."""
+        if self.fact:
+            return ()
         return INCREASE_STATS if self.kind == "increase" else PER_CHANNEL_STATS
 
 
@@ -119,7 +124,9 @@ CHANNEL_TABLE: tuple[Channel, ...] = (
     Channel("mem_working_set", "container_memory_working_set_bytes", "cadvisor", "gauge",
             "bytes", 16 * MIB, "working set", leak=True, limit="memory",
             drift_stats=("log_vol_ratio",),
-            feature_words=(("slope_30m", "memory slope"),)),
+            feature_words=(("slope_30m", "memory slope"),
+                           # a crash loop's kill evidence (detector.models.trend)
+                           ("oom_kills", "working set OOM kills of the earlier lives"))),
     Channel("mem_rss", "container_memory_rss", "cadvisor", "gauge",
             "bytes", 16 * MIB, "RSS", leak=True, limit="memory",
             drift_stats=("log_vol_ratio",),
@@ -148,6 +155,11 @@ CHANNEL_TABLE: tuple[Channel, ...] = (
     # tells anonymous growth from a file reader's cache
     Channel("mem_cache", "container_memory_cache", "cadvisor", "gauge",
             "bytes", 16 * MIB, "page cache", limit="memory"),
+    # kube-state-metrics' last terminated reason as a flag (see OOM_KILLED_CHANNEL): what
+    # the level history counts a restart as an OOM kill from
+    Channel("oom_killed", "kube_pod_container_status_last_terminated_reason_oomkilled",
+            "kube-state-metrics", "gauge", "flag", 1.0, "last termination OOMKilled",
+            fact=True),
 )
 """Every channel, in the order of ``WindowBatch.values`` (append new ones at the end)."""
 
@@ -162,6 +174,29 @@ LIMIT_TABLE: tuple[Limit, ...] = (
 
 RESTART_CHANNEL = "restarts"
 """The channel whose increments mark a new incarnation (baselines start again after one)."""
+
+OOM_KILLED_CHANNEL = "oom_killed"
+"""The channel saying whether a container's last termination was an OOM kill: 1 when
+kube-state-metrics' reason is ``OOMKilled``, 0 for another reason, no data before a first
+termination (kube-state-metrics exports no reason then) or where the series is not scraped.
+Its trace metric is ``..._reason_oomkilled``; the sources map the exporter's series
+:data:`LAST_TERMINATED_REASON` to it with :func:`oom_killed_flag`. Summed over a pod's
+containers like every channel (a pod with one container OOM-killed reads >= 1)."""
+
+LAST_TERMINATED_REASON = "kube_pod_container_status_last_terminated_reason"
+"""kube-state-metrics' series ``{namespace, pod, container, reason} 1``, one per container
+that has terminated at least once, labelled with the reason of its last termination."""
+
+
+def oom_killed_flag(reason: object, value: float) -> float | None:
+    """The :data:`OOM_KILLED_CHANNEL` value of one sample of :data:`LAST_TERMINATED_REASON`
+    (untrusted labels and value): 1.0 for ``reason="OOMKilled"``, 0.0 for any other reason;
+    None (drop the sample) for a value below 0.5 or not finite - not the current reason (some
+    exporters write 0 for the reasons a container's last termination did not have)."""
+    if not value >= 0.5 or value == float("inf"):
+        return None
+    return 1.0 if reason == "OOMKilled" else 0.0
+
 
 INFRASTRUCTURE_PREFIXES: tuple[str, ...] = ("container_", "kube_", "DCGM_", "node_", "machine_")
 """Metric families of the node's own exporters (cAdvisor, kube-state-metrics, DCGM, node
@@ -182,8 +217,10 @@ def _check() -> None:
                  for c in CHANNEL_TABLE for s in c.drift_stats if s not in c.stats()]
     problems += [f"channel {c.name!r}: a counter's metric must end in _total"
                  for c in CHANNEL_TABLE if (c.kind != "gauge") != c.metric.endswith("_total")]
-    if RESTART_CHANNEL not in names:
-        problems.append(f"no {RESTART_CHANNEL!r} channel")
+    problems += [f"channel {c.name!r}: a fact is a gauge" for c in CHANNEL_TABLE
+                 if c.fact and (c.kind != "gauge" or c.leak or c.throughput or c.drift_stats)]
+    problems += [f"no {c!r} channel" for c in (RESTART_CHANNEL, OOM_KILLED_CHANNEL)
+                 if c not in names]
     if problems:  # pragma: no cover - a broken table fails at import, in every test
         raise ValueError("channel table: " + "; ".join(problems))
 

@@ -132,7 +132,9 @@ def describe(attribution: Attribution, facts: Facts | None = None, top_k: int = 
         clauses.append(text)
     if f.get("oom_kills"):
         k = int(f["oom_kills"])
-        clauses.insert(0, f"crash-looping leak ({k} OOM kill{'s' if k != 1 else ''} so far)")
+        named = "" if "growth_bytes_per_s" in f else f" of the {f.get('subject', 'memory')}"
+        clauses.insert(0, f"crash-looping leak{named} ({k} OOM kill{'s' if k != 1 else ''} "
+                          "so far)")
     if "time_to_oom_s" in f:
         text = f"OOM in ~{format_duration(f['time_to_oom_s'])}"
         if "time_to_oom_low_s" in f and "time_to_oom_high_s" in f:

@@ -6,9 +6,14 @@ The output is a trace in the format of :mod:`detector.traces` plus a label table
 
 Each pod has one *shape*:
 
-* healthy: ``steady``, ``gc_sawtooth`` (JVM/Python GC), ``warmup_plateau`` (caches filling,
-  then flat), ``epoch_periodic`` (per-epoch ramps with checkpoint spikes), ``step_up`` (one
-  legitimate step, e.g. a bigger dataset shard) and ``diurnal`` (serving load);
+* healthy (:data:`HEALTHY_SHAPES`, then :data:`LATER_SHAPES`): ``steady``, ``gc_sawtooth``
+  (JVM/Python GC), ``warmup_plateau`` (caches filling, then flat), ``epoch_periodic``
+  (per-epoch ramps with checkpoint spikes), ``step_up`` (one legitimate step, e.g. a bigger
+  dataset shard), ``diurnal`` (serving load), ``periodic_load``
+  (a 1-24 h load cycle), ``slow_warmup`` (a warm-up over hours) and ``page_cache`` (a file
+  reader: the working set ramps towards the limit with its active file pages while the RSS
+  stays flat and ``container_memory_cache`` holds the rest; the only shape that exports the
+  cache series);
 * faults: ``slow_leak``, ``fast_leak``, ``step_leak`` (staircase), ``leak_under_gc`` (a rising
   floor under a GC sawtooth), ``gpu_creep`` (``DCGM_FI_DEV_FB_USED`` creeping to the card size)
   ``throughput_drift`` (cpu rate, GPU utilisation and network collapse over 30-60 min
@@ -62,10 +67,15 @@ _FIRST_LEAKS: tuple[str, ...] = ("slow_leak", "fast_leak", "step_leak", "leak_un
 LEAK_SHAPES: tuple[str, ...] = (*_FIRST_LEAKS, "late_leak")
 FAULT_SHAPES: tuple[str, ...] = (*_FIRST_LEAKS, "crashloop_leak", "gpu_creep", "throughput_drift",
                                  "late_leak")  # late_leak last: the other pods keep their seeds
-ALL_SHAPES: tuple[str, ...] = (*HEALTHY_SHAPES, *FAULT_SHAPES)
+LATER_SHAPES: tuple[str, ...] = ("page_cache",)
+"""Healthy shapes added after the test split was frozen, evaluated (in :data:`ALL_SHAPES`,
+last) but not in :data:`HEALTHY_SHAPES` (the fitting data of the shipped model stays what it
+was). Their pods draw from a seed stream of their own, so adding them re-drew none of the
+other pods of a seed: every earlier pod, its name and its imperfections are what they were."""
+ALL_SHAPES: tuple[str, ...] = (*HEALTHY_SHAPES, *FAULT_SHAPES, *LATER_SHAPES)
 
 KIND_OF_SHAPE: dict[str, str] = {
-    **{s: "none" for s in HEALTHY_SHAPES},
+    **{s: "none" for s in (*HEALTHY_SHAPES, *LATER_SHAPES)},
     **{s: "memory_leak" for s in LEAK_SHAPES},
     "crashloop_leak": "memory_leak",
     "gpu_creep": "gpu_memory_leak",
@@ -112,6 +122,9 @@ class _PodSeries:
     node: str
     t: np.ndarray
     series: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # container, metric
+    # facts: (container, metric, values on t, NaN = no sample), written without imperfections
+    # and after the series, so adding one draws nothing and changes no other row
+    facts: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
 
 
 def _shape_list(n_pods_per_kind: int, shapes: Sequence[str], n_pods: int | None) -> list[str]:
@@ -157,15 +170,21 @@ def generate(
     ranges = SPLITS[split]
     imp = Imperfections() if imperfections is None else imperfections
     shape_list = _shape_list(n_pods_per_kind, shapes, n_pods)
-    root = np.random.SeedSequence(seed)
-    children = root.spawn(len(shape_list) + 1)
-    meta_rng = np.random.default_rng(children[-1])
+    # two seed streams: the shapes of LATER_SHAPES draw from their own, so that adding them
+    # changed none of the other pods' draws (see LATER_SHAPES)
+    later = [s in LATER_SHAPES for s in shape_list]
+    streams = []
+    for root, n in ((np.random.SeedSequence(seed), later.count(False)),
+                    (np.random.SeedSequence((seed, 1)), later.count(True))):
+        children = root.spawn(n + 1)
+        streams.append((iter(children[:-1]), np.random.default_rng(children[-1]), root))
     K = int(hours * 3600 // step_s) + 1
     t_grid = start_ts + np.arange(K, dtype=np.float64) * step_s
-    pods: list[_PodSeries] = []
+    groups: list[list[_PodSeries]] = [[], []]
     labels: list[dict[str, object]] = []
     for i, shape in enumerate(shape_list):
-        rng = np.random.default_rng(children[i])
+        pod_seeds, meta_rng, _root = streams[later[i]]
+        rng = np.random.default_rng(next(pod_seeds))
         gpu = shape == "gpu_creep" or (
             shape != "throughput_drift" and rng.random() < gpu_fraction
         )
@@ -175,9 +194,10 @@ def generate(
         name = f"job-{meta_rng.integers(16**5):05x}-{i}"
         node = f"node-{int(meta_rng.integers(8)):02d}"
         ps, labs = _make_pod(rng, shape, gpu, t_grid, step_s, imp, ns, name, node, ranges)
-        pods.append(ps)
+        groups[later[i]].append(ps)
         labels.extend(labs)
-    trace = _to_long(pods, imp, np.random.default_rng(root.spawn(1)[0]), step_s)
+    trace = _to_long([(g, np.random.default_rng(root.spawn(1)[0]))
+                      for g, (_s, _m, root) in zip(groups, streams, strict=True)], imp)
     lab_df = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))
     return trace, lab_df
 
@@ -263,6 +283,11 @@ class Ranges:
     late_start: float = 0.4  # fraction of pods that start after the trace begins
     late_leak_limit_ratio: tuple[float, float] = (1.8, 9.0)  # late_leak: limit / base
     late_leak_onset_s: tuple[float, float] = (1200.0, 3600.0)  # late_leak: flat stretch
+    # page_cache: how long the working set's file pages ramp (hours, log-uniform), the
+    # working set they ramp to (of the limit), and the RSS's share of that growth
+    page_cache_ramp_h: tuple[float, float] = (0.5, 8.0)
+    page_cache_fill: tuple[float, float] = (0.6, 0.9)
+    page_cache_rss_share: tuple[float, float] = (0.0, 0.1)
     fault_hours: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(FAULT_HOURS))
 
 
@@ -284,6 +309,9 @@ SPLITS: dict[str, Ranges] = {
         late_start=0.5,
         late_leak_limit_ratio=(1.5, 10.0),
         late_leak_onset_s=(900.0, 5400.0),
+        page_cache_ramp_h=(0.3, 12.0),
+        page_cache_fill=(0.5, 0.95),
+        page_cache_rss_share=(0.0, 0.15),
         fault_hours={
             "slow_leak": (6.0, 48.0),
             "fast_leak": (0.3, 2.0),
@@ -424,6 +452,15 @@ def _make_pod(
         ph = rng.uniform(0, 2 * np.pi)
         load = load * (1 + 0.35 * np.sin(2 * np.pi * t / 86400.0 + ph))
         ws_rel = ws_rel * (1 + 0.04 * np.sin(2 * np.pi * t / 86400.0 + ph))
+    elif shape == "page_cache":
+        # a file reader (a dataset streamed, re-read shards): its active file pages, counted
+        # in the working set, ramp from a read start towards a level under the limit and stay
+        # (the kernel reclaims them, never OOM-kills for them)
+        read_at = rng.uniform(0.0, 0.3) * max(T, 0.0)
+        ramp_s = _loguniform(rng, *rg.page_cache_ramp_h) * 3600.0
+        fill = rng.uniform(*rg.page_cache_fill)
+        top_rel = max(fill * limit / base, 1.05)
+        ws_rel = ws_rel * (1 + (top_rel - 1) * np.clip((t - read_at) / ramp_s, 0, 1))
 
     peak_rel = float(np.max(ws_rel[t >= 0])) if (t >= 0).any() else 1.0
     if shape in LEAK_SHAPES:
@@ -485,12 +522,24 @@ def _make_pod(
         # the collapse moves every throughput series of the pod together, so each names it
         fault_metric = "|".join([tr.CPU_SECONDS, *([tr.GPU_UTIL] if gpu else []),
                                  tr.NET_RX, tr.NET_TX])
-    elif kind == "none" and rng.random() < imp.restart_pod_rate and T > 3600:
+    elif (kind == "none" and shape != "page_cache" and rng.random() < imp.restart_pod_rate
+          and T > 3600):
         restart_at = [rng.uniform(0.2, 0.9) * T]
         ws_rel = ws_rel * warmup(restart_at[0], rng.uniform(120.0, 600.0), 0.5)
 
     ws = base * ws_rel * (1 + noise)
-    rss = ws * rng.uniform(0.75, 0.92) * (1 + rng.normal(0, 0.003, K))
+    rss_share = rng.uniform(0.75, 0.92)
+    rss_noise = 1 + rng.normal(0, 0.003, K)
+    rss = ws * rss_share * rss_noise
+    cache: np.ndarray | None = None
+    if shape == "page_cache":
+        # the RSS (anonymous memory) grows by a small share of the working set's growth; the
+        # page cache holds the file pages in the working set and inactive ones beside them
+        # (usage = RSS + cache stays under the limit)
+        rss = base * (rss_share + rng.uniform(*rg.page_cache_rss_share) * (ws_rel - 1.0)) \
+            * rss_noise
+        inactive = rng.uniform(0.1, 1.0) * np.clip(limit - ws, 0, None)
+        cache = np.minimum((ws - rss) + inactive, limit - rss)
 
     # failure time: the series (working set or GPU memory) reaches its limit
     if shape in LEAK_SHAPES:
@@ -555,6 +604,12 @@ def _make_pod(
         (main, tr.RESTARTS, restarts[k]),
         (main, tr.FS_USAGE, fs[k] if np.ndim(fs) else np.full(int(k.sum()), fs)),
     ]
+    if cache is not None:
+        ps.series.append((main, tr.CACHE, cache[k]))
+    if shape == "crashloop_leak" and restart_at:
+        # kube-state-metrics' last terminated reason: OOMKilled from the first kill's restart
+        # on (no series before a first termination)
+        ps.facts.append((main, tr.OOM_KILLED, np.where(restarts[k] > 0, 1.0, np.nan)))
     if gpu:
         ps.series += [
             (main, tr.GPU_FB_USED, fb_mib[k]),
@@ -593,13 +648,15 @@ def _make_pod(
 # long format
 
 
-def _to_long(
-    pods: list[_PodSeries], imp: Imperfections, rng: np.random.Generator, step_s: float
-) -> pd.DataFrame:
+def _to_long(groups: list[tuple[list[_PodSeries], np.random.Generator]], imp: Imperfections
+             ) -> pd.DataFrame:
+    """The long-format trace of groups of pods, each group's imperfections drawn from its own
+    generator (a group's rows are what they would be alone)."""
     ts_parts: list[np.ndarray] = []
     val_parts: list[np.ndarray] = []
     code_parts: dict[str, list[np.ndarray]] = {c: [] for c in tr.STRING_COLUMNS}
     cats: dict[str, dict[str, int]] = {c: {} for c in tr.STRING_COLUMNS}
+    facts: list[tuple[np.ndarray, np.ndarray, tuple[str, str, str, str, str]]] = []
 
     def code(col: str, s: str) -> int:
         d = cats[col]
@@ -607,39 +664,60 @@ def _to_long(
             d[s] = len(d)
         return d[s]
 
-    for ps in pods:
-        n = ps.t.size
-        jitter = rng.uniform(-imp.jitter_s, imp.jitter_s, n) if imp.jitter_s > 0 else 0.0
-        t = ps.t + jitter
-        for container, metric, vals in ps.series:
-            ts_parts.append(t)
-            val_parts.append(np.asarray(vals, dtype=np.float64))
-            for col, s in (
-                ("namespace", ps.namespace),
-                ("pod", ps.pod),
-                ("container", container),
-                ("node", ps.node),
-                ("metric", metric),
-            ):
-                code_parts[col].append(np.full(n, code(col, s), dtype=np.int32))
+    for pods, rng in groups:
+        g_ts: list[np.ndarray] = []
+        g_val: list[np.ndarray] = []
+        g_codes: dict[str, list[np.ndarray]] = {c: [] for c in tr.STRING_COLUMNS}
+        for ps in pods:
+            n = ps.t.size
+            jitter = rng.uniform(-imp.jitter_s, imp.jitter_s, n) if imp.jitter_s > 0 else 0.0
+            t = ps.t + jitter
+            for container, metric, vals in ps.series:
+                g_ts.append(t)
+                g_val.append(np.asarray(vals, dtype=np.float64))
+                for col, s in (
+                    ("namespace", ps.namespace),
+                    ("pod", ps.pod),
+                    ("container", container),
+                    ("node", ps.node),
+                    ("metric", metric),
+                ):
+                    g_codes[col].append(np.full(n, code(col, s), dtype=np.int32))
+            for container, metric, vals in ps.facts:
+                has = np.isfinite(vals)
+                facts.append((t[has], vals[has],
+                              (ps.namespace, ps.pod, container, ps.node, metric)))
+        if not g_ts:
+            continue
+        ts = np.concatenate(g_ts)
+        val = np.concatenate(g_val)
+        codes = {c: np.concatenate(g_codes[c]) for c in tr.STRING_COLUMNS}
+        N = ts.size
+        keep = rng.random(N) >= imp.drop_rate
+        dup = rng.random(N) < imp.duplicate_rate
+        idx = np.flatnonzero(keep)
+        idx = np.sort(np.concatenate([idx, np.flatnonzero(keep & dup)]), kind="stable")
+        val = val[idx].copy()
+        val[rng.random(idx.size) < imp.nan_rate] = np.nan
+        ts_parts.append(ts[idx])
+        val_parts.append(val)
+        for c in tr.STRING_COLUMNS:
+            code_parts[c].append(codes[c][idx])
+    for f_ts, f_val, labels in facts:  # after every draw: the other rows are as without them
+        ts_parts.append(f_ts)
+        val_parts.append(f_val)
+        for col, name in zip(tr.STRING_COLUMNS, labels, strict=True):
+            code_parts[col].append(np.full(f_ts.size, code(col, name), dtype=np.int32))
     if not ts_parts:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in tr.TRACE_COLUMNS})
     ts = np.concatenate(ts_parts)
     val = np.concatenate(val_parts)
-    codes = {c: np.concatenate(code_parts[c]) for c in tr.STRING_COLUMNS}
-    N = ts.size
-    keep = rng.random(N) >= imp.drop_rate
-    dup = rng.random(N) < imp.duplicate_rate
-    idx = np.flatnonzero(keep)
-    idx = np.sort(np.concatenate([idx, np.flatnonzero(keep & dup)]), kind="stable")
-    ts, val = ts[idx], val[idx].copy()
-    codes = {c: a[idx] for c, a in codes.items()}
-    val[rng.random(idx.size) < imp.nan_rate] = np.nan
     order = np.argsort(ts, kind="stable")
     data: dict[str, object] = {"timestamp": ts[order]}
     for col in tr.STRING_COLUMNS:
         names = list(cats[col])
-        data[col] = pd.Categorical.from_codes(codes[col][order], categories=pd.Index(names))
+        data[col] = pd.Categorical.from_codes(np.concatenate(code_parts[col])[order],
+                                              categories=pd.Index(names))
     data["value"] = val[order]
     df = pd.DataFrame(data)[list(tr.TRACE_COLUMNS)]
     return df

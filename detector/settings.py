@@ -448,7 +448,9 @@ class PrometheusSourceSettings(_SourceSection):
         [*CADVISOR_METRICS, *KSM_METRICS, *DCGM_METRICS],
         min_length=1,
         description="Series read (cAdvisor, kube-state-metrics, DCGM); limits of "
-                    "kube_pod_container_resource_limits are read for resource=memory only.")
+                    "kube_pod_container_resource_limits are read for resource=memory only; "
+                    "kube_pod_container_status_last_terminated_reason_oomkilled is read from "
+                    "kube_pod_container_status_last_terminated_reason (every reason).")
     query_step_s: float = Field(
         15, ge=1, le=3600,
         description="Resolution of range queries (use the scrape interval), seconds.")

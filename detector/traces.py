@@ -57,6 +57,7 @@ FS_USAGE = CHANNEL_METRICS["fs_usage"]
 NET_RX = CHANNEL_METRICS["net_rx_rate"]
 NET_TX = CHANNEL_METRICS["net_tx_rate"]
 RESTARTS = CHANNEL_METRICS["restarts"]
+OOM_KILLED = CHANNEL_METRICS["oom_killed"]  # 1 once the last termination was OOMKilled
 GPU_FB_USED = CHANNEL_METRICS["gpu_fb_used"]  # MiB
 GPU_UTIL = CHANNEL_METRICS["gpu_util"]  # percent
 MEMORY_LIMIT, KSM_LIMITS = (m.metric for m in LIMITS["memory"].metrics)  # KSM: bytes in a trace

@@ -19,7 +19,7 @@ from detector.windows import WindowEngine, iter_windows
 from detector.windows.features import _SCALE_FLOOR
 from detector.windows.series import KNOWN
 from training.fit import drift_feature_names
-from training.history import HISTORY_METRICS
+from training.history import HISTORY_METRICS, OOM_KILLED
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real" / "mixed.csv.gz"
 MIB = 2.0**20
@@ -40,7 +40,7 @@ def test_every_reader_derives_from_the_table() -> None:
             assert m.metric in KNOWN
     # the series the daemon pulls and training reads are the table's
     assert set(PrometheusSourceSettings().metrics) == set(chan.read_metrics())
-    assert set(HISTORY_METRICS) == set(chan.read_metrics()) - {traces.KSM_LIMITS}
+    assert set(HISTORY_METRICS) == set(chan.read_metrics()) - {traces.KSM_LIMITS, OOM_KILLED}
     assert traces.CACHE == "container_memory_cache"
     assert traces.CACHE in HISTORY_METRICS
     assert _SCALE_FLOOR.tolist() == [c.floor for c in chan.CHANNEL_TABLE]

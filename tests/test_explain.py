@@ -349,6 +349,24 @@ def test_describe_leak_sentence() -> None:
     )
 
 
+def test_describe_a_crash_loop_warned_on_its_kills_names_the_working_set() -> None:
+    """A crash loop's new life, raised on the earlier lives' kills before its own growth is
+    measured: the sentence names what was killed and the attribution is the kills."""
+    from detector.models.trend import crash_loop_attribution
+
+    facts = {"subject": "working set", "oom_kills": 2, "time_to_oom_s": 20 * 60.0,
+             "time_to_oom_low_s": 11 * 60.0, "time_to_oom_high_s": 22 * 60.0,
+             "limit_bytes": 2.5 * 2**30}
+    assert describe(crash_loop_attribution(), facts) == (  # type: ignore[arg-type]
+        "crash-looping leak of the working set (2 OOM kills so far), OOM in ~20 min "
+        "(11 min-22 min) at the 2.5 GiB limit; "
+        "top contributors: working set OOM kills of the earlier lives (1.00)")
+    # with this life's growth measured the growth clause names it, once
+    grown = {**facts, "growth_bytes_per_s": 2**30 / 3600}
+    assert describe(crash_loop_attribution(), grown).startswith(  # type: ignore[arg-type]
+        "crash-looping leak (2 OOM kills so far), working set +1 GiB/h, OOM in ~20 min")
+
+
 def test_describe_without_facts_or_positive_contributors() -> None:
     negative = Attribution(base_value=0.0, values={"cpu_rate.level_z": -1.0})
     assert describe(negative) == "no single feature stands out"

@@ -55,6 +55,30 @@ def test_exported_labels_are_used_when_plain_ones_are_missing() -> None:
     assert (out.namespace, out.pod, out.container) == (["ml"], ["p"], ["c"])
 
 
+def test_kube_state_metrics_last_terminated_reason_becomes_the_oom_killed_flag() -> None:
+    """Every reason of the series is read: OOMKilled -> 1, another reason -> 0, a 0 (no
+    current reason, as some exporters write for the others) carries nothing; both formats."""
+    name = "kube_pod_container_status_last_terminated_reason"
+    flag = "kube_pod_container_status_last_terminated_reason_oomkilled"
+    t = 1767225600.0
+    out, res = _decode(encode_batch([
+        (name, {**LABELS, "reason": "OOMKilled"}, [(t, 1.0), (t + 15, 1.0)]),
+        (name, {**LABELS, "pod": "b", "reason": "Error"}, [(t, 1.0)]),
+        (name, {**LABELS, "pod": "c", "reason": "OOMKilled"}, [(t, 0.0)]),
+        (name, {**LABELS, "pod": "d", "reason": "OOMKilled"}, [(t, 7e300)])]))
+    assert res.accepted == len(out) == 4 and res.ignored == 1  # type: ignore[attr-defined]
+    assert out.metric == [flag] * 4
+    assert list(zip(out.pod, out.value)) == [("trainer-0", 1.0), ("trainer-0", 1.0),
+                                             ("b", 0.0), ("d", 1.0)]
+    for reason, value, want in (("OOMKilled", 1.0, [1.0]), ("Completed", 1.0, [0.0]),
+                                ("OOMKilled", 0.0, [])):
+        out, res = _decode(encode_adapter(name, {**LABELS, "reason": reason}, t, value))
+        assert out.value == want and res.accepted == len(want)  # type: ignore[attr-defined]
+    # without a reason label it is no flag (an unknown infrastructure series, as before)
+    out, _ = _decode(encode_adapter(name, LABELS, t, 1.0))
+    assert out.metric == [name]
+
+
 def _reasons(payload: bytes, limits: Limits | None = None) -> dict[str, int]:
     _, res = _decode(payload, limits)
     return dict(res.rejected)  # type: ignore[attr-defined]
@@ -176,7 +200,7 @@ def test_fuzz_the_decoder_never_crashes_and_accounts_for_everything(payload: byt
     out = SampleColumns()
     res = Decoder(Limits(max_labels=8, max_label_bytes=64)).decode(payload, out)
     assert res.accepted == len(out)
-    if res.accepted + res.n_rejected == 0:  # only a batch without samples carries nothing
+    if res.accepted + res.n_rejected + res.ignored == 0:  # a batch without samples
         doc = json.loads(payload)
         assert doc["podguard"] == 1
         assert all(s["samples"] == [] for s in doc["series"]), payload

@@ -10,7 +10,7 @@ import pytest
 
 from detector import scenarios
 from detector import traces as tr
-from detector.models.history import LevelHistory
+from detector.models.history import LevelHistory, oom_reason_since
 from detector.pipeline import Pipeline
 from detector.replay import iter_batches
 from detector.settings import WindowSettings
@@ -19,12 +19,14 @@ from detector.windows import CHANNELS, FEATURE_NAMES, PodKey, WindowBatch
 L, STEP = 240, 60.0
 
 
-def _batch(ts: float, ws: np.ndarray, *, limit: float = 4e9, restarts: np.ndarray | None = None
-           ) -> WindowBatch:
+def _batch(ts: float, ws: np.ndarray, *, limit: float = 4e9, restarts: np.ndarray | None = None,
+           oom: np.ndarray | None = None) -> WindowBatch:
     values = np.full((1, len(CHANNELS), L), np.nan, np.float32)
     values[0, CHANNELS.index("mem_working_set")] = ws
     if restarts is not None:
         values[0, CHANNELS.index("restarts")] = restarts
+    if oom is not None:
+        values[0, CHANNELS.index("oom_killed")] = oom
     limits = np.full((1, len(CHANNELS)), np.nan, np.float32)
     limits[0, CHANNELS.index("mem_working_set")] = limit
     return WindowBatch(keys=[PodKey("ns", "p")], nodes=[""], ts=np.array([ts]),
@@ -85,8 +87,64 @@ def test_a_restart_near_the_limit_counts_as_an_oom_kill_and_starts_afresh() -> N
     assert h.oom_kills(h.update(low))[0] == 0
 
 
+def _restart_at_60_percent(oom: np.ndarray | None, *, restart: bool = True) -> int:
+    """A fast leak's last evaluation at 60 % of its limit, then (a 10 s step later in real
+    life) a window showing its restart a minute ago, with the reason flag ``oom``; returns
+    the OOM kills counted."""
+    h = LevelHistory()
+    h.update(_batch(1e6, np.full(L, 2.4e9)))  # 60 % of 4e9
+    fresh = np.arange(L) >= L - 2
+    r = np.where(fresh, 1.0, 0.0) if restart else np.zeros(L)
+    after = _batch(1e6 + 60, np.where(fresh, 0.3e9, 2.4e9), restarts=r, oom=oom)
+    return int(h.oom_kills(h.update(after))[0])
+
+
+def test_a_restart_is_an_oom_kill_when_kube_state_metrics_reason_says_oomkilled() -> None:
+    fresh = np.arange(L) >= L - 2
+    # the reason is there from the restart's bin on: counted, though 60 % is far below 85 %
+    assert _restart_at_60_percent(np.where(fresh, 1.0, np.nan)) == 1
+    # a crash loop's flag stays 1 (its earlier kills): the restart's bin decides
+    assert _restart_at_60_percent(np.ones(L)) == 1
+    # summed over two OOM-killed containers
+    assert _restart_at_60_percent(np.where(fresh, 2.0, np.nan)) == 1
+    # absent: the working-set rule decides (60 % of the limit: no kill; see the test above
+    # for the kill it counts near the limit)
+    assert _restart_at_60_percent(None) == 0
+    # the reason is another one (Error, Completed): no kill
+    assert _restart_at_60_percent(np.where(fresh, 0.0, 1.0)) == 0
+    # a flag only before the restart is about an older termination: unknown, the rule
+    assert _restart_at_60_percent(np.where(fresh, np.nan, 1.0)) == 0
+    # lying: OOMKilled without a restart is no kill
+    assert _restart_at_60_percent(np.ones(L), restart=False) == 0
+    # garbage (negative) is unknown, not a kill
+    assert _restart_at_60_percent(np.full(L, -1.0)) == 0
+
+
+def test_a_restart_near_the_limit_with_another_reason_is_no_oom_kill() -> None:
+    """The reason wins over the working-set rule both ways."""
+    h = LevelHistory()
+    h.update(_batch(1e6, np.full(L, 3.8e9)))  # 95 %: the rule alone would count a kill
+    fresh = np.arange(L) >= L - 2
+    s = h.update(_batch(1e6 + 60, np.where(fresh, 0.3e9, 3.8e9),
+                        restarts=np.where(fresh, 1.0, 0.0), oom=np.where(fresh, 0.0, np.nan)))
+    assert h.oom_kills(s)[0] == 0
+    assert np.isnan(h.time_to_oom_by_last_life(s, np.array([1e6 + 120]))[0])
+
+
+def test_oom_reason_since_takes_the_newest_value_at_or_after_the_restart() -> None:
+    flag = np.array([[1.0, np.nan, 0.0, np.nan],
+                     [np.nan, np.nan, np.nan, np.nan],
+                     [1.0, 1.0, np.nan, np.nan],
+                     [0.0, 0.0, 1.0, -3.0]])
+    got = oom_reason_since(flag, np.array([1, 0, 2, 1]))
+    assert got[0] == 0.0 and np.isnan(got[1]) and np.isnan(got[2]) and np.isnan(got[3])
+
+
+COLUMNS = ["ts", "pod", "alarm", "text", "top"]
+
+
 @pytest.fixture(scope="module")
-def loop_and_cycle() -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]:
+def loop_and_cycle() -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]:
     trace, labels = scenarios.generate(n_pods_per_kind=1, hours=6, seed=3,
                                        shapes=("crashloop_leak",))
     # plus a healthy 3 h load cycle between 45 and 75 % of its limit, 14 h
@@ -105,16 +163,17 @@ def loop_and_cycle() -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str,
         pl = Pipeline.load(None)
         for _t, batch, _e in iter_batches(tr_, step_s=60.0, windows=WindowSettings(step_s=60.0)):
             for v in pl.evaluate(batch):
-                out.append((v.ts, v.pod, v.is_anomaly, v.explanation.text if v.explanation
-                            else ""))
+                out.append((v.ts, v.pod, v.is_anomaly,
+                            v.explanation.text if v.explanation else "",
+                            (v.explanation.top_feature() or "") if v.explanation else ""))
     return trace, labels, out
 
 
 def test_every_incarnation_of_a_crash_loop_after_the_first_kill_is_warned_as_one(
-        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]
 ) -> None:
     _, labels, out = loop_and_cycle
-    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    v = pd.DataFrame(out, columns=COLUMNS)
     loop = v[v["pod"] == labels["pod"].iloc[0]]
     assert len(labels) >= 2
     for k, lab in enumerate(labels.to_dict("records")):
@@ -123,16 +182,21 @@ def test_every_incarnation_of_a_crash_loop_after_the_first_kill_is_warned_as_one
         assert len(hit), f"incarnation {k} not warned before its OOM kill"
         if k:
             assert "crash-looping leak" in hit["text"].iloc[0], hit["text"].iloc[0]
+        # every first alarm names the working set, in words and as its top feature (a life
+        # warned on the kills alone, before its growth is measured, included)
+        first = hit.iloc[0]
+        assert "working set" in first["text"], first["text"]
+        assert first["top"].startswith("mem_working_set."), (k, first["top"], first["text"])
 
 
 def test_after_two_oom_kills_an_incarnation_is_warned_from_its_start(
-        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]
 ) -> None:
     """A crash loop named as one: from its third incarnation on, the kernel's two kills are the
     evidence, so the alarm comes within the first minutes (confirmation and the restart's
     scrape), not once the new growth is measurable again."""
     trace, labels, out = loop_and_cycle
-    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    v = pd.DataFrame(out, columns=COLUMNS)
     loop = v[v["pod"] == labels["pod"].iloc[0]]
     rs = trace[(trace["metric"] == tr.RESTARTS) & (trace["pod"] == labels["pod"].iloc[0])]
     rise = rs.sort_values("timestamp")["value"].diff() > 0
@@ -144,10 +208,10 @@ def test_after_two_oom_kills_an_incarnation_is_warned_from_its_start(
 
 
 def test_a_multi_hour_load_cycle_is_not_paged_as_a_leak(
-        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str]]]
+        loop_and_cycle: tuple[pd.DataFrame, pd.DataFrame, list[tuple[float, str, bool, str, str]]]
 ) -> None:
     *_, out = loop_and_cycle
-    v = pd.DataFrame(out, columns=["ts", "pod", "alarm", "text"])
+    v = pd.DataFrame(out, columns=COLUMNS)
     cyc = v[v["pod"] == "cycle"]
     assert len(cyc) > 700
     t0 = cyc["ts"].min()

@@ -4,9 +4,11 @@ evaluated by a real Prometheus is in tests/stack/test_node_report.py."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from deploy.local.node_report import score, table
+from deploy.local.node_report import sample_times, score, table
+from detector import traces as tr
 
 
 def _labels() -> dict[str, object]:
@@ -58,3 +60,27 @@ def test_an_alarm_on_a_healthy_pod_is_counted() -> None:
     assert "podguard 1 of 1" in table(rows)
 
 
+
+
+def test_a_dying_incarnations_late_verdict_is_not_the_next_ones_first_alarm() -> None:
+    """Evaluated 5 s after the restart (at 405) on the killed incarnation's last samples (the
+    new one's first scrape comes at 410), a verdict is the dying incarnation's late word: with
+    the trace's sample times it belongs to neither (after the first's kill, on data from
+    before the second's start); the second's first alarm is its own, at 420."""
+    verdicts = pd.DataFrame([_v(200, "leaky", True, "memory_leak", 150.0),
+                             _v(405, "leaky", True, "memory_leak", 1.0),
+                             _v(420, "leaky", True, "memory_leak", 300.0)])
+    samples = {"leaky": np.array([0.0, 100.0, 200.0, 385.0, 410.0, 420.0])}
+    _first, second, _ok = score(_labels(), verdicts, samples=samples)
+    assert (second.first_alarm, second.tto_estimate_s, second.alarms) == (420.0, 300.0, 1)
+    # by the verdicts' own times only, it would be the second's first alarm
+    _first, second, _ok = score(_labels(), verdicts)
+    assert (second.first_alarm, second.tto_estimate_s, second.alarms) == (405.0, 1.0, 2)
+
+
+def test_sample_times_are_each_pods_working_set_samples() -> None:
+    trace = pd.DataFrame({"timestamp": [5.0, 0.0, 5.0, 3.0], "pod": ["a", "a", "b", "a"],
+                          "metric": [tr.WORKING_SET, tr.WORKING_SET, tr.WORKING_SET, tr.RSS],
+                          "value": 1.0})
+    got = sample_times(trace)
+    assert got["a"].tolist() == [0.0, 5.0] and got["b"].tolist() == [5.0]

@@ -101,3 +101,16 @@ def test_a_generated_page_cache_ramp_is_paged_only_without_the_breakdown() -> No
 
 def test_an_anonymous_leak_beside_a_cache_series_is_still_paged() -> None:
     assert _leak_alarms(_pod("leak", with_cache=True)) > 0
+
+
+def test_the_generators_page_cache_reader_is_exercised_by_the_veto() -> None:
+    """The scenario generator's ``page_cache`` family (what ``podguard evaluate`` counts false
+    alarms on): its working-set ramp is paged as a leak once the cache series is dropped, and
+    nothing is raised with it."""
+    from detector import scenarios
+
+    trace, labels = scenarios.generate(n_pods_per_kind=1, hours=6, seed=2,
+                                       shapes=("page_cache",))
+    assert labels["shape"].tolist() == ["page_cache"] and (trace["metric"] == CACHE).any()
+    assert _leak_alarms(trace[trace["metric"] != CACHE]) > 0
+    assert _leak_alarms(trace) == 0

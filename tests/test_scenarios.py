@@ -18,6 +18,8 @@ from detector.scenarios import (
     KIND_OF_SHAPE,
     KINDS,
     LABEL_COLUMNS,
+    LATER_SHAPES,
+    SPLITS,
     Imperfections,
     generate,
     generate_healthy,
@@ -218,3 +220,54 @@ def test_a_late_leak_starts_after_a_long_flat_stretch_and_kills_within_minutes()
         s = ws[(ws["pod"] == pod) & (ws["container"] != "sidecar")]
         before = s[s["timestamp"] < row["onset_ts"]]["value"]
         assert before.max() < 1.05 * before.min()  # flat until the onset
+
+
+def _wide(trace: pd.DataFrame, pod: str) -> pd.DataFrame:
+    rows = trace[(trace["pod"] == pod) & (trace["container"] != "sidecar")]
+    return rows.pivot_table(index="timestamp", columns="metric", values="value",
+                            aggfunc="last", observed=True)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_page_cache_reader_ramps_its_working_set_with_a_flat_rss(split: str) -> None:
+    """``page_cache``: the working set ramps with the file pages towards the limit, the RSS
+    grows by at most the split's share of it, ``container_memory_cache`` holds the file part
+    of the working set, and RSS + cache stays under the limit."""
+    trace, labels = generate(n_pods_per_kind=4, hours=12, seed=3, shapes=("page_cache",),
+                             imperfections=Imperfections.none(), split=split)
+    share_hi = SPLITS[split].page_cache_rss_share[1]
+    assert (labels["kind"] == "none").all() and len(labels) == 4
+    for pod in labels["pod"]:
+        w = _wide(trace, pod)
+        lim = w[[c for c in (tr.MEMORY_LIMIT, tr.KSM_LIMITS) if c in w]].max(axis=1)
+        ws, rss, cache = w[tr.WORKING_SET], w[tr.RSS], w[tr.CACHE]
+        n = max(len(w) // 20, 4)
+        grow_ws = ws.iloc[-n:].median() - ws.iloc[:n].median()
+        grow_rss = rss.iloc[-n:].median() - rss.iloc[:n].median()
+        assert grow_ws > 0.2 * ws.iloc[:n].median(), pod  # the working set ramps
+        assert grow_rss <= share_hi * grow_ws + 0.02 * rss.iloc[:n].median(), pod
+        assert (ws - rss <= cache * 1.01).all(), pod  # the file pages are cache
+        assert (rss + cache <= lim * 1.01).all() and (ws < lim).all(), pod
+
+
+def test_the_test_split_draws_its_own_page_cache_ranges() -> None:
+    train, test = SPLITS["train"], SPLITS["test"]
+    assert train.page_cache_ramp_h != test.page_cache_ramp_h
+    assert train.page_cache_fill != test.page_cache_fill
+    assert "page_cache" in ALL_SHAPES and KIND_OF_SHAPE["page_cache"] == "none"
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_adding_a_later_shape_redraws_none_of_the_other_pods(split: str) -> None:
+    """Shapes of ``LATER_SHAPES`` draw from their own seed stream: with them in the list,
+    every other pod of the seed - its series, name and imperfections - is what it was."""
+    shapes = ("gc_sawtooth", "fast_leak", "throughput_drift")
+    a, la = generate(n_pods_per_kind=2, hours=3, seed=11, shapes=shapes, split=split)
+    b, lb = generate(n_pods_per_kind=2, hours=3, seed=11, shapes=(*shapes, *LATER_SHAPES),
+                     split=split)
+    assert set(lb["shape"]) == {*shapes, *LATER_SHAPES}
+    pd.testing.assert_frame_equal(la, lb[lb["shape"].isin(shapes)].reset_index(drop=True))
+    old = b[b["pod"].astype(str).isin(set(la["pod"]))].reset_index(drop=True)
+    for c in tr.STRING_COLUMNS:
+        a[c], old[c] = a[c].astype(str), old[c].astype(str)
+    pd.testing.assert_frame_equal(a, old)

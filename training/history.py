@@ -32,11 +32,13 @@ from detector.transport.retry import retrying
 log = logging.getLogger(__name__)
 
 MAX_POINTS_PER_SERIES = MAX_POINTS
+OOM_KILLED = tr.OOM_KILLED  # ..._last_terminated_reason_oomkilled
 #: The series training reads (the window engine's inputs), with the labels that name a pod.
 #: Every series of the channel and limit tables but kube-state-metrics' limits, whose rows
-#: need ``resource="memory"`` (a caller that wants them pulls them with that matcher).
-HISTORY_METRICS: tuple[str, ...] = tuple(m for m in read_metrics() if m != tr.KSM_LIMITS)
-OOM_KILLED = "kube_pod_container_status_last_terminated_reason_oomkilled"
+#: need ``resource="memory"`` (a caller that wants them pulls them with that matcher), and
+#: the OOM-kill flag, an incident query (no Prometheus series has its trace name).
+HISTORY_METRICS: tuple[str, ...] = tuple(m for m in read_metrics()
+                                         if m not in (tr.KSM_LIMITS, OOM_KILLED))
 ALERTS = "ALERTS"
 #: Incident series, pulled beside the metrics so training can leave those pods out:
 #: trace metric name -> PromQL.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -141,15 +142,49 @@ def _first_in(times: Sequence[float], lo: float, hi: float) -> float | None:
     return None
 
 
+def sample_times(trace: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Pod -> the sorted times of its working-set samples in a recorded ``trace`` (what
+    :func:`score` dates each verdict's data by)."""
+    from detector import traces as tr
+
+    ws = trace[trace["metric"] == tr.WORKING_SET]
+    return {str(pod): np.unique(g["timestamp"].to_numpy(dtype=np.float64))
+            for pod, g in ws.groupby("pod", observed=True)}
+
+
+def _data_times(v: pd.DataFrame, samples: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each verdict's data time: its pod's last sample at or before the verdict (NaN for
+    none; the verdict's own time for a pod without samples)."""
+    out = v["ts"].to_numpy(dtype=np.float64).copy()
+    for pod, idx in v.groupby("pod", observed=True).indices.items():
+        t = samples.get(str(pod))
+        if t is None:
+            continue
+        at = np.searchsorted(t, out[idx], side="right") - 1
+        out[idx] = np.where(at >= 0, t[np.clip(at, 0, None)], np.nan)
+    return out
+
+
 def score(labels: Mapping[str, Any], verdicts: pd.DataFrame,
           rule: Mapping[str, Sequence[float]] | None = None,
-          rule10m: Mapping[str, Sequence[float]] | None = None) -> list[Row]:
-    """One :class:`Row` per incarnation of every pod (see the module docstring)."""
+          rule10m: Mapping[str, Sequence[float]] | None = None,
+          samples: Mapping[str, np.ndarray] | None = None) -> list[Row]:
+    """One :class:`Row` per incarnation of every pod (see the module docstring).
+
+    With ``samples`` (:func:`sample_times` of the recorded trace) a verdict belongs to the
+    incarnation whose data it judged - its pod's last sample at or before it is from that
+    incarnation - as well as falling before that incarnation's kill: a verdict evaluated
+    seconds after a restart on the killed incarnation's last samples (the new one not yet
+    scraped) is the dying incarnation's late word, not the new one's first alarm. Without,
+    verdicts are dated by their own time only."""
     rows: list[Row] = []
     end = float(labels["end"])
     v = verdicts
     if len(v):
         v = v[v["is_anomaly"].astype(bool)]
+    if len(v):
+        v = v.assign(data_ts=_data_times(v, samples) if samples is not None
+                     else v["ts"].to_numpy(dtype=np.float64))
     for pod, info in labels["pods"].items():
         starts = [float(s) for s in info["starts"]]
         kills = [float(k) for k in info["oom_kills"]]
@@ -160,7 +195,8 @@ def score(labels: Mapping[str, Any], verdicts: pd.DataFrame,
             if row.meant_to_leak:
                 row.onset = s + float(info.get("leak_onset_after_start_s") or 0.0)
             hi = killed if killed is not None else nxt
-            mine = v[(v["pod"] == pod) & (v["ts"] >= s) & (v["ts"] <= hi)] if len(v) else v
+            mine = (v[(v["pod"] == pod) & (v["data_ts"] >= s) & (v["ts"] >= s)
+                      & (v["ts"] <= hi)] if len(v) else v)
             row.alarms = len(mine)
             if len(mine):
                 first = mine.sort_values("ts").iloc[0]

@@ -37,6 +37,7 @@ from deploy.local.node_report import (
     podguard_verdicts,
     rule_firings,
     rule_on_trace,
+    sample_times,
     score,
     table,
 )
@@ -167,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
             write(rec, a.out, f"soak-{a.mix}")
     verdicts = podguard_verdicts(trace, step_s=a.replay_step,
                                  out=a.out / "verdicts.jsonl" if a.out else None)
+    samples = sample_times(trace)
     rows = score(labels, verdicts, rules.get("PredictLinearOOM"),
-                 rules.get("PredictLinearOOMFor10m"))
+                 rules.get("PredictLinearOOMFor10m"), samples)
     text = "podguard replay of the recorded trace, the rule in the harness's Prometheus\n"
     text += table(rows)
     if live is not None:
         text += "\n\n`podguard run` live against the harness's Prometheus\n" + table(
             score(labels, live, rules.get("PredictLinearOOM"),
-                  rules.get("PredictLinearOOMFor10m")))
+                  rules.get("PredictLinearOOMFor10m"), samples))
     print(text)
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)

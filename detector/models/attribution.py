@@ -178,6 +178,16 @@ class LeafPaths:
     value: np.ndarray  # (L,) float64
     n_features: int
 
+    @functools.cached_property
+    def shap_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What TreeSHAP needs of the paths alone, computed once: the Shapley weights of
+        each leaf's path length ``(L, D + 1)``, its used slots ``(L, D)`` and the zero
+        fractions slot by slot ``(D, L)``."""
+        depth = self.feature.shape[1]
+        return (_shapley_weights(depth)[self.size],
+                np.arange(depth)[None, :] < self.size[:, None],
+                np.ascontiguousarray(self.zero.T))
+
     @property
     def expected_value(self) -> float:
         """The cover-weighted mean output: the base value of the attributions."""
@@ -257,7 +267,7 @@ def _shapley_weights(depth: int) -> np.ndarray:
 
 
 def path_dependent_tree_shap(
-    paths: LeafPaths, X: np.ndarray, max_cells: int = 1 << 19
+    paths: LeafPaths, X: np.ndarray, max_cells: int = 1 << 17
 ) -> tuple[np.ndarray, float]:
     """Exact path-dependent TreeSHAP values ``(phi (n, d), base)`` of the ensemble in ``paths``.
 
@@ -270,49 +280,69 @@ def path_dependent_tree_shap(
     ``prod_{j in U, j != i} (z_j + o_j t)``: the full product is built once per leaf and
     divided by each factor (``t + z_i`` top-down, stable since ``z_i <= 1``; or ``z_i``).
     ``phi.sum(1) + base`` equals the ensemble's output exactly. ``max_cells`` bounds the
-    working arrays (rows x leaves x path slots per block).
+    working arrays (rows x leaves x path slots per block; one row of a 200-tree forest is
+    ~70,000 cells: rows one by one are faster than larger blocks, which leave the cache).
     """
     xa = np.atleast_2d(np.asarray(X, dtype=np.float32))
     if xa.ndim != 2 or xa.shape[1] != paths.n_features:
         raise InputError(f"X has shape {xa.shape}, the trees use {paths.n_features} features")
     n = xa.shape[0]
     n_leaves, depth = paths.feature.shape
-    weights = _shapley_weights(depth)[paths.size]  # (L, D+1)
-    valid = np.arange(depth)[None, :] < paths.size[:, None]  # (L, D)
-    z = paths.zero
-    z_t = np.ascontiguousarray(z.T)  # (D, L)
     flat_feature = paths.feature.ravel()
     phi = np.zeros((n, paths.n_features), dtype=np.float64)
     rows = max(1, max_cells // (n_leaves * depth))
     for start in range(0, n, rows):
-        xs = xa[start : start + rows].astype(np.float64)
-        m = xs.shape[0]
-        xg = xs[:, paths.feature]  # (m, L, D)
-        o = ((xg > paths.lower) & (xg <= paths.upper)).astype(np.float64)
-        # the coefficients built one (m, L) plane per power of t (contiguous), then laid out
-        # (m, L, D + 1) for the sums below
-        coef = np.zeros((depth + 1, m, n_leaves))
-        coef[0] = 1.0
-        o_t = np.ascontiguousarray(np.moveaxis(o, -1, 0))  # (D, m, L)
-        for k in range(depth):  # times (z_k + o_k t); the coefficients above t^(k+1) stay 0
-            coef[1:k + 2] = z_t[k] * coef[1:k + 2] + o_t[k] * coef[:k + 1]
-            coef[0] *= z_t[k]
-        poly = np.ascontiguousarray(np.moveaxis(coef, 0, -1))  # (m, L, D + 1)
-        # o_i = 0: q = poly / z_i
-        s_zero = np.einsum("mls,ls->ml", poly, weights)[..., None] / z[None]
-        # o_i = 1: q = poly / (t + z_i), top-down: q_{D-1} = p_D, q_{k-1} = p_k - z_i q_k
-        q = np.broadcast_to(poly[..., depth, None], (m, n_leaves, depth)).copy()
-        s_one = weights[None, :, depth - 1, None] * q
-        for k in range(depth - 1, 0, -1):
-            q = poly[..., k, None] - z[None] * q
-            s_one += weights[None, :, k - 1, None] * q
-        contrib = np.where(o > 0, s_one, s_zero) * (o - z[None]) * paths.value[None, :, None]
-        contrib *= valid[None]
-        for r in range(m):
+        contrib = _leaf_terms(paths, xa[start : start + rows].astype(np.float64))
+        for r in range(contrib.shape[0]):
             phi[start + r] = np.bincount(
                 flat_feature, weights=contrib[r].ravel(), minlength=paths.n_features
             )
     return phi, paths.expected_value
+
+
+def _leaf_terms(paths: LeafPaths, xs: np.ndarray) -> np.ndarray:
+    """(m, L, D) float64: what each path slot of each leaf gives the feature it tests, for
+    rows ``xs`` (m, d) (0 on padding slots); see :func:`path_dependent_tree_shap`. The
+    updates run in place: the same operations in the same order as the expressions in the
+    comments, so bit for bit their values."""
+    weights, valid, z_t = paths.shap_tables
+    z = paths.zero
+    m, (nl, depth) = xs.shape[0], paths.feature.shape
+    xg = xs[:, paths.feature]  # (m, L, D)
+    o = ((xg > paths.lower) & (xg <= paths.upper)).astype(np.float64)
+    # the coefficients built one (m, L) plane per power of t (contiguous), then laid out
+    # (m, L, D + 1) for the sums below
+    coef = np.zeros((depth + 1, m, nl))
+    coef[0] = 1.0
+    o_t = np.ascontiguousarray(np.moveaxis(o, -1, 0))  # (D, m, L)
+    low = np.empty((depth, m, nl))
+    for k in range(depth):  # times (z_k + o_k t); the coefficients above t^(k+1) stay 0
+        # coef[1:k+2] = z_k * coef[1:k+2] + o_k * coef[:k+1]; coef[0] *= z_k
+        np.multiply(o_t[k], coef[:k + 1], out=low[:k + 1])
+        high = coef[1:k + 2]
+        np.multiply(z_t[k], high, out=high)
+        np.add(high, low[:k + 1], out=high)
+        coef[0] *= z_t[k]
+    poly = np.ascontiguousarray(np.moveaxis(coef, 0, -1))  # (m, L, D + 1)
+    # o_i = 0: q = poly / z_i
+    s_zero = np.einsum("mls,ls->ml", poly, weights)[..., None] / z[None]
+    # o_i = 1: q = poly / (t + z_i), top-down: q_{D-1} = p_D, q_{k-1} = p_k - z_i q_k
+    q = np.broadcast_to(poly[..., depth, None], (m, nl, depth)).copy()
+    s_one = weights[None, :, depth - 1, None] * q
+    term = np.empty_like(q)
+    for k in range(depth - 1, 0, -1):
+        # q = p_k - z * q; s_one += W[k - 1] * q
+        np.multiply(z[None], q, out=q)
+        np.subtract(poly[..., k, None], q, out=q)
+        np.multiply(weights[None, :, k - 1, None], q, out=term)
+        s_one += term
+    # where(o > 0, s_one, s_zero) * (o - z) * value, times 0 on padding slots
+    contrib = np.where(o > 0, s_one, s_zero)
+    np.subtract(o, z[None], out=o)
+    contrib *= o
+    contrib *= paths.value[None, :, None]
+    contrib *= valid[None]
+    return contrib
 
 
 _MAX_EXACT = 12

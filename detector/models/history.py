@@ -13,9 +13,21 @@ container incarnation, and answers two questions the leak decision needs:
   utilisation and network far from the few hours a window's baseline holds, and comes back
   to levels of earlier cycles; a collapse before a crash goes where the pod has not been.
   The drift decision does not page a return.
-* **was the last incarnation killed at its limit?** (:attr:`LevelHistory.oom_kills`): a
-  container that restarted while its working set was near the limit was (almost certainly)
-  OOM-killed; in a crash loop the next incarnation's growth is judged with that evidence.
+* **was the last incarnation OOM-killed?** (:attr:`LevelHistory.oom_kills`): in a crash
+  loop the next incarnation's growth is judged with that evidence. A restart counts as an
+  OOM kill when kube-state-metrics' last terminated reason says so: the ``oom_killed``
+  channel (:data:`detector.channels.OOM_KILLED_CHANNEL`, 1 for ``OOMKilled``, 0 for another
+  reason), its newest value at or after the restart's bin in the window that shows the
+  restart (kube-state-metrics updates the reason and the restart count from the same pod
+  status). Only where that channel has no data there (not scraped, or an exporter without
+  it: unknown, not "no") does the old rule decide: the working set was at least
+  :data:`NEAR_LIMIT` of its limit at the last evaluation before the restart. That rule
+  misses fast leaks (a 4 MiB/s leak is killed from ~60 % of its limit one 10 s step later),
+  the reason does not. The flag is untrusted: a negative value is unknown, ``>= 0.5`` is
+  OOMKilled (a sum over containers can exceed 1), and a flag without a restart counts
+  nothing (a kill is a restart whose reason is OOMKilled). In a pod of several containers
+  the flag is their sum, so one container's old OOM kill also marks another's later
+  restart for another reason.
 
 Everything is vectorised over the batch; a pod's slot is freed by :meth:`forget`.
 State is bounded: ``keep_s / block_s`` floats per pod and channel.
@@ -27,6 +39,7 @@ import warnings
 
 import numpy as np
 
+from detector.channels import OOM_KILLED_CHANNEL
 from detector.windows import (
     CHANNELS,
     MEMORY_CHANNELS,
@@ -38,8 +51,9 @@ from detector.windows import (
 )
 
 NEAR_LIMIT = 0.85
-"""A restart when the working set was at least this fraction of its limit counts as an OOM
-kill (the last scrape before a kill lags the kill by up to one scrape interval)."""
+"""Without a last-terminated reason, a restart when the working set was at least this fraction
+of its limit counts as an OOM kill (the last scrape before a kill lags the kill by up to one
+scrape interval)."""
 
 
 REVISIT_TOLERANCE = 0.01
@@ -75,6 +89,7 @@ class LevelHistory:
         self._prev_life = np.full(cap, np.nan)  # how long the last OOM-killed incarnation ran
         self._mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
         self._ws = MEMORY_CHANNELS.index("mem_working_set")
+        self._oom = CHANNELS.index(OOM_KILLED_CHANNEL)
 
     # -- slots --------------------------------------------------------------------------
     def _slots(self, keys: list[PodKey]) -> np.ndarray:
@@ -127,7 +142,8 @@ class LevelHistory:
         """Takes in each window's last completed block; returns the pods' slots (n,).
 
         A restart seen in a window starts a new incarnation (its history is dropped), and
-        counts as an OOM kill when the working set was near its limit just before."""
+        counts as an OOM kill when its last terminated reason says OOMKilled (without that
+        series: when the working set was near its limit just before)."""
         n = len(batch)
         slots = self._slots(batch.keys)
         if n == 0:
@@ -140,7 +156,9 @@ class LevelHistory:
         new_inc = r_ts > self._inc_start[slots]
         if new_inc.any():
             s_new = slots[new_inc]
-            killed = self._last_frac[s_new] >= NEAR_LIMIT
+            reason = oom_reason_since(batch.values[new_inc, self._oom, :], last_r[new_inc])
+            killed = np.where(np.isnan(reason), self._last_frac[s_new] >= NEAR_LIMIT,
+                              reason >= 0.5)
             self.oom_kills_[s_new[killed]] += 1
             life = r_ts[new_inc] - self._inc_start[s_new]
             self._prev_life[s_new[killed]] = np.where(np.isfinite(life), life, np.nan)[killed]
@@ -262,6 +280,17 @@ class LevelHistory:
 
     def incarnation_start(self, slots: np.ndarray) -> np.ndarray:
         return self._inc_start[slots]
+
+
+def oom_reason_since(flag: np.ndarray, since: np.ndarray) -> np.ndarray:
+    """(g,) the newest finite value of the ``oom_killed`` flag rows ``flag`` (g, L) at or after
+    bin ``since`` (g,); NaN where there is none or it is negative (unknown)."""
+    g, L = flag.shape
+    mask = np.isfinite(flag) & (np.arange(L)[None, :] >= np.asarray(since)[:, None])
+    has = mask.any(axis=1)
+    last = L - 1 - np.argmax(mask[:, ::-1], axis=1)
+    out = np.where(has, flag[np.arange(g), last].astype(np.float64), np.nan)
+    return np.where(out >= 0.0, out, np.nan)
 
 
 def _quiet() -> warnings.catch_warnings:

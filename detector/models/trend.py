@@ -42,7 +42,10 @@ The leak rate reported is the Theil-Sen slope of the de-stepped block minima of 
 view, or of its recent half when faster (a leak that began inside the view);
 the time to OOM is (limit - current peak) / rate (projected geometrically while the growth
 slows down, :func:`projected_tto`), its stated range the calibrated band :data:`TTO_BAND`
-around it. :meth:`TrendDetector.explain_features` exposes the nine
+around it. On the fast path both are stated as true now (:meth:`TrendDetector._pace_now`):
+the pace of the span's most recent linear stretch when the span accelerates
+(:func:`recent_linear_rate`), the level of the last grid points, and anonymous growth beside
+page cache timed by its RSS. :meth:`TrendDetector.explain_features` exposes the nine
 inputs of the score (``<channel>.slope``, ``.headroom``, ``.monotonicity``) and
 :meth:`TrendDetector.score_from_explain_features` recomputes the score from them exactly,
 so Shapley values over those inputs sum to the score.
@@ -259,7 +262,9 @@ class LeakReport:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Both paths' per-channel stats of one batch ((n, 3) arrays), computed once."""
+    """Both paths' per-channel stats of one batch ((n, 3) arrays), computed once. The fast
+    and imminent stats are blank (score 0) where the path cannot score: no limit, or under
+    :data:`FAST_MIN_USED` of it (they are read only where the path scores higher)."""
 
     slow: _ViewStats
     slow_span: np.ndarray
@@ -334,6 +339,92 @@ def projected_tto(room: np.ndarray, rate: np.ndarray, q: np.ndarray, half_s: np.
         geo = np.where((rate > 0) & (room < total) & (arg > 0), k * half_s, np.inf)
     return np.where(q >= LINEAR_Q, linear, geo)
 
+
+ACCELERATING_Q = 1.5
+"""A span whose recent half grows more than this many times faster than its earlier half (or
+grows after a flat start) is accelerating: a leak that began inside it. Its pace now is that
+of its most recent linear stretch (:func:`recent_linear_rate`)."""
+
+RECENT_FRACTIONS: tuple[float, ...] = (0.75, 0.5, 1 / 3, 0.25)
+"""The trailing stretches of an accelerating span that :func:`recent_linear_rate` tries, as
+fractions of its valid points, longest first (each at least :data:`RECENT_MIN_POINTS`)."""
+
+RECENT_MIN_POINTS = 4
+"""The fewest points a recent stretch is measured on (at the daemon's default 60 s step a
+real trainer's leak is alarmed 3-4 min after it began)."""
+
+ANON_RATE_SHARE = 0.9
+"""Working-set growth is anonymous memory when the RSS grows at least this share as fast
+(:meth:`TrendDetector._pace_now`)."""
+
+
+def recent_linear_rate(y: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pace now of rows ``y`` (R, m) on a grid of ``step`` seconds (NaN: no data; a young
+    incarnation's leading points are NaN): ``(rate, accelerating)``, (R,) each.
+
+    A span is *accelerating* when the median step-to-step rise of its recent half exceeds
+    :data:`ACCELERATING_Q` times that of its earlier half, or when it grows after a flat or
+    falling start (a leak that began inside the span: the flat part dilutes the whole span's
+    robust slope - on a real kernel a trainer whose leak began 5 min into its life was given
+    18.7 min to OOM at 7.3 min, 11.3 real). Its rate is then that of its longest trailing
+    stretch (:data:`RECENT_FRACTIONS` of the valid points, at least
+    :data:`RECENT_MIN_POINTS`) that is itself not accelerating, else of the shortest: the
+    lower of the stretch's Theil-Sen slope and its median step-to-step rise (one allocation
+    step inside a short stretch lifts most of its pairwise slopes, not the median rise),
+    where robustly higher than the whole span's: the lower quartile of the stretch's
+    pairwise slopes above the whole span's median (noise around a slow leak lifts a short
+    stretch's median, rarely three in four of its slopes). Elsewhere ``rate`` is the span's
+    Theil-Sen slope (units/s; NaN for
+    fewer than :data:`RECENT_MIN_POINTS` points)."""
+    y = np.asarray(y, dtype=np.float64)
+    R, m = y.shape
+    rate = np.full(R, np.nan)
+    accel = np.zeros(R, dtype=bool)
+    if R == 0 or m < RECENT_MIN_POINTS:
+        return rate, accel
+    ok = np.isfinite(y)
+    first = np.where(ok.any(axis=-1), np.argmax(ok, axis=-1), m)
+    n_valid = m - first
+    i, j = _pairs(m)
+    with np.errstate(invalid="ignore"):
+        slopes = (y[:, j] - y[:, i]) / ((j - i) * step)
+        rises = np.diff(y, axis=-1) / step  # (R, m - 1): rise d[t] from point t to t + 1
+    t = np.arange(m - 1)[None, :]
+
+    def stretch(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """From point ``c`` on: Theil-Sen, the lower quartile of the pairwise slopes, the
+        median rise, and whether it is linear (its recent half's median rise at most
+        ACCELERATING_Q times its earlier half's, that positive)."""
+        mid = (c + (m - c) // 2)[:, None]
+        cc = c[:, None]
+        own = np.sort(np.where(i[None, :] >= cc, slopes, np.nan), axis=-1)
+        cnt = np.count_nonzero(np.isfinite(own), axis=-1)
+        ts = _nanquantile_sorted(own, cnt, 0.5)
+        low = _nanquantile_sorted(own, cnt, 0.25)
+        med = nanmedian_last(np.where(t >= cc, rises, np.nan))
+        early = nanmedian_last(np.where((t >= cc) & (t + 1 < mid), rises, np.nan))
+        recent = nanmedian_last(np.where(t >= mid, rises, np.nan))
+        return ts, low, med, (early > 0) & ~(recent > ACCELERATING_Q * early)
+
+    rate, _low, _med, linear_whole = stretch(first)
+    accel = ~linear_whole & (rate > 0) & (n_valid >= 2 * RECENT_MIN_POINTS)
+    chosen = np.full(R, np.nan)
+    robust = np.zeros(R, dtype=bool)
+    open_ = accel.copy()  # rows still looking for their longest linear stretch
+    for f in RECENT_FRACTIONS:
+        n_f = np.maximum(RECENT_MIN_POINTS, np.ceil(f * n_valid)).astype(np.int64)
+        c = np.clip(m - n_f, first, m)
+        ts_f, low_f, med_f, lin_f = stretch(c)
+        take = open_ & (lin_f | (f == RECENT_FRACTIONS[-1]))
+        chosen = np.where(take, np.fmin(ts_f, med_f), chosen)
+        # robustly higher: three in four of the stretch's pairwise slopes above the whole
+        # span's median (noise around a slow leak lifts a short stretch's median, not that)
+        robust = np.where(take, low_f > rate, robust)
+        open_ &= ~lin_f
+    accel &= robust
+    rate = np.where(accel & (chosen > rate), chosen, rate)
+    rate = np.where(n_valid >= RECENT_MIN_POINTS, rate, np.nan)
+    return rate, accel & (n_valid >= RECENT_MIN_POINTS)
 
 
 def _borrow_healthy_growth(bg: np.ndarray) -> np.ndarray:
@@ -566,33 +657,81 @@ class TrendDetector(ThresholdMixin):
         from ``min(fast_min_s, span)`` of data and its own minimum of points), the one that
         scores highest per row (a leak that began after a long flat stretch fills only the
         recent part of the long span, whose robust slope it dilutes). Also returns the
-        span (s) of data the chosen one judged."""
-        L = inc.v.shape[-1]
-        fin = np.isfinite(inc.v)
+        span (s) of data the chosen one judged.
+
+        Only the rows that can score in some span are computed (:meth:`_can_score`); the
+        others get blank stats (score 0: the combination never picks them) and span NaN."""
+        spans = self.fast_spans()
+        rows = np.flatnonzero(np.logical_or.reduce(
+            [self._can_score(inc, lim, step, s) for s in spans]))
+        out = self._blank(lim.shape[0], lim)
+        span = np.full(lim.shape[0], np.nan)
+        if rows.size == 0:
+            return out, span
+        sub, lim_s = inc.rows(rows), lim[rows]
+        L = sub.v.shape[-1]
+        fin = np.isfinite(sub.v)
         best: _ViewStats | None = None
-        span = np.zeros(inc.v.shape[0])
-        for span_s in self.fast_spans():
-            st = self._short(inc, lim, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
+        judged_best = np.zeros(rows.size)
+        for span_s in spans:
+            st = self._short(sub, lim_s, step, span_s=span_s, min_s=min(self.fast_min_s, span_s),
                              horizon_s=self.fast_horizon_s, steady_only=False)
             m = min(L, max(6, round(span_s / step)))
             judged = fin[:, L - m:].sum(axis=-1) * step
             if best is None:
-                best, span = st, judged
+                best, judged_best = st, judged
                 continue
             better = st.score > best.score
             best = _ViewStats(*(np.where(better, a, b) for a, b in zip(
                 _fields(st), _fields(best), strict=True)))
-            span = np.where(better, judged, span)
+            judged_best = np.where(better, judged, judged_best)
         assert best is not None
-        return best, span
+        for f_out, f_best in zip(_fields(out), _fields(best), strict=True):
+            f_out[rows] = f_best
+        span[rows] = judged_best
+        return out, span
 
     def _imminent(self, inc: _Coarse, lim: np.ndarray, step: float) -> _ViewStats:
         """The imminent-OOM judgement of incarnations younger than ``fast_min_s``: their
         last ``fast_min_s`` at the grid step, judged from ``imminent_min_s`` of data, only
         where the growth keeps its pace (a warm-up decelerates from its first minutes) and
-        the projected OOM is within ``imminent_horizon_s``."""
-        return self._short(inc, lim, step, span_s=self.fast_min_s, min_s=self.imminent_min_s,
-                           horizon_s=self.imminent_horizon_s, steady_only=True)
+        the projected OOM is within ``imminent_horizon_s``. Rows that cannot score
+        (:meth:`_can_score`) get blank stats."""
+        out = self._blank(lim.shape[0], lim)
+        rows = np.flatnonzero(self._can_score(inc, lim, step, self.fast_min_s))
+        if rows.size:
+            st = self._short(inc.rows(rows), lim[rows], step, span_s=self.fast_min_s,
+                             min_s=self.imminent_min_s, horizon_s=self.imminent_horizon_s,
+                             steady_only=True)
+            for f_out, f_st in zip(_fields(out), _fields(st), strict=True):
+                f_out[rows] = f_st
+        return out
+
+    @staticmethod
+    def _short_grid(L: int, step: float, span_s: float) -> tuple[int, int]:
+        """(points, grid points per point) of a short-horizon judgement of the last
+        ``span_s``: at most :data:`FAST_POINTS` points (a finer grid is cut into block
+        minima: the pairwise statistics cost the square of the points)."""
+        m = min(L, max(6, round(span_s / step)))
+        k = max(1, math.ceil(m / FAST_POINTS))
+        return m // k, k
+
+    @staticmethod
+    def _recent_peak(level: np.ndarray) -> np.ndarray:
+        """(R,) float64: the highest of the last 3 points of ``level`` (R, m); -inf for none."""
+        last = level[:, level.shape[-1] - min(level.shape[-1], 3):]
+        return np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+
+    def _can_score(self, inc: _Coarse, lim: np.ndarray, step: float, span_s: float
+                   ) -> np.ndarray:
+        """(R,) bool: rows that :meth:`_short` over ``span_s`` does not score 0 from the
+        start, having a limit and using at least :data:`FAST_MIN_USED` of it (the same
+        ``peak`` and ``used`` as there)."""
+        m, k = self._short_grid(inc.v.shape[-1], step, span_s)
+        peak = self._recent_peak(inc.mins(k)[:, -m:])
+        has_lim = np.isfinite(lim) & (lim > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return has_lim & (peak / np.where(has_lim, lim, 1.0) >= FAST_MIN_USED)
 
     def _short(self, inc: _Coarse, lim: np.ndarray, step: float, *, span_s: float,
                min_s: float, horizon_s: float, steady_only: bool) -> _ViewStats:
@@ -605,12 +744,7 @@ class TrendDetector(ThresholdMixin):
         them, a leak does not) and not decelerating (a warm-up slows down; its projected
         plateau under the limit gives no time to OOM). Urgency is one over the projected
         time to OOM, so only growth that fills the headroom soon scores."""
-        L = inc.v.shape[-1]
-        m = min(L, max(6, round(span_s / step)))
-        # at most FAST_POINTS points: a finer grid is cut into block minima (the pairwise
-        # statistics cost the square of the points)
-        k = max(1, math.ceil(m / FAST_POINTS))
-        m = m // k
+        m, k = self._short_grid(inc.v.shape[-1], step, span_s)
         y = inc.mins(k)[:, -m:]  # the last m blocks of k points
         step = step * k
         level = y  # the usage itself: de-stepping is for the trend, not for the headroom
@@ -658,8 +792,7 @@ class TrendDetector(ThresholdMixin):
             # the level from the usage itself: with a start-up step taken out (a process
             # scraped once before its framework import), the de-stepped series would sit a
             # whole step below the real usage and overstate the room to the limit
-            last = level[:, m - min(m, 3):]
-            peak = np.where(np.isfinite(last), last, -np.inf).max(axis=-1).astype(np.float64)
+            peak = self._recent_peak(level)
             has_lim = np.isfinite(lim) & (lim > 0)
             room = np.where(has_lim, lim - peak, np.nan)
             decel = q < LINEAR_Q
@@ -986,18 +1119,84 @@ class TrendDetector(ThresholdMixin):
         def known(t: np.ndarray) -> np.ndarray:
             return np.where(np.isfinite(lim) & (lim > 0), t, np.nan)
 
+        rate, tto = st.rate[rows, best], st.tto[rows, best]
+        young = np.flatnonzero(use_fast[rows, best] & any_growth & np.isfinite(lim) & (lim > 0))
+        if young.size:
+            rate, tto = rate.copy(), tto.copy()
+            rate[young], tto[young] = self._pace_now(
+                batch, young, best[young], rate[young], tto[young], st.q[young, best[young]],
+                span[young, best[young]])
         return LeakReport(
             channel=channel,
-            rate_bytes_per_s=st.rate[rows, best],
-            time_to_oom_s=known(st.tto[rows, best]),
-            time_to_oom_low_s=known(st.tto[rows, best] * TTO_BAND[0]),
-            time_to_oom_high_s=known(st.tto[rows, best] * TTO_BAND[1]),
+            rate_bytes_per_s=rate,
+            time_to_oom_s=known(tto),
+            time_to_oom_low_s=known(tto * TTO_BAND[0]),
+            time_to_oom_high_s=known(tto * TTO_BAND[1]),
             limit_bytes=lim,
             headroom_bytes=st.room[rows, best],
             channel_scores=st.score,
             view_s=span[rows, best],
             fast=use_fast[rows, best],
         )
+
+    def _pace_now(self, batch: WindowBatch, idx: np.ndarray, ch: np.ndarray, rate: np.ndarray,
+                  tto: np.ndarray, q: np.ndarray, span_s: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The stated leak rate and time to OOM of windows ``idx`` that the fast path judged
+        on channel ``ch`` (their score's ``rate``, ``tto``, growth ratio ``q`` and judged
+        ``span_s`` given), as true now:
+
+        - the level is the usage of the last three points of the grid (the fast path's
+          coarse grids take block minima, a block behind a steep leak);
+        - the rate of a span that accelerates (a leak that began inside it) is that of its
+          most recent linear stretch, where faster (:func:`recent_linear_rate`);
+        - working-set growth that is all anonymous memory (the RSS grows at least
+          :data:`ANON_RATE_SHARE` as fast) while the rest of the working set is page cache
+          (working set - RSS within ``container_memory_cache``) is killed when the RSS fills
+          the limit: the kernel reclaims those file pages first (a real PyTorch trainer's
+          working set held 140 MiB of them over its RSS at the first alarm, 6 MiB at the
+          kill). Without the cache series (generated traces) the working set's own figures
+          stand; a leak into tmpfs or shared memory, cache to the kernel but not reclaimable,
+          is the blind spot.
+
+        Growth that slows down keeps its geometric projection (only its level is the
+        score's)."""
+        step = batch.step_s
+        _v, vinc, lim3 = self._inputs(batch.values[idx], batch.limits[idx], step)
+        ws, rss = MEMORY_CHANNELS.index("mem_working_set"), MEMORY_CHANNELS.index("mem_rss")
+        n, L = len(idx), vinc.shape[-1]
+        at = np.arange(n)
+        lim = lim3[at, ch].astype(np.float64)
+        cache_all = batch.values[idx, CHANNELS.index("mem_cache"), :].astype(np.float64)
+        cache = np.where(np.isfinite(vinc[:, ws, :]), cache_all, np.nan)
+        with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+            peak = np.nanmax(vinc[:, :, L - 3:], axis=-1).astype(np.float64)  # (n, 3)
+            cache_now = np.nanmax(cache[:, L - 3:], axis=-1)
+        pts = np.clip(np.round(np.nan_to_num(span_s, nan=0.0) / step).astype(np.int64),
+                      min(FAST_POINTS, L), L)
+        est = np.full((n, 2), np.nan)  # the pace now of the working set and the RSS
+        accel = np.zeros((n, 2), dtype=bool)
+        for p in np.unique(pts).tolist():
+            sel = np.flatnonzero(pts == p)
+            k = max(1, math.ceil(p / FAST_POINTS))
+            m = p // k
+            for col, c in enumerate((ws, rss)):
+                y = destep(_Coarse(vinc[sel, c, :]).mins(k)[:, -m:])
+                est[sel, col], accel[sel, col] = recent_linear_rate(y, step * k)
+        own = np.where(ch == rss, 1, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            now = np.where(accel[at, own], np.fmax(rate, est[at, own]), rate)
+            room = lim - peak[at, ch]
+            out_tto = np.where(q < LINEAR_Q, tto, np.where(now > 0, room / now, np.inf))
+            # anonymous growth under reclaimable page cache: the RSS's time to fill the limit
+            rss_now = est[:, 1]
+            anon = ((ch == ws) & (q >= LINEAR_Q) & (rss_now > 0)
+                    & (rss_now >= ANON_RATE_SHARE * est[:, 0])
+                    & (peak[:, ws] - peak[:, rss] <= cache_now) & (cache_now > 0))
+            anon_tto = (lim - peak[:, rss]) / rss_now
+        out_rate = np.where(anon, rss_now, now)
+        out_tto = np.where(anon & np.isfinite(anon_tto), np.maximum(anon_tto, 0.0), out_tto)
+        return out_rate, out_tto
 
     # ------------------------------------------------------------------ explanation
 
@@ -1381,6 +1580,8 @@ class LeakDecider:
         crash_loop = ((kills >= CRASHLOOP_KILLS) & eligible
                       & (np.nan_to_num(by_life, nan=0.0) > 0))
         raw_leak = ((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
+        # raised on the kills alone (this life's growth not yet measured): those name them
+        by_kills = crash_loop & ~(leak_score > leak_thr)
         # hysteresis: a raised leak stays raised while its OOM is projected within
         # LATCH_HORIZON times the horizon (the window's best channel can switch to one whose
         # projection lies just beyond it)
@@ -1400,7 +1601,10 @@ class LeakDecider:
         self._near, self._view = near_leak, report.view_s
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:
-            out: dict[str, Any] = {"subject": _SUBJECT.get(str(report.channel[i]), "memory")}
+            # the kernel's kills are at the memory limit: a crash loop without a growing
+            # channel yet is the working set's
+            default = "working set" if kills[i] > 0 else "memory"
+            out: dict[str, Any] = {"subject": _SUBJECT.get(str(report.channel[i]), default)}
             rate = float(report.rate_bytes_per_s[i])
             if math.isfinite(rate):
                 out["growth_bytes_per_s"] = rate
@@ -1415,6 +1619,10 @@ class LeakDecider:
                 lo, hi = float(report.time_to_oom_low_s[i]), float(report.time_to_oom_high_s[i])
                 if math.isfinite(lo) and math.isfinite(hi):
                     out["time_to_oom_low_s"], out["time_to_oom_high_s"] = lo, hi
+            elif kills[i] > 0 and math.isfinite(float(by_life[i])):  # as verdict_fields
+                out["time_to_oom_s"] = float(by_life[i])
+                out["time_to_oom_low_s"] = float(by_life[i]) * TTO_BAND[0]
+                out["time_to_oom_high_s"] = float(by_life[i]) * TTO_BAND[1]
             limit = float(report.limit_bytes[i])
             if math.isfinite(limit):
                 out["limit_bytes"] = limit
@@ -1433,9 +1641,13 @@ class LeakDecider:
                     "leak_rate_bytes_per_s": rate}
 
         # the rows whose attribution is due, in one pass, from the batch's one analysis
+        def attribute(rows: list[int]) -> list[Attribution]:
+            return [crash_loop_attribution() if by_kills[i] else a
+                    for i, a in zip(rows, trend.explain(batch, rows), strict=True)]
+
         return Judged("memory_leak", raw_leak | (latched & held), leak_score, leak_thr,
-                      kinds=kinds, attribute=lambda rows: trend.explain(batch, rows),
-                      facts=facts, verdict_fields=verdict_fields)
+                      kinds=kinds, attribute=attribute, facts=facts,
+                      verdict_fields=verdict_fields)
 
     def settle(self, batch: WindowBatch, kinds: list[str], raised: np.ndarray, /) -> None:
         """A leak verdict dates its growth's start (once) and latches once raised; any other
@@ -1462,6 +1674,18 @@ class LeakDecider:
         nor repeats a raised leak)."""
         if isinstance(previous, LeakDecider):
             self.pods = previous.pods
+
+
+def crash_loop_attribution() -> Attribution:
+    """The attribution of a verdict raised on the kills alone (a crash loop's new life, its
+    growth not yet measured): the decision, 0 -> 1, is the earlier lives' OOM kills at the
+    working set's limit (``mem_working_set.oom_kills``). The trend score's Shapley values
+    explain a score that did not decide (all of them <= 0 in such a young life)."""
+    return Attribution(base_value=0.0, values={CRASH_LOOP_FEATURE: 1.0})
+
+
+CRASH_LOOP_FEATURE = "mem_working_set.oom_kills"
+"""The feature a crash loop's kill-evidence verdict is attributed to (words: channels.py)."""
 
 
 def _finite(x: float) -> float | None:

@@ -33,7 +33,10 @@ clock and make every other pod look vanished), a valid metric name, no more than
 ``max_labels`` labels, no label longer than ``max_label_bytes``, no negative counter
 (``*_total``) or memory/limit value. A bad sample is refused with a reason (the good
 samples of the same batch are kept); a message that is too big, not UTF-8 JSON or of
-neither shape is refused whole.
+neither shape is refused whole. kube-state-metrics'
+``kube_pod_container_status_last_terminated_reason{reason=...}`` becomes the ``oom_killed``
+channel's series (:func:`detector.channels.oom_killed_flag`: 1 for ``OOMKilled``, 0 for
+another reason; a sample below 0.5, no current reason, is valid and dropped: ``ignored``).
 Nothing raises: :meth:`Decoder.decode` returns the refusals, and
 :func:`dead_letter_record` turns them into the dead-letter message (reason, where it came
 from, the payload cut to 64 KiB).
@@ -58,6 +61,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from detector import channels as chan
 from detector.sources.base import SampleColumns
 
 REASONS: tuple[str, ...] = (
@@ -83,6 +87,7 @@ REASONS: tuple[str, ...] = (
 _METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _NON_NEGATIVE = ("_bytes", "_rss", "_limits", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE")
 _MAX_TS = 1e11
+_OOM_KILLED = chan.CHANNEL_METRICS[chan.OOM_KILLED_CHANNEL]
 _PAYLOAD_MAX = 64 * 1024
 _CACHE_MAX = 4096
 _MAX_TS_CHARS = 64  # an RFC 3339 time is ~20-35 characters; longer strings are refused
@@ -104,6 +109,7 @@ class Decoded:
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # samples (or 1 per whole message)
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few refused samples
+    ignored: int = 0  # valid samples that carry nothing (a last terminated reason below 0.5)
 
     @property
     def n_rejected(self) -> int:
@@ -184,6 +190,12 @@ class Decoder:
             return
         assert ts is not None and value is not None
         ns, pod, container, node = _pod_labels(labels)
+        if name == chan.LAST_TERMINATED_REASON and labels.get("reason") is not None:
+            flag = chan.oom_killed_flag(labels["reason"], value)
+            if flag is None:
+                res.ignored += 1
+                return
+            name, value = _OOM_KILLED, flag
         out.append(ts, ns, pod, container, node, name, value)
         res.accepted += 1
 
@@ -213,6 +225,9 @@ class Decoder:
                 continue
             assert isinstance(name, str) and isinstance(labels, dict)
             ns, pod, container, node = _pod_labels(labels)
+            reason = labels.get("reason") if name == chan.LAST_TERMINATED_REASON else None
+            if reason is not None:
+                name = _OOM_KILLED
             counter = name.endswith("_total")
             non_neg = counter or name.endswith(_NON_NEGATIVE)
             for pair in samples:
@@ -239,6 +254,12 @@ class Decoder:
                     self._refuse(res, "negative_counter" if counter else "negative_value", 1,
                                  pair)
                     continue
+                if reason is not None:
+                    flag = chan.oom_killed_flag(reason, float(v))
+                    if flag is None:
+                        res.ignored += 1
+                        continue
+                    v = flag
                 out.append(float(t), ns, pod, container, node, name, float(v))
                 res.accepted += 1
 

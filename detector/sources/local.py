@@ -14,7 +14,9 @@ Every ``sample_interval_s`` it reads each child's ``/proc/<pid>/status`` (VmRSS,
 (``container_memory_working_set_bytes``, ``container_memory_rss``,
 ``container_cpu_usage_seconds_total``, ``container_spec_memory_limit_bytes``) plus
 ``kube_pod_container_status_restarts_total``. A child whose RSS passes
-``memory_limit_bytes`` is killed and restarted, like the kernel's OOM killer and the kubelet.
+``memory_limit_bytes`` is killed and restarted, like the kernel's OOM killer and the kubelet,
+and, once a child has ended, its last terminated reason as kube-state-metrics' flag
+(``..._last_terminated_reason_oomkilled``: 1 after such a kill, 0 after another exit).
 
 **Time compression.** The shipped leak detector looks at block minima over 40 min to 4 h and
 judges a window after 90 min of data. To show a real detection in minutes, the source's clock
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from detector.channels import CHANNEL_METRICS, LIMITS
+from detector.channels import CHANNEL_METRICS, LIMITS, OOM_KILLED_CHANNEL
 from detector.settings import LocalSourceSettings, Settings
 from detector.sources.base import Delivery, SourceSpec, SourceStatus
 
@@ -51,6 +53,7 @@ from detector.sources.base import Delivery, SourceSpec, SourceStatus
 _WORKING_SET, _RSS, _CPU_SECONDS, _RESTARTS = (
     CHANNEL_METRICS[c] for c in ("mem_working_set", "mem_rss", "cpu_rate", "restarts"))
 _MEMORY_LIMIT = LIMITS["memory"].metrics[0].metric
+_OOM_KILLED = CHANNEL_METRICS[OOM_KILLED_CHANNEL]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _ROW_BYTES = 16 * 1024  # kept per batch row and step, as measured in the daemon (~16 KiB)
@@ -67,6 +70,7 @@ class Workload:
     restarts: int = 0
     proc: subprocess.Popen[bytes] | None = None
     oom_kills: list[float] = field(default_factory=list)  # source-clock times
+    last_oom_killed: float | None = None  # 1.0/0.0 once it has ended (the kubelet's reason)
     log: IO[bytes] | None = None
 
 
@@ -200,6 +204,7 @@ class LocalSource:
                 self.log.warning("workload exited; restarting it",
                                  extra={"pod": w.pod, "code": proc.returncode})
                 w.restarts += 1
+                w.last_oom_killed = 0.0
                 self._spawn(w)
                 continue
             stats = read_proc(proc.pid)
@@ -211,6 +216,7 @@ class LocalSource:
                 proc.wait(timeout=10)
                 w.oom_kills.append(ts)
                 w.restarts += 1
+                w.last_oom_killed = 1.0
                 self.log.warning("workload passed its memory limit: killed (OOM) and restarted",
                                  extra={"pod": w.pod, "rss_bytes": rss, "limit_bytes": limit})
                 self._spawn(w)
@@ -221,6 +227,8 @@ class LocalSource:
             cols.append(ts, ns, pod, "main", node, _CPU_SECONDS, cpu * s.time_scale)
             cols.append(ts, ns, pod, "main", node, _MEMORY_LIMIT, limit)
             cols.append(ts, ns, pod, "main", node, _RESTARTS, float(w.restarts))
+            if w.last_oom_killed is not None:
+                cols.append(ts, ns, pod, "main", node, _OOM_KILLED, w.last_oom_killed)
         out.messages = 1
         if len(cols):
             self._newest = ts

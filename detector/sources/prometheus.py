@@ -10,6 +10,9 @@ headers of ``sources.prometheus.http``:
   cAdvisor and DCGM series; kube-state-metrics series carry no node label, so they are joined
   with ``kube_pod_info{node=...}`` (``* on(namespace, pod) group_left kube_pod_info``).
   ``kube_pod_container_resource_limits`` is read for ``resource="memory"`` only.
+  ``kube_pod_container_status_last_terminated_reason`` is read for every reason and becomes
+  the ``oom_killed`` channel of its container (1 for ``OOMKilled``, 0 for another reason;
+  :func:`detector.channels.oom_killed_flag`), the evidence an OOM kill is counted from.
 * **Backfill**: at start, ``backfill_s`` of history at ``query_step_s`` resolution, delivered
   oldest first in slices of at most ``backfill_chunk_s`` (one slice per ``poll``, the next one
   due at once), so a node's 4 h of history never sits in memory at once and the daemon folds
@@ -43,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from detector import channels as chan
 from detector import traces as tr
 from detector.errors import ConfigError, PermanentError
 from detector.settings import PrometheusSourceSettings, Settings
@@ -52,6 +56,7 @@ from detector.transport.retry import retry_delay
 
 KSM_PREFIX = "kube_"
 KSM_LIMITS = tr.KSM_LIMITS  # the channel table's fallback memory limit
+OOM_KILLED = chan.CHANNEL_METRICS[chan.OOM_KILLED_CHANNEL]  # read from LAST_TERMINATED_REASON
 
 
 class PrometheusSource:
@@ -211,7 +216,8 @@ def build_queries(settings: PrometheusSourceSettings, node: str) -> list[tuple[s
         out.append((None, "{" + matchers + "}"))
     for m in ksm:
         sel = ",".join(x for x in ('resource="memory"' if m == KSM_LIMITS else "", extra) if x)
-        base = f"{m}{{{sel}}}" if sel else m
+        series = chan.LAST_TERMINATED_REASON if m == OOM_KILLED else m
+        base = f"{series}{{{sel}}}" if sel else series
         if node:
             info = f'max by (namespace, pod, node) (kube_pod_info{{node="{_escape(node)}"}})'
             out.append((m, f"{base} * on(namespace, pod) group_left(node) {info}"))
@@ -232,6 +238,7 @@ def _to_columns(result: list[dict[str, Any]], name: str | None, out: SampleColum
         node = labels.get("node", "")
         if not ns or not pod:
             continue  # node-level series (no pod): not a pod's telemetry
+        reason = labels.get("reason") if metric == OOM_KILLED else None
         for ts, raw in series.get("values", []):
             try:
                 v = float(raw)
@@ -239,6 +246,11 @@ def _to_columns(result: list[dict[str, Any]], name: str | None, out: SampleColum
                 continue
             if not math.isfinite(v):
                 continue
+            if metric == OOM_KILLED:  # the reason as a 0/1 flag (a 0 is no current reason)
+                flag = chan.oom_killed_flag(reason, v)
+                if flag is None:
+                    continue
+                v = flag
             out.append(float(ts), ns, pod, container, node, metric, v)
 
 

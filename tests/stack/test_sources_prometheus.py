@@ -32,7 +32,7 @@ from detector.runtime.metrics import DaemonMetrics, StateView
 from detector.runtime.server import MetricsServer
 from detector.settings import PrometheusSourceSettings, Settings
 from detector.sources.base import Delivery
-from detector.sources.prometheus import PrometheusSource
+from detector.sources.prometheus import OOM_KILLED, PrometheusSource
 from detector.verdicts import Verdict
 from tests.support.exporter import CadvisorExporter
 from tests.support.stack_fixtures import PrometheusHandle
@@ -122,6 +122,48 @@ def test_backfill_arrives_in_ordered_slices_covering_the_range_once(
     clock[0] += step  # then plain polling: the next point only, not a backfill
     d = source.poll(5.0)
     assert not d.backfill and sorted(set(d.samples.timestamp)) == [last + step]
+
+
+@pytest.mark.stack
+def test_the_last_terminated_reason_is_read_per_container_as_the_oom_killed_flag(
+        local_prometheus: PrometheusHandle) -> None:
+    """kube-state-metrics' ``..._last_terminated_reason{reason=...}``, joined to the node like
+    the other kube-state-metrics series: OOMKilled reads 1, another reason 0, a 0-valued
+    series (not the current reason) nothing, another node's pod nothing."""
+    job = f"ksm_{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:6]
+    step = 15.0
+    now = (time.time() // step) * step
+    stamps = [now - 600 + step * i for i in range(41)]
+    reason = "kube_pod_container_status_last_terminated_reason"
+    pods = {f"oom-{tag}": ("node-a", "OOMKilled", 1.0), f"err-{tag}": ("node-a", "Error", 1.0),
+            f"stale-{tag}": ("node-a", "OOMKilled", 0.0),
+            f"away-{tag}": ("node-b", "OOMKilled", 1.0)}
+    series = []
+    for pod, (node, why, value) in pods.items():
+        series.append(Series("kube_pod_info", {"job": job, "namespace": "ml", "pod": pod,
+                                               "node": node}, [(t, 1.0) for t in stamps]))
+        series.append(Series(reason, {"job": job, "namespace": "ml", "pod": pod,
+                                      "container": "main", "reason": why},
+                             [(t, value) for t in stamps]))
+    local_prometheus.backfill(to_openmetrics(series))
+    source = PrometheusSource(PrometheusSourceSettings(
+        url=local_prometheus.url, node_name="node-a", extra_matchers=f'job="{job}"',
+        metrics=[OOM_KILLED], query_step_s=step, poll_s=step, backfill_s=600,
+        timeout_s=5, backoff_s=[1]), logger=LOG, clock=lambda: now, sleep=lambda s: None)
+    source.start()
+    got: dict[str, set[float]] = {}
+    for _ in range(10):
+        d = source.poll(5.0)
+        for pod, container, metric, v in zip(d.samples.pod, d.samples.container,
+                                             d.samples.metric, d.samples.value):
+            assert (container, metric) == ("main", OOM_KILLED)
+            got.setdefault(pod, set()).add(v)
+        if source.status().caught_up:
+            break
+    source.close()
+    assert source.status().caught_up
+    assert got == {f"oom-{tag}": {1.0}, f"err-{tag}": {0.0}}, got
 
 
 @pytest.mark.stack
