@@ -257,6 +257,11 @@ def test_a_lasting_level_shift_becomes_the_new_normal_and_a_spike_is_still_caugh
     assert flagged[0, 2500]
     starts = np.flatnonzero(det.alarms(x[None, :])[0])
     assert starts.tolist() == [1000, 2500]
+    # the daemon's way (a pod's stream advanced window by window): the same verdicts
+    bank = StreamBank(det)
+    for end, times, vals in windows_of(x[None, :], L=120, stride=7):
+        assert bank.advance(["p"], times, vals, DEFAULT_THRESHOLD).is_anomaly[0] \
+            == flagged[0, end]
     # relearning off: the old behaviour, the shift held flagged for good
     off = UnivariateDetector(config=UnivariateConfig(relearn_halflives=0.0))
     assert off.run(x[None, :])[1][0, 2000:2500].all()
