@@ -1176,9 +1176,10 @@ class TrendDetector(ThresholdMixin):
             sel = np.flatnonzero(pts == p)
             k = max(1, math.ceil(p / FAST_POINTS))
             m = p // k
-            for col, c in enumerate((ws, rss)):
-                y = destep(_Coarse(vinc[sel, c, :]).mins(k)[:, -m:])
-                est[sel, col], accel[sel, col] = recent_linear_rate(y, step * k)
+            # the working set's and the RSS's rows in one call (every statistic is per row)
+            y = destep(_Coarse(vinc[sel][:, [ws, rss], :].reshape(-1, L)).mins(k)[:, -m:])
+            rate_p, accel_p = recent_linear_rate(y, step * k)
+            est[sel], accel[sel] = rate_p.reshape(-1, 2), accel_p.reshape(-1, 2)
         own = np.where(ch == rss, 1, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             now = np.where(accel[at, own], np.fmax(rate, est[at, own]), rate)
