@@ -42,7 +42,10 @@ The leak rate reported is the Theil-Sen slope of the de-stepped block minima of 
 view, or of its recent half when faster (a leak that began inside the view);
 the time to OOM is (limit - current peak) / rate (projected geometrically while the growth
 slows down, :func:`projected_tto`), its stated range the calibrated band :data:`TTO_BAND`
-around it. :meth:`TrendDetector.explain_features` exposes the nine
+around it. On the fast path both are stated as true now (:meth:`TrendDetector._pace_now`):
+the pace of the span's most recent linear stretch when the span accelerates
+(:func:`recent_linear_rate`), the level of the last grid points, and anonymous growth beside
+page cache timed by its RSS. :meth:`TrendDetector.explain_features` exposes the nine
 inputs of the score (``<channel>.slope``, ``.headroom``, ``.monotonicity``) and
 :meth:`TrendDetector.score_from_explain_features` recomputes the score from them exactly,
 so Shapley values over those inputs sum to the score.
@@ -346,8 +349,9 @@ RECENT_FRACTIONS: tuple[float, ...] = (0.75, 0.5, 1 / 3, 0.25)
 """The trailing stretches of an accelerating span that :func:`recent_linear_rate` tries, as
 fractions of its valid points, longest first (each at least :data:`RECENT_MIN_POINTS`)."""
 
-RECENT_MIN_POINTS = 6
-"""The fewest points a recent stretch is measured on."""
+RECENT_MIN_POINTS = 4
+"""The fewest points a recent stretch is measured on (at the daemon's default 60 s step a
+real trainer's leak is alarmed 3-4 min after it began)."""
 
 ANON_RATE_SHARE = 0.9
 """Working-set growth is anonymous memory when the RSS grows at least this share as fast
@@ -1169,7 +1173,7 @@ class TrendDetector(ThresholdMixin):
             peak = np.nanmax(vinc[:, :, L - 3:], axis=-1).astype(np.float64)  # (n, 3)
             cache_now = np.nanmax(cache[:, L - 3:], axis=-1)
         pts = np.clip(np.round(np.nan_to_num(span_s, nan=0.0) / step).astype(np.int64),
-                      RECENT_MIN_POINTS, L)
+                      min(FAST_POINTS, L), L)
         est = np.full((n, 2), np.nan)  # the pace now of the working set and the RSS
         accel = np.zeros((n, 2), dtype=bool)
         for p in np.unique(pts).tolist():
@@ -1186,9 +1190,9 @@ class TrendDetector(ThresholdMixin):
             room = lim - peak[at, ch]
             out_tto = np.where(q < LINEAR_Q, tto, np.where(now > 0, room / now, np.inf))
             # anonymous growth under reclaimable page cache: the RSS's time to fill the limit
-            rss_now = np.where(accel[:, 1], est[:, 1], est[:, 1])
+            rss_now = est[:, 1]
             anon = ((ch == ws) & (q >= LINEAR_Q) & (rss_now > 0)
-                    & (rss_now >= ANON_RATE_SHARE * np.where(accel[:, 0], est[:, 0], now))
+                    & (rss_now >= ANON_RATE_SHARE * est[:, 0])
                     & (peak[:, ws] - peak[:, rss] <= cache_now) & (cache_now > 0))
             anon_tto = (lim - peak[:, rss]) / rss_now
         out_rate = np.where(anon, rss_now, now)
