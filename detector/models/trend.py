@@ -394,27 +394,35 @@ def recent_linear_rate(y: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarr
     def stretch(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """From point ``c`` on: Theil-Sen, the lower quartile of the pairwise slopes, the
         median rise, and whether it is linear (its recent half's median rise at most
-        ACCELERATING_Q times its earlier half's, that positive)."""
+        ACCELERATING_Q times its earlier half's, that positive). ``c`` (k R,) holds k
+        starting points of every row, stacked (all of them judged in one pass: every
+        statistic is per row)."""
+        reps = c.shape[0] // R
+        sl = slopes if reps == 1 else np.tile(slopes, (reps, 1))
+        ri = rises if reps == 1 else np.tile(rises, (reps, 1))
         mid = (c + (m - c) // 2)[:, None]
         cc = c[:, None]
-        own = np.sort(np.where(i[None, :] >= cc, slopes, np.nan), axis=-1)
+        own = np.sort(np.where(i[None, :] >= cc, sl, np.nan), axis=-1)
         cnt = np.count_nonzero(np.isfinite(own), axis=-1)
         ts = _nanquantile_sorted(own, cnt, 0.5)
         low = _nanquantile_sorted(own, cnt, 0.25)
-        med = nanmedian_last(np.where(t >= cc, rises, np.nan))
-        early = nanmedian_last(np.where((t >= cc) & (t + 1 < mid), rises, np.nan))
-        recent = nanmedian_last(np.where(t >= mid, rises, np.nan))
+        med = nanmedian_last(np.where(t >= cc, ri, np.nan))
+        early = nanmedian_last(np.where((t >= cc) & (t + 1 < mid), ri, np.nan))
+        recent = nanmedian_last(np.where(t >= mid, ri, np.nan))
         return ts, low, med, (early > 0) & ~(recent > ACCELERATING_Q * early)
 
-    rate, _low, _med, linear_whole = stretch(first)
+    # the whole span and each trailing stretch of RECENT_FRACTIONS
+    starts = [first] + [np.clip(m - np.maximum(RECENT_MIN_POINTS, np.ceil(f * n_valid))
+                                .astype(np.int64), first, m) for f in RECENT_FRACTIONS]
+    ts_all, low_all, med_all, lin_all = (a.reshape(len(starts), R)
+                                         for a in stretch(np.concatenate(starts)))
+    rate, linear_whole = ts_all[0], lin_all[0]
     accel = ~linear_whole & (rate > 0) & (n_valid >= 2 * RECENT_MIN_POINTS)
     chosen = np.full(R, np.nan)
     robust = np.zeros(R, dtype=bool)
     open_ = accel.copy()  # rows still looking for their longest linear stretch
-    for f in RECENT_FRACTIONS:
-        n_f = np.maximum(RECENT_MIN_POINTS, np.ceil(f * n_valid)).astype(np.int64)
-        c = np.clip(m - n_f, first, m)
-        ts_f, low_f, med_f, lin_f = stretch(c)
+    for g, f in enumerate(RECENT_FRACTIONS, start=1):
+        ts_f, low_f, med_f, lin_f = ts_all[g], low_all[g], med_all[g], lin_all[g]
         take = open_ & (lin_f | (f == RECENT_FRACTIONS[-1]))
         chosen = np.where(take, np.fmin(ts_f, med_f), chosen)
         # robustly higher: three in four of the stretch's pairwise slopes above the whole
