@@ -71,14 +71,20 @@ def _peak(s: np.ndarray) -> float | None:
 
 
 def file_detail(files: Sequence[nab.NabFile], detections: dict[str, np.ndarray],
-                scores: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
+                scores: dict[str, np.ndarray] | None = None, *,
+                threshold: float | None = None, gap: int | None = None
+                ) -> dict[str, dict[str, Any]]:
     """Per file, what the score is made of: each scored window (``rows``, first and last)
     with its first detection's row and position in the window (0 = its first row, 0.5 its
     labelled centre; both None when missed), and the rows of the false positives (all after
     the probationary period). With the detector's ``scores`` (file name -> score per row):
     each window's ``max_score`` (over its scored rows) and the file's
     ``max_score_outside`` (the highest score outside every window after the probationary
-    period: the series' own ordinary excursions), to set a missed window against."""
+    period: the series' own ordinary excursions), to set a missed window against. With the
+    ``threshold`` too: the file's ``flagged_share`` (rows scoring at or above it, of all its
+    rows) and, with the detector's episode ``gap``, its ``longest_episode`` (first and last
+    row of the longest run of flagged rows closer than ``gap``; None when none is flagged):
+    how long a change holds the series in anomaly."""
     out: dict[str, dict[str, Any]] = {}
     for f in files:
         d = np.asarray(detections[f.name], dtype=bool)
@@ -102,11 +108,29 @@ def file_detail(files: Sequence[nab.NabFile], detections: dict[str, np.ndarray],
                        "false_positive_rows": [int(i) for i in fps[fps >= probation]]}
         if s is not None:
             out[f.name]["max_score_outside"] = _peak(s[probation:][~inside[probation:]])
+        if s is not None and threshold is not None:
+            flagged = np.flatnonzero(np.isfinite(s) & (s >= threshold))
+            out[f.name]["flagged_share"] = round(flagged.size / max(s.size, 1), 4)
+            if gap is not None:
+                out[f.name]["longest_episode"] = _longest_episode(flagged, gap)
     return out
 
 
+def _longest_episode(flagged: np.ndarray, gap: int) -> list[int] | None:
+    """``[first, last]`` row of the longest episode of the rows ``flagged`` (sorted; rows
+    closer than ``gap`` belong to one episode, as :func:`~detector.models.univariate.
+    episode_starts` counts them)."""
+    if flagged.size == 0:
+        return None
+    cut = np.flatnonzero(np.diff(flagged) > gap)
+    starts, ends = np.r_[0, cut + 1], np.r_[cut, flagged.size - 1]
+    k = int(np.argmax(flagged[ends] - flagged[starts]))
+    return [int(flagged[starts[k]]), int(flagged[ends[k]])]
+
+
 def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarray], *,
-         detail: bool = False, row_scores: dict[str, np.ndarray] | None = None) -> Row:
+         detail: bool = False, row_scores: dict[str, np.ndarray] | None = None,
+         threshold: float | None = None, gap: int | None = None) -> Row:
     """``detections`` scored; ``detail``: with :func:`file_detail` (of ``row_scores`` too,
     the detector's score per row, when given)."""
     scores = nab.score_detections(files, detections)
@@ -117,7 +141,8 @@ def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarr
     subsets = [s for s in nab.LABELLED_SUBSETS if s in present] + sorted(
         present - set(nab.LABELLED_SUBSETS))  # nab-dev's order first, then any other
     return Row(name, nab.by_subset(labelled, scores, subsets), alarms,
-               file_detail(files, detections, row_scores) if detail else {})
+               file_detail(files, detections, row_scores, threshold=threshold, gap=gap)
+               if detail else {})
 
 
 def published_rows(root: Path, files: Sequence[nab.NabFile]) -> list[Row]:
@@ -179,9 +204,14 @@ def podguard_run(files: Sequence[nab.NabFile], threshold: float | None = None
 def podguard_row(files: Sequence[nab.NabFile], threshold: float | None = None) -> Row:
     """:func:`podguard_detections` scored (``threshold``: another threshold than the
     default, for a sweep)."""
+    from detector.models.univariate import UnivariateDetector
+
+    det = UnivariateDetector()
     dets, scores = podguard_run(files, threshold)
     return _row("podguard univariate" + ("" if threshold is None else f" @ {threshold:g}"),
-                files, dets, detail=True, row_scores=scores)
+                files, dets, detail=True, row_scores=scores,
+                threshold=det.default_threshold if threshold is None else threshold,
+                gap=det.config.episode_gap_points)
 
 
 TUNING_GRID: tuple[float, ...] = tuple(round(2.0 + 0.25 * k, 2) for k in range(13))
@@ -210,7 +240,11 @@ def tuned_rows(files: Sequence[nab.NabFile], grid: Sequence[float] = TUNING_GRID
     out = {float(t): podguard_run(files, t) for t in grid}
     runs = {t: nab.score_detections(files, d) for t, (d, _) in out.items()}
     rows, info = tuning_from_runs(files, runs)
-    rows[0] = replace(rows[0], files=file_detail(files, *out[info["tuned_threshold"]]))
+    from detector.models.univariate import UnivariateDetector
+
+    t = info["tuned_threshold"]
+    rows[0] = replace(rows[0], files=file_detail(
+        files, *out[t], threshold=t, gap=UnivariateDetector().config.episode_gap_points))
     return rows, info
 
 

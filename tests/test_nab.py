@@ -263,3 +263,23 @@ def test_file_detail_sets_each_window_against_the_series_own_excursions() -> Non
     assert [w["first_detection"] for w in detail["windows"]] == [560, None]
     assert detail["max_score_outside"] == 3.0 and detail["false_positive_rows"] == [999]
     assert "max_score_outside" not in nab_eval.file_detail([f], {f.name: d})[f.name]
+
+
+def test_file_detail_gives_the_flagged_share_and_the_longest_episode() -> None:
+    from detector import nab_eval
+
+    f = _nab_file("artificialWithAnomaly/f.csv", ((500, 599),))
+    score = np.zeros(N)
+    score[:10] = np.nan
+    score[100:150] = 4.0  # one episode of 50 rows
+    score[[700, 760, 830]] = 4.0  # one of 131 rows (gaps of 60, 70 < 100)
+    score[990] = 4.0  # alone (160 rows after the last)
+    detail = nab_eval.file_detail([f], {f.name: score >= 3.0}, {f.name: score},
+                                  threshold=3.0, gap=100)[f.name]
+    assert detail["flagged_share"] == round(54 / N, 4)
+    assert detail["longest_episode"] == [700, 830]
+    quiet = nab_eval.file_detail([f], {f.name: score >= 9.0}, {f.name: score},
+                                 threshold=9.0, gap=100)[f.name]
+    assert quiet["flagged_share"] == 0.0 and quiet["longest_episode"] is None
+    assert "flagged_share" not in nab_eval.file_detail([f], {f.name: score >= 3.0},
+                                                       {f.name: score})[f.name]
