@@ -316,13 +316,17 @@ class LevelHistory:
         not the value the engine carries over from the killed incarnation, and not 0 (the
         killed container's cgroup, read once more before it goes)."""
         todo = np.flatnonzero(np.isnan(self._life_start[slots]))
-        for k in todo.tolist():
-            s = slots[k]
-            t = batch.ts[k] + batch.grid
-            x = ws[k]
-            mine = np.isfinite(x) & (x > 0) & (t >= self._inc_start[s]) & (x != self._carried[s])
-            if mine.any():
-                self._life_start[s] = t[int(np.argmax(mine))]
+        if todo.size == 0:
+            return
+        s = slots[todo]
+        t = batch.ts[todo, None] + batch.grid[None, :]
+        x = ws[todo]
+        with np.errstate(invalid="ignore"):
+            mine = ((x > 0) & (t >= self._inc_start[s][:, None])
+                    & (x != self._carried[s][:, None]))
+        seen = mine.any(axis=1)
+        first = t[np.arange(todo.size), np.argmax(mine, axis=1)]
+        self._life_start[s[seen]] = first[seen]
 
     def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(n,) seconds until the current incarnation has run as long as the last one the
