@@ -1440,6 +1440,8 @@ def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: fl
         slow, fast = trend.path_scores(sub)
         imm = trend.imminent_scores(sub)
         tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        # the horizon only, not the decision's young reach (beyond_reach): thresholds fitted
+        # with every young pod's far projection at 0 would sink and page the older pods
         far = ~(tto <= horizon_s) & ~np.isnan(tto)
         revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
                    | page_cache_growth(sub, rep))
@@ -1503,6 +1505,28 @@ def _fit(ctx: FitContext) -> Fitted:
 # ------------------------------------------------------- the pipeline's decision (models.registry)
 
 
+YOUNG_REACH = 3.0
+"""A projected OOM further ahead than this many times the container incarnation's age (and
+than :data:`YOUNG_REACH_FLOOR_S`) is not paged yet: a few hours of a young pod's growth say
+little about the next day (the first rising half of a multi-hour load cycle is such a growth;
+so is a warm-up that has not levelled yet), while a leak that OOMs soon is within reach at
+any age (a pod 1 h old is judged up to 4 h ahead, one 3 h old up to 9 h)."""
+
+YOUNG_REACH_FLOOR_S = 4 * 3600.0
+"""Projections up to this far ahead are judged at any incarnation age (fast and early leaks,
+crash loops)."""
+
+
+def beyond_reach(tto: np.ndarray, age_s: np.ndarray, horizon_s: float) -> np.ndarray:
+    """(n,) bool: a projected time to OOM the decision does not page (yet): beyond the leak
+    horizon, or further ahead than :data:`YOUNG_REACH` times the incarnation's age (at least
+    :data:`YOUNG_REACH_FLOOR_S`). False where there is no projection (NaN)."""
+    reach = np.minimum(horizon_s, np.fmax(YOUNG_REACH * np.asarray(age_s, dtype=np.float64),
+                                          YOUNG_REACH_FLOOR_S))
+    with np.errstate(invalid="ignore"):
+        return ~(tto <= reach) & ~np.isnan(tto)
+
+
 LATCH_FRACTION = 0.5
 """A raised leak stays raised while its score is above this fraction of the threshold (a
 leak riding on a load cycle dips under it in every falling half; no resolve and re-fire)."""
@@ -1549,6 +1573,9 @@ class LeakFindings:
     """(n,) bool: memory growing towards its limit (see :data:`NEAR_LEAK_FRACTION`)."""
     kills: np.ndarray
     """(n,) the pod's OOM kills so far."""
+    not_yet: np.ndarray | None = None
+    """(n,) bool: a projected OOM within the horizon but beyond the young incarnation's reach
+    (:func:`beyond_reach`): not paged yet, as a leak nor as the drift it moves."""
 
 
 @dataclass
@@ -1573,7 +1600,8 @@ class LeakDecider:
         leak = trend.predict(batch)  # the trend analysis runs once per batch
         report = trend.leak_report(batch)
         tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
-        far = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        beyond_horizon = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        far = beyond_reach(tto_all, ev.history.incarnation_age(ev.slots, batch.ts), horizon)
         # a crash loop: after each OOM kill the next incarnation is judged with that evidence
         kills = ev.history.oom_kills(ev.slots)
         leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
@@ -1596,7 +1624,7 @@ class LeakDecider:
         # projection lies just beyond it)
         near_enough = ~(tto_all > LATCH_HORIZON * horizon)
         held = (leak_score > LATCH_FRACTION * leak_thr) & eligible & near_enough
-        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
+        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~beyond_horizon & ~revisit
         latched = np.zeros(len(batch), dtype=bool)
         for i, key in enumerate(batch.keys):
             st = self.pods.setdefault(key, _LeakState())
@@ -1606,7 +1634,7 @@ class LeakDecider:
             latched[i] = st.latched
         kinds = np.array(["gpu_memory_leak" if c == "gpu_fb_used" else "memory_leak"
                           for c in report.channel], dtype=object)
-        ev.found["trend"] = LeakFindings(kinds, near_leak, kills)
+        ev.found["trend"] = LeakFindings(kinds, near_leak, kills, not_yet=far & ~beyond_horizon)
         self._near, self._view = near_leak, report.view_s
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:
