@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +162,27 @@ class SetScore:
     detected: int
     false_positives: int
     files: int
+    lost: dict[str, float] = field(default_factory=dict)  # see :func:`points_lost`
+
+
+def points_lost(scores: Iterable[FileScore]) -> dict[str, float]:
+    """Where a set's score falls short of 100, in points of the normalised score (they sum
+    to ``100 - score``): ``missed`` (each missed window costs the perfect reward plus
+    ``A_FN``), ``late`` (a detected window's reward short of the perfect one, a detection
+    at its first row losing nothing) and ``false_positives`` (their costs)."""
+    missed = late = fp = perfect = null = 0.0
+    for f in scores:
+        if f.windows:
+            per = f.perfect / f.windows  # the perfect reward of one window
+            missed += (per - f.null / f.windows) * (f.windows - f.detected)
+            late += per * f.detected - f.tp_score
+        fp -= f.fp_score
+        perfect += f.perfect
+        null += f.null
+    if not perfect > null:
+        return {}
+    unit = 100.0 / (perfect - null)
+    return {"missed": missed * unit, "late": late * unit, "false_positives": fp * unit}
 
 
 def normalise(scores: Iterable[FileScore]) -> SetScore:
@@ -174,7 +195,8 @@ def normalise(scores: Iterable[FileScore]) -> SetScore:
     score = 100.0 * (raw - null) / (perfect - null) if perfect > null else math.nan
     return SetScore(score=score, raw=raw, null=null, perfect=perfect, windows=windows,
                     detected=sum(f.detected for f in fs),
-                    false_positives=sum(f.false_positives for f in fs), files=len(fs))
+                    false_positives=sum(f.false_positives for f in fs), files=len(fs),
+                    lost=points_lost(fs))
 
 
 # -- the corpus ---------------------------------------------------------------------------

@@ -56,22 +56,39 @@ class Row:
             "no_anomaly_alarms": self.no_anomaly_alarms,
             "scores": {k: {"score": round(v.score, 4), "raw": round(v.raw, 4),
                            "windows": v.windows, "detected": v.detected,
-                           "false_positives": v.false_positives} for k, v in self.scores.items()},
+                           "false_positives": v.false_positives,
+                           "points_lost": {c: round(x, 2) for c, x in v.lost.items()}}
+                       for k, v in self.scores.items()},
         }
         if self.files:
             out["files"] = self.files
         return out
 
 
-def file_detail(files: Sequence[nab.NabFile], detections: dict[str, np.ndarray]
+def _peak(s: np.ndarray) -> float | None:
+    s = s[np.isfinite(s)]
+    return round(float(s.max()), 3) if s.size else None
+
+
+def file_detail(files: Sequence[nab.NabFile], detections: dict[str, np.ndarray],
+                scores: dict[str, np.ndarray] | None = None, *,
+                threshold: float | None = None, gap: int | None = None
                 ) -> dict[str, dict[str, Any]]:
     """Per file, what the score is made of: each scored window (``rows``, first and last)
     with its first detection's row and position in the window (0 = its first row, 0.5 its
     labelled centre; both None when missed), and the rows of the false positives (all after
-    the probationary period)."""
+    the probationary period). With the detector's ``scores`` (file name -> score per row):
+    each window's ``max_score`` (over its scored rows) and the file's
+    ``max_score_outside`` (the highest score outside every window after the probationary
+    period: the series' own ordinary excursions), to set a missed window against. With the
+    ``threshold`` too: the file's ``flagged_share`` (rows scoring at or above it, of all its
+    rows) and, with the detector's episode ``gap``, its ``longest_episode`` (first and last
+    row of the longest run of flagged rows closer than ``gap``; None when none is flagged):
+    how long a change holds the series in anomaly."""
     out: dict[str, dict[str, Any]] = {}
     for f in files:
         d = np.asarray(detections[f.name], dtype=bool)
+        s = None if scores is None else np.asarray(scores[f.name], dtype=np.float64)
         probation = nab.probationary_length(d.size)
         inside = np.zeros(d.size, dtype=bool)
         wins = []
@@ -82,15 +99,40 @@ def file_detail(files: Sequence[nab.NabFile], detections: dict[str, np.ndarray]
             hits = np.flatnonzero(d[max(a, probation):b + 1])
             first = max(a, probation) + int(hits[0]) if hits.size else None
             at = None if first is None else round((first - a) / (b - a + 1), 3)
-            wins.append({"rows": [a, b], "first_detection": first, "position": at})
+            win: dict[str, Any] = {"rows": [a, b], "first_detection": first, "position": at}
+            if s is not None:
+                win["max_score"] = _peak(s[max(a, probation):b + 1])
+            wins.append(win)
         fps = np.flatnonzero(d & ~inside)
         out[f.name] = {"windows": wins,
                        "false_positive_rows": [int(i) for i in fps[fps >= probation]]}
+        if s is not None:
+            out[f.name]["max_score_outside"] = _peak(s[probation:][~inside[probation:]])
+        if s is not None and threshold is not None:
+            flagged = np.flatnonzero(np.isfinite(s) & (s >= threshold))
+            out[f.name]["flagged_share"] = round(flagged.size / max(s.size, 1), 4)
+            if gap is not None:
+                out[f.name]["longest_episode"] = _longest_episode(flagged, gap)
     return out
 
 
+def _longest_episode(flagged: np.ndarray, gap: int) -> list[int] | None:
+    """``[first, last]`` row of the longest episode of the rows ``flagged`` (sorted; rows
+    closer than ``gap`` belong to one episode, as :func:`~detector.models.univariate.
+    episode_starts` counts them)."""
+    if flagged.size == 0:
+        return None
+    cut = np.flatnonzero(np.diff(flagged) > gap)
+    starts, ends = np.r_[0, cut + 1], np.r_[cut, flagged.size - 1]
+    k = int(np.argmax(flagged[ends] - flagged[starts]))
+    return [int(flagged[starts[k]]), int(flagged[ends[k]])]
+
+
 def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarray], *,
-         detail: bool = False) -> Row:
+         detail: bool = False, row_scores: dict[str, np.ndarray] | None = None,
+         threshold: float | None = None, gap: int | None = None) -> Row:
+    """``detections`` scored; ``detail``: with :func:`file_detail` (of ``row_scores`` too,
+    the detector's score per row, when given)."""
     scores = nab.score_detections(files, detections)
     labelled = [f for f in files if f.subset != nab.NO_ANOMALY_SUBSET]
     quiet = [f for f in files if f.subset == nab.NO_ANOMALY_SUBSET]
@@ -99,7 +141,8 @@ def _row(name: str, files: Sequence[nab.NabFile], detections: dict[str, np.ndarr
     subsets = [s for s in nab.LABELLED_SUBSETS if s in present] + sorted(
         present - set(nab.LABELLED_SUBSETS))  # nab-dev's order first, then any other
     return Row(name, nab.by_subset(labelled, scores, subsets), alarms,
-               file_detail(files, detections) if detail else {})
+               file_detail(files, detections, row_scores, threshold=threshold, gap=gap)
+               if detail else {})
 
 
 def published_rows(root: Path, files: Sequence[nab.NabFile]) -> list[Row]:
@@ -127,7 +170,14 @@ def podguard_detections(files: Sequence[nab.NabFile], threshold: float | None = 
     """The alarms (bool per row) of podguard's univariate detector with its default settings
     and a seasonal time scale of one day (in each file's own points), causal, one run per
     file (``threshold``: another threshold than the default)."""
-    from detector.models.univariate import UnivariateDetector
+    return podguard_run(files, threshold)[0]
+
+
+def podguard_run(files: Sequence[nab.NabFile], threshold: float | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`podguard_detections` and the detector's score of every row (NaN while it
+    warms up), file name -> array each."""
+    from detector.models.univariate import UnivariateDetector, episode_starts
 
     base = UnivariateDetector()
     thr = base.default_threshold if threshold is None else threshold
@@ -135,6 +185,7 @@ def podguard_detections(files: Sequence[nab.NabFile], threshold: float | None = 
     for f in files:
         groups.setdefault(season_points(f), []).append(f)
     detections: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
     for season, group in sorted(groups.items()):
         det = UnivariateDetector(config=replace(base.config, season_points=season),
                                  default_threshold=thr)
@@ -143,16 +194,24 @@ def podguard_detections(files: Sequence[nab.NabFile], threshold: float | None = 
         x = np.full((len(group), max(len(f.values) for f in group)), np.nan)
         for i, f in enumerate(group):
             x[i, :len(f.values)] = f.values
-        alarms = det.alarms(x)
+        score, flagged, _ = det.run(x, thr)  # (what det.alarms(x) does, keeping the scores)
+        alarms = episode_starts(flagged, det.config.episode_gap_points)
         detections.update({f.name: alarms[i, :len(f.values)] for i, f in enumerate(group)})
-    return detections
+        scores.update({f.name: score[i, :len(f.values)] for i, f in enumerate(group)})
+    return detections, scores
 
 
 def podguard_row(files: Sequence[nab.NabFile], threshold: float | None = None) -> Row:
     """:func:`podguard_detections` scored (``threshold``: another threshold than the
     default, for a sweep)."""
+    from detector.models.univariate import UnivariateDetector
+
+    det = UnivariateDetector()
+    dets, scores = podguard_run(files, threshold)
     return _row("podguard univariate" + ("" if threshold is None else f" @ {threshold:g}"),
-                files, podguard_detections(files, threshold), detail=True)
+                files, dets, detail=True, row_scores=scores,
+                threshold=det.default_threshold if threshold is None else threshold,
+                gap=det.config.episode_gap_points)
 
 
 TUNING_GRID: tuple[float, ...] = tuple(round(2.0 + 0.25 * k, 2) for k in range(13))
@@ -178,10 +237,14 @@ def tuned_rows(files: Sequence[nab.NabFile], grid: Sequence[float] = TUNING_GRID
                ) -> tuple[list[Row], dict[str, Any]]:
     """NAB's threshold optimisation over ``grid`` (one run of the detector per threshold),
     done twice (:func:`tuning_from_runs`)."""
-    dets = {float(t): podguard_detections(files, t) for t in grid}
-    runs = {t: nab.score_detections(files, d) for t, d in dets.items()}
+    out = {float(t): podguard_run(files, t) for t in grid}
+    runs = {t: nab.score_detections(files, d) for t, (d, _) in out.items()}
     rows, info = tuning_from_runs(files, runs)
-    rows[0] = replace(rows[0], files=file_detail(files, dets[info["tuned_threshold"]]))
+    from detector.models.univariate import UnivariateDetector
+
+    t = info["tuned_threshold"]
+    rows[0] = replace(rows[0], files=file_detail(
+        files, *out[t], threshold=t, gap=UnivariateDetector().config.episode_gap_points))
     return rows, info
 
 
@@ -282,6 +345,13 @@ def run_nab(root: Path, *, out: Path | None = None, published_only: bool = False
               f"{tuning['grid'][0]:g}..{tuning['grid'][-1]:g} on the labels it is scored on); "
               "held out: each subset at the threshold best on the others: "
               + ", ".join(f"{k} {v:g}" for k, v in tuning["held_out_thresholds"].items()))
+    for r in rows:
+        if r.detector.startswith("podguard") and r.scores["total"].lost:
+            t, lost = r.scores["total"], r.scores["total"].lost
+            print(f"{r.detector}: {t.score:.1f}; points lost: missed windows "
+                  f"{lost['missed']:.1f} ({t.windows - t.detected} of {t.windows}), late "
+                  f"detections {lost['late']:.1f}, false positives "
+                  f"{lost['false_positives']:.1f} ({t.false_positives})")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "nab.json"

@@ -167,10 +167,16 @@ def test_evaluate_nab_command_on_a_tiny_corpus(tmp_path: Path,
     assert "| podguard univariate |" in out and "NOT reproduced" in out
     assert "| podguard univariate, tuned on these labels @ " in out
     assert "| podguard univariate, held out (threshold tuned on the other subsets) |" in out
+    assert "podguard univariate: " in out and "points lost: missed windows " in out
     written = json.loads((tmp_path / "out" / "nab.json").read_text())
     assert written["rows"][3]["detector"] == "ARTime"
     assert written["tuning"]["grid"] == list(nab_eval.TUNING_GRID)
     assert set(written["rows"][0]["files"]) == {"sub/a.csv"}  # podguard's rows say why
+    assert "max_score_outside" in written["rows"][0]["files"]["sub/a.csv"]
+    lost = written["rows"][0]["scores"]["total"]["points_lost"]
+    assert set(lost) == {"missed", "late", "false_positives"}
+    assert sum(lost.values()) == pytest.approx(100 - written["rows"][0]["scores"]["total"][
+        "score"], abs=0.05)
     assert "files" in written["rows"][1] and "files" not in written["rows"][3]
     assert main(["evaluate", "--nab", str(tmp_path / "missing")]) == 2
 
@@ -223,3 +229,57 @@ def test_file_detail_names_each_window_and_false_positive() -> None:
     row = nab_eval._row("x", [f], {f.name: d}, detail=True)
     assert row.to_json_dict()["files"][f.name] == detail
     assert "files" not in nab_eval._row("x", [f], {f.name: d}).to_json_dict()
+
+
+def test_points_lost_sum_to_what_the_score_misses() -> None:
+    # windows: caught on their first row (nothing lost), at their centre (late), missed
+    wins = [(200, 299), (400, 499), (600, 699)]
+    s = nab.score_file(det(N, 200, 450, 900, 950), wins)  # 900, 950: false positives
+    assert (s.detected, s.false_positives) == (2, 2)
+    total = nab.normalise([s])
+    unit = 100 / (3 * SIG_M1 + 3)  # points per unit of raw score (perfect - null)
+    assert total.lost["missed"] == pytest.approx((SIG_M1 + 1) * unit)
+    assert total.lost["late"] == pytest.approx((SIG_M1 - nab.scaled_sigmoid(-0.5)) * unit)
+    assert total.lost["false_positives"] == pytest.approx(-s.fp_score * unit)
+    assert s.fp_score == pytest.approx(  # 2 and 2.5 widths past the last window
+        0.11 * (nab.scaled_sigmoid(201 / 100) + nab.scaled_sigmoid(251 / 100)))
+    assert sum(total.lost.values()) == pytest.approx(100 - total.score)
+    perfect = nab.normalise([nab.score_file(det(N, 200, 400, 600), wins)])
+    assert perfect.score == pytest.approx(100) and max(perfect.lost.values()) < 1e-9
+    assert nab.normalise([nab.score_file(det(N, 500), [])]).lost == {}  # no window: no score
+
+
+def test_file_detail_sets_each_window_against_the_series_own_excursions() -> None:
+    from detector import nab_eval
+
+    f = _nab_file("realTweets/f.csv", ((500, 599), (800, 899)))
+    score = np.zeros(N)
+    score[:10] = np.nan  # warming up
+    score[140] = 50.0  # in the probationary period: not counted
+    score[300], score[560], score[850], score[999] = 2.5, 7.0, 1.5, 3.0
+    d = score >= 3.0
+    detail = nab_eval.file_detail([f], {f.name: d}, {f.name: score})[f.name]
+    assert [w["max_score"] for w in detail["windows"]] == [7.0, 1.5]
+    assert [w["first_detection"] for w in detail["windows"]] == [560, None]
+    assert detail["max_score_outside"] == 3.0 and detail["false_positive_rows"] == [999]
+    assert "max_score_outside" not in nab_eval.file_detail([f], {f.name: d})[f.name]
+
+
+def test_file_detail_gives_the_flagged_share_and_the_longest_episode() -> None:
+    from detector import nab_eval
+
+    f = _nab_file("artificialWithAnomaly/f.csv", ((500, 599),))
+    score = np.zeros(N)
+    score[:10] = np.nan
+    score[100:150] = 4.0  # one episode of 50 rows
+    score[[700, 760, 830]] = 4.0  # one of 131 rows (gaps of 60, 70 < 100)
+    score[990] = 4.0  # alone (160 rows after the last)
+    detail = nab_eval.file_detail([f], {f.name: score >= 3.0}, {f.name: score},
+                                  threshold=3.0, gap=100)[f.name]
+    assert detail["flagged_share"] == round(54 / N, 4)
+    assert detail["longest_episode"] == [700, 830]
+    quiet = nab_eval.file_detail([f], {f.name: score >= 9.0}, {f.name: score},
+                                 threshold=9.0, gap=100)[f.name]
+    assert quiet["flagged_share"] == 0.0 and quiet["longest_episode"] is None
+    assert "flagged_share" not in nab_eval.file_detail([f], {f.name: score >= 3.0},
+                                                       {f.name: score})[f.name]

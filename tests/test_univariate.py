@@ -205,3 +205,58 @@ def test_seasonal_scale_catches_a_missing_daily_jump_and_streams_alike() -> None
         js = bank.advance(["p"], times, vals, DEFAULT_THRESHOLD)
         assert js.score[0] == score[0, end] or (np.isnan(js.score[0]) and np.isnan(score[0, end]))
     assert bank.state_floats() < 1000
+
+
+def square_day(seed: int, days: int = 12, period: int = 288) -> np.ndarray:
+    """A healthy daily cycle from the series' first point: low at night, high by day (the
+    shape of NAB's ``art_daily_*``), with a little noise."""
+    t = np.arange(period * days)
+    return 10.0 + 5.0 * (np.sin(2 * np.pi * (t + 0.5) / period) > 0) \
+        + 0.1 * np.random.default_rng(seed).standard_normal(t.size)
+
+
+def test_a_daily_cycle_from_the_start_is_not_held_flagged() -> None:
+    """A daily cycle that starts with the series is judged against a level that cannot
+    follow it: flagged, the points do not teach the baseline, so without relearning the
+    flagging kept itself going (one episode of ~1,400 points here). The episode now ends
+    within ``relearn_points`` of its first flagged point and later days are quiet, with or
+    without the seasonal time scale; with it (one day of points, as ``podguard evaluate
+    --nab`` runs), a real spike on a later day is still flagged and alarms."""
+    x = square_day(11)
+    spike = 288 * 9 + 100  # by day, on day 10
+    x[spike] += 4.0
+    for season in (0, 288):
+        det = UnivariateDetector(config=UnivariateConfig(season_points=season))
+        n = det.config.relearn_points
+        assert n == round(det.config.halflife_points)  # one baseline half-life, not tuned
+        for thr in (DEFAULT_THRESHOLD, 3.0):
+            _, flagged, _ = det.run(x[None, :], thr)
+            idx = np.flatnonzero(flagged[0])
+            assert idx.size and idx[0] < 288  # the first day does look anomalous
+            later = flagged[0, idx[0] + n + 5:spike]
+            if thr == DEFAULT_THRESHOLD:  # a 1e-5 tail: not a healthy point flagged later
+                assert not later.any(), (season, np.flatnonzero(later) + idx[0] + n + 5)
+            else:  # a 1e-3 tail: a few stray points at most
+                assert later.mean() < 0.005, (season, later.mean())
+            if season:
+                assert flagged[0, spike]
+                starts = episode_starts(flagged, det.config.episode_gap_points)[0]
+                assert starts[spike]
+
+
+def test_a_lasting_level_shift_becomes_the_new_normal_and_a_spike_is_still_caught() -> None:
+    x = noise(12, 3000, level=10.0, sd=0.1)
+    x[1000:] += 3.0  # the series moves to a new level and stays there
+    x[2500] += 6.0  # a spike on the new level, beyond anything the series has shown
+    det = UnivariateDetector()
+    n = det.config.relearn_points
+    _, flagged, _ = det.run(x[None, :])
+    assert flagged[0, 1000:1003].any()  # the shift is caught at once
+    assert flagged[0, 1000:1000 + n].mean() > 0.9  # and held while it is news
+    assert not flagged[0, 1000 + n + 5:2500].any()  # then it is the new normal
+    assert flagged[0, 2500]
+    starts = np.flatnonzero(det.alarms(x[None, :])[0])
+    assert starts.tolist() == [1000, 2500]
+    # relearning off: the old behaviour, the shift held flagged for good
+    off = UnivariateDetector(config=UnivariateConfig(relearn_halflives=0.0))
+    assert off.run(x[None, :])[1][0, 2000:2500].all()

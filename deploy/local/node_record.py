@@ -76,6 +76,50 @@ def soak_mix() -> list[Workload]:
     ]
 
 
+def holdout_mix(seed: int = 20261201) -> list[Workload]:
+    """A held-out dozen, its parameters drawn from their own ranges by ``seed`` (session 6).
+
+    Written before anyone looked at podguard on it and never tuned on: the ranges differ from
+    :func:`soak_mix`'s fixed values (other limits, rates, onsets, periods, plateaus), so the
+    shipped ``data/real/holdout.csv.gz`` is a real trace no rule or threshold was fitted to."""
+    import random
+
+    r = random.Random(seed)
+
+    def u(lo: float, hi: float) -> str:
+        return f"{r.uniform(lo, hi):.0f}"
+
+    saw_lim = r.choice((192, 256, 384))
+    slow_lim = r.choice((256, 320, 448))
+    warm_lim = r.choice((192, 256, 384))
+    pc_lim = r.choice((160, 224, 320))
+    return [
+        _w("h-trainer-healthy", "trainer", 768, "--steps-per-s", u(2, 6)),
+        _w("h-trainer-kept-loss", "trainer-kept-loss", 768, "--onset-s", u(60, 900),
+           "--rate-mib-min", u(12, 40), leaky=True),
+        _w("h-trainer-loader-leak", "trainer-loader-leak", 768, "--onset-s", u(60, 900),
+           "--rate-mib-min", u(12, 40), leaky=True),
+        _w("h-trainer-dataset-cache", "trainer-dataset-cache", 768, "--onset-s", u(60, 900),
+           "--rate-mib-min", u(12, 40), leaky=True),
+        _w("h-pagecache-reader", "pagecache", pc_lim,
+           "--file-mib", f"{pc_lim * r.uniform(1.3, 2.5):.0f}", "--read-mib-s", u(15, 60)),
+        _w("h-sawtooth", "sawtooth", saw_lim, "--base-mib", u(15, 50),
+           "--peak-mib", f"{saw_lim * r.uniform(0.3, 0.55):.0f}", "--period-s", u(20, 240)),
+        _w("h-sawtooth-slow", "sawtooth", slow_lim, "--base-mib", u(15, 50),
+           "--peak-mib", f"{slow_lim * r.uniform(0.3, 0.55):.0f}", "--period-s", u(300, 1200)),
+        _w("h-warmup", "warmup", warm_lim,
+           "--plateau-mib", f"{warm_lim * r.uniform(0.4, 0.7):.0f}", "--tau-s", u(30, 1500)),
+        _w("h-crashloop", "leak", r.choice((160, 224, 288)), "--onset-s", "0",
+           "--rate-mib-min", u(30, 90), "--base-mib", u(10, 40), leaky=True),
+        _w("h-leak-a", "leak", r.choice((256, 384, 512)), "--onset-s", u(0, 1200),
+           "--rate-mib-min", u(8, 30), "--base-mib", u(10, 60), leaky=True),
+        _w("h-leak-b", "leak", r.choice((192, 256, 320)), "--onset-s", u(600, 2100),
+           "--rate-mib-min", u(10, 40), "--base-mib", u(10, 60), leaky=True),
+        _w("h-leak-c", "leak", r.choice((256, 320)), "--onset-s", u(0, 300),
+           "--rate-mib-min", u(40, 120), "--base-mib", u(10, 40), leaky=True),
+    ]
+
+
 MIXES: dict[str, list[Workload]] = {
     # The shipped recording (data/real/): every shape once, ~20 minutes.
     "mixed": [
@@ -97,6 +141,8 @@ MIXES: dict[str, list[Workload]] = {
     ],
     # A longer recording: the soak's dozen workloads (data/real/soak.csv.gz, 35 minutes).
     "soak": soak_mix(),
+    # The held-out recording of session 6 (data/real/holdout.csv.gz): drawn parameters.
+    "holdout": holdout_mix(),
     # The real-kernel tests (~7 minutes): two leaks that OOM 4-6 minutes after their start (a
     # real PyTorch trainer keeping its loss with the graph, and a plain allocation leak), a
     # crash-looping leak that OOMs every ~65 s, and three healthy shapes.

@@ -84,9 +84,14 @@ class LevelHistory:
         self._tp_hi = np.full((cap, ntp, self.n_blocks), np.nan, dtype=np.float32)
         self._bid = np.full((cap, self.n_blocks), -1, dtype=np.int64)
         self._inc_start = np.full(cap, -np.inf)  # ts of the current incarnation's start
+        self._born = np.full(cap, -np.inf)  # the pod's first data (-inf: older than a window)
         self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
         self.oom_kills_ = np.zeros(cap, dtype=np.int64)
         self._prev_life = np.full(cap, np.nan)  # how long the last OOM-killed incarnation ran
+        # the current incarnation's first working-set sample (ts; NaN until seen) and the
+        # killed one's last value, which the window engine carries over the restart's gap
+        self._life_start = np.full(cap, np.nan)
+        self._carried = np.full(cap, np.nan)
         self._mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
         self._ws = MEMORY_CHANNELS.index("mem_working_set")
         self._oom = CHANNELS.index(OOM_KILLED_CHANNEL)
@@ -105,8 +110,10 @@ class LevelHistory:
                         self._grow(2 * self._bid.shape[0])
                 self._slot[k] = s
                 self._reset(np.array([s]))
+                self._born[s] = np.nan  # set by update() from the pod's first window
                 self.oom_kills_[s] = 0
                 self._prev_life[s] = np.nan
+                self._life_start[s] = self._carried[s] = np.nan
                 self._last_frac[s] = 0.0
             out[i] = s
         return out
@@ -122,9 +129,12 @@ class LevelHistory:
         self._tp_hi = grow(self._tp_hi, np.nan)
         self._bid = grow(self._bid, -1)
         self._inc_start = grow(self._inc_start, -np.inf)
+        self._born = grow(self._born, -np.inf)
         self._last_frac = grow(self._last_frac, 0.0)
         self.oom_kills_ = grow(self.oom_kills_, 0)
         self._prev_life = grow(self._prev_life, np.nan)
+        self._life_start = grow(self._life_start, np.nan)
+        self._carried = grow(self._carried, np.nan)
 
     def _reset(self, slots: np.ndarray) -> None:
         self._floor[slots] = np.nan
@@ -150,6 +160,15 @@ class LevelHistory:
             return slots
         step = batch.step_s
         L = batch.values.shape[-1]
+        # a pod first seen: its first data point in the window (-inf when the window is full:
+        # older than the window, its age unknown)
+        unborn = np.isnan(self._born[slots])
+        if unborn.any():
+            ws_all = batch.values[unborn, CHANNELS.index("mem_working_set"), :]
+            fin = np.isfinite(ws_all)
+            first = np.argmax(fin, axis=-1)
+            self._born[slots[unborn]] = np.where(fin.any(axis=-1) & (first > 0),
+                                                 batch.ts[unborn] + batch.grid[first], -np.inf)
         # incarnations: a restart newer than the incarnation start we hold
         last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
         r_ts = np.where(last_r >= 0, batch.ts + batch.grid[np.clip(last_r, 0, L - 1)], -np.inf)
@@ -161,9 +180,15 @@ class LevelHistory:
                               reason >= 0.5)
             self.oom_kills_[s_new[killed]] += 1
             life = r_ts[new_inc] - self._inc_start[s_new]
+            # how long it ran by its own samples: the restart count rises at the kill or at
+            # the restart after a back-off (a crash loop's grows to 5 min), no part of a life
+            ran, carried = self._lives_end(batch, np.flatnonzero(new_inc), last_r[new_inc])
+            ran = ran - self._life_start[s_new]
+            life = np.where(np.isfinite(ran), ran, life)
             self._prev_life[s_new[killed]] = np.where(np.isfinite(life), life, np.nan)[killed]
             self._reset(s_new)
             self._inc_start[s_new] = r_ts[new_inc]
+            self._life_start[s_new], self._carried[s_new] = np.nan, carried
         # the working set's fraction of its limit now (for the next restart)
         lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
         ws = batch.values[:, self._mem_idx[self._ws], :]  # a view, no copy
@@ -172,6 +197,7 @@ class LevelHistory:
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = ws[np.arange(n), last].astype(np.float64) / lim
         self._last_frac[slots] = np.where(np.isfinite(frac), frac, 0.0)
+        self._see_life_start(batch, slots, ws)
         # the last completed block of each window
         k = int(np.ceil(self.block_s / step)) + 1
         t_abs = batch.ts[:, None] + batch.grid[None, L - k:]
@@ -272,14 +298,66 @@ class LevelHistory:
     def oom_kills(self, slots: np.ndarray) -> np.ndarray:
         return self.oom_kills_[slots]
 
+    def _lives_end(self, batch: WindowBatch, rows: np.ndarray, last_r: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """For windows ``rows`` whose restart is at bin ``last_r``: the time the ended
+        incarnation's working set was last sampled - the start of the run of its last value
+        that the engine forward-fills over the gap to the restart - and that value. The
+        restart's bin holds the ended incarnation's last sample (a restart count that rises
+        at the kill) unless it is lower than the one before (the new incarnation's first:
+        a restart drops memory)."""
+        end = np.full(len(rows), np.nan)
+        value = np.full(len(rows), np.nan)
+        ws = batch.values[rows, self._mem_idx[self._ws], :]
+        for k in range(len(rows)):
+            x = ws[k, :max(int(last_r[k]), 0) + 1]
+            fin = np.flatnonzero(np.isfinite(x) & (x > 0))  # a dead cgroup reads 0
+            if fin.size == 0:
+                continue
+            e = int(fin[-1])
+            if e == x.size - 1 and fin.size > 1 and x[e] < x[fin[-2]]:
+                e = int(fin[-2])  # the restart's bin holds the new incarnation (lower)
+            other = np.flatnonzero(x[:e] != x[e])  # NaN counts as other
+            start = int(other[-1]) + 1 if other.size else 0
+            end[k] = batch.ts[rows[k]] + batch.grid[start]
+            value[k] = x[e]
+        return end, value
+
+    def _see_life_start(self, batch: WindowBatch, slots: np.ndarray, ws: np.ndarray) -> None:
+        """Notes each incarnation's first working-set sample: at or after its restart's bin,
+        not the value the engine carries over from the killed incarnation, and not 0 (the
+        killed container's cgroup, read once more before it goes)."""
+        todo = np.flatnonzero(np.isnan(self._life_start[slots]))
+        if todo.size == 0:
+            return
+        s = slots[todo]
+        t = batch.ts[todo, None] + batch.grid[None, :]
+        x = ws[todo]
+        with np.errstate(invalid="ignore"):
+            mine = ((x > 0) & (t >= self._inc_start[s][:, None])
+                    & (x != self._carried[s][:, None]))
+        seen = mine.any(axis=1)
+        first = t[np.arange(todo.size), np.argmax(mine, axis=1)]
+        self._life_start[s[seen]] = first[seen]
+
     def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(n,) seconds until the current incarnation has run as long as the last one the
-        kernel OOM-killed (NaN without one): a crash loop's time to its next kill."""
-        left = self._prev_life[slots] - (ts - self._inc_start[slots])
+        kernel OOM-killed (NaN without one): a crash loop's time to its next kill. Both
+        lives run from their first working-set sample (none yet: the whole life is left) to
+        their last one, not from the restart count's rise (at the kill or at the restart
+        after a back-off, depending on the exporter)."""
+        start = self._life_start[slots]
+        left = self._prev_life[slots] - (ts - np.where(np.isfinite(start), start, ts))
         return np.where(np.isfinite(left), np.maximum(left, 0.0), np.nan)
 
     def incarnation_start(self, slots: np.ndarray) -> np.ndarray:
         return self._inc_start[slots]
+
+    def incarnation_age(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(n,) seconds of data of the current incarnation: since its restart, or since the
+        pod's first data point (inf for a pod already older than its first window)."""
+        start = np.fmax(self._inc_start[slots], self._born[slots])
+        return np.where(np.isfinite(start), ts - start, np.inf)
 
 
 def oom_reason_since(flag: np.ndarray, since: np.ndarray) -> np.ndarray:

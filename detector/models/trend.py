@@ -42,7 +42,10 @@ The leak rate reported is the Theil-Sen slope of the de-stepped block minima of 
 view, or of its recent half when faster (a leak that began inside the view);
 the time to OOM is (limit - current peak) / rate (projected geometrically while the growth
 slows down, :func:`projected_tto`), its stated range the calibrated band :data:`TTO_BAND`
-around it. :meth:`TrendDetector.explain_features` exposes the nine
+around it. On the fast path both are stated as true now (:meth:`TrendDetector._pace_now`):
+the pace of the span's most recent linear stretch when the span accelerates
+(:func:`recent_linear_rate`), the level of the last grid points, and anonymous growth beside
+page cache timed by its RSS. :meth:`TrendDetector.explain_features` exposes the nine
 inputs of the score (``<channel>.slope``, ``.headroom``, ``.monotonicity``) and
 :meth:`TrendDetector.score_from_explain_features` recomputes the score from them exactly,
 so Shapley values over those inputs sum to the score.
@@ -159,7 +162,7 @@ def destep(y: np.ndarray) -> np.ndarray:
     it dominates (more than :data:`STEP_DOMINANCE` times all the other rises together): one
     legitimate step up is then no trend, while growth spread over several rises (a linear
     leak, a staircase of several steps) is kept whole."""
-    d = np.diff(y, axis=-1)
+    d = y[..., 1:] - y[..., :-1]  # np.diff's values, without its per-call overhead
     d_f = np.where(np.isfinite(d), d, -np.inf)
     kmax = np.argmax(d_f, axis=-1)
     dmax = np.maximum(d_f.max(axis=-1), 0.0)  # the largest rise (0 for none)
@@ -346,8 +349,9 @@ RECENT_FRACTIONS: tuple[float, ...] = (0.75, 0.5, 1 / 3, 0.25)
 """The trailing stretches of an accelerating span that :func:`recent_linear_rate` tries, as
 fractions of its valid points, longest first (each at least :data:`RECENT_MIN_POINTS`)."""
 
-RECENT_MIN_POINTS = 6
-"""The fewest points a recent stretch is measured on."""
+RECENT_MIN_POINTS = 4
+"""The fewest points a recent stretch is measured on (at the daemon's default 60 s step a
+real trainer's leak is alarmed 3-4 min after it began)."""
 
 ANON_RATE_SHARE = 0.9
 """Working-set growth is anonymous memory when the RSS grows at least this share as fast
@@ -1169,25 +1173,26 @@ class TrendDetector(ThresholdMixin):
             peak = np.nanmax(vinc[:, :, L - 3:], axis=-1).astype(np.float64)  # (n, 3)
             cache_now = np.nanmax(cache[:, L - 3:], axis=-1)
         pts = np.clip(np.round(np.nan_to_num(span_s, nan=0.0) / step).astype(np.int64),
-                      RECENT_MIN_POINTS, L)
+                      min(FAST_POINTS, L), L)
         est = np.full((n, 2), np.nan)  # the pace now of the working set and the RSS
         accel = np.zeros((n, 2), dtype=bool)
         for p in np.unique(pts).tolist():
             sel = np.flatnonzero(pts == p)
             k = max(1, math.ceil(p / FAST_POINTS))
             m = p // k
-            for col, c in enumerate((ws, rss)):
-                y = destep(_Coarse(vinc[sel, c, :]).mins(k)[:, -m:])
-                est[sel, col], accel[sel, col] = recent_linear_rate(y, step * k)
+            # the working set's and the RSS's rows in one call (every statistic is per row)
+            y = destep(_Coarse(vinc[sel][:, [ws, rss], :].reshape(-1, L)).mins(k)[:, -m:])
+            rate_p, accel_p = recent_linear_rate(y, step * k)
+            est[sel], accel[sel] = rate_p.reshape(-1, 2), accel_p.reshape(-1, 2)
         own = np.where(ch == rss, 1, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             now = np.where(accel[at, own], np.fmax(rate, est[at, own]), rate)
             room = lim - peak[at, ch]
             out_tto = np.where(q < LINEAR_Q, tto, np.where(now > 0, room / now, np.inf))
             # anonymous growth under reclaimable page cache: the RSS's time to fill the limit
-            rss_now = np.where(accel[:, 1], est[:, 1], est[:, 1])
+            rss_now = est[:, 1]
             anon = ((ch == ws) & (q >= LINEAR_Q) & (rss_now > 0)
-                    & (rss_now >= ANON_RATE_SHARE * np.where(accel[:, 0], est[:, 0], now))
+                    & (rss_now >= ANON_RATE_SHARE * est[:, 0])
                     & (peak[:, ws] - peak[:, rss] <= cache_now) & (cache_now > 0))
             anon_tto = (lim - peak[:, rss]) / rss_now
         out_rate = np.where(anon, rss_now, now)
@@ -1427,6 +1432,8 @@ def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: fl
         slow, fast = trend.path_scores(sub)
         imm = trend.imminent_scores(sub)
         tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        # the horizon only, not the decision's young reach (beyond_reach): thresholds fitted
+        # with every young pod's far projection at 0 would sink and page the older pods
         far = ~(tto <= horizon_s) & ~np.isnan(tto)
         revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
                    | page_cache_growth(sub, rep))
@@ -1490,6 +1497,28 @@ def _fit(ctx: FitContext) -> Fitted:
 # ------------------------------------------------------- the pipeline's decision (models.registry)
 
 
+YOUNG_REACH = 3.0
+"""A projected OOM further ahead than this many times the container incarnation's age (and
+than :data:`YOUNG_REACH_FLOOR_S`) is not paged yet: a few hours of a young pod's growth say
+little about the next day (the first rising half of a multi-hour load cycle is such a growth;
+so is a warm-up that has not levelled yet), while a leak that OOMs soon is within reach at
+any age (a pod 1 h old is judged up to 4 h ahead, one 3 h old up to 9 h)."""
+
+YOUNG_REACH_FLOOR_S = 4 * 3600.0
+"""Projections up to this far ahead are judged at any incarnation age (fast and early leaks,
+crash loops)."""
+
+
+def beyond_reach(tto: np.ndarray, age_s: np.ndarray, horizon_s: float) -> np.ndarray:
+    """(n,) bool: a projected time to OOM the decision does not page (yet): beyond the leak
+    horizon, or further ahead than :data:`YOUNG_REACH` times the incarnation's age (at least
+    :data:`YOUNG_REACH_FLOOR_S`). False where there is no projection (NaN)."""
+    reach = np.minimum(horizon_s, np.fmax(YOUNG_REACH * np.asarray(age_s, dtype=np.float64),
+                                          YOUNG_REACH_FLOOR_S))
+    with np.errstate(invalid="ignore"):
+        return ~(tto <= reach) & ~np.isnan(tto)
+
+
 LATCH_FRACTION = 0.5
 """A raised leak stays raised while its score is above this fraction of the threshold (a
 leak riding on a load cycle dips under it in every falling half; no resolve and re-fire)."""
@@ -1536,6 +1565,9 @@ class LeakFindings:
     """(n,) bool: memory growing towards its limit (see :data:`NEAR_LEAK_FRACTION`)."""
     kills: np.ndarray
     """(n,) the pod's OOM kills so far."""
+    not_yet: np.ndarray | None = None
+    """(n,) bool: a projected OOM within the horizon but beyond the young incarnation's reach
+    (:func:`beyond_reach`): not paged yet, as a leak nor as the drift it moves."""
 
 
 @dataclass
@@ -1560,7 +1592,8 @@ class LeakDecider:
         leak = trend.predict(batch)  # the trend analysis runs once per batch
         report = trend.leak_report(batch)
         tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
-        far = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        beyond_horizon = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        far = beyond_reach(tto_all, ev.history.incarnation_age(ev.slots, batch.ts), horizon)
         # a crash loop: after each OOM kill the next incarnation is judged with that evidence
         kills = ev.history.oom_kills(ev.slots)
         leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
@@ -1583,7 +1616,7 @@ class LeakDecider:
         # projection lies just beyond it)
         near_enough = ~(tto_all > LATCH_HORIZON * horizon)
         held = (leak_score > LATCH_FRACTION * leak_thr) & eligible & near_enough
-        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
+        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~beyond_horizon & ~revisit
         latched = np.zeros(len(batch), dtype=bool)
         for i, key in enumerate(batch.keys):
             st = self.pods.setdefault(key, _LeakState())
@@ -1593,7 +1626,7 @@ class LeakDecider:
             latched[i] = st.latched
         kinds = np.array(["gpu_memory_leak" if c == "gpu_fb_used" else "memory_leak"
                           for c in report.channel], dtype=object)
-        ev.found["trend"] = LeakFindings(kinds, near_leak, kills)
+        ev.found["trend"] = LeakFindings(kinds, near_leak, kills, not_yet=far & ~beyond_horizon)
         self._near, self._view = near_leak, report.view_s
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:

@@ -36,6 +36,15 @@ How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t
 * **Learning from what was not flagged** (river's ``filter`` habit): a flagged point
   updates the baseline with ``flagged_weight`` of its normal weight and does not update the
   tail statistics.
+* **An anomaly that persists becomes the new normal**: alone, the rule above would hold a
+  lasting change flagged for good (a level shift, or a daily cycle that starts with the
+  series and that a level of half-life ``halflife_points`` cannot follow: its points are
+  flagged, so they do not teach the baseline, so they stay flagged). An episode that has
+  lasted ``relearn_points`` (``relearn_halflives`` baseline half-lives) restarts the
+  baseline from its own points (their mean, and at least their mean absolute deviation),
+  and from then until it ends its points teach the baseline and the tail like any other,
+  so the episode ends about ``relearn_points`` after it began. A change shorter than that
+  is judged as before.
 * **Threshold**: one per metric family (the metric name), :data:`DEFAULT_THRESHOLD` unless
   fitted at a target false-alarm rate on healthy series (:meth:`infer_threshold`), kept as
   strict-JSON state (:meth:`get_state` / :meth:`from_state`, no pickle).
@@ -94,6 +103,9 @@ class UnivariateConfig:
     episode_gap_points: int = 100  # flagged points closer than this belong to one episode
     season_points: int = 0  # a seasonal time scale: the change since this many points ago
     # (e.g. one day of points; 0 = off); its state is a ring of that many points per series
+    relearn_halflives: float = 1.0  # an episode lasting this many baseline half-lives
+    # (halflife_points) is the new normal: the baseline restarts from the episode's points
+    # and the episode's points teach like any other (0 = never)
 
     def __post_init__(self) -> None:
         bad = []
@@ -110,8 +122,9 @@ class UnivariateConfig:
                 or not self.prior_rel_scale > 0:
             bad.append("warmup_points >= 2, prior_points >= 0, prior_weight > 0, "
                        "prior_rel_scale > 0")
-        if self.episode_gap_points < 0 or self.season_points < 0:
-            bad.append("episode_gap_points >= 0, season_points >= 0")
+        if self.episode_gap_points < 0 or self.season_points < 0 \
+                or not (self.relearn_halflives >= 0 and math.isfinite(self.relearn_halflives)):
+            bad.append("episode_gap_points >= 0, season_points >= 0, relearn_halflives >= 0")
         if bad:
             raise ValueError("invalid UnivariateConfig: " + "; ".join(bad))
 
@@ -119,6 +132,12 @@ class UnivariateConfig:
     def alphas(self) -> np.ndarray:
         """EWM weight of the newest point at each time scale (1 = the point itself)."""
         return np.array([1.0 if h == 0 else 1.0 - 0.5 ** (1.0 / h) for h in self.scales])
+
+    @property
+    def relearn_points(self) -> int:
+        """Points an episode lasts before it is the new normal (0 = never)."""
+        return max(1, round(self.relearn_halflives * self.halflife_points)) \
+            if self.relearn_halflives > 0 else 0
 
     @property
     def judged_scales(self) -> tuple[float, ...]:
@@ -154,7 +173,7 @@ def gaussian_prior(config: UnivariateConfig) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class SeriesState:
     """The running state of ``n`` series (one row each); plain arrays, a fixed size per
-    series (``4 + 2 S + S B + S`` floats and three counters, S scales, B bins)."""
+    series (``7 + 2 S + S B + S`` floats and six counters, S scales, B bins)."""
 
     level: np.ndarray  # (n,) baseline level
     scale: np.ndarray  # (n,) baseline mean absolute deviation
@@ -169,6 +188,12 @@ class SeriesState:
     ring: np.ndarray  # (n, season_points) the last season of points (NaN: none)
     season_scale: np.ndarray  # (n,) mean absolute seasonal change
     season_count: np.ndarray  # (n,) int64, seasonal changes seen
+    ep_age: np.ndarray  # (n,) int64, points since the open episode's first flagged point
+    # (0 = no episode open)
+    ep_quiet: np.ndarray  # (n,) int64, points since the newest flagged point
+    ep_n: np.ndarray  # (n,) int64, points of the episode since it began or last relearned
+    ep_mean: np.ndarray  # (n,) their running mean
+    ep_mad: np.ndarray  # (n,) their running mean absolute deviation
 
     @classmethod
     def empty(cls, n: int, config: UnivariateConfig,
@@ -183,7 +208,9 @@ class SeriesState:
                    beta=np.broadcast_to(beta, (n, S)).copy(),
                    count=np.zeros(n, dtype=np.int64), run=np.zeros(n, dtype=np.int64),
                    last=np.full(n, np.nan), ring=np.full((n, config.season_points), np.nan),
-                   season_scale=z.copy(), season_count=np.zeros(n, dtype=np.int64))
+                   season_scale=z.copy(), season_count=np.zeros(n, dtype=np.int64),
+                   ep_age=np.zeros(n, dtype=np.int64), ep_quiet=np.zeros(n, dtype=np.int64),
+                   ep_n=np.zeros(n, dtype=np.int64), ep_mean=z.copy(), ep_mad=z.copy())
 
     def take(self, rows: np.ndarray) -> SeriesState:
         """A copy of the rows ``rows``."""
@@ -315,11 +342,12 @@ class UnivariateDetector:
             best = ls.max(axis=1) - math.log10(len(c.judged_scales))
             score = np.where(scored, np.maximum(best, 0.0), np.nan)
         flagged = scored & (score >= thr)
+        accepted = self._episodes(state, ok, flagged, xf)
         # -- learn: baseline from the newest point (winsorised), less from flagged points
         a = np.maximum(1.0 - 0.5 ** (1.0 / c.halflife_points), 1.0 / (cnt + 1.0))
         a_slow = np.maximum(1.0 - 0.5 ** (1.0 / c.long_halflife_points), 1.0 / (cnt + 1.0))
         # (no gating before prior_points: there is no baseline of its own to protect yet)
-        w = np.where(flagged & (cnt >= c.prior_points), c.flagged_weight, 1.0)
+        w = np.where(flagged & (cnt >= c.prior_points) & ~accepted, c.flagged_weight, 1.0)
         r = np.where(ok, xf - state.level, 0.0)
         lim = c.clip * sc
         learn = ok & ~first
@@ -348,7 +376,7 @@ class UnivariateDetector:
         # series, and a jump that recurs every day becomes usual, while a lasting anomaly
         # counts once; the mean excess of the exponential tail only from points that were
         # not flagged)
-        rows = np.flatnonzero(scored & (~flagged | (state.run == 0)))
+        rows = np.flatnonzero(scored & (~flagged | (state.run == 0) | accepted))
         if rows.size:
             # weight of the point: as one of prior_weight + count points at first, then
             # exponentially decayed (half-life tail_halflife_points)
@@ -363,7 +391,7 @@ class UnivariateDetector:
                               np.take_along_axis(h, b[..., None], -1) + aq[..., None], -1)
             state.hist[rows] = h
             uk = u[rows]
-            over = (zk > uk) & ~flagged[rows, None] & zvalid[rows]
+            over = (zk > uk) & (~flagged | accepted)[rows, None] & zvalid[rows]
             # mean excess: EW over exceedances, weight 1/(1 - q) of a point's (they are rare)
             ab = np.minimum(1.0, aq / (1.0 - c.tail_quantile))
             state.beta[rows] = np.where(over, state.beta[rows] + ab * (zk - uk - state.beta[rows]),
@@ -379,6 +407,46 @@ class UnivariateDetector:
                          sigma=sc * _SIGMA_PER_MAD, run_points=state.run,
                          scale_scores=np.where(scored[:, None], ls, np.nan),
                          scales=c.judged_scales)
+
+    def _episodes(self, state: SeriesState, ok: np.ndarray, flagged: np.ndarray,
+                  x: np.ndarray) -> np.ndarray:
+        """Advances each series' episode (flagged points closer than ``episode_gap_points``,
+        as :func:`episode_starts` counts them) by its newest point and returns, per series,
+        whether that point belongs to an episode that has lasted more than ``relearn_points``:
+        the new normal. When the points since the episode began (or since its last relearning)
+        number ``relearn_points``, the baseline restarts from them (level their mean, scale
+        at least their mean absolute deviation); from then on until the episode ends its
+        points teach the baseline and the tail like any other, so a level or cycle the
+        series stays in stops being an anomaly instead of holding one episode open for
+        good (a flagged point otherwise barely teaches the baseline and not the tail)."""
+        c, N = self.config, self.config.relearn_points
+        gap = c.episode_gap_points
+        was_open = state.ep_age > 0
+        new_ep = ok & flagged & ~(was_open & (state.ep_quiet < gap))
+        quiet = np.where(ok, np.where(flagged, 0, state.ep_quiet + 1), state.ep_quiet)
+        is_open = ok & (flagged | (was_open & (quiet < gap)))
+        state.ep_quiet = quiet
+        state.ep_age = np.where(new_ep, 1, np.where(is_open, state.ep_age + 1,
+                                                    np.where(ok, 0, state.ep_age)))
+        fresh = new_ep | (ok & ~is_open)
+        state.ep_n = np.where(fresh, 0, state.ep_n)
+        state.ep_mean = np.where(fresh, 0.0, state.ep_mean)
+        state.ep_mad = np.where(fresh, 0.0, state.ep_mad)
+        k = (state.ep_n + 1).astype(np.float64)
+        mean = np.where(is_open, state.ep_mean + (x - state.ep_mean) / k, state.ep_mean)
+        state.ep_mad = np.where(is_open, state.ep_mad + (np.abs(x - mean) - state.ep_mad) / k,
+                                state.ep_mad)
+        state.ep_mean = mean
+        state.ep_n = state.ep_n + is_open
+        if not N:
+            return np.zeros_like(ok)
+        relearn = is_open & (state.ep_n >= N)
+        if relearn.any():
+            state.level = np.where(relearn, state.ep_mean, state.level)
+            state.scale = np.where(relearn, np.maximum(state.scale, state.ep_mad), state.scale)
+            state.ep_n = np.where(relearn, 0, state.ep_n)
+        # (the point that relearns was judged against the old baseline: it teaches nothing)
+        return is_open & (state.ep_age > N)
 
     def run(self, x: np.ndarray, threshold: np.ndarray | float | None = None
             ) -> tuple[np.ndarray, np.ndarray, Judgement | None]:
