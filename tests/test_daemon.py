@@ -234,6 +234,7 @@ def test_local_source_samples_real_workloads_and_kills_one_at_its_limit() -> Non
     try:
         seen: dict[str, list[tuple[float, float]]] = {}
         restarts: dict[str, float] = {}
+        oom_flag: dict[str, float] = {}
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             d = src.poll(0.5)
@@ -243,10 +244,16 @@ def test_local_source_samples_real_workloads_and_kills_one_at_its_limit() -> Non
                     seen.setdefault(pod, []).append((ts, v))
                 if m == "kube_pod_container_status_restarts_total":
                     restarts[pod] = v
-            if restarts.get("leaky-trainer-0", 0) >= 1 and len(seen.get("trainer-0", [])) > 20:
+                if m == "kube_pod_container_status_last_terminated_reason_oomkilled":
+                    oom_flag[pod] = v
+            if (restarts.get("leaky-trainer-0", 0) >= 1 and len(seen.get("trainer-0", [])) > 20
+                    and "leaky-trainer-0" in oom_flag):
                 break
         assert restarts.get("leaky-trainer-0", 0) >= 1, "the leaky workload was never OOM-killed"
         assert restarts.get("trainer-0") == 0
+        # the kubelet's last terminated reason, as kube-state-metrics exports it: OOMKilled
+        # after the kill, no series for a container that never ended
+        assert oom_flag == {"leaky-trainer-0": 1.0}, oom_flag
         leaky = src.workloads[0]
         assert leaky.oom_kills and leaky.leaky
         healthy = [v for _, v in seen["trainer-0"]][-5:]  # torch imported by now

@@ -10,6 +10,7 @@ import pytest
 
 from detector import scenarios
 from detector import traces as tr
+from detector.models import drift as drift_model
 from detector.models.history import LevelHistory, oom_reason_since
 from detector.pipeline import Pipeline
 from detector.replay import iter_batches
@@ -301,15 +302,16 @@ def test_the_drift_decision_leaves_a_load_cycle_alone_and_pages_a_collapse(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Two GPU pods under a multi-hour periodic load (12 h, the default model): the drift
     detector's scores cross its threshold as the load swings (paged as drift when the
-    decision ignores the pods' history), but the throughput is back at levels each pod held
-    before, so nothing is raised; a throughput collapse before a crash is still paged as
-    drift before the crash."""
+    decision ignores the pods' history and how far the load moved), but the throughput is
+    back at levels each pod held before, so nothing is raised; a throughput collapse before a
+    crash is still paged as drift before the crash."""
     cyc, _ = scenarios.generate(n_pods_per_kind=2, hours=12, seed=6, shapes=("periodic_load",),
                                 gpu_fraction=1.0, step_s=60.0)
     assert not _drift_alarms(cyc)
     with monkeypatch.context() as m:
         m.setattr(LevelHistory, "throughput_revisits",
                   lambda self, batch, slots, exclude_s=3600.0: np.zeros(len(batch), bool))
+        m.setattr(drift_model, "DRIFT_MIN_SHIFT", 0.0)
         assert sum(len(v) for v in _drift_alarms(cyc).values()) > 0
     col, lab = scenarios.generate(n_pods_per_kind=2, hours=12, seed=6,
                                   shapes=("throughput_drift",), step_s=60.0)
@@ -317,3 +319,57 @@ def test_the_drift_decision_leaves_a_load_cycle_alone_and_pages_a_collapse(
     for row in lab.to_dict("records"):
         first = min(alarms.get(str(row["pod"]), [np.inf]))
         assert row["onset_ts"] <= first < row["failure_ts"], row["pod"]
+
+
+def _ramp_trace(flat_h: float, ramp_h: float, step: float = 60.0) -> tuple[pd.DataFrame, float]:
+    """A pod flat at 2 GiB for ``flat_h`` from its start, then its working set ramps
+    +170 MiB/h under a 5 GiB limit (the OOM ~18 h after the ramp's start) for ``ramp_h``;
+    returns (trace, the ramp's start)."""
+    gib = 2.0**30
+    t0 = scenarios.DEFAULT_START_TS
+    t = t0 + np.arange(0.0, (flat_h + ramp_h) * 3600.0, step)
+    onset = t0 + flat_h * 3600.0
+    rng = np.random.default_rng(1)
+    ws = 2 * gib * (1 + 0.003 * rng.normal(size=t.size)) \
+        + np.clip(t - onset, 0, None) * 170 * 2.0**20 / 3600.0
+    rows = [pd.DataFrame({"timestamp": t, "namespace": "ml", "pod": "ramp", "container": "main",
+                          "node": "n", "metric": m, "value": v})
+            for m, v in ((tr.WORKING_SET, ws), (tr.RSS, 0.8 * ws),
+                         (tr.MEMORY_LIMIT, np.full(t.size, 5 * gib)),
+                         (tr.CPU_SECONDS, np.cumsum(np.full(t.size, step))),
+                         (tr.RESTARTS, np.zeros(t.size)))]
+    return pd.concat(rows, ignore_index=True).sort_values("timestamp", kind="stable"), onset
+
+
+def _alarms(trace: pd.DataFrame, step: float = 60.0) -> list[tuple[float, str]]:
+    pl = Pipeline.load(None)
+    return [(v.ts, v.kind) for _t, batch, _e in iter_batches(
+        trace, step_s=step, windows=WindowSettings(step_s=step))
+            for v in pl.evaluate(batch) if v.is_anomaly]
+
+
+def test_a_young_pods_growth_is_not_projected_a_day_ahead() -> None:
+    """A pod 3.5 h old whose working set has risen since its start, at a rate that would OOM
+    it in ~15 h: a few hours of growth are no evidence for the next 15 (the first rising half
+    of a multi-hour load cycle looks the same), so nothing is paged (the projection reaches
+    3x the pod's age), as a leak or as anything else. The same growth on a pod that has run
+    6 h flat before it is paged as a leak."""
+    young, _ = _ramp_trace(0.0, 3.5)
+    assert _alarms(young) == []
+    old, onset = _ramp_trace(6.0, 3.5)
+    alarms = _alarms(old)
+    assert alarms and alarms[0][0] >= onset and alarms[0][1] == "memory_leak", alarms[:3]
+
+
+def test_the_throughput_shift_is_the_largest_relative_move_from_the_baseline() -> None:
+    """``drift.throughput_shift``: the last 10 min's median against the baseline median, the
+    largest over the throughput channels; a load cycle's 15 % swing is under
+    ``DRIFT_MIN_SHIFT``, a collapse to a tenth is far over it, no baseline is no shift."""
+    b = _tp_batch(0.0, np.r_[np.full(L - 10, 2.0), np.full(10, 2.3)])
+    b.baseline[0, CHANNELS.index("cpu_rate"), 0] = 2.0
+    assert drift_model.throughput_shift(b)[0] == pytest.approx(0.15, rel=1e-3)
+    assert drift_model.throughput_shift(b)[0] < drift_model.DRIFT_MIN_SHIFT
+    b.values[0, CHANNELS.index("cpu_rate"), -10:] = 0.2
+    assert drift_model.throughput_shift(b)[0] == pytest.approx(0.9, rel=1e-3)
+    b.baseline[0, CHANNELS.index("cpu_rate"), 0] = np.nan
+    assert np.isnan(drift_model.throughput_shift(b)[0])

@@ -70,9 +70,10 @@ def test_every_fault_is_caught_before_failure_and_healthy_pods_stay_quiet(
         hits = g[(g["ts"] >= lab["onset_ts"]) & (g["ts"] < lab["failure_ts"])]
         assert not hits.empty, f"{lab['shape']} not detected before failure"
         assert (g["ts"] >= first_onset[lab["pod"]]).all(), f"{lab['shape']} flagged before onset"
-    # the drift ensemble still pages a healthy multi-hour batch cycle's GPU-utilisation swings
-    # (seed 7: the periodic_load pod); its false-alarm rate is measured by `podguard evaluate`
-    assert len(drift_fa) <= 1, drift_fa
+    # the drift ensemble flags a healthy multi-hour batch cycle's GPU-utilisation swings in
+    # its first cycle (seed 7: the periodic_load pod), but they move the load by less than
+    # DRIFT_MIN_SHIFT: not paged (the false-alarm rate is measured by `podguard evaluate`)
+    assert drift_fa == [], drift_fa
 
 
 def test_top_shap_feature_names_the_injected_fault(verdicts: pd.DataFrame,

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ from detector.models.spec import (
     select_features,
 )
 from detector.models.state import CalibratorState, DriftState, read_state
-from detector.windows import WindowBatch
+from detector.windows import CHANNELS, THROUGHPUT_CHANNELS, WindowBatch, nanmedian_last
 
 __all__ = ["DRIFT_JSON", "DriftConfig", "DriftDetector", "TailCalibrator"]
 
@@ -438,9 +439,33 @@ def _example() -> DriftDetector:
         max_epochs=60, patience=6)), IsolationForestDetector())
 
 
+DRIFT_MIN_SHIFT = 0.2
+"""A drift is paged only when some throughput channel's level (median of its last 10 min)
+is at least this fraction away from the pod's baseline median: a collapse before a crash
+takes 85-97 % of the load within the hour, while a load cycle's swing in its first cycle
+(13-16 % on the train split's paged pods) or a memory series calming down after a restart's
+warm-up is no pre-failure sign an engineer acts on."""
+
+
+def throughput_shift(batch: WindowBatch) -> np.ndarray:
+    """(n,) the largest relative distance of a throughput channel's last-10-min median from
+    its baseline median (NaN where no throughput channel has both)."""
+    idx = [CHANNELS.index(c) for c in THROUGHPUT_CHANNELS]
+    k = max(1, round(600.0 / batch.step_s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no shift known
+        now = nanmedian_last(batch.values[:, idx, -k:].astype(np.float64))
+        med = batch.baseline[:, idx, 0].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.abs(now / med - 1.0)
+        rel = np.where(np.isfinite(rel), rel, np.nan)
+        return np.nanmax(rel, axis=1) if rel.shape[1] else np.full(len(batch), np.nan)
+
+
 class DriftDecider:
     """The pipeline's ``drift`` decision: the fused score above its threshold, for a pod old
-    enough to have a baseline (:data:`NEW_POD_S`), with the two decision rules of podguard
+    enough to have a baseline (:data:`NEW_POD_S`) whose throughput moved at least
+    :data:`DRIFT_MIN_SHIFT` from it, with the two decision rules of podguard
     that need another detector's judgement, both reading the leak decider's findings
     (``evidence.found["trend"]``, :class:`detector.models.trend.LeakFindings`), here and
     nowhere else:
@@ -451,9 +476,11 @@ class DriftDecider:
     * drift on memory growing towards its limit is the leak it is (GPU memory creep moves the
       drift features first), and so is the restart storm of a pod its kernel OOM-killed (a
       crash-looping leak): such a row's kind is the leak's, and the leak decider's judgement
-      reports and explains it (with its time to OOM).
+      reports and explains it (with its time to OOM) - unless that leak is not paged yet (a
+      young incarnation's projection beyond its reach, ``LeakFindings.not_yet``): then
+      neither is the drift.
 
-    Without a leak decider, neither rule applies."""
+    Without a leak decider, none of these rules applies."""
 
     def __init__(self, det: DriftDetector) -> None:
         self.det = det
@@ -467,7 +494,15 @@ class DriftDecider:
         near_leak = leak.near_leak if leak is not None else np.zeros(n, dtype=bool)
         kills = leak.kills if leak is not None else np.zeros(n, dtype=np.int64)
         cycle = ev.history.throughput_revisits(batch, ev.slots) & ~near_leak & (kills == 0)
-        flagged = pred.is_anomaly & eligible & ~ev.new_pod & ~cycle
+        # a drift of its own (not the leak the drift features saw first) needs the throughput
+        # to have moved far enough to matter
+        with np.errstate(invalid="ignore"):
+            moved = (throughput_shift(batch) >= DRIFT_MIN_SHIFT) | near_leak | (kills > 0)
+        # the leak it would be named is not paged yet (a young pod's far projection): nor is
+        # its drift
+        not_yet = (leak.not_yet if leak is not None and leak.not_yet is not None
+                   else np.zeros(n, dtype=bool)) & near_leak & (kills == 0)
+        flagged = pred.is_anomaly & eligible & ~ev.new_pod & ~cycle & moved & ~not_yet
         kinds = (np.where(near_leak | (kills > 0), leak.kinds, "drift").astype(object)
                  if leak is not None else None)
         score = np.asarray(pred.score, dtype=np.float64)

@@ -84,6 +84,7 @@ class LevelHistory:
         self._tp_hi = np.full((cap, ntp, self.n_blocks), np.nan, dtype=np.float32)
         self._bid = np.full((cap, self.n_blocks), -1, dtype=np.int64)
         self._inc_start = np.full(cap, -np.inf)  # ts of the current incarnation's start
+        self._born = np.full(cap, -np.inf)  # the pod's first data (-inf: older than a window)
         self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
         self.oom_kills_ = np.zeros(cap, dtype=np.int64)
         self._prev_life = np.full(cap, np.nan)  # how long the last OOM-killed incarnation ran
@@ -109,6 +110,7 @@ class LevelHistory:
                         self._grow(2 * self._bid.shape[0])
                 self._slot[k] = s
                 self._reset(np.array([s]))
+                self._born[s] = np.nan  # set by update() from the pod's first window
                 self.oom_kills_[s] = 0
                 self._prev_life[s] = np.nan
                 self._life_start[s] = self._carried[s] = np.nan
@@ -127,6 +129,7 @@ class LevelHistory:
         self._tp_hi = grow(self._tp_hi, np.nan)
         self._bid = grow(self._bid, -1)
         self._inc_start = grow(self._inc_start, -np.inf)
+        self._born = grow(self._born, -np.inf)
         self._last_frac = grow(self._last_frac, 0.0)
         self.oom_kills_ = grow(self.oom_kills_, 0)
         self._prev_life = grow(self._prev_life, np.nan)
@@ -157,6 +160,15 @@ class LevelHistory:
             return slots
         step = batch.step_s
         L = batch.values.shape[-1]
+        # a pod first seen: its first data point in the window (-inf when the window is full:
+        # older than the window, its age unknown)
+        unborn = np.isnan(self._born[slots])
+        if unborn.any():
+            ws_all = batch.values[unborn, CHANNELS.index("mem_working_set"), :]
+            fin = np.isfinite(ws_all)
+            first = np.argmax(fin, axis=-1)
+            self._born[slots[unborn]] = np.where(fin.any(axis=-1) & (first > 0),
+                                                 batch.ts[unborn] + batch.grid[first], -np.inf)
         # incarnations: a restart newer than the incarnation start we hold
         last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
         r_ts = np.where(last_r >= 0, batch.ts + batch.grid[np.clip(last_r, 0, L - 1)], -np.inf)
@@ -316,13 +328,17 @@ class LevelHistory:
         not the value the engine carries over from the killed incarnation, and not 0 (the
         killed container's cgroup, read once more before it goes)."""
         todo = np.flatnonzero(np.isnan(self._life_start[slots]))
-        for k in todo.tolist():
-            s = slots[k]
-            t = batch.ts[k] + batch.grid
-            x = ws[k]
-            mine = np.isfinite(x) & (x > 0) & (t >= self._inc_start[s]) & (x != self._carried[s])
-            if mine.any():
-                self._life_start[s] = t[int(np.argmax(mine))]
+        if todo.size == 0:
+            return
+        s = slots[todo]
+        t = batch.ts[todo, None] + batch.grid[None, :]
+        x = ws[todo]
+        with np.errstate(invalid="ignore"):
+            mine = ((x > 0) & (t >= self._inc_start[s][:, None])
+                    & (x != self._carried[s][:, None]))
+        seen = mine.any(axis=1)
+        first = t[np.arange(todo.size), np.argmax(mine, axis=1)]
+        self._life_start[s[seen]] = first[seen]
 
     def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(n,) seconds until the current incarnation has run as long as the last one the
@@ -336,6 +352,12 @@ class LevelHistory:
 
     def incarnation_start(self, slots: np.ndarray) -> np.ndarray:
         return self._inc_start[slots]
+
+    def incarnation_age(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(n,) seconds of data of the current incarnation: since its restart, or since the
+        pod's first data point (inf for a pod already older than its first window)."""
+        start = np.fmax(self._inc_start[slots], self._born[slots])
+        return np.where(np.isfinite(start), ts - start, np.inf)
 
 
 def oom_reason_since(flag: np.ndarray, since: np.ndarray) -> np.ndarray:

@@ -162,7 +162,7 @@ def destep(y: np.ndarray) -> np.ndarray:
     it dominates (more than :data:`STEP_DOMINANCE` times all the other rises together): one
     legitimate step up is then no trend, while growth spread over several rises (a linear
     leak, a staircase of several steps) is kept whole."""
-    d = np.diff(y, axis=-1)
+    d = y[..., 1:] - y[..., :-1]  # np.diff's values, without its per-call overhead
     d_f = np.where(np.isfinite(d), d, -np.inf)
     kmax = np.argmax(d_f, axis=-1)
     dmax = np.maximum(d_f.max(axis=-1), 0.0)  # the largest rise (0 for none)
@@ -394,27 +394,35 @@ def recent_linear_rate(y: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarr
     def stretch(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """From point ``c`` on: Theil-Sen, the lower quartile of the pairwise slopes, the
         median rise, and whether it is linear (its recent half's median rise at most
-        ACCELERATING_Q times its earlier half's, that positive)."""
+        ACCELERATING_Q times its earlier half's, that positive). ``c`` (k R,) holds k
+        starting points of every row, stacked (all of them judged in one pass: every
+        statistic is per row)."""
+        reps = c.shape[0] // R
+        sl = slopes if reps == 1 else np.tile(slopes, (reps, 1))
+        ri = rises if reps == 1 else np.tile(rises, (reps, 1))
         mid = (c + (m - c) // 2)[:, None]
         cc = c[:, None]
-        own = np.sort(np.where(i[None, :] >= cc, slopes, np.nan), axis=-1)
+        own = np.sort(np.where(i[None, :] >= cc, sl, np.nan), axis=-1)
         cnt = np.count_nonzero(np.isfinite(own), axis=-1)
         ts = _nanquantile_sorted(own, cnt, 0.5)
         low = _nanquantile_sorted(own, cnt, 0.25)
-        med = nanmedian_last(np.where(t >= cc, rises, np.nan))
-        early = nanmedian_last(np.where((t >= cc) & (t + 1 < mid), rises, np.nan))
-        recent = nanmedian_last(np.where(t >= mid, rises, np.nan))
+        med = nanmedian_last(np.where(t >= cc, ri, np.nan))
+        early = nanmedian_last(np.where((t >= cc) & (t + 1 < mid), ri, np.nan))
+        recent = nanmedian_last(np.where(t >= mid, ri, np.nan))
         return ts, low, med, (early > 0) & ~(recent > ACCELERATING_Q * early)
 
-    rate, _low, _med, linear_whole = stretch(first)
+    # the whole span and each trailing stretch of RECENT_FRACTIONS
+    starts = [first] + [np.clip(m - np.maximum(RECENT_MIN_POINTS, np.ceil(f * n_valid))
+                                .astype(np.int64), first, m) for f in RECENT_FRACTIONS]
+    ts_all, low_all, med_all, lin_all = (a.reshape(len(starts), R)
+                                         for a in stretch(np.concatenate(starts)))
+    rate, linear_whole = ts_all[0], lin_all[0]
     accel = ~linear_whole & (rate > 0) & (n_valid >= 2 * RECENT_MIN_POINTS)
     chosen = np.full(R, np.nan)
     robust = np.zeros(R, dtype=bool)
     open_ = accel.copy()  # rows still looking for their longest linear stretch
-    for f in RECENT_FRACTIONS:
-        n_f = np.maximum(RECENT_MIN_POINTS, np.ceil(f * n_valid)).astype(np.int64)
-        c = np.clip(m - n_f, first, m)
-        ts_f, low_f, med_f, lin_f = stretch(c)
+    for g, f in enumerate(RECENT_FRACTIONS, start=1):
+        ts_f, low_f, med_f, lin_f = ts_all[g], low_all[g], med_all[g], lin_all[g]
         take = open_ & (lin_f | (f == RECENT_FRACTIONS[-1]))
         chosen = np.where(take, np.fmin(ts_f, med_f), chosen)
         # robustly higher: three in four of the stretch's pairwise slopes above the whole
@@ -1180,9 +1188,10 @@ class TrendDetector(ThresholdMixin):
             sel = np.flatnonzero(pts == p)
             k = max(1, math.ceil(p / FAST_POINTS))
             m = p // k
-            for col, c in enumerate((ws, rss)):
-                y = destep(_Coarse(vinc[sel, c, :]).mins(k)[:, -m:])
-                est[sel, col], accel[sel, col] = recent_linear_rate(y, step * k)
+            # the working set's and the RSS's rows in one call (every statistic is per row)
+            y = destep(_Coarse(vinc[sel][:, [ws, rss], :].reshape(-1, L)).mins(k)[:, -m:])
+            rate_p, accel_p = recent_linear_rate(y, step * k)
+            est[sel], accel[sel] = rate_p.reshape(-1, 2), accel_p.reshape(-1, 2)
         own = np.where(ch == rss, 1, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             now = np.where(accel[at, own], np.fmax(rate, est[at, own]), rate)
@@ -1431,6 +1440,8 @@ def decision_scores(trend: TrendDetector, healthy: WindowBatch, *, horizon_s: fl
         slow, fast = trend.path_scores(sub)
         imm = trend.imminent_scores(sub)
         tto = np.asarray(rep.time_to_oom_s, dtype=np.float64)
+        # the horizon only, not the decision's young reach (beyond_reach): thresholds fitted
+        # with every young pod's far projection at 0 would sink and page the older pods
         far = ~(tto <= horizon_s) & ~np.isnan(tto)
         revisit = (history.revisits(sub, slots, rep.channel, rep.view_s, rep.limit_bytes)
                    | page_cache_growth(sub, rep))
@@ -1494,6 +1505,28 @@ def _fit(ctx: FitContext) -> Fitted:
 # ------------------------------------------------------- the pipeline's decision (models.registry)
 
 
+YOUNG_REACH = 3.0
+"""A projected OOM further ahead than this many times the container incarnation's age (and
+than :data:`YOUNG_REACH_FLOOR_S`) is not paged yet: a few hours of a young pod's growth say
+little about the next day (the first rising half of a multi-hour load cycle is such a growth;
+so is a warm-up that has not levelled yet), while a leak that OOMs soon is within reach at
+any age (a pod 1 h old is judged up to 4 h ahead, one 3 h old up to 9 h)."""
+
+YOUNG_REACH_FLOOR_S = 4 * 3600.0
+"""Projections up to this far ahead are judged at any incarnation age (fast and early leaks,
+crash loops)."""
+
+
+def beyond_reach(tto: np.ndarray, age_s: np.ndarray, horizon_s: float) -> np.ndarray:
+    """(n,) bool: a projected time to OOM the decision does not page (yet): beyond the leak
+    horizon, or further ahead than :data:`YOUNG_REACH` times the incarnation's age (at least
+    :data:`YOUNG_REACH_FLOOR_S`). False where there is no projection (NaN)."""
+    reach = np.minimum(horizon_s, np.fmax(YOUNG_REACH * np.asarray(age_s, dtype=np.float64),
+                                          YOUNG_REACH_FLOOR_S))
+    with np.errstate(invalid="ignore"):
+        return ~(tto <= reach) & ~np.isnan(tto)
+
+
 LATCH_FRACTION = 0.5
 """A raised leak stays raised while its score is above this fraction of the threshold (a
 leak riding on a load cycle dips under it in every falling half; no resolve and re-fire)."""
@@ -1540,6 +1573,9 @@ class LeakFindings:
     """(n,) bool: memory growing towards its limit (see :data:`NEAR_LEAK_FRACTION`)."""
     kills: np.ndarray
     """(n,) the pod's OOM kills so far."""
+    not_yet: np.ndarray | None = None
+    """(n,) bool: a projected OOM within the horizon but beyond the young incarnation's reach
+    (:func:`beyond_reach`): not paged yet, as a leak nor as the drift it moves."""
 
 
 @dataclass
@@ -1564,7 +1600,8 @@ class LeakDecider:
         leak = trend.predict(batch)  # the trend analysis runs once per batch
         report = trend.leak_report(batch)
         tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
-        far = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        beyond_horizon = ~(tto_all <= horizon) & ~np.isnan(tto_all)
+        far = beyond_reach(tto_all, ev.history.incarnation_age(ev.slots, batch.ts), horizon)
         # a crash loop: after each OOM kill the next incarnation is judged with that evidence
         kills = ev.history.oom_kills(ev.slots)
         leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
@@ -1587,7 +1624,7 @@ class LeakDecider:
         # projection lies just beyond it)
         near_enough = ~(tto_all > LATCH_HORIZON * horizon)
         held = (leak_score > LATCH_FRACTION * leak_thr) & eligible & near_enough
-        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~far & ~revisit
+        near_leak = (leak_score > NEAR_LEAK_FRACTION * leak_thr) & ~beyond_horizon & ~revisit
         latched = np.zeros(len(batch), dtype=bool)
         for i, key in enumerate(batch.keys):
             st = self.pods.setdefault(key, _LeakState())
@@ -1597,7 +1634,7 @@ class LeakDecider:
             latched[i] = st.latched
         kinds = np.array(["gpu_memory_leak" if c == "gpu_fb_used" else "memory_leak"
                           for c in report.channel], dtype=object)
-        ev.found["trend"] = LeakFindings(kinds, near_leak, kills)
+        ev.found["trend"] = LeakFindings(kinds, near_leak, kills, not_yet=far & ~beyond_horizon)
         self._near, self._view = near_leak, report.view_s
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:
