@@ -41,7 +41,8 @@ How a point is judged (all causal: the verdict at point ``t`` uses points ``<= t
   series and that a level of half-life ``halflife_points`` cannot follow: its points are
   flagged, so they do not teach the baseline, so they stay flagged). An episode that has
   lasted ``relearn_points`` (``relearn_halflives`` baseline half-lives) restarts the
-  baseline from its own points (their mean, and at least their mean absolute deviation),
+  baseline from its own points (their mean, at least their mean absolute deviation, and
+  the seasonal change's scale at least their mean absolute seasonal change),
   and from then until it ends its points teach the baseline and the tail like any other,
   so the episode ends about ``relearn_points`` after it began. A change shorter than that
   is judged as before.
@@ -173,7 +174,7 @@ def gaussian_prior(config: UnivariateConfig) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class SeriesState:
     """The running state of ``n`` series (one row each); plain arrays, a fixed size per
-    series (``7 + 2 S + S B + S`` floats and six counters, S scales, B bins)."""
+    series (``8 + 2 S + S B + S`` floats and seven counters, S scales, B bins)."""
 
     level: np.ndarray  # (n,) baseline level
     scale: np.ndarray  # (n,) baseline mean absolute deviation
@@ -194,6 +195,8 @@ class SeriesState:
     ep_n: np.ndarray  # (n,) int64, points of the episode since it began or last relearned
     ep_mean: np.ndarray  # (n,) their running mean
     ep_mad: np.ndarray  # (n,) their running mean absolute deviation
+    ep_season_n: np.ndarray  # (n,) int64, how many of them had a seasonal change
+    ep_season_mad: np.ndarray  # (n,) the running mean of those changes' absolute values
 
     @classmethod
     def empty(cls, n: int, config: UnivariateConfig,
@@ -210,7 +213,8 @@ class SeriesState:
                    last=np.full(n, np.nan), ring=np.full((n, config.season_points), np.nan),
                    season_scale=z.copy(), season_count=np.zeros(n, dtype=np.int64),
                    ep_age=np.zeros(n, dtype=np.int64), ep_quiet=np.zeros(n, dtype=np.int64),
-                   ep_n=np.zeros(n, dtype=np.int64), ep_mean=z.copy(), ep_mad=z.copy())
+                   ep_n=np.zeros(n, dtype=np.int64), ep_mean=z.copy(), ep_mad=z.copy(),
+                   ep_season_n=np.zeros(n, dtype=np.int64), ep_season_mad=z.copy())
 
     def take(self, rows: np.ndarray) -> SeriesState:
         """A copy of the rows ``rows``."""
@@ -342,7 +346,8 @@ class UnivariateDetector:
             best = ls.max(axis=1) - math.log10(len(c.judged_scales))
             score = np.where(scored, np.maximum(best, 0.0), np.nan)
         flagged = scored & (score >= thr)
-        accepted = self._episodes(state, ok, flagged, xf)
+        accepted = self._episodes(state, ok, flagged, xf,
+                                  np.where(has, np.abs(d), np.nan) if c.season_points else None)
         # -- learn: baseline from the newest point (winsorised), less from flagged points
         a = np.maximum(1.0 - 0.5 ** (1.0 / c.halflife_points), 1.0 / (cnt + 1.0))
         a_slow = np.maximum(1.0 - 0.5 ** (1.0 / c.long_halflife_points), 1.0 / (cnt + 1.0))
@@ -409,16 +414,19 @@ class UnivariateDetector:
                          scales=c.judged_scales)
 
     def _episodes(self, state: SeriesState, ok: np.ndarray, flagged: np.ndarray,
-                  x: np.ndarray) -> np.ndarray:
+                  x: np.ndarray, season_dev: np.ndarray | None) -> np.ndarray:
         """Advances each series' episode (flagged points closer than ``episode_gap_points``,
         as :func:`episode_starts` counts them) by its newest point and returns, per series,
         whether that point belongs to an episode that has lasted more than ``relearn_points``:
         the new normal. When the points since the episode began (or since its last relearning)
         number ``relearn_points``, the baseline restarts from them (level their mean, scale
-        at least their mean absolute deviation); from then on until the episode ends its
-        points teach the baseline and the tail like any other, so a level or cycle the
-        series stays in stops being an anomaly instead of holding one episode open for
-        good (a flagged point otherwise barely teaches the baseline and not the tail)."""
+        at least their mean absolute deviation, the seasonal change's scale at least their
+        mean absolute seasonal change ``season_dev``, NaN where none: every part of the
+        baseline that the flagged points' gating kept from learning); from then on until
+        the episode ends its points teach the baseline and the tail like any other, so a
+        level or cycle the series stays in stops being an anomaly instead of holding one
+        episode open for good (a flagged point otherwise barely teaches the baseline and
+        not the tail)."""
         c, N = self.config, self.config.relearn_points
         gap = c.episode_gap_points
         was_open = state.ep_age > 0
@@ -432,6 +440,15 @@ class UnivariateDetector:
         state.ep_n = np.where(fresh, 0, state.ep_n)
         state.ep_mean = np.where(fresh, 0.0, state.ep_mean)
         state.ep_mad = np.where(fresh, 0.0, state.ep_mad)
+        state.ep_season_n = np.where(fresh, 0, state.ep_season_n)
+        state.ep_season_mad = np.where(fresh, 0.0, state.ep_season_mad)
+        if season_dev is not None:
+            sd = is_open & np.isfinite(season_dev)
+            ks = (state.ep_season_n + 1).astype(np.float64)
+            state.ep_season_mad = np.where(
+                sd, state.ep_season_mad + (season_dev - state.ep_season_mad) / ks,
+                state.ep_season_mad)
+            state.ep_season_n = state.ep_season_n + sd
         k = (state.ep_n + 1).astype(np.float64)
         mean = np.where(is_open, state.ep_mean + (x - state.ep_mean) / k, state.ep_mean)
         state.ep_mad = np.where(is_open, state.ep_mad + (np.abs(x - mean) - state.ep_mad) / k,
@@ -444,7 +461,13 @@ class UnivariateDetector:
         if relearn.any():
             state.level = np.where(relearn, state.ep_mean, state.level)
             state.scale = np.where(relearn, np.maximum(state.scale, state.ep_mad), state.scale)
+            rs = relearn & (state.ep_season_n > 0)
+            state.season_scale = np.where(rs, np.maximum(state.season_scale,
+                                                         state.ep_season_mad),
+                                          state.season_scale)
             state.ep_n = np.where(relearn, 0, state.ep_n)
+            state.ep_season_n = np.where(relearn, 0, state.ep_season_n)
+            state.ep_season_mad = np.where(relearn, 0.0, state.ep_season_mad)
         # (the point that relearns was judged against the old baseline: it teaches nothing)
         return is_open & (state.ep_age > N)
 
