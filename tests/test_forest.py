@@ -202,15 +202,17 @@ def test_state_with_unknown_key_is_refused(forest: IsolationForestDetector) -> N
         IsolationForestDetector.from_state(state, tensors)
 
 
-def test_scoring_throughput_one_core(forest: IsolationForestDetector) -> None:
-    """Prints windows/s; the forest alone must leave room for the 10k/s ensemble target."""
+def test_scoring_a_large_batch_one_core(forest: IsolationForestDetector) -> None:
+    """Prints windows/s (the speed targets are `podguard bench`'s figures, not timed asserts);
+    a large batch scores each window as it would alone."""
     x = healthy(10_000, seed=10)
     with threadpool_limits(1):
         forest.score(x[:10])
         best = min(_timed(forest.score, x) for _ in range(3))
-    rate = len(x) / best
-    print(f"forest scoring: {rate:,.0f} windows/s on one core")
-    assert rate > 20_000
+    print(f"forest scoring: {len(x) / best:,.0f} windows/s on one core")
+    whole = forest.score(x)
+    assert whole.shape == (len(x),) and np.isfinite(whole).all()
+    np.testing.assert_allclose(forest.score(x[:50]), whole[:50], rtol=1e-6)
 
 
 def _timed(fn: object, x: np.ndarray) -> float:

@@ -3,8 +3,6 @@ containers, limits, causality, bounded memory, baselines and features."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -463,28 +461,23 @@ def test_features_nan_safe_and_fast() -> None:
         f = extract_features(values, limits, base.astype(np.float32), 60.0)
     assert f.shape == (n, len(FEATURE_NAMES)) and f.dtype == np.float32
     assert np.isnan(f[::3]).all() and np.isfinite(f[1::3, 0]).all()
-    best = min(_timed(lambda: extract_features(values, limits, base, 60.0)) for _ in range(3))
-    assert best < 0.1, f"feature extraction for 1000 windows took {best * 1e3:.0f} ms"
+    # speed is the bench's (`podguard bench` prints scoring windows/s), not a timed assertion
 
 
-def _timed(fn: object) -> float:
-    t = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - t
-
-
-def test_replay_workload_is_fast() -> None:
-    """Ingest + windows every 60 s: 25 pods x 4 h at 15 s (the bench runs 100 pods x 16 h)."""
+def test_replay_workload_windows_every_pod() -> None:
+    """Ingest + windows every 60 s: 25 pods x 4 h at 15 s (the bench runs 100 pods x 16 h and
+    prints the replay's rows/s: speed is a benchmark figure, not a timed assertion here)."""
     df, _ = generate(n_pods=25, hours=4, seed=9)
     e = WindowEngine()
-    t = time.perf_counter()
     n_windows = 0
+    seen: set[object] = set()
     for t_end, chunk in tr.iter_time_chunks(df, 60):
         e.ingest(chunk)
-        n_windows += len(e.windows(at=t_end))
-    dt = time.perf_counter() - t
+        batch = e.windows(at=t_end)
+        n_windows += len(batch)
+        seen.update(batch.keys)
     assert n_windows > 25 * 150  # some pods start late in the trace
-    assert len(df) / dt > 40_000, f"{len(df) / dt:.0f} rows/s"
+    assert len(seen) == df.groupby(["namespace", "pod"]).ngroups
 
 
 # ----------------------------------------------------------------------------- properties
