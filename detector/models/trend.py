@@ -1182,25 +1182,26 @@ class TrendDetector(ThresholdMixin):
             cache_now = np.nanmax(cache[:, L - 3:], axis=-1)
         pts = np.clip(np.round(np.nan_to_num(span_s, nan=0.0) / step).astype(np.int64),
                       min(FAST_POINTS, L), L)
-        est = np.full((n, 2), np.nan)  # the pace now of the working set and the RSS
-        accel = np.zeros((n, 2), dtype=bool)
+        nch = vinc.shape[1]
+        est = np.full((n, nch), np.nan)  # the pace now of each memory channel
+        accel = np.zeros((n, nch), dtype=bool)
         for p in np.unique(pts).tolist():
             sel = np.flatnonzero(pts == p)
             k = max(1, math.ceil(p / FAST_POINTS))
             m = p // k
-            # the working set's and the RSS's rows in one call (every statistic is per row)
-            y = destep(_Coarse(vinc[sel][:, [ws, rss], :].reshape(-1, L)).mins(k)[:, -m:])
+            # every memory channel's rows in one call (every statistic is per row); the
+            # judged channel's own pace, and the working set's and RSS's for anonymous growth
+            y = destep(_Coarse(vinc[sel].reshape(-1, L)).mins(k)[:, -m:])
             rate_p, accel_p = recent_linear_rate(y, step * k)
-            est[sel], accel[sel] = rate_p.reshape(-1, 2), accel_p.reshape(-1, 2)
-        own = np.where(ch == rss, 1, 0)
+            est[sel], accel[sel] = rate_p.reshape(-1, nch), accel_p.reshape(-1, nch)
         with np.errstate(invalid="ignore", divide="ignore"):
-            now = np.where(accel[at, own], np.fmax(rate, est[at, own]), rate)
+            now = np.where(accel[at, ch], np.fmax(rate, est[at, ch]), rate)
             room = lim - peak[at, ch]
             out_tto = np.where(q < LINEAR_Q, tto, np.where(now > 0, room / now, np.inf))
             # anonymous growth under reclaimable page cache: the RSS's time to fill the limit
-            rss_now = est[:, 1]
+            rss_now = est[:, rss]
             anon = ((ch == ws) & (q >= LINEAR_Q) & (rss_now > 0)
-                    & (rss_now >= ANON_RATE_SHARE * est[:, 0])
+                    & (rss_now >= ANON_RATE_SHARE * est[:, ws])
                     & (peak[:, ws] - peak[:, rss] <= cache_now) & (cache_now > 0))
             anon_tto = (lim - peak[:, rss]) / rss_now
         out_rate = np.where(anon, rss_now, now)
