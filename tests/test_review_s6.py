@@ -45,3 +45,32 @@ def test_a_gpu_leaks_pace_now_is_its_own_not_the_working_sets() -> None:
                                           np.array([1.0]), np.array([t.size * STEP]))
     assert rate[0] == pytest.approx(gpu_rate, rel=0.05)
     assert tto[0] == pytest.approx(room / gpu_rate, rel=0.05)
+
+
+def test_a_pod_first_seen_before_its_working_set_is_still_young_when_it_comes() -> None:
+    """kube-state-metrics reports a pod (restarts 0) while its image is pulled, before
+    cAdvisor has a working set: that first window has no working-set data; the pod's age is
+    still measured from its first working-set sample, not 'older than a window' for good."""
+    from detector.models.history import LevelHistory
+
+    L = 240
+    step = 60.0
+
+    def batch(ts: float, ws: np.ndarray) -> WindowBatch:
+        b = _batch({"mem_working_set": ws, "restarts": np.zeros(L)},
+                   {"mem_working_set": 4e9})
+        grid = np.arange(-(L - 1), 1) * step
+        return WindowBatch(keys=b.keys, nodes=b.nodes, ts=np.array([ts]), grid=grid,
+                           channels=b.channels, values=b.values, limits=b.limits,
+                           baseline=b.baseline, features=b.features,
+                           feature_names=b.feature_names, stale=b.stale)
+
+    h = LevelHistory()
+    t0 = 1.7e9
+    h.update(batch(t0, np.full(L, np.nan)))  # the image pull: no working set yet
+    ws = np.full(L, np.nan)
+    ws[-30:] = 1e9  # 30 min of data
+    b = batch(t0 + 1800.0, ws)
+    slots = h.update(b)
+    age = h.incarnation_age(slots, b.ts)
+    assert age[0] == pytest.approx(29 * step)

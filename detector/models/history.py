@@ -167,8 +167,10 @@ class LevelHistory:
             ws_all = batch.values[unborn, CHANNELS.index("mem_working_set"), :]
             fin = np.isfinite(ws_all)
             first = np.argmax(fin, axis=-1)
-            self._born[slots[unborn]] = np.where(fin.any(axis=-1) & (first > 0),
-                                                 batch.ts[unborn] + batch.grid[first], -np.inf)
+            # no working set yet (an image pull: kube-state-metrics first): still unborn
+            self._born[slots[unborn]] = np.where(
+                fin.any(axis=-1), np.where(first > 0, batch.ts[unborn] + batch.grid[first],
+                                           -np.inf), np.nan)
         # incarnations: a restart newer than the incarnation start we hold
         last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
         r_ts = np.where(last_r >= 0, batch.ts + batch.grid[np.clip(last_r, 0, L - 1)], -np.inf)
