@@ -74,3 +74,20 @@ def test_a_pod_first_seen_before_its_working_set_is_still_young_when_it_comes() 
     slots = h.update(b)
     age = h.incarnation_age(slots, b.ts)
     assert age[0] == pytest.approx(29 * step)
+
+
+def test_a_throughput_shift_is_measured_above_the_channels_noise_floor() -> None:
+    """An idle channel's relative change is noise: network receive from 100 to 300 B/s
+    (scrapes only) beside a steady CPU is no 20 % throughput shift; a GPU going from idle
+    (median 0) to 80 % busy is one."""
+    from detector.models.drift import DRIFT_MIN_SHIFT, throughput_shift
+
+    L = 60
+    cpu, rx, gpu = (CHANNELS.index(c) for c in ("cpu_rate", "net_rx_rate", "gpu_util"))
+    b = _batch({"cpu_rate": np.full(L, 2.05), "net_rx_rate": np.full(L, 300.0),
+                "mem_working_set": np.full(L, 1e9)}, {})
+    b.baseline[0, cpu, 0], b.baseline[0, rx, 0] = 2.0, 100.0
+    assert throughput_shift(b)[0] < DRIFT_MIN_SHIFT
+    b2 = _batch({"gpu_util": np.full(L, 0.8), "mem_working_set": np.full(L, 1e9)}, {})
+    b2.baseline[0, gpu, 0] = 0.0
+    assert throughput_shift(b2)[0] >= DRIFT_MIN_SHIFT

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.channels import drift_feature_names
+from detector.channels import channel, drift_feature_names
 from detector.errors import ConfigError, InputError, ModelIntegrityError
 from detector.models.attribution import combine, rescale_attribution
 from detector.models.autoencoder import AE_JSON, AE_WEIGHTS, AutoencoderConfig, AutoencoderDetector
@@ -449,16 +449,20 @@ warm-up is no pre-failure sign an engineer acts on."""
 
 def throughput_shift(batch: WindowBatch) -> np.ndarray:
     """(n,) the largest relative distance of a throughput channel's last-10-min median from
-    its baseline median (NaN where no throughput channel has both)."""
+    its baseline median (NaN where no throughput channel has both). A change smaller than
+    the channel's noise floor (:attr:`detector.channels.Channel.floor`) is none (an idle
+    channel's relative change is noise); one above it from a median of 0 is inf."""
     idx = [CHANNELS.index(c) for c in THROUGHPUT_CHANNELS]
+    floor = np.array([channel(c).floor for c in THROUGHPUT_CHANNELS])
     k = max(1, round(600.0 / batch.step_s))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no shift known
         now = nanmedian_last(batch.values[:, idx, -k:].astype(np.float64))
         med = batch.baseline[:, idx, 0].astype(np.float64)
+        diff = np.abs(now - med)
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel = np.abs(now / med - 1.0)
-        rel = np.where(np.isfinite(rel), rel, np.nan)
+            rel = np.where(diff < floor, 0.0, diff / np.abs(med))
+        rel = np.where(np.isnan(rel), np.nan, rel)
         return np.nanmax(rel, axis=1) if rel.shape[1] else np.full(len(batch), np.nan)
 
 
