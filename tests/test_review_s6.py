@@ -91,3 +91,30 @@ def test_a_throughput_shift_is_measured_above_the_channels_noise_floor() -> None
     b2 = _batch({"gpu_util": np.full(L, 0.8), "mem_working_set": np.full(L, 1e9)}, {})
     b2.baseline[0, gpu, 0] = 0.0
     assert throughput_shift(b2)[0] >= DRIFT_MIN_SHIFT
+
+
+def test_a_life_older_than_the_first_window_has_no_known_length() -> None:
+    """The daemon starts (or backfills 4 h) while a container has run for longer: its OOM
+    kill's life is unknown, not the window's length (the next life would be told it dies
+    when it has run as long as the window)."""
+    from detector.models.history import LevelHistory
+
+    L, step = 240, 60.0
+
+    def batch(ts: float, ws: np.ndarray, restarts: np.ndarray, oom: np.ndarray) -> WindowBatch:
+        b = _batch({"mem_working_set": ws, "restarts": restarts, "oom_killed": oom},
+                   {"mem_working_set": 4e9})
+        return WindowBatch(keys=b.keys, nodes=b.nodes, ts=np.array([ts]),
+                           grid=np.arange(-(L - 1), 1) * step, channels=b.channels,
+                           values=b.values, limits=b.limits, baseline=b.baseline,
+                           features=b.features, feature_names=b.feature_names, stale=b.stale)
+
+    h = LevelHistory()
+    t0 = 1e6
+    ramp = np.linspace(2e9, 3.9e9, L)  # running since before this first window
+    h.update(batch(t0, ramp, np.zeros(L), np.full(L, np.nan)))
+    fresh = np.arange(L) >= L - 2
+    ws = np.where(fresh, 0.3e9, np.concatenate([ramp[1:], [3.9e9]]))
+    s = h.update(batch(t0 + step, ws, np.where(fresh, 1.0, 0.0), np.where(fresh, 1.0, np.nan)))
+    assert h.oom_kills(s)[0] == 1
+    assert np.isnan(h.time_to_oom_by_last_life(s, np.array([t0 + 2 * step]))[0])

@@ -339,7 +339,11 @@ class LevelHistory:
             mine = ((x > 0) & (t >= self._inc_start[s][:, None])
                     & (x != self._carried[s][:, None]))
         seen = mine.any(axis=1)
-        first = t[np.arange(todo.size), np.argmax(mine, axis=1)]
+        at = np.argmax(mine, axis=1)
+        first = t[np.arange(todo.size), at]
+        # data from the window's first bin of a life begun before it: its start is unknown
+        # (-inf: the life's length is not known, not the window's)
+        first = np.where((at == 0) & (t[:, 0] > self._inc_start[s]), -np.inf, first)
         self._life_start[s[seen]] = first[seen]
 
     def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
