@@ -18,8 +18,8 @@ def _batch(series: dict[str, np.ndarray], limits: dict[str, float]) -> WindowBat
     for c, v in series.items():
         values[0, CHANNELS.index(c)] = v
     lim = np.full((1, len(CHANNELS)), np.nan, np.float32)
-    for c, v in limits.items():
-        lim[0, CHANNELS.index(c)] = v
+    for c, bound in limits.items():
+        lim[0, CHANNELS.index(c)] = bound
     return WindowBatch(keys=[PodKey("ns", "p")], nodes=[""], ts=np.array([1.7e9]),
                        grid=np.arange(-(L - 1), 1) * STEP, channels=CHANNELS, values=values,
                        limits=lim, baseline=np.full((1, len(CHANNELS), 2), np.nan, np.float32),
