@@ -85,7 +85,8 @@ REASONS: tuple[str, ...] = (
 """Every reason a sample or message is refused (the ``reason`` label of the metrics)."""
 
 _METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_NON_NEGATIVE = ("_bytes", "_rss", "_limits", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE")
+_NON_NEGATIVE = ("_bytes", "_rss", "_limits", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE",
+                 "_reason_oomkilled")  # the flag under its own (trace) name
 _MAX_TS = 1e11
 _OOM_KILLED = chan.CHANNEL_METRICS[chan.OOM_KILLED_CHANNEL]
 _PAYLOAD_MAX = 64 * 1024
@@ -196,6 +197,8 @@ class Decoder:
                 res.ignored += 1
                 return
             name, value = _OOM_KILLED, flag
+        elif name == _OOM_KILLED:  # the flag sent under its trace name: 0/1 like the reason's
+            value = 1.0 if value >= 0.5 else 0.0
         out.append(ts, ns, pod, container, node, name, value)
         res.accepted += 1
 
@@ -226,10 +229,11 @@ class Decoder:
             assert isinstance(name, str) and isinstance(labels, dict)
             ns, pod, container, node = _pod_labels(labels)
             reason = labels.get("reason") if name == chan.LAST_TERMINATED_REASON else None
-            if reason is not None:
-                name = _OOM_KILLED
+            direct = name == _OOM_KILLED  # the flag sent under its trace name
             counter = name.endswith("_total")
             non_neg = counter or name.endswith(_NON_NEGATIVE)
+            if reason is not None:
+                name = _OOM_KILLED
             for pair in samples:
                 if not (isinstance(pair, list) and len(pair) == 2):
                     self._refuse(res, "bad_type", 1, pair)
@@ -260,6 +264,8 @@ class Decoder:
                         res.ignored += 1
                         continue
                     v = flag
+                elif direct:
+                    v = 1.0 if v >= 0.5 else 0.0
                 out.append(float(t), ns, pod, container, node, name, float(v))
                 res.accepted += 1
 
