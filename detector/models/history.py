@@ -88,7 +88,8 @@ class LevelHistory:
         self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
         self.oom_kills_ = np.zeros(cap, dtype=np.int64)
         self._prev_life = np.full(cap, np.nan)  # how long the last OOM-killed incarnation ran
-        # the current incarnation's first working-set sample (ts; NaN until seen) and the
+        # the current incarnation's first working-set sample (ts; NaN until seen; -inf: before the
+        # first window, unknown) and the
         # killed one's last value, which the window engine carries over the restart's gap
         self._life_start = np.full(cap, np.nan)
         self._carried = np.full(cap, np.nan)
