@@ -212,7 +212,8 @@ def test_scoring_a_large_batch_one_core(forest: IsolationForestDetector) -> None
     print(f"forest scoring: {len(x) / best:,.0f} windows/s on one core")
     whole = forest.score(x)
     assert whole.shape == (len(x),) and np.isfinite(whole).all()
-    np.testing.assert_allclose(forest.score(x[:50]), whole[:50], rtol=1e-6)
+    # a slice across the 256-row scoring blocks, aligned differently from the whole batch
+    np.testing.assert_allclose(forest.score(x[200:700]), whole[200:700], rtol=1e-6)
 
 
 def _timed(fn: object, x: np.ndarray) -> float:

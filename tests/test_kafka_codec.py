@@ -295,3 +295,25 @@ def test_a_label_that_is_not_valid_unicode_is_refused_with_its_reason() -> None:
     fine = encode_adapter(WS, {**LABELS, "pod": "entraîneur-0"}, NOW - 60, 1.0)
     assert Decoder(clock=lambda: NOW).decode(fine, out).accepted == 1  # real Unicode is fine
     assert out.pod == ["entraîneur-0"]
+
+
+def test_the_oom_flag_sent_under_its_trace_name_is_bounded_like_the_reasons() -> None:
+    """A producer may send ``..._last_terminated_reason_oomkilled`` itself (the local
+    source's and the traces' name): a negative value is refused (summed with another
+    container's 1 it would hide that OOM kill), any other is a 0/1 flag."""
+    from detector.sources.kafka_codec import Decoder, encode_batch
+
+    name = "kube_pod_container_status_last_terminated_reason_oomkilled"
+    labels = {"__name__": name, "namespace": "ml", "pod": "p", "container": "c", "node": "n"}
+    got = []
+    for v in ("-5", "1e300", "1", "0"):
+        out = SampleColumns()
+        msg = json.dumps({"timestamp": "2026-01-01T00:00:00Z", "value": v, "name": name,
+                          "labels": labels}).encode()
+        res = Decoder(clock=lambda: 1767225700.0).decode(msg, out)
+        got.append((dict(res.rejected), out.value))
+    assert got == [({"negative_value": 1}, []), ({}, [1.0]), ({}, [1.0]), ({}, [0.0])]
+    out = SampleColumns()  # the batch format
+    msg = encode_batch([(name, labels, [(1767225600.0, -2.0), (1767225601.0, 3.0)])])
+    res = Decoder(clock=lambda: 1767225700.0).decode(msg, out)
+    assert dict(res.rejected) == {"negative_value": 1} and out.value == [1.0]

@@ -1,4 +1,5 @@
-"""Review findings (session 6): each test fails on main at 49df752."""
+"""Edge cases of the leak evidence: whose pace a report states, when a pod is born, how old
+a life is, what counts as a throughput shift (each failed before its fix, session 6 review)."""
 
 from __future__ import annotations
 
@@ -118,28 +119,3 @@ def test_a_life_older_than_the_first_window_has_no_known_length() -> None:
     s = h.update(batch(t0 + step, ws, np.where(fresh, 1.0, 0.0), np.where(fresh, 1.0, np.nan)))
     assert h.oom_kills(s)[0] == 1
     assert np.isnan(h.time_to_oom_by_last_life(s, np.array([t0 + 2 * step]))[0])
-
-
-def test_the_oom_flag_sent_under_its_trace_name_is_bounded_like_the_reasons() -> None:
-    """A producer may send ``..._last_terminated_reason_oomkilled`` itself (the local
-    source's and the traces' name): a negative value is refused (summed with another
-    container's 1 it would hide that OOM kill), any other is a 0/1 flag."""
-    import json
-
-    from detector.sources.base import SampleColumns
-    from detector.sources.kafka_codec import Decoder, encode_batch
-
-    name = "kube_pod_container_status_last_terminated_reason_oomkilled"
-    labels = {"__name__": name, "namespace": "ml", "pod": "p", "container": "c", "node": "n"}
-    got = []
-    for v in ("-5", "1e300", "1", "0"):
-        out = SampleColumns()
-        msg = json.dumps({"timestamp": "2026-01-01T00:00:00Z", "value": v, "name": name,
-                          "labels": labels}).encode()
-        res = Decoder(clock=lambda: 1767225700.0).decode(msg, out)
-        got.append((dict(res.rejected), out.value))
-    assert got == [({"negative_value": 1}, []), ({}, [1.0]), ({}, [1.0]), ({}, [0.0])]
-    out = SampleColumns()  # the batch format
-    msg = encode_batch([(name, labels, [(1767225600.0, -2.0), (1767225601.0, 3.0)])])
-    res = Decoder(clock=lambda: 1767225700.0).decode(msg, out)
-    assert dict(res.rejected) == {"negative_value": 1} and out.value == [1.0]
