@@ -358,6 +358,13 @@ ANON_RATE_SHARE = 0.9
 (:meth:`TrendDetector._pace_now`)."""
 
 
+def _blocks(points: int) -> tuple[int, int]:
+    """(blocks, grid points per block) of a short-horizon judgement of ``points`` grid points:
+    at most :data:`FAST_POINTS` blocks (the pairwise statistics cost their square)."""
+    k = max(1, math.ceil(points / FAST_POINTS))
+    return points // k, k
+
+
 def recent_linear_rate(y: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
     """The pace now of rows ``y`` (R, m) on a grid of ``step`` seconds (NaN: no data; a young
     incarnation's leading points are NaN): ``(rate, accelerating)``, (R,) each.
@@ -720,9 +727,7 @@ class TrendDetector(ThresholdMixin):
         """(points, grid points per point) of a short-horizon judgement of the last
         ``span_s``: at most :data:`FAST_POINTS` points (a finer grid is cut into block
         minima: the pairwise statistics cost the square of the points)."""
-        m = min(L, max(6, round(span_s / step)))
-        k = max(1, math.ceil(m / FAST_POINTS))
-        return m // k, k
+        return _blocks(min(L, max(6, round(span_s / step))))
 
     @staticmethod
     def _recent_peak(level: np.ndarray) -> np.ndarray:
@@ -1187,8 +1192,7 @@ class TrendDetector(ThresholdMixin):
         accel = np.zeros((n, nch), dtype=bool)
         for p in np.unique(pts).tolist():
             sel = np.flatnonzero(pts == p)
-            k = max(1, math.ceil(p / FAST_POINTS))
-            m = p // k
+            m, k = _blocks(p)
             # every memory channel's rows in one call (every statistic is per row); the
             # judged channel's own pace, and the working set's and RSS's for anonymous growth
             y = destep(_Coarse(vinc[sel].reshape(-1, L)).mins(k)[:, -m:])
@@ -1637,6 +1641,14 @@ class LeakDecider:
                           for c in report.channel], dtype=object)
         ev.found["trend"] = LeakFindings(kinds, near_leak, kills, not_yet=far & ~beyond_horizon)
         self._near, self._view = near_leak, report.view_s
+        # the time to OOM stated (facts and verdict fields alike): the report's, or, in a
+        # crash loop whose life shows no measured growth yet, the last killed life's
+        by_last = ~np.isfinite(tto_all) & (kills > 0) & np.isfinite(by_life)
+        tto_s = np.where(by_last, by_life, tto_all)
+        lo_s = np.where(by_last, by_life * TTO_BAND[0],
+                        np.asarray(report.time_to_oom_low_s, dtype=np.float64))
+        hi_s = np.where(by_last, by_life * TTO_BAND[1],
+                        np.asarray(report.time_to_oom_high_s, dtype=np.float64))
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:
             # the kernel's kills are at the memory limit: a crash loop without a growing
@@ -1651,32 +1663,23 @@ class LeakDecider:
                 out["growth_duration_s"] = max(float(batch.ts[i]) - since, 0.0)
             if int(kills[i]) > 0:
                 out["oom_kills"] = int(kills[i])
-            tto = float(report.time_to_oom_s[i])
+            tto = float(tto_s[i])
             if math.isfinite(tto):
                 out["time_to_oom_s"] = tto
-                lo, hi = float(report.time_to_oom_low_s[i]), float(report.time_to_oom_high_s[i])
+                lo, hi = float(lo_s[i]), float(hi_s[i])
                 if math.isfinite(lo) and math.isfinite(hi):
                     out["time_to_oom_low_s"], out["time_to_oom_high_s"] = lo, hi
-            elif kills[i] > 0 and math.isfinite(float(by_life[i])):  # as verdict_fields
-                out["time_to_oom_s"] = float(by_life[i])
-                out["time_to_oom_low_s"] = float(by_life[i]) * TTO_BAND[0]
-                out["time_to_oom_high_s"] = float(by_life[i]) * TTO_BAND[1]
             limit = float(report.limit_bytes[i])
             if math.isfinite(limit):
                 out["limit_bytes"] = limit
             return "", out
 
         def verdict_fields(i: int) -> dict[str, Any]:
-            tto = _finite(report.time_to_oom_s[i])
-            lo, hi = _finite(report.time_to_oom_low_s[i]), _finite(report.time_to_oom_high_s[i])
-            rng = (lo, hi) if lo is not None and hi is not None else None
-            rate = _finite(report.rate_bytes_per_s[i])
-            if tto is None and kills[i] > 0:  # no growth measured yet: the last life's
-                tto = _finite(by_life[i])
-                if tto is not None:
-                    rng = (tto * TTO_BAND[0], tto * TTO_BAND[1])
-            return {"time_to_oom_s": tto, "time_to_oom_range_s": rng,
-                    "leak_rate_bytes_per_s": rate}
+            lo, hi = _finite(lo_s[i]), _finite(hi_s[i])
+            return {"time_to_oom_s": _finite(tto_s[i]),
+                    "time_to_oom_range_s": (lo, hi) if lo is not None and hi is not None
+                    else None,
+                    "leak_rate_bytes_per_s": _finite(report.rate_bytes_per_s[i])}
 
         # the rows whose attribution is due, in one pass, from the batch's one analysis
         def attribute(rows: list[int]) -> list[Attribution]:
