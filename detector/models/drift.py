@@ -462,7 +462,6 @@ def throughput_shift(batch: WindowBatch) -> np.ndarray:
         diff = np.abs(now - med)
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.where(diff < floor, 0.0, diff / np.abs(med))
-        rel = np.where(np.isnan(rel), np.nan, rel)
         return np.nanmax(rel, axis=1) if rel.shape[1] else np.full(len(batch), np.nan)
 
 
