@@ -117,6 +117,17 @@ class Decoded:
         return sum(self.rejected.values())
 
 
+def _oom_flag(reason: object, direct: bool, value: float) -> float | None:
+    """The value a sample is kept with: a last terminated ``reason``'s as the ``oom_killed``
+    flag (:func:`detector.channels.oom_killed_flag`; None: no current reason, dropped), the
+    flag sent under its trace name (``direct``) as 0/1 like it, any other sample's as is."""
+    if reason is not None:
+        return chan.oom_killed_flag(reason, value)
+    if direct:
+        return 1.0 if value >= 0.5 else 0.0
+    return value
+
+
 class Decoder:
     """Decodes records of either format into :class:`SampleColumns` (see module docstring).
 
@@ -191,15 +202,14 @@ class Decoder:
             return
         assert ts is not None and value is not None
         ns, pod, container, node = _pod_labels(labels)
-        if name == chan.LAST_TERMINATED_REASON and labels.get("reason") is not None:
-            flag = chan.oom_killed_flag(labels["reason"], value)
-            if flag is None:
-                res.ignored += 1
-                return
-            name, value = _OOM_KILLED, flag
-        elif name == _OOM_KILLED:  # the flag sent under its trace name: 0/1 like the reason's
-            value = 1.0 if value >= 0.5 else 0.0
-        out.append(ts, ns, pod, container, node, name, value)
+        reason = labels.get("reason") if name == chan.LAST_TERMINATED_REASON else None
+        if reason is not None:
+            name = _OOM_KILLED
+        flag = _oom_flag(reason, name == _OOM_KILLED, value)
+        if flag is None:
+            res.ignored += 1
+            return
+        out.append(ts, ns, pod, container, node, name, flag)
         res.accepted += 1
 
     def _batch(self, doc: dict[str, Any], out: SampleColumns, res: Decoded) -> None:
@@ -229,11 +239,11 @@ class Decoder:
             assert isinstance(name, str) and isinstance(labels, dict)
             ns, pod, container, node = _pod_labels(labels)
             reason = labels.get("reason") if name == chan.LAST_TERMINATED_REASON else None
-            direct = name == _OOM_KILLED  # the flag sent under its trace name
             counter = name.endswith("_total")
             non_neg = counter or name.endswith(_NON_NEGATIVE)
             if reason is not None:
                 name = _OOM_KILLED
+            direct = name == _OOM_KILLED and reason is None  # the flag under its trace name
             for pair in samples:
                 if not (isinstance(pair, list) and len(pair) == 2):
                     self._refuse(res, "bad_type", 1, pair)
@@ -258,15 +268,11 @@ class Decoder:
                     self._refuse(res, "negative_counter" if counter else "negative_value", 1,
                                  pair)
                     continue
-                if reason is not None:
-                    flag = chan.oom_killed_flag(reason, float(v))
-                    if flag is None:
-                        res.ignored += 1
-                        continue
-                    v = flag
-                elif direct:
-                    v = 1.0 if v >= 0.5 else 0.0
-                out.append(float(t), ns, pod, container, node, name, float(v))
+                flag = _oom_flag(reason, direct, float(v))
+                if flag is None:
+                    res.ignored += 1
+                    continue
+                out.append(float(t), ns, pod, container, node, name, flag)
                 res.accepted += 1
 
     # -------------------------------------------------------------- checks
