@@ -161,12 +161,12 @@ class LevelHistory:
             return slots
         step = batch.step_s
         L = batch.values.shape[-1]
+        ws = batch.values[:, self._mem_idx[self._ws], :]  # a view, no copy
         # a pod first seen: its first data point in the window (-inf when the window is full:
         # older than the window, its age unknown)
         unborn = np.isnan(self._born[slots])
         if unborn.any():
-            ws_all = batch.values[unborn, CHANNELS.index("mem_working_set"), :]
-            fin = np.isfinite(ws_all)
+            fin = np.isfinite(ws[unborn])
             first = np.argmax(fin, axis=-1)
             # no working set yet (an image pull: kube-state-metrics first): still unborn
             self._born[slots[unborn]] = np.where(
@@ -194,7 +194,6 @@ class LevelHistory:
             self._life_start[s_new], self._carried[s_new] = np.nan, carried
         # the working set's fraction of its limit now (for the next restart)
         lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
-        ws = batch.values[:, self._mem_idx[self._ws], :]  # a view, no copy
         fin = np.isfinite(ws)
         last = np.where(fin.any(axis=1), L - 1 - np.argmax(fin[:, ::-1], axis=1), 0)
         with np.errstate(invalid="ignore", divide="ignore"):
