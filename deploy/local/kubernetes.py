@@ -323,6 +323,9 @@ class Kubernetes:
             f"--bind-address={LOOPBACK}", f"--secure-port={port}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             "--controllers=*",
+            # One instance: leader election only adds a way to die (a lease renewal that a
+            # loaded machine delays past its deadline makes the process exit for good).
+            "--leader-elect=false",
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca.cert}",
@@ -345,6 +348,7 @@ class Kubernetes:
             f"--authorization-kubeconfig={kc}",
             f"--bind-address={LOOPBACK}", f"--secure-port={port}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            "--leader-elect=false",  # one instance, as the controller manager
             "--profiling=false",
         ], lay.state)
         return f"https://{LOOPBACK}:{port}"

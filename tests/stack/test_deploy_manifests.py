@@ -9,10 +9,9 @@ created them. The static checks of the same manifests are in tests/test_deploy_m
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -22,23 +21,8 @@ from kubernetes.client.exceptions import ApiException
 from deploy import render
 from deploy.render import OVERLAYS, build_relocated
 from tests.support.k8s_fixtures import Kube
+from tests.support.waiting import wait_for
 from tests.test_deploy_manifests import CLUSTER_KINDS, Doc, one
-
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-        except ApiException as e:
-            got, last = None, e
-        if got:
-            return got
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def d_(obj: Any) -> Doc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,26 +20,13 @@ from kubernetes.client.exceptions import ApiException
 
 from deploy.local import k8s_build
 from tests.support.k8s_fixtures import Kube
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str,
-             interval: float = 0.25) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-        except ApiException as e:
-            got, last = None, e
-        if got:
-            return got
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
 
 
 def _some(value: T | None, what: str) -> T:
@@ -242,7 +229,8 @@ def test_pdb_forbids_eviction_with_429(kube: Kube, web: Web) -> None:
                 and st.current_healthy == 1 and st.disruptions_allowed == 0)
         return pdb if done else None
 
-    wait_for(settled, timeout=60, what="the PDB's status from the disruption controller")
+    wait_for(settled, timeout=150, what="the PDB's status from the disruption controller",
+             describe=lambda: policy.read_namespaced_pod_disruption_budget("web", web.ns).status)
     with pytest.raises(ApiException) as err:
         _evict(core, web)
     assert err.value.status == 429, err.value

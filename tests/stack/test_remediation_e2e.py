@@ -80,6 +80,7 @@ from detector.settings import RemediationSettings
 from tests.support.k8s_fixtures import Kube
 from tests.support.pod_identity import pod_token
 from tests.support.stack_fixtures import AlertmanagerHandle, PrometheusHandle
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -107,22 +108,6 @@ DAEMON_SETTINGS: dict[str, Any] = {
 }
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str,
-             interval: float = 0.5, guard: Callable[[], None] | None = None) -> T:
-    """Polls ``check`` until truthy; ``guard`` may fail the wait early (a dead daemon)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if guard is not None:
-            guard()
-        try:
-            got = check()
-        except (ApiException, requests.RequestException, OSError) as e:
-            got, last = None, e
-        if got:
-            return got
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
 
 
 # =========================================================================== the daemon

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -43,22 +43,14 @@ from detector.verdicts import Explanation, Verdict
 from tests.support.admission import install_policies, remove_policies
 from tests.support.k8s_fixtures import Kube
 from tests.support.pod_identity import account_token, api_for, pod_token
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
-T = TypeVar("T")
 OPT_IN = {"podguard.io/remediate": "true"}
 IMAGE = "registry.invalid/podguard/x:never"
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def settings(**kw: Any) -> RemediationSettings:
