@@ -132,6 +132,39 @@ def test_a_restart_near_the_limit_with_another_reason_is_no_oom_kill() -> None:
     assert np.isnan(h.time_to_oom_by_last_life(s, np.array([1e6 + 120]))[0])
 
 
+def _second_life(life2, upto_s: float) -> tuple[LevelHistory, list[bool]]:
+    """A first life born at t=600 s that grows 1 MB/s from 0.5 GB to its 4 GB limit and is
+    OOM-killed at t=4,080 s; its restart (reason OOMKilled) at 4,140 s; then ``life2(age)``.
+    Windows every minute; returns the history and ``tracks_killed_life`` from the restart on."""
+    h, seen = LevelHistory(), []
+    kill, restart = 4080.0, 4140.0
+    for ts in np.arange(660.0, restart + upto_s + 1, STEP):
+        t = ts + np.arange(-(L - 1), 1) * STEP
+        first = np.where((t >= 600) & (t <= kill), 0.5e9 + (t - 600) * 1e6, np.nan)
+        ws = np.where(t >= restart, life2(t - restart), first)
+        again = np.where(t == restart, 1.0, 0.0)  # the channel holds restarts per step
+        b = _batch(ts, ws, restarts=again, oom=np.where(t >= restart, 1.0, np.nan))
+        s = h.update(b)
+        if ts >= restart:
+            seen.append(bool(h.tracks_killed_life(b, s)[0]))
+    return h, seen
+
+
+def test_after_one_oom_kill_a_life_that_grows_like_the_killed_one_tracks_it() -> None:
+    """One kill is evidence once the new life grows at the killed life's pace: from its third
+    sample, not from its first (a one-off OOM, then a healthy life, is not warned on it)."""
+    h, same = _second_life(lambda age: 0.5e9 + age * 1e6, 600)
+    assert h.oom_kills(h.update(_batch(4140.0 + 660, np.full(L, 1e9))))[0] == 1
+    assert same[:2] == [False, False] and all(same[2:]), same  # samples 1, 2: not yet
+    _, flat = _second_life(lambda age: np.full_like(age, 0.5e9), 1800)
+    assert not any(flat)  # levels after its restart: no evidence
+    _, slow = _second_life(lambda age: 0.5e9 + age * 0.1e6, 1800)
+    assert not any(slow)  # a tenth of the killed life's pace does not track it
+    _, warm = _second_life(lambda age: 0.5e9 + 0.3e9 * (1 - np.exp(-age / 120.0)), 1800)
+    # a fast warm-up tracks while it rises that fast and stops once it levels (by 10 min)
+    assert any(warm[:5]) and not any(warm[11:]), warm
+
+
 def test_oom_reason_since_takes_the_newest_value_at_or_after_the_restart() -> None:
     flag = np.array([[1.0, np.nan, 0.0, np.nan],
                      [np.nan, np.nan, np.nan, np.nan],

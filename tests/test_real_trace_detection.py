@@ -75,3 +75,22 @@ def test_the_healthy_real_workloads_raise_nothing(replayed: Replayed) -> None:
     _, _, alarms, _, _ = replayed
     for pod in HEALTHY:
         assert alarms.get(pod, 0) == 0, (pod, alarms.get(pod))
+
+
+def test_after_one_oom_kill_the_next_life_is_warned_earlier_in_its_life(
+        replayed: Replayed) -> None:
+    """One kill is evidence: a life whose growth tracks the killed one's is warned within its
+    first minute or so (it grows as the killed life did), earlier in its life than the first,
+    not once its own growth is long enough to measure again."""
+    kills, _, _, leak_ts, starts = replayed
+    checked = 0
+    for pod, ks in kills.items():
+        if len(ks) < 2:
+            continue
+        ages = []
+        for k in ks[:2]:
+            began = max(s for s in starts[pod] if s < k)
+            ages.append(min(t for t in leak_ts[pod] if began < t < k) - began)
+        assert ages[1] < 0.5 * ages[0] and ages[1] <= 90.0, (pod, ages)
+        checked += 1
+    assert checked >= 3  # the crash loop, the Dataset cache and the DataLoader leak

@@ -61,6 +61,18 @@ REVISIT_TOLERANCE = 0.01
 than the data that shows the rise, is a return to a known level (a load cycle), not a leak."""
 
 
+TRACK_PACE = 0.5
+"""After one OOM kill, the new incarnation whose working set has grown since its first sample
+by at least this fraction of the pace the killed life kept to its limit (that limit less the
+new life's first value, over the killed life's length) tracks the killed life
+(:meth:`LevelHistory.tracks_killed_life`)."""
+
+TRACK_MIN_SAMPLES = 3
+"""Samples of the new incarnation the tracking test needs (its first included)."""
+
+TRACK_MIN_FRACTION = 0.02
+"""... and the growth it needs at least, as a fraction of the limit (above scrape noise)."""
+
 THROUGHPUT_TOLERANCE = 0.02
 """A throughput level within this fraction of the range held before (and of its top) still
 counts as held."""
@@ -345,6 +357,42 @@ class LevelHistory:
         # (-inf: the life's length is not known, not the window's)
         first = np.where((at == 0) & (t[:, 0] > self._inc_start[s]), -np.inf, first)
         self._life_start[s[seen]] = first[seen]
+
+    def tracks_killed_life(self, batch: WindowBatch, slots: np.ndarray) -> np.ndarray:
+        """(n,) bool: the pod's last incarnation was OOM-killed and this one's working set
+        grows like it did - since this life's first sample (at least
+        :data:`TRACK_MIN_SAMPLES` of them in the window) by at least :data:`TRACK_PACE` of the
+        killed life's pace to the limit and by :data:`TRACK_MIN_FRACTION` of the limit. The
+        evidence a single kill gives: the same leak again, before its own growth is long
+        enough to measure. False for a life begun before the window (its start unknown) or
+        without a limit; a life that grows slower, or levels (a one-off OOM, then healthy),
+        does not track."""
+        n = len(batch)
+        out = np.zeros(n, dtype=bool)
+        start, prev = self._life_start[slots], self._prev_life[slots]
+        rows = np.flatnonzero((self.oom_kills_[slots] > 0) & np.isfinite(start)
+                              & np.isfinite(prev) & (prev > 0))
+        if rows.size == 0:
+            return out
+        ws = batch.values[rows, self._mem_idx[self._ws], :].astype(np.float64)
+        t = batch.ts[rows, None] + batch.grid[None, :]
+        with np.errstate(invalid="ignore"):
+            mine = np.isfinite(ws) & (ws > 0) & (t >= start[rows, None])
+        count = mine.sum(axis=1)
+        L = ws.shape[1]
+        first = np.argmax(mine, axis=1)
+        last = L - 1 - np.argmax(mine[:, ::-1], axis=1)
+        r = np.arange(rows.size)
+        x0, x1 = ws[r, first], ws[r, last]
+        elapsed = t[r, last] - t[r, first]
+        lim = batch.limits[rows, CHANNELS.index("mem_working_set")].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pace = (lim - x0) / prev[rows]
+            grew = x1 - x0
+            ok = ((count >= TRACK_MIN_SAMPLES) & np.isfinite(lim) & (lim > x0)
+                  & (grew >= TRACK_PACE * pace * elapsed) & (grew >= TRACK_MIN_FRACTION * lim))
+        out[rows] = ok
+        return out
 
     def time_to_oom_by_last_life(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(n,) seconds until the current incarnation has run as long as the last one the

@@ -416,7 +416,9 @@ class UnivariateDetector:
     def _episodes(self, state: SeriesState, ok: np.ndarray, flagged: np.ndarray,
                   x: np.ndarray, season_dev: np.ndarray | None) -> np.ndarray:
         """Advances each series' episode (flagged points closer than ``episode_gap_points``,
-        as :func:`episode_starts` counts them) by its newest point and returns, per series,
+        as :func:`episode_starts` counts them, except that a point without data neither
+        counts towards the gap nor ends the episode: a scrape outage does not start a new
+        normal) by its newest point and returns, per series,
         whether that point belongs to an episode that has lasted more than ``relearn_points``:
         the new normal. When the points since the episode began (or since its last relearning)
         number ``relearn_points``, the baseline restarts from them (level their mean, scale
