@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -152,14 +153,16 @@ def relocation(path: str | Path, workdir: Path, *, namespace: str, suffix: str) 
     """
     workdir.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(Path(path).resolve(), workdir.resolve())
-    (workdir / "kustomization.yaml").write_text(yaml.safe_dump({
+    # written as JSON (which is YAML) so that every string stays a string: PyYAML leaves a
+    # suffix such as "-12e456" unquoted, which YAML 1.2 (kustomize's parser) reads as a number
+    (workdir / "kustomization.yaml").write_text(json.dumps({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [rel], "namespace": namespace, "nameSuffix": suffix,
-        "transformers": ["namespace.yaml"]}))
-    (workdir / "namespace.yaml").write_text(yaml.safe_dump({
+        "transformers": ["namespace.yaml"]}, indent=1) + "\n")
+    (workdir / "namespace.yaml").write_text(json.dumps({
         "apiVersion": "builtin", "kind": "NamespaceTransformer",
         "metadata": {"name": "relocate", "namespace": namespace},
-        "setRoleBindingSubjects": "allServiceAccounts", "unsetOnly": False}))
+        "setRoleBindingSubjects": "allServiceAccounts", "unsetOnly": False}, indent=1) + "\n")
     return workdir
 
 

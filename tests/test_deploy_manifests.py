@@ -141,6 +141,16 @@ def test_relocation_moves_every_object_and_the_binding_subject() -> None:
                 d["metadata"]["name"], d["metadata"]["name"]
 
 
+
+@pytest.mark.parametrize("suffix", ["-123e45", "-098765", "-123456", "-0x1f", "-true"])
+def test_relocation_keeps_a_suffix_that_reads_as_a_number_or_boolean_a_string(
+        suffix: str) -> None:
+    """The stack tests draw suffixes from uuid hex: one like ``-123e45`` or ``-098765``
+    reaches kustomize as a number unless quoted, which failed a CI build (session 7)."""
+    docs = build_relocated(OVERLAYS["alert-only"], namespace="pg-test", suffix=suffix)
+    assert one(docs, "ClusterRoleBinding")["metadata"]["name"] == f"podguard{suffix}"
+
+
 # ============================================================================ configuration
 
 
