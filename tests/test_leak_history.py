@@ -88,6 +88,35 @@ def test_a_restart_near_the_limit_counts_as_an_oom_kill_and_starts_afresh() -> N
     assert h.oom_kills(h.update(low))[0] == 0
 
 
+def test_a_restart_that_is_no_oom_kill_keeps_the_levels_held_an_oom_kill_ends_them() -> None:
+    """A load cycle restarted for another reason (a liveness failure, an exit) comes round
+    to the levels it held before the restart: a revisit, not a leak. After an OOM kill the
+    levels held are what led to it: forgotten."""
+    ch = np.array(["mem_working_set"], dtype=object)
+
+    def cycle_restarted_at_10h(reason: float) -> bool:
+        h = LevelHistory()
+        for ts in np.arange(14400.0, 15 * 3600 - 1800 + 1, 900.0):
+            t = ts + np.arange(-(L - 1), 1) * STEP
+            r = np.where((t >= 10 * 3600) & (t < 10 * 3600 + STEP), 1.0, 0.0)
+            b = _batch(ts, _level(t), restarts=r, oom=np.where(t >= 10 * 3600, reason, np.nan))
+            s = h.update(b)
+        assert h.oom_kills(s)[0] == int(reason)
+        return bool(h.revisits(b, s, ch, np.array([3600.0]), np.array([4e9]))[0])
+
+    assert cycle_restarted_at_10h(0.0)  # restarted for another reason: held before, a revisit
+    assert not cycle_restarted_at_10h(1.0)  # OOMKilled: the levels before it are gone
+
+
+def test_a_reused_slot_starts_without_the_last_pods_incarnation() -> None:
+    h = LevelHistory()
+    r = np.where(np.arange(L) == L - 5, 1.0, 0.0)
+    h.update(_batch(1e6, np.full(L, 1e9), restarts=r, oom=np.zeros(L)))
+    assert h.incarnation_start(h.update(_batch(1e6, np.full(L, 1e9))))[0] > 0
+    h.forget(PodKey("ns", "p"))  # the slot is reused by the next pod of that name
+    assert h.incarnation_start(h.update(_batch(2e6, np.full(L, 1e9))))[0] == -np.inf
+
+
 def _restart_at_60_percent(oom: np.ndarray | None, *, restart: bool = True) -> int:
     """A fast leak's last evaluation at 60 % of its limit, then (a 10 s step later in real
     life) a window showing its restart a minute ago, with the reason flag ``oom``; returns

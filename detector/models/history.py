@@ -2,8 +2,10 @@
 
 Called by :mod:`detector.pipeline` once per evaluated batch. A window holds a few hours; a
 load cycle can last a day. This keeps, per pod and memory channel, the *floor* (minimum) of
-every completed block of ``block_s`` seconds over the last ``keep_s``, for the pod's current
-container incarnation, and answers two questions the leak decision needs:
+every completed block of ``block_s`` seconds over the last ``keep_s`` since the pod's last
+OOM kill (a container restart for another reason - a liveness failure, an exit - keeps the
+levels held before it: the load that drove them did not change; an OOM kill ends them: they
+led to it), and answers two questions the leak decision needs:
 
 * **has this pod been here before?** (:meth:`LevelHistory.prior_max`): a periodic load comes
   back to levels it has already held - its floors of earlier cycles reach the current one -
@@ -96,6 +98,9 @@ class LevelHistory:
         self._tp_hi = np.full((cap, ntp, self.n_blocks), np.nan, dtype=np.float32)
         self._bid = np.full((cap, self.n_blocks), -1, dtype=np.int64)
         self._inc_start = np.full(cap, -np.inf)  # ts of the current incarnation's start
+        # ts from which block levels count: the last OOM kill's restart (a restart for another
+        # reason keeps the levels held before it: the workload's load did not change)
+        self._levels_since = np.full(cap, -np.inf)
         self._born = np.full(cap, -np.inf)  # the pod's first data (-inf: older than a window)
         self._last_frac = np.zeros(cap)  # working set / limit at the last evaluation
         self.oom_kills_ = np.zeros(cap, dtype=np.int64)
@@ -123,6 +128,7 @@ class LevelHistory:
                         self._grow(2 * self._bid.shape[0])
                 self._slot[k] = s
                 self._reset(np.array([s]))
+                self._inc_start[s] = self._levels_since[s] = -np.inf  # (a reused slot)
                 self._born[s] = np.nan  # set by update() from the pod's first window
                 self.oom_kills_[s] = 0
                 self._prev_life[s] = np.nan
@@ -142,6 +148,7 @@ class LevelHistory:
         self._tp_hi = grow(self._tp_hi, np.nan)
         self._bid = grow(self._bid, -1)
         self._inc_start = grow(self._inc_start, -np.inf)
+        self._levels_since = grow(self._levels_since, -np.inf)
         self._born = grow(self._born, -np.inf)
         self._last_frac = grow(self._last_frac, 0.0)
         self.oom_kills_ = grow(self.oom_kills_, 0)
@@ -201,7 +208,9 @@ class LevelHistory:
             ran = ran - self._life_start[s_new]
             life = np.where(np.isfinite(ran), ran, life)
             self._prev_life[s_new[killed]] = np.where(np.isfinite(life), life, np.nan)[killed]
-            self._reset(s_new)
+            # an OOM kill ends the levels held (they led to it); another restart keeps them
+            self._reset(s_new[killed])
+            self._levels_since[s_new[killed]] = r_ts[new_inc][killed]
             self._inc_start[s_new] = r_ts[new_inc]
             self._life_start[s_new], self._carried[s_new] = np.nan, carried
         # the working set's fraction of its limit now (for the next restart)
@@ -225,7 +234,7 @@ class LevelHistory:
         with _quiet():
             mins = np.nanmin(part, axis=-1)  # (n, 3)
             tp_lo, tp_hi = np.nanmin(tp, axis=-1), np.nanmax(tp, axis=-1)  # (n, 4)
-        after_inc = target * self.block_s >= self._inc_start[slots]
+        after_inc = target * self.block_s >= self._levels_since[slots]
         ok = after_inc & np.isfinite(mins).any(axis=-1)
         if ok.any():
             pos = target[ok] % self.n_blocks
@@ -238,8 +247,9 @@ class LevelHistory:
     def throughput_revisits(self, batch: WindowBatch, slots: np.ndarray,
                             exclude_s: float = 3600.0) -> np.ndarray:
         """(n,) bool: every throughput channel of the window with data is now (median of
-        its last 10 min) within the range of levels this incarnation held in its blocks
-        older than ``exclude_s`` (the part of the window the drift features compare with),
+        its last 10 min) within the range of levels the pod held since its last OOM kill in
+        its blocks older than ``exclude_s`` (the part of the window the drift features compare
+        with),
         within :data:`THROUGHPUT_TOLERANCE`: a load cycle coming round again, not a drift.
         False without such history (a pod in its first cycle is judged as before)."""
         n = len(batch)
@@ -247,7 +257,7 @@ class LevelHistory:
             return np.zeros(0, dtype=bool)
         bid = self._bid[slots]
         hi_b = np.floor((batch.ts - exclude_s) / self.block_s).astype(np.int64)
-        lo_b = np.ceil(self._inc_start[slots] / self.block_s)
+        lo_b = np.ceil(self._levels_since[slots] / self.block_s)
         lo_b = np.where(np.isfinite(lo_b), lo_b, -1).astype(np.int64)
         valid = (bid >= 0) & (bid < hi_b[:, None]) & (bid >= lo_b[:, None])
         with _quiet():
@@ -262,13 +272,13 @@ class LevelHistory:
         return judged.any(axis=1) & np.all(~judged | inside, axis=1)
 
     def prior_max(self, slots: np.ndarray, ts: np.ndarray, exclude_s: np.ndarray) -> np.ndarray:
-        """(n, 3) highest block floor of the current incarnation older than ``exclude_s``
+        """(n, 3) highest block floor since the pod's last OOM kill older than ``exclude_s``
         before ``ts`` (NaN where there is none)."""
         if slots.size == 0:
             return np.zeros((0, len(MEMORY_CHANNELS)))
         bid = self._bid[slots]  # (n, NB)
         hi = np.floor((ts - exclude_s) / self.block_s).astype(np.int64)
-        lo = np.ceil(self._inc_start[slots] / self.block_s)
+        lo = np.ceil(self._levels_since[slots] / self.block_s)
         lo = np.where(np.isfinite(lo), lo, -1).astype(np.int64)
         valid = (bid >= 0) & (bid < hi[:, None]) & (bid >= lo[:, None])
         fl = np.where(valid[:, None, :], self._floor[slots], np.nan)
