@@ -75,6 +75,21 @@ TRACK_MIN_SAMPLES = 3
 TRACK_MIN_FRACTION = 0.02
 """... and the growth it needs at least, as a fraction of the limit (above scrape noise)."""
 
+ENVELOPE_SPANS = (8, 16)
+"""Blocks (of ``block_s``, 15 min) per span of the lower envelope a leak riding on a load cycle
+is read from (:meth:`LevelHistory.envelope_leak`): 2 h and 4 h, so four spans take 8 h and
+16 h of the history's 26 h."""
+
+ENVELOPE_TOLERANCE = 0.01
+"""Each span's envelope must rise by more than this fraction of the limit."""
+
+ENVELOPE_STEADY = 0.6
+"""The newest span's rise must be at least this fraction of the oldest one's."""
+
+ENVELOPE_RSS_SHARE = 0.25
+"""... and, where the RSS is exported, its envelope must rise by at least this share of the
+working set's (as ``trend.PAGE_CACHE_RSS_SHARE``: growth on a flat RSS is page cache)."""
+
 THROUGHPUT_TOLERANCE = 0.02
 """A throughput level within this fraction of the range held before (and of its top) still
 counts as held."""
@@ -317,6 +332,71 @@ class LevelHistory:
         tol = np.where(np.isfinite(lim), REVISIT_TOLERANCE * lim, 0.0)
         with np.errstate(invalid="ignore"):
             out[grows] = np.isfinite(prior_c) & (floor_now <= prior_c + tol)
+        return out
+
+    def envelope_leak(self, batch: WindowBatch, slots: np.ndarray) -> np.ndarray:
+        """(n,) seconds to OOM of a leak riding on a load cycle, read from the working set's
+        lower envelope (NaN where there is none): the lowest block floor of each of the last
+        four spans of :data:`ENVELOPE_SPANS` blocks (at least half of each span's blocks held)
+        rises in each span by more than :data:`ENVELOPE_TOLERANCE` of the limit, the newest
+        rise at least :data:`ENVELOPE_STEADY` of the oldest (a leak does not slow down; a
+        warm-up does), and the envelope now is above that of every older span the history
+        holds (a cycle longer than the spans coming round again is no leak). The OOM is
+        projected from the window's peak over the last span at the envelope's pace. The trend
+        views' blocks (15 min at most) are shorter than a cycle of hours, so their floors follow
+        the cycle and a leak under it scores low; the envelope's spans are one cycle or more
+        long. Shortest span first."""
+        n = len(batch)
+        out = np.full(n, np.nan)
+        if n == 0:
+            return out
+        lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
+        cur = np.floor(batch.ts / self.block_s).astype(np.int64) - 1  # newest complete block
+        lo = np.ceil(self._levels_since[slots] / self.block_s)
+        lo = np.where(np.isfinite(lo), lo, -1).astype(np.int64)
+        ws = batch.values[:, self._mem_idx[self._ws], :].astype(np.float64)
+        t_rel = batch.grid
+        for span in ENVELOPE_SPANS:
+            todo = np.flatnonzero(np.isnan(out) & np.isfinite(lim) & (lim > 0))
+            if todo.size == 0 or 4 * span > self.n_blocks:
+                continue
+            k = self.n_blocks // span  # spans the history holds
+            want = cur[todo, None] - np.arange(k * span)[None, :]  # (g, k span), newest first
+            pos = np.mod(want, self.n_blocks)
+            s = slots[todo]
+            held = (self._bid[s[:, None], pos] == want) & (want >= lo[todo, None])
+            fl = np.where(held, self._floor[s[:, None], self._ws, pos], np.nan)
+            fl = fl.reshape(todo.size, k, span)
+            full = np.isfinite(fl).sum(axis=2) >= span // 2
+            enough = full[:, :4].all(axis=1)
+            with _quiet():
+                env = np.nanmin(fl, axis=2)  # (g, k): env[:, 0] is the newest span
+                rise = env[:, :3] - env[:, 1:4]  # (g, 3): newest rise first
+                tol = ENVELOPE_TOLERANCE * lim[todo]
+                steady = ((rise > tol[:, None]).all(axis=1)
+                          & (rise[:, 0] >= ENVELOPE_STEADY * rise[:, 2]))
+                # above the envelope of every span held before the four (a cycle longer
+                # than the spans, coming round again, is no leak)
+                before = np.nanmax(np.where(full[:, 4:], env[:, 4:], np.nan), axis=1) \
+                    if k > 4 else np.full(todo.size, np.nan)
+            new_high = ~(env[:, 0] <= before + tol)  # NaN before: nothing held, a new high
+            # where the RSS is exported, anonymous memory must grow with it: a working set
+            # that ramps on a flat RSS is page cache (a file reader), never OOM-killed for
+            rss = self._floor[s[:, None], MEMORY_CHANNELS.index("mem_rss"), pos]
+            rss = np.where(held, rss, np.nan).reshape(todo.size, k, span)[:, :4]
+            with _quiet():
+                env_rss = np.nanmin(rss, axis=2)
+            rss_rise = env_rss[:, 0] - env_rss[:, 3]
+            anonymous = ~(rss_rise < ENVELOPE_RSS_SHARE * (env[:, 0] - env[:, 3]))
+            ok = enough & steady & new_high & anonymous
+            if not ok.any():
+                continue
+            rate = (env[:, 0] - env[:, 3]) / (3 * span * self.block_s)
+            recent = t_rel[None, :] >= -span * self.block_s
+            with _quiet():
+                peak = np.nanmax(np.where(recent, ws[todo], np.nan), axis=1)
+            tto = np.maximum(lim[todo] - peak, 0.0) / rate
+            out[todo[ok]] = np.where(np.isfinite(tto[ok]), tto[ok], np.nan)
         return out
 
     def oom_kills(self, slots: np.ndarray) -> np.ndarray:

@@ -1552,6 +1552,12 @@ growth whose best channel switched between the working set (OOM in 17 h) and the
 beyond the 24 h horizon) resolved and fired again four times in an hour."""
 
 
+ENVELOPE_HORIZON_S = 6 * 3600.0
+"""A leak read from the working set's lower envelope alone
+(:meth:`~detector.models.history.LevelHistory.envelope_leak`) is paged only when its OOM is
+projected this close (its span-long evidence is coarser than the trend views'; a multi-hour
+load cycle's first rising half projects further)."""
+
 CRASHLOOP_KILLS = 2
 """OOM kills of a pod after which its next incarnations are warned from their start, until
 one outlives the last killed one (a crash-looping leak: the kernel kills each incarnation
@@ -1633,7 +1639,13 @@ class LeakDecider:
         # after one kill, once its growth tracks the killed life's
         crash_loop = (((kills >= CRASHLOOP_KILLS) | ev.history.tracks_killed_life(batch, ev.slots))
                       & eligible & (np.nan_to_num(by_life, nan=0.0) > 0))
-        raw_leak = ((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
+        # a leak riding on a load cycle longer than the views' blocks: its lower envelope
+        env_tto = ev.history.envelope_leak(batch, ev.slots)
+        age = ev.history.incarnation_age(ev.slots, batch.ts)
+        by_envelope = (~(leak_score > leak_thr) & eligible & (env_tto <= ENVELOPE_HORIZON_S)
+                       & ~beyond_reach(env_tto, age, horizon))
+        raw_leak = (((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
+                    | by_envelope)
         # raised on the kills alone (this life's growth not yet measured): those name them
         by_kills = crash_loop & ~(leak_score > leak_thr)
         # hysteresis: a raised leak stays raised while its OOM is projected within
@@ -1656,11 +1668,13 @@ class LeakDecider:
         # the time to OOM stated (facts and verdict fields alike): the report's, or, in a
         # crash loop whose life shows no measured growth yet, the last killed life's
         by_last = ~np.isfinite(tto_all) & (kills > 0) & np.isfinite(by_life)
-        tto_s = np.where(by_last, by_life, tto_all)
+        tto_s = np.where(by_last, by_life, np.where(by_envelope, env_tto, tto_all))
         lo_s = np.where(by_last, by_life * LIFE_BAND[0],
-                        np.asarray(report.time_to_oom_low_s, dtype=np.float64))
+                        np.where(by_envelope, env_tto * TTO_BAND[0],
+                                 np.asarray(report.time_to_oom_low_s, dtype=np.float64)))
         hi_s = np.where(by_last, by_life * LIFE_BAND[1],
-                        np.asarray(report.time_to_oom_high_s, dtype=np.float64))
+                        np.where(by_envelope, env_tto * TTO_BAND[1],
+                                 np.asarray(report.time_to_oom_high_s, dtype=np.float64)))
 
         def facts(i: int) -> tuple[str, dict[str, Any]]:
             # the kernel's kills are at the memory limit: a crash loop without a growing
