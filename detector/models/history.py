@@ -127,6 +127,7 @@ class LevelHistory:
         self._carried = np.full(cap, np.nan)
         self._mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
         self._ws = MEMORY_CHANNELS.index("mem_working_set")
+        self._rss = MEMORY_CHANNELS.index("mem_rss")
         self._oom = CHANNELS.index(OOM_KILLED_CHANNEL)
 
     # -- slots --------------------------------------------------------------------------
@@ -176,6 +177,11 @@ class LevelHistory:
         self._tp_lo[slots] = np.nan
         self._tp_hi[slots] = np.nan
         self._bid[slots] = -1
+
+    def _first_level_block(self, slots: np.ndarray) -> np.ndarray:
+        """(n,) id of the first block whose levels count (see ``_levels_since``; -1: all)."""
+        lo = np.ceil(self._levels_since[slots] / self.block_s)
+        return np.where(np.isfinite(lo), lo, -1).astype(np.int64)
 
     def forget(self, key: PodKey) -> None:
         s = self._slot.pop(key, None)
@@ -272,8 +278,7 @@ class LevelHistory:
             return np.zeros(0, dtype=bool)
         bid = self._bid[slots]
         hi_b = np.floor((batch.ts - exclude_s) / self.block_s).astype(np.int64)
-        lo_b = np.ceil(self._levels_since[slots] / self.block_s)
-        lo_b = np.where(np.isfinite(lo_b), lo_b, -1).astype(np.int64)
+        lo_b = self._first_level_block(slots)
         valid = (bid >= 0) & (bid < hi_b[:, None]) & (bid >= lo_b[:, None])
         with _quiet():
             lo = np.nanmin(np.where(valid[:, None, :], self._tp_lo[slots], np.nan), axis=-1)
@@ -293,8 +298,7 @@ class LevelHistory:
             return np.zeros((0, len(MEMORY_CHANNELS)))
         bid = self._bid[slots]  # (n, NB)
         hi = np.floor((ts - exclude_s) / self.block_s).astype(np.int64)
-        lo = np.ceil(self._levels_since[slots] / self.block_s)
-        lo = np.where(np.isfinite(lo), lo, -1).astype(np.int64)
+        lo = self._first_level_block(slots)
         valid = (bid >= 0) & (bid < hi[:, None]) & (bid >= lo[:, None])
         fl = np.where(valid[:, None, :], self._floor[slots], np.nan)
         with _quiet():
@@ -352,10 +356,7 @@ class LevelHistory:
             return out
         lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
         cur = np.floor(batch.ts / self.block_s).astype(np.int64) - 1  # newest complete block
-        lo = np.ceil(self._levels_since[slots] / self.block_s)
-        lo = np.where(np.isfinite(lo), lo, -1).astype(np.int64)
-        ws = batch.values[:, self._mem_idx[self._ws], :].astype(np.float64)
-        t_rel = batch.grid
+        lo = self._first_level_block(slots)
         for span in ENVELOPE_SPANS:
             todo = np.flatnonzero(np.isnan(out) & np.isfinite(lim) & (lim > 0))
             if todo.size == 0 or 4 * span > self.n_blocks:
@@ -382,7 +383,7 @@ class LevelHistory:
             new_high = ~(env[:, 0] <= before + tol)  # NaN before: nothing held, a new high
             # where the RSS is exported, anonymous memory must grow with it: a working set
             # that ramps on a flat RSS is page cache (a file reader), never OOM-killed for
-            rss = self._floor[s[:, None], MEMORY_CHANNELS.index("mem_rss"), pos]
+            rss = self._floor[s[:, None], self._rss, pos]
             rss = np.where(held, rss, np.nan).reshape(todo.size, k, span)[:, :4]
             with _quiet():
                 env_rss = np.nanmin(rss, axis=2)
@@ -391,12 +392,13 @@ class LevelHistory:
             ok = enough & steady & new_high & anonymous
             if not ok.any():
                 continue
-            rate = (env[:, 0] - env[:, 3]) / (3 * span * self.block_s)
-            recent = t_rel[None, :] >= -span * self.block_s
+            g = np.flatnonzero(ok)
+            rate = (env[g, 0] - env[g, 3]) / (3 * span * self.block_s)  # > 0: steady rises
+            ws = batch.values[todo[g], self._mem_idx[self._ws], :].astype(np.float64)
+            recent = batch.grid[None, :] >= -span * self.block_s
             with _quiet():
-                peak = np.nanmax(np.where(recent, ws[todo], np.nan), axis=1)
-            tto = np.maximum(lim[todo] - peak, 0.0) / rate
-            out[todo[ok]] = np.where(np.isfinite(tto[ok]), tto[ok], np.nan)
+                peak = np.nanmax(np.where(recent, ws, np.nan), axis=1)
+            out[todo[g]] = np.maximum(lim[todo[g]] - peak, 0.0) / rate  # NaN: no peak seen
         return out
 
     def oom_kills(self, slots: np.ndarray) -> np.ndarray:

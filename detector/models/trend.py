@@ -1623,7 +1623,8 @@ class LeakDecider:
         report = trend.leak_report(batch)
         tto_all = np.asarray(report.time_to_oom_s, dtype=np.float64)
         beyond_horizon = ~(tto_all <= horizon) & ~np.isnan(tto_all)
-        far = beyond_reach(tto_all, ev.history.incarnation_age(ev.slots, batch.ts), horizon)
+        age = ev.history.incarnation_age(ev.slots, batch.ts)
+        far = beyond_reach(tto_all, age, horizon)
         # a crash loop: after each OOM kill the next incarnation is judged with that evidence
         kills = ev.history.oom_kills(ev.slots)
         leak_thr = leak.threshold / (1.0 + np.minimum(kills, 3))
@@ -1641,7 +1642,6 @@ class LeakDecider:
                       & eligible & (np.nan_to_num(by_life, nan=0.0) > 0))
         # a leak riding on a load cycle longer than the views' blocks: its lower envelope
         env_tto = ev.history.envelope_leak(batch, ev.slots)
-        age = ev.history.incarnation_age(ev.slots, batch.ts)
         by_envelope = (~(leak_score > leak_thr) & eligible & (env_tto <= ENVELOPE_HORIZON_S)
                        & ~beyond_reach(env_tto, age, horizon))
         raw_leak = (((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
