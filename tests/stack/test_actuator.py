@@ -65,8 +65,6 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 OPT_IN = {"podguard.io/remediate": "true"}
 
 
-
-
 @dataclass
 class FakeTime:
     """A clock the test moves and a sleep that only records (and advances the clock)."""

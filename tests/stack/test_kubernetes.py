@@ -27,8 +27,6 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 T = TypeVar("T")
 
 
-
-
 def _some(value: T | None, what: str) -> T:
     """The client's models type every field Optional: assert the ones the API always sets."""
     assert value is not None, f"{what} missing"

@@ -51,8 +51,6 @@ OPT_IN = {"podguard.io/remediate": "true"}
 IMAGE = "registry.invalid/podguard/x:never"
 
 
-
-
 def settings(**kw: Any) -> RemediationSettings:
     return RemediationSettings(**{"enabled": True, "api_backoff_s": [0.2, 0.5],
                                   "max_evictions_per_node": 1,
