@@ -181,7 +181,9 @@ kube-state-metrics' reason is ``OOMKilled``, 0 for another reason, no data befor
 termination (kube-state-metrics exports no reason then) or where the series is not scraped.
 Its trace metric is ``..._reason_oomkilled``; the sources map the exporter's series
 :data:`LAST_TERMINATED_REASON` to it with :func:`oom_killed_flag`. Summed over a pod's
-containers like every channel (a pod with one container OOM-killed reads >= 1)."""
+containers like every channel, each container's flag counting only while it is the pod's
+latest to restart (the reason of the pod's latest restart; NaN where that container exports
+none)."""
 
 LAST_TERMINATED_REASON = "kube_pod_container_status_last_terminated_reason"
 """kube-state-metrics' series ``{namespace, pod, container, reason} 1``, one per container

@@ -536,3 +536,73 @@ def test_series_store_grows_resets_and_reuses_every_declared_field() -> None:
     assert all(getattr(st, "p_" + f)[p] == fill for f, (_d, fill) in POD_FIELDS.items())
     size = st.state_size()
     assert size["series"] == 100 - len(dropped) + 1 and size["pods"] == 3
+
+
+def _two_containers(side_reason: float | None) -> WindowBatch:
+    """``main`` OOM-killed 50 min before the window's end (its flag 1 from then on), then the
+    ``side`` container restarted 20 min before the end for ``side_reason`` (1 OOMKilled,
+    0 another reason, None: no reason exported)."""
+    e = engine()
+    n = 240  # 60 min at 15 s
+    i = np.arange(n)
+    parts = [
+        rows(tr.WORKING_SET, np.full(n, 1e9), container="main"),
+        rows(tr.WORKING_SET, np.full(n, 1e8), container="side"),
+        rows(tr.RESTARTS, np.where(i >= 40, 1.0, 0.0), container="main"),
+        rows(tr.RESTARTS, np.where(i >= 160, 1.0, 0.0), container="side"),
+        rows(tr.OOM_KILLED, np.ones(n - 40), t0=T0 + 40 * 15.0, container="main"),
+    ]
+    if side_reason is not None:
+        parts.append(rows(tr.OOM_KILLED, np.full(n - 160, side_reason), t0=T0 + 160 * 15.0,
+                          container="side"))
+    e.ingest(trace(*parts))
+    return e.windows(at=T0 + n * 15.0)
+
+
+def test_a_pods_oom_flag_is_the_reason_of_its_latest_restart_not_a_sum_over_containers(
+) -> None:
+    """A sidecar that restarts for another reason after the main container's OOM kill is no
+    OOM kill (the flag summed over containers said 1: the main container's old reason)."""
+    from detector.models.history import oom_reason_since
+
+    b = _two_containers(side_reason=0.0)
+    flag, rst = ch(b, "oom_killed"), ch(b, "restarts")
+    r = np.flatnonzero(np.nan_to_num(rst) > 0)
+    assert r.size == 2  # the two restarts, in the window
+    # after main's kill and before the sidecar's restart: main's OOMKilled
+    assert np.nanmax(flag[r[0]:r[1]]) == 1.0
+    # from the sidecar's restart on: its own reason, Error
+    assert oom_reason_since(flag[None, :], np.array([r[1]]))[0] == 0.0
+    assert np.nanmax(flag[r[1]:]) == 0.0
+    # the sidecar OOM-killed too: both flags count again (summed, as before)
+    b2 = _two_containers(side_reason=1.0)
+    assert oom_reason_since(ch(b2, "oom_killed")[None, :], np.array([r[1]]))[0] >= 0.5
+    # the sidecar exports no reason: unknown at its restart, not main's old OOMKilled
+    b3 = _two_containers(side_reason=None)
+    assert np.isnan(oom_reason_since(ch(b3, "oom_killed")[None, :], np.array([r[1]]))[0])
+    assert np.nanmax(ch(b3, "oom_killed")[r[0]:r[1]]) == 1.0
+
+
+def test_a_sidecar_restarting_for_another_reason_after_an_oom_kill_is_counted_once() -> None:
+    """Through the level history the daemon keeps: main's OOM kill counts, the sidecar's later
+    restart for another reason does not (it did before: the flag summed over containers)."""
+    from detector.models.history import LevelHistory
+
+    e = engine()
+    n = 240
+    i = np.arange(n)
+    e.ingest(trace(
+        rows(tr.WORKING_SET, np.full(n, 1e9), container="main"),
+        rows(tr.WORKING_SET, np.full(n, 1e8), container="side"),
+        rows(tr.RESTARTS, np.where(i >= 40, 1.0, 0.0), container="main"),
+        rows(tr.RESTARTS, np.where(i >= 160, 1.0, 0.0), container="side"),
+        rows(tr.OOM_KILLED, np.ones(n - 40), t0=T0 + 40 * 15.0, container="main"),
+        rows(tr.OOM_KILLED, np.zeros(n - 160), t0=T0 + 160 * 15.0, container="side"),
+    ))
+    h = LevelHistory()
+    kills = []
+    for at in np.arange(T0 + 15 * 60.0, T0 + n * 15.0 + 1, 60.0):
+        b = e.windows(at=float(at))
+        kills.append(int(h.oom_kills(h.update(b))[0]))
+    assert kills[-1] == 1
+    assert max(kills) == 1

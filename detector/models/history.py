@@ -28,8 +28,9 @@ led to it), and answers two questions the leak decision needs:
   the reason does not. The flag is untrusted: a negative value is unknown, ``>= 0.5`` is
   OOMKilled (a sum over containers can exceed 1), and a flag without a restart counts
   nothing (a kill is a restart whose reason is OOMKilled). In a pod of several containers
-  the flag is their sum, so one container's old OOM kill also marks another's later
-  restart for another reason.
+  the window engine keeps each container's flag only while it is the pod's latest to
+  restart (:meth:`detector.windows.assemble.WindowAssembler._oom_flag_of_restarter`), so
+  one container's old OOM kill does not mark another's later restart for another reason.
 
 Everything is vectorised over the batch; a pod's slot is freed by :meth:`forget`.
 State is bounded: ``keep_s / block_s`` floats per pod and channel.

@@ -11,7 +11,9 @@ before it (causal). Assembling goes in stages, each a method of :class:`WindowAs
    ``pod_ttl_s`` before its end;
 3. :meth:`~WindowAssembler._groups` sums the containers of each pod per target (a pod-level
    series with an empty ``container`` counts only where the pod has no named one) and takes
-   each group's newest value (limits are read as of the newest sample);
+   each group's newest value (limits are read as of the newest sample); a container's
+   last-terminated-reason flag counts only while it is the pod's latest to restart
+   (:meth:`~WindowAssembler._oom_flag_of_restarter`);
 4. the channels, their limits (from the limit table), the extra (custom) metrics, the
    baselines and features are laid out in a :class:`~detector.windows.batch.WindowBatch`.
 """
@@ -245,6 +247,7 @@ class WindowAssembler:
         use = ~agg | ~named[gid]
         p_of, target, gid, extra_id = series.p_of[use], target[use], gid[use], extra_id[use]
         series_vals, idx_last = series.vals[use], series.idx_last[use]
+        series_vals = self._oom_flag_of_restarter(series.sel[use], p_of, target, series_vals)
 
         # sum containers: sort by group and reduce
         order = np.argsort(gid, kind="stable")
@@ -273,6 +276,48 @@ class WindowAssembler:
             last=np.where(lv_cnt > 0, lv_sum, np.nan),
             zero=lv_zero,
         )
+
+    def _oom_flag_of_restarter(self, sel: np.ndarray, p_of: np.ndarray, target: np.ndarray,
+                               vals: np.ndarray) -> np.ndarray:
+        """``vals`` with each container's last-terminated-reason flag kept only where that
+        container is the pod's latest to restart in the window (or none has yet): the pod's
+        flag, summed over containers next, is then the reason of its latest restart, not a
+        sidecar's old OOM kill marking the main container's later restart for another reason
+        (or the other way round). Where the latest restarter exports no reason the pod's flag
+        is unknown (NaN). A pod with one container is left as it is; so is a flag whose container
+        has no restart series (nothing to align it with)."""
+        rst, oom = CHANNELS.index(chan.RESTART_CHANNEL), CHANNELS.index(chan.OOM_KILLED_CHANNEL)
+        is_oom = np.flatnonzero(target == oom)
+        if is_oom.size == 0:
+            return vals
+        is_rst = np.flatnonzero(target == rst)
+        pods = np.intersect1d(p_of[is_oom], p_of[is_rst])
+        if pods.size == 0:
+            return vals
+        names = self.store.series_name
+        out: np.ndarray | None = None
+        L = vals.shape[-1]
+        bins = np.arange(L)
+        for p in pods.tolist():
+            r_rows = is_rst[p_of[is_rst] == p]
+            if r_rows.size < 2:
+                continue
+            container = [names[int(sel[r])][2] for r in r_rows]  # type: ignore[index]
+            # the newest bin at or before each bin where each container's count rose (-1: none)
+            hit = np.nan_to_num(vals[r_rows]) > 0
+            last = np.maximum.accumulate(np.where(hit, bins[None, :], -1), axis=-1)
+            latest = last.max(axis=0)
+            for o in is_oom[p_of[is_oom] == p].tolist():
+                c = names[int(sel[o])][2]  # type: ignore[index]
+                if c not in container:
+                    continue
+                mine = last[container.index(c)]
+                other = (latest >= 0) & (mine < latest)
+                if other.any():
+                    if out is None:
+                        out = vals.copy()
+                    out[o] = np.where(other, np.nan, vals[o])
+        return vals if out is None else out
 
     def _limits(self, g: _Groups, n: int) -> np.ndarray:
         """``(n, C)`` float32: each channel's limit from the limit table, NaN where unknown."""
