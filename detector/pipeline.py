@@ -22,7 +22,9 @@ and what earlier deciders found). Today:
 
 A verdict is reported (score, threshold, time to OOM, explanation) by the judgement of the
 detector that decides its kind. A pod must be flagged on ``confirm_steps`` consecutive
-evaluations before ``is_anomaly`` turns true (one noisy window does not page anybody).
+evaluations before ``is_anomaly`` turns true (one noisy window does not page anybody),
+unless its projected OOM comes before one step after that confirmation (a page after the
+kill is worth nothing).
 Positive verdicts carry SHAP attributions (exact Shapley values over the leak score's
 inputs, TreeExplainer + GradientExplainer for the drift score) and one readable sentence.
 """
@@ -197,6 +199,9 @@ class Pipeline:
             else:
                 st.streak, st.kind = 1, kind
             positive = kind != "none" and st.streak >= self.settings.confirm_steps
+            if not positive and rep is not None and rep.verdict_fields is not None:
+                positive = self._too_late_to_confirm(rep.verdict_fields(i), st.streak,
+                                                     batch.step_s)
             raised[i] = positive
             if rep is not None:
                 score, thr = float(rep.score[i]), float(rep.threshold[i])
@@ -230,6 +235,16 @@ class Pipeline:
             for i, text, values in self._explain(batch, rep, rows):
                 verdicts[i] = _with_explanation(verdicts[i], text, values)
         return verdicts
+
+    def _too_late_to_confirm(self, fields: dict[str, Any], streak: int, step_s: float
+                             ) -> bool:
+        """A flagged pod whose projected OOM comes before one step after its confirmation
+        (``confirm_steps``) is raised now: a page confirmed after the kill, or with less
+        than a step left to checkpoint, is worth nothing (at a 60 s step a leak killed 9.5
+        min after its start was flagged at 8.6 min and killed before the confirming step)."""
+        tto = fields.get("time_to_oom_s")
+        wait = max(self.settings.confirm_steps - streak, 0) + 1
+        return tto is not None and math.isfinite(tto) and 0 <= tto <= wait * step_s
 
     def _cached(self, key: PodKey, kind: Kind, ts: float) -> xp.Attribution | None:
         st = self._pods[key]

@@ -200,7 +200,9 @@ class DetectionSettings(_Section):
     )
     confirm_steps: int = Field(
         2, ge=1,
-        description="Consecutive positive evaluations needed before a verdict is raised (count).",
+        description="Consecutive positive evaluations needed before a verdict is raised "
+                    "(count); a leak whose projected OOM comes before one step after the "
+                    "confirmation is raised at once.",
     )
     leak_horizon_s: float = Field(
         86400, gt=0,

@@ -94,3 +94,37 @@ def test_after_one_oom_kill_the_next_life_is_warned_earlier_in_its_life(
         assert ages[1] < 0.5 * ages[0] and ages[1] <= 90.0, (pod, ages)
         checked += 1
     assert checked >= 3  # the crash loop, the Dataset cache and the DataLoader leak
+
+
+def test_at_a_60_s_step_a_leak_about_to_be_killed_is_raised_without_waiting_to_confirm(
+) -> None:
+    """``holdout``'s h-leak-c, first life: leaking from its start, killed by the kernel at 9.5
+    min. At a 60 s step it is flagged at 8.6 min with about a minute left; the confirming
+    step would come after the kill, so the page is raised at once (it was a miss)."""
+    trace = pd.read_csv(REAL / "holdout.csv.gz")
+    trace = trace[trace["pod"] == "h-leak-c"]
+    labels = json.loads((REAL / "holdout.labels.json").read_text())["pods"]["h-leak-c"]
+    kill = min(float(e["ts"]) for e in labels["exits"] if e["reason"] == "OOMKilled")
+    began = max(float(s) for s in labels["starts"] if float(s) < kill)
+    pipe = Pipeline.load(None)
+    raised = [(v.ts, v.time_to_oom_s) for _t, batch, _e in iter_batches(
+        trace, step_s=60.0, windows=WindowSettings(step_s=60.0))
+        for v in pipe.evaluate(batch) if v.is_anomaly and v.kind == "memory_leak"]
+    before = [(ts, tto) for ts, tto in raised if began < ts < kill]
+    assert before, f"no alarm in the {(kill - began) / 60:.1f} min life before its kill"
+    ts, tto = before[0]
+    assert tto is not None and 0 < tto <= 120.0 and kill - ts > 0
+
+
+def test_only_a_projected_oom_before_the_confirmation_skips_it() -> None:
+    pipe = Pipeline.load(None)  # confirm_steps 2
+    late = pipe._too_late_to_confirm
+    assert late({"time_to_oom_s": 90.0}, 1, 60.0)  # confirmed at +60 s, 30 s before the OOM
+    assert late({"time_to_oom_s": 120.0}, 1, 60.0)
+    assert not late({"time_to_oom_s": 121.0}, 1, 60.0)
+    assert not late({"time_to_oom_s": 90.0}, 1, 15.0)  # at 15 s the confirmation is in time
+    assert not late({"time_to_oom_s": None}, 1, 60.0)
+    assert not late({"time_to_oom_s": float("inf")}, 1, 60.0)
+    assert not late({"time_to_oom_s": float("nan")}, 1, 60.0)
+    assert not late({}, 1, 60.0)  # a drift or a kind without a time to OOM
+    assert not late({"time_to_oom_s": -5.0}, 1, 60.0)  # garbage is no urgency
