@@ -339,7 +339,8 @@ class LevelHistory:
             out[grows] = np.isfinite(prior_c) & (floor_now <= prior_c + tol)
         return out
 
-    def envelope_leak(self, batch: WindowBatch, slots: np.ndarray) -> np.ndarray:
+    def envelope_leak(self, batch: WindowBatch, slots: np.ndarray,
+                      rows: np.ndarray | None = None) -> np.ndarray:
         """(n,) seconds to OOM of a leak riding on a load cycle, read from the working set's
         lower envelope (NaN where there is none): the lowest block floor of each of the last
         four spans of :data:`ENVELOPE_SPANS` blocks (at least half of each span's blocks held)
@@ -350,12 +351,15 @@ class LevelHistory:
         projected from the window's peak over the last span at the envelope's pace. The trend
         views' blocks (15 min at most) are shorter than a cycle of hours, so their floors follow
         the cycle and a leak under it scores low; the envelope's spans are one cycle or more
-        long. Shortest span first."""
+        long. Shortest span first. ``rows`` (n,) bool: only those are judged (NaN elsewhere).
+        """
         n = len(batch)
         out = np.full(n, np.nan)
         if n == 0:
             return out
         lim = batch.limits[:, CHANNELS.index("mem_working_set")].astype(np.float64)
+        if rows is not None:
+            lim = np.where(rows, lim, np.nan)
         cur = np.floor(batch.ts / self.block_s).astype(np.int64) - 1  # newest complete block
         lo = self._first_level_block(slots)
         for span in ENVELOPE_SPANS:

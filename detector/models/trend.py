@@ -1641,8 +1641,9 @@ class LeakDecider:
         crash_loop = (((kills >= CRASHLOOP_KILLS) | ev.history.tracks_killed_life(batch, ev.slots))
                       & eligible & (np.nan_to_num(by_life, nan=0.0) > 0))
         # a leak riding on a load cycle longer than the views' blocks: its lower envelope
-        env_tto = ev.history.envelope_leak(batch, ev.slots)
-        by_envelope = (~(leak_score > leak_thr) & eligible & (env_tto <= ENVELOPE_HORIZON_S)
+        below = ~(leak_score > leak_thr) & eligible  # the only rows the envelope can raise
+        env_tto = ev.history.envelope_leak(batch, ev.slots, below)
+        by_envelope = (below & (env_tto <= ENVELOPE_HORIZON_S)
                        & ~beyond_reach(env_tto, age, horizon))
         raw_leak = (((leak_score > leak_thr) & eligible & ~far & ~revisit) | crash_loop
                     | by_envelope)
