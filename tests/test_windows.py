@@ -538,8 +538,8 @@ def test_series_store_grows_resets_and_reuses_every_declared_field() -> None:
     assert size["series"] == 100 - len(dropped) + 1 and size["pods"] == 3
 
 
-def _two_containers(side_reason: float | None) -> WindowBatch:
-    """``main`` OOM-killed 50 min before the window's end (its flag 1 from then on), then the
+def _two_container_engine(side_reason: float | None) -> WindowEngine:
+    """``main`` OOM-killed 50 min before the hour's end (its flag 1 from then on), then the
     ``side`` container restarted 20 min before the end for ``side_reason`` (1 OOMKilled,
     0 another reason, None: no reason exported)."""
     e = engine()
@@ -556,7 +556,11 @@ def _two_containers(side_reason: float | None) -> WindowBatch:
         parts.append(rows(tr.OOM_KILLED, np.full(n - 160, side_reason), t0=T0 + 160 * 15.0,
                           container="side"))
     e.ingest(trace(*parts))
-    return e.windows(at=T0 + n * 15.0)
+    return e
+
+
+def _two_containers(side_reason: float | None) -> WindowBatch:
+    return _two_container_engine(side_reason).windows(at=T0 + 240 * 15.0)
 
 
 def test_a_pods_oom_flag_is_the_reason_of_its_latest_restart_not_a_sum_over_containers(
@@ -588,17 +592,8 @@ def test_a_sidecar_restarting_for_another_reason_after_an_oom_kill_is_counted_on
     restart for another reason does not (it did before: the flag summed over containers)."""
     from detector.models.history import LevelHistory
 
-    e = engine()
+    e = _two_container_engine(side_reason=0.0)
     n = 240
-    i = np.arange(n)
-    e.ingest(trace(
-        rows(tr.WORKING_SET, np.full(n, 1e9), container="main"),
-        rows(tr.WORKING_SET, np.full(n, 1e8), container="side"),
-        rows(tr.RESTARTS, np.where(i >= 40, 1.0, 0.0), container="main"),
-        rows(tr.RESTARTS, np.where(i >= 160, 1.0, 0.0), container="side"),
-        rows(tr.OOM_KILLED, np.ones(n - 40), t0=T0 + 40 * 15.0, container="main"),
-        rows(tr.OOM_KILLED, np.zeros(n - 160), t0=T0 + 160 * 15.0, container="side"),
-    ))
     h = LevelHistory()
     kills = []
     for at in np.arange(T0 + 15 * 60.0, T0 + n * 15.0 + 1, 60.0):
