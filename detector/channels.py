@@ -181,9 +181,9 @@ kube-state-metrics' reason is ``OOMKilled``, 0 for another reason, no data befor
 termination (kube-state-metrics exports no reason then) or where the series is not scraped.
 Its trace metric is ``..._reason_oomkilled``; the sources map the exporter's series
 :data:`LAST_TERMINATED_REASON` to it with :func:`oom_killed_flag`. Summed over a pod's
-containers like every channel, each container's flag counting only while it is the pod's
-latest to restart (the reason of the pod's latest restart; NaN where that container exports
-none)."""
+containers like every channel, each container's flag counting only while it is the latest
+to have started a memory incarnation of the pod (the reason of that restart; NaN where that
+container exports none; see ``WindowBatch.memory_restarts``)."""
 
 LAST_TERMINATED_REASON = "kube_pod_container_status_last_terminated_reason"
 """kube-state-metrics' series ``{namespace, pod, container, reason} 1``, one per container

@@ -54,7 +54,7 @@ def test_views_of_one_number_of_blocks_computed_together_are_each_computed_alone
         batch: WindowBatch) -> None:
     det = TrendDetector()
     step = batch.step_s
-    v3, _, lim3 = det._inputs(batch.values, batch.limits, step)
+    v3, _, lim3 = det._inputs(batch.values, batch.limits, step, batch.restarts_of_memory())
     v = v3.reshape(-1, v3.shape[-1])
     lim = lim3.reshape(-1)
     rows = np.flatnonzero(np.isfinite(v).any(axis=-1))

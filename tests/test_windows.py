@@ -538,16 +538,17 @@ def test_series_store_grows_resets_and_reuses_every_declared_field() -> None:
     assert size["series"] == 100 - len(dropped) + 1 and size["pods"] == 3
 
 
-def _two_container_engine(side_reason: float | None) -> WindowEngine:
+def _two_container_engine(side_reason: float | None, side_ws: float = 8e8) -> WindowEngine:
     """``main`` OOM-killed 50 min before the hour's end (its flag 1 from then on), then the
-    ``side`` container restarted 20 min before the end for ``side_reason`` (1 OOMKilled,
-    0 another reason, None: no reason exported)."""
+    ``side`` container (``side_ws`` of working set beside main's 1 GB) restarted 20 min
+    before the end for ``side_reason`` (1 OOMKilled, 0 another reason, None: no reason
+    exported)."""
     e = engine()
     n = 240  # 60 min at 15 s
     i = np.arange(n)
     parts = [
         rows(tr.WORKING_SET, np.full(n, 1e9), container="main"),
-        rows(tr.WORKING_SET, np.full(n, 1e8), container="side"),
+        rows(tr.WORKING_SET, np.full(n, side_ws), container="side"),
         rows(tr.RESTARTS, np.where(i >= 40, 1.0, 0.0), container="main"),
         rows(tr.RESTARTS, np.where(i >= 160, 1.0, 0.0), container="side"),
         rows(tr.OOM_KILLED, np.ones(n - 40), t0=T0 + 40 * 15.0, container="main"),
@@ -559,8 +560,8 @@ def _two_container_engine(side_reason: float | None) -> WindowEngine:
     return e
 
 
-def _two_containers(side_reason: float | None) -> WindowBatch:
-    return _two_container_engine(side_reason).windows(at=T0 + 240 * 15.0)
+def _two_containers(side_reason: float | None, side_ws: float = 8e8) -> WindowBatch:
+    return _two_container_engine(side_reason, side_ws).windows(at=T0 + 240 * 15.0)
 
 
 def test_a_pods_oom_flag_is_the_reason_of_its_latest_restart_not_a_sum_over_containers(
@@ -601,3 +602,36 @@ def test_a_sidecar_restarting_for_another_reason_after_an_oom_kill_is_counted_on
         kills.append(int(h.oom_kills(h.update(b))[0]))
     assert kills[-1] == 1
     assert max(kills) == 1
+
+
+def test_a_small_sidecars_restart_starts_no_memory_incarnation_of_the_pod() -> None:
+    """A sidecar holding 4 % of the pod's working set restarts: the pod's restart count says
+    so, but the memory detectors' incarnation does not start again (its history would be cut
+    at every restart of a flapping sidecar, hiding the main container's leak); main's own
+    restart (its OOM kill) does start one, and its OOMKilled stays the pod's reason."""
+    from detector.models.history import oom_reason_since
+
+    b = _two_containers(side_reason=0.0, side_ws=4e7)
+    rst = np.flatnonzero(np.nan_to_num(ch(b, "restarts")) > 0)
+    assert rst.size == 2
+    assert b.memory_restarts is not None
+    mem = np.flatnonzero(np.nan_to_num(b.memory_restarts[0]) > 0)
+    np.testing.assert_array_equal(mem, rst[:1])  # main's restart only
+    np.testing.assert_array_equal(b.restarts_of_memory()[0], b.memory_restarts[0])
+    assert oom_reason_since(ch(b, "oom_killed")[None, :], np.array([rst[0]]))[0] >= 0.5
+    # a sidecar as large as main: both restarts start one (as before)
+    big = _two_containers(side_reason=0.0, side_ws=8e8)
+    assert big.memory_restarts is not None
+    np.testing.assert_array_equal(np.flatnonzero(np.nan_to_num(big.memory_restarts[0]) > 0), rst)
+    # a pod of one container: the restarts channel itself (no copy kept)
+    e = engine()
+    e.ingest(trace(rows(tr.WORKING_SET, np.full(240, 1e9)),
+                   rows(tr.RESTARTS, np.where(np.arange(240) >= 100, 1.0, 0.0))))
+    one = e.windows(at=T0 + 3600)
+    assert one.memory_restarts is None
+    np.testing.assert_array_equal(one.restarts_of_memory(), one.channel("restarts"))
+    # subset and concat keep them row by row
+    both = WindowBatch.concat([b, one])
+    assert both.memory_restarts is not None
+    np.testing.assert_array_equal(both.memory_restarts[1], one.channel("restarts")[0])
+    np.testing.assert_array_equal(both.subset([0]).restarts_of_memory(), b.memory_restarts)

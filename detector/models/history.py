@@ -28,9 +28,11 @@ led to it), and answers two questions the leak decision needs:
   the reason does not. The flag is untrusted: a negative value is unknown, ``>= 0.5`` is
   OOMKilled (a sum over containers can exceed 1), and a flag without a restart counts
   nothing (a kill is a restart whose reason is OOMKilled). In a pod of several containers
-  the window engine keeps each container's flag only while it is the pod's latest to
-  restart (:meth:`detector.windows.assemble.WindowAssembler._oom_flag_of_restarter`), so
-  one container's old OOM kill does not mark another's later restart for another reason.
+  an incarnation starts only at the restart of a container that held a real part of the
+  pod's working set (a small sidecar's restart starts none), and the window engine keeps
+  each container's flag only while it is the latest to have started one
+  (:meth:`detector.windows.assemble.WindowAssembler._align_restarts`), so one container's
+  old OOM kill does not mark another's later restart for another reason.
 
 Everything is vectorised over the batch; a pod's slot is freed by :meth:`forget`.
 State is bounded: ``keep_s / block_s`` floats per pod and channel.
@@ -214,7 +216,7 @@ class LevelHistory:
                 fin.any(axis=-1), np.where(first > 0, batch.ts[unborn] + batch.grid[first],
                                            -np.inf), np.nan)
         # incarnations: a restart newer than the incarnation start we hold
-        last_r = last_restart_index(batch.values[:, CHANNELS.index("restarts"), :])
+        last_r = last_restart_index(batch.restarts_of_memory())
         r_ts = np.where(last_r >= 0, batch.ts + batch.grid[np.clip(last_r, 0, L - 1)], -np.inf)
         new_inc = r_ts > self._inc_start[slots]
         if new_inc.any():

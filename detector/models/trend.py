@@ -11,7 +11,10 @@ in 5-min blocks to 4 h in 15-min blocks, :data:`DEFAULT_VIEWS`):
 
 1. Values before the last container restart in the window, or before the start of a pod that
    appears inside the window, plus a settling time ``settle_s`` for the warm-up that follows,
-   are ignored (a restart drops memory; the trend restarts with it).
+   are ignored (a restart drops memory; the trend restarts with it). In a pod of several
+   containers only the restarts of a container holding a real part of its working set count
+   (:meth:`detector.windows.WindowBatch.restarts_of_memory`: a small sidecar restarting every
+   few minutes does not cut the main container's history).
 2. The series is cut into blocks; each block gives its **minimum**: the floor under a GC
    sawtooth and under checkpoint spikes.
 3. The trailing blocks of the view are **de-stepped**: the largest block-to-block rise is
@@ -542,18 +545,20 @@ class TrendDetector(ThresholdMixin):
 
     # ------------------------------------------------------------------ core
 
-    def _inputs(self, values: np.ndarray, limits: np.ndarray, step: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _inputs(self, values: np.ndarray, limits: np.ndarray, step: float,
+                restarts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Memory values (n, 3, L) of the current incarnation after its settling time, the
         same without the settling time (for the fast path), limits (n, 3), of windows'
-        ``values`` (n, channels, L) and ``limits`` (n, channels) on a grid of ``step``."""
+        ``values`` (n, channels, L) and ``limits`` (n, channels) on a grid of ``step``, the
+        incarnations starting at ``restarts`` (n, L) (:meth:`WindowBatch.restarts_of_memory`:
+        a sidecar's restart does not start one)."""
         mem_idx = [CHANNELS.index(c) for c in MEMORY_CHANNELS]
         v = values[:, mem_idx, :].astype(np.float32, copy=False)
         L = v.shape[-1]
         # a (re)start is followed by a warm-up: judge only what comes after the last restart
         # in the window, and after a pod that starts inside the window, plus a settling time
         idx = np.arange(L)[None, :]
-        last_r = last_restart_index(values[:, CHANNELS.index("restarts"), :])
+        last_r = last_restart_index(restarts)
         fin = np.asarray(np.isfinite(v).any(axis=1))  # (n, L): any memory channel has data
         first = np.where(np.asarray(fin.any(axis=1)), np.argmax(fin, axis=1), 0)
         start = np.where(first > 0, first, -1)
@@ -863,17 +868,19 @@ class TrendDetector(ThresholdMixin):
         # every window is analysed alone: blocks of windows keep the working arrays (pairwise
         # slopes, R x 435 at the fast path's 30 points) small enough to stay in the cache
         n = len(batch)
+        restarts = batch.restarts_of_memory()
         parts = [self._analyse_block(batch.values[s:s + ANALYSIS_BLOCK],
-                                     batch.limits[s:s + ANALYSIS_BLOCK], step)
+                                     batch.limits[s:s + ANALYSIS_BLOCK], step,
+                                     restarts[s:s + ANALYSIS_BLOCK])
                  for s in range(0, max(n, 1), ANALYSIS_BLOCK)]
         an = parts[0] if len(parts) == 1 else _concat(parts)
         self._cache = (batch, an)
         return an
 
-    def _analyse_block(self, values: np.ndarray, limits: np.ndarray, step: float
-                       ) -> Analysis:
+    def _analyse_block(self, values: np.ndarray, limits: np.ndarray, step: float,
+                       restarts: np.ndarray) -> Analysis:
         """:meth:`_analyse` of windows' ``values`` (n, channels, L), ``limits`` (n, channels)."""
-        v3, vinc3, lim3 = self._inputs(values, limits, step)
+        v3, vinc3, lim3 = self._inputs(values, limits, step, restarts)
         n, nc, L = v3.shape
         v_all = v3.reshape(n * nc, L)
         vinc_all = vinc3.reshape(n * nc, L)
@@ -1183,7 +1190,8 @@ class TrendDetector(ThresholdMixin):
         Growth that slows down keeps its geometric projection (only its level is the
         score's)."""
         step = batch.step_s
-        _v, vinc, lim3 = self._inputs(batch.values[idx], batch.limits[idx], step)
+        _v, vinc, lim3 = self._inputs(batch.values[idx], batch.limits[idx], step,
+                                      batch.restarts_of_memory()[idx])
         ws, rss = MEMORY_CHANNELS.index("mem_working_set"), MEMORY_CHANNELS.index("mem_rss")
         n, L = len(idx), vinc.shape[-1]
         at = np.arange(n)

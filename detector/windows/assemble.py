@@ -11,9 +11,10 @@ before it (causal). Assembling goes in stages, each a method of :class:`WindowAs
    ``pod_ttl_s`` before its end;
 3. :meth:`~WindowAssembler._groups` sums the containers of each pod per target (a pod-level
    series with an empty ``container`` counts only where the pod has no named one) and takes
-   each group's newest value (limits are read as of the newest sample); a container's
-   last-terminated-reason flag counts only while it is the pod's latest to restart
-   (:meth:`~WindowAssembler._oom_flag_of_restarter`);
+   each group's newest value (limits are read as of the newest sample); in a pod of several
+   containers, a restart starts a new memory incarnation only where its container held a
+   real part of the pod's working set, and a container's last-terminated-reason flag counts
+   only while it is the latest to have started one (:meth:`~WindowAssembler._align_restarts`);
 4. the channels, their limits (from the limit table), the extra (custom) metrics, the
    baselines and features are laid out in a :class:`~detector.windows.batch.WindowBatch`.
 """
@@ -21,6 +22,7 @@ before it (causal). Assembling goes in stages, each a method of :class:`WindowAs
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -43,6 +45,25 @@ from detector.windows.series import (
     T_EXTRA,
     SeriesStore,
 )
+
+MEMORY_RESTART_SHARE = 0.2
+"""In a pod of several containers, a container's restart starts a new memory incarnation of the
+pod (the memory detectors judge only what follows it) only where the container held at least
+this share of the pod's working set over :data:`MEMORY_RESTART_LOOKBACK_S` before it."""
+
+MEMORY_RESTART_LOOKBACK_S = 600.0
+"""How far before a restart the restarting container's share is read, seconds (longer than a
+crash loop's back-off, 5 min at most, during which the dead container has no working set)."""
+
+
+def _prior_peak(x: np.ndarray, k: int) -> np.ndarray:
+    """(m, L): the largest finite value of each row of ``x`` (m, L) over the ``k`` points
+    before each point (NaN where there is none)."""
+    pad = np.concatenate([np.full((x.shape[0], k), np.nan), x], axis=1)
+    win = np.lib.stride_tricks.sliding_window_view(pad, k, axis=1)[:, : x.shape[1]]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings(
+            action="ignore", category=RuntimeWarning):
+        return np.nanmax(win, axis=-1)
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,7 @@ class _Groups:
     values: np.ndarray  # (g, L) sum over containers, NaN where none has data
     last: np.ndarray  # (g,) sum of the containers' newest values
     zero: np.ndarray  # (g,) containers whose newest value is <= 0
+    memory_restarts: dict[int, np.ndarray]  # pod -> (L,) restarts of memory incarnations
 
     def per_pod(self, n: int, tgt: int, arr: np.ndarray,
                 bad: np.ndarray | None = None) -> np.ndarray:
@@ -147,6 +169,11 @@ class WindowAssembler:
         is_ch = g.target < C
         values[g.pod[is_ch], g.target[is_ch]] = g.values[is_ch]
         limits = self._limits(g, n)
+        memory_restarts = None
+        if g.memory_restarts:  # pods of several restarting containers
+            memory_restarts = values[:, CHANNELS.index(chan.RESTART_CHANNEL)].copy()
+            for p, row in g.memory_restarts.items():
+                memory_restarts[p] = np.where(np.isfinite(memory_restarts[p]), row, np.nan)
         extra: dict[str, np.ndarray] = {}
         is_ex = g.target == T_EXTRA
         for e in np.unique(g.extra[is_ex]).tolist():
@@ -175,6 +202,7 @@ class WindowAssembler:
             feature_names=FEATURE_NAMES,
             stale=stale,
             extra=extra,
+            memory_restarts=memory_restarts,
         )
 
     def _series_grid(self, B: int, cand_arr: np.ndarray) -> _Series:
@@ -247,7 +275,7 @@ class WindowAssembler:
         use = ~agg | ~named[gid]
         p_of, target, gid, extra_id = series.p_of[use], target[use], gid[use], extra_id[use]
         series_vals, idx_last = series.vals[use], series.idx_last[use]
-        series_vals = self._oom_flag_of_restarter(series.sel[use], p_of, target, series_vals)
+        series_vals, memory = self._align_restarts(series.sel[use], p_of, target, series_vals)
 
         # sum containers: sort by group and reduce
         order = np.argsort(gid, kind="stable")
@@ -275,49 +303,81 @@ class WindowAssembler:
             values=np.where(cnts > 0, sums, np.nan),
             last=np.where(lv_cnt > 0, lv_sum, np.nan),
             zero=lv_zero,
+            memory_restarts=memory,
         )
 
-    def _oom_flag_of_restarter(self, sel: np.ndarray, p_of: np.ndarray, target: np.ndarray,
-                               vals: np.ndarray) -> np.ndarray:
-        """``vals`` with each container's last-terminated-reason flag kept only where that
-        container is the pod's latest to restart in the window (or none has yet): the pod's
-        flag, summed over containers next, is then the reason of its latest restart, not a
-        sidecar's old OOM kill marking the main container's later restart for another reason
-        (or the other way round). Where the latest restarter exports no reason the pod's flag
-        is unknown (NaN). A pod with one container is left as it is; so is a flag whose container
-        has no restart series (nothing to align it with)."""
+    def _align_restarts(self, sel: np.ndarray, p_of: np.ndarray, target: np.ndarray,
+                        vals: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Per container, in pods of several restarting containers: which restarts start a
+        new memory incarnation, and whose last-terminated reason the pod's flag is.
+
+        * A container's restart starts a memory incarnation of the pod only where the
+          container held at least :data:`MEMORY_RESTART_SHARE` of the pod's working set over
+          the :data:`MEMORY_RESTART_LOOKBACK_S` before it (or either is unknown, except in
+          the window's first bins, whose lookback lies before the window): a sidecar
+          restarting every few minutes would otherwise cut the main container's history each
+          time and hide its leak. Returned per pod position: that pod's restart increments
+          of the memory incarnations (pods not in it: the ``restarts`` channel).
+        * ``vals`` with each container's flag kept only where it is the pod's latest to
+          start a memory incarnation (or none has in the window): the pod's flag, summed over
+          containers next, is then the reason of that restart, not a sidecar's old OOM kill
+          marking the main container's later restart for another reason (or the other way
+          round). Where that container exports no reason the flag is unknown (NaN). A flag
+          whose container has no restart series is left as it is."""
         rst, oom = CHANNELS.index(chan.RESTART_CHANNEL), CHANNELS.index(chan.OOM_KILLED_CHANNEL)
-        is_oom = np.flatnonzero(target == oom)
-        if is_oom.size == 0:
-            return vals
+        ws_t = CHANNELS.index("mem_working_set")
         is_rst = np.flatnonzero(target == rst)
-        pods = np.intersect1d(p_of[is_oom], p_of[is_rst])
+        counts = np.bincount(p_of[is_rst], minlength=1) if is_rst.size else np.zeros(1, int)
+        pods = np.flatnonzero(counts >= 2)
+        memory: dict[int, np.ndarray] = {}
         if pods.size == 0:
-            return vals
+            return vals, memory
         names = self.store.series_name
+        is_oom, is_ws = np.flatnonzero(target == oom), np.flatnonzero(target == ws_t)
         out: np.ndarray | None = None
         L = vals.shape[-1]
         bins = np.arange(L)
+        K = max(1, math.ceil(MEMORY_RESTART_LOOKBACK_S / self.geo.step_s))
+
+        def container(row: int) -> str:
+            name = names[int(sel[row])]
+            return "" if name is None else name[2]
+
         for p in pods.tolist():
             r_rows = is_rst[p_of[is_rst] == p]
-            if r_rows.size < 2:
-                continue
-            container = [names[int(sel[r])][2] for r in r_rows]  # type: ignore[index]
-            # the newest bin at or before each bin where each container's count rose (-1: none)
-            hit = np.nan_to_num(vals[r_rows]) > 0
-            last = np.maximum.accumulate(np.where(hit, bins[None, :], -1), axis=-1)
+            cs = [container(r) for r in r_rows]
+            w_rows = is_ws[p_of[is_ws] == p]
+            ws_of = {container(w): vals[w] for w in w_rows}
+            inc = np.nan_to_num(vals[r_rows])  # (k, L) increments per container
+            if w_rows.size:
+                pod_ws = np.nansum(np.where(np.isfinite(vals[w_rows]), vals[w_rows], 0.0), axis=0)
+                pod_ws = np.where(np.isfinite(vals[w_rows]).any(axis=0), pod_ws, np.nan)
+                pod_peak = _prior_peak(pod_ws[None, :], K)[0]
+                own = np.stack([ws_of.get(c, np.full(L, np.nan)) for c in cs])
+                own_peak = _prior_peak(own, K)
+                known = np.isfinite(own_peak) & np.isfinite(pod_peak)[None, :]
+                # unknown counts (a container without a working set series), but not at the
+                # window's first bins, whose lookback lies before the window: their restarts
+                # were judged, with it, while they were recent
+                counts = np.where(known, own_peak >= MEMORY_RESTART_SHARE * pod_peak[None, :],
+                                  bins[None, :] >= K)
+                inc = np.where(counts, inc, 0.0)
+            memory[p] = inc.sum(axis=0)
+            # the newest bin at or before each bin where each container started a memory
+            # incarnation (-1: none)
+            last = np.maximum.accumulate(np.where(inc > 0, bins[None, :], -1), axis=-1)
             latest = last.max(axis=0)
             for o in is_oom[p_of[is_oom] == p].tolist():
-                c = names[int(sel[o])][2]  # type: ignore[index]
-                if c not in container:
+                c = container(o)
+                if c not in cs:
                     continue
-                mine = last[container.index(c)]
+                mine = last[cs.index(c)]
                 other = (latest >= 0) & (mine < latest)
                 if other.any():
                     if out is None:
                         out = vals.copy()
                     out[o] = np.where(other, np.nan, vals[o])
-        return vals if out is None else out
+        return (vals if out is None else out), memory
 
     def _limits(self, g: _Groups, n: int) -> np.ndarray:
         """``(n, C)`` float32: each channel's limit from the limit table, NaN where unknown."""

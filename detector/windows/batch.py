@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.channels import RESTART_CHANNEL
 from detector.errors import InputError
 
 
@@ -87,6 +88,11 @@ class WindowBatch:
     feature_names: tuple[str, ...]
     stale: np.ndarray  # (n,) bool: too little recent data to judge
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> (n, L) float32
+    memory_restarts: np.ndarray | None = None
+    """(n, L) float32: the restart increments that start a new *memory* incarnation of the
+    pod - those of containers that held a real part of its working set
+    (:meth:`detector.windows.assemble.WindowAssembler._memory_restarts`); None: every
+    restart does (the ``restarts`` channel, :meth:`restarts_of_memory`)."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -99,6 +105,13 @@ class WindowBatch:
     def channel(self, name: str) -> np.ndarray:
         """The ``(n, L)`` values of one channel."""
         return self.values[:, self.channels.index(name), :]
+
+    def restarts_of_memory(self) -> np.ndarray:
+        """(n, L): the restart increments the memory detectors start an incarnation at
+        (:attr:`memory_restarts`, else the ``restarts`` channel)."""
+        if self.memory_restarts is not None:
+            return self.memory_restarts
+        return self.channel(RESTART_CHANNEL)
 
     def subset(self, idx: Any) -> WindowBatch:
         """The windows selected by ``idx`` (a boolean mask, integer indices or a slice)."""
@@ -117,6 +130,7 @@ class WindowBatch:
             feature_names=self.feature_names,
             stale=self.stale[pos],
             extra={k: v[pos] for k, v in self.extra.items()},
+            memory_restarts=None if self.memory_restarts is None else self.memory_restarts[pos],
         )
 
     @staticmethod
@@ -161,4 +175,6 @@ class WindowBatch:
             feature_names=first.feature_names,
             stale=np.concatenate([b.stale for b in batches]),
             extra=extra,
+            memory_restarts=(None if all(b.memory_restarts is None for b in batches) else
+                             np.concatenate([b.restarts_of_memory() for b in batches])),
         )
