@@ -199,9 +199,10 @@ class Pipeline:
             else:
                 st.streak, st.kind = 1, kind
             positive = kind != "none" and st.streak >= self.settings.confirm_steps
-            if not positive and rep is not None and rep.verdict_fields is not None:
-                positive = self._too_late_to_confirm(rep.verdict_fields(i), st.streak,
-                                                     batch.step_s)
+            fields = (rep.verdict_fields(i) if rep is not None and rep.verdict_fields is not None
+                      else None)  # a flagged row's time to OOM, raised or not
+            if not positive and fields is not None:
+                positive = self._too_late_to_confirm(fields, st.streak, batch.step_s)
             raised[i] = positive
             if rep is not None:
                 score, thr = float(rep.score[i]), float(rep.threshold[i])
@@ -211,8 +212,7 @@ class Pipeline:
                     r = _ratio(float(j.score[i]), float(j.threshold[i]))
                     if k == 0 or r > best:
                         score, thr, best = float(j.score[i]), float(j.threshold[i]), r
-            extra: dict[str, Any] = (rep.verdict_fields(i) if positive and rep is not None
-                                     and rep.verdict_fields is not None else {})
+            extra: dict[str, Any] = fields if positive and fields is not None else {}
             verdicts.append(Verdict(
                 ts=float(batch.ts[i]), namespace=key.namespace, pod=key.pod,
                 node=batch.nodes[i], is_anomaly=bool(positive), kind=kind if positive else "none",

@@ -327,8 +327,7 @@ class WindowAssembler:
         rst, oom = CHANNELS.index(chan.RESTART_CHANNEL), CHANNELS.index(chan.OOM_KILLED_CHANNEL)
         ws_t = CHANNELS.index("mem_working_set")
         is_rst = np.flatnonzero(target == rst)
-        counts = np.bincount(p_of[is_rst], minlength=1) if is_rst.size else np.zeros(1, int)
-        pods = np.flatnonzero(counts >= 2)
+        pods = np.flatnonzero(np.bincount(p_of[is_rst], minlength=1) >= 2)
         memory: dict[int, np.ndarray] = {}
         if pods.size == 0:
             return vals, memory
@@ -350,8 +349,9 @@ class WindowAssembler:
             ws_of = {container(w): vals[w] for w in w_rows}
             inc = np.nan_to_num(vals[r_rows])  # (k, L) increments per container
             if w_rows.size:
-                pod_ws = np.nansum(np.where(np.isfinite(vals[w_rows]), vals[w_rows], 0.0), axis=0)
-                pod_ws = np.where(np.isfinite(vals[w_rows]).any(axis=0), pod_ws, np.nan)
+                fin = np.isfinite(vals[w_rows])
+                pod_ws = np.where(fin.any(axis=0), np.where(fin, vals[w_rows], 0.0).sum(axis=0),
+                                  np.nan)
                 pod_peak = _prior_peak(pod_ws[None, :], K)[0]
                 own = np.stack([ws_of.get(c, np.full(L, np.nan)) for c in cs])
                 own_peak = _prior_peak(own, K)
@@ -359,9 +359,10 @@ class WindowAssembler:
                 # unknown counts (a container without a working set series), but not at the
                 # window's first bins, whose lookback lies before the window: their restarts
                 # were judged, with it, while they were recent
-                counts = np.where(known, own_peak >= MEMORY_RESTART_SHARE * pod_peak[None, :],
-                                  bins[None, :] >= K)
-                inc = np.where(counts, inc, 0.0)
+                significant = np.where(
+                    known, own_peak >= MEMORY_RESTART_SHARE * pod_peak[None, :],
+                    bins[None, :] >= K)
+                inc = np.where(significant, inc, 0.0)
             memory[p] = inc.sum(axis=0)
             # the newest bin at or before each bin where each container started a memory
             # incarnation (-1: none)

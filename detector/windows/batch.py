@@ -91,7 +91,7 @@ class WindowBatch:
     memory_restarts: np.ndarray | None = None
     """(n, L) float32: the restart increments that start a new *memory* incarnation of the
     pod - those of containers that held a real part of its working set
-    (:meth:`detector.windows.assemble.WindowAssembler._memory_restarts`); None: every
+    (:meth:`detector.windows.assemble.WindowAssembler._align_restarts`); None: every
     restart does (the ``restarts`` channel, :meth:`restarts_of_memory`)."""
 
     def __len__(self) -> int:
