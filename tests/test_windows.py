@@ -536,6 +536,42 @@ def test_series_store_grows_resets_and_reuses_every_declared_field() -> None:
     assert all(getattr(st, "p_" + f)[p] == fill for f, (_d, fill) in POD_FIELDS.items())
     size = st.state_size()
     assert size["series"] == 100 - len(dropped) + 1 and size["pods"] == 3
+    # containers are numbered within their pod, afresh for a reused pod slot
+    assert st.s_container[again] == 0
+    p1 = [s for s, n in zip(sids, names) if n[1] == "p1"]
+    assert st.s_container[p1].tolist() == list(range(len(p1)))
+    again2 = st.series_slot(("ns", "p9", "c0", "container_memory_rss"))
+    assert st.s_container[again2] == 0 and st.s_container[
+        st.series_slot(("ns", "p9", "c1", "container_memory_rss"))] == 1
+
+
+def test_prior_peak_and_group_reduce_match_their_plain_definitions() -> None:
+    """The window engine's sliding maximum (by doubling widths) and grouped reduction
+    (without ufunc.at) against a loop over their definitions, NaN gaps and odd widths."""
+    import numpy as np
+
+    from detector.windows.assemble import _group_reduce, _prior_peak
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        m, n, k = int(rng.integers(1, 6)), int(rng.integers(1, 50)), int(rng.integers(1, 45))
+        x = rng.normal(size=(m, n))
+        x[rng.random((m, n)) < 0.3] = np.nan
+        want = np.full((m, n), np.nan)
+        for i in range(m):
+            for j in range(n):
+                prior = x[i, max(0, j - k): j]
+                if np.isfinite(prior).any():
+                    want[i, j] = np.nanmax(prior)
+        np.testing.assert_array_equal(_prior_peak(x, k), want)
+        g = rng.integers(0, 4, size=m)
+        got = _group_reduce(np.add, x, g, 5, 0.0)
+        for q in range(5):
+            np.testing.assert_allclose(got[q], x[g == q].sum(axis=0) if (g == q).any() else 0.0)
+        top = _group_reduce(np.maximum, np.nan_to_num(x), g, 5, -1.0)
+        for q in range(5):
+            np.testing.assert_array_equal(
+                top[q], np.nan_to_num(x)[g == q].max(axis=0) if (g == q).any() else -1.0)
 
 
 def _two_container_engine(side_reason: float | None, side_ws: float = 8e8) -> WindowEngine:

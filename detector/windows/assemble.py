@@ -22,9 +22,9 @@ before it (causal). Assembling goes in stages, each a method of :class:`WindowAs
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,12 +58,28 @@ crash loop's back-off, 5 min at most, during which the dead container has no wor
 
 def _prior_peak(x: np.ndarray, k: int) -> np.ndarray:
     """(m, L): the largest finite value of each row of ``x`` (m, L) over the ``k`` points
-    before each point (NaN where there is none)."""
-    pad = np.concatenate([np.full((x.shape[0], k), np.nan), x], axis=1)
-    win = np.lib.stride_tricks.sliding_window_view(pad, k, axis=1)[:, : x.shape[1]]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings(
-            action="ignore", category=RuntimeWarning):
-        return np.nanmax(win, axis=-1)
+    before each point (NaN where there is none); a sliding maximum by doubling widths."""
+    m, n = x.shape
+    run = np.concatenate([np.full((m, k), -np.inf), np.where(np.isnan(x), -np.inf, x)], axis=1)
+    w = 1  # run[:, j]: the largest of the w points from j of the padded row
+    while 2 * w <= k:
+        run = np.maximum(run[:, :-w], run[:, w:])
+        w *= 2
+    peak = np.maximum(run[:, :n], run[:, k - w: k - w + n])
+    return np.where(peak == -np.inf, np.nan, peak)
+
+
+def _group_reduce(ufunc: np.ufunc, x: np.ndarray, group: np.ndarray, n: int,
+                  fill: Any) -> np.ndarray:
+    """(n, L): ``ufunc`` reduced over the rows of ``x`` (m, L) of each group ``group`` (m,)
+    in row order, ``fill`` where a group has no row (ufunc.at without its cost)."""
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    out = np.full((n, x.shape[1]), fill, dtype=x.dtype)
+    if g.size:
+        out[g[starts]] = ufunc.reduceat(x[order], starts, axis=0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -326,59 +342,74 @@ class WindowAssembler:
           whose container has no restart series is left as it is."""
         rst, oom = CHANNELS.index(chan.RESTART_CHANNEL), CHANNELS.index(chan.OOM_KILLED_CHANNEL)
         ws_t = CHANNELS.index("mem_working_set")
-        is_rst = np.flatnonzero(target == rst)
-        pods = np.flatnonzero(np.bincount(p_of[is_rst], minlength=1) >= 2)
         memory: dict[int, np.ndarray] = {}
-        if pods.size == 0:
+        if p_of.size == 0:
             return vals, memory
-        names = self.store.series_name
-        is_oom, is_ws = np.flatnonzero(target == oom), np.flatnonzero(target == ws_t)
-        out: np.ndarray | None = None
+        n_rst = np.bincount(p_of[target == rst], minlength=int(p_of.max()) + 1)
+        multi = n_rst[p_of] >= 2  # rows of pods with several restart series
+        r_rows = np.flatnonzero(multi & (target == rst))
+        if r_rows.size == 0:
+            return vals, memory
         L = vals.shape[-1]
         bins = np.arange(L)
         K = max(1, math.ceil(MEMORY_RESTART_LOOKBACK_S / self.geo.step_s))
+        # rows are matched by (pod, container ordinal); sorted restart keys, first row kept
+        cont = self.store.s_container[sel]
+        key = p_of * (int(cont.max()) + 2) + (cont + 1)
+        pods, j_of = np.unique(p_of[r_rows], return_inverse=True)  # the pods, row -> pod
+        j_pos = np.full(n_rst.size, -1)
+        j_pos[pods] = np.arange(pods.size)
 
-        def container(row: int) -> str:
-            name = names[int(sel[row])]
-            return "" if name is None else name[2]
+        inc = np.nan_to_num(vals[r_rows])  # (R, L) increments per restarting container
+        w_rows = np.flatnonzero(multi & (target == ws_t))
+        if w_rows.size:
+            w_vals = vals[w_rows]
+            fin = np.isfinite(w_vals)
+            w_j = j_pos[p_of[w_rows]]
+            pod_sum = _group_reduce(np.add, np.where(fin, w_vals, 0.0), w_j, pods.size, 0)
+            pod_cnt = _group_reduce(np.add, fin.astype(np.int64), w_j, pods.size, 0)
+            pod_peak = _prior_peak(np.where(pod_cnt > 0, pod_sum, np.nan), K)[j_of]  # (R, L)
+            # each restart row's own working set (the last such row of its container)
+            order = np.argsort(key[w_rows], kind="stable")
+            w_keys = key[w_rows][order]
+            at = np.searchsorted(w_keys, key[r_rows], side="right") - 1
+            found = (at >= 0) & (w_keys[np.maximum(at, 0)] == key[r_rows])
+            own = np.full((r_rows.size, L), np.nan)
+            own[found] = w_vals[order[at[found]]]
+            own_peak = _prior_peak(own, K)
+            known = np.isfinite(own_peak) & np.isfinite(pod_peak)
+            # unknown counts (a container without a working set series), but not at the
+            # window's first bins, whose lookback lies before the window: their restarts
+            # were judged, with it, while they were recent
+            significant = np.where(known, own_peak >= MEMORY_RESTART_SHARE * pod_peak,
+                                   bins[None, :] >= K)
+            has_ws = np.zeros(pods.size, dtype=bool)
+            has_ws[w_j] = True  # a pod without any working set: every restart counts
+            inc = np.where(significant | ~has_ws[j_of][:, None], inc, 0.0)
+        mem = _group_reduce(np.add, inc, j_of, pods.size, 0)
+        memory = {int(p): mem[j] for j, p in enumerate(pods.tolist())}
 
-        for p in pods.tolist():
-            r_rows = is_rst[p_of[is_rst] == p]
-            cs = [container(r) for r in r_rows]
-            w_rows = is_ws[p_of[is_ws] == p]
-            ws_of = {container(w): vals[w] for w in w_rows}
-            inc = np.nan_to_num(vals[r_rows])  # (k, L) increments per container
-            if w_rows.size:
-                fin = np.isfinite(vals[w_rows])
-                pod_ws = np.where(fin.any(axis=0), np.where(fin, vals[w_rows], 0.0).sum(axis=0),
-                                  np.nan)
-                pod_peak = _prior_peak(pod_ws[None, :], K)[0]
-                own = np.stack([ws_of.get(c, np.full(L, np.nan)) for c in cs])
-                own_peak = _prior_peak(own, K)
-                known = np.isfinite(own_peak) & np.isfinite(pod_peak)[None, :]
-                # unknown counts (a container without a working set series), but not at the
-                # window's first bins, whose lookback lies before the window: their restarts
-                # were judged, with it, while they were recent
-                significant = np.where(
-                    known, own_peak >= MEMORY_RESTART_SHARE * pod_peak[None, :],
-                    bins[None, :] >= K)
-                inc = np.where(significant, inc, 0.0)
-            memory[p] = inc.sum(axis=0)
-            # the newest bin at or before each bin where each container started a memory
-            # incarnation (-1: none)
-            last = np.maximum.accumulate(np.where(inc > 0, bins[None, :], -1), axis=-1)
-            latest = last.max(axis=0)
-            for o in is_oom[p_of[is_oom] == p].tolist():
-                c = container(o)
-                if c not in cs:
-                    continue
-                mine = last[cs.index(c)]
-                other = (latest >= 0) & (mine < latest)
-                if other.any():
-                    if out is None:
-                        out = vals.copy()
-                    out[o] = np.where(other, np.nan, vals[o])
-        return (vals if out is None else out), memory
+        # the newest bin at or before each bin where each container started a memory
+        # incarnation (-1: none), and the pod's newest over its containers
+        last = np.maximum.accumulate(np.where(inc > 0, bins[None, :], -1), axis=-1)
+        latest = _group_reduce(np.maximum, last, j_of, pods.size, -1)
+        o_rows = np.flatnonzero(multi & (target == oom))
+        if o_rows.size == 0:
+            return vals, memory
+        order = np.argsort(key[r_rows], kind="stable")
+        r_keys = key[r_rows][order]
+        at = np.searchsorted(r_keys, key[o_rows], side="left")
+        found = (at < r_keys.size) & (r_keys[np.minimum(at, r_keys.size - 1)] == key[o_rows])
+        if not found.any():  # a flag whose container has no restart series is left as it is
+            return vals, memory
+        o_rows, ri = o_rows[found], order[at[found]]
+        top = latest[j_of[ri]]
+        other = (top >= 0) & (last[ri] < top)
+        if not other.any():
+            return vals, memory
+        out = vals.copy()
+        out[o_rows] = np.where(other, np.nan, vals[o_rows])
+        return out, memory
 
     def _limits(self, g: _Groups, n: int) -> np.ndarray:
         """``(n, C)`` float32: each channel's limit from the limit table, NaN where unknown."""

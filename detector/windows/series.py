@@ -75,6 +75,7 @@ SERIES_FIELDS: Mapping[str, tuple[type, Any]] = {
     "scale": (np.float64, 1.0),  # trace unit -> channel unit
     "agg": (np.bool_, False),  # container == "" (a pod-level series)
     "extra": (np.int64, -1),  # index into extra_names, -1 for a channel or limit
+    "container": (np.int64, -1),  # the container's ordinal within its pod (pod_containers)
     "newest_t": (np.float64, -np.inf),  # newest sample time accepted
     "newest_b": (np.int64, NO_BIN),  # newest bin id accepted
 }
@@ -116,6 +117,9 @@ class SeriesStore:
         self.pod_index: dict[PodKey, int] = {}
         self.pod_keys: list[PodKey | None] = []
         self.pod_node: list[str] = []
+        # per pod slot: container name -> its ordinal in the pod (s_container), so that
+        # series of one container are matched with arrays; bounded by the pod's series
+        self.pod_containers: list[dict[str, int]] = []
         self._free_pods: list[int] = []
         self.clock = -np.inf  # newest timestamp ingested
         for name, (dtype, fill) in SERIES_FIELDS.items():
@@ -133,6 +137,7 @@ class SeriesStore:
     s_scale: np.ndarray
     s_agg: np.ndarray
     s_extra: np.ndarray
+    s_container: np.ndarray
     s_newest_t: np.ndarray
     s_newest_b: np.ndarray
     bt: np.ndarray
@@ -176,10 +181,12 @@ class SeriesStore:
             p = self._free_pods.pop()
             self.pod_keys[p] = key
             self.pod_node[p] = ""
+            self.pod_containers[p] = {}
         else:
             p = len(self.pod_keys)
             self.pod_keys.append(key)
             self.pod_node.append("")
+            self.pod_containers.append({})
             size = self.p_first.size
             if p >= size:
                 new = max(_INITIAL_PODS, 2 * size)
@@ -216,6 +223,8 @@ class SeriesStore:
         self.s_kind[s] = kind
         self.s_scale[s] = scale
         self.s_agg[s] = container == ""
+        self.s_container[s] = self.pod_containers[p].setdefault(
+            container, len(self.pod_containers[p]))
         if target == T_EXTRA:
             e = self._extra_index.get(metric)
             if e is None:
@@ -244,6 +253,7 @@ class SeriesStore:
         self._reset_series(sids)
         self.pod_keys[p] = None
         self.pod_node[p] = ""
+        self.pod_containers[p] = {}
         for field, (_dtype, fill) in POD_FIELDS.items():
             getattr(self, "p_" + field)[p] = fill
         self._free_pods.append(p)
