@@ -84,3 +84,49 @@ def test_sample_times_are_each_pods_working_set_samples() -> None:
                           "value": 1.0})
     got = sample_times(trace)
     assert got["a"].tolist() == [0.0, 5.0] and got["b"].tolist() == [5.0]
+
+
+def test_sample_times_of_the_scored_container_only_with_labels() -> None:
+    """A pod of two containers is scored by the one its labels name: the sidecar's samples,
+    which go on while the scored container restarts, do not date its verdicts."""
+    trace = pd.DataFrame({"timestamp": [0.0, 5.0, 7.0, 5.0], "pod": ["a", "a", "a", "b"],
+                          "container": ["main", "main", "shipper", "main"],
+                          "metric": tr.WORKING_SET, "value": 1.0})
+    labels = {"pods": {"a": {"container": "main"}, "b": {"container": "main"}}}
+    got = sample_times(trace, labels)
+    assert got["a"].tolist() == [0.0, 5.0] and got["b"].tolist() == [5.0]
+    assert sample_times(trace)["a"].tolist() == [0.0, 5.0, 7.0]
+
+
+def test_labels_keep_each_containers_events_and_score_the_pods_first() -> None:
+    """``labels_from_events`` with a pod of two workloads: the first is the pod's entry, the
+    second is under its ``sidecars``; each container's starts, kills and exits are its own
+    (a sidecar's restart for an error is not an incarnation of the scored container)."""
+    from types import SimpleNamespace
+
+    from deploy.local.node import Workload
+    from deploy.local.node_record import labels_from_events
+
+    mib = 1 << 20
+    node = SimpleNamespace(namespace="realnode", scrape_interval="5s", workloads=[
+        Workload("p", "leak", 256 * mib, ("--onset-s", "60"), leaky=True),
+        Workload("p", "flap", 128 * mib, ("--period-s", "200"), container="shipper")])
+    events = [
+        {"event": "supervisor_start", "cgroup_version": 1},
+        {"event": "start", "pod": "p", "container": "main", "ts": 1.0},
+        {"event": "start", "pod": "p", "container": "shipper", "ts": 1.5},
+        {"event": "exit", "pod": "p", "container": "shipper", "ts": 201.0, "reason": "Error",
+         "returncode": 1},
+        {"event": "start", "pod": "p", "container": "shipper", "ts": 212.0},
+        {"event": "oom_kill", "pod": "p", "container": "main", "ts": 300.0},
+        {"event": "start", "pod": "p", "container": "main", "ts": 311.0}]
+    got = labels_from_events(node, events, start=0.0, end=400.0, step=5.0)  # type: ignore[arg-type]
+    main = got["pods"]["p"]
+    assert main["container"] == "main" and main["starts"] == [1.0, 311.0]
+    assert main["oom_kills"] == [300.0] and main["exits"] == []
+    assert main["leak_onset_after_start_s"] == 60.0 and main["meant_to_leak"]
+    side = main["sidecars"]["shipper"]
+    assert side["starts"] == [1.5, 212.0] and side["oom_kills"] == []
+    assert [e["reason"] for e in side["exits"]] == ["Error"]
+    rows = score(got, pd.DataFrame(columns=["ts", "pod", "is_anomaly", "kind"]))
+    assert [(r.incarnation, r.killed) for r in rows] == [(0, 300.0), (1, None)]

@@ -214,12 +214,14 @@ class Supervisor:
             c.cgroup = self.cgroup_name(c)
             self.cg.create(c.cgroup, memory_limit=c.w.memory_limit_bytes,
                            cpu_millicores=c.w.cpu_millicores)
-            with open(logs / f"{c.w.pod}.{c.restarts}.log", "ab") as log:
+            # a pod's other containers (sidecars) log apart: <pod>.<container>.<restart>.log
+            part = "" if c.w.container == "main" else f".{c.w.container}"
+            with open(logs / f"{c.w.pod}{part}.{c.restarts}.log", "ab") as log:
                 proc = subprocess.Popen(self._argv(c), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env={**env, **c.env},
                                         cwd=root, start_new_session=True)
             c.pid, c.running, c.started_at, c.oom_kills_seen = proc.pid, True, time.time(), 0
-            self.procs[c.uid or c.w.pod] = proc
+            self.procs[c.uid or f"{c.w.pod}/{c.w.container}"] = proc
             if c.stop.is_set():  # its pod went while it was starting
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)

@@ -45,9 +45,35 @@ TORCH_LIMIT = 768 * MIB  # torch's own import is ~300 MiB anonymous memory (CUDA
 
 
 def _w(pod: str, kind: str, limit_mib: int, *args: str, leaky: bool = False,
-       cpu: int = 500) -> Workload:
+       cpu: int = 500, container: str = "main") -> Workload:
     return Workload(pod=pod, kind=kind, memory_limit_bytes=limit_mib * MIB,
-                    args=tuple(args), leaky=leaky, cpu_millicores=cpu)
+                    args=tuple(args), leaky=leaky, cpu_millicores=cpu, container=container)
+
+
+def sidecar_mix() -> list[Workload]:
+    """Pods of two containers (session 9, ~30 min): beside each, a small log shipper that
+    exits every 3-4 min for a reason other than an OOM kill (its restarts back off as the
+    kubelet's do). A leak in the main container (OOM ~30 min in), a crash-looping main
+    container (OOM every ~6 min), a healthy warm-up, and a pod whose *sidecar* leaks under
+    its own small limit beside a large healthy main container. Each pod is scored by its
+    first container (the leaking one where one leaks)."""
+    def shipper(pod: str, period_s: str) -> Workload:
+        return _w(pod, "flap", 128, "--base-mib", "30", "--period-s", period_s,
+                  container="shipper", cpu=200)
+
+    return [
+        _w("sc-leak", "leak", 384, "--onset-s", "300", "--rate-mib-min", "12",
+           "--base-mib", "30", leaky=True),
+        shipper("sc-leak", "240"),
+        _w("sc-crashloop", "leak", 256, "--onset-s", "0", "--rate-mib-min", "40",
+           "--base-mib", "20", leaky=True),
+        shipper("sc-crashloop", "180"),
+        _w("sc-healthy", "warmup", 320, "--plateau-mib", "150", "--tau-s", "300"),
+        shipper("sc-healthy", "200"),
+        _w("sc-sidecar-leak", "leak", 160, "--onset-s", "120", "--rate-mib-min", "8",
+           "--base-mib", "10", leaky=True, container="shipper", cpu=200),
+        _w("sc-sidecar-leak", "warmup", 512, "--plateau-mib", "200", "--tau-s", "120"),
+    ]
 
 
 def soak_mix() -> list[Workload]:
@@ -143,6 +169,8 @@ MIXES: dict[str, list[Workload]] = {
     "soak": soak_mix(),
     # The held-out recording of session 6 (data/real/holdout.csv.gz): drawn parameters.
     "holdout": holdout_mix(),
+    # Pods of two containers, sidecars restarting beside them (session 9, ~30 minutes).
+    "sidecars": sidecar_mix(),
     # The real-kernel tests (~7 minutes): two leaks that OOM 4-6 minutes after their start (a
     # real PyTorch trainer keeping its loss with the graph, and a plain allocation leak), a
     # crash-looping leak that OOMs every ~65 s, and three healthy shapes.
@@ -179,19 +207,25 @@ def labels_from_events(node: RealNode, events: Sequence[dict[str, Any]], *, star
                        end: float, step: float) -> dict[str, Any]:
     """The labels file: per pod its spec, starts, kernel OOM kills and exits (unix seconds)."""
     pods: dict[str, Any] = {}
+    by_container: dict[tuple[str, str], dict[str, Any]] = {}
     for w in node.workloads:
-        pods[w.pod] = {
+        entry = {
             "namespace": node.namespace, "container": w.container, "kind": w.kind,
             "args": list(w.args), "memory_limit_bytes": w.memory_limit_bytes,
             "cpu_millicores": w.cpu_millicores, "meant_to_leak": w.leaky,
             "leak_onset_after_start_s": _arg(w, "--onset-s") if w.leaky else None,
             "starts": [], "oom_kills": [], "exits": []}
+        if w.pod not in pods:  # a pod's first workload is the container it is scored by
+            pods[w.pod] = entry
+        else:  # its others are its sidecars, recorded beside it
+            pods[w.pod].setdefault("sidecars", {})[w.container] = entry
+        by_container[(w.pod, w.container)] = entry
     version = None
     for e in events:
         kind = e.get("event")
         if kind == "supervisor_start":
             version = e.get("cgroup_version")
-        pod = pods.get(str(e.get("pod")))
+        pod = by_container.get((str(e.get("pod")), str(e.get("container", "main"))))
         if pod is None:
             continue
         if kind == "start":
@@ -209,7 +243,8 @@ def labels_from_events(node: RealNode, events: Sequence[dict[str, Any]], *, star
                   "cgroup's kernel oom_kill count was seen to rise (polled every 0.25 s); "
                   "exits: the supervisor's wait() on the container's process, reason "
                   "OOMKilled when the kernel count rose. leak_onset_after_start_s is what the "
-                  "workload was told (not ground truth)."),
+                  "workload was told (not ground truth). A pod of several containers is "
+                  "scored by its first; the others are under its sidecars."),
         "start": round(start, 3), "end": round(end, 3), "step_s": step,
         "scrape_interval": node.scrape_interval,
         "cgroup_version": version, "kernel": platform.release(),

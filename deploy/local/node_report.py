@@ -142,12 +142,19 @@ def _first_in(times: Sequence[float], lo: float, hi: float) -> float | None:
     return None
 
 
-def sample_times(trace: pd.DataFrame) -> dict[str, np.ndarray]:
+def sample_times(trace: pd.DataFrame, labels: Mapping[str, Any] | None = None
+                 ) -> dict[str, np.ndarray]:
     """Pod -> the sorted times of its working-set samples in a recorded ``trace`` (what
-    :func:`score` dates each verdict's data by)."""
+    :func:`score` dates each verdict's data by); with ``labels``, of the container each pod
+    is scored by only (a sidecar's samples go on while the scored container restarts)."""
     from detector import traces as tr
 
     ws = trace[trace["metric"] == tr.WORKING_SET]
+    if labels is not None:
+        scored = {(str(p), str(i.get("container", "main"))) for p, i in labels["pods"].items()}
+        keep = [(str(p), str(c)) in scored for p, c in zip(ws["pod"], ws["container"],
+                                                           strict=True)]
+        ws = ws[np.asarray(keep, dtype=bool)]
     return {str(pod): np.unique(g["timestamp"].to_numpy(dtype=np.float64))
             for pod, g in ws.groupby("pod", observed=True)}
 

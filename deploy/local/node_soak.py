@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             write(rec, a.out, f"soak-{a.mix}")
     verdicts = podguard_verdicts(trace, step_s=a.replay_step,
                                  out=a.out / "verdicts.jsonl" if a.out else None)
-    samples = sample_times(trace)
+    samples = sample_times(trace, labels)
     rows = score(labels, verdicts, rules.get("PredictLinearOOM"),
                  rules.get("PredictLinearOOMFor10m"), samples)
     text = "podguard replay of the recorded trace, the rule in the harness's Prometheus\n"

@@ -11,6 +11,8 @@ Plain Python (start in ~0.1 s, a few MiB of baseline; limits ~200-300 MiB):
 ``sawtooth``   a GC sawtooth: grows to ``--peak-mib`` over ``--period-s``, frees, again;
 ``warmup``     fills a cache towards ``--plateau-mib`` with time constant ``--tau-s``
                (fast at first, then slower, then flat) and holds it;
+``flap``       holds ``--base-mib`` and exits with status 1 after ``--period-s`` (a sidecar
+               failing its liveness probe: restarted by the supervisor, never OOM-killed);
 ``pagecache``  writes a file of ``--file-mib`` (larger than its limit) in ``--dir`` and re-reads
                it forever at ``--read-mib-s``: usage sits at the limit, RSS stays flat, the
                working set ramps as re-read pages move to the active list; never OOM-killed.
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import Any, cast
 
 MIB = 1 << 20
-KINDS = ("leak", "sawtooth", "warmup", "pagecache", "trainer", "trainer-kept-loss",
+KINDS = ("leak", "sawtooth", "warmup", "pagecache", "flap", "trainer", "trainer-kept-loss",
          "trainer-loader-leak", "trainer-dataset-cache", "trainer-checkpointed")
 TORCH_KINDS = frozenset(k for k in KINDS if k.startswith("trainer"))
 
@@ -109,6 +111,13 @@ def run_warmup(a: argparse.Namespace) -> int:
             cache.append(_chunk(int(target - have)))
             have += int(target - have)
     return 0
+
+
+def run_flap(a: argparse.Namespace) -> int:
+    held = _chunk(int(a.base_mib * MIB))
+    time.sleep(a.period_s)
+    del held
+    return 1  # not an OOM kill: the restart's reason is Error
 
 
 def run_pagecache(a: argparse.Namespace) -> int:
@@ -338,7 +347,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-mib-min", type=float, default=20.0, help="leak rate (MiB/min)")
     p.add_argument("--base-mib", type=float, default=8.0, help="memory held from the start")
     p.add_argument("--peak-mib", type=float, default=100.0, help="sawtooth: garbage at peak")
-    p.add_argument("--period-s", type=float, default=60.0, help="sawtooth: seconds per tooth")
+    p.add_argument("--period-s", type=float, default=60.0,
+                   help="sawtooth: seconds per tooth; flap: seconds before it exits")
     p.add_argument("--plateau-mib", type=float, default=120.0, help="warmup: final size")
     p.add_argument("--tau-s", type=float, default=120.0, help="warmup: time constant")
     p.add_argument("--file-mib", type=float, default=400.0, help="pagecache: file size")
@@ -354,9 +364,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    if a.kind in ("leak", "sawtooth", "warmup", "pagecache"):
+    if a.kind in ("leak", "sawtooth", "warmup", "pagecache", "flap"):
         runner = {"leak": run_leak, "sawtooth": run_sawtooth, "warmup": run_warmup,
-                  "pagecache": run_pagecache}[a.kind]
+                  "pagecache": run_pagecache, "flap": run_flap}[a.kind]
         return runner(a)
     if a.kind == "trainer":
         return run_trainer(a, leaky=False)
