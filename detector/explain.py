@@ -113,6 +113,7 @@ class Facts(TypedDict, total=False):
     time_to_oom_high_s: float  # late end of the stated range, seconds
     oom_kills: int  # OOM kills of earlier incarnations (a crash-looping leak)
     limit_bytes: float  # the memory limit, bytes
+    container: str  # the container whose own limit that is (a pod of several)
     score: float  # the detector score
     threshold: float  # the detector threshold
 
@@ -142,6 +143,8 @@ def describe(attribution: Attribution, facts: Facts | None = None, top_k: int = 
                      f"-{format_duration(f['time_to_oom_high_s'])})")
         if "limit_bytes" in f:
             text += f" at the {format_bytes(f['limit_bytes'])} limit"
+            if f.get("container"):
+                text += f" of container {str(f['container'])[:63]}"
         clauses.append(text)
     if "score" in f:
         text = f"score {f['score']:.2f}"

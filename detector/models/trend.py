@@ -1134,7 +1134,8 @@ class TrendDetector(ThresholdMixin):
             return LeakReport(np.zeros(0, dtype=object), e, e, e, e, e, e,
                               np.zeros((0, len(MEMORY_CHANNELS))), view_s=e,
                               fast=np.zeros(0, dtype=bool))
-        st, span, use_fast = self._combined(self._analyse(batch))
+        an = self._analyse(batch)
+        st, span, use_fast = self._combined(an)
         best = np.argmax(st.score, axis=1)
         # the kubelet and the OOM killer act on the working set: prefer it to RSS when both grow
         ws, rss = MEMORY_CHANNELS.index("mem_working_set"), MEMORY_CHANNELS.index("mem_rss")
@@ -1155,6 +1156,16 @@ class TrendDetector(ThresholdMixin):
             rate[young], tto[young] = self._pace_now(
                 batch, young, best[young], rate[young], tto[young], st.q[young, best[young]],
                 span[young, best[young]])
+        # where the fast path won but the slow path's hours of growth flag the leak too, the
+        # earlier of their OOMs is stated: a recent half-hour's pace on a slow, noisy leak
+        # can run 2x long
+        slow_tto = an.slow.tto[rows, best]
+        both = (use_fast[rows, best] & (self.threshold_ is not None)
+                & (an.slow.score[rows, best] > (self.threshold_ or np.inf))
+                & (slow_tto < tto))
+        if both.any():
+            rate = np.where(both, an.slow.rate[rows, best], rate)
+            tto = np.where(both, slow_tto, tto)
         return LeakReport(
             channel=channel,
             rate_bytes_per_s=rate,
@@ -1328,7 +1339,11 @@ class TrendDetector(ThresholdMixin):
             X, s = X[keep_rows], s[keep_rows]
         order = np.argsort(-s, kind="stable")
         rows = np.unique(np.round(X[order[: 4 * k]], 6), axis=0)
-        keep = rows[np.argsort(-self.score_from_explain_features(rows), kind="stable")[:k]]
+        rs = self.score_from_explain_features(rows)
+        if self.threshold_ is not None and (rs <= self.threshold_).any():
+            # rounding can lift a row at the threshold just over it
+            rows, rs = rows[rs <= self.threshold_], rs[rs <= self.threshold_]
+        keep = rows[np.argsort(-rs, kind="stable")[:k]]
         self.explain_background_ = [[float(x) for x in r] for r in keep]
 
     # ------------------------------------------------------------------ state
@@ -1727,6 +1742,9 @@ class LeakDecider:
             limit = float(report.limit_bytes[i])
             if math.isfinite(limit):
                 out["limit_bytes"] = limit
+            bound = batch.binding_of(i)  # one container's own limit binds: say whose
+            if bound is not None and str(report.channel[i]) != "gpu_fb_used":
+                out["container"], out["limit_bytes"] = bound
             return "", out
 
         def verdict_fields(i: int) -> dict[str, Any]:

@@ -27,7 +27,11 @@ How samples become windows
 * Containers of a pod are summed (the pod is the unit); a pod-level series with an empty
   ``container`` label is used only when the pod has no per-container series for that metric;
   the pause container ``POD`` is ignored. Memory limits are summed over containers; a limit of
-  0 (unlimited) on any container makes the pod's limit unknown (NaN).
+  0 (unlimited) on any container makes the pod's limit unknown (NaN). But the kernel kills a
+  container at its own limit: where one container grows towards its own limit faster than
+  the others use theirs, the pod's memory limit is that container's own plus the others'
+  newest use, so the headroom is its own (``WindowBatch.memory_container`` names it; see
+  ``WindowAssembler._binding``).
 * A window ends at the last bin boundary ``<= at`` (its ``ts``) and only ever uses samples with
   timestamps ``<= ts``: windows are causal.
 * A pod with no sample for ``pod_ttl_s`` (engine clock = newest timestamp ingested) is

@@ -15,6 +15,9 @@ before it (causal). Assembling goes in stages, each a method of :class:`WindowAs
    containers, a restart starts a new memory incarnation only where its container held a
    real part of the pod's working set, and a container's last-terminated-reason flag counts
    only while it is the latest to have started one (:meth:`~WindowAssembler._align_restarts`);
+   and where one container's own memory limit binds (it grows towards it),
+   :meth:`~WindowAssembler._binding` says which, so the pod's memory limit is the one that
+   will OOM-kill it;
 4. the channels, their limits (from the limit table), the extra (custom) metrics, the
    baselines and features are laid out in a :class:`~detector.windows.batch.WindowBatch`.
 """
@@ -22,6 +25,7 @@ before it (causal). Assembling goes in stages, each a method of :class:`WindowAs
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +49,7 @@ from detector.windows.series import (
     T_EXTRA,
     SeriesStore,
 )
+from detector.windows.stats import theil_sen_block_minima
 
 MEMORY_RESTART_SHARE = 0.2
 """In a pod of several containers, a container's restart starts a new memory incarnation of the
@@ -54,6 +59,21 @@ this share of the pod's working set over :data:`MEMORY_RESTART_LOOKBACK_S` befor
 MEMORY_RESTART_LOOKBACK_S = 600.0
 """How far before a restart the restarting container's share is read, seconds (longer than a
 crash loop's back-off, 5 min at most, during which the dead container has no working set)."""
+
+
+BINDING_SPAN_S = 1800.0
+"""In a pod of several containers, each container's own growth is read over this last part of
+the window (the Theil-Sen slope of its :data:`BINDING_BLOCK_S` block minima, the floor under
+a GC sawtooth) to tell which container's own limit binds (:meth:`WindowAssembler._binding`)."""
+
+BINDING_BLOCK_S = 300.0
+
+MEMORY_LIMIT_CHANNELS: tuple[int, ...] = tuple(
+    i for i, c in enumerate(chan.CHANNEL_TABLE) if c.limit == "memory")
+"""The channels bounded by the memory limit (working set, RSS, page cache)."""
+
+UNLIMITED_BYTES = float(2**60)
+"""A memory limit at or above this is no limit (cgroup v1 writes "unlimited" as ~2^63)."""
 
 
 def _prior_peak(x: np.ndarray, k: int) -> np.ndarray:
@@ -118,6 +138,16 @@ class _Series:
 
 
 @dataclass
+class _Binding:
+    """Pods where one container's own memory limit binds (:meth:`WindowAssembler._binding`)."""
+
+    pod: np.ndarray  # (b,) pod positions
+    container: np.ndarray  # (b,) the binding container's ordinal in its pod
+    limit: np.ndarray  # (b,) its own memory limit, bytes
+    own_last: np.ndarray  # (b, C) its own newest value of each channel (NaN: none)
+
+
+@dataclass
 class _Groups:
     """One group per (pod, target) or (pod, extra metric): containers summed."""
 
@@ -128,6 +158,7 @@ class _Groups:
     last: np.ndarray  # (g,) sum of the containers' newest values
     zero: np.ndarray  # (g,) containers whose newest value is <= 0
     memory_restarts: dict[int, np.ndarray]  # pod -> (L,) restarts of memory incarnations
+    binding: _Binding | None = None  # pods where one container's own memory limit binds
 
     def per_pod(self, n: int, tgt: int, arr: np.ndarray,
                 bad: np.ndarray | None = None) -> np.ndarray:
@@ -190,6 +221,16 @@ class WindowAssembler:
             memory_restarts = values[:, CHANNELS.index(chan.RESTART_CHANNEL)].copy()
             for p, row in g.memory_restarts.items():
                 memory_restarts[p] = np.where(np.isfinite(memory_restarts[p]), row, np.nan)
+        memory_container = memory_container_limit = None
+        if g.binding is not None:
+            memory_container = np.full(n, "", dtype=object)
+            memory_container_limit = np.full(n, np.nan)
+            names = [{o: c for c, o in st.pod_containers[int(cand_arr[p])].items()}
+                     for p in g.binding.pod.tolist()]
+            memory_container[g.binding.pod] = [
+                nm.get(int(o), "") for nm, o in zip(names, g.binding.container.tolist(),
+                                                    strict=True)]
+            memory_container_limit[g.binding.pod] = g.binding.limit
         extra: dict[str, np.ndarray] = {}
         is_ex = g.target == T_EXTRA
         for e in np.unique(g.extra[is_ex]).tolist():
@@ -219,6 +260,8 @@ class WindowAssembler:
             stale=stale,
             extra=extra,
             memory_restarts=memory_restarts,
+            memory_container=memory_container,
+            memory_container_limit=memory_container_limit,
         )
 
     def _series_grid(self, B: int, cand_arr: np.ndarray) -> _Series:
@@ -312,6 +355,7 @@ class WindowAssembler:
         lv_sum = np.add.reduceat(np.where(lv_fin, lv_s, 0.0), starts)
         lv_cnt = np.add.reduceat(lv_fin.astype(np.int32), starts)
         lv_zero = np.add.reduceat((lv_fin & (lv_s <= 0)).astype(np.int32), starts)
+        binding = self._binding(series.sel[use], p_of, target, series_vals, last_val, n)
         return _Groups(
             pod=p_of[order][starts],
             target=target[order][starts],
@@ -320,7 +364,82 @@ class WindowAssembler:
             last=np.where(lv_cnt > 0, lv_sum, np.nan),
             zero=lv_zero,
             memory_restarts=memory,
+            binding=binding,
         )
+
+    def _binding(self, sel: np.ndarray, p_of: np.ndarray, target: np.ndarray,
+                 vals: np.ndarray, last: np.ndarray, n: int) -> _Binding | None:
+        """In pods of several containers: the container whose own memory limit binds.
+
+        The kernel OOM-kills a container at its *own* limit, not at the pod's sum: a small
+        sidecar leaking under 160 MiB beside a 512 MiB main container is killed with the
+        pod sum's headroom still large. Per container, the floor's growth over the last
+        :data:`BINDING_SPAN_S` (Theil-Sen slope of :data:`BINDING_BLOCK_S` block minima)
+        over its own headroom (its limit - its newest working set) ranks the containers;
+        the one using its headroom fastest binds, if it grows by at least the working set's
+        scale floor over the span and has a limit (a container's first known limit metric;
+        0 or >= :data:`UNLIMITED_BYTES` is none). No container binds where none grows so
+        (the pod's summed limit stays, as before), or where a container without a limit
+        grows faster (its growth is bounded by no known limit). ``last`` (S,) is each
+        series' newest value, the same the groups sum."""
+        st = self.store
+        ws_t = CHANNELS.index("mem_working_set")
+        named = ~st.s_agg[sel]
+        ws_rows = np.flatnonzero(named & (target == ws_t))
+        if ws_rows.size < 2:
+            return None
+        n_ws = np.bincount(p_of[ws_rows], minlength=n)
+        ws_rows = ws_rows[n_ws[p_of[ws_rows]] >= 2]
+        if ws_rows.size == 0:
+            return None
+        cont = st.s_container[sel]
+        key = p_of * (int(cont.max()) + 1) + np.maximum(cont, 0)
+        ws_key = key[ws_rows]
+
+        def own(tgt: int) -> np.ndarray:
+            """Each working-set row's container's newest value of target ``tgt``."""
+            rows = np.flatnonzero(named & (target == tgt))
+            out = np.full(ws_rows.size, np.nan)
+            if rows.size == 0:
+                return out
+            order = np.argsort(key[rows], kind="stable")
+            keys = key[rows][order]
+            at = np.minimum(np.searchsorted(keys, ws_key), keys.size - 1)
+            hit = keys[at] == ws_key
+            out[hit] = last[rows[order[at[hit]]]]
+            return out
+
+        lim = np.full(ws_rows.size, np.nan)
+        for j in range(len(chan.LIMITS["memory"].metrics)):  # the first known metric
+            got = own(LIMIT_TARGETS[("memory", j)])
+            lim = np.where(np.isfinite(lim), lim, got)
+        limited = np.isfinite(lim) & (lim > 0) & (lim < UNLIMITED_BYTES)
+        step = self.geo.step_s
+        k = max(1, math.ceil(BINDING_SPAN_S / step))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            rate = theil_sen_block_minima(vals[ws_rows, -k:].astype(np.float64), step,
+                                          BINDING_BLOCK_S)
+        grows = np.nan_to_num(rate) * BINDING_SPAN_S >= chan.CHANNEL_TABLE[ws_t].floor
+        room = np.maximum(lim - last[ws_rows], 2.0**20)
+        urgency = np.where(limited & grows, np.nan_to_num(rate) / room, -np.inf)
+        # per pod: its most urgent limited container, and its fastest unlimited grower
+        order = np.lexsort((-urgency, p_of[ws_rows]))
+        pods = p_of[ws_rows][order]
+        first = np.r_[True, pods[1:] != pods[:-1]]
+        best = order[first]
+        free_rate = np.where(~limited & grows, np.nan_to_num(rate), -np.inf)
+        fastest_free = np.full(n, -np.inf)
+        np.maximum.at(fastest_free, p_of[ws_rows], free_rate)
+        best = best[(urgency[best] > -np.inf)
+                    & (fastest_free[p_of[ws_rows][best]] <= np.nan_to_num(rate[best]))]
+        if best.size == 0:
+            return None
+        own_last = np.full((best.size, len(CHANNELS)), np.nan)
+        for ci in MEMORY_LIMIT_CHANNELS:
+            own_last[:, ci] = (last[ws_rows[best]] if ci == ws_t else own(ci)[best])
+        return _Binding(pod=p_of[ws_rows[best]], container=cont[ws_rows[best]],
+                        limit=lim[best], own_last=own_last)
 
     def _align_restarts(self, sel: np.ndarray, p_of: np.ndarray, target: np.ndarray,
                         vals: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -428,6 +547,12 @@ class WindowAssembler:
                     limits[:, ci] = np.where(total > 0, total, np.nan)
                 else:
                     limits[:, ci] = value
+        b = g.binding
+        if b is not None:  # the binding container's own limit, plus the others' newest use
+            for ci in MEMORY_LIMIT_CHANNELS:
+                eff = g.per_pod(n, ci, g.last)[b.pod] - b.own_last[:, ci] + b.limit
+                ok = np.isfinite(eff)
+                limits[b.pod[ok], ci] = eff[ok]
         return limits
 
     def empty_batch(self) -> WindowBatch:

@@ -94,6 +94,13 @@ class WindowBatch:
     (:meth:`detector.windows.assemble.WindowAssembler._align_restarts`); None: every
     restart does (the ``restarts`` channel, :meth:`restarts_of_memory`)."""
 
+    memory_container: np.ndarray | None = None
+    """(n,) object: where one container's own memory limit binds, its name ("" elsewhere);
+    the memory channels' ``limits`` there are its own limit plus the other containers'
+    newest use (:meth:`detector.windows.assemble.WindowAssembler._binding`). None: nowhere."""
+    memory_container_limit: np.ndarray | None = None
+    """(n,) float64: that container's own memory limit, bytes (NaN elsewhere)."""
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -131,7 +138,18 @@ class WindowBatch:
             stale=self.stale[pos],
             extra={k: v[pos] for k, v in self.extra.items()},
             memory_restarts=None if self.memory_restarts is None else self.memory_restarts[pos],
+            memory_container=(None if self.memory_container is None
+                              else self.memory_container[pos]),
+            memory_container_limit=(None if self.memory_container_limit is None
+                                    else self.memory_container_limit[pos]),
         )
+
+    def binding_of(self, i: int) -> tuple[str, float] | None:
+        """(container, its own memory limit) where one container's limit binds window ``i``."""
+        if self.memory_container is None or self.memory_container_limit is None:
+            return None
+        name = str(self.memory_container[i])
+        return (name, float(self.memory_container_limit[i])) if name else None
 
     @staticmethod
     def concat(batches: Sequence[WindowBatch]) -> WindowBatch:
@@ -177,4 +195,12 @@ class WindowBatch:
             extra=extra,
             memory_restarts=(None if all(b.memory_restarts is None for b in batches) else
                              np.concatenate([b.restarts_of_memory() for b in batches])),
+            memory_container=(None if all(b.memory_container is None for b in batches) else
+                              np.concatenate([np.full(len(b), "", dtype=object)
+                                              if b.memory_container is None
+                                              else b.memory_container for b in batches])),
+            memory_container_limit=(
+                None if all(b.memory_container_limit is None for b in batches) else
+                np.concatenate([np.full(len(b), np.nan) if b.memory_container_limit is None
+                                else b.memory_container_limit for b in batches])),
         )

@@ -1,0 +1,161 @@
+"""Pods of several containers: the kernel OOM-kills a container at its *own* memory limit.
+
+Recorded on the real-node harness (mix ``sidecars``, session 9): a log shipper leaking under
+its own 160 MiB limit beside a healthy 512 MiB main container was warned 4 min before the
+kernel killed it, with "OOM in ~41 min": the pod's working set summed against the pod's
+summed limits (672 MiB) still had 350 MiB of room. The window engine now tells which
+container's own limit binds (``WindowAssembler._binding``) and states the pod's memory limit
+as that container's own plus the others' newest use, so the headroom - and the time to OOM -
+is the binding container's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from detector import traces as tr
+from detector.pipeline import Pipeline
+from detector.replay import iter_replay
+from detector.windows import WindowEngine
+
+MIB = 2.0**20
+STEP = 10.0
+
+
+def _pod(containers: dict[str, tuple[np.ndarray, float]], minutes: float,
+         limit_metric: str = tr.MEMORY_LIMIT, pod: str = "p") -> pd.DataFrame:
+    """A pod sampled every STEP s: container -> (working set on the grid, bytes; limit,
+    bytes, 0 for none, NaN for no limit series)."""
+    ts = 1_700_000_000.0 + np.arange(0.0, minutes * 60.0 + STEP / 2, STEP)
+    rows = []
+    for name, (ws, limit) in containers.items():
+        series = [(tr.WORKING_SET, ws), (tr.RSS, 0.9 * ws),
+                  (tr.CPU_SECONDS, np.cumsum(np.full(ts.size, 0.1 * STEP))),
+                  (tr.RESTARTS, np.zeros(ts.size))]
+        if not np.isnan(limit):
+            series.append((limit_metric, np.full(ts.size, limit)))
+        for metric, vals in series:
+            rows.append(pd.DataFrame({"timestamp": ts, "namespace": "ns", "pod": pod,
+                                      "container": name, "node": "n1", "metric": metric,
+                                      "value": vals}))
+    return pd.concat(rows).sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _grid(minutes: float) -> np.ndarray:
+    return np.arange(0.0, minutes * 60.0 + STEP / 2, STEP)
+
+
+def _last_window(trace: pd.DataFrame):
+    eng = WindowEngine(step_s=STEP, horizon_s=3600.0)
+    eng.ingest(trace)
+    return eng.windows(float(trace["timestamp"].max()))
+
+
+def _ws_limit(batch) -> float:
+    return float(batch.limits[0, batch.channels.index("mem_working_set")])
+
+
+def _ws_now(batch) -> float:
+    return float(batch.channel("mem_working_set")[0, -1])
+
+
+def test_a_small_sidecar_leaking_under_its_own_limit_binds_the_pod() -> None:
+    t = _grid(30)
+    main = 200 * MIB + 0.5 * MIB * np.sin(t / 97.0)
+    side = 10 * MIB + 8 * MIB * np.maximum(t - 120.0, 0.0) / 60.0  # 8 MiB/min from 2 min
+    b = _last_window(_pod({"main": (main, 512 * MIB), "shipper": (side, 160 * MIB)}, 30))
+    assert b.memory_container is not None and b.memory_container[0] == "shipper"
+    assert b.memory_container_limit is not None
+    assert b.memory_container_limit[0] == 160 * MIB
+    # the pod's headroom is the shipper's own, not the pod sum's
+    room = _ws_limit(b) - _ws_now(b)
+    assert abs(room - (160 * MIB - side[-1])) < 1 * MIB, room / MIB
+    assert b.binding_of(0) == ("shipper", 160 * MIB)
+    # RSS is bounded the same way: the shipper's own RSS against its limit
+    rss_room = (float(b.limits[0, b.channels.index("mem_rss")])
+                - float(b.channel("mem_rss")[0, -1]))
+    assert abs(rss_room - (160 * MIB - 0.9 * side[-1])) < 1 * MIB
+
+
+def test_a_leaking_main_container_binds_beside_a_flat_sidecar() -> None:
+    t = _grid(40)
+    main = 100 * MIB + 6 * MIB * t / 60.0
+    side = 60 * MIB + 0.2 * MIB * np.cos(t / 50.0)
+    b = _last_window(_pod({"main": (main, 512 * MIB), "sidecar": (side, 256 * MIB)}, 40,
+                          limit_metric=tr.KSM_LIMITS))
+    assert b.binding_of(0) == ("main", 512 * MIB)
+    assert abs((_ws_limit(b) - _ws_now(b)) - (512 * MIB - main[-1])) < 1 * MIB
+
+
+def test_no_container_binds_where_none_grows_and_the_summed_limit_stays() -> None:
+    t = _grid(40)
+    main = 300 * MIB + 2 * MIB * np.sin(t / 300.0)
+    # a GC sawtooth: its floor is flat, however steep each tooth
+    side = 40 * MIB + 80 * MIB * ((t % 240.0) / 240.0)
+    b = _last_window(_pod({"main": (main, 512 * MIB), "sidecar": (side, 160 * MIB)}, 40))
+    assert b.memory_container is None or b.memory_container[0] == ""
+    assert _ws_limit(b) == 672 * MIB
+
+
+def test_a_single_container_pod_is_unchanged() -> None:
+    t = _grid(30)
+    b = _last_window(_pod({"main": (50 * MIB + 8 * MIB * t / 60.0, 512 * MIB)}, 30))
+    assert b.memory_container is None
+    assert _ws_limit(b) == 512 * MIB
+
+
+def test_an_unlimited_container_growing_faster_keeps_the_limit_unknown() -> None:
+    t = _grid(30)
+    main = 100 * MIB + 1.5 * MIB * t / 60.0  # grows, under a limit
+    side = 50 * MIB + 6 * MIB * t / 60.0  # grows faster, under no limit (0 = unlimited)
+    b = _last_window(_pod({"main": (main, 512 * MIB), "sidecar": (side, 0.0)}, 30))
+    assert b.binding_of(0) is None
+    assert np.isnan(_ws_limit(b))  # as before: a 0 on any container makes it unknown
+
+
+def test_a_leak_under_a_limit_beside_a_flat_unlimited_sidecar_gets_a_limit() -> None:
+    t = _grid(30)
+    main = 100 * MIB + 6 * MIB * t / 60.0
+    side = 50 * MIB + 0.3 * MIB * np.sin(t / 40.0)
+    b = _last_window(_pod({"main": (main, 512 * MIB), "sidecar": (side, 0.0)}, 30))
+    assert b.binding_of(0) == ("main", 512 * MIB)
+    assert abs((_ws_limit(b) - _ws_now(b)) - (512 * MIB - main[-1])) < 1 * MIB
+
+
+def test_the_binding_survives_subset_and_concat() -> None:
+    t = _grid(30)
+    side = 10 * MIB + 8 * MIB * t / 60.0
+    a = _last_window(_pod({"main": (200 * MIB + 0 * t, 512 * MIB),
+                           "shipper": (side, 160 * MIB)}, 30))
+    single = _last_window(_pod({"main": (50 * MIB + 0 * t, 512 * MIB)}, 30, pod="q"))
+    both = type(a).concat([single, a])
+    assert both.binding_of(0) is None and both.binding_of(1) == ("shipper", 160 * MIB)
+    assert both.subset([1]).binding_of(0) == ("shipper", 160 * MIB)
+
+
+def test_the_sidecar_leak_is_paged_with_its_own_time_to_oom() -> None:
+    """End to end: the pod is paged as a memory leak before the shipper reaches its limit,
+    with a time to OOM within +-30 % of the real one, naming the container."""
+    minutes = 24.0
+    t = _grid(minutes)
+    main = 200 * MIB * (1 - np.exp(-t / 120.0)) + 2 * MIB  # a warm-up that plateaus
+    onset, rate = 120.0, 8 * MIB / 60.0
+    side = 10 * MIB + rate * np.maximum(t - onset, 0.0)
+    oom_at = onset + 150 * MIB / rate  # the shipper reaches 160 MiB
+    trace = _pod({"main": (main, 512 * MIB), "shipper": (side, 160 * MIB)},
+                 minutes)
+    trace = trace[trace["timestamp"] < trace["timestamp"].min() + oom_at]
+    t0 = float(trace["timestamp"].min())
+    pipe = Pipeline.load(None)
+    first = next((v for step in iter_replay(trace, pipe, step_s=STEP) for v in step
+                  if v.is_anomaly), None)
+    assert first is not None, "the shipper's leak was never paged"
+    assert first.kind == "memory_leak", first.kind
+    real = t0 + oom_at - first.ts
+    assert real > 0
+    assert first.time_to_oom_s is not None
+    assert abs(first.time_to_oom_s - real) <= 0.3 * real, (
+        f"stated {first.time_to_oom_s / 60:.1f} min, real {real / 60:.1f} min")
+    assert first.explanation is not None
+    assert "of container shipper" in first.explanation.text, first.explanation.text
