@@ -560,6 +560,12 @@ class KafkaSourceSettings(_SourceSection):
         10, gt=0, description="Group session timeout: a dead consumer's partitions move after "
                               "this, seconds.")
     request_timeout_s: float = Field(30, gt=0, description="Kafka request timeout, seconds.")
+    metadata_max_age_s: float = Field(
+        30, gt=0, le=3600,
+        description="Refresh the topic's metadata at least this often, so partitions added to "
+                    "the topic (or a topic created after the daemon subscribed, whose first "
+                    "join saw no partitions) are assigned within about this long "
+                    "(kafka-python's own default: 300); seconds.")
     security: KafkaSecuritySettings = Field(
         default_factory=KafkaSecuritySettings, description="TLS and SASL towards the brokers.")
     backoff_s: list[float] = Field(

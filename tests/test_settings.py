@@ -226,3 +226,14 @@ def test_every_bad_override_is_reported_at_once_naming_its_variable(tmp_path: Pa
     assert (s.runtime.verdicts_path, s.server.host, s.model.root) == ("a: b", "::", "")
     assert s.detection.explain is False
     assert s.alerting.alertmanager_http.headers == {"X-Scope-OrgID": "tenant-1"}
+
+
+def test_kafka_metadata_age_is_bounded() -> None:
+    """``sources.kafka.metadata_max_age_s``: 30 s by default (kafka-python's own is 300 s, so a
+    partition added to the topic went unread for up to 5 min), positive, at most an hour."""
+    assert load_settings(None).sources.kafka.metadata_max_age_s == 30
+    for bad in ("0", "-1", "7200", "soon"):
+        with pytest.raises(ConfigError, match="metadata_max_age_s"):
+            load_settings(None, environ={"PODGUARD__SOURCES__KAFKA__METADATA_MAX_AGE_S": bad})
+    s = load_settings(None, environ={"PODGUARD__SOURCES__KAFKA__METADATA_MAX_AGE_S": "5"})
+    assert s.sources.kafka.metadata_max_age_s == 5

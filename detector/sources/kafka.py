@@ -135,6 +135,7 @@ class KafkaSource:
         common = {"bootstrap_servers": list(s.bootstrap_servers), "client_id": s.client_id,
                   "request_timeout_ms": int(s.request_timeout_s * 1000),
                   "reconnect_backoff_max_ms": 2000,
+                  "metadata_max_age_ms": int(s.metadata_max_age_s * 1000),
                   "bootstrap_timeout_ms": int(s.request_timeout_s * 1000),
                   **client_config(s.security, where="sources.kafka.security")}
         self._consumer = KafkaConsumer(

@@ -37,7 +37,8 @@ def _consume(kafka: KafkaHandle, topic: str, group: str, expect: int,
     commit the offsets and leave the group."""
     consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, group_id=group,
                              auto_offset_reset="earliest", enable_auto_commit=False,
-                             client_id="podguard-tests", max_poll_records=5000)
+                             client_id="podguard-tests", max_poll_records=5000,
+                             metadata_max_age_ms=5000)  # a join that saw no partitions recovers
     got: list[int] = []
 
     def read(timeout_ms: int) -> None:
@@ -76,6 +77,11 @@ def test_three_partition_topic_groups_resume_at_commits_and_data_survive_restart
     admin = local_kafka.admin()
     try:
         admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        admin.close()
+    local_kafka.wait_for_partitions(topic, 3)
+    admin = local_kafka.admin()
+    try:
         described = admin.describe_topics([topic])
     finally:
         admin.close()

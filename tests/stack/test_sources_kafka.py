@@ -63,7 +63,9 @@ def _topics(kafka: KafkaHandle, partitions: int, dlq: bool = True) -> tuple[str,
         admin.create_topics(new)
     finally:
         admin.close()
+    kafka.wait_for_partitions(topic, partitions)
     return topic, dead
+
 
 
 def _settings(kafka: KafkaHandle, topic: str, dead: str, group: str, **kafka_extra: Any
@@ -263,6 +265,47 @@ def scrape(url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+def test_partitions_added_while_the_daemon_reads_are_read_within_the_metadata_age(
+        local_kafka: KafkaHandle, shipped: Pipeline) -> None:
+    """A topic grown from 1 to 3 partitions while the daemon reads it: the new partitions are
+    assigned at the consumer's next metadata refresh (``sources.kafka.metadata_max_age_s``, 5 s
+    here; with kafka-python's own 300 s they would sit unread for up to 5 min) and their
+    samples are folded. The same refresh rescues a daemon whose first join saw no partitions
+    of a topic just created."""
+    topic, dead = _topics(local_kafka, 1)
+    group = f"pg-{uuid.uuid4().hex[:8]}"
+    settings = _settings(local_kafka, topic, dead, group, metadata_max_age_s=5)
+    daemon, _source, registry = _daemon(settings, shipped)
+    t0 = time.time() - 15.0 * 4
+    first = list(_pod_messages(2, 4, t0, prefix="first"))
+    late = list(_pod_messages(2, 4, t0, prefix="late"))
+    per_message = len(METRICS)
+    ingested = lambda: _value(registry, "podguard_samples_ingested_total",  # noqa: E731
+                              source="kafka")
+    with Runner(daemon):
+        producer = _producer(local_kafka)
+        for key, value in first:
+            producer.send(topic, key=key, value=value, partition=0)
+        producer.flush(timeout=60)
+        producer.close()
+        _wait(lambda: ingested() >= per_message * len(first), "the first partition's samples",
+              60)
+        admin = local_kafka.admin()
+        try:
+            admin.create_partitions({topic: 3})
+        finally:
+            admin.close()
+        local_kafka.wait_for_partitions(topic, 3)
+        producer = _producer(local_kafka)  # a new client: the new partitions in its metadata
+        for key, value in late:
+            producer.send(topic, key=key, value=value, partition=2)
+        producer.flush(timeout=60)
+        producer.close()
+        _wait(lambda: ingested() >= per_message * (len(first) + len(late)),
+              "the samples of a partition added while running", 45)
+    assert ingested() == per_message * (len(first) + len(late))
 
 
 def test_sigkilled_daemon_restarts_at_the_last_commit(local_kafka: KafkaHandle,

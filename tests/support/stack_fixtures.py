@@ -28,6 +28,7 @@ import functools
 import inspect
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,26 @@ class KafkaHandle:
         from kafka import KafkaAdminClient
 
         return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="podguard-tests")
+
+    def wait_for_partitions(self, topic: str, partitions: int, timeout: float = 60.0) -> None:
+        """Until the broker's metadata shows ``partitions`` partitions of ``topic``, each with
+        a leader: a consumer that joins before then is assigned none of them (kafka-python:
+        "No partition metadata for topic") until its next metadata refresh."""
+        admin = self.admin()
+        deadline = time.monotonic() + timeout
+        seen: list[Any] = []
+        try:
+            while time.monotonic() < deadline:
+                seen = [t for t in admin.describe_topics([topic]) if t.get("name") == topic]
+                parts = seen[0].get("partitions", []) if seen else []
+                if len(parts) == partitions and all(
+                        int(p.get("leader_id", p.get("leader", -1))) >= 0 for p in parts):
+                    return
+                time.sleep(0.2)
+        finally:
+            admin.close()
+        raise AssertionError(f"topic {topic}: {partitions} partitions with leaders not in the "
+                             f"broker's metadata after {timeout:.0f} s: {seen}")
 
     def stop(self) -> None:
         self.service.stop(self.state)
