@@ -79,14 +79,9 @@ def test_three_partition_topic_groups_resume_at_commits_and_data_survive_restart
         admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
     finally:
         admin.close()
-    local_kafka.wait_for_partitions(topic, 3)
-    admin = local_kafka.admin()
-    try:
-        described = admin.describe_topics([topic])
-    finally:
-        admin.close()
-    assert described[0]["error_code"] == 0
-    assert sorted(p["partition_index"] for p in described[0]["partitions"]) == [0, 1, 2]
+    described = local_kafka.wait_for_partitions(topic, 3)
+    assert described["error_code"] == 0
+    assert sorted(p["partition_index"] for p in described["partitions"]) == [0, 1, 2]
 
     per_partition = _produce(local_kafka, topic, range(FIRST))
     assert sorted(per_partition) == [0, 1, 2] and sum(per_partition.values()) == FIRST

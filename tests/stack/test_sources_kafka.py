@@ -67,7 +67,6 @@ def _topics(kafka: KafkaHandle, partitions: int, dlq: bool = True) -> tuple[str,
     return topic, dead
 
 
-
 def _settings(kafka: KafkaHandle, topic: str, dead: str, group: str, **kafka_extra: Any
               ) -> Settings:
     return Settings.model_validate({

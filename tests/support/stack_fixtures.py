@@ -243,10 +243,12 @@ class KafkaHandle:
 
         return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="podguard-tests")
 
-    def wait_for_partitions(self, topic: str, partitions: int, timeout: float = 60.0) -> None:
+    def wait_for_partitions(self, topic: str, partitions: int, timeout: float = 60.0
+                            ) -> dict[str, Any]:
         """Until the broker's metadata shows ``partitions`` partitions of ``topic``, each with
         a leader: a consumer that joins before then is assigned none of them (kafka-python:
-        "No partition metadata for topic") until its next metadata refresh."""
+        "No partition metadata for topic") until its next metadata refresh. Returns the
+        topic's metadata (``describe_topics``)."""
         admin = self.admin()
         deadline = time.monotonic() + timeout
         seen: list[Any] = []
@@ -254,9 +256,8 @@ class KafkaHandle:
             while time.monotonic() < deadline:
                 seen = [t for t in admin.describe_topics([topic]) if t.get("name") == topic]
                 parts = seen[0].get("partitions", []) if seen else []
-                if len(parts) == partitions and all(
-                        int(p.get("leader_id", p.get("leader", -1))) >= 0 for p in parts):
-                    return
+                if len(parts) == partitions and all(p["leader_id"] >= 0 for p in parts):
+                    return dict(seen[0])
                 time.sleep(0.2)
         finally:
             admin.close()
