@@ -146,6 +146,59 @@ def holdout_mix(seed: int = 20261201) -> list[Workload]:
     ]
 
 
+def sidecar_holdout_mix(seed: int = 20261203) -> list[Workload]:
+    """Held-out pods of two containers, their parameters drawn by ``seed`` (session 13).
+
+    Written before anyone looked at podguard on it, after the change that reads a young
+    container incarnation's growth and projects the binding container's own series
+    (:mod:`detector.windows.assemble`), and never tuned on: ranges of its own around
+    :func:`sidecar_mix`'s fixed values. Each pod is scored by its first container. A
+    crash-looping main container beside a restarting shipper; a leaking shipper beside a
+    main container warming up; a slow main leak beside a restarting shipper; a shipper
+    crash-looping under a small limit beside a flat main; two healthy pods (both containers
+    warming up together; a page-cache reader beside a restarting shipper)."""
+    import random
+
+    r = random.Random(seed)
+
+    def u(lo: float, hi: float) -> str:
+        return f"{r.uniform(lo, hi):.0f}"
+
+    def shipper(pod: str) -> Workload:
+        return _w(pod, "flap", 128, "--base-mib", u(20, 40), "--period-s", u(150, 320),
+                  container="shipper", cpu=200)
+
+    loop_lim = r.choice((192, 256, 320))
+    side_lim = r.choice((128, 160, 192))
+    slow_lim = r.choice((320, 384, 448))
+    warm_lim = r.choice((256, 320, 384))
+    pc_lim = r.choice((160, 224))
+    return [
+        _w("sh-crashloop", "leak", loop_lim, "--onset-s", "0", "--rate-mib-min", u(30, 80),
+           "--base-mib", u(10, 40), leaky=True),
+        shipper("sh-crashloop"),
+        _w("sh-sidecar-leak", "leak", side_lim, "--onset-s", u(60, 600), "--rate-mib-min",
+           u(6, 20), "--base-mib", u(10, 30), leaky=True, container="shipper", cpu=200),
+        _w("sh-sidecar-leak", "warmup", 512, "--plateau-mib", u(120, 300), "--tau-s",
+           u(60, 600)),
+        _w("sh-main-leak", "leak", slow_lim, "--onset-s", u(120, 900), "--rate-mib-min",
+           u(8, 25), "--base-mib", u(20, 60), leaky=True),
+        shipper("sh-main-leak"),
+        _w("sh-sidecar-loop", "leak", r.choice((96, 128)), "--onset-s", "0",
+           "--rate-mib-min", u(20, 60), "--base-mib", u(5, 20), leaky=True,
+           container="shipper", cpu=200),
+        _w("sh-sidecar-loop", "warmup", 384, "--plateau-mib", u(80, 200), "--tau-s",
+           u(30, 120)),
+        _w("sh-healthy", "warmup", warm_lim,
+           "--plateau-mib", f"{warm_lim * r.uniform(0.4, 0.7):.0f}", "--tau-s", u(60, 900)),
+        _w("sh-healthy", "warmup", 128, "--plateau-mib", u(30, 80), "--tau-s", u(30, 300),
+           container="sidecar", cpu=200),
+        _w("sh-pagecache", "pagecache", pc_lim,
+           "--file-mib", f"{pc_lim * r.uniform(1.3, 2.5):.0f}", "--read-mib-s", u(15, 60)),
+        shipper("sh-pagecache"),
+    ]
+
+
 MIXES: dict[str, list[Workload]] = {
     # The shipped recording (data/real/): every shape once, ~20 minutes.
     "mixed": [
@@ -171,6 +224,8 @@ MIXES: dict[str, list[Workload]] = {
     "holdout": holdout_mix(),
     # Pods of two containers, sidecars restarting beside them (session 9, ~30 minutes).
     "sidecars": sidecar_mix(),
+    # Held-out pods of two containers, drawn parameters (session 13, ~32 minutes).
+    "sidecars-holdout": sidecar_holdout_mix(),
     # The real-kernel tests (~7 minutes): two leaks that OOM 4-6 minutes after their start (a
     # real PyTorch trainer keeping its loss with the graph, and a plain allocation leak), a
     # crash-looping leak that OOMs every ~65 s, and three healthy shapes.
