@@ -68,6 +68,15 @@ a GC sawtooth) to tell which container's own limit binds (:meth:`WindowAssembler
 
 BINDING_BLOCK_S = 300.0
 
+BINDING_MIN_BLOCKS = 6
+"""A container incarnation younger than twice :data:`BINDING_SPAN_S` (restarted, or started,
+inside it) is read over the recent half of its life (at least its last three samples), in
+blocks of a sixth of that (at most :data:`BINDING_BLOCK_S`): a crash-looping main container
+killed every 6 min beside a sidecar never had three 5-min blocks of one life, so the pod's
+summed limit (its headroom the sidecar's too) was projected until the kill; the recent half
+leaves out a warm-up's first rise."""
+
+
 MEMORY_LIMIT_CHANNELS: tuple[int, ...] = tuple(
     i for i, c in enumerate(chan.CHANNEL_TABLE) if c.limit == "memory")
 """The channels bounded by the memory limit (working set, RSS, page cache)."""
@@ -145,6 +154,7 @@ class _Binding:
     container: np.ndarray  # (b,) the binding container's ordinal in its pod
     limit: np.ndarray  # (b,) its own memory limit, bytes
     own_last: np.ndarray  # (b, C) its own newest value of each channel (NaN: none)
+    own_vals: np.ndarray  # (b, M, L) its own series of each of MEMORY_LIMIT_CHANNELS
 
 
 @dataclass
@@ -215,6 +225,8 @@ class WindowAssembler:
         values = np.full((n, C, L), np.nan, dtype=np.float32)
         is_ch = g.target < C
         values[g.pod[is_ch], g.target[is_ch]] = g.values[is_ch]
+        if g.binding is not None:
+            self._bind_values(g, values)
         limits = self._limits(g, n)
         memory_restarts = None
         if g.memory_restarts:  # pods of several restarting containers
@@ -396,30 +408,30 @@ class WindowAssembler:
         key = p_of * (int(cont.max()) + 1) + np.maximum(cont, 0)
         ws_key = key[ws_rows]
 
-        def own(tgt: int) -> np.ndarray:
-            """Each working-set row's container's newest value of target ``tgt``."""
+        def match(tgt: int) -> np.ndarray:
+            """Each working-set row's container's row of target ``tgt`` (-1: none)."""
             rows = np.flatnonzero(named & (target == tgt))
-            out = np.full(ws_rows.size, np.nan)
+            out = np.full(ws_rows.size, -1)
             if rows.size == 0:
                 return out
             order = np.argsort(key[rows], kind="stable")
             keys = key[rows][order]
             at = np.minimum(np.searchsorted(keys, ws_key), keys.size - 1)
             hit = keys[at] == ws_key
-            out[hit] = last[rows[order[at[hit]]]]
+            out[hit] = rows[order[at[hit]]]
             return out
+
+        def own(tgt: int) -> np.ndarray:
+            """Each working-set row's container's newest value of target ``tgt``."""
+            at = match(tgt)
+            return np.where(at >= 0, last[np.maximum(at, 0)], np.nan)
 
         lim = np.full(ws_rows.size, np.nan)
         for j in range(len(chan.LIMITS["memory"].metrics)):  # the first known metric
             got = own(LIMIT_TARGETS[("memory", j)])
             lim = np.where(np.isfinite(lim), lim, got)
         limited = np.isfinite(lim) & (lim > 0) & (lim < UNLIMITED_BYTES)
-        step = self.geo.step_s
-        k = max(1, math.ceil(BINDING_SPAN_S / step))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
-            rate = theil_sen_block_minima(vals[ws_rows, -k:].astype(np.float64), step,
-                                          BINDING_BLOCK_S)
+        rate = self._binding_rates(vals, ws_rows, match(CHANNELS.index(chan.RESTART_CHANNEL)))
         grows = np.nan_to_num(rate) * BINDING_SPAN_S >= chan.CHANNEL_TABLE[ws_t].floor
         room = np.maximum(lim - last[ws_rows], 2.0**20)
         urgency = np.where(limited & grows, np.nan_to_num(rate) / room, -np.inf)
@@ -436,10 +448,61 @@ class WindowAssembler:
         if best.size == 0:
             return None
         own_last = np.full((best.size, len(CHANNELS)), np.nan)
-        for ci in MEMORY_LIMIT_CHANNELS:
-            own_last[:, ci] = (last[ws_rows[best]] if ci == ws_t else own(ci)[best])
+        own_vals = np.full((best.size, len(MEMORY_LIMIT_CHANNELS), vals.shape[-1]), np.nan)
+        for m, ci in enumerate(MEMORY_LIMIT_CHANNELS):
+            rows = ws_rows[best] if ci == ws_t else match(ci)[best]
+            has = rows >= 0
+            own_last[has, ci] = last[rows[has]]
+            own_vals[has, m] = vals[rows[has]]
         return _Binding(pod=p_of[ws_rows[best]], container=cont[ws_rows[best]],
-                        limit=lim[best], own_last=own_last)
+                        limit=lim[best], own_last=own_last, own_vals=own_vals)
+
+    @staticmethod
+    def _bind_values(g: _Groups, values: np.ndarray) -> None:
+        """In the pods where one container's own limit binds, its memory channels are that
+        container's own series plus the other containers' newest use (a constant): the
+        container is OOM-killed when *its* usage reaches *its* limit, whatever the others do,
+        so its growth - not the sum's, which a sidecar's warm-up or restarts bend - is what
+        is projected against the effective limit (:meth:`_limits`). At the newest bin the
+        channel is the pod's sum, as before."""
+        b = g.binding
+        assert b is not None
+        n = values.shape[0]
+        for m, ci in enumerate(MEMORY_LIMIT_CHANNELS):
+            others = g.per_pod(n, ci, g.last)[b.pod] - b.own_last[:, ci]
+            ok = np.isfinite(others) & np.isfinite(b.own_vals[:, m]).any(axis=-1)
+            values[b.pod[ok], ci] = b.own_vals[ok, m] + others[ok, None]
+
+    def _binding_rates(self, vals: np.ndarray, ws_rows: np.ndarray,
+                       restart_row: np.ndarray) -> np.ndarray:
+        """(W,) each working-set row's growth (bytes/s: Theil-Sen slope of block minima, the
+        floor under a GC sawtooth) over the last :data:`BINDING_SPAN_S` of its container's
+        current incarnation (after its own last restart, ``restart_row`` its restart
+        series, -1 none), or the recent half of a younger one (see
+        :data:`BINDING_MIN_BLOCKS`). NaN with fewer than three blocks of data."""
+        step = self.geo.step_s
+        k = max(1, math.ceil(BINDING_SPAN_S / step))
+        k2 = min(2 * k, vals.shape[-1])
+        bins = np.arange(k2)[None, :]
+        v = vals[ws_rows, -k2:].astype(np.float64)
+        inc = np.zeros_like(v)
+        has = restart_row >= 0
+        inc[has] = np.nan_to_num(vals[restart_row[has], -k2:])
+        restarted = inc > 0
+        since = np.where(restarted.any(axis=1),
+                         k2 - 1 - np.argmax(restarted[:, ::-1], axis=1), 0)
+        live = np.isfinite(v) & (bins >= since[:, None])
+        age = np.where(live.any(axis=1), k2 - np.argmax(live, axis=1), 0)  # bins
+        judged = np.minimum(k, np.maximum(age // 2, np.minimum(age, 3)))
+        v = np.where((bins >= (k2 - judged)[:, None]) & live, v, np.nan)
+        kb = np.clip(judged // BINDING_MIN_BLOCKS, 1, max(1, round(BINDING_BLOCK_S / step)))
+        rate = np.full(ws_rows.size, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            for b in np.unique(kb):
+                rows = np.flatnonzero(kb == b)
+                rate[rows] = theil_sen_block_minima(v[rows], step, float(b) * step)
+        return rate
 
     def _align_restarts(self, sel: np.ndarray, p_of: np.ndarray, target: np.ndarray,
                         vals: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -549,8 +612,11 @@ class WindowAssembler:
                     limits[:, ci] = value
         b = g.binding
         if b is not None:  # the binding container's own limit, plus the others' newest use
+            # and their growth until it reaches its limit (never above the pod's sum)
             for ci in MEMORY_LIMIT_CHANNELS:
                 eff = g.per_pod(n, ci, g.last)[b.pod] - b.own_last[:, ci] + b.limit
+                summed = limits[b.pod, ci]
+                eff = np.where(np.isfinite(summed) & (summed > 0), np.fmin(eff, summed), eff)
                 ok = np.isfinite(eff)
                 limits[b.pod[ok], ci] = eff[ok]
         return limits
