@@ -147,7 +147,7 @@ def holdout_mix(seed: int = 20261201) -> list[Workload]:
 
 
 def sidecar_holdout_mix(seed: int = 20261203) -> list[Workload]:
-    """Held-out pods of two containers, their parameters drawn by ``seed`` (session 13).
+    """Held-out pods of two containers, their parameters drawn by ``seed`` (session 12).
 
     Written before anyone looked at podguard on it, after the change that reads a young
     container incarnation's growth and projects the binding container's own series
@@ -224,7 +224,7 @@ MIXES: dict[str, list[Workload]] = {
     "holdout": holdout_mix(),
     # Pods of two containers, sidecars restarting beside them (session 9, ~30 minutes).
     "sidecars": sidecar_mix(),
-    # Held-out pods of two containers, drawn parameters (session 13, ~32 minutes).
+    # Held-out pods of two containers, drawn parameters (session 12, ~36 minutes).
     "sidecars-holdout": sidecar_holdout_mix(),
     # The real-kernel tests (~7 minutes): two leaks that OOM 4-6 minutes after their start (a
     # real PyTorch trainer keeping its loss with the graph, and a plain allocation leak), a
