@@ -146,6 +146,7 @@ class KafkaSource:
             fetch_max_bytes=max(52_428_800, s.max_message_bytes * 4),
             max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes * 2),
             **common)
+        self._known_partitions()
         self._consumer.subscribe([s.topic], listener=_Rebalance(self))
         if s.dead_letter_topic:
             self._producer = KafkaProducer(acks="all", linger_ms=20, retries=5,
@@ -153,6 +154,26 @@ class KafkaSource:
                                            **common)
         self.log.info("kafka source started", extra={"topic": s.topic, "group": s.group_id,
                                                       "bootstrap": list(s.bootstrap_servers)})
+
+    def _known_partitions(self) -> None:
+        """Loads the topic's partitions into the consumer's metadata before it joins its
+        group: a member whose join raced its first metadata answer was assigned nothing
+        ("No partition metadata for topic") and held no partition for minutes (CI, twice:
+        a daemon that read nothing for 60 s). Waits up to ``request_timeout_s``; a topic
+        that does not exist yet is subscribed to all the same (warned), and read once
+        it appears (the metadata refresh, ``metadata_max_age_s``)."""
+        assert self._consumer is not None
+        s = self.settings
+        deadline = time.monotonic() + s.request_timeout_s
+        parts: set[int] = set()
+        while True:
+            parts = self._consumer.partitions_for_topic(s.topic) or set()
+            if parts or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if not parts:
+            self.log.warning("kafka topic has no partitions yet; subscribing anyway",
+                             extra={"topic": s.topic})
 
     def close(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

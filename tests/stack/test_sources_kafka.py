@@ -266,6 +266,22 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def test_the_source_knows_the_topics_partitions_before_it_joins_its_group(
+        local_kafka: KafkaHandle) -> None:
+    """``KafkaSource.start`` loads the topic's partitions into the consumer's metadata before
+    it subscribes: a join that raced the first metadata answer was assigned nothing (CI on a
+    clean clone: "No partition metadata for topic", two daemons that read nothing for 60 s)."""
+    topic, dead = _topics(local_kafka, 3)
+    settings = _settings(local_kafka, topic, dead, f"pg-{uuid.uuid4().hex[:8]}")
+    source = KafkaSource(settings.sources.kafka, logger=LOG)
+    source.start()
+    try:
+        assert source._consumer is not None
+        assert source._consumer._client.cluster.partitions_for_topic(topic) == {0, 1, 2}
+    finally:
+        source.close()
+
+
 def test_partitions_added_while_the_daemon_reads_are_read_within_the_metadata_age(
         local_kafka: KafkaHandle, shipped: Pipeline) -> None:
     """A topic grown from 1 to 3 partitions while the daemon reads it: the new partitions are
