@@ -9,27 +9,19 @@ own 160 MiB limit, not the pod's sum (the pod-level limit stated 40.5 min agains
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from deploy.local.node_report import Row, podguard_verdicts, sample_times, score
+from deploy.local.node_report import Row
 from deploy.local.node_soak import check
-from detector import traces as tr
-
-REAL = Path(__file__).resolve().parents[1] / "data" / "real"
+from tests.support.real_traces import replay
 
 
 @pytest.fixture(scope="module")
 def replayed() -> tuple[dict[str, Any], pd.DataFrame, list[Row]]:
-    trace = tr.load_trace(REAL / "sidecars.csv.gz")
-    labels = json.loads((REAL / "sidecars.labels.json").read_text())
-    verdicts = podguard_verdicts(trace, step_s=15.0)
-    rows = score(labels, verdicts, samples=sample_times(trace, labels))
-    return labels, verdicts, rows
+    return replay("sidecars")
 
 
 def test_the_trace_holds_the_sidecars_and_the_kernels_kills(

@@ -15,27 +15,19 @@ least 90 % of the kills (19 of 20 when recorded: the leaking shipper's second li
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from deploy.local.node_report import Row, podguard_verdicts, sample_times, score
+from deploy.local.node_report import Row
 from deploy.local.node_soak import check
-from detector import traces as tr
-
-REAL = Path(__file__).resolve().parents[1] / "data" / "real"
+from tests.support.real_traces import replay
 
 
 @pytest.fixture(scope="module")
 def replayed() -> tuple[dict[str, Any], pd.DataFrame, list[Row]]:
-    trace = tr.load_trace(REAL / "sidecars-holdout.csv.gz")
-    labels = json.loads((REAL / "sidecars-holdout.labels.json").read_text())
-    verdicts = podguard_verdicts(trace, step_s=15.0)
-    rows = score(labels, verdicts, samples=sample_times(trace, labels))
-    return labels, verdicts, rows
+    return replay("sidecars-holdout")
 
 
 def test_the_trace_holds_two_container_pods_and_the_kernels_kills(

@@ -170,6 +170,13 @@ class _Groups:
     memory_restarts: dict[int, np.ndarray]  # pod -> (L,) restarts of memory incarnations
     binding: _Binding | None = None  # pods where one container's own memory limit binds
 
+    def others_use(self, n: int, ci: int) -> np.ndarray:
+        """``(b,)``: in each pod where a container binds (:attr:`binding`), the newest use of
+        channel ``ci`` by its other containers (the pod's newest sum minus the binding
+        container's own)."""
+        assert self.binding is not None
+        return self.per_pod(n, ci, self.last)[self.binding.pod] - self.binding.own_last[:, ci]
+
     def per_pod(self, n: int, tgt: int, arr: np.ndarray,
                 bad: np.ndarray | None = None) -> np.ndarray:
         """``(n,)``: ``arr`` of each pod's ``tgt`` group (NaN where it has none, or ``bad``)."""
@@ -469,7 +476,7 @@ class WindowAssembler:
         assert b is not None
         n = values.shape[0]
         for m, ci in enumerate(MEMORY_LIMIT_CHANNELS):
-            others = g.per_pod(n, ci, g.last)[b.pod] - b.own_last[:, ci]
+            others = g.others_use(n, ci)
             ok = np.isfinite(others) & np.isfinite(b.own_vals[:, m]).any(axis=-1)
             values[b.pod[ok], ci] = b.own_vals[ok, m] + others[ok, None]
 
@@ -612,9 +619,9 @@ class WindowAssembler:
                     limits[:, ci] = value
         b = g.binding
         if b is not None:  # the binding container's own limit, plus the others' newest use
-            # and their growth until it reaches its limit (never above the pod's sum)
+            # (never above the pod's summed limit where that is known)
             for ci in MEMORY_LIMIT_CHANNELS:
-                eff = g.per_pod(n, ci, g.last)[b.pod] - b.own_last[:, ci] + b.limit
+                eff = g.others_use(n, ci) + b.limit
                 summed = limits[b.pod, ci]
                 eff = np.where(np.isfinite(summed) & (summed > 0), np.fmin(eff, summed), eff)
                 ok = np.isfinite(eff)
