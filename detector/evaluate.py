@@ -92,7 +92,10 @@ class PlainIForest:
         self.fill: np.ndarray | None = None
 
     def fit(self, features: np.ndarray) -> PlainIForest:
-        self.fill = np.nan_to_num(np.nanmedian(features, axis=0), nan=0.0)
+        x = np.where(np.isfinite(features), features, np.nan)
+        has = ~np.isnan(x).all(axis=0)  # a feature never seen (no GPU here) is filled with 0
+        self.fill = np.zeros(x.shape[1])
+        self.fill[has] = np.nanmedian(x[:, has], axis=0)
         self.model.fit(self._impute(features))
         return self
 
@@ -146,6 +149,13 @@ class FamilyFA:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
+EPISODE_COLUMNS = ("detector", "set", "family", "namespace", "pod", "ts", "pod_hours",
+                   "minutes", "kind", "tto_low_h", "tto_high_h")
+"""One row per false-alarm episode: where it began (``ts``; ``pod_hours``: hours since the
+pod's first step in the evaluation), how long it lasted (``minutes``, live steps), the kind
+of its first verdict and the time-to-OOM range that verdict stated (hours, NaN if none)."""
+
+
 @dataclass(frozen=True)
 class StepScore:
     """One detector's steps judged against the labels."""
@@ -154,6 +164,9 @@ class StepScore:
     fa_episodes: int  # false-alarm episodes on healthy pods and before onsets
     healthy_hours: float  # live healthy pod-hours judged
     by_family: dict[str, FamilyFA] = field(default_factory=dict)  # per scenario shape
+    # one row per false-alarm episode, :data:`EPISODE_COLUMNS`
+    episodes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=list(EPISODE_COLUMNS)))
 
     @property
     def fa_per_1000h(self) -> float:
@@ -184,17 +197,31 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
                  for r in labels.to_dict("records")} if "shape" in labels else {})
     by_family: dict[str, FamilyFA] = {}
 
-    def count(ns: object, pod: object, flags: np.ndarray, n_live: int, kinds: np.ndarray | None
-              ) -> int:
-        fam = by_family.setdefault(shape_of.get((str(ns), str(pod)), "unlabelled"), FamilyFA())
+    episode_rows: list[dict[str, object]] = []
+
+    def count(ns: object, pod: object, g: pd.DataFrame, flags: np.ndarray, n_live: int,
+              first_ts: float) -> int:
+        family = shape_of.get((str(ns), str(pod)), "unlabelled")
+        fam = by_family.setdefault(family, FamilyFA())
         ep = episodes(flags)
         fam.episodes += ep
         fam.hours += n_live * step_s / 3600.0
-        if ep and kinds is not None:
-            f = np.asarray(flags, dtype=bool)
-            starts = f & ~np.concatenate([[False], f[:-1]])
-            for k in kinds[starts].tolist():
-                fam.kinds[str(k)] = fam.kinds.get(str(k), 0) + 1
+        if not ep:
+            return ep
+        f = np.asarray(flags, dtype=bool)
+        edges = np.diff(np.concatenate([[0], f.astype(np.int8), [0]]))
+        ts = g["ts"].to_numpy(dtype=np.float64)
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+            kind = str(g["verdict_kind"].iloc[a]) if "verdict_kind" in g else ""
+            if kind:
+                fam.kinds[kind] = fam.kinds.get(kind, 0) + 1
+            lo, hi = ((float(g["tto_low"].iloc[a]) / 3600.0, float(g["tto_high"].iloc[a]) / 3600.0)
+                      if "tto_low" in g else (math.nan, math.nan))
+            episode_rows.append({
+                "detector": detector, "set": "", "family": family, "namespace": ns, "pod": pod,
+                "ts": ts[a], "pod_hours": (ts[a] - first_ts) / 3600.0,
+                "minutes": (b - a) * step_s / 60.0, "kind": kind, "tto_low_h": lo,
+                "tto_high_h": hi})
         return ep
 
     for (ns, pod), g in steps.groupby(["namespace", "pod"], sort=False, observed=True):
@@ -202,15 +229,14 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
         ts = g["ts"].to_numpy(dtype=np.float64)
         alarm = g["alarm"].to_numpy(dtype=bool)
         live = ~g["stale"].to_numpy(dtype=bool)
-        kinds = g["verdict_kind"].to_numpy() if "verdict_kind" in g else None
         rows = by_pod.get((ns, pod))
         if rows is None:
-            fa_episodes += count(ns, pod, alarm & live, int(live.sum()), kinds)
+            fa_episodes += count(ns, pod, g, alarm & live, int(live.sum()), ts[0])
             healthy_steps += int(live.sum())
             continue
         before = ts < float(rows["onset_ts"].min())
-        fa_episodes += count(ns, pod, alarm[before] & live[before], int((live & before).sum()),
-                             None if kinds is None else kinds[before])
+        fa_episodes += count(ns, pod, g[before], alarm[before] & live[before],
+                             int((live & before).sum()), ts[0])
         healthy_steps += int((live & before).sum())
         for row in rows.to_dict("records"):
             onset, failure = float(row["onset_ts"]), float(row["failure_ts"])
@@ -238,7 +264,8 @@ def judge_steps(steps: pd.DataFrame, labels: pd.DataFrame, *, step_s: float,
                         rec["tto_range_ratio"] = hi / lo
             faults.append(rec)
     return StepScore(pd.DataFrame(faults, columns=list(FAULT_COLUMNS)), fa_episodes,
-                     healthy_steps * step_s / 3600.0, by_family)
+                     healthy_steps * step_s / 3600.0, by_family,
+                     pd.DataFrame(episode_rows, columns=list(EPISODE_COLUMNS)))
 
 
 def summarise(faults: pd.DataFrame, by: str = "kind") -> list[KindResult]:
@@ -311,6 +338,10 @@ def _result_rows(rows: list[KindResult], key: str) -> pd.DataFrame:
     } for r in rows])
 
 
+EPISODES_SHOWN = 40
+"""At most this many false-alarm episodes are listed in ``evaluation.md`` (all in the JSON)."""
+
+
 @dataclass
 class Evaluation:
     table: pd.DataFrame  # one row per detector x kind
@@ -318,6 +349,9 @@ class Evaluation:
     faults: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAULT_COLUMNS))
     # one row per set x healthy family (podguard): episodes, pod-hours, first verdict kinds
     healthy_by_family: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # podguard's false-alarm episodes, one row each (:data:`EPISODE_COLUMNS`)
+    false_alarm_episodes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=list(EPISODE_COLUMNS)))
 
     @classmethod
     def from_faults(cls, faults: pd.DataFrame, healthy: pd.DataFrame) -> Evaluation:
@@ -353,6 +387,15 @@ class Evaluation:
             parts += ["podguard's false-alarm episodes by family (healthy time of each "
                       "scenario shape; kinds of the episodes' first verdicts):",
                       _md(self.healthy_by_family)]
+        eps = self.false_alarm_episodes
+        if not eps.empty:
+            shown = eps.sort_values(["set", "family", "pod", "ts"]).head(EPISODES_SHOWN)
+            more = len(eps) - len(shown)
+            parts += ["podguard's false-alarm episodes (pod_hours: the pod's age at the first "
+                      "alarm, hours since its first sample; minutes: how long it stayed raised; "
+                      "the time-to-OOM range it stated, hours):",
+                      _md(shown.drop(columns=["detector", "ts"]))
+                      + (f"\n\n... and {more} more in evaluation.json" if more > 0 else "")]
         return "\n\n".join(parts) + "\n"
 
     @property
@@ -427,6 +470,7 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
     fault_frames: list[pd.DataFrame] = []
     fa_rows: list[dict[str, object]] = []
     fam_rows: list[dict[str, object]] = []
+    episode_frames: list[pd.DataFrame] = []
     for name, traces, labels in sets:
         parts: dict[str, list[pd.DataFrame]] = {}
         for trace in ([traces] if isinstance(traces, pd.DataFrame) else traces):
@@ -445,6 +489,8 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
                             "fa_episodes": sc.fa_episodes,
                             "fa_episodes_per_1000h": sc.fa_per_1000h})
             if det == "podguard":
+                if len(sc.episodes):
+                    episode_frames.append(sc.episodes.assign(set=name))
                 fam_rows += [{"set": name, "family": fam, "healthy_pod_hours": f.hours,
                               "fa_episodes": f.episodes,
                               "kinds": ", ".join(f"{k} {v}" for k, v in sorted(f.kinds.items()))}
@@ -452,7 +498,10 @@ def evaluate(sets: Iterable[tuple[str, TraceSet, pd.DataFrame]], pipeline_factor
     faults = (pd.concat(fault_frames, ignore_index=True) if fault_frames
               else pd.DataFrame(columns=list(FAULT_COLUMNS)))
     ev = Evaluation.from_faults(faults, pd.DataFrame(fa_rows))
-    return replace(ev, healthy_by_family=pd.DataFrame(fam_rows))
+    episodes_df = (pd.concat(episode_frames, ignore_index=True) if episode_frames
+                   else pd.DataFrame(columns=list(EPISODE_COLUMNS)))
+    return replace(ev, healthy_by_family=pd.DataFrame(fam_rows),
+                   false_alarm_episodes=episodes_df)
 
 
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
@@ -467,6 +516,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
                               "time_to_oom_range": _records(ev.tto_calibration),
                               "false_alarms": _records(ev.healthy),
                               "false_alarms_by_family": _records(ev.healthy_by_family),
+                              "false_alarm_episodes": _records(ev.false_alarm_episodes),
                               "faults": _records(ev.faults)},
                              indent=2, default=_json_default, allow_nan=False))
     png = out / "evaluation.png"

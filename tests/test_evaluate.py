@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 from detector.evaluate import (
     FAULT_COLUMNS,
     Evaluation,
+    PlainIForest,
     episodes,
+    judge_steps,
     lead_by_duration,
     names_fault,
     predict_linear_alarm,
@@ -105,6 +108,61 @@ def test_score_steps_counts_recall_lead_and_false_alarm_episodes() -> None:
     # healthy: 10 steps + leaky before onset: 5 steps -> 15 min; episodes 2 + 1
     assert hours == pytest.approx(15 * 60 / 3600)
     assert rate == pytest.approx(1000 * 3 / hours)
+
+
+def test_each_false_alarm_episode_is_listed_with_its_pod_age_kind_and_stated_range(
+        tmp_path: Path) -> None:
+    step = 60.0
+    ts = 1000.0 + np.arange(0, 600, step)
+    rows = []
+    # a healthy pod: a 2-step leak alarm (stated 3-6 h to OOM) at 60 s, a drift alarm at 300 s
+    for t, a, kind in zip(ts, [0, 1, 1, 0, 0, 1, 0, 0, 0, 0],
+                          ["none", "memory_leak", "memory_leak", "none", "none", "drift",
+                           "none", "none", "none", "none"], strict=True):
+        lo, hi = (3 * 3600.0, 6 * 3600.0) if kind == "memory_leak" else (math.nan, math.nan)
+        rows.append(("ns", "h", t, bool(a), kind, lo, hi))
+    # a leaking pod (onset 1300): an alarm before the onset is a false alarm, those after not
+    for t, a in zip(ts, [0, 0, 1, 0, 0, 0, 1, 1, 1, 1], strict=True):
+        rows.append(("ns", "l", t, bool(a), "memory_leak" if a else "none", math.nan, math.nan))
+    steps = pd.DataFrame(rows, columns=["namespace", "pod", "ts", "alarm", "verdict_kind",
+                                        "tto_low", "tto_high"]).assign(stale=False)
+    labels = pd.DataFrame([
+        ("ns", "h", "none", math.nan, math.nan, "", "periodic_load"),
+        ("ns", "l", "memory_leak", 1300.0, 1600.0, "container_memory_working_set_bytes",
+         "slow_leak"),
+    ], columns=["namespace", "pod", "kind", "onset_ts", "failure_ts", "fault_metric", "shape"])
+    sc = judge_steps(steps, labels, step_s=step, detector="podguard")
+    eps = sc.episodes.sort_values(["pod", "ts"]).reset_index(drop=True)
+    assert sc.fa_episodes == len(eps) == 3
+    assert eps[["pod", "family", "kind"]].values.tolist() == [
+        ["h", "periodic_load", "memory_leak"], ["h", "periodic_load", "drift"],
+        ["l", "slow_leak", "memory_leak"]]
+    assert eps["pod_hours"].tolist() == pytest.approx([60 / 3600, 300 / 3600, 120 / 3600])
+    assert eps["minutes"].tolist() == [2.0, 1.0, 1.0]
+    assert (eps.loc[0, "tto_low_h"], eps.loc[0, "tto_high_h"]) == (3.0, 6.0)
+    assert math.isnan(eps.loc[1, "tto_low_h"])
+    assert sc.by_family["periodic_load"].kinds == {"memory_leak": 1, "drift": 1}
+    # the report lists them: the Markdown table and the JSON rows
+    ev = Evaluation.from_faults(sc.faults, pd.DataFrame())
+    ev.false_alarm_episodes = sc.episodes.assign(set="train")
+    paths = write_report(ev, tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    assert [r["kind"] for r in doc["false_alarm_episodes"]] == ["memory_leak", "drift",
+                                                                 "memory_leak"]
+    md = paths["markdown"].read_text()
+    assert "false-alarm episodes (pod_hours" in md and "| train | periodic_load | ns | h |" in md
+
+
+def test_the_iforest_baseline_fills_a_feature_never_seen_without_a_warning() -> None:
+    x = np.random.default_rng(0).normal(size=(300, 4))
+    x[:, 2] = np.nan  # e.g. the GPU features of a node without GPUs
+    x[7, 1] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "All-NaN slice encountered" fails the test
+        f = PlainIForest(seed=0).fit(x)
+    assert f.fill is not None and f.fill[2] == 0.0 and np.isfinite(f.fill).all()
+    assert f.fill[0] == pytest.approx(np.median(x[:, 0]))
+    assert 0.05 < f.predict(x).mean() < 0.15  # contamination 0.1
 
 
 def _fault(det: str, pod: str, shape: str, dur_h: float, lead_h: float | None) -> dict[str, object]:
