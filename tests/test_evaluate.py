@@ -140,7 +140,7 @@ def test_each_false_alarm_episode_is_listed_with_its_pod_age_kind_and_stated_ran
     assert eps["pod_hours"].tolist() == pytest.approx([60 / 3600, 300 / 3600, 120 / 3600])
     assert eps["minutes"].tolist() == [2.0, 1.0, 1.0]
     assert (eps.loc[0, "tto_low_h"], eps.loc[0, "tto_high_h"]) == (3.0, 6.0)
-    assert math.isnan(eps.loc[1, "tto_low_h"])
+    assert math.isnan(eps["tto_low_h"].to_numpy(dtype=float)[1])
     assert sc.by_family["periodic_load"].kinds == {"memory_leak": 1, "drift": 1}
     # the report lists them: the Markdown table and the JSON rows
     ev = Evaluation.from_faults(sc.faults, pd.DataFrame())
